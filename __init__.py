@@ -1,0 +1,12 @@
+"""loragraph: diffusers' LoRA management as ComfyUI-style graph nodes.
+
+This file is what ComfyUI imports from `custom_nodes/`. It must stay cheap and must not need
+ComfyUI: the same package runs headless (`loragraph run`, `loragraph serve`, the Python API).
+"""
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+WEB_DIRECTORY = "./web"
+__version__ = "0.1.0"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -1,0 +1,193 @@
+"""Reading workflows into ComfyUI's API ("prompt") format, and ``--set`` overrides.
+
+Everything downstream (validation, ordering, caching, running) works on one shape only:
+``{"<id>": {"class_type": str, "inputs": {name: value | ["<other id>", output_index]}}}``.
+This module is the single door into that shape, so other formats (the editor's saved JSON, PNGs
+written by SaveImage) only have to be added here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import WorkflowError
+
+logger = logging.getLogger(__name__)
+
+Prompt = dict[str, dict[str, Any]]
+Registry = Mapping[str, type]
+WorkflowSource = Union[Mapping[str, Any], str, "os.PathLike[str]"]
+
+
+def is_link(value: Any) -> bool:
+    """True for an input value that points at another node's output (ComfyUI's ``is_link``).
+
+    A link is a 2-list ``[node_id: str, output_index: int|float]``; any other list is a plain value
+    only when wrapped as ``{"__value__": [...]}`` (ComfyUI's convention for list widgets).
+    """
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], (int, float))
+        and not isinstance(value[1], bool)
+    )
+
+
+def _is_node_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and ("class_type" in value or "inputs" in value)
+
+
+def _is_editor_format(data: Mapping[str, Any]) -> bool:
+    return "nodes" in data and "links" in data and isinstance(data.get("nodes"), list)
+
+
+def normalize_prompt(prompt: Mapping[str, Any]) -> Prompt:
+    """Return a fresh API-format prompt with string ids and a dict of inputs on every node.
+
+    Copies node and input dicts (never the values themselves) so that validation may coerce
+    values in place, as ComfyUI does, without touching the caller's dict. Links written with an
+    integer node id (``[4, 0]``, as some tools emit) get a string id, because JSON object keys -
+    the node ids - are always strings. Keys whose value is not a node dict (``"_meta"``, notes,
+    version stamps) are skipped.
+    """
+    out: Prompt = {}
+    for key, node in prompt.items():
+        if not _is_node_dict(node):
+            continue
+        node_copy = dict(node)
+        raw_inputs = node.get("inputs") or {}
+        if not isinstance(raw_inputs, Mapping):
+            raise WorkflowError(f"Node {key}: 'inputs' must be an object, got {type(raw_inputs).__name__}")
+        inputs: dict[str, Any] = {}
+        for name, value in raw_inputs.items():
+            if (
+                isinstance(value, list)
+                and len(value) == 2
+                and isinstance(value[0], int)
+                and not isinstance(value[0], bool)
+                and isinstance(value[1], int)
+            ):
+                value = [str(value[0]), value[1]]
+            inputs[str(name)] = value
+        node_copy["inputs"] = inputs
+        out[str(key)] = node_copy
+    return out
+
+
+def to_api_format(data: Mapping[str, Any], registry: Registry | None = None) -> Prompt:
+    """Convert a parsed workflow document to API format.
+
+    This is the hook where the editor's saved format (``nodes`` / ``links`` / ``widgets_values``)
+    gets converted with the node definitions from ``registry``; until that lands it is refused with
+    a message telling the user how to get an API-format file instead of failing later with a
+    confusing validation error.
+    """
+    if not isinstance(data, Mapping):
+        raise WorkflowError(f"A workflow must be a JSON object, got {type(data).__name__}")
+    if _is_editor_format(data):
+        raise WorkflowError(
+            "This is an editor-format workflow (it has 'nodes' and 'links'); converting it is not "
+            "supported yet. Export it from ComfyUI with 'Export (API)' / 'Save (API Format)' and "
+            "run that file instead."
+        )
+    prompt = normalize_prompt(data)
+    if not prompt:
+        raise WorkflowError(
+            "No nodes found: expected API format {\"<id>\": {\"class_type\": ..., \"inputs\": {...}}}"
+        )
+    return prompt
+
+
+def _parse_json_text(text: str, origin: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as ex:
+        raise WorkflowError(f"{origin}: invalid JSON at line {ex.lineno}, column {ex.colno}: {ex.msg}") from ex
+
+
+def load_workflow(source: WorkflowSource, registry: Registry | None = None) -> Prompt:
+    """Load a workflow from a dict, JSON text or a file path and return it in API format.
+
+    A string that starts with ``{`` (after whitespace) is taken as JSON text, any other string or
+    path-like as a file name, so the CLI and the Python API can pass what they have.
+    """
+    if isinstance(source, Mapping):
+        return to_api_format(source, registry)
+    if isinstance(source, str) and source.lstrip().startswith("{"):
+        return to_api_format(_parse_json_text(source, "workflow text"), registry)
+    path = Path(source)
+    if path.suffix.lower() == ".png":
+        raise WorkflowError(f"{path}: reading workflows from PNG files is not supported yet")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as ex:
+        raise WorkflowError(f"{path}: no such workflow file") from ex
+    except (OSError, UnicodeDecodeError) as ex:
+        raise WorkflowError(f"{path}: cannot read workflow file: {ex}") from ex
+    return to_api_format(_parse_json_text(text, str(path)), registry)
+
+
+def parse_override_value(text: str) -> Any:
+    """Parse the VALUE of ``--set ID.INPUT=VALUE``: JSON when it parses, else the raw string.
+
+    So ``seed=5`` is the int 5, ``enabled=false`` is False, ``prompt=a cat`` is ``"a cat"`` and
+    ``prompt="5"`` is the string ``"5"``.
+    """
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def apply_overrides(prompt: Mapping[str, Any], overrides: Iterable[str], registry: Registry | None = None) -> Prompt:
+    """Return a copy of ``prompt`` with ``NODE_ID.INPUT=VALUE`` assignments applied.
+
+    The node id is everything before the first dot (ComfyUI ids never contain dots; input names of
+    dynamic inputs may). An unknown node id is an error naming the ids that exist; with a
+    ``registry`` an input name the node class does not declare is an error too, because a typo
+    would otherwise be silently ignored and the run would use the old value.
+    """
+    result = normalize_prompt(prompt)
+    for item in overrides:
+        target, sep, raw_value = item.partition("=")
+        if not sep:
+            raise WorkflowError(f"--set {item!r}: expected NODE_ID.INPUT=VALUE")
+        node_id, dot, input_name = target.strip().partition(".")
+        if not dot or not node_id or not input_name:
+            raise WorkflowError(f"--set {item!r}: expected NODE_ID.INPUT=VALUE (e.g. 12.seed=5)")
+        if node_id not in result:
+            known = ", ".join(sorted(result, key=node_sort_key))
+            raise WorkflowError(f"--set {item!r}: no node with id {node_id!r} (nodes: {known})")
+        node = result[node_id]
+        if registry is not None:
+            class_def = registry.get(str(node.get("class_type")))
+            if class_def is not None:
+                declared = _declared_inputs(class_def)
+                if input_name not in declared:
+                    raise WorkflowError(
+                        f"--set {item!r}: node {node_id} ({node.get('class_type')}) has no input "
+                        f"{input_name!r} (inputs: {', '.join(declared) or 'none'})"
+                    )
+        value = parse_override_value(raw_value)
+        logger.debug("override %s.%s = %r", node_id, input_name, value)
+        node["inputs"][input_name] = value
+    return result
+
+
+def _declared_inputs(class_def: type) -> list[str]:
+    spec = class_def.INPUT_TYPES()
+    return [*spec.get("required", {}), *spec.get("optional", {})]
+
+
+def node_sort_key(node_id: str) -> tuple[int, int, str]:
+    """Sort key putting numeric ids in numeric order ("2" before "10"), then other ids by text.
+
+    Used wherever the executor needs a deterministic order among nodes (run order, messages).
+    """
+    return (0, int(node_id), "") if node_id.isascii() and node_id.isdigit() else (1, 0, node_id)

@@ -1,0 +1,169 @@
+"""The host seam: where the model folders are, how to report progress, whether the user cancelled.
+
+Inside ComfyUI the answers come from ComfyUI's `folder_paths`, `comfy.utils.ProgressBar` and
+`comfy.model_management`; headless they come from the CLI's options and the executor's event bus.
+This is the only module of the package that imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".bin", ".pth")
+CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
+
+
+def inside_comfyui() -> bool:
+    """True when ComfyUI's own modules are loaded (the pack was imported by ComfyUI)."""
+    return "folder_paths" in sys.modules and "comfy.utils" in sys.modules
+
+
+class HeadlessFolders:
+    """A ComfyUI-style models root: DIR/loras, DIR/diffusers/<name>, DIR/checkpoints; and an output dir."""
+
+    def __init__(self, models_dir: str | os.PathLike = "models", output_dir: str | os.PathLike = "output"):
+        self.models_dir = Path(models_dir).resolve()
+        self.output_dir = Path(output_dir).resolve()
+
+    def roots(self, kind: str) -> list[Path]:
+        return [self.models_dir / kind]
+
+    def output(self) -> Path:
+        return self.output_dir
+
+
+_folders = HeadlessFolders()
+
+
+def configure(models_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None) -> None:
+    """Headless only: set the models root and output folder (the CLI's --models-dir / --output-dir)."""
+    global _folders
+    _folders = HeadlessFolders(
+        models_dir if models_dir is not None else _folders.models_dir,
+        output_dir if output_dir is not None else _folders.output_dir,
+    )
+
+
+def folder_roots(kind: str) -> list[Path]:
+    """All folders of a kind ("loras", "diffusers", "checkpoints"), extra_model_paths included."""
+    if inside_comfyui():
+        import folder_paths  # type: ignore[import-not-found]
+
+        try:
+            return [Path(p) for p in folder_paths.get_folder_paths(kind)]
+        except KeyError:
+            return []
+    return _folders.roots(kind)
+
+
+def temp_dir() -> Path:
+    """Where PreviewImage writes; ComfyUI's temp folder inside ComfyUI."""
+    if inside_comfyui():
+        import folder_paths  # type: ignore[import-not-found]
+
+        return Path(folder_paths.get_temp_directory())
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "loragraph-temp"
+
+
+def output_dir() -> Path:
+    if inside_comfyui():
+        import folder_paths  # type: ignore[import-not-found]
+
+        return Path(folder_paths.get_output_directory())
+    return _folders.output()
+
+
+def _list_files(roots: list[Path], extensions: tuple[str, ...]) -> list[str]:
+    found: set[str] = set()
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in filenames:
+                if f.lower().endswith(extensions):
+                    rel = (Path(dirpath) / f).relative_to(root).as_posix()
+                    found.add(rel)
+    return sorted(found)
+
+
+def list_loras() -> list[str]:
+    """LoRA files as `/`-separated paths relative to their folder; read live so new files show."""
+    return _list_files(folder_roots("loras"), LORA_EXTENSIONS)
+
+
+def list_checkpoints() -> list[str]:
+    return _list_files(folder_roots("checkpoints"), CHECKPOINT_EXTENSIONS)
+
+
+def list_diffusers_folders() -> list[str]:
+    names: set[str] = set()
+    for root in folder_roots("diffusers"):
+        if root.is_dir():
+            for child in root.iterdir():
+                if (child / "model_index.json").is_file():
+                    names.add(child.name)
+    return sorted(names)
+
+
+class UnsafePath(ValueError):
+    pass
+
+
+def resolve_in(kind: str, relative: str) -> Path:
+    """Find `relative` inside one of the `kind` folders, refusing anything that escapes them."""
+    rel = (relative or "").replace("\\", "/")
+    if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or ".." in rel.split("/"):
+        raise UnsafePath(f"{relative!r} must be a path relative to the {kind} folder, without '..'")
+    roots = folder_roots(kind)
+    for root in roots:
+        candidate = (root / rel).resolve()
+        try:
+            candidate.relative_to(root.resolve())
+        except ValueError:
+            raise UnsafePath(f"{relative!r} leaves the {kind} folder") from None
+        if candidate.exists():
+            return candidate
+    shown = ", ".join(str(r) for r in roots) or "(no folder configured)"
+    raise FileNotFoundError(f"{relative!r} is not in the {kind} folder ({shown})")
+
+
+# --- progress and cancel -------------------------------------------------------------------------
+
+ProgressFn = Callable[[int, int], None]
+
+
+def progress_reporter(total: int) -> ProgressFn:
+    """A callback(value, total) for long work: ComfyUI's ProgressBar, or the executor's event bus."""
+    if inside_comfyui():
+        import comfy.utils  # type: ignore[import-not-found]
+
+        bar = comfy.utils.ProgressBar(total)
+
+        def comfy_progress(value: int, total_: int, preview=None) -> None:
+            bar.update_absolute(value, total_, preview)
+
+        return comfy_progress
+    from .graph import report_progress
+
+    return lambda value, total_: report_progress(value, total_)
+
+
+def check_interrupted() -> None:
+    """Raise the host's interruption exception if the user pressed cancel."""
+    if inside_comfyui():
+        import comfy.model_management  # type: ignore[import-not-found]
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return
+    from .graph import check_interrupted as graph_check
+
+    graph_check()

@@ -1,0 +1,272 @@
+"""The engine the nodes call: pipelines, LoRA files, realize, sample, inspect, save.
+
+One `Engine` per process holds the live pipelines (an LRU keyed by source) and the state each one
+is in. Nodes build new `PipelineHandle` values with the transitions in state.py and ask the engine
+to `realize` them when real weights are needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import lora_file
+from .pipelines import PipelineCache, build_pipeline, lora_components, make_source, param_bytes
+from .schedulers import SCHEDULERS
+from .reconcile import LivePipeline, LoraOperationError, realize
+from .state import AdapterSpec, NodeInputError, PipelineHandle, PipelineSource
+
+logger = logging.getLogger(__name__)
+
+
+
+def _cache_key(source: PipelineSource) -> PipelineSource:
+    return replace(source, model="", components=())
+
+
+class Engine:
+    def __init__(self, memory_budget: int | None = None):
+        self.pipelines = PipelineCache(memory_budget)
+        # One lock: a live pipeline is one mutable object; two prompts must not reconcile it at once.
+        self.lock = threading.RLock()
+
+    # --- pipelines ----------------------------------------------------------------------------
+
+    def load_pipeline(self, model: str, dtype: str = "auto", device: str = "auto") -> PipelineHandle:
+        """LoadPipeline: resolve, build (or reuse) the live pipeline, return a handle with no LoRA."""
+        source = make_source(model, dtype, device)
+        live = self.live(source)
+        source = replace(source, components=lora_components(live.pipe))
+        return PipelineHandle(source)
+
+    def live(self, source: PipelineSource) -> LivePipeline:
+        key = _cache_key(source)
+        with self.lock:
+            live = self.pipelines.get(key)
+            if live is None:
+                pipe = build_pipeline(source)
+                live = LivePipeline(pipe)
+                self.pipelines.put(key, live, param_bytes(pipe))
+            return live
+
+    def realize(self, handle: PipelineHandle) -> tuple[LivePipeline, list[str]]:
+        with self.lock:
+            live = self.live(handle.source)
+            warnings = realize(live, handle.state, lora_file.read_lora)
+            return live, warnings
+
+    # --- LoRA files ---------------------------------------------------------------------------
+
+    def lora_spec(
+        self, handle: PipelineHandle, lora_name: str, strength: float, adapter_name: str, origin: str = ""
+    ) -> AdapterSpec:
+        """Resolve a LoadLoRA's inputs to an AdapterSpec; reads (and caches) the file."""
+        from .. import host
+        from .state import derive_adapter_name
+
+        try:
+            path = host.resolve_in("loras", lora_name)
+        except (ValueError, FileNotFoundError) as e:
+            raise NodeInputError("lora_name", str(e)) from None
+        try:
+            lf = lora_file.read_lora(path)
+        except lora_file.LoraFileError as e:
+            raise NodeInputError("lora_name", str(e)) from None
+        name = adapter_name.strip() or derive_adapter_name(lora_name, handle.state.names)
+        if "." in name or "/" in name:
+            raise NodeInputError("adapter_name", f"{name!r}: adapter names cannot hold '.' or '/' (peft keys)")
+        return AdapterSpec(name, str(path), lf.sha256, float(strength), None, origin)
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    def sample(
+        self,
+        handle: PipelineHandle,
+        prompt: str,
+        negative_prompt: str = "",
+        seed: int = 0,
+        steps: int = 20,
+        cfg: float = 7.0,
+        width: int = 512,
+        height: int = 512,
+        scheduler: str = "default",
+        batch_size: int = 1,
+        progress: Callable[[int, int], None] | None = None,
+        check_interrupted: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """The Sampler: `pipe(...)` with a CPU generator; returns IMAGE [batch, H, W, 3] float32 0..1."""
+        if width % 8 or height % 8:
+            raise NodeInputError("width" if width % 8 else "height", "must be a multiple of 8")
+        if scheduler not in SCHEDULERS:
+            raise NodeInputError("scheduler", f"unknown scheduler {scheduler!r}")
+        with self.lock:
+            live, _ = self.realize(handle)
+            pipe = live.pipe
+            original = pipe.scheduler
+            if SCHEDULERS[scheduler]:
+                import diffusers
+
+                pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(original.config)
+
+            def on_step(_pipe, i, _t, kwargs):
+                if progress is not None:
+                    progress(i + 1, steps)
+                if check_interrupted is not None:
+                    check_interrupted()
+                return {}
+
+            t0 = time.perf_counter()
+            try:
+                out = pipe(
+                    prompt,
+                    negative_prompt=negative_prompt,
+                    num_inference_steps=steps,
+                    guidance_scale=cfg,
+                    width=width,
+                    height=height,
+                    num_images_per_prompt=batch_size,
+                    generator=torch.Generator("cpu").manual_seed(seed),
+                    output_type="np",
+                    callback_on_step_end=on_step,
+                )
+            finally:
+                pipe.scheduler = original
+            logger.debug("sampled %d steps in %.2f s", steps, time.perf_counter() - t0)
+            return torch.from_numpy(out.images).float().contiguous()
+
+    # --- inspection ---------------------------------------------------------------------------
+
+    def info(self, handle: PipelineHandle) -> dict[str, Any]:
+        """LoRAInfo: what is loaded and active per component, fused state, text-encoder switch, devices."""
+        with self.lock:
+            live, _ = self.realize(handle)
+            pipe, state = live.pipe, handle.state
+            listed = pipe.get_list_adapters() if state.adapters else {}
+            active = state.active.as_dict()
+            fused_names: dict[str, list[str]] = {}
+            for op in state.fused:
+                for n in op.adapter_names:
+                    fused_names.setdefault(n, [])
+                    fused_names[n] += [c for c in op.components if c not in fused_names[n]]
+            adapters = {}
+            for spec in state.adapters:
+                comps = [c for c, names in listed.items() if spec.name in names]
+                ranks, alphas = {}, {}
+                for c in comps:
+                    cfg = getattr(pipe, c).peft_config[spec.name]
+                    ranks[c], alphas[c] = cfg.r, cfg.lora_alpha
+                weight = active.get(spec.name)
+                adapters[spec.name] = {
+                    "file": spec.path,
+                    "sha256": spec.sha256,
+                    "strength": spec.strength,
+                    "components": comps,
+                    "rank": ranks,
+                    "alpha": alphas,
+                    "active": spec.name in active,
+                    "weights": _per_component(weight, comps),
+                    "fused": fused_names.get(spec.name, []),
+                    "device": spec.device or handle.source.device,
+                }
+            return {
+                "pipeline": handle.source.model,
+                "components": list(handle.source.components),
+                "adapters": adapters,
+                "list_adapters": listed,
+                "active_adapters": list(state.active.names),
+                "active_weights": {n: _per_component(w, adapters[n]["components"]) for n, w in active.items()},
+                "fused": [
+                    {
+                        "components": list(op.components),
+                        "adapter_names": list(op.adapter_names),
+                        "lora_scale": op.lora_scale,
+                        "safe_fusing": op.safe_fusing,
+                    }
+                    for op in state.fused
+                ],
+                "text_encoder_lora": {te: te not in state.te_disabled for te in handle.source.text_encoders},
+                "warnings": list(live.warnings),
+            }
+
+    # --- saving -------------------------------------------------------------------------------
+
+    def save_lora(self, handle: PipelineHandle, adapter_name: str, path: Path, fmt: str = "kohya") -> Path:
+        """SaveLoRA: the adapter's own weights at strength 1, written to a temp name then renamed."""
+        from peft.utils import get_peft_model_state_dict
+
+        from . import kohya
+
+        if handle.state.adapter(adapter_name) is None:
+            loaded = ", ".join(handle.state.names) or "none"
+            raise NodeInputError("adapter_name", f"no adapter named {adapter_name!r} is loaded (loaded: {loaded})")
+        if fmt not in ("kohya", "diffusers"):
+            raise NodeInputError("format", f"unknown format {fmt!r}")
+        with self.lock:
+            live, _ = self.realize(handle)
+            pipe = live.pipe
+            layers: dict[str, dict[str, torch.Tensor]] = {}
+            configs: dict[str, Any] = {}
+            for comp, names in pipe.get_list_adapters().items():
+                if adapter_name in names:
+                    model = getattr(pipe, comp)
+                    sd = get_peft_model_state_dict(model, adapter_name=adapter_name)
+                    layers[comp] = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+                    configs[comp] = model.peft_config[adapter_name]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+        os.close(fd)
+        try:
+            if fmt == "kohya":
+                kohya.save_kohya(layers, configs, tmp, sdxl="text_encoder_2" in handle.source.components)
+            else:
+                _save_diffusers(type(pipe), layers, configs, Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def _per_component(weight: Any, comps: list[str]) -> dict[str, Any]:
+    if isinstance(weight, dict):
+        return {c: weight.get(c, 1.0) for c in comps}
+    return {c: weight for c in comps}
+
+
+def _save_diffusers(pipe_cls, layers: dict, configs: dict, path: Path) -> None:
+    """diffusers' own `save_lora_weights`, with `lora_adapter_metadata` so alpha != rank survives."""
+    params = inspect.signature(pipe_cls.save_lora_weights).parameters
+    kwargs: dict[str, Any] = {}
+    for comp, sd in layers.items():
+        key = f"{comp}_lora_layers"
+        if key not in params:
+            raise LoraOperationError(f"{pipe_cls.__name__}.save_lora_weights cannot save {comp} layers")
+        kwargs[key] = sd
+        meta_key = f"{comp}_lora_adapter_metadata"
+        if meta_key in params:
+            kwargs[meta_key] = configs[comp].to_dict()
+    pipe_cls.save_lora_weights(
+        save_directory=str(path.parent), weight_name=path.name, safe_serialization=True, **kwargs
+    )
+
+
+_engine: Engine | None = None
+_engine_lock = threading.Lock()
+
+
+def get_engine() -> Engine:
+    """The process-wide engine (ComfyUI and the headless executor both use one)."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            _engine = Engine()
+        return _engine

@@ -1,0 +1,150 @@
+"""Write an adapter in kohya-ss form, the LoRA dialect every SD1.x/SDXL tool reads.
+
+ComfyUI maps `lora_unet_<diffusers module path with "_">` and `lora_te_/lora_te1_/lora_te2_
+text_model_encoder_layers_...` keys (comfy/lora.py `model_lora_keys_unet` / `model_lora_keys_clip`)
+but ignores diffusers/PEFT keys on SD1.x/SDXL UNets; A1111 and diffusers read kohya keys too. So
+SaveLoRA writes kohya by default. diffusers' own `convert_state_dict_to_kohya` is not used: it
+writes alpha = rank for every module (wrong for alpha != rank) and always `lora_te1_` (A1111 expects
+`lora_te_` on SD1.x).
+
+Only key names change here; every number is the adapter's own, and each module's true alpha goes
+into its `.alpha` tensor, so the file acts exactly as the adapter does at strength 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# kohya's text-encoder prefixes: SD1.x/SD2.x have one text encoder (lora_te_), SDXL two (te1/te2).
+_TE_PREFIX_SD = {"text_encoder": "lora_te_"}
+_TE_PREFIX_SDXL = {"text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+_PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<which>lora_A|lora_B)(?:\.[^.]+)?\.weight$")
+
+
+def _kohya_module(component: str, module: str, sdxl: bool) -> str:
+    if component == "unet":
+        return "lora_unet_" + module.replace(".", "_")
+    prefixes = _TE_PREFIX_SDXL if sdxl else _TE_PREFIX_SD
+    if component not in prefixes:
+        raise ValueError(
+            f"kohya form has no name for the {component!r} component"
+            + ("" if component.startswith("text_encoder") else "; save this adapter in diffusers form instead")
+        )
+    # transformers >= 5 flattens CLIPTextModel (no `text_model.`); kohya names always carry it.
+    if not module.startswith(("text_model.", "text_projection")):
+        module = "text_model." + module
+    return prefixes[component] + module.replace(".", "_")
+
+
+def peft_to_kohya(
+    component_state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+    alphas: Mapping[str, Mapping[str, float]],
+    *,
+    sdxl: bool | None = None,
+) -> dict[str, torch.Tensor]:
+    """PEFT state dicts per component -> one kohya state dict with a true `.alpha` per module.
+
+    component_state_dicts: {"unet" | "text_encoder" | "text_encoder_2": {"<module>.lora_A.weight": t,
+        "<module>.lora_B.weight": t}} as `get_peft_model_state_dict(model, adapter_name)` returns them.
+    alphas: {component: {module: alpha}}; a module without an entry gets alpha = rank (PEFT's
+        default scale of 1).
+    sdxl: name the text encoders lora_te1_/lora_te2_ (True) or lora_te_ (False); None guesses from
+        the presence of a text_encoder_2 state dict - pass it explicitly when the pipeline is known.
+    Raises ValueError for keys kohya cannot express (DoRA magnitudes, LoRA biases, embeddings, a
+    transformer denoiser).
+    """
+    if sdxl is None:
+        sdxl = "text_encoder_2" in component_state_dicts
+    out: dict[str, torch.Tensor] = {}
+    for component, sd in component_state_dicts.items():
+        if not sd:
+            continue
+        if component == "transformer":
+            raise ValueError("kohya form is defined for UNet pipelines only; save a transformer LoRA in diffusers form")
+        comp_alphas = alphas.get(component, {})
+        for key, tensor in sd.items():
+            m = _PEFT_KEY.match(key)
+            if m is None:
+                raise ValueError(f"{component}: key {key!r} has no kohya equivalent (only lora_A/lora_B weights do)")
+            module, which = m.group("module"), m.group("which")
+            name = _kohya_module(component, module, sdxl)
+            if which == "lora_A":
+                out[f"{name}.lora_down.weight"] = tensor.detach().cpu().contiguous()
+                alpha = comp_alphas.get(module)
+                rank = int(tensor.shape[0])
+                out[f"{name}.alpha"] = torch.tensor(float(rank if alpha is None else alpha), dtype=torch.float32)
+            else:
+                out[f"{name}.lora_up.weight"] = tensor.detach().cpu().contiguous()
+    downs = {k.removesuffix(".lora_down.weight") for k in out if k.endswith(".lora_down.weight")}
+    ups = {k.removesuffix(".lora_up.weight") for k in out if k.endswith(".lora_up.weight")}
+    if downs != ups:
+        raise ValueError(f"unpaired LoRA matrices for: {sorted(downs ^ ups)[:5]}")
+    return out
+
+
+def adapter_alphas(model: torch.nn.Module, adapter_name: str) -> dict[str, float]:
+    """{module name: true alpha} of one adapter in a peft-injected model (unaffected by set_adapters)."""
+    from peft.tuners.lora import LoraLayer
+
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_alpha:
+            found[name] = float(module.lora_alpha[adapter_name])
+    return found
+
+
+def adapter_for_save(pipe: Any, adapter_name: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, float]]]:
+    """One adapter's PEFT state dicts and true alphas per component, at strength 1, for saving.
+
+    Weights set by set_adapters only change peft's `scaling`, never `lora_alpha` or the matrices, so
+    what comes out is the adapter as it was loaded.
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    state_dicts: dict[str, dict[str, torch.Tensor]] = {}
+    alphas: dict[str, dict[str, float]] = {}
+    for component in getattr(type(pipe), "_lora_loadable_modules", ("unet", "text_encoder")):
+        model = getattr(pipe, component, None)
+        if model is None or adapter_name not in getattr(model, "peft_config", {}):
+            continue
+        state_dicts[component] = {
+            k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()
+        }
+        alphas[component] = adapter_alphas(model, adapter_name)
+    if not state_dicts:
+        raise ValueError(f"no adapter named {adapter_name!r} is loaded in this pipeline")
+    return state_dicts, alphas
+
+
+def save_kohya(
+    path: str,
+    component_state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
+    alphas: Mapping[str, Mapping[str, float]],
+    *,
+    sdxl: bool | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write a kohya .safetensors (metadata: safetensors' `format: pt` plus the given entries).
+
+    Written under a temporary name and renamed, so a crash never leaves a half-written LoRA behind.
+    """
+    import safetensors.torch
+
+    tensors = peft_to_kohya(component_state_dicts, alphas, sdxl=sdxl)
+    header = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        safetensors.torch.save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

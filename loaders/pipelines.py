@@ -1,0 +1,201 @@
+"""Base pipelines: where they come from, and the live ones kept in memory.
+
+A `PipelineSource` says how to build a pipeline (built-in, diffusers folder, single file) and is
+the key of an LRU of live pipelines, bounded by the bytes of their parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from .builtin import BUILTIN_MODELS
+from .state import NodeInputError, PipelineSource
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BUILTIN_PREFIX = "builtin:"
+# Bump when a built-in model's code changes, so cached outputs made with the old one are not reused.
+BUILTIN_VERSION = "1"
+
+
+def resolve_device(device: str) -> str:
+    """`auto`: cuda, else mps, else cpu. An unavailable device is a clear error on the input."""
+    if device in ("auto", "", None):
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NodeInputError("device", "cuda was asked for but torch sees no CUDA device here")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise NodeInputError("device", "mps was asked for but it is not available here")
+    if device not in ("cpu", "cuda", "mps"):
+        raise NodeInputError("device", f"unknown device {device!r}")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """`auto`: fp16 on CUDA (half the memory, tensor cores), fp32 elsewhere (CPU fp16 is slow and lossy)."""
+    if dtype in ("auto", "", None):
+        return "float16" if device == "cuda" else "float32"
+    if dtype not in DTYPES:
+        raise NodeInputError("dtype", f"unknown dtype {dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    return dtype
+
+
+def _folder_fingerprint(path: Path) -> str:
+    """Size and mtime of every file: cheap, and changes whenever the weights on disk change."""
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def make_source(model: str, dtype: str = "auto", device: str = "auto") -> PipelineSource:
+    """Resolve the LoadPipeline inputs to a source; raises NodeInputError naming the input."""
+    from .. import host
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if model.startswith(BUILTIN_PREFIX):
+        name = model[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_MODELS:
+            raise NodeInputError("model", f"no built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)}")
+        comps = ("unet", "text_encoder", "text_encoder_2") if "xl" in name else ("unet", "text_encoder")
+        return PipelineSource(model, "builtin", name, dt, dev, f"builtin:{name}:{BUILTIN_VERSION}", comps)
+    if model.lower().endswith((".safetensors", ".ckpt")):
+        try:
+            path = host.resolve_in("checkpoints", model)
+        except (ValueError, FileNotFoundError) as e:
+            raise NodeInputError("model", str(e)) from None
+        st = path.stat()
+        return PipelineSource(model, "single_file", str(path), dt, dev, f"{st.st_size}:{st.st_mtime_ns}", ())
+    try:
+        path = host.resolve_in("diffusers", model)
+    except (ValueError, FileNotFoundError) as e:
+        raise NodeInputError("model", str(e)) from None
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise NodeInputError("model", f"{model!r} is not a diffusers folder (no model_index.json)")
+    info = json.loads(index.read_text())
+    comps = tuple(
+        c for c in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3") if info.get(c)
+    )
+    return PipelineSource(model, "diffusers", str(path), dt, dev, _folder_fingerprint(path), comps)
+
+
+def build_pipeline(source: PipelineSource):
+    """Build the diffusers pipeline a source names, offline, in its dtype and on its device."""
+    t0 = time.perf_counter()
+    torch_dtype = DTYPES[source.dtype]
+    if source.kind == "builtin":
+        pipe = BUILTIN_MODELS[source.path][0]()
+    elif source.kind == "diffusers":
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(source.path, local_files_only=True, torch_dtype=torch_dtype)
+    else:
+        pipe = _from_single_file(source)
+    pipe.to(device=source.device, dtype=torch_dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if not hasattr(pipe, "load_lora_weights"):
+        raise NodeInputError("model", f"{type(pipe).__name__} does not support LoRA in diffusers")
+    logger.debug("built pipeline %s in %.3f s", source.model, time.perf_counter() - t0)
+    return pipe
+
+
+def _from_single_file(source: PipelineSource):
+    """Single-file checkpoints need a local config: a diffusers folder named in a sidecar or by type.
+
+    diffusers reads the model config from the Hub unless `config=` points to a local folder; with no
+    network we look for `<checkpoint>.config/` (a diffusers folder without weights) next to the file,
+    or a `.yaml` original config with the same stem.
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    path = Path(source.path)
+    sidecar = path.with_suffix(path.suffix + ".config")
+    yaml = path.with_suffix(".yaml")
+    kwargs: dict = {"local_files_only": True, "torch_dtype": DTYPES[source.dtype]}
+    if sidecar.is_dir():
+        kwargs["config"] = str(sidecar)
+    elif yaml.is_file():
+        kwargs["original_config"] = str(yaml)
+    else:
+        raise NodeInputError(
+            "model",
+            f"{source.model}: a single-file checkpoint needs a local config offline: put a diffusers folder "
+            f"(model_index.json and component configs, no weights) at {sidecar.name} next to it",
+        )
+    cls = StableDiffusionXLPipeline if "xl" in path.name.lower() else StableDiffusionPipeline
+    try:
+        return cls.from_single_file(str(path), **kwargs)
+    except Exception as e:  # diffusers raises many types here; the user needs the file named
+        raise NodeInputError("model", f"{source.model}: could not load the checkpoint: {e}") from e
+
+
+def lora_components(pipe) -> tuple[str, ...]:
+    return tuple(c for c in getattr(pipe, "_lora_loadable_modules", ()) if getattr(pipe, c, None) is not None)
+
+
+def param_bytes(pipe) -> int:
+    total = 0
+    for name in getattr(pipe, "components", {}):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            total += sum(p.numel() * p.element_size() for p in module.parameters())
+    return total
+
+
+def default_memory_budget() -> int:
+    """Half the machine's RAM: room for one pipeline being built while others stay cached."""
+    env = os.environ.get("LORAGRAPH_PIPELINE_CACHE_BYTES")
+    if env:
+        return int(env)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+class PipelineCache:
+    """LRU of live pipelines by source, bounded by the bytes of their parameters.
+
+    The entry type is opaque here (the reconciler's `LivePipeline`); the cache only needs its size.
+    """
+
+    def __init__(self, budget_bytes: int | None = None):
+        self.budget = budget_bytes if budget_bytes is not None else default_memory_budget()
+        self._entries: OrderedDict[PipelineSource, tuple[object, int]] = OrderedDict()
+
+    def get(self, source: PipelineSource):
+        hit = self._entries.get(source)
+        if hit is None:
+            return None
+        self._entries.move_to_end(source)
+        return hit[0]
+
+    def put(self, source: PipelineSource, entry: object, size: int) -> None:
+        self._entries[source] = (entry, size)
+        self._entries.move_to_end(source)
+        while len(self._entries) > 1 and sum(s for _, s in self._entries.values()) > self.budget:
+            old, _ = self._entries.popitem(last=False)
+            logger.info("evicted pipeline %s from memory (LRU)", old.model)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

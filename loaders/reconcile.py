@@ -1,0 +1,404 @@
+"""The reconciler: bring a live diffusers pipeline to the LoRA state a PIPELINE handle describes.
+
+`realize(live, target)` diffs the state the live pipeline is in against the target and runs the
+fewest diffusers/peft operations, in a safe order:
+
+1. restore the fused components whose fusion changes (from a copy of the original weights, so the
+   restore is bit-exact; diffusers' `unfuse_lora` subtracts a delta, drifts in fp16 and corrupts the
+   weights when adapters or weights changed while fused);
+2. delete or unload adapters that go, load the ones that come (`load_lora_weights`);
+3. move adapters between devices (`set_lora_device`);
+4. `set_adapters` explicitly (diffusers leaves only the newest adapter active after a load);
+5. switch text-encoder LoRA on/off;
+6. fuse last (`fuse_lora`), with the weights each fusion was made with, then set the current
+   weights again (`fuse_lora(lora_scale != 1)` rescales peft's layers permanently).
+
+Any exception on the way rolls the pipeline back to the state it was in: fused weights restored
+from the copies, every LoRA layer unloaded, the previous state replayed. The caller sees one error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .state import ActiveSet, AdapterSpec, AdapterState, FuseOp, TEXT_ENCODERS
+
+logger = logging.getLogger(__name__)
+
+
+class LoraOperationError(RuntimeError):
+    """A LoRA operation failed; the pipeline was rolled back. Names the node and input at fault."""
+
+    def __init__(self, message: str, input_name: str | None = None, origin: str = ""):
+        prefix = f"{origin}: " if origin else ""
+        where = f"{input_name}: " if input_name else ""
+        super().__init__(f"{prefix}{where}{message}")
+        self.input_name = input_name
+        self.origin = origin
+
+
+@dataclass
+class LivePipeline:
+    """A diffusers pipeline plus what the reconciler knows about it."""
+
+    pipe: Any
+    state: AdapterState | None = AdapterState()  # None: unknown (a rollback failed) -> reset first
+    # component -> module name -> (weight, bias or None) as they were before the first fusion
+    backups: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = field(default_factory=dict)
+    live_active: ActiveSet | None = ActiveSet()  # last set_adapters call; None = unknown scaling
+    live_te_disabled: tuple[str, ...] = ()
+    live_devices: dict[str, str | None] = field(default_factory=dict)
+    ops: list[str] = field(default_factory=list)  # every diffusers/peft call made, for tests and logs
+    warnings: list[str] = field(default_factory=list)  # messages for the user (partial key coverage)
+    state_te_target: tuple[str, ...] = ()  # the text-encoder switch the running transition aims for
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        mods = getattr(self.pipe, "_lora_loadable_modules", ())
+        return tuple(c for c in mods if getattr(self.pipe, c, None) is not None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.device
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _op(live: LivePipeline, name: str, detail: str = ""):
+    t0 = time.perf_counter()
+    yield
+    live.ops.append(name)
+    logger.debug("%s %s took %.1f ms", name, detail, (time.perf_counter() - t0) * 1e3)
+
+
+def _tuner_layers(model: torch.nn.Module):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer):
+            yield name, module
+
+
+def _has_lora(model: torch.nn.Module) -> bool:
+    return getattr(model, "peft_config", None) is not None and bool(model.peft_config)
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader) -> None:
+    """`load_lora_weights` from the cached, already-parsed file, after checking where its keys land."""
+    from . import lora_file
+
+    try:
+        lf = lora_reader(spec.path)
+    except Exception as e:
+        raise LoraOperationError(str(e), "lora_name", spec.origin) from e
+    cov = lora_file.coverage(live.pipe, lf)
+    if cov.matched == 0:
+        raise LoraOperationError(
+            f"{cov.message()} — is it made for another base model?", "lora_name", spec.origin
+        )
+    if cov.unmatched:
+        msg = f"{spec.name}: {cov.message()}"
+        live.warnings.append(msg)
+        logger.warning(msg)
+
+    pipe = live.pipe
+    state_dict = dict(lf.state_dict)  # diffusers pops keys from what it is given
+    metadata = _diffusers_metadata(lf)
+    with _op(live, "load_lora_weights", spec.name):
+        if metadata is None:
+            pipe.load_lora_weights(state_dict, adapter_name=spec.name)
+        else:
+            _load_with_metadata(pipe, state_dict, metadata, spec.name)
+    if not any(spec.name in names for names in pipe.get_list_adapters().values()):
+        raise LoraOperationError("diffusers loaded no layer from this file", "lora_name", spec.origin)
+
+
+def _diffusers_metadata(lf) -> dict | None:
+    raw = (lf.metadata or {}).get("lora_adapter_metadata")
+    return json.loads(raw) if raw else None
+
+
+def _load_with_metadata(pipe, state_dict: dict, metadata: dict, adapter_name: str) -> None:
+    """Load an in-memory state dict *with* diffusers' `lora_adapter_metadata` (alpha != rank survives).
+
+    diffusers only reads that metadata from a file path; handing it the path would read the file a
+    second time. Instead, for this one call, the pipeline's own `lora_state_dict` is wrapped so that it
+    returns the metadata we already parsed; everything else is diffusers' code path unchanged.
+    """
+    original = type(pipe).lora_state_dict
+
+    def lora_state_dict_with_metadata(sd, **kwargs):
+        out = original(sd, **kwargs)
+        if kwargs.get("return_lora_metadata") and isinstance(out, tuple) and out[-1] is None:
+            out = (*out[:-1], metadata)
+        return out
+
+    pipe.lora_state_dict = lora_state_dict_with_metadata
+    try:
+        pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
+    finally:
+        del pipe.lora_state_dict
+
+
+# --- activation -------------------------------------------------------------------------------
+
+
+def _adapter_weights_for_call(live: LivePipeline, active: ActiveSet) -> list[Any]:
+    """Per-adapter weights in set_adapters' form, with components the adapter lacks left out."""
+    present = live.pipe.get_list_adapters()
+    out = []
+    for name, value in zip(active.names, active.weight_values()):
+        if isinstance(value, dict):
+            value = {c: v for c, v in value.items() if name in present.get(c, ())}
+        out.append(value)
+    return out
+
+
+def _set_active(live: LivePipeline, active: ActiveSet) -> None:
+    pipe = live.pipe
+    if active.names:
+        weights = _adapter_weights_for_call(live, active)
+        with _op(live, "set_adapters", ",".join(active.names)):
+            pipe.set_adapters(list(active.names), weights)
+    else:
+        # No active adapter: peft layers run the base layer only. diffusers' set_adapters refuses an
+        # empty list, so each tuner layer is told directly.
+        with _op(live, "set_adapters", "(none)"):
+            for comp in live.components:
+                for _, module in _tuner_layers(getattr(pipe, comp)):
+                    module.set_adapter([])
+    live.live_active = active
+    # set_adapters re-creates nothing, but layers made by a load start enabled: re-assert the switch.
+    _apply_text_encoder_switch(live, live.state_te_target, force=True)
+
+
+def _apply_text_encoder_switch(live: LivePipeline, disabled: tuple[str, ...], force: bool = False) -> None:
+    from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder
+
+    for te in live.components:
+        if te not in TEXT_ENCODERS:
+            continue
+        model = getattr(live.pipe, te)
+        if not _has_lora(model):
+            continue
+        want_off = te in disabled
+        was_off = te in live.live_te_disabled
+        if want_off == was_off and not (force and want_off):
+            continue
+        with _op(live, "disable_lora_for_text_encoder" if want_off else "enable_lora_for_text_encoder", te):
+            (disable_lora_for_text_encoder if want_off else enable_lora_for_text_encoder)(model)
+    live.live_te_disabled = tuple(sorted(disabled))
+
+
+# --- fusing -----------------------------------------------------------------------------------
+
+
+def _backup(live: LivePipeline, comp: str) -> None:
+    """Copy every weight a fusion of `comp` can touch, once, before the first fusion.
+
+    Kept on the CPU when the pipeline is on an accelerator: the copy is only read back on unfuse.
+    """
+    if comp in live.backups:
+        return
+    model = getattr(live.pipe, comp)
+    saved: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    t0 = time.perf_counter()
+    for name, module in _tuner_layers(model):
+        base = module.get_base_layer()
+        store = "cpu" if base.weight.device.type != "cpu" else base.weight.device
+        w = base.weight.detach().to(store, copy=True)
+        b = None
+        if getattr(base, "bias", None) is not None and any(getattr(module, "lora_bias", {}).values()):
+            b = base.bias.detach().to(store, copy=True)
+        saved[name] = (w, b)
+    live.backups[comp] = saved
+    logger.debug("backed up %d weights of %s in %.1f ms", len(saved), comp, (time.perf_counter() - t0) * 1e3)
+
+
+def _restore(live: LivePipeline, comps: list[str]) -> None:
+    """Exact unfuse: put the original weight tensors back and mark the layers unmerged."""
+    pipe = live.pipe
+    for comp in comps:
+        saved = live.backups.pop(comp, None)
+        if saved is None:
+            continue
+        model = getattr(pipe, comp)
+        with _op(live, "unfuse_lora(exact)", comp):
+            for name, module in _tuner_layers(model):
+                if name not in saved:
+                    continue
+                w, b = saved[name]
+                base = module.get_base_layer()
+                # Same device: hand the saved tensor back (no copy). Otherwise copy it over.
+                base.weight.data = w if w.device == base.weight.device else w.to(base.weight.device)
+                if b is not None:
+                    base.bias.data = b if b.device == base.bias.device else b.to(base.bias.device)
+                module.merged_adapters = []
+    _sync_merged_bookkeeping(live)
+
+
+def _sync_merged_bookkeeping(live: LivePipeline) -> None:
+    merged: set[str] = set()
+    for comp in live.components:
+        for _, module in _tuner_layers(getattr(live.pipe, comp)):
+            merged.update(module.merged_adapters)
+    live.pipe._merged_adapters = merged
+
+
+def _fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
+    _backup(live, comp)
+    try:
+        with _op(live, "fuse_lora", f"{comp} scale={op.lora_scale}"):
+            live.pipe.fuse_lora(
+                components=[comp],
+                lora_scale=op.lora_scale,
+                safe_fusing=op.safe_fusing,
+                adapter_names=list(op.adapter_names),
+            )
+    except ValueError as e:
+        if "NaN" in str(e) or "nan" in str(e).lower():
+            raise LoraOperationError(
+                f"safe_fusing stopped the fusion of {comp}: {e}. The pipeline was left unfused.",
+                "safe_fusing",
+                op.origin,
+            ) from e
+        raise
+    if op.lora_scale != 1.0:
+        live.live_active = None  # peft's scale_layer changed the scaling: set_adapters again later
+
+
+# --- the diff ---------------------------------------------------------------------------------
+
+
+def _same_file(a: AdapterSpec, b: AdapterSpec | None) -> bool:
+    return b is not None and a.path == b.path and a.sha256 == b.sha256
+
+
+def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
+    current = live.state or AdapterState()
+    pipe = live.pipe
+    live.state_te_target = target.te_disabled
+
+    # 1. fused components whose fusion history is not a prefix of the target's, or that involve an
+    #    adapter about to be removed or reloaded, go back to their original weights.
+    leaving = {a.name for a in current.adapters if not _same_file(a, target.adapter(a.name))}
+    restore = []
+    for comp in current.fused_components:
+        cur_ops, tgt_ops = current.fuse_ops_for(comp), target.fuse_ops_for(comp)
+        involved = {n for op in cur_ops for n in op.adapter_names}
+        if tgt_ops[: len(cur_ops)] != cur_ops or involved & leaving or comp in target.te_disabled:
+            restore.append(comp)
+    _restore(live, restore)
+    fused_now = {c: (() if c in restore else current.fuse_ops_for(c)) for c in live.components}
+
+    # 2. adapters out, adapters in
+    changed = False
+    if current.adapters and not target.adapters:
+        with _op(live, "unload_lora_weights"):
+            pipe.unload_lora_weights()
+        live.backups.clear()
+        live.live_devices.clear()
+        live.live_te_disabled = ()
+        live.live_active = ActiveSet()
+        changed = True
+    elif leaving:
+        with _op(live, "delete_adapters", ",".join(sorted(leaving))):
+            pipe.delete_adapters(sorted(leaving))
+        for n in leaving:
+            live.live_devices.pop(n, None)
+        changed = True
+    loaded_names = {a.name for a in current.adapters} - leaving if target.adapters else set()
+    for spec in target.adapters:
+        if spec.name not in loaded_names:
+            _load_adapter(live, spec, lora_reader)
+            live.live_devices[spec.name] = None
+            changed = True
+
+    # 3. devices
+    for spec in target.adapters:
+        if live.live_devices.get(spec.name) != spec.device:
+            device = spec.device or str(live.device)
+            with _op(live, "set_lora_device", f"{spec.name}->{device}"):
+                pipe.set_lora_device([spec.name], device)
+            live.live_devices[spec.name] = spec.device
+
+    # 4-6. activation, text-encoder switch, fusion
+    if not target.adapters:
+        live.live_active = ActiveSet()
+        return
+    pending = {c: target.fuse_ops_for(c)[len(fused_now[c]) :] for c in live.components}
+    for comp in live.components:
+        for op in pending[comp]:
+            if live.live_active != op.active or changed:
+                _set_active(live, op.active)
+                changed = False
+            _fuse(live, comp, op)
+    if live.live_active != target.active or changed:
+        _set_active(live, target.active)
+    if live.live_te_disabled != target.te_disabled:
+        _apply_text_encoder_switch(live, target.te_disabled)
+    _sync_merged_bookkeeping(live)
+
+
+def _reset(live: LivePipeline) -> None:
+    """Back to the bare base pipeline, whatever state it is in: restore fused weights, unload all."""
+    _restore(live, list(live.backups))
+    if any(_has_lora(getattr(live.pipe, c)) for c in live.components) or any(
+        True for c in live.components for _ in _tuner_layers(getattr(live.pipe, c))
+    ):
+        with _op(live, "unload_lora_weights", "(reset)"):
+            live.pipe.unload_lora_weights()
+    live.pipe._merged_adapters = set()
+    live.state = AdapterState()
+    live.live_active = ActiveSet()
+    live.live_te_disabled = ()
+    live.live_devices = {}
+
+
+def realize(live: LivePipeline, target: AdapterState, lora_reader) -> list[str]:
+    """Bring `live` to `target`; on failure roll back to the state it had and re-raise.
+
+    Returns the user-facing warnings raised on the way (e.g. keys of a LoRA that did not land).
+    """
+    if live.state == target:
+        return []
+    previous = live.state
+    live.warnings = []
+    t0 = time.perf_counter()
+    try:
+        if previous is None:
+            _reset(live)
+        _transition(live, target, lora_reader)
+        live.state = target
+    except BaseException:
+        logger.debug("realize failed; rolling back", exc_info=True)
+        _rollback(live, previous, lora_reader)
+        raise
+    logger.debug("realize took %.1f ms", (time.perf_counter() - t0) * 1e3)
+    return list(live.warnings)
+
+
+def _rollback(live: LivePipeline, previous: AdapterState | None, lora_reader) -> None:
+    warnings = live.warnings
+    try:
+        _reset(live)
+        if previous is not None and previous != AdapterState():
+            _transition(live, previous, lora_reader)
+            live.state = previous
+    except BaseException:
+        logger.exception("rolling back the LoRA state failed; the pipeline will be reset before next use")
+        live.state = None
+    finally:
+        live.warnings = warnings

@@ -1,0 +1,51 @@
+"""Node classes. NODE_CLASS_MAPPINGS is what ComfyUI loads; headless runs add SaveImage/PreviewImage."""
+
+from .image import PreviewImage, SaveImage
+from .inspect_save import LoRAInfo, SaveLoRA
+from .lora import (
+    DeleteAdapters,
+    FuseLoRA,
+    LoadLoRA,
+    SetAdapterWeights,
+    SetLoRADevice,
+    TextEncoderLoRAToggle,
+    UnfuseLoRA,
+    UnloadLoRA,
+)
+from .pipeline import LoadPipeline
+from .sampler import Sampler
+
+NODE_CLASS_MAPPINGS = {
+    "LoadPipeline": LoadPipeline,
+    "LoadLoRA": LoadLoRA,
+    "SetAdapterWeights": SetAdapterWeights,
+    "FuseLoRA": FuseLoRA,
+    "UnfuseLoRA": UnfuseLoRA,
+    "TextEncoderLoRAToggle": TextEncoderLoRAToggle,
+    "DeleteAdapters": DeleteAdapters,
+    "UnloadLoRA": UnloadLoRA,
+    "SetLoRADevice": SetLoRADevice,
+    "SaveLoRA": SaveLoRA,
+    "LoRAInfo": LoRAInfo,
+    "Sampler": Sampler,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadPipeline": "Load Pipeline (diffusers)",
+    "LoadLoRA": "Load LoRA (diffusers)",
+    "SetAdapterWeights": "Set Adapter Weights",
+    "FuseLoRA": "Fuse LoRA",
+    "UnfuseLoRA": "Unfuse LoRA",
+    "TextEncoderLoRAToggle": "Text Encoder LoRA On/Off",
+    "DeleteAdapters": "Delete Adapters",
+    "UnloadLoRA": "Unload LoRA",
+    "SetLoRADevice": "Set LoRA Device",
+    "SaveLoRA": "Save LoRA",
+    "LoRAInfo": "LoRA Info",
+    "Sampler": "Sampler (diffusers)",
+}
+
+# Headless only: inside ComfyUI its own SaveImage/PreviewImage are used.
+HEADLESS_NODE_CLASS_MAPPINGS = {**NODE_CLASS_MAPPINGS, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "HEADLESS_NODE_CLASS_MAPPINGS"]

@@ -1,0 +1,25 @@
+"""What every node shares: the edge type name, the category, and the call into the engine."""
+
+from __future__ import annotations
+
+PIPELINE = "PIPELINE"
+CATEGORY = "loragraph"
+
+
+def engine():
+    # Imported on first use: importing the pack (ComfyUI does it at start) must stay cheap.
+    from ..loaders.engine import get_engine
+
+    return get_engine()
+
+
+def origin_of(class_type: str, unique_id) -> str:
+    return f"{class_type} #{unique_id}" if unique_id is not None else class_type
+
+
+def realize_with_ui(handle):
+    """Realize the new state now; warnings (e.g. LoRA keys that did not land) show on the node."""
+    _, warnings = engine().realize(handle)
+    if warnings:
+        return {"ui": {"text": warnings}, "result": (handle,)}
+    return (handle,)

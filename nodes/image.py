@@ -1,0 +1,84 @@
+"""SaveImage and PreviewImage for headless runs (inside ComfyUI, ComfyUI's own nodes are used).
+
+Same inputs, file naming and PNG text chunks as ComfyUI's, so one workflow file runs in both.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .files import atomic_write, next_paths
+
+
+def _png_info(prompt, extra_pnginfo):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if prompt is not None:
+        info.add_text("prompt", json.dumps(prompt))
+    for key, value in (extra_pnginfo or {}).items():
+        info.add_text(key, json.dumps(value))
+    return info
+
+
+def _save(images, folder: Path, prefix: str, kind: str, prompt, extra_pnginfo) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    paths, subfolder = next_paths(folder, prefix, ".png", len(images))
+    results = []
+    for tensor, path in zip(images, paths):
+        array = np.clip(255.0 * tensor.cpu().numpy(), 0, 255).astype(np.uint8)
+        img = Image.fromarray(array)
+        info = _png_info(prompt, extra_pnginfo)
+        # compress_level 4: ComfyUI's choice, a fair size/speed trade.
+        atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info, compress_level=4))
+        results.append({"filename": path.name, "subfolder": subfolder, "type": kind})
+    return {"ui": {"images": results}}
+
+
+class SaveImage:
+    DESCRIPTION = "Save images as PNG to the output folder, with the workflow in the PNG (as ComfyUI does)."
+    CATEGORY = "image"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save_images"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The images to save."}),
+                "filename_prefix": ("STRING", {"default": "ComfyUI", "tooltip": "File name prefix."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        from .. import host
+
+        return _save(images, host.output_dir(), filename_prefix, "output", prompt, extra_pnginfo)
+
+
+class PreviewImage:
+    DESCRIPTION = "Show images without keeping them: saved to a temporary folder."
+    CATEGORY = "image"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save_images"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"images": ("IMAGE", {})},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save_images(self, images, prompt=None, extra_pnginfo=None):
+        from .. import host
+
+        # ComfyUI's temp prefix: a random suffix so previews of concurrent prompts do not collide.
+        prefix = "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
+        return _save(images, host.temp_dir(), prefix, "temp", prompt, extra_pnginfo)

@@ -1,0 +1,58 @@
+"""SaveLoRA and LoRAInfo: the nodes that look at real weights without sampling."""
+
+from __future__ import annotations
+
+import json
+
+from .common import CATEGORY, PIPELINE, engine
+
+
+class SaveLoRA:
+    DESCRIPTION = (
+        "Write one adapter to {output}/loras/{prefix}_{counter:05}_.safetensors at strength 1. kohya form "
+        "(true alphas) loads in ComfyUI, A1111 and diffusers; diffusers form keeps diffusers' metadata."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {}),
+                "adapter_name": ("STRING", {"default": "", "tooltip": "The adapter to save."}),
+                "filename_prefix": ("STRING", {"default": "loragraph", "tooltip": "File name prefix, may hold subfolders."}),
+                "format": (
+                    ["kohya", "diffusers"],
+                    {"default": "kohya", "tooltip": "kohya: loads in ComfyUI/A1111/diffusers. diffusers: PEFT keys."},
+                ),
+            }
+        }
+
+    def run(self, pipeline, adapter_name, filename_prefix="loragraph", format="kohya"):
+        from .. import host
+        from .files import next_path
+
+        folder = host.output_dir() / "loras"
+        path, subfolder = next_path(folder, filename_prefix, ".safetensors", "filename_prefix")
+        engine().save_lora(pipeline, adapter_name.strip(), path, format)
+        return {"ui": {"text": [str(path)], "loras": [{"filename": path.name, "subfolder": subfolder, "type": "output"}]}}
+
+
+class LoRAInfo:
+    DESCRIPTION = "Report the LoRA state as JSON: adapters per component, active weights, fused, text-encoder switch."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("info",)
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pipeline": (PIPELINE, {})}}
+
+    def run(self, pipeline):
+        text = json.dumps(engine().info(pipeline), indent=2, sort_keys=False)
+        return {"ui": {"text": [text]}, "result": (text,)}

@@ -1,0 +1,264 @@
+"""The LoRA nodes. Each turns widget values into a new PIPELINE handle and realizes it.
+
+Realizing right away runs the loading and fusion work inside the node that asked for it, so a bad
+file or a failed safe fusion is reported on that node, and the pipeline is rolled back.
+"""
+
+from __future__ import annotations
+
+from ..loaders import state as st
+from .common import CATEGORY, PIPELINE, engine, origin_of, realize_with_ui
+
+
+def _lora_names() -> list[str]:
+    from .. import host
+
+    return host.list_loras()
+
+
+class LoadLoRA:
+    DESCRIPTION = (
+        "Load a LoRA file onto the pipeline (diffusers' load_lora_weights). Every loaded adapter is "
+        "active afterwards, this one at `strength`."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ("The pipeline with this LoRA loaded and active.",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {"tooltip": "The pipeline to add the LoRA to."}),
+                "lora_name": (
+                    _lora_names(),
+                    {"tooltip": "A file in the loras folder (.safetensors; .ckpt/.pt/.bin load weights-only)."},
+                ),
+                "strength": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": -100.0,
+                        "max": 100.0,
+                        "step": 0.01,
+                        "tooltip": "The adapter's weight until a SetAdapterWeights changes it.",
+                    },
+                ),
+                "adapter_name": (
+                    "STRING",
+                    {"default": "", "tooltip": "Name for the adapter; empty: derived from the file name."},
+                ),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, lora_name: str = "", **_):
+        # The file's content enters the cache key: a LoRA rewritten on disk is loaded again.
+        from .. import host
+        from ..loaders import lora_file
+
+        try:
+            return lora_file.file_sha256(host.resolve_in("loras", lora_name))
+        except Exception:  # validation reports the bad name; the cache key just must not crash
+            return ""
+
+    def run(self, pipeline, lora_name, strength, adapter_name="", unique_id=None):
+        origin = origin_of("LoadLoRA", unique_id)
+        spec = engine().lora_spec(pipeline, lora_name, strength, adapter_name, origin)
+        return realize_with_ui(st.add_adapter(pipeline, spec))
+
+
+class SetAdapterWeights:
+    DESCRIPTION = (
+        "Choose the active adapters and their weights (diffusers' set_adapters). Adapters not named stay "
+        "loaded but inactive. Per-component and per-block weights are supported."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {}),
+                "adapter_names": (
+                    "STRING",
+                    {"default": "", "tooltip": "Comma-separated adapter names; empty: every loaded adapter."},
+                ),
+                "weights": (
+                    "STRING",
+                    {"default": "1.0", "tooltip": "One number for all, or one per adapter name."},
+                ),
+                "text_encoder_weights": (
+                    "STRING",
+                    {"default": "", "tooltip": "Weights for the text encoders; empty: the same as weights."},
+                ),
+                "block_weights": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "tooltip": 'Optional JSON, diffusers\' per-block form, e.g. {"unet": {"down": 0.5, '
+                        '"mid": 1, "up": 0}}, or {adapter_name: {...}} per adapter.',
+                    },
+                ),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def run(self, pipeline, adapter_names, weights, text_encoder_weights="", block_weights="", unique_id=None):
+        return realize_with_ui(
+            st.set_weights(pipeline, adapter_names, weights, text_encoder_weights, block_weights)
+        )
+
+
+class FuseLoRA:
+    DESCRIPTION = (
+        "Merge the LoRA weights into the base weights (diffusers' fuse_lora) for faster sampling. "
+        "The original weights are kept, so UnfuseLoRA restores them bit for bit."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {}),
+                "fuse_unet": ("BOOLEAN", {"default": True, "tooltip": "Fuse into the denoiser (unet or transformer)."}),
+                "fuse_text_encoder": ("BOOLEAN", {"default": True, "tooltip": "Fuse into the text encoder(s)."}),
+                "lora_scale": (
+                    "FLOAT",
+                    {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01, "tooltip": "Scales the fused delta."},
+                ),
+                "safe_fusing": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "Check the fused weights for NaN and refuse to fuse a broken LoRA."},
+                ),
+                "adapter_names": (
+                    "STRING",
+                    {"default": "", "tooltip": "Comma-separated adapters to fuse; empty: the active ones."},
+                ),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def run(self, pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names="", unique_id=None):
+        origin = origin_of("FuseLoRA", unique_id)
+        new = st.fuse(pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names, origin)
+        return realize_with_ui(new)
+
+
+class UnfuseLoRA:
+    DESCRIPTION = "Undo FuseLoRA (diffusers' unfuse_lora), restoring the original weights bit for bit."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {}),
+                "unfuse_unet": ("BOOLEAN", {"default": True, "tooltip": "Unfuse the denoiser."}),
+                "unfuse_text_encoder": ("BOOLEAN", {"default": True, "tooltip": "Unfuse the text encoder(s)."}),
+            }
+        }
+
+    def run(self, pipeline, unfuse_unet, unfuse_text_encoder):
+        return realize_with_ui(st.unfuse(pipeline, unfuse_unet, unfuse_text_encoder))
+
+
+class TextEncoderLoRAToggle:
+    DESCRIPTION = "Switch the LoRA layers of the text encoder(s) on or off (enable/disable_lora_for_text_encoder)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {}),
+                "enabled": ("BOOLEAN", {"default": True, "tooltip": "On: LoRA applies to the text encoder."}),
+                "text_encoder": (
+                    ["all", "text_encoder", "text_encoder_2"],
+                    {"default": "all", "tooltip": "Which text encoder; SDXL has two."},
+                ),
+            }
+        }
+
+    def run(self, pipeline, enabled, text_encoder="all"):
+        return realize_with_ui(st.toggle_text_encoder(pipeline, enabled, text_encoder))
+
+
+class DeleteAdapters:
+    DESCRIPTION = "Remove adapters from the pipeline (diffusers' delete_adapters)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {}),
+                "adapter_names": ("STRING", {"default": "", "tooltip": "Comma-separated adapter names to delete."}),
+            }
+        }
+
+    def run(self, pipeline, adapter_names):
+        return realize_with_ui(st.delete(pipeline, adapter_names))
+
+
+class UnloadLoRA:
+    DESCRIPTION = "Remove every LoRA, fused ones included (diffusers' unload_lora_weights): the base pipeline."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pipeline": (PIPELINE, {})}}
+
+    def run(self, pipeline):
+        return realize_with_ui(st.unload(pipeline))
+
+
+class SetLoRADevice:
+    DESCRIPTION = (
+        "Move adapters to another device (diffusers' set_lora_device), e.g. park unused ones on the CPU. "
+        "An adapter must be on the pipeline's device to be used for sampling."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (PIPELINE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {}),
+                "adapter_names": ("STRING", {"default": "", "tooltip": "Comma-separated; empty: every adapter."}),
+                "device": (["cpu", "cuda", "mps", "auto"], {"default": "cpu", "tooltip": "auto: the pipeline's device."}),
+            }
+        }
+
+    def run(self, pipeline, adapter_names, device):
+        if device not in ("cpu", "auto"):
+            from ..loaders.pipelines import resolve_device
+
+            resolve_device(device)  # raises on the `device` input if it is not there
+        return realize_with_ui(st.set_device(pipeline, adapter_names, device))

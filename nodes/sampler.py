@@ -1,0 +1,74 @@
+"""Sampler: renders images from a PIPELINE with the LoRA state its handle describes."""
+
+from __future__ import annotations
+
+from ..loaders.schedulers import SCHEDULERS
+from .common import CATEGORY, PIPELINE, engine
+
+
+class Sampler:
+    DESCRIPTION = (
+        "Render images: the pipeline's own __call__ with a CPU generator seeded by `seed`, so the same "
+        "seed gives the same image on any device. Shows progress per step and stops between steps on cancel."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("Images as ComfyUI's IMAGE: float32 [batch, height, width, 3] in 0..1.",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE, {}),
+                "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What to draw."}),
+                "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What to avoid."}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": 0xFFFFFFFFFFFFFFFF,
+                        "control_after_generate": True,
+                        "tooltip": "Seed of the CPU generator.",
+                    },
+                ),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Denoising steps."}),
+                "cfg": (
+                    "FLOAT",
+                    {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "Guidance scale."},
+                ),
+                "width": ("INT", {"default": 512, "min": 8, "max": 16384, "step": 8, "tooltip": "A multiple of 8."}),
+                "height": ("INT", {"default": 512, "min": 8, "max": 16384, "step": 8, "tooltip": "A multiple of 8."}),
+                "scheduler": (list(SCHEDULERS), {"default": "default", "tooltip": "default keeps the pipeline's own."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per prompt."}),
+            }
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, **_):
+        # ComfyUI's step is only a widget hint; a saved workflow can still hold 500: refuse it here.
+        for name, value in (("width", width), ("height", height)):
+            if isinstance(value, int) and value % 8:
+                return f"{name} must be a multiple of 8, got {value}"
+        return True
+
+    def run(self, pipeline, prompt, negative_prompt, seed, steps, cfg, width, height, scheduler="default", batch_size=1):
+        from .. import host
+
+        images = engine().sample(
+            pipeline,
+            prompt,
+            negative_prompt,
+            seed,
+            steps,
+            cfg,
+            width,
+            height,
+            scheduler,
+            batch_size,
+            progress=host.progress_reporter(steps),
+            check_interrupted=host.check_interrupted,
+        )
+        return (images,)
