@@ -45,7 +45,8 @@ def validate_node_input(received_type: Any, input_type: Any, strict: bool = Fals
     when the received set is contained in the input set). ``"*"`` on either side matches anything,
     as ComfyUI's frontend allows for wildcard sockets.
     """
-    if not received_type != input_type:
+    # Deliberately `not !=`: custom types that override __ne__ (ComfyUI's AnyType) must match.
+    if not received_type != input_type:  # noqa: SIM202
         return True
     if not isinstance(received_type, str) or not isinstance(input_type, str):
         return False
@@ -150,6 +151,7 @@ class _Validator:
         stack: list[tuple[str, Generator[str, NodeResult, NodeResult]]] = [
             (unique_id, self._validate_inputs(unique_id))
         ]
+        on_stack = {unique_id}
         send: Any = None
         throw: BaseException | None = None
         while True:
@@ -162,12 +164,14 @@ class _Validator:
                     request = gen.send(send)
             except StopIteration as stop:
                 stack.pop()
+                on_stack.discard(node_id)
                 if not stack:
                     return stop.value
                 send = stop.value
                 continue
             except Exception as ex:
                 stack.pop()
+                on_stack.discard(node_id)
                 if not stack:
                     raise
                 throw = ex
@@ -175,11 +179,11 @@ class _Validator:
             if request in self.validated:
                 send = self.validated[request]
                 continue
-            visiting = [n for n, _ in stack]
-            if request in visiting:
-                send = self._mark_cycle(visiting, request)
+            if request in on_stack:
+                send = self._mark_cycle([n for n, _ in stack], request)
                 continue
             stack.append((request, self._validate_inputs(request)))
+            on_stack.add(request)
             send = None
 
     def _mark_cycle(self, visiting: list[str], unique_id: str) -> NodeResult:
@@ -265,7 +269,7 @@ class _Validator:
                     if r[0] is False:
                         valid = False
                         continue
-                except Exception as ex:
+                except Exception as ex:  # noqa: BLE001 - a linked node's broken INPUT_TYPES is a validation error
                     valid = False
                     self.validated[o_id] = (
                         False,
@@ -306,7 +310,7 @@ class _Validator:
                     if input_type == "BOOLEAN":
                         val = bool(val)
                         inputs[x] = val
-                except Exception as ex:
+                except Exception as ex:  # noqa: BLE001 - whatever int()/float() raise means "wrong type"
                     errors.append(
                         {
                             "type": "invalid_input_type",
@@ -511,7 +515,7 @@ def validate_prompt(
     for o in sorted(outputs, key=node_sort_key):
         try:
             valid, reasons, _ = validator.run(o)
-        except Exception as ex:
+        except Exception as ex:  # noqa: BLE001 - ComfyUI reports any exception as exception_during_validation
             valid = False
             reasons = [
                 {

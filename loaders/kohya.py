@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -45,9 +45,26 @@ def _kohya_module(component: str, module: str, sdxl: bool) -> str:
     return prefixes[component] + module.replace(".", "_")
 
 
+def _alpha_lookup(spec: Any) -> Callable[[str], float | None]:
+    """module -> alpha, from {module: alpha} or from a peft LoraConfig (lora_alpha + alpha_pattern)."""
+    if spec is None:
+        return lambda module: None
+    if hasattr(spec, "lora_alpha"):
+        from peft.utils.other import get_pattern_key
+
+        pattern = dict(getattr(spec, "alpha_pattern", None) or {})
+
+        def from_config(module: str) -> float:
+            key = get_pattern_key(list(pattern), module)  # peft's own matching rule
+            return float(pattern.get(key, spec.lora_alpha))
+
+        return from_config
+    return lambda module: spec.get(module)
+
+
 def peft_to_kohya(
     component_state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
-    alphas: Mapping[str, Mapping[str, float]],
+    alphas: Mapping[str, Any],
     *,
     sdxl: bool | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -55,8 +72,8 @@ def peft_to_kohya(
 
     component_state_dicts: {"unet" | "text_encoder" | "text_encoder_2": {"<module>.lora_A.weight": t,
         "<module>.lora_B.weight": t}} as `get_peft_model_state_dict(model, adapter_name)` returns them.
-    alphas: {component: {module: alpha}}; a module without an entry gets alpha = rank (PEFT's
-        default scale of 1).
+    alphas: per component either {module: alpha} (see `adapter_alphas`) or the adapter's peft
+        LoraConfig (lora_alpha + alpha_pattern); a module with no alpha gets alpha = rank (scale 1).
     sdxl: name the text encoders lora_te1_/lora_te2_ (True) or lora_te_ (False); None guesses from
         the presence of a text_encoder_2 state dict - pass it explicitly when the pipeline is known.
     Raises ValueError for keys kohya cannot express (DoRA magnitudes, LoRA biases, embeddings, a
@@ -70,7 +87,7 @@ def peft_to_kohya(
             continue
         if component == "transformer":
             raise ValueError("kohya form is defined for UNet pipelines only; save a transformer LoRA in diffusers form")
-        comp_alphas = alphas.get(component, {})
+        alpha_of = _alpha_lookup(alphas.get(component))
         for key, tensor in sd.items():
             m = _PEFT_KEY.match(key)
             if m is None:
@@ -79,7 +96,7 @@ def peft_to_kohya(
             name = _kohya_module(component, module, sdxl)
             if which == "lora_A":
                 out[f"{name}.lora_down.weight"] = tensor.detach().cpu().contiguous()
-                alpha = comp_alphas.get(module)
+                alpha = alpha_of(module)
                 rank = int(tensor.shape[0])
                 out[f"{name}.alpha"] = torch.tensor(float(rank if alpha is None else alpha), dtype=torch.float32)
             else:
@@ -126,14 +143,14 @@ def adapter_for_save(pipe: Any, adapter_name: str) -> tuple[dict[str, dict[str, 
 
 
 def save_kohya(
-    path: str,
     component_state_dicts: Mapping[str, Mapping[str, torch.Tensor]],
-    alphas: Mapping[str, Mapping[str, float]],
+    alphas: Mapping[str, Any],
+    path: str | os.PathLike,
     *,
     sdxl: bool | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Write a kohya .safetensors (metadata: safetensors' `format: pt` plus the given entries).
+    """Write `peft_to_kohya(...)` as a .safetensors (header: `format: pt` plus `metadata`).
 
     Written under a temporary name and renamed, so a crash never leaves a half-written LoRA behind.
     """

@@ -627,8 +627,9 @@ def guess_base_model(lora: LoraFile) -> tuple[str, str]:
             return "other", f"cross-attention context width {width} matches no SD1/SD2/SDXL model"
     for m in lora.modules:
         n = m.name.replace("_", ".")
-        if m.component == "unet" and re.search(r"transformer.blocks\.[2-9]\b", n):
-            return "SDXL", f"UNet attention blocks with 3+ transformer layers ({m.name})"
+        if m.component == "unet" and re.search(r"transformer.blocks\.[1-9]", n):
+            # SD1.x/SD2.x UNets have one transformer layer per attention block; SDXL has 2 or 10.
+            return "SDXL", f"UNet attention blocks with several transformer layers ({m.name})"
     for m in lora.modules:
         n = m.name.replace("_", ".")
         if m.component == "text_encoder" and n.endswith(("q.proj", "k.proj", "v.proj")) and len(m.down_shape) >= 2:
@@ -663,11 +664,15 @@ def pipeline_state_dict(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The file's tensors keyed as `pipe.load_lora_weights` expects, and diffusers' adapter metadata.
 
-    diffusers 0.42 silently loads nothing from keys without a component prefix (PEFT adapter files,
-    `unet.save_attn_procs` files), so those get the prefix of the component they belong to. Other
-    formats pass unchanged: diffusers converts kohya and old keys itself.
-    The metadata (None when absent) must reach `load_lora_into_*(..., metadata=)`: with an in-memory
-    dict, `load_lora_weights` drops it and alpha falls back to rank.
+    Two things diffusers 0.42 gets wrong from an in-memory dict are fixed here, in the copy only:
+    - keys without a component prefix (PEFT adapter files, `unet.save_attn_procs` files) load
+      nothing, so they get the prefix of the component they belong to;
+    - a kohya file whose modules have different alphas loads with one alpha per component (the
+      most common; peft ignores diffusers' per-module alpha_pattern), so each odd module's ratio to
+      that alpha is folded into its lora_up and its alpha set to the common one: the same delta.
+    Other keys pass unchanged: diffusers converts kohya and old keys itself.
+    The metadata (None when absent) must reach `load_lora_into_*(..., metadata=)`, since with a
+    dict `load_lora_weights` drops it and alpha falls back to rank; `load_lora_file` does that.
     `copy=True` clones the tensors (diffusers may adopt them as parameters; the cache's must stay
     untouched); `copy=False` is for read-only uses such as `coverage`.
     """
@@ -686,7 +691,73 @@ def pipeline_state_dict(
         if meta is not None and not any(k.split(".", 1)[0] in COMPONENTS for k in meta):
             # A PEFT file's metadata is one LoraConfig for its one model: file it under the denoiser.
             meta = {f"{denoiser}.{k}": v for k, v in meta.items()}
+    if lora.format == "kohya":
+        _equalize_kohya_alphas(lora, source)
     return source, meta
+
+
+def _equalize_kohya_alphas(lora: LoraFile, source: dict[str, torch.Tensor]) -> None:
+    """Give every module of a component the same `.alpha`, folding alpha_i / common into lora_up."""
+    by_component: dict[str, list[LoraModule]] = collections.defaultdict(list)
+    for m in lora.modules:
+        by_component[m.component].append(m)
+    for component, mods in by_component.items():
+        if all(m.alpha is None for m in mods):
+            continue  # no alphas at all: diffusers uses alpha = rank everywhere, as kohya means
+        true = {m.name: (m.alpha if m.alpha is not None else float(m.rank)) for m in mods}
+        if len(set(true.values())) == 1 and all(m.alpha is not None for m in mods):
+            continue
+        common = collections.Counter(true.values()).most_common(1)[0][0]
+        if common == 0:
+            continue  # alpha 0 switches a module off; folding cannot express ratios to it
+        for m in mods:
+            up_key = f"{m.name}.lora_up.weight"
+            if true[m.name] != common and up_key in source:
+                source[up_key] = source[up_key] * (true[m.name] / common)
+            source[f"{m.name}.alpha"] = torch.tensor(common, dtype=torch.float32)
+        logger.info("%s: %s alphas differ per module; folded into lora_up for diffusers", lora.path, component)
+
+
+def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str) -> None:
+    """Load a cached LoraFile with diffusers exactly as `load_lora_weights(path)` would.
+
+    Without re-reading the file: `load_lora_weights(dict)` would drop the file's adapter metadata
+    (alpha != rank), so for files that carry it, the UNet pipelines' own `load_lora_into_unet` /
+    `load_lora_into_text_encoder` are called with it, in the order `load_lora_weights` uses.
+    Not transactional: callers roll back on error.
+    """
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+    sd, meta = pipeline_state_dict(pipe, lora)
+    cls = type(pipe)
+    if meta is None or not hasattr(cls, "load_lora_into_unet") or getattr(pipe, "unet", None) is None:
+        if meta is not None:
+            logger.warning("%s: %s ignores the file's adapter metadata (alpha may fall back to rank)",
+                           lora.path, cls.__name__)
+        pipe.load_lora_weights(sd, adapter_name=adapter_name)
+        return
+    from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
+
+    kwargs = {"unet_config": pipe.unet.config} if isinstance(pipe, StableDiffusionXLLoraLoaderMixin) else {}
+    state_dict, network_alphas = cls.lora_state_dict(sd, **kwargs)[:2]
+    if not all("lora" in k for k in state_dict):
+        raise LoraFileError(f"{lora.path}: some keys are not LoRA keys (diffusers requires 'lora' in every key)")
+
+    def meta_for(component: str) -> dict[str, Any] | None:
+        part = {k: v for k, v in meta.items() if k.startswith(f"{component}.")}
+        return part or None  # an empty dict would make diffusers build LoraConfig() from nothing
+
+    cls.load_lora_into_unet(
+        state_dict, network_alphas=network_alphas, unet=pipe.unet, adapter_name=adapter_name,
+        metadata=meta_for("unet"), _pipeline=pipe, low_cpu_mem_usage=_LOW_CPU_MEM_USAGE_DEFAULT_LORA,
+    )
+    for te in ("text_encoder", "text_encoder_2"):
+        if te in getattr(cls, "_lora_loadable_modules", ()) and getattr(pipe, te, None) is not None:
+            cls.load_lora_into_text_encoder(
+                state_dict, network_alphas=network_alphas, text_encoder=getattr(pipe, te), prefix=te,
+                lora_scale=pipe.lora_scale, adapter_name=adapter_name, _pipeline=pipe,
+                metadata=meta_for(te), low_cpu_mem_usage=_LOW_CPU_MEM_USAGE_DEFAULT_LORA,
+            )
 
 
 @dataclasses.dataclass(frozen=True)

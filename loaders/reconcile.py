@@ -114,9 +114,9 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader) -> None:
         logger.warning(msg)
 
     pipe = live.pipe
-    state_dict = dict(lf.state_dict)  # diffusers pops keys from what it is given
-    metadata = _diffusers_metadata(lf)
-    with _op(live, "load_lora_weights", spec.name):
+    # Keys fixed for diffusers (component prefixes, kohya alphas) on a copy; the cache stays untouched.
+    state_dict, metadata = lora_file.pipeline_state_dict(pipe, lf)
+    with _op(live, "load_lora_weights", spec.name), _quiet_loading():
         if metadata is None:
             pipe.load_lora_weights(state_dict, adapter_name=spec.name)
         else:
@@ -125,9 +125,33 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader) -> None:
         raise LoraOperationError("diffusers loaded no layer from this file", "lora_name", spec.origin)
 
 
-def _diffusers_metadata(lf) -> dict | None:
-    raw = (lf.metadata or {}).get("lora_adapter_metadata")
-    return json.loads(raw) if raw else None
+@contextmanager
+def _quiet_loading():
+    """Mute three misleading messages while diffusers loads an adapter; our coverage report replaces them.
+
+    - transformers 5 prints a whole-model "LOAD REPORT" (every base weight MISSING) and a progress bar;
+    - diffusers warns, on loading a second adapter, that the *first* adapter's keys are "missing";
+    - peft warns that a `peft_config` already exists whenever a second adapter is added.
+    """
+    import warnings
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    t_level, d_level = tlog.get_verbosity(), dlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    dlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            yield
+    finally:
+        tlog.set_verbosity(t_level)
+        dlog.set_verbosity(d_level)
+        if bars:
+            tlog.enable_progress_bar()
 
 
 def _load_with_metadata(pipe, state_dict: dict, metadata: dict, adapter_name: str) -> None:

@@ -1,0 +1,295 @@
+"""Real LoRA files for tests and examples, made deterministically from the built-in tiny pipelines.
+
+The adapters are laid out by peft itself (`LoraConfig` + `add_adapter` + `get_peft_model_state_dict`
+on a throwaway copy of the model), so their keys and shapes are exactly what diffusers produces and
+consumes. Their matrices are then drawn from a seeded generator with lora_B non-zero (peft would
+start B at zero, i.e. a LoRA that changes nothing), so a loaded LoRA visibly changes the image.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .kohya import peft_to_kohya
+from .lora_file import DENOISERS, PICKLE_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# Size of the LoRA delta relative to a layer's own weights (~0.9 of their spread at alpha = rank):
+# large enough that the tiny pipelines' images change visibly, small enough to stay finite.
+DEFAULT_SCALE = 0.5
+
+PipeKind = Literal["sd", "sdxl"]
+FileFormat = Literal["diffusers", "peft", "kohya", "diffusers-old"]
+
+_PIPES: dict[str, Any] = {}
+
+
+def tiny_pipeline(kind: PipeKind) -> Any:
+    """The built-in tiny pipeline of that kind, built once per process. Read-only: never load into it."""
+    from .builtin import build_tiny_sd, build_tiny_sdxl
+
+    if kind not in _PIPES:
+        builders = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl}
+        if kind not in builders:
+            raise ValueError(f"pipe_kind must be one of {sorted(builders)}, not {kind!r}")
+        _PIPES[kind] = builders[kind]()
+    return _PIPES[kind]
+
+
+def _make_adapters(
+    pipe: Any,
+    rank: int,
+    alpha: float | None,
+    components: Sequence[str],
+    targets: Sequence[str],
+    text_encoder_targets: Sequence[str],
+    seed: int,
+    scale: float,
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """({component: PEFT state dict}, {component: LoraConfig}) for a fresh, seeded adapter."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    generator = torch.Generator().manual_seed(seed)
+    state_dicts: dict[str, dict[str, torch.Tensor]] = {}
+    configs: dict[str, Any] = {}
+    for component in components:
+        model = getattr(pipe, component, None)
+        if model is None:
+            raise ValueError(f"{type(pipe).__name__} has no {component!r} to make a LoRA for")
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=rank if alpha is None else alpha,
+            target_modules=list(targets if component in DENOISERS else text_encoder_targets),
+        )
+        throwaway = copy.deepcopy(model)  # the caller's pipeline must stay untouched
+        throwaway.add_adapter(config)
+        layout = get_peft_model_state_dict(throwaway)
+        del throwaway
+        sd = {}
+        for key in sorted(layout):
+            shape = layout[key].shape
+            t = torch.randn(shape, generator=generator, dtype=torch.float32)
+            if ".lora_A." in key:
+                sd[key] = t / math.sqrt(shape[1])  # unit-variance output per input row
+            else:
+                sd[key] = t * (scale / math.sqrt(rank))
+        state_dicts[component] = sd
+        configs[component] = config
+    return state_dicts, configs
+
+
+def _default_components(pipe: Any, fmt: str) -> tuple[str, ...]:
+    denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    if fmt == "peft":
+        return (denoiser,)  # a PEFT adapter file holds one model
+    extra = ("text_encoder_2",) if getattr(pipe, "text_encoder_2", None) is not None else ()
+    return (denoiser, "text_encoder", *extra)
+
+
+def make_lora_state_dict(
+    pipe: Any,
+    rank: int = 4,
+    alpha: float | None = None,
+    components: Sequence[str] = ("unet", "text_encoder"),
+    targets: Sequence[str] = UNET_TARGETS,
+    text_encoder_targets: Sequence[str] = TEXT_ENCODER_TARGETS,
+    seed: int = 0,
+    scale: float = DEFAULT_SCALE,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """{component: PEFT state dict ("<module>.lora_A.weight", ...)} shaped for `pipe`, seeded.
+
+    `alpha` is not baked into the numbers (pass it to whatever writes or loads the adapter); the
+    caller's pipeline is only read (the adapter is laid out on a deep copy).
+    """
+    return _make_adapters(pipe, rank, alpha, components, targets, text_encoder_targets, seed, scale)[0]
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    d = config.to_dict()
+    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in d.items()}
+
+
+def _fold_alpha(sd: Mapping[str, torch.Tensor], rank: int, alpha: float | None) -> dict[str, torch.Tensor]:
+    """Formats without an alpha keep the effect by scaling lora_B by alpha / rank."""
+    if alpha is None or alpha == rank:
+        return dict(sd)
+    return {k: (v * (alpha / rank) if ".lora_B." in k else v) for k, v in sd.items()}
+
+
+def _old_module_name(component: str, module: str) -> str:
+    """A PEFT module path in the pre-PEFT attention-processor spelling (diffusers <= 0.20)."""
+    if component in DENOISERS:
+        for proj, old in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out.0", "to_out")):
+            if module.endswith("." + proj):
+                return f"{module[: -len(proj) - 1]}.processor.{old}_lora"
+    else:
+        for proj, old in (("q_proj", "to_q"), ("k_proj", "to_k"), ("v_proj", "to_v"), ("out_proj", "to_out")):
+            if module.endswith("." + proj):
+                stem = module[: -len(proj) - 1]
+                stem = stem if stem.startswith("text_model.") else "text_model." + stem
+                return f"{stem}.{old}_lora"
+    raise ValueError(f"the diffusers-old format only holds attention projections, not {component}.{module}")
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: Mapping[str, str] | None) -> None:
+    if path.name.lower().endswith(PICKLE_SUFFIXES):
+        torch.save(tensors, path)
+        return
+    import safetensors.torch
+
+    safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt", **(metadata or {})})
+
+
+def write_lora_file(
+    path: str | os.PathLike,
+    pipe_kind: PipeKind = "sd",
+    fmt: FileFormat = "diffusers",
+    rank: int = 4,
+    alpha: float | None = None,
+    seed: int = 0,
+    *,
+    components: Sequence[str] | None = None,
+    targets: Sequence[str] = UNET_TARGETS,
+    text_encoder_targets: Sequence[str] = TEXT_ENCODER_TARGETS,
+    scale: float = DEFAULT_SCALE,
+    metadata: Mapping[str, str] | None = None,
+    pipe: Any = None,
+) -> Path:
+    """Write a seeded LoRA for the tiny `pipe_kind` pipeline (or `pipe`) in the given format.
+
+    diffusers: `<Pipeline>.save_lora_weights` with `*_lora_adapter_metadata` (keeps alpha != rank).
+    peft: one model's bare PEFT keys plus `lora_adapter_metadata`, as `unet.save_lora_adapter` writes.
+    kohya: `peft_to_kohya`, with `.alpha` per module (the SDXL kind gets lora_te1_/lora_te2_).
+    diffusers-old: attention-processor keys (`...processor.to_q_lora.down.weight`); alpha folded in.
+    A .pt/.bin/.ckpt/.pth path is written with torch.save (no header: alpha is folded into lora_B
+    where the format would have kept it in metadata). `metadata` adds safetensors header entries.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pipe = pipe if pipe is not None else tiny_pipeline(pipe_kind)
+    components = tuple(components) if components is not None else _default_components(pipe, fmt)
+    sds, configs = _make_adapters(pipe, rank, alpha, components, targets, text_encoder_targets, seed, scale)
+    pickled = path.name.lower().endswith(PICKLE_SUFFIXES)
+    extra = dict(metadata or {})
+
+    if fmt == "diffusers":
+        if pickled:
+            tensors = {f"{c}.{k}": v for c, sd in sds.items() for k, v in _fold_alpha(sd, rank, alpha).items()}
+            _save(path, tensors, None)
+        else:
+            kwargs: dict[str, Any] = {}
+            for c, sd in sds.items():
+                kwargs[f"{c}_lora_layers"] = sd
+                kwargs[f"{c}_lora_adapter_metadata"] = _config_dict(configs[c])
+            type(pipe).save_lora_weights(str(path.parent), weight_name=path.name, **kwargs)
+            if extra:
+                _add_metadata(path, extra)
+    elif fmt == "peft":
+        if len(sds) != 1:
+            raise ValueError(f"a PEFT adapter file holds one model; got components {sorted(sds)}")
+        (component, sd), = sds.items()
+        if pickled:
+            _save(path, _fold_alpha(sd, rank, alpha), None)
+        else:
+            header = {"lora_adapter_metadata": json.dumps(_config_dict(configs[component]), indent=2, sort_keys=True)}
+            _save(path, dict(sd), {**header, **extra})
+    elif fmt == "kohya":
+        alphas = {c: {k.removesuffix(".lora_A.weight"): float(rank if alpha is None else alpha)
+                      for k in sd if k.endswith(".lora_A.weight")} for c, sd in sds.items()}
+        _save(path, peft_to_kohya(sds, alphas, sdxl=pipe_kind == "sdxl" or "text_encoder_2" in sds), extra)
+    elif fmt == "diffusers-old":
+        tensors = {}
+        for c, sd in sds.items():
+            for k, v in _fold_alpha(sd, rank, alpha).items():
+                module, which = k.rsplit(".", 2)[0], k.rsplit(".", 2)[1]
+                direction = "down" if which == "lora_A" else "up"
+                tensors[f"{c}.{_old_module_name(c, module)}.{direction}.weight"] = v
+        _save(path, tensors, extra)
+    else:
+        raise ValueError(f"unknown LoRA file format {fmt!r}")
+    logger.debug("wrote %s LoRA %s (rank %d, alpha %s, seed %d)", fmt, path, rank, alpha, seed)
+    return path
+
+
+def _add_metadata(path: Path, extra: Mapping[str, str]) -> None:
+    import safetensors.torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        old = dict(f.metadata() or {})
+    tensors = safetensors.torch.load_file(str(path))
+    safetensors.torch.save_file(tensors, str(path), metadata={**old, **extra})
+
+
+class NotATensor:
+    """A harmless object that torch.load(weights_only=True) must still refuse to unpickle."""
+
+    def __init__(self) -> None:
+        self.payload = "pickled objects can run code when loaded"
+
+
+def write_bad_files(folder: str | os.PathLike) -> dict[str, Path]:
+    """Files every LoRA reader must refuse or flag, written into `folder`; returns {kind: path}.
+
+    truncated: a diffusers LoRA cut short; unrelated: a small conv net's weights (no LoRA keys);
+    wrong_base: an SDXL-shaped LoRA, meant for the SD pipeline; nan: one lora_B holding NaN;
+    pt: a valid LoRA pickled with torch.save (loads through weights_only); unsafe_pt: a pickle
+    holding a non-tensor object; wrong_suffix: a LoRA under a .txt name; empty: a 0-byte file.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+
+    good = write_lora_file(folder / "truncated.safetensors", "sd", "diffusers", seed=1)
+    data = good.read_bytes()
+    good.write_bytes(data[: len(data) * 3 // 5])  # cut inside the tensor data, as an interrupted copy would
+    out["truncated"] = good
+
+    torch.manual_seed(0)  # fixed weights for the conv net: the file's bytes stay the same every run
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+    import safetensors.torch
+
+    unrelated = folder / "unrelated_model.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(unrelated))
+    out["unrelated"] = unrelated
+
+    out["wrong_base"] = write_lora_file(folder / "sdxl_lora_for_sd.safetensors", "sdxl", "diffusers", seed=2)
+
+    nan = write_lora_file(folder / "nan_lora.safetensors", "sd", "diffusers", seed=3)
+    from safetensors import safe_open
+
+    with safe_open(str(nan), framework="pt") as f:
+        header = dict(f.metadata() or {})
+    tensors = safetensors.torch.load_file(str(nan))
+    first_b = min(k for k in tensors if ".lora_B." in k)
+    tensors[first_b][0, 0] = float("nan")
+    safetensors.torch.save_file(tensors, str(nan), metadata=header)
+    out["nan"] = nan
+
+    out["pt"] = write_lora_file(folder / "pickled_lora.pt", "sd", "diffusers", seed=4)
+
+    unsafe = folder / "unsafe_pickle.pt"
+    torch.save({"unet.x.lora_A.weight": torch.zeros(1, 1), "object": NotATensor()}, unsafe)
+    out["unsafe_pt"] = unsafe
+
+    wrong_suffix = folder / "lora.txt"
+    wrong_suffix.write_bytes(good.read_bytes())
+    out["wrong_suffix"] = wrong_suffix
+
+    empty = folder / "empty.safetensors"
+    empty.write_bytes(b"")
+    out["empty"] = empty
+    return out

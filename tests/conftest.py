@@ -1,0 +1,76 @@
+"""Shared fixtures: a models folder with real LoRA files, and raw-diffusers oracles."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Keep the CPU work predictable on CI's 2 cores, and never reach for a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+logging.getLogger("loragraph").setLevel(logging.DEBUG)
+
+PROMPT = "a red circle on a white background"
+STEPS = 3  # three DDIM steps: enough to carry a LoRA's effect into the image, fast on a CPU
+SIZE = 64  # the tiny pipelines' native size
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """DIR/loras holds: sd_a (diffusers), sd_b (kohya, alpha 2 at rank 4), sd_c (PEFT, unet only),
+    sd_old (old attn-processor keys), xl_a (SDXL diffusers), xl_k (SDXL kohya), and bad files."""
+    from loragraph.loaders.testing import write_bad_files, write_lora_file
+
+    root = tmp_path_factory.mktemp("models")
+    loras = root / "loras"
+    loras.mkdir()
+    write_lora_file(loras / "sd_a.safetensors", "sd", "diffusers", rank=4, seed=11)
+    write_lora_file(loras / "sd_b.safetensors", "sd", "kohya", rank=4, alpha=2, seed=12)
+    write_lora_file(loras / "sd_c.safetensors", "sd", "peft", rank=8, seed=13, components=("unet",))
+    write_lora_file(loras / "sd_old.safetensors", "sd", "diffusers-old", rank=4, seed=14)
+    write_lora_file(loras / "sub" / "sd_d.safetensors", "sd", "diffusers", rank=2, alpha=1, seed=15)
+    write_lora_file(loras / "xl_a.safetensors", "sdxl", "diffusers", rank=4, seed=21)
+    write_lora_file(loras / "xl_k.safetensors", "sdxl", "kohya", rank=4, alpha=8, seed=22)
+    write_bad_files(loras / "bad")
+    return root
+
+
+@pytest.fixture()
+def configured(models_dir, tmp_path):
+    from loragraph import host
+
+    host.configure(models_dir=models_dir, output_dir=tmp_path / "output")
+    return models_dir
+
+
+def render(pipe, prompt: str = PROMPT, seed: int = 1) -> torch.Tensor:
+    """The raw diffusers call the Sampler stands for (SPEC: Sampler semantics), as an image tensor."""
+    out = pipe(
+        prompt,
+        negative_prompt="",
+        num_inference_steps=STEPS,
+        guidance_scale=7.0,
+        width=SIZE,
+        height=SIZE,
+        num_images_per_prompt=1,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type="np",
+    )
+    return torch.from_numpy(out.images).float()
+
+
+def raw_pipeline(kind: str = "sd"):
+    from loragraph.loaders.builtin import build_tiny_sd, build_tiny_sdxl
+
+    pipe = build_tiny_sd() if kind == "sd" else build_tiny_sdxl()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
