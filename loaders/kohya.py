@@ -37,7 +37,11 @@ def _kohya_module(component: str, module: str, sdxl: bool) -> str:
     if component not in prefixes:
         raise ValueError(
             f"kohya form has no name for the {component!r} component"
-            + ("" if component.startswith("text_encoder") else "; save this adapter in diffusers form instead")
+            + (
+                ""
+                if component.startswith("text_encoder")
+                else "; save this adapter in diffusers form instead"
+            )
         )
     # transformers >= 5 flattens CLIPTextModel (no `text_model.`); kohya names always carry it.
     if not module.startswith(("text_model.", "text_projection")):
@@ -86,19 +90,25 @@ def peft_to_kohya(
         if not sd:
             continue
         if component == "transformer":
-            raise ValueError("kohya form is defined for UNet pipelines only; save a transformer LoRA in diffusers form")
+            raise ValueError(
+                "kohya form is defined for UNet pipelines only; save a transformer LoRA in diffusers form"
+            )
         alpha_of = _alpha_lookup(alphas.get(component))
         for key, tensor in sd.items():
             m = _PEFT_KEY.match(key)
             if m is None:
-                raise ValueError(f"{component}: key {key!r} has no kohya equivalent (only lora_A/lora_B weights do)")
+                raise ValueError(
+                    f"{component}: key {key!r} has no kohya equivalent (only lora_A/lora_B weights do)"
+                )
             module, which = m.group("module"), m.group("which")
             name = _kohya_module(component, module, sdxl)
             if which == "lora_A":
                 out[f"{name}.lora_down.weight"] = tensor.detach().cpu().contiguous()
                 alpha = alpha_of(module)
                 rank = int(tensor.shape[0])
-                out[f"{name}.alpha"] = torch.tensor(float(rank if alpha is None else alpha), dtype=torch.float32)
+                out[f"{name}.alpha"] = torch.tensor(
+                    float(rank if alpha is None else alpha), dtype=torch.float32
+                )
             else:
                 out[f"{name}.lora_up.weight"] = tensor.detach().cpu().contiguous()
     downs = {k.removesuffix(".lora_down.weight") for k in out if k.endswith(".lora_down.weight")}
@@ -119,7 +129,9 @@ def adapter_alphas(model: torch.nn.Module, adapter_name: str) -> dict[str, float
     return found
 
 
-def adapter_for_save(pipe: Any, adapter_name: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, float]]]:
+def adapter_for_save(
+    pipe: Any, adapter_name: str
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, float]]]:
     """One adapter's PEFT state dicts and true alphas per component, at strength 1, for saving.
 
     Weights set by set_adapters only change peft's `scaling`, never `lora_alpha` or the matrices, so
@@ -134,7 +146,8 @@ def adapter_for_save(pipe: Any, adapter_name: str) -> tuple[dict[str, dict[str, 
         if model is None or adapter_name not in getattr(model, "peft_config", {}):
             continue
         state_dicts[component] = {
-            k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()
+            k: v.detach().cpu().clone()
+            for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()
         }
         alphas[component] = adapter_alphas(model, adapter_name)
     if not state_dicts:

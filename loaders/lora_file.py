@@ -64,8 +64,18 @@ _UP_MARKERS = {
 }
 # Key fragments that mark a tensor as belonging to some low-rank adapter (LoRA, LoHa, LoKr).
 _ADAPTER_KEY_MARKERS = (
-    "lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up", "lora_linear_layer",
-    "_lora.", "hada_w", "lokr_w", "lora_magnitude_vector", "dora_scale",
+    "lora_A",
+    "lora_B",
+    "lora_down",
+    "lora_up",
+    "lora.down",
+    "lora.up",
+    "lora_linear_layer",
+    "_lora.",
+    "hada_w",
+    "lokr_w",
+    "lora_magnitude_vector",
+    "dora_scale",
 )
 
 # The parsed-file cache is bounded by the files' total size: parsed LoRAs live in RAM as CPU
@@ -204,13 +214,17 @@ class _Cache:
             self.by_hash.move_to_end(sha)
         return lora
 
-    def put(self, lora: LoraFile) -> None:
+    def put(self, lora: LoraFile) -> LoraFile:
+        """Keep `lora`; if another thread parsed the same content meanwhile, keep and return that one."""
+        if lora.sha256 in self.by_hash:
+            return self.get(lora.sha256) or lora
         if lora.size > self.max_bytes:
             logger.info("%s (%d bytes) is larger than the LoRA cache; not cached", lora.path, lora.size)
-            return
+            return lora
         self.by_hash[lora.sha256] = lora
         self.bytes += lora.size
         self.evict()
+        return lora
 
     def evict(self) -> None:
         while self.bytes > self.max_bytes and self.by_hash:
@@ -263,13 +277,13 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
     return real, st.st_size, st.st_mtime_ns
 
 
-def _hash_file(path: str) -> tuple[str, str | None]:
+def _hash_file(path: str, safetensors_file: bool) -> tuple[str, str | None]:
     """sha256 of the whole file and, for safetensors, of the tensor data after the header.
 
     One pass: the second hash is what kohya-ss and A1111 call the "addnet" hash.
     """
     full = hashlib.sha256()
-    data = hashlib.sha256() if path.lower().endswith(SAFETENSORS_SUFFIXES) else None
+    data = hashlib.sha256() if safetensors_file else None
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -295,7 +309,11 @@ def _hashes(path: str | os.PathLike) -> tuple[tuple[str, int, int], str, str | N
         if known is not None:
             _CACHE.by_stat.move_to_end(key)
             return key, known[0], known[1]
-    sha, addnet = _hash_file(key[0])
+    # The name decides the format: HF-cache style symlinks point at suffix-less blobs.
+    named_st = str(path).lower().endswith(SAFETENSORS_SUFFIXES) or key[0].lower().endswith(
+        SAFETENSORS_SUFFIXES
+    )
+    sha, addnet = _hash_file(key[0], named_st)
     with _CACHE.lock:
         _CACHE.stats["hash_reads"] += 1
         _CACHE.remember_hash(key, (sha, addnet))
@@ -340,8 +358,8 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
         lora = _build(str(path), sha, addnet, key[1], tensors, metadata)
         with _CACHE.lock:
             _CACHE.stats["parses"] += 1
-            _CACHE.put(lora)
-        return lora
+            kept = _CACHE.put(lora)
+        return kept if kept.path == lora.path else dataclasses.replace(kept, path=lora.path)
     raise LoraFileError(f"{path}: the file keeps changing while it is read; try again when it is written")
 
 
@@ -514,7 +532,9 @@ def _modules(tensors: Mapping[str, torch.Tensor], fmt: LoraFormat) -> tuple[Lora
             continue
         module, marker = m.group("module"), m.group("marker")
         base_marker = ".lora_A" if marker.startswith(".lora_A") else marker
-        up_key = key.replace(marker + ".weight", marker.replace(base_marker, _UP_MARKERS[base_marker]) + ".weight")
+        up_key = key.replace(
+            marker + ".weight", marker.replace(base_marker, _UP_MARKERS[base_marker]) + ".weight"
+        )
         up = tensors.get(up_key)
         alpha_t = tensors.get(f"{module}.alpha")
         alpha = float(alpha_t.float().reshape(-1)[0]) if isinstance(alpha_t, torch.Tensor) else None
@@ -547,10 +567,20 @@ def _summary(lora: LoraFile) -> dict[str, Any]:
         if phrase:
             triggers += [t.strip() for t in phrase.split(",") if t.strip()]
     triggers += [t for t, _ in tags[:_TRIGGER_WORDS]]
-    training = {k: md[k] for k in (
-        "ss_base_model_version", "ss_sd_model_name", "ss_network_module", "ss_network_dim",
-        "ss_network_alpha", "ss_output_name", "modelspec.title", "modelspec.architecture",
-    ) if k in md}
+    training = {
+        k: md[k]
+        for k in (
+            "ss_base_model_version",
+            "ss_sd_model_name",
+            "ss_network_module",
+            "ss_network_dim",
+            "ss_network_alpha",
+            "ss_output_name",
+            "modelspec.title",
+            "modelspec.architecture",
+        )
+        if k in md
+    }
     return {
         "file": lora.name,
         "path": lora.path,
@@ -632,12 +662,18 @@ def guess_base_model(lora: LoraFile) -> tuple[str, str]:
             return "SDXL", f"UNet attention blocks with several transformer layers ({m.name})"
     for m in lora.modules:
         n = m.name.replace("_", ".")
-        if m.component == "text_encoder" and n.endswith(("q.proj", "k.proj", "v.proj")) and len(m.down_shape) >= 2:
+        if (
+            m.component == "text_encoder"
+            and n.endswith(("q.proj", "k.proj", "v.proj"))
+            and len(m.down_shape) >= 2
+        ):
             width = m.down_shape[1]
             if width in _TEXT_WIDTH:
                 return _TEXT_WIDTH[width], f"text-encoder width {width} ({m.name})"
-    if any(m.component == "unet" and re.match(r"lora_unet_(input_blocks|middle_block|output_blocks)", m.name)
-           for m in lora.modules):
+    if any(
+        m.component == "unet" and re.match(r"lora_unet_(input_blocks|middle_block|output_blocks)", m.name)
+        for m in lora.modules
+    ):
         return "SDXL", "kohya SGM-style UNet names (input_blocks/output_blocks), as kohya-ss writes for SDXL"
     md = lora.metadata
     version = md.get("ss_base_model_version", "").lower()
@@ -715,7 +751,9 @@ def _equalize_kohya_alphas(lora: LoraFile, source: dict[str, torch.Tensor]) -> N
             if true[m.name] != common and up_key in source:
                 source[up_key] = source[up_key] * (true[m.name] / common)
             source[f"{m.name}.alpha"] = torch.tensor(common, dtype=torch.float32)
-        logger.info("%s: %s alphas differ per module; folded into lora_up for diffusers", lora.path, component)
+        logger.info(
+            "%s: %s alphas differ per module; folded into lora_up for diffusers", lora.path, component
+        )
 
 
 def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str) -> None:
@@ -732,8 +770,11 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str) -> None:
     cls = type(pipe)
     if meta is None or not hasattr(cls, "load_lora_into_unet") or getattr(pipe, "unet", None) is None:
         if meta is not None:
-            logger.warning("%s: %s ignores the file's adapter metadata (alpha may fall back to rank)",
-                           lora.path, cls.__name__)
+            logger.warning(
+                "%s: %s ignores the file's adapter metadata (alpha may fall back to rank)",
+                lora.path,
+                cls.__name__,
+            )
         pipe.load_lora_weights(sd, adapter_name=adapter_name)
         return
     from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
@@ -741,22 +782,35 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str) -> None:
     kwargs = {"unet_config": pipe.unet.config} if isinstance(pipe, StableDiffusionXLLoraLoaderMixin) else {}
     state_dict, network_alphas = cls.lora_state_dict(sd, **kwargs)[:2]
     if not all("lora" in k for k in state_dict):
-        raise LoraFileError(f"{lora.path}: some keys are not LoRA keys (diffusers requires 'lora' in every key)")
+        raise LoraFileError(
+            f"{lora.path}: some keys are not LoRA keys (diffusers requires 'lora' in every key)"
+        )
 
     def meta_for(component: str) -> dict[str, Any] | None:
         part = {k: v for k, v in meta.items() if k.startswith(f"{component}.")}
         return part or None  # an empty dict would make diffusers build LoraConfig() from nothing
 
     cls.load_lora_into_unet(
-        state_dict, network_alphas=network_alphas, unet=pipe.unet, adapter_name=adapter_name,
-        metadata=meta_for("unet"), _pipeline=pipe, low_cpu_mem_usage=_LOW_CPU_MEM_USAGE_DEFAULT_LORA,
+        state_dict,
+        network_alphas=network_alphas,
+        unet=pipe.unet,
+        adapter_name=adapter_name,
+        metadata=meta_for("unet"),
+        _pipeline=pipe,
+        low_cpu_mem_usage=_LOW_CPU_MEM_USAGE_DEFAULT_LORA,
     )
     for te in ("text_encoder", "text_encoder_2"):
         if te in getattr(cls, "_lora_loadable_modules", ()) and getattr(pipe, te, None) is not None:
             cls.load_lora_into_text_encoder(
-                state_dict, network_alphas=network_alphas, text_encoder=getattr(pipe, te), prefix=te,
-                lora_scale=pipe.lora_scale, adapter_name=adapter_name, _pipeline=pipe,
-                metadata=meta_for(te), low_cpu_mem_usage=_LOW_CPU_MEM_USAGE_DEFAULT_LORA,
+                state_dict,
+                network_alphas=network_alphas,
+                text_encoder=getattr(pipe, te),
+                prefix=te,
+                lora_scale=pipe.lora_scale,
+                adapter_name=adapter_name,
+                _pipeline=pipe,
+                metadata=meta_for(te),
+                low_cpu_mem_usage=_LOW_CPU_MEM_USAGE_DEFAULT_LORA,
             )
 
 
@@ -914,14 +968,16 @@ def coverage(pipe: Any, lora: LoraFile) -> Coverage:
             f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else e!r})"
         ) from e
     converted = out[0] if isinstance(out, tuple) else out
-    loadable = [c for c in getattr(cls, "_lora_loadable_modules", DENOISERS) if getattr(pipe, c, None) is not None]
+    loadable = [
+        c for c in getattr(cls, "_lora_loadable_modules", DENOISERS) if getattr(pipe, c, None) is not None
+    ]
 
     unmatched: list[UnmatchedModule] = []
     per: dict[str, dict[str, int]] = {}
     matched = 0
     claimed: set[str] = set()
     for component in loadable:
-        part = {k[len(component) + 1:]: v for k, v in converted.items() if k.startswith(f"{component}.")}
+        part = {k[len(component) + 1 :]: v for k, v in converted.items() if k.startswith(f"{component}.")}
         claimed |= {f"{component}.{k}" for k in part}
         if not part:
             continue
@@ -974,5 +1030,9 @@ def _module_of(key: str) -> str:
     m = _DOWN_RE.match(key)
     if m:
         return m.group("module")
-    return re.sub(r"(\.lora_[AB](\.[^.]+)?|\.lora_(down|up)|\.lora(_linear_layer)?\.(down|up)|_lora\.(down|up))"
-                  r"\.weight$|\.alpha$|\.weight$", "", key)
+    return re.sub(
+        r"(\.lora_[AB](\.[^.]+)?|\.lora_(down|up)|\.lora(_linear_layer)?\.(down|up)|_lora\.(down|up))"
+        r"\.weight$|\.alpha$|\.weight$",
+        "",
+        key,
+    )

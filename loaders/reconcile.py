@@ -104,6 +104,15 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader) -> None:
     except Exception as e:
         raise LoraOperationError(str(e), "lora_name", spec.origin) from e
     cov = lora_file.coverage(live.pipe, lf)
+    mismatched = cov.shape_mismatches
+    if mismatched:
+        shown = "; ".join(f"{m.module}: {m.reason}" for m in mismatched[:3])
+        raise LoraOperationError(
+            f"{len(mismatched)} of the LoRA's layers have the wrong shape for this pipeline ({shown}) "
+            "— it is made for another base model",
+            "lora_name",
+            spec.origin,
+        )
     if cov.matched == 0:
         raise LoraOperationError(
             f"{cov.message()} — is it made for another base model?", "lora_name", spec.origin
@@ -116,11 +125,14 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader) -> None:
     pipe = live.pipe
     # Keys fixed for diffusers (component prefixes, kohya alphas) on a copy; the cache stays untouched.
     state_dict, metadata = lora_file.pipeline_state_dict(pipe, lf)
-    with _op(live, "load_lora_weights", spec.name), _quiet_loading():
-        if metadata is None:
-            pipe.load_lora_weights(state_dict, adapter_name=spec.name)
-        else:
-            _load_with_metadata(pipe, state_dict, metadata, spec.name)
+    try:
+        with _op(live, "load_lora_weights", spec.name), _quiet_loading():
+            if metadata is None:
+                pipe.load_lora_weights(state_dict, adapter_name=spec.name)
+            else:
+                _load_with_metadata(pipe, state_dict, metadata, spec.name)
+    except Exception as e:
+        raise LoraOperationError(f"diffusers could not load {lf.name}: {e}", "lora_name", spec.origin) from e
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):
         raise LoraOperationError("diffusers loaded no layer from this file", "lora_name", spec.origin)
 
@@ -318,8 +330,14 @@ def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
     # 1. fused components whose fusion history is not a prefix of the target's, or that involve an
     #    adapter about to be removed or reloaded, go back to their original weights.
     leaving = {a.name for a in current.adapters if not _same_file(a, target.adapter(a.name))}
+    loading = [a for a in target.adapters if current.adapter(a.name) is None or a.name in leaving]
     restore = []
     for comp in current.fused_components:
+        if loading or leaving:
+            # peft unmerges merged layers *by subtraction* when a load or delete re-activates
+            # adapters on them: everything goes back to its exact original weights first.
+            restore.append(comp)
+            continue
         cur_ops, tgt_ops = current.fuse_ops_for(comp), target.fuse_ops_for(comp)
         involved = {n for op in cur_ops for n in op.adapter_names}
         if tgt_ops[: len(cur_ops)] != cur_ops or involved & leaving or comp in target.te_disabled:

@@ -187,7 +187,9 @@ def write_lora_file(
 
     if fmt == "diffusers":
         if pickled:
-            tensors = {f"{c}.{k}": v for c, sd in sds.items() for k, v in _fold_alpha(sd, rank, alpha).items()}
+            tensors = {
+                f"{c}.{k}": v for c, sd in sds.items() for k, v in _fold_alpha(sd, rank, alpha).items()
+            }
             _save(path, tensors, None)
         else:
             kwargs: dict[str, Any] = {}
@@ -200,15 +202,25 @@ def write_lora_file(
     elif fmt == "peft":
         if len(sds) != 1:
             raise ValueError(f"a PEFT adapter file holds one model; got components {sorted(sds)}")
-        (component, sd), = sds.items()
+        ((component, sd),) = sds.items()
         if pickled:
             _save(path, _fold_alpha(sd, rank, alpha), None)
         else:
-            header = {"lora_adapter_metadata": json.dumps(_config_dict(configs[component]), indent=2, sort_keys=True)}
+            header = {
+                "lora_adapter_metadata": json.dumps(
+                    _config_dict(configs[component]), indent=2, sort_keys=True
+                )
+            }
             _save(path, dict(sd), {**header, **extra})
     elif fmt == "kohya":
-        alphas = {c: {k.removesuffix(".lora_A.weight"): float(rank if alpha is None else alpha)
-                      for k in sd if k.endswith(".lora_A.weight")} for c, sd in sds.items()}
+        alphas = {
+            c: {
+                k.removesuffix(".lora_A.weight"): float(rank if alpha is None else alpha)
+                for k in sd
+                if k.endswith(".lora_A.weight")
+            }
+            for c, sd in sds.items()
+        }
         _save(path, peft_to_kohya(sds, alphas, sdxl=pipe_kind == "sdxl" or "text_encoder_2" in sds), extra)
     elif fmt == "diffusers-old":
         tensors = {}

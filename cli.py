@@ -1,0 +1,530 @@
+"""The ``loragraph`` command: run and validate workflows, inspect LoRA files, list the nodes.
+
+``loragraph run A.json B.json`` runs the files in order in one process with one executor, so the
+loaded pipelines, parsed LoRA files and cached node outputs carry over from one file to the next,
+as they do between prompts on a ComfyUI server. A file that fails does not stop the ones after it;
+the exit status is the worst one: 0 all succeeded, 1 some execution error, 2 some workflow invalid.
+
+Standard output carries only what the command reports (a summary, or with ``--json`` one JSON line
+per file); logs and progress bars go to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130  # the shell's code for "ended by Ctrl-C"
+_STATUS_EXIT = {"success": EXIT_OK, "error": EXIT_ERROR, "invalid": EXIT_INVALID}
+
+DEFAULT_MODEL = "builtin:tiny-sd"
+
+
+# --- arguments ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (also used by the README's CLI section)."""
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level (to stderr)")
+
+    folders = argparse.ArgumentParser(add_help=False)
+    folders.add_argument(
+        "--models-dir",
+        default="models",
+        metavar="DIR",
+        help="ComfyUI-style models root: DIR/loras, DIR/diffusers/<name>, DIR/checkpoints (default: ./models)",
+    )
+
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NODE_ID.INPUT=VALUE",
+        help="change one input before running, e.g. --set 6.seed=7 (VALUE is JSON, else a string); "
+        "repeatable; with several files it applies to each file that has that node",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="loragraph",
+        description="diffusers' LoRA management as ComfyUI-style graph nodes, run headless.",
+    )
+    parser.add_argument("--version", action="version", version=f"loragraph {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser(
+        "run",
+        parents=[common, folders, overrides],
+        help="run API-format workflow files in one process",
+        description="Run workflow files in order, sharing loaded pipelines, LoRA files and cached outputs. "
+        "Exit status: 0 all succeeded, 1 some execution error, 2 some workflow invalid.",
+    )
+    run.add_argument("workflows", nargs="+", metavar="WORKFLOW", help="API-format workflow JSON files")
+    run.add_argument("--output-dir", default="output", metavar="DIR", help="where images go (default: ./output)")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON line per file: {"file", "status", "outputs", "error"} and nothing else',
+    )
+
+    validate = sub.add_parser(
+        "validate",
+        parents=[common, folders, overrides],
+        help="check workflow files without running them",
+        description="Validate workflow files as the executor would before running. "
+        "Exit status: 0 all valid, 2 some workflow invalid.",
+    )
+    validate.add_argument("workflows", nargs="+", metavar="WORKFLOW", help="API-format workflow JSON files")
+    validate.add_argument("--json", action="store_true", help='print one JSON line per file: {"file", "status", "error"}')
+
+    inspect = sub.add_parser(
+        "inspect",
+        parents=[common, folders],
+        help="describe a LoRA file and what of it lands on a pipeline",
+        description="Print a LoRA file's summary (format, ranks, alphas, base model, trigger words) and "
+        "its key coverage on a pipeline: which modules land, and why the others don't.",
+    )
+    inspect.add_argument("lora", metavar="LORA_FILE", help="a path, or a name inside --models-dir/loras")
+    inspect.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"pipeline to check the keys against, as LoadPipeline's model input (default: {DEFAULT_MODEL})",
+    )
+    inspect.add_argument("--json", action="store_true", help='print {"summary": ..., "coverage": ...} as JSON')
+
+    nodes = sub.add_parser(
+        "nodes",
+        parents=[common, folders],
+        help="print the node definitions (ComfyUI's /object_info)",
+        description="Print the node definitions as JSON, in the shape of ComfyUI's GET /object_info.",
+    )
+    nodes.add_argument("names", nargs="*", metavar="CLASS_TYPE", help="only these nodes (default: all)")
+    return parser
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``loragraph`` command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as ex:  # argparse exits on --help, --version and usage errors
+        return int(ex.code) if isinstance(ex.code, int) else EXIT_INVALID
+    commands = {"run": _cmd_run, "validate": _cmd_validate, "inspect": _cmd_inspect, "nodes": _cmd_nodes}
+    out = sys.stdout
+    try:
+        # Whatever a library prints lands on stderr: stdout is the command's own report (--json).
+        with _cli_logging(args.verbose), contextlib.redirect_stdout(sys.stderr):
+            return commands[args.command](args, out)
+    except KeyboardInterrupt:
+        sys.stderr.write("loragraph: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `loragraph nodes | head`
+        return EXIT_OK
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (pytest swaps it per test)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: IO[str]) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _cli_logging(verbose: bool) -> Iterator[None]:
+    """Logs to stderr: warnings and up, everything with -v. Restores the logging setup afterwards,
+    so that ``main()`` can be called in-process (tests, notebooks) without side effects."""
+    # diffusers and transformers read these once, at import: quiet their advisory chatter unless -v.
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    levels = {
+        "": logging.DEBUG if verbose else logging.WARNING,
+        "loragraph": logging.DEBUG if verbose else logging.WARNING,
+        # The executor logs each failure as it happens; the CLI reports every result itself.
+        "loragraph.graph": logging.DEBUG if verbose else logging.CRITICAL,
+        "diffusers": logging.INFO if verbose else logging.ERROR,
+        "transformers": logging.INFO if verbose else logging.ERROR,
+    }
+    saved = {name: logging.getLogger(name).level for name in levels}
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _configure_host(args: argparse.Namespace) -> None:
+    from . import host
+
+    models = Path(args.models_dir)
+    if not models.is_dir():
+        logger.warning("models folder %s does not exist; only built-in models are available", models)
+    host.configure(models_dir=models, output_dir=getattr(args, "output_dir", None))
+
+
+def _write_json_line(out: IO[str], data: Mapping[str, Any]) -> None:
+    out.write(json.dumps(data, default=str) + "\n")
+    out.flush()
+
+
+# --- workflows and overrides -------------------------------------------------------------------
+
+
+@dataclass
+class _Workflow:
+    """One workflow file on the command line, read and with its overrides applied (or why not)."""
+
+    file: str
+    prompt: dict[str, dict[str, Any]] | None = None
+    error: dict[str, Any] | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def _override_node(item: str) -> str:
+    return item.partition("=")[0].strip().partition(".")[0]
+
+
+def _load_workflows(files: Sequence[str], overrides: Sequence[str], registry: Mapping[str, type]) -> list[_Workflow]:
+    """Read every file, then apply the ``--set`` overrides.
+
+    With one file an override naming a node it lacks is an error of that file. With several, an
+    override applies to each file that has its node, and only one that matches no file at all is an
+    error (of every file, since which one it was meant for cannot be known).
+    """
+    from .graph import WorkflowError, apply_overrides, load_workflow
+
+    workflows: list[_Workflow] = []
+    for file in files:
+        wf = _Workflow(file)
+        try:
+            wf.prompt = load_workflow(file, registry)
+        except WorkflowError as ex:
+            wf.error = _invalid_error(str(ex))
+        workflows.append(wf)
+
+    loaded = [wf for wf in workflows if wf.prompt is not None]
+    unmatched: list[str] = []
+    for item in overrides:
+        if len(files) == 1:
+            for wf in loaded:
+                wf.overrides.append(item)
+            continue
+        users = [wf for wf in loaded if _override_node(item) in wf.prompt]  # type: ignore[operator]
+        if loaded and not users:
+            unmatched.append(item)
+        for wf in users:
+            wf.overrides.append(item)
+
+    for wf in loaded:
+        if unmatched:
+            wf.prompt, wf.error = None, _invalid_error(
+                "; ".join(f"--set {item!r}: no workflow has a node with id {_override_node(item)!r}"
+                          for item in unmatched))
+            continue
+        try:
+            wf.prompt = apply_overrides(wf.prompt, wf.overrides, registry)  # type: ignore[arg-type]
+        except WorkflowError as ex:
+            wf.prompt, wf.error = None, _invalid_error(str(ex))
+    return workflows
+
+
+def _invalid_error(message: str) -> dict[str, Any]:
+    """A file-level problem (unreadable file, bad --set) in the shape of ComfyUI's top-level errors."""
+    return {"type": "invalid_prompt", "message": message, "details": "", "extra_info": {}, "node_errors": {}}
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+class _ProgressBar:
+    """A tqdm bar for one node's progress reports (the executor's ``progress`` events)."""
+
+    def __init__(self, node_id: str, class_type: str) -> None:
+        self.label = f"#{node_id} {class_type}"
+        self.bar: Any = None
+
+    def __call__(self, value: float, total: float) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.label, unit="step", file=sys.stderr, leave=True,
+                            dynamic_ncols=True)
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(value - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress_bar_factory(prompt_id: str, node_id: str, class_type: str) -> _ProgressBar:
+    return _ProgressBar(node_id, class_type)
+
+
+@contextlib.contextmanager
+def _interrupt_on_sigint(executor: Any) -> Iterator[None]:
+    """First Ctrl-C: stop the running workflow at the next step; a second one aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(True)
+        sys.stderr.write("\nloragraph: interrupting (Ctrl-C again to abort at once)\n")
+        executor.interrupt()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    from .graph import Executor
+    from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
+
+    _configure_host(args)
+    registry = HEADLESS_NODE_CLASS_MAPPINGS
+    workflows = _load_workflows(args.workflows, args.overrides, registry)
+    executor = Executor(registry, progress_hook_factory=None if args.json else _progress_bar_factory)
+    worst = EXIT_OK
+    with _interrupt_on_sigint(executor):
+        for wf in workflows:
+            if wf.prompt is None:
+                report = {"file": wf.file, "status": "invalid", "outputs": {}, "error": wf.error}
+                if args.json:
+                    _write_json_line(out, report)
+                else:
+                    out.write(f"{wf.file}: invalid\n  error: {wf.error['message']}\n")  # type: ignore[index]
+                worst = max(worst, EXIT_INVALID)
+                continue
+            logger.info("running %s", wf.file)
+            result = executor.execute(wf.prompt)
+            if args.json:
+                _write_json_line(out, _json_report(wf.file, result))
+            else:
+                _print_summary(out, wf.file, wf.prompt, result)
+            worst = max(worst, _STATUS_EXIT.get(result.status, EXIT_ERROR))
+            if result.interrupted:
+                return EXIT_INTERRUPTED
+    return worst
+
+
+def _json_report(file: str, result: Any) -> dict[str, Any]:
+    error = result.error
+    if result.status == "invalid":
+        error = {**(error or {}), "node_errors": result.node_errors}
+    return {"file": file, "status": result.status, "outputs": result.outputs, "error": error}
+
+
+def _written_files(outputs: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, Path]]:
+    """(node id, kind, path) of every file the run's outputs name: images, previews, saved LoRAs."""
+    from . import host
+
+    folders = {"output": host.output_dir(), "temp": host.temp_dir()}
+    found = []
+    for node_id, ui in outputs.items():
+        for key, sub in (("images", ""), ("loras", "loras")):
+            for item in ui.get(key) or []:
+                if not isinstance(item, Mapping) or "filename" not in item:
+                    continue
+                kind = item.get("type", "output")
+                base = folders.get(kind, host.output_dir())
+                path = base / sub / (item.get("subfolder") or "") / item["filename"]
+                label = "preview" if kind == "temp" else ("lora" if key == "loras" else "image")
+                found.append((node_id, label, path))
+    return found
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: Any) -> None:
+    ran, cached = len(result.executed), len([n for n in result.visited if n not in result.timings])
+    head = f"{file}: {result.status}"
+    if result.status != "invalid":
+        overhead = 100.0 * result.overhead_s / result.wall_s if result.wall_s else 0.0
+        head += (f" in {result.wall_s:.2f} s ({ran} node{'s' * (ran != 1)} run, {cached} cached; "
+                 f"executor overhead {overhead:.1f}%)")
+    out.write(head + "\n")
+    for node_id in result.visited:
+        class_type = prompt[node_id]["class_type"]
+        took = f"{result.timings[node_id]:8.3f} s" if node_id in result.timings else "  cached"
+        out.write(f"  {node_id:>4} {class_type:<22} {took}\n")
+    for node_id, label, path in _written_files(result.outputs):
+        out.write(f"  {label:<7} {_shown_path(path)}  (node {node_id})\n")
+    for line in result.error_lines():
+        out.write(f"  error: {line}\n")
+    out.flush()
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+
+def _cmd_validate(args: argparse.Namespace, out: IO[str]) -> int:
+    from .graph import format_validation_error, validate_prompt
+    from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
+
+    _configure_host(args)
+    registry = HEADLESS_NODE_CLASS_MAPPINGS
+    worst = EXIT_OK
+    for wf in _load_workflows(args.workflows, args.overrides, registry):
+        error, lines = wf.error, [wf.error["message"]] if wf.error else []
+        if wf.prompt is not None:
+            ok, top, _, node_errors = validate_prompt(wf.prompt, registry)
+            if not ok or node_errors:  # as the executor: any node error makes the workflow invalid
+                error = {**(top or {"type": "prompt_outputs_failed_validation",
+                                     "message": "Prompt outputs failed validation", "details": "",
+                                     "extra_info": {}}), "node_errors": node_errors}
+                lines = format_validation_error(top, node_errors, wf.prompt)
+        status = "invalid" if error else "valid"
+        if status == "invalid":
+            worst = EXIT_INVALID
+        if args.json:
+            _write_json_line(out, {"file": wf.file, "status": status, "error": error})
+        else:
+            out.write(f"{wf.file}: {status}\n" + "".join(f"  error: {line}\n" for line in lines))
+    return worst
+
+
+# --- inspect -----------------------------------------------------------------------------------
+
+
+def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
+    from . import host
+    from .loaders import lora_file
+    from .loaders.engine import get_engine
+
+    _configure_host(args)
+    path = Path(args.lora)
+    if not path.is_file():
+        try:
+            path = host.resolve_in("loras", args.lora)
+        except (ValueError, FileNotFoundError):
+            sys.stderr.write(f"loragraph inspect: {args.lora}: no such file (nor in {args.models_dir}/loras)\n")
+            return EXIT_INVALID
+    try:
+        lora = lora_file.read_lora(path)
+    except lora_file.LoraFileError as ex:
+        sys.stderr.write(f"loragraph inspect: {ex}\n")
+        return EXIT_INVALID
+    summary = lora.summary()
+
+    coverage: dict[str, Any] | None = None
+    coverage_text = ""
+    if args.model:
+        engine = get_engine()
+        try:
+            handle = engine.load_pipeline(args.model)
+            pipe = engine.live(handle.source).pipe
+        except Exception as ex:  # noqa: BLE001 - any reason the model cannot be built is a usage error here
+            sys.stderr.write(f"loragraph inspect: --model {args.model}: {ex}\n")
+            return EXIT_INVALID
+        try:
+            cov = lora_file.coverage(pipe, lora)
+            coverage = {**cov.to_dict(), "model": args.model, "loadable": cov.loadable, "message": cov.message()}
+            coverage_text = cov.message()
+        except lora_file.LoraFileError as ex:
+            coverage = {"model": args.model, "loadable": False, "message": str(ex)}
+            coverage_text = str(ex)
+
+    if args.json:
+        _write_json_line(out, {"summary": summary, "coverage": coverage})
+        return EXIT_OK
+    out.write(_format_summary(summary))
+    if coverage is not None:
+        out.write(f"coverage on {args.model}:\n  {coverage_text}\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _format_summary(summary: Mapping[str, Any]) -> str:
+    def fmt(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return ", ".join(fmt(v) for v in value) or "-"
+        if isinstance(value, Mapping):
+            return ", ".join(f"{k} {fmt(v)}" for k, v in value.items()) or "-"
+        return "-" if value is None or value == "" else str(value)
+
+    rows = [
+        ("file", summary.get("path")),
+        ("title", summary.get("title")),
+        ("format", summary.get("format")),
+        ("size", f"{summary.get('size', 0):,} bytes"),
+        ("sha256", summary.get("sha256")),
+        ("short hash", summary.get("short_hash")),
+        ("modules", summary.get("modules")),
+        ("per component", summary.get("components")),
+        ("ranks", summary.get("ranks")),
+        ("alphas", ["none (= rank)" if a is None else a for a in summary.get("alphas") or []]),
+        ("base model", f"{summary.get('base_model')} ({summary.get('base_model_reason')})"),
+        ("trigger words", summary.get("trigger_words")),
+        ("training", summary.get("training")),
+        ("non-finite", summary.get("nonfinite_keys")),
+    ]
+    return "".join(f"{name + ':':<15}{fmt(value)}\n" for name, value in rows)
+
+
+# --- nodes -------------------------------------------------------------------------------------
+
+
+def _cmd_nodes(args: argparse.Namespace, out: IO[str]) -> int:
+    from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
+    from .nodes.object_info import object_info
+
+    _configure_host(args)
+    unknown = [n for n in args.names if n not in HEADLESS_NODE_CLASS_MAPPINGS]
+    if unknown:
+        sys.stderr.write(f"loragraph nodes: unknown node(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(HEADLESS_NODE_CLASS_MAPPINGS)}\n")
+        return EXIT_INVALID
+    info = object_info(HEADLESS_NODE_CLASS_MAPPINGS, only=args.names or None)
+    out.write(json.dumps(info, indent=2) + "\n")
+    out.flush()
+    return EXIT_OK
+
