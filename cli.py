@@ -322,6 +322,7 @@ def _interrupt_on_sigint(executor: Any) -> Iterator[None]:
 
 def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     from .graph import Executor
+    from .loaders import engine  # noqa: F401 - import torch and diffusers before any clock starts
     from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
 
     _configure_host(args)
@@ -398,16 +399,35 @@ def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: A
         out.write(f"  {node_id:>4} {class_type:<22} {took}\n")
     for node_id, label, path in _written_files(result.outputs):
         out.write(f"  {label:<7} {_shown_path(path)}  (node {node_id})\n")
-    for line in result.error_lines():
+    lines = (_validation_lines(result.error, result.node_errors, prompt) if result.status == "invalid"
+             else result.error_lines())
+    for line in lines:
         out.write(f"  error: {line}\n")
     out.flush()
+
+
+def _validation_lines(error: Mapping[str, Any] | None, node_errors: Mapping[str, Any],
+                      prompt: Mapping[str, Any]) -> list[str]:
+    """The graph's validation lines; an unknown node type is named by id and class_type.
+
+    (ComfyUI's message for it names the node's title, which in an exported workflow is the
+    class's display name, not the class_type that is missing.)
+    """
+    from .graph import format_validation_error
+
+    if error is not None and error.get("type") == "missing_node_type":
+        extra = error.get("extra_info") or {}
+        class_type = extra.get("class_type")
+        return [f"node {extra.get('node_id')} ({class_type}): unknown class_type {class_type!r}; "
+                + "is the node pack that defines it installed?"]
+    return format_validation_error(error, node_errors, prompt)
 
 
 # --- validate ----------------------------------------------------------------------------------
 
 
 def _cmd_validate(args: argparse.Namespace, out: IO[str]) -> int:
-    from .graph import format_validation_error, validate_prompt
+    from .graph import validate_prompt
     from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
 
     _configure_host(args)
@@ -421,7 +441,7 @@ def _cmd_validate(args: argparse.Namespace, out: IO[str]) -> int:
                 error = {**(top or {"type": "prompt_outputs_failed_validation",
                                      "message": "Prompt outputs failed validation", "details": "",
                                      "extra_info": {}}), "node_errors": node_errors}
-                lines = format_validation_error(top, node_errors, wf.prompt)
+                lines = _validation_lines(top, node_errors, wf.prompt)
         status = "invalid" if error else "valid"
         if status == "invalid":
             worst = EXIT_INVALID

@@ -13,16 +13,17 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from . import lora_file
 from .pipelines import PipelineCache, build_pipeline, lora_components, make_source, param_bytes
-from .schedulers import SCHEDULERS
 from .reconcile import LivePipeline, LoraOperationError, realize
+from .schedulers import SCHEDULERS
 from .state import AdapterSpec, NodeInputError, PipelineHandle, PipelineSource
 
 logger = logging.getLogger(__name__)

@@ -759,59 +759,29 @@ def _equalize_kohya_alphas(lora: LoraFile, source: dict[str, torch.Tensor]) -> N
 def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str) -> None:
     """Load a cached LoraFile with diffusers exactly as `load_lora_weights(path)` would.
 
-    Without re-reading the file: `load_lora_weights(dict)` would drop the file's adapter metadata
-    (alpha != rank), so for files that carry it, the UNet pipelines' own `load_lora_into_unet` /
-    `load_lora_into_text_encoder` are called with it, in the order `load_lora_weights` uses.
+    Without re-reading the file: diffusers only reads `lora_adapter_metadata` (alpha != rank) from
+    a file path; with an in-memory dict it is lost. So, for this one call, the pipeline's own
+    `lora_state_dict` is wrapped to return the metadata we already parsed; everything else is
+    diffusers' own code path, for every pipeline class that has `load_lora_weights`.
     Not transactional: callers roll back on error.
     """
-    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
-
-    sd, meta = pipeline_state_dict(pipe, lora)
-    cls = type(pipe)
-    if meta is None or not hasattr(cls, "load_lora_into_unet") or getattr(pipe, "unet", None) is None:
-        if meta is not None:
-            logger.warning(
-                "%s: %s ignores the file's adapter metadata (alpha may fall back to rank)",
-                lora.path,
-                cls.__name__,
-            )
-        pipe.load_lora_weights(sd, adapter_name=adapter_name)
+    state_dict, metadata = pipeline_state_dict(pipe, lora)
+    if metadata is None:
+        pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
         return
-    from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
+    original = type(pipe).lora_state_dict
 
-    kwargs = {"unet_config": pipe.unet.config} if isinstance(pipe, StableDiffusionXLLoraLoaderMixin) else {}
-    state_dict, network_alphas = cls.lora_state_dict(sd, **kwargs)[:2]
-    if not all("lora" in k for k in state_dict):
-        raise LoraFileError(
-            f"{lora.path}: some keys are not LoRA keys (diffusers requires 'lora' in every key)"
-        )
+    def lora_state_dict_with_metadata(sd, **kwargs):
+        out = original(sd, **kwargs)
+        if kwargs.get("return_lora_metadata") and isinstance(out, tuple) and out[-1] is None:
+            out = (*out[:-1], metadata)
+        return out
 
-    def meta_for(component: str) -> dict[str, Any] | None:
-        part = {k: v for k, v in meta.items() if k.startswith(f"{component}.")}
-        return part or None  # an empty dict would make diffusers build LoraConfig() from nothing
-
-    cls.load_lora_into_unet(
-        state_dict,
-        network_alphas=network_alphas,
-        unet=pipe.unet,
-        adapter_name=adapter_name,
-        metadata=meta_for("unet"),
-        _pipeline=pipe,
-        low_cpu_mem_usage=_LOW_CPU_MEM_USAGE_DEFAULT_LORA,
-    )
-    for te in ("text_encoder", "text_encoder_2"):
-        if te in getattr(cls, "_lora_loadable_modules", ()) and getattr(pipe, te, None) is not None:
-            cls.load_lora_into_text_encoder(
-                state_dict,
-                network_alphas=network_alphas,
-                text_encoder=getattr(pipe, te),
-                prefix=te,
-                lora_scale=pipe.lora_scale,
-                adapter_name=adapter_name,
-                _pipeline=pipe,
-                metadata=meta_for(te),
-                low_cpu_mem_usage=_LOW_CPU_MEM_USAGE_DEFAULT_LORA,
-            )
+    pipe.lora_state_dict = lora_state_dict_with_metadata
+    try:
+        pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
+    finally:
+        del pipe.lora_state_dict
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,6 @@ from the copies, every LoRA layer unloaded, the previous state replayed. The cal
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .state import ActiveSet, AdapterSpec, AdapterState, FuseOp, TEXT_ENCODERS
+from .state import TEXT_ENCODERS, ActiveSet, AdapterSpec, AdapterState, FuseOp
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +48,10 @@ class LivePipeline:
     """A diffusers pipeline plus what the reconciler knows about it."""
 
     pipe: Any
-    state: AdapterState | None = AdapterState()  # None: unknown (a rollback failed) -> reset first
+    state: AdapterState | None = field(default_factory=AdapterState)  # None: unknown (a rollback failed) -> reset first
     # component -> module name -> (weight, bias or None) as they were before the first fusion
     backups: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = field(default_factory=dict)
-    live_active: ActiveSet | None = ActiveSet()  # last set_adapters call; None = unknown scaling
+    live_active: ActiveSet | None = field(default_factory=ActiveSet)  # last set_adapters call; None = unknown scaling
     live_te_disabled: tuple[str, ...] = ()
     live_devices: dict[str, str | None] = field(default_factory=dict)
     ops: list[str] = field(default_factory=list)  # every diffusers/peft call made, for tests and logs
@@ -123,14 +122,9 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader) -> None:
         logger.warning(msg)
 
     pipe = live.pipe
-    # Keys fixed for diffusers (component prefixes, kohya alphas) on a copy; the cache stays untouched.
-    state_dict, metadata = lora_file.pipeline_state_dict(pipe, lf)
     try:
         with _op(live, "load_lora_weights", spec.name), _quiet_loading():
-            if metadata is None:
-                pipe.load_lora_weights(state_dict, adapter_name=spec.name)
-            else:
-                _load_with_metadata(pipe, state_dict, metadata, spec.name)
+            lora_file.load_lora_file(pipe, lf, spec.name)
     except Exception as e:
         raise LoraOperationError(f"diffusers could not load {lf.name}: {e}", "lora_name", spec.origin) from e
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):
@@ -164,28 +158,6 @@ def _quiet_loading():
         dlog.set_verbosity(d_level)
         if bars:
             tlog.enable_progress_bar()
-
-
-def _load_with_metadata(pipe, state_dict: dict, metadata: dict, adapter_name: str) -> None:
-    """Load an in-memory state dict *with* diffusers' `lora_adapter_metadata` (alpha != rank survives).
-
-    diffusers only reads that metadata from a file path; handing it the path would read the file a
-    second time. Instead, for this one call, the pipeline's own `lora_state_dict` is wrapped so that it
-    returns the metadata we already parsed; everything else is diffusers' code path unchanged.
-    """
-    original = type(pipe).lora_state_dict
-
-    def lora_state_dict_with_metadata(sd, **kwargs):
-        out = original(sd, **kwargs)
-        if kwargs.get("return_lora_metadata") and isinstance(out, tuple) and out[-1] is None:
-            out = (*out[:-1], metadata)
-        return out
-
-    pipe.lora_state_dict = lora_state_dict_with_metadata
-    try:
-        pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
-    finally:
-        del pipe.lora_state_dict
 
 
 # --- activation -------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def _save(images, folder: Path, prefix: str, kind: str, prompt, extra_pnginfo) -
         img = Image.fromarray(array)
         info = _png_info(prompt, extra_pnginfo)
         # compress_level 4: ComfyUI's choice, a fair size/speed trade.
-        atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info, compress_level=4))
+        atomic_write(path, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info, compress_level=4))
         results.append({"filename": path.name, "subfolder": subfolder, "type": kind})
     return {"ui": {"images": results}}
 

@@ -62,7 +62,7 @@ class LoadLoRA:
 
         try:
             return lora_file.file_sha256(host.resolve_in("loras", lora_name))
-        except Exception:  # validation reports the bad name; the cache key just must not crash
+        except Exception:  # noqa: BLE001 - validation reports the bad name; the cache key just must not crash
             return ""
 
     def run(self, pipeline, lora_name, strength, adapter_name="", unique_id=None):

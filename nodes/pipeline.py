@@ -48,7 +48,7 @@ class LoadPipeline:
 
         try:
             return make_source(model, dtype, device).fingerprint
-        except Exception:  # validation reports the bad value; the cache key just must not crash
+        except Exception:  # noqa: BLE001 - validation reports the bad value; the cache key just must not crash
             return ""
 
     def run(self, model, dtype="auto", device="auto"):

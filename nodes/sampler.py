@@ -47,11 +47,16 @@ class Sampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None, **_):
+    def VALIDATE_INPUTS(cls, width=None, height=None):
         # ComfyUI's step is only a widget hint; a saved workflow can still hold 500: refuse it here.
+        # No **kwargs on purpose: ComfyUI skips its own type/range/combo checks for every input that
+        # VALIDATE_INPUTS takes, so this takes only the two it checks, and checks their range too.
         for name, value in (("width", width), ("height", height)):
-            if isinstance(value, int) and value % 8:
-                return f"{name} must be a multiple of 8, got {value}"
+            if isinstance(value, int) and not isinstance(value, bool):
+                if not 8 <= value <= 16384:
+                    return f"{name} must be between 8 and 16384, got {value}"
+                if value % 8:
+                    return f"{name} must be a multiple of 8, got {value}"
         return True
 
     def run(self, pipeline, prompt, negative_prompt, seed, steps, cfg, width, height, scheduler="default", batch_size=1):

@@ -10,7 +10,6 @@ import torch
 from conftest import PROMPT, SIZE, max_diff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
-
 from loragraph.loaders import state as st
 from loragraph.loaders.builtin import build_tiny_sd
 from loragraph.loaders.engine import Engine
@@ -124,9 +123,9 @@ def test_fuse_then_unfuse_is_bit_exact(models_dir, dtype, ops):
     live = engine.live(base.source)
     pristine = _base_weights(live.pipe)
     h = build(engine, base, ops)
-    h = st.fuse(h, True, True, 0.7, False, "") if h.state.adapters else h
+    h = apply(engine, h, ("fuse", (True, True, 0.7)))
     engine.realize(h)
-    h = st.fuse(st.set_weights(h, "", "0.3"), True, True, 1.0, False, "") if h.state.adapters else h
+    h = apply(engine, apply(engine, h, ("weights", (["a", "b", "c"], 0.3))), ("fuse", (True, True, 1.0)))
     engine.realize(h)
     engine.realize(st.unfuse(h, True, True))
     now = _base_weights(live.pipe)

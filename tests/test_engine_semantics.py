@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import STEPS, SIZE, PROMPT, max_diff, raw_pipeline, render
+from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
 from diffusers.loaders.lora_base import disable_lora_for_text_encoder
-
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 

@@ -1,0 +1,98 @@
+"""Pipelines: diffusers folders load offline, dtype/device resolve as documented, the LRU is bounded,
+and a partly-landing LoRA warns the user with what did not land."""
+
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import torch
+from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
+from loragraph import host
+from loragraph.loaders import state as st
+from loragraph.loaders.engine import Engine
+from loragraph.loaders.pipelines import PipelineCache, make_source, resolve_device, resolve_dtype
+
+
+def test_auto_dtype_and_device():
+    assert resolve_dtype("auto", "cuda") == "float16"
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu") or torch.backends.mps.is_available()
+    if not torch.cuda.is_available():
+        with pytest.raises(st.NodeInputError) as err:
+            resolve_device("cuda")
+        assert err.value.input_name == "device"
+
+
+def test_diffusers_folder_loads_offline_and_renders_like_the_original(configured, tmp_path):
+    raw = raw_pipeline()
+    folder = configured / "diffusers" / "tiny-folder"
+    if not folder.exists():
+        raw.save_pretrained(folder)
+    assert "tiny-folder" in host.list_diffusers_folders()
+    engine = Engine()
+    h = engine.load_pipeline("tiny-folder")
+    assert h.source.kind == "diffusers" and h.source.components == ("unet", "text_encoder")
+    ours = engine.sample(h, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE)
+    assert max_diff(ours, render(raw)) <= 1 / 255
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("builtin:nope", "no built-in model"),
+        ("missing-folder", "not in the diffusers folder"),
+        ("../escape", "without '..'"),
+        ("/abs/path", "relative"),
+        ("sd15/missing.safetensors", "not in the checkpoints folder"),
+    ],
+)
+def test_bad_model_names_fail_on_the_model_input(configured, model, message):
+    with pytest.raises(st.NodeInputError) as err:
+        make_source(model)
+    assert err.value.input_name == "model"
+    assert message in str(err.value)
+
+
+def test_pipeline_lru_is_bounded_by_bytes():
+    cache = PipelineCache(budget_bytes=100)
+    a = make_source("builtin:tiny-sd")
+    b = make_source("builtin:tiny-sdxl")
+    cache.put(a, "A", 60)
+    cache.put(b, "B", 60)  # over budget: the least recently used goes
+    assert cache.get(a) is None and cache.get(b) == "B"
+    cache.put(a, "A", 30)
+    assert cache.get(b) == "B" and cache.get(a) == "A"
+
+
+def test_partial_landing_warns_with_what_did_not_land(configured, tmp_path):
+    loras = configured / "loras"
+    tensors = safetensors.torch.load_file(str(loras / "sd_a.safetensors"))
+    tensors["unet.down_blocks.9.attentions.0.proj.lora_A.weight"] = torch.zeros(4, 32)
+    tensors["unet.down_blocks.9.attentions.0.proj.lora_B.weight"] = torch.zeros(32, 4)
+    # no adapter metadata: alpha = rank, as in sd_a's own header
+    safetensors.torch.save_file(tensors, str(loras / "partial.safetensors"))
+    engine = Engine()
+    base = engine.load_pipeline("builtin:tiny-sd")
+    h = st.add_adapter(base, engine.lora_spec(base, "partial.safetensors", 1.0, "p"))
+    _, warnings = engine.realize(h)
+    assert len(warnings) == 1 and "down_blocks.9" in warnings[0]
+    raw = raw_pipeline()
+    raw.load_lora_weights(str(loras), weight_name="sd_a.safetensors", adapter_name="p")
+    ours = engine.sample(h, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE)
+    assert max_diff(ours, render(raw)) <= 1 / 255
+
+
+def test_unrelated_names_that_land_nowhere_are_an_error(configured):
+    loras = configured / "loras"
+    safetensors.torch.save_file(
+        {"unet.nowhere.lora_A.weight": torch.zeros(4, 8), "unet.nowhere.lora_B.weight": torch.zeros(8, 4)},
+        str(loras / "nowhere.safetensors"),
+    )
+    engine = Engine()
+    base = engine.load_pipeline("builtin:tiny-sd")
+    from loragraph.loaders.reconcile import LoraOperationError
+
+    with pytest.raises(LoraOperationError) as err:
+        engine.realize(st.add_adapter(base, engine.lora_spec(base, "nowhere.safetensors", 1.0, "n")))
+    assert err.value.input_name == "lora_name"
+    assert not any(engine.live(base.source).pipe.get_list_adapters().values())  # nothing half-loaded
