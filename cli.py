@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="ComfyUI-style models root: DIR/loras, DIR/diffusers/<name>, DIR/checkpoints (default: ./models)",
     )
 
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--output-dir", default="output", metavar="DIR",
+                        help="where SaveImage and SaveLoRA write (default: ./output)")
+
     overrides = argparse.ArgumentParser(add_help=False)
     overrides.add_argument(
         "--set",
@@ -73,13 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        parents=[common, folders, overrides],
-        help="run API-format workflow files in one process",
+        parents=[common, folders, output, overrides],
+        help="run workflow files in one process",
         description="Run workflow files in order, sharing loaded pipelines, LoRA files and cached outputs. "
         "Exit status: 0 all succeeded, 1 some execution error, 2 some workflow invalid.",
     )
-    run.add_argument("workflows", nargs="+", metavar="WORKFLOW", help="API-format workflow JSON files")
-    run.add_argument("--output-dir", default="output", metavar="DIR", help="where images go (default: ./output)")
+    run.add_argument("workflows", nargs="+", metavar="WORKFLOW",
+                     help="workflow files: API-format or editor JSON, or a PNG written by SaveImage")
     run.add_argument(
         "--json",
         action="store_true",
@@ -88,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser(
         "validate",
-        parents=[common, folders, overrides],
+        parents=[common, folders, output, overrides],
         help="check workflow files without running them",
         description="Validate workflow files as the executor would before running. "
         "Exit status: 0 all valid, 2 some workflow invalid.",
     )
-    validate.add_argument("workflows", nargs="+", metavar="WORKFLOW", help="API-format workflow JSON files")
+    validate.add_argument("workflows", nargs="+", metavar="WORKFLOW",
+                          help="workflow files: API-format or editor JSON, or a PNG written by SaveImage")
     validate.add_argument("--json", action="store_true", help='print one JSON line per file: {"file", "status", "error"}')
 
     inspect = sub.add_parser(
@@ -214,6 +219,7 @@ class _Workflow:
     prompt: dict[str, dict[str, Any]] | None = None
     error: dict[str, Any] | None = None
     overrides: list[str] = field(default_factory=list)
+    extra_data: dict[str, Any] = field(default_factory=dict)  # the editor JSON, for SaveImage's PNGs
 
 
 def _override_node(item: str) -> str:
@@ -227,13 +233,14 @@ def _load_workflows(files: Sequence[str], overrides: Sequence[str], registry: Ma
     override applies to each file that has its node, and only one that matches no file at all is an
     error (of every file, since which one it was meant for cannot be known).
     """
-    from .graph import WorkflowError, apply_overrides, load_workflow
+    from .graph import WorkflowError, apply_overrides, load_workflow_document
 
     workflows: list[_Workflow] = []
     for file in files:
         wf = _Workflow(file)
         try:
-            wf.prompt = load_workflow(file, registry)
+            loaded = load_workflow_document(file, registry)
+            wf.prompt, wf.extra_data = loaded.prompt, loaded.extra_data()
         except WorkflowError as ex:
             wf.error = _invalid_error(str(ex))
         workflows.append(wf)
@@ -341,7 +348,7 @@ def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
                 worst = max(worst, EXIT_INVALID)
                 continue
             logger.info("running %s", wf.file)
-            result = executor.execute(wf.prompt)
+            result = executor.execute(wf.prompt, extra_data=wf.extra_data)
             if args.json:
                 _write_json_line(out, _json_report(wf.file, result))
             else:
@@ -386,17 +393,22 @@ def _shown_path(path: Path) -> str:
 
 
 def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: Any) -> None:
-    ran, cached = len(result.executed), len([n for n in result.visited if n not in result.timings])
+    ran = len(result.executed)
+    failed = (result.error or {}).get("node_id") if result.status == "error" else None
     head = f"{file}: {result.status}"
     if result.status != "invalid":
-        overhead = 100.0 * result.overhead_s / result.wall_s if result.wall_s else 0.0
-        head += (f" in {result.wall_s:.2f} s ({ran} node{'s' * (ran != 1)} run, {cached} cached; "
-                 f"executor overhead {overhead:.1f}%)")
+        head += f" in {result.wall_s:.2f} s ({ran} node{'s' * (ran != 1)} run, {len(result.cached)} cached"
+        if ran and result.wall_s:
+            head += f"; executor overhead {100.0 * result.overhead_s / result.wall_s:.1f}%"
+        head += ")"
     out.write(head + "\n")
-    for node_id in result.visited:
-        class_type = prompt[node_id]["class_type"]
-        took = f"{result.timings[node_id]:8.3f} s" if node_id in result.timings else "  cached"
-        out.write(f"  {node_id:>4} {class_type:<22} {took}\n")
+    rows = [(n, f"{result.timings[n]:8.3f} s") for n in result.executed]
+    if failed is not None and failed in prompt:
+        took = result.timings.get(failed)
+        rows.append((failed, (f"{took:8.3f} s" if took is not None else "") + "  failed"))
+    rows += [(n, "  cached") for n in result.cached]
+    for node_id, what in rows:
+        out.write(f"  {node_id:>4} {prompt[node_id]['class_type']:<22} {what}\n")
     for node_id, label, path in _written_files(result.outputs):
         out.write(f"  {label:<7} {_shown_path(path)}  (node {node_id})\n")
     lines = (_validation_lines(result.error, result.node_errors, prompt) if result.status == "invalid"

@@ -7,24 +7,30 @@ about LoRA or diffusers. Typical use::
 
     executor = Executor(NODE_CLASS_MAPPINGS)
     executor.bus.subscribe(lambda event, data: ...)
-    prompt = apply_overrides(load_workflow("wf.json"), ["3.seed=5"], NODE_CLASS_MAPPINGS)
-    result = executor.execute(prompt)
+    loaded = load_workflow_document("wf.json", NODE_CLASS_MAPPINGS)  # API or editor JSON, or a PNG
+    prompt = apply_overrides(loaded.prompt, ["3.seed=5"], NODE_CLASS_MAPPINGS)
+    result = executor.execute(prompt, extra_data=loaded.extra_data())  # SaveImage embeds the workflow
 
 Node code reports progress and honours interrupts through ``report_progress`` /
 ``check_interrupted`` without needing the executor object.
 """
 
 from .cache import DEFAULT_CACHE_PROMPTS, CacheEntry, OutputCache, node_signatures
+from .editor import editor_to_api
 from .errors import CycleError, ExecutionInterrupted, GraphError, NodeInputError, WorkflowError
 from .events import EventBus
 from .executor import ExecutionResult, Executor
 from .interrupt import NodeContext, check_interrupted, current_node, report_progress
 from .order import ancestors, execution_order, output_nodes, topological_order
+from .png import png_workflow_chunks, read_png_text
 from .validate import format_node_errors, format_validation_error, validate_node_input, validate_prompt
 from .workflow import (
+    LoadedWorkflow,
     apply_overrides,
+    is_editor_format,
     is_link,
     load_workflow,
+    load_workflow_document,
     normalize_prompt,
     parse_override_value,
     to_api_format,
@@ -39,6 +45,7 @@ __all__ = [
     "ExecutionResult",
     "Executor",
     "GraphError",
+    "LoadedWorkflow",
     "NodeContext",
     "NodeInputError",
     "OutputCache",
@@ -47,15 +54,20 @@ __all__ = [
     "apply_overrides",
     "check_interrupted",
     "current_node",
+    "editor_to_api",
     "execution_order",
     "format_node_errors",
     "format_validation_error",
+    "is_editor_format",
     "is_link",
     "load_workflow",
+    "load_workflow_document",
     "node_signatures",
     "normalize_prompt",
     "output_nodes",
     "parse_override_value",
+    "png_workflow_chunks",
+    "read_png_text",
     "report_progress",
     "to_api_format",
     "topological_order",

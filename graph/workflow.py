@@ -2,8 +2,11 @@
 
 Everything downstream (validation, ordering, caching, running) works on one shape only:
 ``{"<id>": {"class_type": str, "inputs": {name: value | ["<other id>", output_index]}}}``.
-This module is the single door into that shape, so other formats (the editor's saved JSON, PNGs
-written by SaveImage) only have to be added here.
+This module is the single door into that shape: API-format JSON, the editor's saved JSON
+(converted by ``editor.editor_to_api``) and PNGs written by SaveImage (``png``) all come in here.
+``load_workflow_document`` also returns the editor JSON when there is one, so that the run can
+hand it to SaveImage (``extra_data={"extra_pnginfo": {"workflow": ...}}``) and the images it
+writes open in the editor again, as ComfyUI's do.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from .errors import WorkflowError
 
@@ -43,8 +46,29 @@ def _is_node_dict(value: Any) -> bool:
     return isinstance(value, Mapping) and ("class_type" in value or "inputs" in value)
 
 
-def _is_editor_format(data: Mapping[str, Any]) -> bool:
-    return "nodes" in data and "links" in data and isinstance(data.get("nodes"), list)
+def is_editor_format(data: Mapping[str, Any]) -> bool:
+    """True for the editor's saved JSON (schema 0.4 or 1): a ``nodes`` list.
+
+    API-format documents map node ids to node objects, so a ``nodes`` key holding a list never
+    occurs in one; schema 1 files may even leave ``links`` out when nothing is connected.
+    """
+    return isinstance(data.get("nodes"), list)
+
+
+class LoadedWorkflow(NamedTuple):
+    """A workflow ready to run: the API-format ``prompt`` and, when known, the editor's JSON.
+
+    ``workflow`` is the editor-format document the prompt came from (an editor file, or the
+    ``workflow`` chunk of a PNG), else None. Pass ``extra_data()`` to ``Executor.execute`` so that
+    SaveImage embeds it in the PNGs it writes.
+    """
+
+    prompt: dict[str, dict[str, Any]]
+    workflow: dict[str, Any] | None = None
+
+    def extra_data(self) -> dict[str, Any]:
+        """ComfyUI's ``extra_data`` for this workflow: ``{"extra_pnginfo": {"workflow": ...}}`` or ``{}``."""
+        return {"extra_pnginfo": {"workflow": self.workflow}} if self.workflow is not None else {}
 
 
 def normalize_prompt(prompt: Mapping[str, Any]) -> Prompt:
@@ -80,22 +104,32 @@ def normalize_prompt(prompt: Mapping[str, Any]) -> Prompt:
     return out
 
 
-def to_api_format(data: Mapping[str, Any], registry: Registry | None = None) -> Prompt:
-    """Convert a parsed workflow document to API format.
+def to_api_format(
+    data: Mapping[str, Any], registry: Registry | None = None, *, display_names: Mapping[str, str] | None = None
+) -> Prompt:
+    """Convert a parsed workflow document (API or editor format) to API format.
 
-    This is the hook where the editor's saved format (``nodes`` / ``links`` / ``widgets_values``)
-    gets converted with the node definitions from ``registry``; until that lands it is refused with
-    a message telling the user how to get an API-format file instead of failing later with a
-    confusing validation error.
+    The editor's saved format (``nodes`` / ``links`` / ``widgets_values``) is converted with the
+    node definitions from ``registry`` as the editor itself would queue it (see ``editor.py``);
+    ``display_names`` only fills the ``_meta.title`` of nodes that have no title of their own.
     """
     if not isinstance(data, Mapping):
         raise WorkflowError(f"A workflow must be a JSON object, got {type(data).__name__}")
-    if _is_editor_format(data):
-        raise WorkflowError(
-            "This is an editor-format workflow (it has 'nodes' and 'links'); converting it is not "
-            "supported yet. Export it from ComfyUI with 'Export (API)' / 'Save (API Format)' and "
-            "run that file instead."
-        )
+    if is_editor_format(data):
+        if registry is None:
+            raise WorkflowError(
+                "This is an editor-format workflow (it has 'nodes' and 'links'): converting it needs the "
+                "node definitions (pass the node registry), or export it from ComfyUI with 'Export (API)'."
+            )
+        from .editor import editor_to_api
+
+        prompt = normalize_prompt(editor_to_api(data, registry, display_names=display_names))
+        if not prompt:
+            raise WorkflowError(
+                "This editor-format workflow has no node that would run (every node is muted, bypassed, "
+                "a note, a reroute or a primitive)."
+            )
+        return prompt
     prompt = normalize_prompt(data)
     if not prompt:
         raise WorkflowError(
@@ -112,25 +146,65 @@ def _parse_json_text(text: str, origin: str) -> Any:
 
 
 def load_workflow(source: WorkflowSource, registry: Registry | None = None) -> Prompt:
-    """Load a workflow from a dict, JSON text or a file path and return it in API format.
+    """Load a workflow from a dict, JSON text, a JSON file or a PNG and return it in API format.
 
     A string that starts with ``{`` (after whitespace) is taken as JSON text, any other string or
-    path-like as a file name, so the CLI and the Python API can pass what they have.
+    path-like as a file name, so the CLI and the Python API can pass what they have. Editor-format
+    documents and PNGs holding only a ``workflow`` chunk need ``registry`` to be converted.
+    """
+    return load_workflow_document(source, registry).prompt
+
+
+def load_workflow_document(source: WorkflowSource, registry: Registry | None = None) -> LoadedWorkflow:
+    """Like ``load_workflow``, but also return the editor JSON the prompt came from, if any.
+
+    For a PNG (written by SaveImage here or in ComfyUI) the ``prompt`` chunk is run when present,
+    else the ``workflow`` chunk is converted; the ``workflow`` chunk is returned either way so a
+    re-run embeds it again. Use ``result.extra_data()`` as ``Executor.execute``'s ``extra_data``.
     """
     if isinstance(source, Mapping):
-        return to_api_format(source, registry)
+        return _document(source, registry, "workflow")
     if isinstance(source, str) and source.lstrip().startswith("{"):
-        return to_api_format(_parse_json_text(source, "workflow text"), registry)
+        return _document(_parse_json_text(source, "workflow text"), registry, "workflow text")
     path = Path(source)
     if path.suffix.lower() == ".png":
-        raise WorkflowError(f"{path}: reading workflows from PNG files is not supported yet")
+        return _load_png(path, registry)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as ex:
         raise WorkflowError(f"{path}: no such workflow file") from ex
     except (OSError, UnicodeDecodeError) as ex:
         raise WorkflowError(f"{path}: cannot read workflow file: {ex}") from ex
-    return to_api_format(_parse_json_text(text, str(path)), registry)
+    return _document(_parse_json_text(text, str(path)), registry, str(path))
+
+
+def _document(data: Any, registry: Registry | None, origin: str) -> LoadedWorkflow:
+    try:
+        prompt = to_api_format(data, registry)
+    except WorkflowError as ex:
+        if origin in ("workflow", "workflow text"):
+            raise
+        raise WorkflowError(f"{origin}: {ex}") from ex
+    workflow = dict(data) if isinstance(data, Mapping) and is_editor_format(data) else None
+    return LoadedWorkflow(prompt, workflow)
+
+
+def _load_png(path: Path, registry: Registry | None) -> LoadedWorkflow:
+    from .png import png_workflow_chunks
+
+    prompt, workflow = png_workflow_chunks(path)
+    if workflow is not None and not is_editor_format(workflow):
+        logger.warning("%s: its 'workflow' chunk is not an editor-format workflow; not carried over", path)
+        workflow = None
+    try:
+        if prompt is not None:
+            return LoadedWorkflow(to_api_format(prompt), workflow)
+        if workflow is None:
+            raise WorkflowError("its 'workflow' chunk holds no editor-format workflow ('nodes' list)")
+        return LoadedWorkflow(to_api_format(workflow, registry), workflow)
+    except WorkflowError as ex:
+        chunk = "prompt" if prompt is not None else "workflow"
+        raise WorkflowError(f"{path} ({chunk!r} chunk): {ex}") from ex
 
 
 def parse_override_value(text: str) -> Any:

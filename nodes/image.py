@@ -1,6 +1,9 @@
 """SaveImage and PreviewImage for headless runs (inside ComfyUI, ComfyUI's own nodes are used).
 
-Same inputs, file naming and PNG text chunks as ComfyUI's, so one workflow file runs in both.
+Same inputs, file naming and PNG text chunks as ComfyUI's (``prompt``, and each ``extra_pnginfo``
+entry such as ``workflow``), so one workflow file runs in both and the PNGs open in ComfyUI's
+editor. When the images come straight from a Sampler, two more chunks say which LoRAs made them:
+``loras`` (JSON) and an A1111-style ``parameters`` text with its ``Lora hashes`` (nodes/credits.py).
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ import json
 import random
 from pathlib import Path
 
+from . import credits
 from .files import atomic_write, next_paths
 
 
-def _png_info(prompt, extra_pnginfo):
+def _png_info(prompt, extra_pnginfo, image_credits=None):
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
@@ -20,6 +24,10 @@ def _png_info(prompt, extra_pnginfo):
         info.add_text("prompt", json.dumps(prompt))
     for key, value in (extra_pnginfo or {}).items():
         info.add_text(key, json.dumps(value))
+    if image_credits is not None:
+        for key, text in credits.png_chunks(image_credits).items():
+            if key not in (extra_pnginfo or {}):
+                info.add_text(key, text)
     return info
 
 
@@ -28,11 +36,12 @@ def _save(images, folder: Path, prefix: str, kind: str, prompt, extra_pnginfo) -
     from PIL import Image
 
     paths, subfolder = next_paths(folder, prefix, ".png", len(images))
+    image_credits = credits.lookup(images)
     results = []
     for tensor, path in zip(images, paths):
         array = np.clip(255.0 * tensor.cpu().numpy(), 0, 255).astype(np.uint8)
         img = Image.fromarray(array)
-        info = _png_info(prompt, extra_pnginfo)
+        info = _png_info(prompt, extra_pnginfo, image_credits)
         # compress_level 4: ComfyUI's choice, a fair size/speed trade.
         atomic_write(path, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info, compress_level=4))
         results.append({"filename": path.name, "subfolder": subfolder, "type": kind})

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..loaders.schedulers import SCHEDULERS
+from . import credits
 from .common import CATEGORY, PIPELINE, engine
+
+logger = logging.getLogger(__name__)
 
 
 class Sampler:
@@ -76,4 +81,10 @@ class Sampler:
             progress=host.progress_reporter(steps),
             check_interrupted=host.check_interrupted,
         )
+        # SaveImage writes the LoRAs used into the PNG; the IMAGE stays a plain tensor (nodes/credits.py).
+        try:
+            credits.register(images, credits.credits_for(pipeline, prompt, negative_prompt, seed, steps, cfg,
+                                                         width, height, scheduler))
+        except Exception:  # credits are a courtesy: never fail a render over them
+            logger.warning("could not record the LoRAs used by this Sampler", exc_info=True)
         return (images,)

@@ -228,17 +228,17 @@ def test_exception_in_the_middle_rolls_back(loaded, monkeypatch, where):
         pass
 
     if where == "merge":
-        from peft.tuners.lora.layer import Linear
+        from loragraph.loaders import reconcile
 
-        original = Linear.merge
+        original = reconcile._plain_linear
 
-        def merge(self, safe_merge=False, adapter_names=None):
+        def plain_linear(*a, **k):
             calls["n"] += 1
-            if calls["n"] == 5:  # after four layers were merged in place
+            if calls["n"] == 5:  # after four layers were fused
                 raise Injected("boom")
-            return original(self, safe_merge=safe_merge, adapter_names=adapter_names)
+            return original(*a, **k)
 
-        monkeypatch.setattr(Linear, "merge", merge)
+        monkeypatch.setattr(reconcile, "_plain_linear", plain_linear)
         target = st.fuse(st.set_weights(h, "", "0.4"), True, True, 1.0, False, "")
         target = st.fuse(st.unfuse(target, True, True), True, True, 1.0, False, "")
     elif where == "text_encoder_load":
