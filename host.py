@@ -95,13 +95,36 @@ def _list_files(roots: list[Path], extensions: tuple[str, ...]) -> list[str]:
     return sorted(found)
 
 
+def _comfy_file_list(kind: str, extensions: tuple[str, ...]) -> list[str] | None:
+    """ComfyUI's own listing of a models folder kind (what its LoraLoader shows), or None if unknown.
+
+    `folder_paths.get_filename_list` walks every registered folder (extra_model_paths.yaml included)
+    and caches the result until a folder's mtime changes, so a new file shows on the next call.
+    """
+    import folder_paths  # type: ignore[import-not-found]
+
+    try:
+        names = folder_paths.get_filename_list(kind)
+    except KeyError:
+        return None
+    return sorted({n.replace(os.sep, "/") for n in names if n.lower().endswith(extensions)})
+
+
+def _list_kind(kind: str, extensions: tuple[str, ...]) -> list[str]:
+    if inside_comfyui():
+        listed = _comfy_file_list(kind, extensions)
+        if listed is not None:
+            return listed
+    return _list_files(folder_roots(kind), extensions)
+
+
 def list_loras() -> list[str]:
     """LoRA files as `/`-separated paths relative to their folder; read live so new files show."""
-    return _list_files(folder_roots("loras"), LORA_EXTENSIONS)
+    return _list_kind("loras", LORA_EXTENSIONS)
 
 
 def list_checkpoints() -> list[str]:
-    return _list_files(folder_roots("checkpoints"), CHECKPOINT_EXTENSIONS)
+    return _list_kind("checkpoints", CHECKPOINT_EXTENSIONS)
 
 
 def list_diffusers_folders() -> list[str]:
@@ -119,17 +142,24 @@ class UnsafePath(ValueError):
 
 
 def resolve_in(kind: str, relative: str) -> Path:
-    """Find `relative` inside one of the `kind` folders, refusing anything that escapes them."""
+    """Find `relative` inside one of the `kind` folders, refusing anything that escapes them.
+
+    The name is confined lexically (relative, no `..`), as ComfyUI's own loaders do: a symlink that
+    the user put in a models folder (a shared LoRA folder, a Hugging Face cache blob) is followed,
+    since the combo lists what it points at. The path is returned unresolved, so its name (and
+    suffix) is the one the user picked.
+    """
     rel = (relative or "").replace("\\", "/")
-    if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or ".." in rel.split("/"):
+    if (
+        not rel
+        or rel.startswith("/")
+        or (len(rel) > 1 and rel[1] == ":")
+        or any(part in ("..", "") for part in rel.split("/"))
+    ):
         raise UnsafePath(f"{relative!r} must be a path relative to the {kind} folder, without '..'")
     roots = folder_roots(kind)
     for root in roots:
-        candidate = (root / rel).resolve()
-        try:
-            candidate.relative_to(root.resolve())
-        except ValueError:
-            raise UnsafePath(f"{relative!r} leaves the {kind} folder") from None
+        candidate = Path(os.path.abspath(root / rel))
         if candidate.exists():
             return candidate
     shown = ", ".join(str(r) for r in roots) or "(no folder configured)"

@@ -3,7 +3,7 @@
 It runs ComfyUI-style node classes from a registry ``{class_type: class}`` and knows nothing
 about LoRA or diffusers. Typical use::
 
-    from loragraph.graph import Executor, load_workflow, apply_overrides
+    from loragraph.graph import Executor, apply_overrides, load_workflow_document
 
     executor = Executor(NODE_CLASS_MAPPINGS)
     executor.bus.subscribe(lambda event, data: ...)

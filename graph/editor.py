@@ -19,9 +19,10 @@ definitions, following the frontend's rules (ComfyUI_frontend, ``src/utils/execu
   real node output (a widget input fed by a link is thus replaced by the link).
 - Muted nodes (mode 2) and bypassed nodes (mode 4) are left out. A link from a bypassed node is
   followed to one of its inputs: the input at the same index as the output if its type fits, else
-  the first input of exactly the consumer's type, else the first whose type fits; none: the input
-  is left out. A link from a muted node is dropped (inputs pointing at nodes not in the prompt are
-  removed at the end, as the frontend does).
+  the first input of exactly the consumer's type, else the first whose type fits (a ``*`` consumer
+  takes the same index, else the first input); none: the input is left out. An input fed by a
+  muted node is left out too (and, as in graphToPrompt, any input still pointing at a node that is
+  not in the prompt is removed at the end).
 - Virtual nodes are not in the prompt: a ``Reroute`` passes its input through; a ``PrimitiveNode``
   writes its value into the widgets it feeds (its ``applyToGraph``); ``Note`` / ``MarkdownNote``
   and groups are ignored.
@@ -39,7 +40,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import WorkflowError
@@ -105,7 +106,6 @@ class _Node:
     output_types: list[Any]
     subgraph: _Scope | None = None  # set on subgraph instance nodes
     known: bool = False  # its class is in the registry
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -461,6 +461,8 @@ class _Converter:
     def _resolve_output(self, node: _Node, slot: int, type_: Any,
                         visited: set[tuple[str, str, int]]) -> tuple[str, int] | None:
         self._visit(visited, node, "output", slot)
+        if node.mode == MODE_NEVER:
+            return None  # muted: whatever it fed gets no input (a muted subgraph is not entered)
         if node.mode == MODE_BYPASS:
             index = self._bypass_input(node, slot, type_)
             if index is None:
@@ -469,8 +471,6 @@ class _Converter:
                 return None
             return self._resolve_input(node, index, visited)
         if node.subgraph is not None:
-            if node.mode == MODE_NEVER:
-                return (node.exec_id, slot)  # muted: dropped with the other links to removed nodes
             inner_path = (*node.path, str(node.raw["id"]))
             for link in node.subgraph.links.values():
                 if link.target_id == SUBGRAPH_OUTPUT_ID and link.target_slot == slot:

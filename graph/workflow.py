@@ -170,11 +170,19 @@ def load_workflow_document(source: WorkflowSource, registry: Registry | None = N
     if path.suffix.lower() == ".png":
         return _load_png(path, registry)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError as ex:
         raise WorkflowError(f"{path}: no such workflow file") from ex
-    except (OSError, UnicodeDecodeError) as ex:
+    except OSError as ex:
         raise WorkflowError(f"{path}: cannot read workflow file: {ex}") from ex
+    from .png import PNG_SIGNATURE
+
+    if raw.startswith(PNG_SIGNATURE):  # a PNG under another name
+        return _load_png(path, registry)
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate the BOM some Windows editors write
+    except UnicodeDecodeError as ex:
+        raise WorkflowError(f"{path}: cannot read workflow file: not UTF-8 JSON ({ex})") from ex
     return _document(_parse_json_text(text, str(path)), registry, str(path))
 
 

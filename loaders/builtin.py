@@ -180,9 +180,17 @@ def build_tiny_sdxl():
     return pipe
 
 
-# name -> (builder, native size). The trained demo model replaces "tiny-sd" as default later.
+def build_shapes():
+    """The trained demo model (coloured shapes, 32x32), loaded from the package's assets: see demo.py."""
+    from .demo import build_shapes as build
+
+    return build()
+
+
+# name -> (builder, native size). tiny-sd/tiny-sdxl: random weights, for tests; shapes: trained, for people.
 BUILTIN_MODELS = {
     "tiny-sd": (build_tiny_sd, 64),
     "tiny-sdxl": (build_tiny_sdxl, 64),
+    "shapes": (build_shapes, 32),
 }
 DEFAULT_BUILTIN = "tiny-sd"

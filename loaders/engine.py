@@ -151,7 +151,12 @@ class Engine:
         with self.lock:
             live, _ = self.realize(handle)
             pipe, state = live.pipe, handle.state
-            listed = pipe.get_list_adapters() if state.adapters else {}
+            # parked adapters (loaded, in no state) are the engine's business, not the handle's
+            names = set(state.names)
+            listed = {
+                c: [n for n in ns if n in names] for c, ns in (pipe.get_list_adapters() if names else {}).items()
+            }
+            listed = {c: ns for c, ns in listed.items() if ns}
             active = state.active.as_dict()
             fused_names: dict[str, list[str]] = {}
             for op in state.fused:

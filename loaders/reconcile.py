@@ -20,6 +20,7 @@ from the copies, every LoRA layer unloaded, the previous state replayed. The cal
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ class LivePipeline:
     live_devices: dict[str, str | None] = field(default_factory=dict)
     ops: list[str] = field(default_factory=list)  # every diffusers/peft call made, for tests and logs
     warnings: list[str] = field(default_factory=list)  # messages for the user (partial key coverage)
-    state_te_target: tuple[str, ...] = ()  # the text-encoder switch the running transition aims for
+    state_te_target: tuple[str, ...] = ()
+    parked: dict[str, AdapterSpec] = field(default_factory=dict)  # loaded in peft, in no state; oldest first  # the text-encoder switch the running transition aims for
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -344,20 +346,53 @@ def _same_file(a: AdapterSpec, b: AdapterSpec | None) -> bool:
     return b is not None and a.path == b.path and a.sha256 == b.sha256
 
 
+def _parked_budget() -> int:
+    """Bytes of inactive adapters kept loaded: ~20 SD1.5 rank-32 LoRAs, a small share of a GPU."""
+    return int(os.environ.get("LORAGRAPH_PARKED_BYTES", 1 << 30))
+
+
+def _size_of(spec: AdapterSpec) -> int:
+    try:
+        return os.path.getsize(spec.path)
+    except OSError:
+        return 0
+
+
 def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
     current = live.state or AdapterState()
     pipe = live.pipe
     live.state_te_target = target.te_disabled
 
+    # What goes where. Adapters that no state needs any more are *parked*: left loaded in peft but
+    # inactive (peft skips inactive adapters in the forward pass), so coming back to them is one
+    # set_adapters call instead of a load. Same name, other file: deleted and loaded again.
+    to_park = [a for a in current.adapters if target.adapter(a.name) is None]
+    to_delete: list[str] = []
+    to_load: list[AdapterSpec] = []
+    to_unpark: list[AdapterSpec] = []
+    for a in current.adapters:
+        t = target.adapter(a.name)
+        if t is not None and not _same_file(a, t):
+            to_delete.append(a.name)
+            to_load.append(t)
+    for t in target.adapters:
+        if current.adapter(t.name) is None:
+            parked = live.parked.get(t.name)
+            if parked is not None and _same_file(parked, t):
+                to_unpark.append(t)
+            else:
+                if parked is not None:
+                    to_delete.append(t.name)
+                to_load.append(t)
+    leaving = {a.name for a in to_park} | set(to_delete)
+
     # 1. fused components whose fusion history is not a prefix of the target's, or that involve an
-    #    adapter about to be removed or reloaded, go back to their original weights.
-    leaving = {a.name for a in current.adapters if not _same_file(a, target.adapter(a.name))}
-    loading = [a for a in target.adapters if current.adapter(a.name) is None or a.name in leaving]
+    #    adapter that leaves, go back to their original weights.
     restore = []
     for comp in current.fused_components:
-        if loading or leaving:
-            # peft unmerges merged layers *by subtraction* when a load or delete re-activates
-            # adapters on them: everything goes back to its exact original weights first.
+        if to_load or to_delete:
+            # peft unmerges merged layers *by subtraction* when a load re-activates adapters on
+            # them: everything goes back to its exact original weights first.
             restore.append(comp)
             continue
         cur_ops, tgt_ops = current.fuse_ops_for(comp), target.fuse_ops_for(comp)
@@ -367,28 +402,29 @@ def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
     _restore(live, restore)
     fused_now = {c: (() if c in restore else current.fuse_ops_for(c)) for c in live.components}
 
-    # 2. adapters out, adapters in
-    changed = False
-    if current.adapters and not target.adapters:
-        with _op(live, "unload_lora_weights"):
-            pipe.unload_lora_weights()
-        live.backups.clear()
-        live.live_devices.clear()
-        live.live_te_disabled = ()
-        live.live_active = ActiveSet()
-        changed = True
-    elif leaving:
-        with _op(live, "delete_adapters", ",".join(sorted(leaving))):
-            pipe.delete_adapters(sorted(leaving))
-        for n in leaving:
+    # 2. adapters out (parked or deleted), adapters in (unparked or loaded)
+    changed = bool(to_park or to_delete or to_load or to_unpark)
+    for a in to_park:
+        live.parked[a.name] = a
+    for t in to_unpark:
+        del live.parked[t.name]
+    if not live.backups:  # evicting is a delete: only with nothing fused (see above)
+        budget, used = _parked_budget(), sum(_size_of(p) for p in live.parked.values())
+        for name in list(live.parked):
+            if used <= budget:
+                break
+            used -= _size_of(live.parked[name])
+            to_delete.append(name)
+    if to_delete:
+        with _op(live, "delete_adapters", ",".join(sorted(set(to_delete)))):
+            pipe.delete_adapters(sorted(set(to_delete)))
+        for n in to_delete:
             live.live_devices.pop(n, None)
-        changed = True
-    loaded_names = {a.name for a in current.adapters} - leaving if target.adapters else set()
-    for spec in target.adapters:
-        if spec.name not in loaded_names:
-            _load_adapter(live, spec, lora_reader)
-            live.live_devices[spec.name] = None
-            changed = True
+            if current.adapter(n) is None or target.adapter(n) is None:
+                live.parked.pop(n, None)
+    for spec in to_load:
+        _load_adapter(live, spec, lora_reader)
+        live.live_devices[spec.name] = None
 
     # 3. devices
     for spec in target.adapters:
@@ -399,9 +435,6 @@ def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
             live.live_devices[spec.name] = spec.device
 
     # 4-6. activation, text-encoder switch, fusion
-    if not target.adapters:
-        live.live_active = ActiveSet()
-        return
     pending = {c: target.fuse_ops_for(c)[len(fused_now[c]) :] for c in live.components}
     for comp in live.components:
         for op in pending[comp]:
@@ -429,6 +462,7 @@ def _reset(live: LivePipeline) -> None:
     live.live_active = ActiveSet()
     live.live_te_disabled = ()
     live.live_devices = {}
+    live.parked = {}
 
 
 def realize(live: LivePipeline, target: AdapterState, lora_reader) -> list[str]:

@@ -21,10 +21,12 @@ input, output and temp folders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import mimetypes
 import os
+import signal
 import socket
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
@@ -255,6 +257,9 @@ async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
             await site.start()
             shown = f"[{address}]" if ":" in address else (address or "0.0.0.0")
             logger.info("loragraph server listening on http://%s:%d", shown, port)
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()  # Ctrl-C cancels this; SIGTERM sets it: either way the worker is stopped cleanly
     finally:
         await runner.cleanup()

@@ -84,7 +84,7 @@ async def view(request: web.Request, folder_of: FolderLookup) -> web.StreamRespo
         return web.Response(status=403)
 
     disposition = {"Content-Disposition": f'filename="{filename}"'}
-    channel = query.get("channel", "rgba")
+    channel = query.get("channel", "")  # ComfyUI: absent means rgba
     if "preview" in query or channel in ("rgb", "a"):
         try:
             body, content_type = await asyncio.to_thread(_converted, file, query.get("preview"), channel)

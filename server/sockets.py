@@ -113,5 +113,7 @@ class SocketHub:
                 self.remove(target_sid, ws)
                 with contextlib.suppress(Exception):
                     await ws.close()
-            except (aiohttp.ClientError, ConnectionError, RuntimeError) as ex:
+            except ConnectionError as ex:  # the client went away mid-send: nothing to tell anyone
+                logger.debug("client %s disconnected: %s", target_sid, ex)
+            except (aiohttp.ClientError, RuntimeError) as ex:
                 logger.warning("send error to %s: %s", target_sid, ex)

@@ -298,10 +298,15 @@ def test_minimal_operations(configured, caplog):
     fused = st.fuse(st.set_weights(h, "a", "0.5"), True, True, 1.0, False, "")
     assert ops_for(fused) == ["fuse_lora", "fuse_lora"]
     assert ops_for(st.unfuse(fused, True, False)) == ["unfuse_lora(exact)"]
+    engine.realize(h)
     with caplog.at_level(logging.DEBUG, logger="loragraph"):
-        ops_for(st.delete(h, "b"))
+        assert ops_for(st.delete(h, "b")) == ["set_adapters"]  # b is parked, not deleted
+        assert ops_for(h) == ["set_adapters"]  # and coming back is one call, no load
     timed = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
-    assert any(m.startswith("delete_adapters") and m.endswith(" ms") for m in timed), timed
+    assert any(m.startswith("set_adapters") and m.endswith(" ms") for m in timed), timed
+    # a different file under a parked name is really deleted and loaded
+    other = st.add_adapter(st.delete(h, "b"), engine.lora_spec(h, "sd_c.safetensors", 1.0, "b"))
+    assert ops_for(other)[:2] == ["delete_adapters", "load_lora_weights"]
     # the same file is read once, whatever the number of loads
     from loragraph.loaders import lora_file
 

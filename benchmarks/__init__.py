@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): `python -m benchmarks` prints markdown tables for the README."""

@@ -1,0 +1,438 @@
+"""LoRA operations at real model size, loragraph side by side with the same raw diffusers calls.
+
+    python -m benchmarks.lora_ops [--rank 32] [--repeats 5] [--threads 1] [--json out.json] [--quick]
+    python -m benchmarks.lora_ops --device cuda --dtype float16     # the GPU variant
+
+An SD1.5-size UNet and CLIP-L-size text encoder with random weights are built in code (no
+download). LoRAs of the given rank target every attention projection of the UNet plus the text
+encoder, written in kohya and diffusers format. Each row runs loragraph's engine and the raw
+diffusers calls alternately (so machine noise hits both), on two identical pipelines, and reports
+the median. Not a test: it prints a markdown table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+def build_sd15(device: str, dtype: torch.dtype):
+    """A StableDiffusionPipeline with SD1.5's UNet and a CLIP-L text encoder, random weights."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from loragraph.loaders.builtin import _scheduler, _vae, make_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)  # diffusers' defaults = SD1.5
+    te = CLIPTextModel(
+        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                       vocab_size=514, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+                       max_position_embeddings=77, projection_dim=768)
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet, scheduler=_scheduler(), vae=_vae(), text_encoder=te, tokenizer=make_tokenizer(),
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def write_loras(pipe, folder: Path, rank: int, count: int) -> dict[str, Path]:
+    from loragraph.loaders.testing import write_lora_file
+
+    out = {}
+    for i in range(count):
+        for fmt in ("diffusers", "kohya"):
+            path = folder / f"r{rank}_{fmt}_{i}.safetensors"
+            if not path.exists():
+                write_lora_file(path, "sd", fmt, rank=rank, alpha=rank / 2, seed=100 + i, pipe=pipe)
+            out[f"{fmt}_{i}"] = path
+    return out
+
+
+class PeakRSS:
+    """Peak resident memory above the start, sampled every millisecond in a thread."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.peak = 0
+
+    def __enter__(self):
+        self.start = self.proc.memory_info().rss
+        self.peak = self.start
+        self.stop = False
+
+        def sample():
+            while not self.stop:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+                time.sleep(0.001)
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def sync(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> tuple[float, float]:
+    """(milliseconds, peak MiB) of one call."""
+    gc.collect()
+    sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        ms = (time.perf_counter() - t0) * 1e3
+    peak = mem.mib if device != "cuda" else (torch.cuda.max_memory_allocated() - base) / 2**20
+    return ms, peak
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+class Bench:
+    def __init__(self, args):
+        from loragraph import host
+        from loragraph.loaders.engine import Engine
+
+        self.args = args
+        self.device = args.device
+        self.dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+        self.root = Path(args.work or tempfile.mkdtemp(prefix="loragraph-bench-"))
+        (self.root / "loras").mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        self.raw = build_sd15(self.device, self.dtype)
+        self.files = write_loras(self.raw, self.root / "loras", args.rank, 5)
+        host.configure(models_dir=self.root, output_dir=self.root / "out")
+        self.engine = Engine()
+        # our pipeline: the same weights, registered with the engine as a live pipeline
+        from loragraph.loaders.reconcile import LivePipeline
+        from loragraph.loaders.state import PipelineHandle, PipelineSource
+
+        ours = build_sd15(self.device, self.dtype)
+        source = PipelineSource("bench:sd15", "builtin", "sd15", args.dtype, self.device, "bench", ("unet", "text_encoder"))
+        from loragraph.loaders.engine import _cache_key
+
+        self.engine.pipelines.put(_cache_key(source), LivePipeline(ours), 0)
+        self.base = PipelineHandle(source)
+        self.live = self.engine.live(source)
+        print(f"setup {time.perf_counter() - t0:.1f} s; work dir {self.root}", flush=True)
+        self.rows: list[dict] = []
+        self.touched = self._touched_weights()
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _touched_weights(self) -> list[torch.Tensor]:
+        from loragraph.loaders.lora_file import coverage, read_lora
+
+        lf = read_lora(self.files["diffusers_0"])
+        cov = coverage(self.raw, lf)
+        assert not cov.unmatched
+        out = []
+        for comp in ("unet", "text_encoder"):
+            model = getattr(self.raw, comp)
+            for name, mod in model.named_modules():
+                if isinstance(mod, torch.nn.Linear) and name.endswith(
+                    ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")
+                ):
+                    out.append(mod.weight)
+        return out
+
+    def spec(self, key: str, name: str, handle=None):
+        handle = handle or self.base
+        return self.engine.lora_spec(handle, str(self.files[key].relative_to(self.root / "loras")), 1.0, name)
+
+    def raw_load(self, key: str, name: str):
+        p = self.files[key]
+        self.raw.load_lora_weights(str(p.parent), weight_name=p.name, adapter_name=name)
+
+    def raw_reset(self):
+        self.raw.unfuse_lora(components=["unet", "text_encoder"]) if self.raw.num_fused_loras else None
+        self.raw.unload_lora_weights()
+
+    def ours_reset(self):
+        self.engine.realize(self.base)
+
+    def row(self, name: str, ours_setup, ours_op, raw_setup, raw_op, note: str = "", floor: float | None = None):
+        """Alternate: setup (untimed) then the op, ours then diffusers, `repeats` times; medians."""
+        o_ms, o_mem, r_ms, r_mem = [], [], [], []
+        for _ in range(self.args.repeats):
+            ours_setup()
+            ms, mem = timed(ours_op, self.device)
+            o_ms.append(ms)
+            o_mem.append(mem)
+            if raw_op is not None:
+                raw_setup()
+                ms, mem = timed(raw_op, self.device)
+                r_ms.append(ms)
+                r_mem.append(mem)
+        row = {
+            "operation": name,
+            "loragraph_ms": statistics.median(o_ms),
+            "diffusers_ms": statistics.median(r_ms) if r_ms else None,
+            "loragraph_peak_mib": max(o_mem),
+            "diffusers_peak_mib": max(r_mem) if r_mem else None,
+            "floor_ms": floor,
+            "note": note,
+        }
+        row["ratio_to_diffusers"] = row["loragraph_ms"] / row["diffusers_ms"] if row["diffusers_ms"] else None
+        row["ratio_to_floor"] = row["loragraph_ms"] / floor if floor else None
+        self.rows.append(row)
+        print(_fmt_row(row), flush=True)
+        return row
+
+    # --- floors ---------------------------------------------------------------------------------
+
+    def floors(self):
+        backups = [w.detach().clone() for w in self.touched]
+        lora = [(torch.randn(w.shape[0], self.args.rank, dtype=w.dtype, device=w.device),
+                 torch.randn(self.args.rank, w.shape[1], dtype=w.dtype, device=w.device)) for w in self.touched]
+
+        def copy_all():
+            for w, b in zip(self.touched, backups):
+                w.data.copy_(b)
+
+        def addmm_all():
+            for w, (b, a) in zip(self.touched, lora):
+                w.data.addmm_(b, a, alpha=1e-3)
+
+        self.copy_floor = statistics.median(timed(copy_all, self.device)[0] for _ in range(3))
+        self.addmm_floor = statistics.median(timed(addmm_all, self.device)[0] for _ in range(3))
+        copy_all()
+        n = sum(w.numel() for w in self.touched)
+        print(f"floors: copy touched weights {self.copy_floor:.1f} ms, addmm_ {self.addmm_floor:.1f} ms "
+              f"({n / 1e6:.1f} M touched elements)", flush=True)
+
+    # --- the rows -------------------------------------------------------------------------------
+
+    def run(self):
+        from loragraph.loaders import lora_file
+        from loragraph.loaders import state as st
+
+        self.floors()
+        a = st.add_adapter(self.base, self.spec("diffusers_0", "a"))
+
+        def cold():
+            lora_file.clear_lora_cache()
+            self.ours_reset()
+
+        self.row("load LoRA, cold (diffusers format)", cold, lambda: self.engine.realize(a),
+                 self.raw_reset, lambda: self.raw_load("diffusers_0", "a"))
+        self.row("load LoRA, warm (file read once)", self.ours_reset, lambda: self.engine.realize(a),
+                 self.raw_reset, lambda: self.raw_load("diffusers_0", "a"), floor=self.copy_floor)
+        k = st.add_adapter(self.base, self.spec("kohya_0", "k"))
+        self.row("load LoRA, warm (kohya format)", self.ours_reset, lambda: self.engine.realize(k),
+                 self.raw_reset, lambda: self.raw_load("kohya_0", "k"))
+
+        # weights, unfused
+        w1, w2 = st.set_weights(a, "a", "0.6"), st.set_weights(a, "a", "0.9")
+        flip = {"i": 0}
+
+        def ours_weights():
+            flip["i"] += 1
+            self.engine.realize(w1 if flip["i"] % 2 else w2)
+
+        def raw_setup_a():
+            if "a" not in self.raw.get_list_adapters().get("unet", []):
+                self.raw_reset()
+                self.raw_load("diffusers_0", "a")
+            if self.raw.num_fused_loras:
+                self.raw.unfuse_lora(components=["unet", "text_encoder"])
+
+        self.engine.realize(a)
+        self.row("change weights, unfused", lambda: None, ours_weights,
+                 raw_setup_a, lambda: self.raw.set_adapters(["a"], [0.6 + 0.3 * (flip["i"] % 2)]))
+
+        # fuse / unfuse
+        fused = st.fuse(w1, True, True, 1.0, False, "")
+        self.row("fuse", lambda: self.engine.realize(w1), lambda: self.engine.realize(fused),
+                 raw_setup_a, lambda: self.raw.fuse_lora(components=["unet", "text_encoder"]),
+                 floor=self.addmm_floor)
+
+        def raw_fused():
+            raw_setup_a()
+            self.raw.fuse_lora(components=["unet", "text_encoder"])
+
+        self.row("unfuse", lambda: self.engine.realize(fused), lambda: self.engine.realize(w1),
+                 raw_fused, lambda: self.raw.unfuse_lora(components=["unet", "text_encoder"]),
+                 note="ours bit-exact; diffusers subtracts", floor=self.copy_floor)
+        drift = self.diffusers_drift()
+        self.rows[-1]["note"] += f" ({drift:.1%} of touched elements differ after diffusers' unfuse)"
+
+        fused2 = st.fuse(w2, True, True, 1.0, False, "")
+
+        def raw_refuse():
+            self.raw.unfuse_lora(components=["unet", "text_encoder"])
+            self.raw.set_adapters(["a"], [0.9])
+            self.raw.fuse_lora(components=["unet", "text_encoder"])
+
+        self.row("change weights, fused", lambda: self.engine.realize(fused), lambda: self.engine.realize(fused2),
+                 raw_fused, raw_refuse, note="diffusers: unfuse + set_adapters + fuse")
+
+        # switch A -> B
+        b = st.add_adapter(st.delete(a, "a"), self.spec("diffusers_1", "b"))
+
+        def raw_switch():
+            self.raw.delete_adapters(["a"])
+            self.raw_load("diffusers_1", "b")
+
+        def raw_only_a():
+            self.raw_reset()
+            self.raw_load("diffusers_0", "a")
+
+        self.row("switch LoRA A -> B", lambda: self.engine.realize(a), lambda: self.engine.realize(b),
+                 raw_only_a, raw_switch, note="diffusers: delete_adapters + load_lora_weights")
+
+        # stack of 5
+        stack = self.base
+        for i in range(5):
+            stack = st.add_adapter(stack, self.spec(f"diffusers_{i}", f"s{i}", stack))
+
+        def raw_stack():
+            for i in range(5):
+                self.raw_load(f"diffusers_{i}", f"s{i}")
+            self.raw.set_adapters([f"s{i}" for i in range(5)], [1.0] * 5)
+
+        self.row("stack of 5 LoRAs (load + activate)", self.ours_reset, lambda: self.engine.realize(stack),
+                 self.raw_reset, raw_stack)
+
+        self.engine.realize(stack)
+        self.row("realize() with nothing to do", lambda: None, lambda: self.engine.realize(stack),
+                 lambda: None, None)
+        self.raw_reset()
+        self.ours_reset()
+        self.executor_row()
+        self.check_exact()
+
+    def diffusers_drift(self) -> float:
+        self.raw_reset()
+        before = [w.detach().clone() for w in self.touched]
+        self.raw_load("diffusers_0", "a")
+        self.raw.fuse_lora(components=["unet", "text_encoder"])
+        self.raw.unfuse_lora(components=["unet", "text_encoder"])
+        self.raw.unload_lora_weights()
+        after = self._touched_after_unload()
+        differ = sum((x != y).sum().item() for x, y in zip(before, after))
+        total = sum(x.numel() for x in before)
+        for w, b in zip(self._touched_after_unload(), before):
+            w.data.copy_(b)  # put the raw pipeline back for the next rows
+        return differ / total
+
+    def _touched_after_unload(self):
+        self.touched = []
+        self.touched = self._touched_weights()
+        return self.touched
+
+    def check_exact(self):
+        """The engine's pipeline must be bit-identical to a fresh build after everything above."""
+        from loragraph.loaders import state as st
+
+        self.engine.realize(st.unload(self.base))
+        fresh = build_sd15(self.device, self.dtype)
+        ours = self.live.pipe
+        same = all(torch.equal(p, q) for p, q in zip(fresh.unet.parameters(), ours.unet.parameters()))
+        same &= all(torch.equal(p, q) for p, q in zip(fresh.text_encoder.parameters(), ours.text_encoder.parameters()))
+        print(f"engine pipeline bit-identical to a fresh build after all rows: {same}", flush=True)
+        self.exact = same
+
+    def executor_row(self):
+        """Executor overhead per node on a 200-node graph (LoRA nodes on the tiny built-in pipeline)."""
+        from loragraph.graph import Executor
+        from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
+
+        prompt = {"0": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "cpu"}}}
+        prev = "0"
+        for i in range(1, 199):
+            prompt[str(i)] = {"class_type": "UnfuseLoRA", "inputs": {"pipeline": [prev, 0], "unfuse_unet": True,
+                                                                    "unfuse_text_encoder": bool(i % 2)}}
+            prev = str(i)
+        prompt["199"] = {"class_type": "LoRAInfo", "inputs": {"pipeline": [prev, 0]}}
+        ex = Executor(HEADLESS_NODE_CLASS_MAPPINGS)
+        ex.execute(prompt)  # builds the tiny pipeline once
+        ex.cache = type(ex.cache)(ex.cache.max_prompts) if hasattr(ex.cache, "max_prompts") else ex.cache
+        res = ex.execute({k: dict(v, inputs=dict(v["inputs"])) for k, v in prompt.items()}, prompt_id="bench")
+        per_node = res.overhead_per_node_s() * 1e3 if hasattr(res, "overhead_per_node_s") else float("nan")
+        row = {"operation": "executor overhead per node (200-node graph)", "loragraph_ms": per_node,
+               "diffusers_ms": None, "loragraph_peak_mib": None, "diffusers_peak_mib": None, "floor_ms": None,
+               "ratio_to_diffusers": None, "ratio_to_floor": None,
+               "note": f"{len(res.executed)} executed, {len(res.cached)} cached"}
+        self.rows.append(row)
+        print(_fmt_row(row), flush=True)
+
+
+def _f(x, fmt="{:.1f}"):
+    return "—" if x is None else fmt.format(x)
+
+
+def _fmt_row(r) -> str:
+    return (f"| {r['operation']} | {_f(r['loragraph_ms'])} | {_f(r['diffusers_ms'])} | "
+            f"{_f(r['ratio_to_diffusers'], '{:.2f}x')} | {_f(r['floor_ms'])} | {_f(r['ratio_to_floor'], '{:.2f}x')} | "
+            f"{_f(r['loragraph_peak_mib'], '{:.0f}')} | {_f(r['diffusers_peak_mib'], '{:.0f}')} | {r['note']} |")
+
+
+HEADER = ("| operation | loragraph ms | diffusers ms | ratio | floor ms | ratio to floor | "
+          "loragraph peak MiB | diffusers peak MiB | note |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rank", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the issue's reference setting)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--work", default=None, help="folder for the generated LoRA files (kept between runs)")
+    p.add_argument("--json", default="benchmarks/results/lora_ops.json")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    bench = Bench(args)
+    print(HEADER, flush=True)
+    bench.run()
+    print("\n" + HEADER)
+    for r in bench.rows:
+        print(_fmt_row(r))
+    machine = f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s), {args.device} {args.dtype}"
+    print(f"\n{machine}; rank {args.rank}; median of {args.repeats}; {time.strftime('%Y-%m-%d')}")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "rank": args.rank, "date": time.strftime("%Y-%m-%d"),
+                               "copy_floor_ms": bench.copy_floor, "addmm_floor_ms": bench.addmm_floor,
+                               "exact_after_all_rows": bench.exact, "rows": bench.rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Acceptance of the shipped demo model `builtin:shapes` and its three demo LoRAs, measured on images.
+
+Everything runs through the engine, as a workflow would; nothing is trained here. The measures are
+the plain ones in loaders/demo.py (foreground colour, fill ratio, sepia distance, stripe energy).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import pytest
+import torch
+from loragraph.loaders import demo
+from loragraph.loaders import state as st
+
+STEPS = 20
+CFG = 7.0
+SIZE = demo.NATIVE_SIZE
+STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+CURVE_CASES = demo.EVAL_CASES[:3]
+# How far strength 1 must move each property from the base image (mean over CURVE_CASES).
+MIN_EFFECT = {"palette": 0.08, "outline": 0.15, "texture": 0.006}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """An engine whose models folder holds the shipped LoRAs under loras/shapes/."""
+    from loragraph import host
+    from loragraph.loaders.engine import Engine
+
+    root = tmp_path_factory.mktemp("demo-models")
+    (root / "loras").mkdir()
+    (root / "loras" / "shapes").symlink_to(demo.LORA_DIR, target_is_directory=True)
+    host.configure(models_dir=root, output_dir=root / "output")
+    return Engine()
+
+
+@pytest.fixture(scope="module")
+def base(engine):
+    return engine.load_pipeline("builtin:shapes")
+
+
+def sample(engine, handle, case) -> np.ndarray:
+    colour, shape, background, seed = case
+    image = engine.sample(handle, demo.caption(colour, shape, background), "", seed, STEPS, CFG, SIZE, SIZE)
+    assert image.shape == (1, SIZE, SIZE, 3)
+    return image[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def base_images(engine, base) -> dict:
+    return {case: sample(engine, base, case) for case in demo.EVAL_CASES}
+
+
+def with_lora(engine, base, name: str, strength: float):
+    return st.add_adapter(base, engine.lora_spec(base, f"shapes/{name}.safetensors", strength, ""))
+
+
+def test_shipped_files_are_small_and_complete():
+    files = [p for p in demo.ASSETS.rglob("*") if p.is_file()]
+    assert (demo.MODEL_DIR / "model_index.json").is_file()
+    assert {f"{n}.safetensors" for n in demo.LORA_NAMES} <= {p.name for p in demo.LORA_DIR.iterdir()}
+    assert sum(p.stat().st_size for p in files) <= 15 * 2**20
+
+
+def test_palette_ships_in_kohya_form_the_others_in_diffusers_form():
+    from loragraph.loaders.lora_file import read_lora
+
+    formats = {n: read_lora(demo.LORA_DIR / f"{n}.safetensors").format for n in demo.LORA_NAMES}
+    assert formats == {"palette": "kohya", "outline": "diffusers", "texture": "diffusers"}
+
+
+def test_examples_carry_the_same_lora_files():
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples" / "models" / "loras" / "shapes"
+    for name in demo.LORA_NAMES:
+        assert (examples / f"{name}.safetensors").read_bytes() == (demo.LORA_DIR / f"{name}.safetensors").read_bytes()
+
+
+def test_the_demo_words_are_single_tokens(engine, base):
+    tokenizer = engine.live(base.source).pipe.tokenizer
+    for word in [*demo.COLOURS, *demo.SHAPES, *demo.BACKGROUNDS, "background"]:
+        assert len(tokenizer(word).input_ids) == 3, word  # <start> word <end>
+
+
+def test_prompts_get_their_colour_and_shape(base_images):
+    colours = [demo.dominant_colour(img) == case[0] for case, img in base_images.items()]
+    shapes = [demo.classify_shape(img) == case[1] for case, img in base_images.items()]
+    assert len(colours) == 20
+    assert np.mean(colours) >= 0.9, f"colour right in {sum(colours)}/20"
+    assert np.mean(shapes) >= 0.8, f"shape right in {sum(shapes)}/20"
+
+
+def test_native_size_generation_is_fast(engine, base, base_images):
+    """20 steps at 32x32 in under 2 s of this process's CPU time (wall time depends on the neighbours)."""
+    t0 = time.process_time()
+    sample(engine, base, demo.EVAL_CASES[0])
+    assert time.process_time() - t0 < 2.0 * torch.get_num_threads()
+
+
+@pytest.mark.parametrize("name", demo.LORA_NAMES)
+def test_lora_strength_moves_its_property_monotonically(engine, base, base_images, name):
+    measure, direction = demo.LORA_PROPERTIES[name]
+    curve = []
+    for strength in STRENGTHS:
+        handle = with_lora(engine, base, name, strength)
+        images = [sample(engine, handle, case) for case in CURVE_CASES]
+        if strength == 0.0:
+            for case, img in zip(CURVE_CASES, images):
+                np.testing.assert_allclose(img, base_images[case], atol=1 / 255)
+        curve.append(float(np.mean([measure(img) for img in images])))
+    moved = [direction * (b - a) for a, b in itertools.pairwise(curve)]
+    assert direction * (curve[-1] - curve[0]) >= MIN_EFFECT[name], f"{measure.__name__}: {curve}"
+    assert all(m > 0 for m in moved), f"{measure.__name__} not monotonic over {STRENGTHS}: {curve}"
+
+
+@pytest.mark.parametrize("name", demo.LORA_NAMES)
+def test_fused_and_unfused_give_the_same_image(engine, base, name):
+    handle = with_lora(engine, base, name, 0.8)
+    case = demo.EVAL_CASES[1]
+    unfused = sample(engine, handle, case)
+    fused = sample(engine, st.fuse(handle, True, True, 1.0, False, ""), case)
+    np.testing.assert_allclose(fused, unfused, atol=2 / 255)
+    assert np.abs(unfused - sample(engine, base, case)).max() > 4 / 255  # the LoRA did something
