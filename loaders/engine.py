@@ -59,6 +59,11 @@ class Engine:
                 self.pipelines.put(key, live, param_bytes(pipe))
             return live
 
+    def unload_all(self) -> None:
+        """Drop every live pipeline (ComfyUI's /free unload_models); handles rebuild them on demand."""
+        with self.lock:
+            self.pipelines.clear()
+
     def realize(self, handle: PipelineHandle) -> tuple[LivePipeline, list[str]]:
         with self.lock:
             live = self.live(handle.source)

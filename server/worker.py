@@ -146,9 +146,7 @@ class PromptWorker:
         if unload:
             from ..loaders.engine import get_engine
 
-            engine = get_engine()
-            with engine.lock:
-                engine.pipelines.clear()
+            get_engine().unload_all()
         gc.collect()
         try:
             import torch

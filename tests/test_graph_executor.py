@@ -415,7 +415,9 @@ def test_node_error_payload_and_outputs_already_made_stay():
     assert ex.execute(prompt).executed == []
 
 
-def test_timing_overhead_per_node_is_small():
+def test_a_200_node_graph_runs_and_reruns_from_cache():
+    """A long chain runs in order and an unchanged re-run executes nothing. (Its overhead per node
+    is measured by benchmarks/, not asserted here: timings are not unit tests.)"""
     n = 200
     prompt = {"1": {"class_type": "Int", "inputs": {"value": 1}}}
     for i in range(2, n):
@@ -428,9 +430,8 @@ def test_timing_overhead_per_node_is_small():
     assert r.status == "success" and len(r.executed) == n + 1
     assert r.outputs[str(n + 1)] == {"text": [str(n - 1)]}
     assert r.overhead_s <= r.wall_s
-    assert r.overhead_per_node_s() < 0.001, r.phases_s
     again = ex.execute(prompt)
-    assert again.executed == [] and again.overhead_per_node_s() < 0.001
+    assert again.executed == [] and len(again.cached) == n + 1
 
 
 # --- ordering ----------------------------------------------------------------------------------
