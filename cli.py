@@ -245,20 +245,20 @@ def _load_workflows(files: Sequence[str], overrides: Sequence[str], registry: Ma
             wf.error = _invalid_error(str(ex))
         workflows.append(wf)
 
-    loaded = [wf for wf in workflows if wf.prompt is not None]
+    readable = [wf for wf in workflows if wf.prompt is not None]
     unmatched: list[str] = []
     for item in overrides:
         if len(files) == 1:
-            for wf in loaded:
+            for wf in readable:
                 wf.overrides.append(item)
             continue
-        users = [wf for wf in loaded if _override_node(item) in wf.prompt]  # type: ignore[operator]
-        if loaded and not users:
+        users = [wf for wf in readable if _override_node(item) in wf.prompt]  # type: ignore[operator]
+        if readable and not users:
             unmatched.append(item)
         for wf in users:
             wf.overrides.append(item)
 
-    for wf in loaded:
+    for wf in readable:
         if unmatched:
             wf.prompt, wf.error = None, _invalid_error(
                 "; ".join(f"--set {item!r}: no workflow has a node with id {_override_node(item)!r}"
@@ -394,7 +394,7 @@ def _shown_path(path: Path) -> str:
 
 def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: Any) -> None:
     ran = len(result.executed)
-    failed = (result.error or {}).get("node_id") if result.status == "error" else None
+    failed = (result.error or {}).get("node_id") if result.status == "error" else None  # or interrupted
     head = f"{file}: {result.status}"
     if result.status != "invalid":
         head += f" in {result.wall_s:.2f} s ({ran} node{'s' * (ran != 1)} run, {len(result.cached)} cached"
@@ -405,7 +405,8 @@ def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: A
     rows = [(n, f"{result.timings[n]:8.3f} s") for n in result.executed]
     if failed is not None and failed in prompt:
         took = result.timings.get(failed)
-        rows.append((failed, (f"{took:8.3f} s" if took is not None else "") + "  failed"))
+        what = "  interrupted" if result.interrupted else "  failed"
+        rows.append((failed, (f"{took:8.3f} s" if took is not None else "") + what))
     rows += [(n, "  cached") for n in result.cached]
     for node_id, what in rows:
         out.write(f"  {node_id:>4} {prompt[node_id]['class_type']:<22} {what}\n")

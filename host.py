@@ -166,6 +166,19 @@ def resolve_in(kind: str, relative: str) -> Path:
     raise FileNotFoundError(f"{relative!r} is not in the {kind} folder ({shown})")
 
 
+def comfyui_routes():
+    """Inside ComfyUI: the aiohttp route table of its PromptServer (served at / and /api), else None.
+
+    ComfyUI's main.py creates the PromptServer before it loads custom nodes, so the pack can add its
+    routes while it is imported. The `server` module is looked up in sys.modules, never imported:
+    headless, a module named `server` on the path may be anything (this package's own folder).
+    """
+    if not inside_comfyui():
+        return None
+    prompt_server = getattr(sys.modules.get("server"), "PromptServer", None)
+    return getattr(getattr(prompt_server, "instance", None), "routes", None)
+
+
 # --- progress and cancel -------------------------------------------------------------------------
 
 ProgressFn = Callable[[int, int], None]

@@ -24,16 +24,14 @@ from pathlib import Path
 
 import torch
 
-
 # --------------------------------------------------------------------------------------------- setup
 
 
 def build_sd15(device: str, dtype: torch.dtype):
     """A StableDiffusionPipeline with SD1.5's UNet and a CLIP-L text encoder, random weights."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from loragraph.loaders.builtin import _scheduler, _vae, make_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)  # diffusers' defaults = SD1.5

@@ -108,7 +108,12 @@ def build_pipeline(source: PipelineSource):
         pipe = DiffusionPipeline.from_pretrained(source.path, local_files_only=True, torch_dtype=torch_dtype)
     else:
         pipe = _from_single_file(source)
-    pipe.to(device=source.device, dtype=torch_dtype)
+    # diffusers warns on every .to(dtype=...), even a no-op: cast only when a component differs.
+    modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+    if any(m.dtype != torch_dtype for m in modules):
+        pipe.to(device=source.device, dtype=torch_dtype)
+    else:
+        pipe.to(source.device)
     pipe.set_progress_bar_config(disable=True)
     if not hasattr(pipe, "load_lora_weights"):
         raise NodeInputError("model", f"{type(pipe).__name__} does not support LoRA in diffusers")

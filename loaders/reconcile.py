@@ -348,7 +348,7 @@ def _same_file(a: AdapterSpec, b: AdapterSpec | None) -> bool:
 
 def _parked_budget() -> int:
     """Bytes of inactive adapters kept loaded: ~20 SD1.5 rank-32 LoRAs, a small share of a GPU."""
-    return int(os.environ.get("LORAGRAPH_PARKED_BYTES", 1 << 30))
+    return int(os.environ.get("LORAGRAPH_PARKED_BYTES", str(1 << 30)))
 
 
 def _size_of(spec: AdapterSpec) -> int:

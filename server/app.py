@@ -38,6 +38,7 @@ from aiohttp import web
 
 from .. import host as host_seam
 from ..graph import Executor
+from . import editor, pack_routes
 from .queue import DEFAULT_HISTORY_SIZE, PromptQueue
 from .routes import build_routes
 from .sockets import SocketHub
@@ -73,6 +74,9 @@ class ServerConfig:
     registry: Mapping[str, type] | None = None  # default: the headless nodes (SaveImage included)
     web_dir: Path | None = field(default_factory=lambda: PACKAGE_WEB_DIR)
     extension_name: str = "loragraph"
+    # The visual editor (ComfyUI's frontend, when comfyui-frontend-package is installed; see editor.py)
+    editor: bool = True
+    user_dir: str | os.PathLike = "user"  # the editor's settings and saved workflows: {user_dir}/default
 
 
 SERVER_KEY: web.AppKey[PromptServer] = web.AppKey("loragraph_server")
@@ -92,6 +96,8 @@ class PromptServer:
         self.executor = Executor(self.registry)
         self.worker = PromptWorker(self.queue, self.executor, self.hub)
         self.number = 0
+        self.web_root: Path | None = None  # the editor's files, when it is served
+        self.users = editor.UserFiles(config.user_dir)
 
     def queue_info(self) -> dict[str, Any]:
         return {"exec_info": {"queue_remaining": self.queue.tasks_remaining()}}
@@ -144,18 +150,25 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     mimetypes.add_type("image/webp", ".webp")
 
     server = PromptServer(config)
+    server.web_root = editor.locate(config.editor)
     app = web.Application(client_max_size=config.max_upload_size, middlewares=[origin_only_middleware])
     app[SERVER_KEY] = server
-    routes = build_routes(server)
+    tables = [build_routes(server), pack_routes.build()]
+    if server.web_root is not None:
+        tables.append(editor.build_editor_routes(server, server.users))
     # ComfyUI serves every route under /api as well (its frontend calls /api/prompt).
     api_routes = web.RouteTableDef()
-    for route in routes:
-        if isinstance(route, web.RouteDef):
-            api_routes.route(route.method, "/api" + route.path)(route.handler, **route.kwargs)
+    for routes in tables:
+        for route in routes:
+            if isinstance(route, web.RouteDef):
+                api_routes.route(route.method, "/api" + route.path)(route.handler, **route.kwargs)
     app.add_routes(api_routes)
-    app.add_routes(routes)
+    for routes in tables:
+        app.add_routes(routes)
     if config.web_dir is not None and config.web_dir.is_dir():
         app.add_routes([web.static(f"/extensions/{config.extension_name}", config.web_dir)])
+    if server.web_root is not None:
+        app.add_routes(editor.static_routes(server.web_root))  # last: "/" is a prefix of every path
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     return app

@@ -139,8 +139,13 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         return ws
 
     @routes.get("/")
-    async def get_root(request: web.Request) -> web.Response:
-        return web.Response(text="loragraph server: ComfyUI's API without its frontend. "
+    async def get_root(request: web.Request) -> web.StreamResponse:
+        if server.web_root is not None:  # the visual editor (server/editor.py)
+            from .editor import index_response
+
+            return index_response(server.web_root)
+        return web.Response(text="loragraph server: ComfyUI's API without its frontend "
+                                 '(pip install "loragraph[editor]" adds it). '
                                  "POST a workflow to /prompt; events on /ws.\n")
 
     @routes.get("/embeddings")

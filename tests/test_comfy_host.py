@@ -297,5 +297,16 @@ def test_a_symlinked_lora_folder_loads_as_comfyui_lists_it(comfyui, tmp_path):
         link.unlink()
 
 
+def test_the_seam_finds_comfyuis_route_table_without_importing_server(comfyui, monkeypatch):
+    from aiohttp import web
+
+    assert comfyui.host.comfyui_routes() is None  # no PromptServer module loaded: nothing to add routes to
+    routes = web.RouteTableDef()
+    server = ModuleType("server")
+    server.PromptServer = type("PromptServer", (), {"instance": SimpleNamespace(routes=routes)})
+    monkeypatch.setitem(sys.modules, "server", server)
+    assert comfyui.host.comfyui_routes() is routes
+
+
 def n_lora_names(env) -> list[str]:
     return nodes(env)["LoadLoRA"].INPUT_TYPES()["required"]["lora_name"][0]

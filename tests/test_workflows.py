@@ -417,7 +417,7 @@ def test_bad_input_fails_naming_node_and_input_and_writes_no_image(case, models_
         assert line["status"] == "error"
         assert error["node_id"] == node_id and error["node_type"] == prompt[node_id]["class_type"]
         assert f"'{input_name}'" in error["exception_message"], error["exception_message"]
-    assert not list(out.rglob("*.png")) if out.exists() else True
+    assert not (out.exists() and list(out.rglob("*.png")))
 
 
 # --- the shipped examples -----------------------------------------------------------------------

@@ -1,7 +1,336 @@
-// loragraph's ComfyUI frontend extension. ComfyUI serves ./web as /extensions/<folder>/, so this
-// file is /extensions/<folder>/js/loragraph.js and the app module is three levels up.
+// loragraph's editor extension, for ComfyUI's frontend inside ComfyUI and under `loragraph serve`.
+//
+// ComfyUI serves ./web as /extensions/<pack folder>/, so this file is /extensions/<pack>/js/loragraph.js
+// and the frontend's modules (/scripts/app.js, /scripts/api.js) are three levels up.
+//
+// - LoadLoRA shows its file's summary (format, rank, alpha, base model, trigger words), fetched from
+//   the pack route /loragraph/lora_info and refreshed when lora_name changes;
+// - SetAdapterWeights, FuseLoRA, DeleteAdapters, SetLoRADevice and SaveLoRA get a button listing the
+//   adapters loaded upstream, which fills their adapter_names (adapter_name) widget;
+// - LoRAInfo shows its JSON as a table once it has run; LoRA nodes show the warnings they report;
+// - FuseLoRA nodes, and the LoadLoRA nodes whose adapters they fuse, carry a "fused" badge;
+// - under `loragraph serve` an empty editor starts from a small working graph, not ComfyUI's
+//   default one (whose core nodes the headless server does not have).
+//
+// The widgets added here are never serialized: saved workflows and API prompts stay exactly as
+// the nodes define them.
+
 import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+import { fusedBadges, splitNames, upstreamAdapters, widgetValue } from "./adapters.js";
+import { installStyle, panel, renderInfo, renderSummary, renderWarnings } from "./view.js";
+
+const EXTENSION = "loragraph.editor";
+const PACK_NODES = new Set([
+  "LoadPipeline", "LoadLoRA", "SetAdapterWeights", "FuseLoRA", "UnfuseLoRA", "TextEncoderLoRAToggle",
+  "DeleteAdapters", "UnloadLoRA", "SetLoRADevice", "SaveLoRA", "LoRAInfo", "Sampler",
+]);
+// node class -> the widget the adapter picker fills, and whether it takes a list
+const PICKERS = {
+  SetAdapterWeights: { widget: "adapter_names", many: true },
+  FuseLoRA: { widget: "adapter_names", many: true },
+  DeleteAdapters: { widget: "adapter_names", many: true },
+  SetLoRADevice: { widget: "adapter_names", many: true },
+  SaveLoRA: { widget: "adapter_name", many: false },
+};
+const SUMMARY_TTL_MS = 30_000;
+const BADGE_REFRESH_MS = 250;
+
+// -- widgets ------------------------------------------------------------------------------------
+
+/** A read-only DOM panel at the bottom of the node; never saved, never sent to the server. */
+function addPanel(node, name, kind, minHeight, maxHeight) {
+  const element = panel(kind);
+  if (typeof node.addDOMWidget !== "function") return { element, widget: null };
+  const widget = node.addDOMWidget(name, kind, element, {
+    serialize: false,
+    hideOnZoom: false,
+    getValue: () => undefined,
+    setValue: () => {},
+    getMinHeight: () => minHeight,
+    getMaxHeight: () => maxHeight,
+  });
+  widget.serialize = false;
+  return { element, widget };
+}
+
+function grow(node, minWidth = 0) {
+  const [w, h] = node.computeSize();
+  node.setSize([Math.max(node.size[0], w, minWidth), Math.max(node.size[1], h)]);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function setWidget(node, name, value) {
+  const widget = node.widgets?.find((w) => w.name === name);
+  if (!widget) return;
+  widget.value = value;
+  widget.callback?.(value);
+  node.setDirtyCanvas?.(true, true);
+  app.graph?.change?.();
+}
+
+// -- LoadLoRA: the file's summary ---------------------------------------------------------------
+
+const summaryCache = new Map(); // lora_name -> {at, summary}
+
+async function fetchSummary(name) {
+  const hit = summaryCache.get(name);
+  if (hit && Date.now() - hit.at < SUMMARY_TTL_MS) return hit.summary;
+  let summary;
+  try {
+    const res = await api.fetchApi(`/loragraph/lora_info?name=${encodeURIComponent(name)}`);
+    summary = await res.json().catch(() => ({}));
+    if (!res.ok) summary = { error: summary?.error ?? `the server answered ${res.status}` };
+  } catch (e) {
+    summary = { error: `could not ask the server: ${e}` };
+  }
+  if (!summary.error) summaryCache.set(name, { at: Date.now(), summary });
+  return summary;
+}
+
+async function refreshSummary(node) {
+  const name = widgetValue(node, "lora_name");
+  if (!node.loragraph?.summary || name === node.loragraph.summaryFor) return;
+  node.loragraph.summaryFor = name;
+  const target = node.loragraph.summary;
+  if (!name) {
+    renderSummary(target, null);
+    return;
+  }
+  const summary = await fetchSummary(name);
+  if (node.loragraph.summaryFor !== name) return; // the combo moved on while we asked
+  node.loragraph.lastSummary = summary;
+  renderSummary(target, summary);
+  grow(node);
+}
+
+function setupLoadLoRA(node) {
+  node.loragraph.summary = addPanel(node, "lora_summary", "summary", 84, 180).element;
+  const combo = node.widgets?.find((w) => w.name === "lora_name");
+  if (combo) {
+    const callback = combo.callback;
+    combo.callback = function (...args) {
+      const r = callback?.apply(this, args);
+      refreshSummary(node);
+      return r;
+    };
+  }
+  // Values loaded from a workflow arrive after the node is created.
+  setTimeout(() => refreshSummary(node), 0);
+}
+
+// -- the adapter picker -------------------------------------------------------------------------
+
+function menuEvent(node, event) {
+  if (event && typeof event.clientX === "number") return event;
+  const canvas = app.canvas;
+  const rect = canvas?.canvas?.getBoundingClientRect?.() ?? { left: 0, top: 0 };
+  const [x, y] = canvas?.ds?.convertOffsetToCanvas?.([node.pos[0] + node.size[0] / 2, node.pos[1]]) ?? [100, 100];
+  return { clientX: rect.left + x, clientY: rect.top + y };
+}
+
+function pickerEntries(node, spec) {
+  const available = upstreamAdapters(node);
+  const current = splitNames(widgetValue(node, spec.widget));
+  if (!available.length) return [{ content: "no adapters loaded upstream", disabled: true }];
+  const entries = [];
+  if (spec.many) entries.push({ content: `all: ${available.join(", ")}`, value: available.join(", ") });
+  for (const name of available) {
+    const on = current.includes(name);
+    let value = name;
+    if (spec.many) {
+      const next = on ? current.filter((x) => x !== name) : [...current, name];
+      value = available.filter((x) => next.includes(x)).concat(next.filter((x) => !available.includes(x))).join(", ");
+    }
+    entries.push({ content: `${on ? "✓ " : ""}${name}`, value });
+  }
+  entries.push({ content: spec.many ? "clear (empty: see the input's tooltip)" : "clear", value: "" });
+  return entries;
+}
+
+function openPicker(node, spec, event) {
+  const entries = pickerEntries(node, spec);
+  const LiteGraph = window.LiteGraph;
+  if (!LiteGraph?.ContextMenu) return entries;
+  new LiteGraph.ContextMenu(entries, {
+    event: menuEvent(node, event),
+    title: "adapters loaded upstream",
+    className: "loragraph-adapter-menu",
+    callback: (entry) => {
+      if (entry && !entry.disabled && entry.value !== undefined) setWidget(node, spec.widget, entry.value);
+    },
+  });
+  return entries;
+}
+
+function setupPicker(node, spec) {
+  if (typeof node.addWidget !== "function") return;
+  const label = spec.many ? "pick adapters" : "pick adapter";
+  const button = node.addWidget("button", label, null, (_w, _canvas, _node, _pos, event) => openPicker(node, spec, event),
+    { serialize: false });
+  button.serialize = false;
+  node.loragraph.openPicker = (event) => openPicker(node, spec, event);
+}
+
+// -- LoRAInfo and warnings ----------------------------------------------------------------------
+
+function setupLoRAInfo(node) {
+  const { element } = addPanel(node, "lora_info", "info", 60, 640);
+  node.loragraph.info = element;
+  renderInfo(element, null);
+}
+
+function onExecuted(node, output) {
+  const state = node.loragraph;
+  if (!state) return;
+  const text = output?.text;
+  if (state.info) {
+    if (text?.length) {
+      state.lastInfo = text[0];
+      renderInfo(state.info, text[0]);
+      grow(node, 560);
+    }
+    return;
+  }
+  if (!text?.length) return;
+  if (!state.warnings) state.warnings = addPanel(node, "warnings", "warnings", 30, 160).element;
+  const lines = (node.comfyClass === "SaveLoRA") ? text.map((t) => `saved ${t}`) : text;
+  renderWarnings(state.warnings, lines);
+  if (node.comfyClass === "SaveLoRA") state.warnings.classList.add("lg-saved");
+  grow(node);
+}
+
+// -- badges -------------------------------------------------------------------------------------
+
+let badges = { at: 0, graph: null, map: new Map() };
+
+function badgesFor(graph) {
+  const now = Date.now();
+  if (badges.graph !== graph || now - badges.at > BADGE_REFRESH_MS) {
+    let map = new Map();
+    try {
+      map = fusedBadges(graph);
+    } catch (e) {
+      console.warn("[loragraph] could not work out fused adapters", e);
+    }
+    badges = { at: now, graph, map };
+  }
+  return badges.map;
+}
+
+function drawBadge(node, ctx) {
+  if (node.flags?.collapsed) return;
+  const names = badgesFor(node.graph).get(node.id);
+  node.loragraphFused = names;
+  if (!names?.length) return;
+  const text = `fused: ${names.join(", ")}`;
+  const titleHeight = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  ctx.save();
+  ctx.font = "bold 10px sans-serif";
+  const width = Math.min(ctx.measureText(text).width + 12, Math.max(40, node.size[0] - 20));
+  const x = node.size[0] - width - 6;
+  const y = -titleHeight - 18;
+  ctx.fillStyle = "#1f6feb";
+  ctx.beginPath();
+  if (ctx.roundRect) ctx.roundRect(x, y, width, 15, 7);
+  else ctx.rect(x, y, width, 15);
+  ctx.fill();
+  ctx.fillStyle = "#fff";
+  ctx.textBaseline = "middle";
+  ctx.fillText(text, x + 6, y + 8, width - 12);
+  ctx.restore();
+}
+
+// -- the starting graph under `loragraph serve` -------------------------------------------------
+
+async function starterWorkflow() {
+  let loras = [];
+  try {
+    const res = await api.fetchApi("/loragraph/loras");
+    if (res.ok) loras = await res.json();
+  } catch (e) {
+    /* no LoRA list: the starter has no LoadLoRA */
+  }
+  const wf = {
+    1: { class_type: "LoadPipeline", inputs: { model: "builtin:tiny-sd", dtype: "auto", device: "auto" } },
+  };
+  let pipeline = ["1", 0];
+  if (loras.length) {
+    wf[2] = { class_type: "LoadLoRA", inputs: { pipeline, lora_name: loras[0], strength: 1.0, adapter_name: "" } };
+    pipeline = ["2", 0];
+    wf[3] = { class_type: "LoRAInfo", inputs: { pipeline } };
+  }
+  wf[4] = {
+    class_type: "Sampler",
+    inputs: { pipeline, prompt: "a red circle on a white background", negative_prompt: "", seed: 0, steps: 20,
+      cfg: 7.0, width: 64, height: 64, scheduler: "default", batch_size: 1 },
+  };
+  wf[5] = { class_type: "SaveImage", inputs: { images: ["4", 0], filename_prefix: "loragraph" } };
+  return wf;
+}
+
+async function useStarterGraphWhenHeadless() {
+  let stats = null;
+  try {
+    stats = await api.getSystemStats();
+  } catch (e) {
+    return;
+  }
+  if (stats?.system?.loragraph_version === undefined) return; // inside ComfyUI: its default graph stays
+  const loadGraphData = app.loadGraphData;
+  app.loadGraphData = async function (graphData, ...rest) {
+    if (graphData || !window.LiteGraph?.registered_node_types?.LoadPipeline || typeof this.loadApiJson !== "function") {
+      return loadGraphData.call(this, graphData, ...rest);
+    }
+    return this.loadApiJson(await starterWorkflow(), "loragraph");
+  };
+}
+
+// -- the extension ------------------------------------------------------------------------------
 
 app.registerExtension({
-  name: "loragraph.core",
+  name: EXTENSION,
+
+  async setup() {
+    installStyle();
+    await useStarterGraphWhenHeadless();
+  },
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!PACK_NODES.has(nodeData?.name)) return;
+    const proto = nodeType.prototype;
+
+    const executed = proto.onExecuted;
+    proto.onExecuted = function (output) {
+      const r = executed?.apply(this, arguments);
+      onExecuted(this, output);
+      return r;
+    };
+
+    const draw = proto.onDrawForeground;
+    proto.onDrawForeground = function (ctx) {
+      const r = draw?.apply(this, arguments);
+      if (this.comfyClass === "LoadLoRA" || this.comfyClass === "FuseLoRA") {
+        drawBadge(this, ctx);
+        // Catches every way lora_name can change (loading a workflow, undo, paste), not only the combo.
+        if (this.comfyClass === "LoadLoRA" && widgetValue(this, "lora_name") !== this.loragraph?.summaryFor) {
+          refreshSummary(this);
+        }
+      }
+      return r;
+    };
+  },
+
+  nodeCreated(node) {
+    const kind = node.comfyClass;
+    if (!PACK_NODES.has(kind)) return;
+    node.loragraph = {};
+    try {
+      if (kind === "LoadLoRA") setupLoadLoRA(node);
+      if (kind === "LoRAInfo") setupLoRAInfo(node);
+      if (PICKERS[kind]) setupPicker(node, PICKERS[kind]);
+    } catch (e) {
+      console.error(`[loragraph] could not add the editor widgets to ${kind}`, e);
+    }
+  },
 });

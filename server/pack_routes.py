@@ -1,0 +1,87 @@
+"""The pack's own HTTP routes, for its editor extension (``web/``), in both hosts.
+
+- ``GET /loragraph/loras``: the LoRA files the LoadLoRA combo lists;
+- ``GET /loragraph/lora_info?name=<lora_name>``: what ``loragraph inspect`` says about one of them
+  (format, ranks, alphas, components, base-model guess, trigger words, training metadata).
+
+They are plain aiohttp handlers. ``loragraph serve`` adds them to its app (``register``); inside
+ComfyUI the pack's ``__init__.py`` calls ``register_in_comfyui()``, which puts them on ComfyUI's
+``PromptServer.instance.routes`` (ComfyUI then serves them under ``/api`` too). Names are confined
+to the ``loras`` folders by ``host.resolve_in``, as LoadLoRA confines them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from .. import host
+
+logger = logging.getLogger(__name__)
+
+LORA_INFO_PATH = "/loragraph/lora_info"
+LORAS_PATH = "/loragraph/loras"
+
+
+def _lora_info(name: str) -> dict[str, Any]:
+    from ..loaders.lora_file import read_lora
+
+    return read_lora(host.resolve_in("loras", name)).summary()
+
+
+async def lora_info(request: web.Request) -> web.Response:
+    """The summary of one LoRA file; 400 for a bad name, 404 if absent, 422 if it is no usable LoRA."""
+    from ..loaders.lora_file import LoraFileError
+
+    name = request.rel_url.query.get("name", "")
+    if not name:
+        return web.json_response({"error": "give the LoRA file as ?name=<lora_name>"}, status=400)
+    try:
+        summary = await asyncio.to_thread(_lora_info, name)
+    except host.UnsafePath as ex:
+        return web.json_response({"error": str(ex)}, status=400)
+    except FileNotFoundError as ex:
+        return web.json_response({"error": str(ex)}, status=404)
+    except LoraFileError as ex:
+        return web.json_response({"error": str(ex)}, status=422)
+    return web.json_response(summary)
+
+
+async def list_loras(request: web.Request) -> web.Response:
+    return web.json_response(await asyncio.to_thread(host.list_loras))
+
+
+def register(routes: web.RouteTableDef) -> None:
+    """Add the pack's routes to a route table (``loragraph serve``'s, or ComfyUI's)."""
+    routes.get(LORA_INFO_PATH)(lora_info)
+    routes.get(LORAS_PATH)(list_loras)
+
+
+def build() -> web.RouteTableDef:
+    routes = web.RouteTableDef()
+    register(routes)
+    return routes
+
+
+def register_in_comfyui() -> bool:
+    """Inside ComfyUI: add the routes to ``server.PromptServer.instance.routes``; False when not there.
+
+    ComfyUI's ``main.py`` imports its ``server`` module and creates the PromptServer before it loads
+    custom nodes, so it is looked up in ``sys.modules``, never imported: headless, a module named
+    ``server`` on the path may be anything (this package's own folder, when run from the repository).
+    """
+    comfy_server = sys.modules.get("server")
+    prompt_server = getattr(comfy_server, "PromptServer", None)
+    instance = getattr(prompt_server, "instance", None)
+    routes = getattr(instance, "routes", None)
+    if not isinstance(routes, web.RouteTableDef):
+        return False
+    registered = {getattr(r, "path", None) for r in routes}
+    if LORA_INFO_PATH not in registered:  # the pack imported twice must not add the routes twice
+        register(routes)
+        logger.debug("loragraph routes registered on ComfyUI's server")
+    return True

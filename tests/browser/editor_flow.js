@@ -1,0 +1,246 @@
+// Drives ComfyUI's frontend, served by `loragraph serve`, in headless Chromium (tests/test_browser.py).
+//
+//   node tests/browser/editor_flow.js <config.json>
+//
+// config: {url, run_workflow, names_workflow, screenshot_dir, user_data_dir, chromium, timeout_ms}
+// It opens the editor, checks the pack's nodes and the starting graph, loads `run_workflow` (API
+// format), checks the extension's widgets (LoadLoRA summaries, the adapter picker, fused badges),
+// queues it, waits for the image and the LoRAInfo table, takes screenshots, then loads
+// `names_workflow` to check adapter names derived from file names. It prints one JSON object (the
+// observations) as its last line; the Python test asserts on it. Exit status 0 unless the browser
+// could not be driven at all.
+
+"use strict";
+
+const fs = require("fs");
+const path = require("path");
+const { chromium } = require("playwright-core");
+
+const CHROMIUM_ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+
+async function main() {
+  const config = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+  const timeout = config.timeout_ms ?? 60000;
+  const out = { console_errors: [], page_errors: [], bad_responses: [], steps: [] };
+  const t0 = Date.now();
+  const step = (name) => out.steps.push([name, Date.now() - t0]);
+
+  const context = await chromium.launchPersistentContext(config.user_data_dir, {
+    executablePath: config.chromium,
+    headless: true,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1600, height: 1000 },
+  });
+  context.setDefaultTimeout(timeout);
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.on("console", (m) => {
+    if (m.type() === "error") out.console_errors.push(m.text().slice(0, 500));
+  });
+  page.on("pageerror", (e) => out.page_errors.push(String(e.stack || e).slice(0, 1500)));
+  page.on("response", (r) => {
+    if (r.url().startsWith(config.url) && r.status() >= 400) out.bad_responses.push([r.status(), r.url()]);
+  });
+
+  try {
+    await page.goto(config.url, { waitUntil: "load" });
+    await page.waitForFunction(() => window.app?.graph && window.LiteGraph?.registered_node_types?.LoadLoRA
+      && window.app.canvas);
+    step("editor booted");
+    out.node_types = await page.evaluate(() => Object.keys(window.LiteGraph.registered_node_types));
+    // Our extension module loaded (it is listed by /extensions and imported by the frontend).
+    out.extension_loaded = await page.waitForFunction(
+      () => [...document.querySelectorAll("style")].some((s) => s.id === "loragraph-style"), null, { timeout: 15000 },
+    ).then(() => true, () => false);
+
+    // The starting graph of a headless server: our nodes, not ComfyUI's default graph.
+    await page.waitForFunction(() => window.app.graph._nodes.length > 0, null, { timeout: 15000 }).catch(() => {});
+    out.starter_nodes = await page.evaluate(() => window.app.graph._nodes.map((n) => n.comfyClass));
+    step("starter graph");
+
+    // -- the quickstart ----------------------------------------------------------------------
+    await page.evaluate((wf) => window.app.loadApiJson(wf, "quickstart"), config.run_workflow);
+    await page.waitForFunction(() => window.app.graph._nodes.some((n) => n.comfyClass === "Sampler"));
+    out.summaries = await waitForSummaries(page);
+    step("summaries");
+
+    // Adapter picker on SetAdapterWeights: what it offers, and the real menu filling the widget.
+    out.picker = await page.evaluate(async () => {
+      const { upstreamAdapters } = await import("/extensions/loragraph/js/adapters.js");
+      const result = {};
+      for (const n of window.app.graph._nodes) {
+        if (["SetAdapterWeights", "FuseLoRA", "DeleteAdapters"].includes(n.comfyClass)) {
+          result[n.comfyClass] = upstreamAdapters(n);
+        }
+      }
+      const node = window.app.graph._nodes.find((n) => n.comfyClass === "SetAdapterWeights");
+      result.button = node?.widgets?.some((w) => w.type === "button" && w.name.startsWith("pick adapter")) ?? false;
+      result.before = node?.widgets?.find((w) => w.name === "adapter_names")?.value;
+      return result;
+    });
+    const picked = [];
+    for (const label of [(s) => s.startsWith("✓ ") && !s.includes("all"), (s) => s.startsWith("all: ")]) {
+      await page.evaluate(() => window.app.graph._nodes.find((n) => n.comfyClass === "SetAdapterWeights")
+        .loragraph.openPicker());
+      const entries = page.locator(".litecontextmenu .litemenu-entry");
+      await entries.first().waitFor();
+      const texts = await entries.allInnerTexts();
+      const index = texts.findIndex((t) => label(t.trim()));
+      if (index < 0) throw new Error(`no such picker entry among ${JSON.stringify(texts)}`);
+      await entries.nth(index).click();
+      picked.push({ menu: texts, value: await page.evaluate(() => window.app.graph._nodes
+        .find((n) => n.comfyClass === "SetAdapterWeights").widgets.find((w) => w.name === "adapter_names").value) });
+    }
+    out.picker.picked = picked;
+    step("picker");
+
+    // Fused badges, as drawn: LoadLoRA nodes whose adapters FuseLoRA fuses, and the FuseLoRA itself.
+    await fitView(page);
+    out.badges = await page.evaluate(() => {
+      window.app.canvas.draw(true, true);
+      return Object.fromEntries(window.app.graph._nodes.filter((n) => n.loragraphFused?.length)
+        .map((n) => [`${n.id}:${n.comfyClass}`, n.loragraphFused]));
+    });
+
+    // The API prompt and the saved graph: our widgets must not leak into either.
+    out.prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
+    out.saved_graph = await page.evaluate(() => window.app.graph.serialize());
+
+    // -- queue it, wait for the image and LoRAInfo's table --------------------------------------
+    await page.evaluate(async () => {
+      const { api } = await import("/scripts/api.js");
+      window.__lg = { executed: [], errors: [] };
+      api.addEventListener("executed", (e) => window.__lg.executed.push(e.detail));
+      api.addEventListener("execution_error", (e) => window.__lg.errors.push(e.detail));
+      await window.app.queuePrompt(0, 1);
+    });
+    step("queued");
+    await page.waitForFunction(() => {
+      const lg = window.__lg;
+      if (lg.errors.length) return true;
+      const withImages = lg.executed.some((d) => d.output?.images?.length);
+      const withText = lg.executed.some((d) => d.output?.text?.length);
+      return withImages && withText;
+    }, null, { timeout, polling: 250 });
+    out.executed = await page.evaluate(() => window.__lg.executed);
+    out.execution_errors = await page.evaluate(() => window.__lg.errors);
+    step("executed");
+
+    out.image = await page.waitForFunction(() => {
+      const node = window.app.graph._nodes.find((n) => n.comfyClass === "SaveImage");
+      const img = node?.imgs?.[0];
+      return img && img.complete && img.naturalWidth > 0
+        ? { src: img.src, width: img.naturalWidth, height: img.naturalHeight } : null;
+    }, null, { timeout: 20000 }).then((h) => h.jsonValue(), () => null);
+    if (out.image?.src) {
+      const res = await page.request.get(out.image.src);
+      const body = await res.body();
+      out.image.status = res.status();
+      out.image.png = body.slice(0, 8).toString("hex") === "89504e470d0a1a0a";
+    }
+    out.info_table = await page.waitForFunction(() => {
+      const node = window.app.graph._nodes.find((n) => n.comfyClass === "LoRAInfo");
+      const rows = node?.loragraph?.info?.querySelectorAll("tr[data-adapter]");
+      if (!rows?.length) return null;
+      return {
+        header: [...node.loragraph.info.querySelectorAll("th")].map((th) => th.textContent),
+        rows: [...rows].map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)),
+        text: node.loragraph.info.textContent,
+        visible: node.loragraph.info.getBoundingClientRect().height > 0,
+      };
+    }, null, { timeout: 10000 }).then((h) => h.jsonValue(), () => null);
+    step("image and table");
+
+    await fitView(page);
+    fs.mkdirSync(config.screenshot_dir, { recursive: true });
+    out.screenshots = [path.join(config.screenshot_dir, "editor-quickstart.png")];
+    await page.screenshot({ path: out.screenshots[0] });
+    const info = await page.evaluate(() => {
+      const node = window.app.graph._nodes.find((n) => n.comfyClass === "LoRAInfo");
+      const r = node?.loragraph?.info?.getBoundingClientRect();
+      return r && r.width > 0 ? { x: r.x, y: r.y, width: r.width, height: r.height } : null;
+    });
+    if (info) {
+      const clip = { x: Math.max(0, info.x - 10), y: Math.max(0, info.y - 60), width: info.width + 20, height: info.height + 70 };
+      out.screenshots.push(path.join(config.screenshot_dir, "editor-lorainfo.png"));
+      await page.screenshot({ path: out.screenshots[1], clip });
+    }
+    step("screenshots");
+
+    // -- adapter names derived from file names, and a summary with trigger words -----------------
+    if (config.names_workflow) {
+      await page.evaluate((wf) => window.app.loadApiJson(wf, "names"), config.names_workflow);
+      await page.waitForFunction(() => window.app.graph._nodes.some((n) => n.comfyClass === "DeleteAdapters"));
+      out.names_summaries = await waitForSummaries(page);
+      out.names_upstream = await page.evaluate(async () => {
+        const { upstreamAdapters } = await import("/extensions/loragraph/js/adapters.js");
+        const node = window.app.graph._nodes.find((n) => n.comfyClass === "DeleteAdapters");
+        return upstreamAdapters(node);
+      });
+      // Changing the combo refreshes the summary.
+      out.combo_change = await page.evaluate(async () => {
+        const node = window.app.graph._nodes.find((n) => n.comfyClass === "LoadLoRA");
+        const combo = node.widgets.find((w) => w.name === "lora_name");
+        const other = combo.options.values.find((v) => v !== combo.value && v.endsWith(".safetensors")
+          && !v.startsWith("bad"));
+        combo.value = other;
+        combo.callback?.(other);
+        for (let i = 0; i < 100; i++) {
+          if (node.loragraph.lastSummary?.file === other.split("/").pop()) break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        return { to: other, summary_file: node.loragraph.lastSummary?.file, text: node.loragraph.summary.textContent };
+      });
+      await fitView(page);
+      out.screenshots.push(path.join(config.screenshot_dir, "editor-names.png"));
+      await page.screenshot({ path: out.screenshots.at(-1) });
+      step("derived names");
+    }
+  } catch (e) {
+    out.failure = String(e.stack || e);
+    try {
+      fs.mkdirSync(config.screenshot_dir, { recursive: true });
+      const shot = path.join(config.screenshot_dir, "editor-failure.png");
+      await page.screenshot({ path: shot });
+      out.screenshots = [...(out.screenshots ?? []), shot];
+    } catch (_) { /* the page is gone */ }
+  } finally {
+    await context.close();
+  }
+  out.elapsed_ms = Date.now() - t0;
+  console.log(JSON.stringify(out));
+}
+
+async function waitForSummaries(page) {
+  const handle = await page.waitForFunction(() => {
+    const nodes = window.app.graph._nodes.filter((n) => n.comfyClass === "LoadLoRA");
+    const done = nodes.every((n) => n.loragraph?.lastSummary);
+    return done && nodes.length ? nodes.map((n) => ({
+      id: n.id,
+      lora_name: n.widgets.find((w) => w.name === "lora_name").value,
+      text: n.loragraph.summary.textContent,
+      lines: [...n.loragraph.summary.children].map((c) => c.textContent),
+      visible: n.loragraph.summary.getBoundingClientRect().height > 0,
+    })) : null;
+  }, null, { timeout: 20000, polling: 100 });
+  return handle.jsonValue();
+}
+
+async function fitView(page) {
+  await page.evaluate(async () => {
+    try {
+      await window.app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView");
+    } catch (_) {
+      /* older frontends: leave the view */
+    }
+    window.app.canvas.draw(true, true);
+  });
+  await page.waitForTimeout(300);
+}
+
+main().catch((e) => {
+  console.log(JSON.stringify({ failure: String(e.stack || e) }));
+  process.exit(1);
+});
