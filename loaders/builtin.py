@@ -9,6 +9,7 @@ it needs no vocabulary download and still tokenizes any prompt.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -35,8 +36,11 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 @lru_cache(maxsize=1)
 def tokenizer_folder() -> str:
-    """A folder holding vocab.json and merges.txt of the byte-level tokenizer (514 tokens)."""
-    folder = Path(tempfile.mkdtemp(prefix="loragraph-tokenizer-"))
+    """A folder holding vocab.json and merges.txt of the byte-level tokenizer (514 tokens).
+
+    One fixed folder per user (not a fresh temp dir per process, which would pile up); written
+    through a temp name and renamed, so concurrent processes never read half a file.
+    """
     chars = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for c in chars:
@@ -45,8 +49,16 @@ def tokenizer_folder() -> str:
         vocab[c + "</w>"] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    files = {"vocab.json": json.dumps(vocab), "merges.txt": "#version: 0.2\n"}
+    folder = Path(tempfile.gettempdir()) / f"loragraph-byte-tokenizer-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = folder / name
+        if not path.is_file() or path.read_text() != text:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
     return str(folder)
 
 
