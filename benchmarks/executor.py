@@ -1,6 +1,6 @@
 """What the graph costs: the quickstart through the executor vs the same diffusers calls by hand.
 
-    python -m benchmarks [--repeat 5] [--steps 20]      (or: python benchmarks/executor.py)
+    python -m benchmarks [--repeat 5] [--steps 20] [--threads N]   (or: python benchmarks/executor.py)
 
 Prints markdown tables:
 
@@ -100,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each path (default 5)")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20, as the quickstart)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from loragraph import host
     from loragraph.graph import apply_overrides
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     w = sys.stdout.write
     w(f"Quickstart ({args.steps} steps, 64x64, builtin:tiny-sd, 2 LoRAs fused), median of {args.repeat}; "
-      f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+      f"torch {torch.__version__}, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)}, {platform.processor() or platform.machine()}, "
       f"{os.cpu_count()} CPUs\n\n")
     w("| run | wall | vs script | notes |\n|---|---:|---:|---|\n")
     w(f"| hand-written diffusers script | {script:.3f} s | - | build, 2x load_lora_weights, set_adapters, "

@@ -1,6 +1,6 @@
 """The shipped demo model `builtin:shapes`, and the simple image measures that check it.
 
-`shapes` is a tiny StableDiffusionPipeline (32x32 RGB, 8x8x4 latents) trained by
+`shapes` is a tiny StableDiffusionPipeline (32x32 RGB, 16x16x4 latents) trained by
 `tools/train_demo.py` on coloured shapes it draws itself ("a red circle on a white background"), so
 a newcomer sees real images offline in about a second on a CPU. Three demo LoRAs, trained with peft
 on top of it, each change one visible property:

@@ -10,8 +10,8 @@ answers (``app/user_manager.py``, ``app/app_settings.py``, ``app/model_manager.p
 - ``/users``, ``/settings``, ``/settings/{id}``: one user, ``default`` (ComfyUI without ``--multi-user``);
 - ``/userdata?dir=``, ``/v2/userdata``, ``/userdata/{file}`` (GET/POST/DELETE) and ``.../move/{dest}``:
   saved workflows, settings, templates, kept under ``{user_dir}/default``;
-- ``/i18n``, ``/workflow_templates``, ``/templates/index.json`` (empty unless the template package
-  is installed), ``/experiment/models``, ``/view_metadata/{folder}``;
+- ``/i18n``, ``/workflow_templates``, ``/global_subgraphs``, ``/templates/index.json`` (empty unless
+  the template package is installed), ``/experiment/models``, ``/view_metadata/{folder}``;
 - ``/internal/logs``, ``/internal/folder_paths``, ``/internal/files/{type}``.
 
 The frontend's extension system loads ``web/`` of this package from ``/extensions/loragraph/``, as
@@ -26,6 +26,7 @@ import importlib.resources
 import importlib.util
 import json
 import logging
+import mimetypes
 import os
 import tempfile
 import urllib.parse
@@ -47,7 +48,13 @@ TEMPLATES_PACKAGE = "comfyui_workflow_templates"
 DEFAULT_USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
 MODEL_KINDS = ("loras", "checkpoints", "diffusers")
+# User files of these types are sent as downloads (user.css stays a stylesheet: the editor loads it).
+SCRIPTABLE_TYPES = {"text/html", "application/xhtml+xml", "image/svg+xml", "text/javascript",
+                    "application/javascript", "application/javascript; charset=utf-8", "text/xml", "application/xml"}
 INSTALL_HINT = 'pip install "loragraph[editor]"'
+# What a new user of the headless editor starts with; anything they set overrides it. The tutorial
+# flow would open ComfyUI's template browser, whose templates need ComfyUI's own nodes.
+EDITOR_DEFAULT_SETTINGS: dict[str, Any] = {"Comfy.TutorialCompleted": True}
 
 
 def _package_folder(package: str, sub: str) -> Path | None:
@@ -211,11 +218,11 @@ def build_editor_routes(server: PromptServer, users: UserFiles) -> web.RouteTabl
 
     @routes.get("/settings")
     async def get_settings(request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.to_thread(users.settings))
+        return web.json_response({**EDITOR_DEFAULT_SETTINGS, **await asyncio.to_thread(users.settings)})
 
     @routes.get("/settings/{id}")
     async def get_setting(request: web.Request) -> web.Response:
-        settings = await asyncio.to_thread(users.settings)
+        settings = {**EDITOR_DEFAULT_SETTINGS, **await asyncio.to_thread(users.settings)}
         return web.json_response(settings.get(request.match_info["id"]))
 
     @routes.post("/settings")
@@ -284,7 +291,13 @@ def build_editor_routes(server: PromptServer, users: UserFiles) -> web.RouteTabl
     @routes.get("/userdata/{file}")
     async def get_userdata(request: web.Request) -> web.StreamResponse:
         path = user_file(request, must_exist=True)
-        return path if isinstance(path, web.Response) else web.FileResponse(path)
+        if isinstance(path, web.Response):
+            return path
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if content_type in SCRIPTABLE_TYPES:  # a saved .html or .svg must not run script in the editor's origin
+            return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
+                                                   "Content-Disposition": f'attachment; filename="{path.name}"'})
+        return web.FileResponse(path)
 
     @routes.post("/userdata/{file}")
     async def post_userdata(request: web.Request) -> web.Response:
@@ -341,6 +354,10 @@ def build_editor_routes(server: PromptServer, users: UserFiles) -> web.RouteTabl
 
     @routes.get("/workflow_templates")
     async def get_workflow_templates(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    @routes.get("/global_subgraphs")  # subgraph blueprints that ComfyUI's node packs ship: none here
+    async def get_global_subgraphs(request: web.Request) -> web.Response:
         return web.json_response({})
 
     # model folders (app/model_manager.py, server.py's /view_metadata)

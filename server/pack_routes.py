@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from typing import Any
 
 from aiohttp import web
@@ -70,18 +69,13 @@ def build() -> web.RouteTableDef:
 def register_in_comfyui() -> bool:
     """Inside ComfyUI: add the routes to ``server.PromptServer.instance.routes``; False when not there.
 
-    ComfyUI's ``main.py`` imports its ``server`` module and creates the PromptServer before it loads
-    custom nodes, so it is looked up in ``sys.modules``, never imported: headless, a module named
-    ``server`` on the path may be anything (this package's own folder, when run from the repository).
+    The route table comes from the host seam (``host.comfyui_routes``), which finds ComfyUI's server
+    without importing anything. Called again (the pack imported twice), it adds nothing.
     """
-    comfy_server = sys.modules.get("server")
-    prompt_server = getattr(comfy_server, "PromptServer", None)
-    instance = getattr(prompt_server, "instance", None)
-    routes = getattr(instance, "routes", None)
+    routes = host.comfyui_routes()
     if not isinstance(routes, web.RouteTableDef):
         return False
-    registered = {getattr(r, "path", None) for r in routes}
-    if LORA_INFO_PATH not in registered:  # the pack imported twice must not add the routes twice
+    if LORA_INFO_PATH not in {getattr(r, "path", None) for r in routes}:
         register(routes)
         logger.debug("loragraph routes registered on ComfyUI's server")
     return True

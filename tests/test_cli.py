@@ -238,7 +238,8 @@ def test_python_m_loragraph_json_stdout_is_only_json(models_dir, tmp_path):
     unknown = workflow()
     unknown["3"]["class_type"] = "NoSuchSampler"
     invalid = write(tmp_path / "unknown.json", unknown)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    # One thread: a tiny model gains nothing from more, and it keeps the run steady on a busy machine.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "loragraph", "run", good, invalid, "--json",
          "--models-dir", str(models_dir), "--output-dir", str(tmp_path / "out")],

@@ -32,7 +32,7 @@ async function main() {
     executablePath: config.chromium,
     headless: true,
     args: CHROMIUM_ARGS,
-    viewport: { width: 1600, height: 1000 },
+    viewport: { width: 2000, height: 1100 },
   });
   context.setDefaultTimeout(timeout);
   const page = context.pages()[0] ?? (await context.newPage());
@@ -228,14 +228,28 @@ async function waitForSummaries(page) {
   return handle.jsonValue();
 }
 
+/** Show the whole graph as large as the window allows (the frontend draws text only above ~60%). */
 async function fitView(page) {
-  await page.evaluate(async () => {
-    try {
-      await window.app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView");
-    } catch (_) {
-      /* older frontends: leave the view */
+  await page.evaluate(() => {
+    const canvas = window.app.canvas;
+    const nodes = window.app.graph._nodes;
+    if (!nodes.length) return;
+    const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+    let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const n of nodes) {
+      x0 = Math.min(x0, n.pos[0]);
+      y0 = Math.min(y0, n.pos[1] - title - 24); // room for the badges above the title
+      x1 = Math.max(x1, n.pos[0] + n.size[0]);
+      y1 = Math.max(y1, n.pos[1] + n.size[1]);
     }
-    window.app.canvas.draw(true, true);
+    const rect = canvas.canvas.getBoundingClientRect();
+    const top = 150; // the menu bar and the run button
+    const scale = Math.min(1.1, (rect.width - 120) / (x1 - x0), (rect.height - top - 40) / (y1 - y0));
+    canvas.ds.scale = scale;
+    canvas.ds.offset[0] = (rect.width / scale - (x1 - x0)) / 2 - x0;
+    canvas.ds.offset[1] = top / scale - y0;
+    canvas.setDirty(true, true);
+    canvas.draw(true, true);
   });
   await page.waitForTimeout(300);
 }

@@ -26,38 +26,53 @@ const PACK_NODES = new Set([
   "DeleteAdapters", "UnloadLoRA", "SetLoRADevice", "SaveLoRA", "LoRAInfo", "Sampler",
 ]);
 // node class -> the widget the adapter picker fills, and whether it takes a list
+// (and what an empty value means there, for the "clear" entry)
 const PICKERS = {
-  SetAdapterWeights: { widget: "adapter_names", many: true },
-  FuseLoRA: { widget: "adapter_names", many: true },
-  DeleteAdapters: { widget: "adapter_names", many: true },
-  SetLoRADevice: { widget: "adapter_names", many: true },
-  SaveLoRA: { widget: "adapter_name", many: false },
+  SetAdapterWeights: { widget: "adapter_names", many: true, empty: "every loaded adapter" },
+  FuseLoRA: { widget: "adapter_names", many: true, empty: "the active adapters" },
+  DeleteAdapters: { widget: "adapter_names", many: true, empty: "none" },
+  SetLoRADevice: { widget: "adapter_names", many: true, empty: "every adapter" },
+  SaveLoRA: { widget: "adapter_name", many: false, empty: null },
 };
 const SUMMARY_TTL_MS = 30_000;
 const BADGE_REFRESH_MS = 250;
 
 // -- widgets ------------------------------------------------------------------------------------
 
-/** A read-only DOM panel at the bottom of the node; never saved, never sent to the server. */
+/**
+ * A read-only DOM panel at the bottom of the node; never saved, never sent to the server.
+ * It asks for the height its content needs (between minHeight and maxHeight; it scrolls beyond).
+ */
 function addPanel(node, name, kind, minHeight, maxHeight) {
   const element = panel(kind);
   if (typeof node.addDOMWidget !== "function") return { element, widget: null };
+  const wanted = () => Math.min(maxHeight, Math.max(minHeight, (element.loragraphHeight ?? 0) + 10));
   const widget = node.addDOMWidget(name, kind, element, {
     serialize: false,
     hideOnZoom: false,
     getValue: () => undefined,
     setValue: () => {},
-    getMinHeight: () => minHeight,
+    getMinHeight: wanted,
     getMaxHeight: () => maxHeight,
   });
   widget.serialize = false;
   return { element, widget };
 }
 
-function grow(node, minWidth = 0) {
-  const [w, h] = node.computeSize();
-  node.setSize([Math.max(node.size[0], w, minWidth), Math.max(node.size[1], h)]);
-  node.setDirtyCanvas?.(true, true);
+/** Make room for a panel's new content: measured once laid out, else estimated from its lines. */
+function grow(node, element, minWidth = 0) {
+  const fit = () => {
+    const children = [...element.children];
+    const laidOut = element.isConnected && element.offsetParent !== null;
+    element.loragraphHeight = laidOut
+      ? children.reduce((sum, child) => sum + child.offsetHeight, 0)
+      : children.reduce((sum, child) => sum + (child.tagName === "TABLE" ? child.rows.length * 16 : 15), 0);
+    const [w, h] = node.computeSize();
+    node.setSize([Math.max(node.size[0], w, minWidth), h]); // as tall as the content, no blank below
+    node.setDirtyCanvas?.(true, true);
+  };
+  fit();
+  requestAnimationFrame(() => requestAnimationFrame(fit)); // again once the browser has laid it out
 }
 
 function setWidget(node, name, value) {
@@ -101,11 +116,11 @@ async function refreshSummary(node) {
   if (node.loragraph.summaryFor !== name) return; // the combo moved on while we asked
   node.loragraph.lastSummary = summary;
   renderSummary(target, summary);
-  grow(node);
+  grow(node, target, 320);
 }
 
 function setupLoadLoRA(node) {
-  node.loragraph.summary = addPanel(node, "lora_summary", "summary", 84, 180).element;
+  node.loragraph.summary = addPanel(node, "lora_summary", "summary", 50, 180).element;
   const combo = node.widgets?.find((w) => w.name === "lora_name");
   if (combo) {
     const callback = combo.callback;
@@ -121,12 +136,15 @@ function setupLoadLoRA(node) {
 
 // -- the adapter picker -------------------------------------------------------------------------
 
+/** The click that opened the menu, or one at the node's top edge (ContextMenu wants a MouseEvent). */
 function menuEvent(node, event) {
-  if (event && typeof event.clientX === "number") return event;
+  if (event instanceof MouseEvent) return event;
   const canvas = app.canvas;
   const rect = canvas?.canvas?.getBoundingClientRect?.() ?? { left: 0, top: 0 };
   const [x, y] = canvas?.ds?.convertOffsetToCanvas?.([node.pos[0] + node.size[0] / 2, node.pos[1]]) ?? [100, 100];
-  return { clientX: rect.left + x, clientY: rect.top + y };
+  const clientX = typeof event?.clientX === "number" ? event.clientX : rect.left + x;
+  const clientY = typeof event?.clientY === "number" ? event.clientY : rect.top + y;
+  return new MouseEvent("click", { clientX, clientY, bubbles: true });
 }
 
 function pickerEntries(node, spec) {
@@ -144,7 +162,7 @@ function pickerEntries(node, spec) {
     }
     entries.push({ content: `${on ? "✓ " : ""}${name}`, value });
   }
-  entries.push({ content: spec.many ? "clear (empty: see the input's tooltip)" : "clear", value: "" });
+  entries.push({ content: spec.empty ? `clear (empty = ${spec.empty})` : "clear", value: "" });
   return entries;
 }
 
@@ -188,7 +206,7 @@ function onExecuted(node, output) {
     if (text?.length) {
       state.lastInfo = text[0];
       renderInfo(state.info, text[0]);
-      grow(node, 560);
+      grow(node, state.info, 560);
     }
     return;
   }
@@ -196,8 +214,7 @@ function onExecuted(node, output) {
   if (!state.warnings) state.warnings = addPanel(node, "warnings", "warnings", 30, 160).element;
   const lines = (node.comfyClass === "SaveLoRA") ? text.map((t) => `saved ${t}`) : text;
   renderWarnings(state.warnings, lines);
-  if (node.comfyClass === "SaveLoRA") state.warnings.classList.add("lg-saved");
-  grow(node);
+  grow(node, state.warnings);
 }
 
 // -- badges -------------------------------------------------------------------------------------
