@@ -29,7 +29,9 @@ LORAS_PATH = "/loragraph/loras"
 def _lora_info(name: str) -> dict[str, Any]:
     from ..loaders.lora_file import read_lora
 
-    return read_lora(host.resolve_in("loras", name)).summary()
+    summary = read_lora(host.resolve_in("loras", name)).summary()
+    summary.pop("path", None)  # the file's absolute path is the server's business, not the page's
+    return summary
 
 
 async def lora_info(request: web.Request) -> web.Response:

@@ -322,16 +322,18 @@ def _system_stats() -> dict[str, Any]:
                             "torch_vram_total": torch.cuda.memory_reserved(index),
                             "torch_vram_free": torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)})
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append({"name": "mps", "type": "mps", "index": None, "vram_total": ram_total,
+        devices.append({"name": "mps", "type": "mps", "index": 0, "vram_total": ram_total,
                         "vram_free": ram_free, "torch_vram_total": ram_total, "torch_vram_free": ram_free})
     else:  # ComfyUI reports RAM as the CPU device's memory
-        devices.append({"name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total,
+        devices.append({"name": "cpu", "type": "cpu", "index": 0, "vram_total": ram_total,
                         "vram_free": ram_free, "torch_vram_total": ram_total, "torch_vram_free": ram_free})
     return {
         "system": {
             "os": os.name,
             "ram_total": ram_total,
             "ram_free": ram_free,
+            # the frontend's About panel reads comfyui_version; here it is the loragraph version
+            "comfyui_version": f"loragraph {__version__}",
             "loragraph_version": __version__,
             "python_version": sys.version,
             "pytorch_version": torch.__version__,
