@@ -181,6 +181,16 @@ class Bench:
     def ours_reset(self):
         self.engine.realize(self.base)
 
+    def unpark(self):
+        """Back to the base pipeline with no parked adapter either: the next attach is a first one."""
+        os.environ["LORAGRAPH_PARKED_BYTES"] = "0"
+        try:
+            self.engine.realize(self.base)
+            self.live.state = None  # force a reset, which drops parked adapters
+            self.engine.realize(self.base)
+        finally:
+            del os.environ["LORAGRAPH_PARKED_BYTES"]
+
     def row(self, name: str, ours_setup, ours_op, raw_setup, raw_op, note: str = "", floor: float | None = None):
         """Alternate: setup (untimed) then the op, ours then diffusers, `repeats` times; medians."""
         o_ms, o_mem, r_ms, r_mem = [], [], [], []
@@ -242,14 +252,18 @@ class Bench:
 
         def cold():
             lora_file.clear_lora_cache()
-            self.ours_reset()
+            self.unpark()
 
-        self.row("load LoRA, cold (diffusers format)", cold, lambda: self.engine.realize(a),
+        self.row("load LoRA, cold (file never read)", cold, lambda: self.engine.realize(a),
                  self.raw_reset, lambda: self.raw_load("diffusers_0", "a"))
-        self.row("load LoRA, warm (file read once)", self.ours_reset, lambda: self.engine.realize(a),
-                 self.raw_reset, lambda: self.raw_load("diffusers_0", "a"), floor=self.copy_floor)
+        self.row("attach LoRA, warm (file read once, never on this pipeline)", self.unpark,
+                 lambda: self.engine.realize(a), self.raw_reset, lambda: self.raw_load("diffusers_0", "a"),
+                 note="a first attach: peft injects the layers")
+        self.row("attach LoRA again (parked by an earlier state)", self.ours_reset, lambda: self.engine.realize(a),
+                 self.raw_reset, lambda: self.raw_load("diffusers_0", "a"), floor=self.copy_floor,
+                 note="the adapter stayed loaded, inactive: one set_adapters")
         k = st.add_adapter(self.base, self.spec("kohya_0", "k"))
-        self.row("load LoRA, warm (kohya format)", self.ours_reset, lambda: self.engine.realize(k),
+        self.row("attach LoRA, warm (kohya format, first attach)", self.unpark, lambda: self.engine.realize(k),
                  self.raw_reset, lambda: self.raw_load("kohya_0", "k"))
 
         # weights, unfused
@@ -308,8 +322,14 @@ class Bench:
             self.raw_reset()
             self.raw_load("diffusers_0", "a")
 
-        self.row("switch LoRA A -> B", lambda: self.engine.realize(a), lambda: self.engine.realize(b),
+        def only_a():
+            self.unpark()
+            self.engine.realize(a)
+
+        self.row("switch LoRA A -> B (B never attached)", only_a, lambda: self.engine.realize(b),
                  raw_only_a, raw_switch, note="diffusers: delete_adapters + load_lora_weights")
+        self.row("switch LoRA B -> A -> B (both attached before)", lambda: self.engine.realize(a),
+                 lambda: self.engine.realize(b), raw_only_a, raw_switch, note="A and B stay parked")
 
         # stack of 5
         stack = self.base
@@ -321,7 +341,7 @@ class Bench:
                 self.raw_load(f"diffusers_{i}", f"s{i}")
             self.raw.set_adapters([f"s{i}" for i in range(5)], [1.0] * 5)
 
-        self.row("stack of 5 LoRAs (load + activate)", self.ours_reset, lambda: self.engine.realize(stack),
+        self.row("stack of 5 LoRAs (first attach + activate)", self.unpark, lambda: self.engine.realize(stack),
                  self.raw_reset, raw_stack)
 
         self.engine.realize(stack)
@@ -358,8 +378,13 @@ class Bench:
         self.engine.realize(st.unload(self.base))
         fresh = build_sd15(self.device, self.dtype)
         ours = self.live.pipe
-        same = all(torch.equal(p, q) for p, q in zip(fresh.unet.parameters(), ours.unet.parameters()))
-        same &= all(torch.equal(p, q) for p, q in zip(fresh.text_encoder.parameters(), ours.text_encoder.parameters()))
+
+        def base_weights(pipe):  # LoRA wrappers of parked adapters looked through
+            return {f"{c}.{k.replace('.base_layer', '')}": v for c in ("unet", "text_encoder")
+                    for k, v in getattr(pipe, c).state_dict().items() if "lora_" not in k}
+
+        a, b = base_weights(fresh), base_weights(ours)
+        same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         print(f"engine pipeline bit-identical to a fresh build after all rows: {same}", flush=True)
         self.exact = same
 

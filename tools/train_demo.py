@@ -48,13 +48,12 @@ STRIPE_PERIOD = 6.0
 STRIPE_SHADE = 0.4
 VAE_CHANNELS = [16, 32]  # 32x32x3 <-> 16x16x4
 STYLES = ("plain", "palette", "outline", "texture")
-LORA_TARGETS = {
-    # kohya form: attention and transformer projections, the modules every kohya reader maps.
-    "palette": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
-    # diffusers form: also the ResNet convolutions, where the spatial detail is made.
-    "outline": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2"],
-    "texture": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2"],
-}
+# Every attention and transformer projection and every ResNet/resampler convolution (kohya readers
+# map all of them, "LoCon"-style; checked: the kohya file gives the same images as the diffusers one).
+# conv_in/conv_out stay untouched. The 500-step rank-8 attention-only first try plateaued at twice
+# the base model's loss and lost shapes at strength 1.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                "conv1", "conv2", "conv", "conv_shortcut", "time_emb_proj"]
 
 log = logging.getLogger("train_demo")
 
@@ -68,11 +67,11 @@ class Config:
     base_batch: int = 32
     base_images: int = 12000
     base_lr: float = 6e-4
-    lora_steps: int = 500
+    lora_steps: int = 600
     lora_batch: int = 32
     lora_images: int = 3000
-    lora_rank: int = 8
-    lora_lr: float = 2e-3
+    lora_rank: int = 16
+    lora_lr: float = 1.5e-3
     eval_every: int = 1000
 
 
@@ -483,7 +482,7 @@ def train_lora(cfg: Config, pipe, name: str, seed: int) -> tuple[dict[str, torch
     unet.requires_grad_(False)
     torch.manual_seed(seed + 2)
     unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights="gaussian",
-                                target_modules=LORA_TARGETS[name]))
+                                target_modules=LORA_TARGETS))
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lora_lr, weight_decay=0.0)
     noise_sched = train_scheduler()
@@ -512,7 +511,7 @@ def train_lora(cfg: Config, pipe, name: str, seed: int) -> tuple[dict[str, torch
                      time.perf_counter() - t0)
     state = peft_state(unet)
     return state, {"seconds": time.perf_counter() - t0, "final_loss": float(np.mean(losses[-50:])),
-                   "rank": cfg.lora_rank, "targets": LORA_TARGETS[name], "tensors": len(state)}
+                   "rank": cfg.lora_rank, "targets": LORA_TARGETS, "tensors": len(state)}
 
 
 def save_lora(name: str, state: dict[str, torch.Tensor], rank: int, path: Path) -> None:
@@ -588,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": cfg.__dict__, "threads": args.threads, "quick": args.quick}
+    previous = out / "train_report.json"
+    if args.resume and previous.is_file():  # keep the figures of the stages that are reused
+        old = json.loads(previous.read_text())
+        report.update({k: old[k] for k in ("vae", "base") if k in old})
     t_all = time.perf_counter()
 
     from diffusers import AutoencoderKL, StableDiffusionPipeline
