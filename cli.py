@@ -123,7 +123,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the node definitions as JSON, in the shape of ComfyUI's GET /object_info.",
     )
     nodes.add_argument("names", nargs="*", metavar="CLASS_TYPE", help="only these nodes (default: all)")
+
+    serve = sub.add_parser(
+        "serve",
+        parents=[common, folders, output],
+        help="serve ComfyUI's HTTP + websocket API (and the visual editor with loragraph[editor])",
+        description="Queue workflows over ComfyUI's API (/prompt, /ws, /history, /view); existing ComfyUI "
+        "clients work unchanged. Binds to loopback unless --allow-remote is given: the API has no "
+        "authentication.",
+    )
+    serve.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
+                       help="address(es) to bind, comma-separated (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8188, help="port (default: 8188, ComfyUI's)")
+    serve.add_argument("--input-dir", default="input", metavar="DIR", help="where /upload/image saves (default: ./input)")
+    serve.add_argument("--user-dir", default="user", metavar="DIR", help="the editor's settings and saved workflows")
+    serve.add_argument("--no-editor", action="store_true", help="serve the API only, not the visual editor")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow a non-loopback --listen address (anyone who reaches it can run workflows)")
+    serve.add_argument("--max-upload-size", type=float, default=50, metavar="MB",
+                       help="largest request body in MB (default: 50)")
     return parser
+
+
+def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
+    from .server import RemoteBindRefused, run
+
+    try:
+        run(host=args.listen, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir,
+            input_dir=args.input_dir, allow_remote=args.allow_remote, user_dir=args.user_dir,
+            editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024))
+    except (RemoteBindRefused, OSError) as ex:  # OSError: the port is taken
+        sys.stderr.write(f"loragraph serve: {ex}\n")
+        return EXIT_INVALID
+    return EXIT_OK
 
 
 # --- entry point -------------------------------------------------------------------------------
@@ -136,7 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as ex:  # argparse exits on --help, --version and usage errors
         return int(ex.code) if isinstance(ex.code, int) else EXIT_INVALID
-    commands = {"run": _cmd_run, "validate": _cmd_validate, "inspect": _cmd_inspect, "nodes": _cmd_nodes}
+    commands = {
+        "run": _cmd_run,
+        "validate": _cmd_validate,
+        "inspect": _cmd_inspect,
+        "nodes": _cmd_nodes,
+        "serve": _cmd_serve,
+    }
     out = sys.stdout
     try:
         # Whatever a library prints lands on stderr: stdout is the command's own report (--json).

@@ -393,7 +393,7 @@ class Executor:
     ) -> dict[str, Any]:
         message = str(ex)
         input_name = getattr(ex, "input_name", None)
-        if input_name and f"'{input_name}'" not in message:
+        if input_name and f"'{input_name}'" not in message and f"{input_name}:" not in message:
             message = f"input '{input_name}': {message}"
         if type(ex).__name__ == "OutOfMemoryError":
             message = f"{message}\n{_OOM_TIPS}"
