@@ -228,7 +228,7 @@ def test_nodes_prints_object_info_in_spec_order(models_dir, capsys):
 def test_usage_errors_exit_2(capsys):
     assert main([]) == 2
     assert main(["run"]) == 2
-    assert main(["serve"]) == 2  # a later issue: not in this version's parser
+    assert main(["serve", "--listen", "0.0.0.0", "--port", "0"]) == 2  # remote binds need --allow-remote
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("loragraph ")
 

@@ -67,11 +67,11 @@ class Config:
     base_batch: int = 32
     base_images: int = 12000
     base_lr: float = 6e-4
-    lora_steps: int = 600
+    lora_steps: int = 750
     lora_batch: int = 32
     lora_images: int = 3000
     lora_rank: int = 16
-    lora_lr: float = 1.5e-3
+    lora_lr: float = 3e-3
     eval_every: int = 1000
 
 
@@ -616,6 +616,8 @@ def main(argv: list[str] | None = None) -> int:
     if model_dir.exists():
         shutil.rmtree(model_dir)
     pipe.save_pretrained(model_dir, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt"):  # transformers 4's slow CLIPTokenizer reads only these
+        shutil.copyfile(work / "tokenizer" / name, model_dir / "tokenizer" / name)
     t0 = time.perf_counter()
     report["base_eval"] = evaluate_base(pipe)
     report["base_eval"]["seconds_for_20_images"] = time.perf_counter() - t0
