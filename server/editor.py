@@ -37,6 +37,7 @@ from aiohttp import web
 
 from .. import host as host_seam
 from .files import inside
+from .routes import read_limited
 
 if TYPE_CHECKING:
     from .app import PromptServer
@@ -179,19 +180,10 @@ def _tree(folder: Path, base: Path) -> list[dict[str, Any]]:
     return entries
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
 
 
 async def _read_json_value(request: web.Request, limit: int) -> tuple[Any, web.Response | None]:
-    body = await _read_limited(request, limit)
+    body = await read_limited(request, limit)
     if body is None:
         return None, web.Response(status=413, text=f"body larger than {limit} bytes")
     try:
@@ -307,7 +299,7 @@ def build_editor_routes(server: PromptServer, users: UserFiles) -> web.RouteTabl
         query = request.rel_url.query
         if query.get("overwrite", "true") == "false" and path.exists():
             return web.Response(status=409, text="File already exists")
-        body = await _read_limited(request, file_limit)
+        body = await read_limited(request, file_limit)
         if body is None:
             return web.Response(status=413, text=f"body larger than {file_limit} bytes")
         try:

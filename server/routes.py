@@ -47,17 +47,25 @@ class BodyError(Exception):
         self.response = response
 
 
-async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False) -> dict[str, Any]:
-    """The request's JSON object body, at most ``limit`` bytes; raises ``BodyError`` (400/413)."""
-    too_large = BodyError(error_response(
-        413, "body_too_large", f"Request body is larger than the limit of {limit} bytes"))
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The raw body, or None as soon as it is known to exceed ``limit`` bytes (never read past it)."""
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        return None
     body = bytearray()
     async for chunk in request.content.iter_chunked(64 * 1024):
         body += chunk
         if len(body) > limit:
-            raise too_large
+            return None
+    return bytes(body)
+
+
+async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False) -> dict[str, Any]:
+    """The request's JSON object body, at most ``limit`` bytes; raises ``BodyError`` (400/413)."""
+    too_large = BodyError(error_response(
+        413, "body_too_large", f"Request body is larger than the limit of {limit} bytes"))
+    body = await read_limited(request, limit)
+    if body is None:
+        raise too_large
     if not body.strip() and empty_ok:
         return {}
     try:
