@@ -232,16 +232,12 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
     @_json_route
     async def post_prompt(request: web.Request) -> web.Response:
         data = await read_json(request, config.max_json_size)
+        number: float | int | None = None
         if "number" in data:
             try:
-                number: float | int = float(data["number"])
+                number = float(data["number"])
             except (TypeError, ValueError):
                 return error_response(400, "invalid_request", f"number must be a number, got {data['number']!r}")
-        else:
-            number = server.number
-            if data.get("front"):
-                number = -number
-            server.number += 1
         if "prompt" not in data:
             return error_response(400, "no_prompt", "No prompt provided")
         prompt = data["prompt"]
@@ -267,6 +263,11 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         if not ok:
             logger.warning("invalid prompt: %s", error)
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
+        if number is None:
+            # Numbered when queued, not when received: validation awaits a thread, so prompts posted
+            # together would otherwise enter the queue out of number order and run out of order.
+            number = -server.number if data.get("front") else server.number
+            server.number += 1
         server.queue.put((number, prompt_id, normalized, extra_data, list(outputs)))
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
