@@ -118,6 +118,13 @@ class Engine:
             live, _ = self.realize(handle)
             pipe = live.pipe
             original = pipe.scheduler
+            if SCHEDULERS[scheduler] and "FlowMatch" in type(original).__name__:
+                # The offered schedulers are DDPM-family: on a flow-matching model they sample garbage.
+                raise NodeInputError(
+                    "scheduler",
+                    f"{type(pipe).__name__} samples by flow matching ({type(original).__name__}); "
+                    f"{scheduler!r} is a noise-prediction scheduler and does not apply: use 'default'",
+                )
             if SCHEDULERS[scheduler]:
                 import diffusers
 

@@ -854,14 +854,18 @@ def coverage_message(cov: Coverage) -> str:
         return f"{name}: holds no LoRA modules diffusers can place on this {cov.pipeline}"
     if cov.complete:
         return f"{name}: all {cov.total} LoRA modules land on this {cov.pipeline} ({landed})"
-    groups: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = collections.defaultdict(list)
     for u in cov.unmatched:
-        kind = u.reason.split(":", 1)[0]
-        groups[(u.component, kind)].append(f"{u.module} ({u.reason})" if ":" in u.reason else u.module)
+        groups[(u.component, u.reason.split(":", 1)[0])].append((u.module, u.reason))
     parts = []
-    for (component, kind), mods in groups.items():
-        shown = "; ".join(mods[:2]) + ("; ..." if len(mods) > 2 else "")
-        parts.append(f"{component}: {len(mods)} {kind} (e.g. {shown})")
+    for (component, kind), items in groups.items():
+        reasons = {r for _, r in items}
+        if len(reasons) == 1:  # one reason for the whole group: say it once
+            shown = "; ".join(m for m, _ in items[:2]) + ("; ..." if len(items) > 2 else "")
+            parts.append(f"{component}: {len(items)} {reasons.pop()} (e.g. {shown})")
+        else:
+            shown = "; ".join(f"{m} ({r})" for m, r in items[:2]) + ("; ..." if len(items) > 2 else "")
+            parts.append(f"{component}: {len(items)} {kind} (e.g. {shown})")
     head = (
         f"{name}: none of its {cov.total} LoRA modules land on this {cov.pipeline}"
         if cov.matched == 0

@@ -91,9 +91,24 @@ def make_source(model: str, dtype: str = "auto", device: str = "auto") -> Pipeli
         raise NodeInputError("model", f"{model!r} is not a diffusers folder (no model_index.json)")
     info = json.loads(index.read_text())
     comps = tuple(
-        c for c in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3") if info.get(c)
+        c for c in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3") if _saved(info.get(c))
     )
     return PipelineSource(model, "diffusers", str(path), dt, dev, _folder_fingerprint(path), comps)
+
+
+def _saved(entry) -> bool:
+    """A model_index.json entry names a saved component: [library, class], not absent or [null, null]."""
+    return isinstance(entry, list) and len(entry) == 2 and entry[0] is not None and entry[1] is not None
+
+
+def _absent_components(folder: str) -> dict[str, None]:
+    """Components a folder was saved without ([null, null], e.g. SD3 without its T5 encoder).
+
+    from_pretrained refuses such a folder unless each is passed as None; passing them is what the
+    folder says, so a pipeline saved without its optional encoder loads back as it was saved.
+    """
+    info = json.loads((Path(folder) / "model_index.json").read_text())
+    return {k: None for k, v in info.items() if not k.startswith("_") and isinstance(v, list) and not _saved(v)}
 
 
 def build_pipeline(source: PipelineSource):
@@ -105,7 +120,9 @@ def build_pipeline(source: PipelineSource):
     elif source.kind == "diffusers":
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(source.path, local_files_only=True, torch_dtype=torch_dtype)
+        pipe = DiffusionPipeline.from_pretrained(
+            source.path, local_files_only=True, dtype=torch_dtype, **_absent_components(source.path)
+        )
     else:
         pipe = _from_single_file(source)
     # diffusers warns on every .to(dtype=...), even a no-op: cast only when a component differs.
@@ -133,7 +150,7 @@ def _from_single_file(source: PipelineSource):
     path = Path(source.path)
     sidecar = path.with_suffix(path.suffix + ".config")
     yaml = path.with_suffix(".yaml")
-    kwargs: dict = {"local_files_only": True, "torch_dtype": DTYPES[source.dtype]}
+    kwargs: dict = {"local_files_only": True, "dtype": DTYPES[source.dtype]}
     if sidecar.is_dir():
         kwargs["config"] = str(sidecar)
     elif yaml.is_file():

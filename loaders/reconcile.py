@@ -125,9 +125,7 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader) -> None:
             spec.origin,
         )
     if cov.matched == 0:
-        raise LoraOperationError(
-            f"{cov.message()} — is it made for another base model?", "lora_name", spec.origin
-        )
+        raise LoraOperationError(cov.message(), "lora_name", spec.origin)  # the message says why
     if cov.unmatched:
         msg = f"{spec.name}: {cov.message()}"
         live.warnings.append(msg)

@@ -30,7 +30,7 @@ TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # large enough that the tiny pipelines' images change visibly, small enough to stay finite.
 DEFAULT_SCALE = 0.5
 
-PipeKind = Literal["sd", "sdxl"]
+PipeKind = Literal["sd", "sdxl", "sd3"]
 FileFormat = Literal["diffusers", "peft", "kohya", "diffusers-old"]
 
 _PIPES: dict[str, Any] = {}
@@ -41,11 +41,46 @@ def tiny_pipeline(kind: PipeKind) -> Any:
     from .builtin import build_tiny_sd, build_tiny_sdxl
 
     if kind not in _PIPES:
-        builders = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl}
+        builders = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3}
         if kind not in builders:
             raise ValueError(f"pipe_kind must be one of {sorted(builders)}, not {kind!r}")
         _PIPES[kind] = builders[kind]()
     return _PIPES[kind]
+
+
+def build_tiny_sd3() -> Any:
+    """A StableDiffusion3Pipeline in the shape of diffusers' SD3 LoRA tests: a transformer denoiser.
+
+    Built offline: two 32-wide CLIP encoders with the built-in tokenizer and no T5 (SD3 then feeds
+    zeros in its place, as with `text_encoder_3=None` on the real model). Native size 32x32.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    from .builtin import BUILTIN_SEED, _clip_config, make_tokenizer
+
+    torch.manual_seed(BUILTIN_SEED)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
+    )
+    torch.manual_seed(BUILTIN_SEED)
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=4,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    torch.manual_seed(BUILTIN_SEED)
+    text_encoder = CLIPTextModelWithProjection(_clip_config(projection_dim=32))
+    torch.manual_seed(BUILTIN_SEED + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(projection_dim=32))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+        text_encoder=text_encoder, tokenizer=make_tokenizer(), text_encoder_2=text_encoder_2,
+        tokenizer_2=make_tokenizer(), text_encoder_3=None, tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _make_adapters(
