@@ -54,7 +54,12 @@ def build_tiny_sd3() -> Any:
     Built offline: two 32-wide CLIP encoders with the built-in tokenizer and no T5 (SD3 then feeds
     zeros in its place, as with `text_encoder_3=None` on the real model). Native size 32x32.
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextModelWithProjection
 
     from .builtin import BUILTIN_SEED, _clip_config, make_tokenizer

@@ -19,7 +19,9 @@ STEPS = 20
 CFG = 7.0
 SIZE = demo.NATIVE_SIZE
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-CURVE_CASES = demo.EVAL_CASES[:3]
+# All 20 acceptance pairs: one case's curve wobbles at small strengths (sampling is chaotic), the
+# mean over the fixed set is the property the issue asks about; 3 cases were too few to tell.
+CURVE_CASES = demo.EVAL_CASES
 # How far strength 1 must move each property from the base image (mean over CURVE_CASES).
 MIN_EFFECT = {"palette": 0.08, "outline": 0.15, "texture": 0.006}
 
