@@ -162,6 +162,13 @@ def _from_single_file(source: PipelineSource):
             f"(model_index.json and component configs, no weights) at {sidecar.name} next to it",
         )
     cls = StableDiffusionXLPipeline if "xl" in path.name.lower() else StableDiffusionPipeline
+    index = sidecar / "model_index.json"
+    if index.is_file():  # the sidecar says which pipeline it describes; the file name is only a guess
+        import diffusers
+
+        named = getattr(diffusers, str(json.loads(index.read_text()).get("_class_name")), None)
+        if named is not None and hasattr(named, "from_single_file"):
+            cls = named
     try:
         return cls.from_single_file(str(path), **kwargs)
     except Exception as e:  # diffusers raises many types here; the user needs the file named

@@ -345,3 +345,121 @@ def write_bad_files(folder: str | os.PathLike) -> dict[str, Path]:
     empty.write_bytes(b"")
     out["empty"] = empty
     return out
+
+
+# --- single-file checkpoints ------------------------------------------------------------------------
+
+
+def _ldm_unet_names(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(diffusers prefix, LDM prefix) pairs for an SD1-style UNet, from its block layout.
+
+    The original (CompVis LDM) UNet numbers its layers in one flat sequence: `input_blocks.N` holds
+    conv_in, then per down block `layers` ResNets (each with its attention at `.1`) and a downsampler;
+    `output_blocks.N` holds per up block `layers + 1` ResNets (+ attention) and the upsampler after
+    the last of them; the middle block is ResNet, attention, ResNet.
+    """
+    layers = config["layers_per_block"]
+    n = len(config["block_out_channels"])
+    pairs = [("conv_in.", "input_blocks.0.0."), ("time_embedding.linear_1.", "time_embed.0."),
+             ("time_embedding.linear_2.", "time_embed.2."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
+             ("mid_block.resnets.0.", "middle_block.0."), ("mid_block.attentions.0.", "middle_block.1."),
+             ("mid_block.resnets.1.", "middle_block.2.")]
+    for i in range(n):
+        for j in range(layers):
+            pairs.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{(layers + 1) * i + j + 1}.0."))
+            pairs.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{(layers + 1) * i + j + 1}.1."))
+        if i < n - 1:
+            pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(layers + 1) * (i + 1)}.0.op."))
+        has_attention = config["up_block_types"][i].startswith("CrossAttn")
+        for j in range(layers + 1):
+            pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{(layers + 1) * i + j}.0."))
+            pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{(layers + 1) * i + j}.1."))
+        if i < n - 1:
+            slot = 2 if has_attention else 1
+            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(layers + 1) * i + layers}.{slot}."))
+    return pairs
+
+
+_LDM_RESNET = (("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("time_emb_proj.", "emb_layers.1."),
+               ("norm2.", "out_layers.0."), ("conv2.", "out_layers.3."), ("conv_shortcut.", "skip_connection."))
+
+
+def _rename(key: str, pairs: Sequence[tuple[str, str]]) -> str:
+    for ours, theirs in pairs:
+        if key.startswith(ours):
+            return theirs + key[len(ours):]
+    raise KeyError(key)
+
+
+def _ldm_unet(unet: Any) -> dict[str, torch.Tensor]:
+    pairs = sorted(_ldm_unet_names(unet.config), key=lambda p: -len(p[0]))
+    out = {}
+    for key, value in unet.state_dict().items():
+        new = _rename(key, pairs)
+        if ".resnets." in key or key.startswith("mid_block.resnets"):
+            head, tail = new.split(".", 2)[:2], new.split(".", 2)[2]
+            for ours, theirs in _LDM_RESNET:
+                if tail.startswith(ours):
+                    tail = theirs + tail[len(ours):]
+                    break
+            new = ".".join(head) + "." + tail
+        out["model.diffusion_model." + new] = value
+    return out
+
+
+def _ldm_vae(vae: Any) -> dict[str, torch.Tensor]:
+    """AutoencoderKL in the LDM layout: encoder.down.{i}.block.{j}, decoder.up numbered bottom-up,
+    mid.block_1/attn_1/block_2 with 1x1-conv attention weights, nin_shortcut."""
+    n = len(vae.config.block_out_channels)
+    pairs = [("encoder.mid_block.resnets.0.", "encoder.mid.block_1."), ("encoder.mid_block.resnets.1.", "encoder.mid.block_2."),
+             ("decoder.mid_block.resnets.0.", "decoder.mid.block_1."), ("decoder.mid_block.resnets.1.", "decoder.mid.block_2."),
+             ("encoder.mid_block.attentions.0.", "encoder.mid.attn_1."), ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1."),
+             ("encoder.conv_norm_out.", "encoder.norm_out."), ("decoder.conv_norm_out.", "decoder.norm_out.")]
+    for i in range(n):
+        pairs.append((f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."))
+        pairs.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
+        pairs.append((f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n - 1 - i}.block."))
+        pairs.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample."))
+    pairs.sort(key=lambda p: -len(p[0]))
+    attention = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
+    out = {}
+    for key, value in vae.state_dict().items():
+        try:
+            new = _rename(key, pairs)
+        except KeyError:
+            new = key  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
+        new = new.replace("conv_shortcut.", "nin_shortcut.")
+        if ".attn_1." in new:
+            head, tail = new.split(".attn_1.")
+            for ours, theirs in attention.items():
+                if tail.startswith(ours):
+                    tail = theirs + tail[len(ours):]
+            new = f"{head}.attn_1.{tail}"
+            if new.endswith(("q.weight", "k.weight", "v.weight", "proj_out.weight")):
+                value = value.reshape(*value.shape, 1, 1)  # LDM uses 1x1 convolutions there
+        out["first_stage_model." + new] = value
+    return out
+
+
+def write_single_file_checkpoint(pipe: Any, path: str | os.PathLike) -> Path:
+    """An SD1-style pipeline as one original-layout (LDM) `.safetensors` checkpoint, plus the offline
+    config diffusers needs to read it: `<checkpoint>.config/`, the pipeline's folder without weights.
+
+    The layout is the one A1111 and ComfyUI checkpoints use (`model.diffusion_model.*`,
+    `first_stage_model.*`, `cond_stage_model.transformer.text_model.*`).
+    """
+    import safetensors.torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {**_ldm_unet(pipe.unet), **_ldm_vae(pipe.vae)}
+    for key, value in pipe.text_encoder.state_dict().items():
+        key = key if key.startswith("text_model.") else "text_model." + key  # transformers 5 drops it
+        tensors["cond_stage_model.transformer." + key] = value
+    safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    sidecar = path.with_name(path.name + ".config")
+    pipe.save_pretrained(sidecar)
+    for weights in sidecar.rglob("*"):
+        if weights.suffix in (".safetensors", ".bin"):
+            weights.unlink()
+    return path

@@ -96,3 +96,39 @@ def test_unrelated_names_that_land_nowhere_are_an_error(configured):
         engine.realize(st.add_adapter(base, engine.lora_spec(base, "nowhere.safetensors", 1.0, "n")))
     assert err.value.input_name == "lora_name"
     assert not any(engine.live(base.source).pipe.get_list_adapters().values())  # nothing half-loaded
+
+
+def test_single_file_checkpoint_loads_offline_with_its_config_and_takes_a_lora(configured, tmp_path):
+    """An original-layout (LDM) checkpoint, as A1111/ComfyUI keep them, read by from_single_file with
+    the `<file>.config/` sidecar: same weights, same image, and a LoRA lands as on the diffusers pipe."""
+    from loragraph.loaders.testing import write_single_file_checkpoint
+
+    raw = raw_pipeline()
+    ckpt = configured / "checkpoints" / "tiny_sd1.safetensors"
+    if not ckpt.exists():
+        write_single_file_checkpoint(raw, ckpt)
+    assert "tiny_sd1.safetensors" in host.list_checkpoints()
+    engine = Engine()
+    h = engine.load_pipeline("tiny_sd1.safetensors")
+    pipe = engine.live(h.source).pipe
+    assert h.source.kind == "single_file" and type(pipe).__name__ == "StableDiffusionPipeline"
+    assert h.source.components == ("unet", "text_encoder")
+    for component in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(pipe, component).state_dict(), getattr(raw, component).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs), component
+    assert max_diff(engine.sample(h, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE), render(raw)) <= 1 / 255
+
+    h2 = st.add_adapter(h, engine.lora_spec(h, "sd_a.safetensors", 0.8, "a"))
+    raw.load_lora_weights(str(configured / "loras"), weight_name="sd_a.safetensors", adapter_name="a")
+    raw.set_adapters(["a"], [0.8])
+    assert max_diff(engine.sample(h2, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE), render(raw)) <= 1 / 255
+
+
+def test_single_file_checkpoint_without_a_config_says_where_to_put_one(configured, tmp_path):
+    bare = configured / "checkpoints" / "no_config.safetensors"
+    bare.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({"model.diffusion_model.out.2.bias": torch.zeros(4)}, str(bare))
+    with pytest.raises(st.NodeInputError) as err:
+        Engine().load_pipeline("no_config.safetensors")
+    assert err.value.input_name == "model"
+    assert "no_config.safetensors.config" in str(err.value) and "offline" in str(err.value)
