@@ -7,7 +7,7 @@ Prints markdown tables:
 1. A cold run (no live pipeline, no parsed LoRA file, no cached output) of
    examples/workflows/quickstart.json through the executor, against a hand-written diffusers script
    doing the same operations: build the pipeline, load two LoRA files, set_adapters, fuse_lora,
-   sample 64x64, save a PNG. Medians of `--repeat` alternating runs, after one warm-up of each.
+   sample, save a PNG. Medians of `--repeat` alternating runs, after one warm-up of each.
    Target: the executor path within 5% of the script.
 2. Re-runs in the same process: only the seed changed (must execute only Sampler and SaveImage),
    then nothing changed (must execute nothing).
@@ -45,16 +45,16 @@ def _quickstart(steps: int) -> dict[str, Any]:
 
 def hand_written(prompt: dict[str, Any], out_dir: Path) -> tuple[float, np.ndarray]:
     """The quickstart as a plain diffusers script, parameters read from the same workflow file."""
-    from loragraph.loaders.builtin import build_tiny_sd
+    from loragraph.loaders.builtin import BUILTIN_MODELS
     from PIL import Image
 
-    lora_a, lora_b, weights, fuse, sampler = (prompt[i]["inputs"] for i in ("2", "3", "4", "5", "6"))
+    load, lora_a, lora_b, weights, fuse, sampler = (prompt[i]["inputs"] for i in ("1", "2", "3", "4", "5", "6"))
     loras = EXAMPLES / "models" / "loras"
     t0 = time.perf_counter()
-    pipe = build_tiny_sd()
+    pipe = BUILTIN_MODELS[load["model"].removeprefix("builtin:")][0]()
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(loras), weight_name=lora_a["lora_name"], adapter_name=lora_a["adapter_name"])
-    pipe.load_lora_weights(str(loras), weight_name=lora_b["lora_name"], adapter_name=lora_b["adapter_name"])
+    pipe.load_lora_weights(str(loras / lora_a["lora_name"]), adapter_name=lora_a["adapter_name"])
+    pipe.load_lora_weights(str(loras / lora_b["lora_name"]), adapter_name=lora_b["adapter_name"])
     names = [n.strip() for n in weights["adapter_names"].split(",")]
     pipe.set_adapters(names, [float(w) for w in weights["weights"].split(",")])
     pipe.fuse_lora(components=["unet", "text_encoder"], lora_scale=fuse["lora_scale"], adapter_names=names)
@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         return ", ".join(f"{n} {prompt[n]['class_type']}" for n in res.executed) or "nothing"
 
     w = sys.stdout.write
-    w(f"Quickstart ({args.steps} steps, 64x64, builtin:tiny-sd, 2 LoRAs fused), median of {args.repeat}; "
+    sampler = prompt["6"]["inputs"]
+    w(f"Quickstart ({args.steps} steps, {sampler['width']}x{sampler['height']}, {prompt['1']['inputs']['model']}, "
+      f"2 LoRAs fused), median of {args.repeat}; "
       f"torch {torch.__version__}, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)}, {platform.processor() or platform.machine()}, "
       f"{os.cpu_count()} CPUs\n\n")
     w("| run | wall | vs script | notes |\n|---|---:|---:|---|\n")

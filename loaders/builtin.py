@@ -205,4 +205,4 @@ BUILTIN_MODELS = {
     "tiny-sdxl": (build_tiny_sdxl, 64),
     "shapes": (build_shapes, 32),
 }
-DEFAULT_BUILTIN = "tiny-sd"
+DEFAULT_BUILTIN = "shapes"  # the first choice a newcomer sees: real images (tiny-sd is random noise)

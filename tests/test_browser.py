@@ -37,7 +37,7 @@ ARTIFACTS = REPO / "test-artifacts"
 QUICKSTART = REPO / "examples" / "workflows" / "quickstart.json"
 EXAMPLE_LORAS = REPO / "examples" / "models" / "loras"
 CHROMIUM = os.environ.get("LORAGRAPH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-STEPS = 2  # tiny-sd at 64x64: enough to make an image, fast on a shared 2-core CPU
+STEPS = 2  # enough to make an image, fast on a shared 2-core CPU
 INK_TRIGGERS = "inkwash, red circle"
 
 

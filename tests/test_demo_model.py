@@ -140,3 +140,24 @@ def test_fused_and_unfused_give_the_same_image(engine, base, name):
     fused = sample(engine, st.fuse(handle, True, True, 1.0, False, ""), case)
     np.testing.assert_allclose(fused, unfused, atol=2 / 255)
     assert np.abs(unfused - sample(engine, base, case)).max() > 4 / 255  # the LoRA did something
+
+
+def test_the_grid_workflow_is_what_its_tool_writes_and_validates(tmp_path):
+    """examples/workflows/demo_grid.json (the README grid) is tools/make_grid.py's, and it validates."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from loragraph import host
+    from loragraph.graph import load_workflow, validate_prompt
+    from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
+
+    repo = Path(__file__).resolve().parent.parent
+    host.configure(models_dir=repo / "examples" / "models", output_dir=tmp_path)
+    spec = importlib.util.spec_from_file_location("make_grid", repo / "tools" / "make_grid.py")
+    make_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_grid)
+    assert json.loads(make_grid.WORKFLOW.read_text()) == make_grid.build_workflow()
+    ok, error, outputs, node_errors = validate_prompt(load_workflow(make_grid.WORKFLOW), HEADLESS_NODE_CLASS_MAPPINGS)
+    assert ok and not node_errors, (error, node_errors)
+    assert len(outputs) == len(make_grid.PROMPTS) * len(make_grid.columns())

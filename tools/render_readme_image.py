@@ -4,8 +4,8 @@
 
 Runs examples/workflows/quickstart.json through the executor (on the CPU in float32, so the picture
 is the same on every machine), and the same workflow with the Sampler fed straight from
-LoadPipeline. The 64x64 images are enlarged 4x with nearest-neighbour so their pixels stay visible,
-next to their difference (amplified 4x).
+LoadPipeline. The images (32x32, the demo model's native size) are enlarged 8x with
+nearest-neighbour so their pixels stay visible.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-SCALE = 4
+SCALE = 8
 
 
 def render(out: Path) -> Path:
@@ -42,10 +42,12 @@ def render(out: Path) -> Path:
             image = result.outputs["7"]["images"][0]
             arrays.append(np.asarray(Image.open(Path(tmp) / image["subfolder"] / image["filename"]), dtype=np.int16))
 
-    diff = np.clip(np.abs(arrays[1] - arrays[0]) * 4, 0, 255)
-    panels = [Image.fromarray(a.astype(np.uint8)) for a in (*arrays, diff)]
-    labels = ["builtin:tiny-sd", "+ demo_a 0.8, demo_b 0.6, fused", "difference x4"]
-    size, pad, caption = 64 * SCALE, 12, 22
+    weights = quick["4"]["inputs"]
+    names = [n.strip() for n in weights["adapter_names"].split(",")]
+    mix = ", ".join(f"{n} {w.strip()}" for n, w in zip(names, weights["weights"].split(",")))
+    panels = [Image.fromarray(a.astype(np.uint8)) for a in arrays]
+    labels = [quick["1"]["inputs"]["model"], f"+ {mix}, fused"]
+    size, pad, caption = arrays[0].shape[1] * SCALE, 12, 22
     sheet = Image.new("RGB", (len(panels) * (size + pad) + pad, size + 2 * pad + caption), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (panel, label) in enumerate(zip(panels, labels)):

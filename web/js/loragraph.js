@@ -268,19 +268,21 @@ async function starterWorkflow() {
   } catch (e) {
     /* no LoRA list: the starter has no LoadLoRA */
   }
+  // The trained demo model and one of its own LoRAs (a LoRA made for another model would not land).
   const wf = {
-    1: { class_type: "LoadPipeline", inputs: { model: "builtin:tiny-sd", dtype: "auto", device: "auto" } },
+    1: { class_type: "LoadPipeline", inputs: { model: "builtin:shapes", dtype: "auto", device: "auto" } },
   };
   let pipeline = ["1", 0];
-  if (loras.length) {
-    wf[2] = { class_type: "LoadLoRA", inputs: { pipeline, lora_name: loras[0], strength: 1.0, adapter_name: "" } };
+  const lora = loras.find((name) => name === "shapes/outline.safetensors") ?? loras.find((name) => name.startsWith("shapes/"));
+  if (lora) {
+    wf[2] = { class_type: "LoadLoRA", inputs: { pipeline, lora_name: lora, strength: 1.0, adapter_name: "" } };
     pipeline = ["2", 0];
     wf[3] = { class_type: "LoRAInfo", inputs: { pipeline } };
   }
   wf[4] = {
     class_type: "Sampler",
     inputs: { pipeline, prompt: "a red circle on a white background", negative_prompt: "", seed: 0, steps: 20,
-      cfg: 7.0, width: 64, height: 64, scheduler: "default", batch_size: 1 },
+      cfg: 7.0, width: 32, height: 32, scheduler: "default", batch_size: 1 },
   };
   wf[5] = { class_type: "SaveImage", inputs: { images: ["4", 0], filename_prefix: "loragraph" } };
   return wf;
