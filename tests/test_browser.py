@@ -43,7 +43,7 @@ INK_TRIGGERS = "inkwash, red circle"
 
 @pytest.fixture(scope="module")
 def editor_models(tmp_path_factory) -> Path:
-    """loras/: the examples' demo files (when present), `ink` (diffusers, trigger words in its
+    """loras/: the examples' files (when present: demo_a/b and shapes/*), `ink` (diffusers, trigger words in its
     metadata) and `styles/paper-v2` (kohya, alpha 2), all for the built-in tiny SD pipeline."""
     from loragraph.loaders.testing import write_lora_file
 
@@ -51,8 +51,9 @@ def editor_models(tmp_path_factory) -> Path:
     loras = root / "loras"
     loras.mkdir()
     if EXAMPLE_LORAS.is_dir():
-        for f in EXAMPLE_LORAS.glob("*.safetensors"):
-            shutil.copy(f, loras / f.name)
+        for f in EXAMPLE_LORAS.rglob("*.safetensors"):  # shapes/ holds the quickstart's
+            (loras / f.relative_to(EXAMPLE_LORAS)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, loras / f.relative_to(EXAMPLE_LORAS))
     write_lora_file(loras / "ink.safetensors", "sd", "diffusers", rank=4, seed=31,
                     metadata={"modelspec.trigger_phrase": INK_TRIGGERS, "modelspec.title": "Ink wash"})
     write_lora_file(loras / "styles" / "paper-v2.safetensors", "sd", "kohya", rank=4, alpha=2, seed=32)
@@ -402,9 +403,13 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
 
     # LoadLoRA shows its file's summary.
     summaries = {s["lora_name"]: s for s in seen["summaries"]}
-    for summary in summaries.values():
+    from loragraph.loaders.lora_file import read_lora
+
+    for name, summary in summaries.items():
+        lora = read_lora(folders["models"] / "loras" / name)
+        ranks = sorted({m.rank for m in lora.modules})
         assert summary["visible"]
-        assert summary["lines"][0].startswith("format: ") and " rank 4 " in summary["lines"][0]
+        assert summary["lines"][0].startswith(f"format: {lora.format} ") and f" rank {ranks[0]}" in summary["lines"][0]
         assert any(line.startswith("base model: ") for line in summary["lines"])
         assert any(line.startswith("trigger words: ") for line in summary["lines"])
 
