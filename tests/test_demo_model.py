@@ -26,6 +26,7 @@ CURVE_CASES = demo.EVAL_CASES
 # is at least 3 standard errors from zero (no seed noise explains it). Replaces fixed per-LoRA minima,
 # which were arbitrary numbers; the measures themselves (loaders/demo.py) are unchanged.
 MIN_T = 3.0
+ZERO_CASES = 5  # cases checked pixel for pixel at strength 0 (each costs a 20-step image)
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +109,14 @@ def test_native_size_generation_is_fast(engine, base, base_images):
 @pytest.mark.parametrize("name", demo.LORA_NAMES)
 def test_lora_strength_moves_its_property_monotonically(engine, base, base_images, name):
     measure, direction = demo.LORA_PROPERTIES[name]
-    per_case = []  # [strength][case]
-    for strength in STRENGTHS:
-        handle = with_lora(engine, base, name, strength)
-        images = [sample(engine, handle, case) for case in CURVE_CASES]
-        if strength == 0.0:
-            for case, img in zip(CURVE_CASES, images):
-                np.testing.assert_allclose(img, base_images[case], atol=1 / 255)
-        per_case.append([measure(img) for img in images])
+    zero = with_lora(engine, base, name, 0.0)
+    for case in CURVE_CASES[:ZERO_CASES]:  # strength 0 is the base image ...
+        np.testing.assert_allclose(sample(engine, zero, case), base_images[case], atol=1 / 255)
+    per_case = [[measure(base_images[case]) for case in CURVE_CASES]]  # ... so its curve point is the base's
+    for strength in STRENGTHS[1:]:
+        # Fused: the same images within 2/255 (test below), at half the sampling cost of peft's layers.
+        handle = st.fuse(with_lora(engine, base, name, strength), True, True, 1.0, False, "")
+        per_case.append([measure(sample(engine, handle, case)) for case in CURVE_CASES])
     values = np.array(per_case)
     curve = values.mean(axis=1).tolist()
     change = direction * (values[-1] - values[0])
