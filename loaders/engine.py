@@ -94,6 +94,20 @@ class Engine:
 
     # --- sampling -----------------------------------------------------------------------------
 
+    @staticmethod
+    def size_warning(handle: PipelineHandle, width: int, height: int) -> str | None:
+        """A built-in model far from the size it was made for is slow and draws what it never saw."""
+        from .builtin import BUILTIN_MODELS
+
+        if handle.source.kind != "builtin" or handle.source.path not in BUILTIN_MODELS:
+            return None
+        native = BUILTIN_MODELS[handle.source.path][1]
+        # 4x each way is 16x the pixels: past that a render is mostly wasted time on these tiny models.
+        if max(width, height) <= 4 * native:
+            return None
+        return (f"{handle.source.model} was made for {native}x{native} images; {width}x{height} is slow on it "
+                f"and will not look like its training: set width and height to {native}")
+
     def sample(
         self,
         handle: PipelineHandle,
@@ -137,6 +151,9 @@ class Engine:
                     check_interrupted()
                 return {}
 
+            warning = self.size_warning(handle, width, height)
+            if warning:
+                logger.warning(warning)
             t0 = time.perf_counter()
             try:
                 out = pipe(

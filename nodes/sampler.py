@@ -87,4 +87,7 @@ class Sampler:
                                                          width, height, scheduler))
         except Exception:  # credits are a courtesy: never fail a render over them
             logger.warning("could not record the LoRAs used by this Sampler", exc_info=True)
+        warning = engine().size_warning(pipeline, width, height)
+        if warning:  # shown on the node, as LoRA nodes show keys that did not land
+            return {"ui": {"text": [warning]}, "result": (images,)}
         return (images,)

@@ -155,3 +155,14 @@ def test_the_grid_workflow_is_what_its_tool_writes_and_validates(tmp_path):
     ok, error, outputs, node_errors = validate_prompt(load_workflow(make_grid.WORKFLOW), HEADLESS_NODE_CLASS_MAPPINGS)
     assert ok and not node_errors, (error, node_errors)
     assert len(outputs) == len(make_grid.PROMPTS) * len(make_grid.columns())
+
+
+def test_the_sampler_says_so_when_a_builtin_model_is_asked_for_a_size_far_from_its_own(engine, base):
+    from loragraph.nodes.sampler import Sampler
+
+    far = Sampler().run(base, "a red circle", "", 1, 1, 7.0, 136, 32)
+    assert far["result"][0].shape == (1, 32, 136, 3)
+    (message,) = far["ui"]["text"]
+    assert "builtin:shapes" in message and "136x32" in message and "width and height to 32" in message
+    near = Sampler().run(base, "a red circle", "", 1, 1, 7.0, 64, 64)
+    assert isinstance(near, tuple) and near[0].shape == (1, 64, 64, 3)
