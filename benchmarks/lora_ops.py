@@ -58,6 +58,12 @@ def write_loras(pipe, folder: Path, rank: int, count: int) -> dict[str, Path]:
             if not path.exists():
                 write_lora_file(path, "sd", fmt, rank=rank, alpha=rank / 2, seed=100 + i, pipe=pipe)
             out[f"{fmt}_{i}"] = path
+    for i in range(2):  # UNet-only, same layers and rank: a switch between them hot-swaps
+        path = folder / f"r{rank}_unet_{i}.safetensors"
+        if not path.exists():
+            write_lora_file(path, "sd", "diffusers", rank=rank, alpha=rank / 2, seed=300 + i, pipe=pipe,
+                            components=("unet",))
+        out[f"unet_{i}"] = path
     return out
 
 
@@ -330,6 +336,29 @@ class Bench:
                  raw_only_a, raw_switch, note="diffusers: delete_adapters + load_lora_weights")
         self.row("switch LoRA B -> A -> B (both attached before)", lambda: self.engine.realize(a),
                  lambda: self.engine.realize(b), raw_only_a, raw_switch, note="A and B stay parked")
+
+        # switch A -> B between UNet-only LoRAs of the same layers and rank: diffusers' hotswap
+        ua = st.add_adapter(self.base, self.spec("unet_0", "ua"))
+        ub = st.add_adapter(self.base, self.spec("unet_1", "ub"))
+
+        def raw_only_ua():
+            self.raw_reset()
+            self.raw_load("unet_0", "ua")
+
+        def raw_switch_u():
+            self.raw.delete_adapters(["ua"])
+            self.raw_load("unet_1", "ub")
+
+        def only_ua():
+            self.unpark()
+            self.engine.realize(ua)
+
+        self.row("switch LoRA A -> B, UNet-only, same layers (B never attached)", only_ua,
+                 lambda: self.engine.realize(ub), raw_only_ua, raw_switch_u,
+                 note="ours: hotswap into A's layers; diffusers: delete_adapters + load_lora_weights")
+        self.row("switch back B -> A, UNet-only (A was swapped out)", lambda: self.engine.realize(ub),
+                 lambda: self.engine.realize(ua), raw_only_ua, raw_switch_u, note="ours: hotswap again")
+        self.ours_reset()
 
         # stack of 5
         stack = self.base

@@ -756,7 +756,7 @@ def _equalize_kohya_alphas(lora: LoraFile, source: dict[str, torch.Tensor]) -> N
         )
 
 
-def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str) -> None:
+def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool = False) -> None:
     """Load a cached LoraFile with diffusers exactly as `load_lora_weights(path)` would.
 
     Without re-reading the file: diffusers only reads `lora_adapter_metadata` (alpha != rank) from
@@ -766,8 +766,9 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str) -> None:
     Not transactional: callers roll back on error.
     """
     state_dict, metadata = pipeline_state_dict(pipe, lora)
+    kwargs = {"hotswap": True} if hotswap else {}  # into the existing adapter `adapter_name`'s layers
     if metadata is None:
-        pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
+        pipe.load_lora_weights(state_dict, adapter_name=adapter_name, **kwargs)
         return
     original = type(pipe).lora_state_dict
 
@@ -779,7 +780,7 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str) -> None:
 
     pipe.lora_state_dict = lora_state_dict_with_metadata
     try:
-        pipe.load_lora_weights(state_dict, adapter_name=adapter_name)
+        pipe.load_lora_weights(state_dict, adapter_name=adapter_name, **kwargs)
     finally:
         del pipe.lora_state_dict
 
@@ -804,6 +805,10 @@ class Coverage:
     matched: int
     unmatched: tuple[UnmatchedModule, ...]
     per_component: Mapping[str, Mapping[str, int]]  # {component: {"matched": n, "unmatched": m}}
+    # {component: {module: rank}} of the modules that land; `plain`: nothing but lora_A/lora_B
+    # weights (no DoRA magnitude, no LoRA bias), so peft's hotswap can take the file's layers.
+    layout: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    plain: bool = False
 
     @property
     def total(self) -> int:
@@ -948,6 +953,8 @@ def coverage(pipe: Any, lora: LoraFile) -> Coverage:
 
     unmatched: list[UnmatchedModule] = []
     per: dict[str, dict[str, int]] = {}
+    layout: dict[str, dict[str, int]] = {}
+    plain = True
     matched = 0
     claimed: set[str] = set()
     for component in loadable:
@@ -967,6 +974,7 @@ def coverage(pipe: Any, lora: LoraFile) -> Coverage:
         for key, a in peft_keys.items():
             m = re.match(r"^(.+)\.lora_A(?:\.[^.]+)?\.weight$", key)
             if m is None:
+                plain = plain and bool(re.search(r"\.lora_B(?:\.[^.]+)?\.weight$", key))
                 continue
             module = m.group(1)
             b = peft_keys.get(key.replace(".lora_A", ".lora_B"))
@@ -978,6 +986,7 @@ def coverage(pipe: Any, lora: LoraFile) -> Coverage:
             if reason is None:
                 matched += 1
                 counts["matched"] += 1
+                layout.setdefault(component, {})[module] = int(a.shape[0])
             else:
                 unmatched.append(UnmatchedModule(component, module, reason))
                 counts["unmatched"] += 1
@@ -997,6 +1006,8 @@ def coverage(pipe: Any, lora: LoraFile) -> Coverage:
         matched=matched,
         unmatched=tuple(unmatched),
         per_component=types.MappingProxyType(per),
+        layout=types.MappingProxyType({c: types.MappingProxyType(v) for c, v in layout.items()}),
+        plain=plain,
     )
 
 

@@ -106,8 +106,13 @@ def _has_lora(model: torch.nn.Module) -> bool:
 # --- loading --------------------------------------------------------------------------------------
 
 
-def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader) -> None:
-    """`load_lora_weights` from the cached, already-parsed file, after checking where its keys land."""
+def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list[str] | None = None) -> None:
+    """`load_lora_weights` from the cached, already-parsed file, after checking where its keys land.
+
+    `slots`: parked adapters this one may take the place of. When one has the same layers and ranks,
+    the file is hot-swapped into it (diffusers' `hotswap=True`: copying weights instead of peft
+    building layers) and the slot is renamed; the slot leaves `slots` and the parking.
+    """
     from . import lora_file
 
     try:
@@ -132,13 +137,100 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader) -> None:
         logger.warning(msg)
 
     pipe = live.pipe
+    slot = _hotswap_slot(live, cov, slots or [])
     try:
-        with _op(live, "load_lora_weights", spec.name), _quiet_loading():
-            lora_file.load_lora_file(pipe, lf, spec.name)
+        if slot is not None:
+            _hotswap(live, lf, slot, spec.name)
+            slots.remove(slot)
+        else:
+            with _op(live, "load_lora_weights", spec.name), _quiet_loading():
+                lora_file.load_lora_file(pipe, lf, spec.name)
     except Exception as e:
         raise LoraOperationError(f"diffusers could not load {lf.name}: {e}", "lora_name", spec.origin) from e
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):
         raise LoraOperationError("diffusers loaded no layer from this file", "lora_name", spec.origin)
+
+
+# --- hotswap ---------------------------------------------------------------------------------------
+
+
+def _hotswap_slot(live: LivePipeline, cov, slots: list[str]) -> str | None:
+    """A parked adapter the file can be hot-swapped into, or None.
+
+    diffusers hot-swaps UNet adapters only (not text encoders), and peft's hotswap copies weights
+    into existing tensors, so: a UNet-only file of plain LoRA weights that lands completely, and a
+    parked, UNet-only, plain adapter on the pipeline's device with exactly the same modules and ranks.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    unet = getattr(live.pipe, "unet", None)
+    if not slots or unet is None or not cov.plain or not cov.complete or set(cov.layout) != {"unet"}:
+        return None
+    wanted = dict(cov.layout["unet"])
+    layers = {name: m for name, m in unet.named_modules() if isinstance(m, BaseTunerLayer)}
+    others = [getattr(live.pipe, c) for c in live.components if c != "unet"]
+    for slot in slots:  # the oldest parked first: the most recent is the likeliest to be toggled back to
+        if live.live_devices.get(slot) is not None or any(slot in getattr(m, "peft_config", {}) for m in others):
+            continue
+        config = getattr(unet, "peft_config", {}).get(slot)
+        if config is None or config.use_dora or config.use_rslora or getattr(config, "lora_bias", False):
+            continue
+        have = {name: int(m.r[slot]) for name, m in layers.items() if slot in getattr(m, "r", {})}
+        if have == wanted and not any(slot in m.merged_adapters for m in layers.values()):
+            return slot
+    return None
+
+
+def _hotswap(live: LivePipeline, lf, slot: str, name: str) -> None:
+    """Load `lf` into the layers of parked adapter `slot` (diffusers' own hotswap), then call it `name`.
+
+    peft's hotswap updates each layer's `scaling` but not `lora_alpha`, from which `set_adapters`
+    recomputes it, nor the adapter's config, from which SaveLoRA reads alphas: both are set here
+    from the config diffusers built for the file.
+    """
+    import peft.utils.hotswap as peft_hotswap
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from . import lora_file
+
+    unet = live.pipe.unet
+    captured: dict[str, Any] = {}
+    original = peft_hotswap.hotswap_adapter_from_state_dict
+
+    def recording(*args, **kwargs):
+        captured["config"] = kwargs.get("config")
+        return original(*args, **kwargs)
+
+    peft_hotswap.hotswap_adapter_from_state_dict = recording  # diffusers imports it at call time
+    try:
+        with _op(live, "hotswap", f"{name} into {slot}"), _quiet_loading():
+            lora_file.load_lora_file(live.pipe, lf, slot, hotswap=True)
+    finally:
+        peft_hotswap.hotswap_adapter_from_state_dict = original
+    if captured.get("config") is None:
+        raise RuntimeError("diffusers did not hot-swap the UNet adapter")
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer) and slot in getattr(module, "scaling", {}):
+            module.lora_alpha[slot] = module.scaling[slot] * module.r[slot]  # scaling = alpha / r now
+            _rename_in_layer(module, slot, name)
+    unet.peft_config.pop(slot)
+    unet.peft_config[name] = captured["config"]
+    live.parked.pop(slot, None)
+    live.live_devices.pop(slot, None)
+
+
+def _rename_in_layer(module, old: str, new: str) -> None:
+    """Move every per-adapter entry of a peft layer from `old` to `new` (peft has no rename)."""
+    for attr in (*module.adapter_layer_names, *module.other_param_names):
+        table = getattr(module, attr, None)
+        if table is not None and old in table:
+            table[new] = table.pop(old)
+    for attr, table in vars(module).items():  # any other per-adapter dict (lora_variant, ...)
+        if not attr.startswith("_") and isinstance(table, dict) and old in table:
+            table[new] = table.pop(old)
+    active = module._active_adapter
+    module._active_adapter = new if active == old else [new if a == old else a for a in active]
+    module.merged_adapters = [new if a == old else a for a in module.merged_adapters]
 
 
 @contextmanager
@@ -446,8 +538,10 @@ def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
             live.live_devices.pop(n, None)
             if current.adapter(n) is None or target.adapter(n) is None:
                 live.parked.pop(n, None)
+    # parked adapters a load may hot-swap into (the ones staying parked; oldest first)
+    slots = [n for n in live.parked if n not in to_delete]
     for spec in to_load:
-        _load_adapter(live, spec, lora_reader)
+        _load_adapter(live, spec, lora_reader, slots)
         live.live_devices[spec.name] = None
 
     # 3. devices

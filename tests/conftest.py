@@ -24,7 +24,8 @@ SIZE = 64  # the tiny pipelines' native size
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """DIR/loras holds: sd_a (diffusers), sd_b (kohya, alpha 2 at rank 4), sd_c (PEFT, unet only),
-    sd_old (old attn-processor keys), xl_a (SDXL diffusers), xl_k (SDXL kohya), and bad files."""
+    sd_old (old attn-processor keys), sd_u1/sd_u2 (unet only, rank 4: diffusers alpha 2, kohya
+    alpha 8), xl_a (SDXL diffusers), xl_k (SDXL kohya), and bad files."""
     from loragraph.loaders.testing import write_bad_files, write_lora_file
 
     root = tmp_path_factory.mktemp("models")
@@ -35,6 +36,9 @@ def models_dir(tmp_path_factory) -> Path:
     write_lora_file(loras / "sd_c.safetensors", "sd", "peft", rank=8, seed=13, components=("unet",))
     write_lora_file(loras / "sd_old.safetensors", "sd", "diffusers-old", rank=4, seed=14)
     write_lora_file(loras / "sub" / "sd_d.safetensors", "sd", "diffusers", rank=2, alpha=1, seed=15)
+    # UNet-only, same layers and rank, other alphas and formats: one can be hot-swapped into the other
+    write_lora_file(loras / "sd_u1.safetensors", "sd", "diffusers", rank=4, alpha=2, seed=16, components=("unet",))
+    write_lora_file(loras / "sd_u2.safetensors", "sd", "kohya", rank=4, alpha=8, seed=17, components=("unet",))
     write_lora_file(loras / "xl_a.safetensors", "sdxl", "diffusers", rank=4, seed=21)
     write_lora_file(loras / "xl_k.safetensors", "sdxl", "kohya", rank=4, alpha=8, seed=22)
     write_bad_files(loras / "bad")

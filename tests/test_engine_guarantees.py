@@ -16,7 +16,9 @@ from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
 
 STEPS = 2  # the branch property needs many images; two steps still carry every LoRA into them
-FILES = {"a": "sd_a.safetensors", "b": "sd_b.safetensors", "c": "sd_c.safetensors"}
+# d and e have the same UNet layers and rank: switching between them hot-swaps (reconcile._hotswap).
+FILES = {"a": "sd_a.safetensors", "b": "sd_b.safetensors", "c": "sd_c.safetensors", "d": "sd_u1.safetensors",
+         "e": "sd_u2.safetensors"}
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +67,14 @@ def apply(engine, handle, op):
     raise AssertionError(kind)
 
 
-names_st = hs.lists(hs.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True)
+names_st = hs.lists(hs.sampled_from(list(FILES)), min_size=1, max_size=3, unique=True)
 op_st = hs.one_of(
-    hs.tuples(hs.just("load"), hs.sampled_from(["a", "b", "c"])),
+    hs.tuples(hs.just("load"), hs.sampled_from(list(FILES))),
     hs.tuples(hs.just("weights"), hs.tuples(names_st, hs.sampled_from([0.0, 0.3, 1.0, -0.5]))),
     hs.tuples(hs.just("fuse"), hs.tuples(hs.booleans(), hs.booleans(), hs.sampled_from([1.0, 0.5]))),
     hs.tuples(hs.just("unfuse"), hs.tuples(hs.booleans(), hs.booleans())),
     hs.tuples(hs.just("toggle"), hs.booleans()),
-    hs.tuples(hs.just("delete"), hs.sampled_from(["a", "b", "c"])),
+    hs.tuples(hs.just("delete"), hs.sampled_from(list(FILES))),
     hs.tuples(hs.just("unload"), hs.none()),
 )
 # Sequences start with a load so most examples carry LoRAs; fusion needs loaded adapters.
@@ -125,7 +127,7 @@ def test_fuse_then_unfuse_is_bit_exact(models_dir, dtype, ops):
     h = build(engine, base, ops)
     h = apply(engine, h, ("fuse", (True, True, 0.7)))
     engine.realize(h)
-    h = apply(engine, apply(engine, h, ("weights", (["a", "b", "c"], 0.3))), ("fuse", (True, True, 1.0)))
+    h = apply(engine, apply(engine, h, ("weights", (list(FILES), 0.3))), ("fuse", (True, True, 1.0)))
     engine.realize(h)
     engine.realize(st.unfuse(h, True, True))
     now = _base_weights(live.pipe)

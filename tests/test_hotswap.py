@@ -1,0 +1,166 @@
+"""Switching between LoRAs with the same UNet layers hot-swaps: diffusers' `hotswap=True` copies the new
+weights into a parked adapter's layers instead of peft building new ones (reconcile._hotswap).
+
+The oracle is the ordinary path: the same handle's image from a fresh engine (which loads), and raw
+diffusers loading the file. sd_u1 (diffusers, alpha 2) and sd_u2 (kohya, alpha 8) have the same
+layers and rank 4, so alphas and formats differ across the swap.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
+from loragraph.loaders import state as st
+from loragraph.loaders.engine import Engine
+from loragraph.loaders.reconcile import LoraOperationError
+
+TOL = 1 / 255
+
+
+@pytest.fixture()
+def engine(configured):
+    return Engine()
+
+
+def sample(engine, handle):
+    return engine.sample(handle, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE)
+
+
+def load(engine, handle, name, strength=1.0, adapter=""):
+    return st.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
+
+
+def ops_for(engine, handle, then):
+    live = engine.live(handle.source)
+    live.ops.clear()
+    result = then()
+    return result, [op.split(" ")[0] for op in live.ops]
+
+
+def unet_weights(pipe) -> dict[str, torch.Tensor]:
+    return {k.replace(".base_layer", ""): v.clone() for k, v in pipe.unet.state_dict().items() if "lora_" not in k}
+
+
+def test_a_switch_between_same_shaped_unet_loras_hot_swaps_and_gives_the_loaded_image(engine, configured):
+    base = engine.load_pipeline("builtin:tiny-sd")
+    h1, h2 = load(engine, base, "sd_u1.safetensors", 0.8), load(engine, base, "sd_u2.safetensors", 0.7)
+    first = sample(engine, h1)
+    image, ops = ops_for(engine, base, lambda: sample(engine, h2))
+    assert "hotswap" in ops and "load_lora_weights" not in ops and "delete_adapters" not in ops
+
+    raw = raw_pipeline()
+    raw.load_lora_weights(str(configured / "loras"), weight_name="sd_u2.safetensors", adapter_name="u2")
+    raw.set_adapters(["u2"], [0.7])
+    assert max_diff(image, render(raw)) <= TOL  # alpha 8, not the slot's alpha 2
+    assert max_diff(image, sample(Engine(), h2)) <= TOL  # a fresh engine loads it
+    live = engine.live(base.source)
+    assert live.pipe.get_list_adapters() == {"unet": ["sd_u2"]} and not live.parked
+
+    back, ops = ops_for(engine, base, lambda: sample(engine, h1))  # and back: swapped again
+    assert "hotswap" in ops and max_diff(back, first) <= TOL
+    info = engine.info(h1)
+    assert list(info["adapters"]) == ["sd_u1"]
+
+
+def test_weights_fuse_and_exact_unfuse_after_a_swap(engine, configured):
+    base = engine.load_pipeline("builtin:tiny-sd")
+    live = engine.live(base.source)
+    pristine = unet_weights(live.pipe)
+    sample(engine, load(engine, base, "sd_u1.safetensors"))
+    h = st.set_weights(load(engine, base, "sd_u2.safetensors"), "sd_u2", "0.4")
+    unfused = sample(engine, h)
+    assert any(op.startswith("hotswap") for op in live.ops)
+    raw = raw_pipeline()
+    raw.load_lora_weights(str(configured / "loras"), weight_name="sd_u2.safetensors", adapter_name="sd_u2")
+    raw.set_adapters(["sd_u2"], [0.4])
+    assert max_diff(unfused, render(raw)) <= TOL
+    fused = st.fuse(h, True, True, 0.5, False, "")
+    raw.fuse_lora(components=["unet"], lora_scale=0.5)
+    assert max_diff(sample(engine, fused), render(raw)) <= TOL
+    assert max_diff(sample(engine, st.unfuse(fused, True, True)), unfused) <= TOL
+    sample(engine, base)
+    now = unet_weights(live.pipe)
+    assert now.keys() == pristine.keys() and all(torch.equal(now[k], pristine[k]) for k in pristine)
+
+
+def test_save_lora_after_a_swap_writes_the_new_adapter_with_its_alpha(engine, configured, tmp_path):
+    base = engine.load_pipeline("builtin:tiny-sd")
+    sample(engine, load(engine, base, "sd_u1.safetensors"))
+    h = load(engine, base, "sd_u2.safetensors", 1.0, "u2")
+    image = sample(engine, h)
+    for fmt in ("diffusers", "kohya"):
+        out = engine.save_lora(h, "u2", tmp_path / f"u2_{fmt}.safetensors", fmt=fmt)
+        raw = raw_pipeline()
+        raw.load_lora_weights(str(out.parent), weight_name=out.name, adapter_name="saved")
+        assert max_diff(render(raw), image) <= TOL, fmt
+
+
+@pytest.mark.parametrize("other", ["sd_a.safetensors", "sd_c.safetensors"])
+def test_other_layers_or_ranks_load_as_before(engine, other):
+    """sd_a also has text-encoder layers (diffusers cannot hot-swap those); sd_c has rank 8."""
+    base = engine.load_pipeline("builtin:tiny-sd")
+    sample(engine, load(engine, base, "sd_u1.safetensors"))
+    image, ops = ops_for(engine, base, lambda: sample(engine, load(engine, base, other)))
+    assert "load_lora_weights" in ops and "hotswap" not in ops
+    assert max_diff(image, sample(Engine(), load(engine, base, other))) <= TOL
+
+
+def test_a_failed_swap_leaves_the_pipeline_as_it_was(engine, monkeypatch):
+    import peft.utils.hotswap as peft_hotswap
+
+    base = engine.load_pipeline("builtin:tiny-sd")
+    h1 = load(engine, base, "sd_u1.safetensors", 0.8)
+    first = sample(engine, h1)
+    live = engine.live(base.source)
+    before = (unet_weights(live.pipe), live.pipe.get_list_adapters(), live.state)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(peft_hotswap, "hotswap_adapter_from_state_dict", broken)
+    with pytest.raises(LoraOperationError) as err:
+        sample(engine, load(engine, base, "sd_u2.safetensors"))
+    assert err.value.input_name == "lora_name" and "injected" in str(err.value)
+    assert live.state == before[2] and live.pipe.get_list_adapters() == before[1]
+    now = unet_weights(live.pipe)
+    assert all(torch.equal(now[k], v) for k, v in before[0].items())
+    monkeypatch.undo()
+    assert peft_hotswap.hotswap_adapter_from_state_dict is not broken
+    assert max_diff(sample(engine, h1), first) <= TOL
+
+
+def test_branches_stay_independent_across_swaps(models_dir):
+    """The branch property of test_engine_guarantees, on states built from the two swappable files."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as hs
+    from loragraph import host
+    from test_engine_guarantees import build
+
+    host.configure(models_dir=models_dir, output_dir=models_dir / "out")
+    engine = Engine()
+    base = engine.load_pipeline("builtin:tiny-sd")
+    swappable = ["d", "e"]
+    op = hs.one_of(
+        hs.tuples(hs.just("load"), hs.sampled_from(swappable)),
+        hs.tuples(hs.just("weights"), hs.tuples(hs.lists(hs.sampled_from(swappable), min_size=1, unique=True),
+                                                 hs.sampled_from([0.3, 1.0]))),
+        hs.tuples(hs.just("fuse"), hs.tuples(hs.just(True), hs.booleans(), hs.sampled_from([1.0, 0.5]))),
+        hs.tuples(hs.just("unfuse"), hs.tuples(hs.booleans(), hs.booleans())),
+        hs.tuples(hs.just("delete"), hs.sampled_from(swappable)),
+    )
+    seq = hs.tuples(hs.sampled_from(swappable), hs.lists(op, max_size=3)).map(lambda t: [("load", t[0])] + t[1])
+    swaps = []
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(ops1=seq, ops2=seq)
+    def check(ops1, ops2):
+        h1, h2 = build(engine, base, ops1), build(engine, base, ops2)
+        first = sample(engine, h1)
+        sample(engine, h2)
+        again = sample(engine, h1)
+        assert max_diff(first, again) <= TOL
+        swaps.extend(op for op in engine.live(base.source).ops if op.startswith("hotswap"))
+
+    check()
+    assert swaps, "no example swapped: the property did not exercise the hotswap path"
