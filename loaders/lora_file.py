@@ -765,7 +765,8 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool =
     diffusers' own code path, for every pipeline class that has `load_lora_weights`.
     Not transactional: callers roll back on error.
     """
-    state_dict, metadata = pipeline_state_dict(pipe, lora)
+    # A hotswap copies into the existing adapter's tensors (never adopts ours): no clone needed.
+    state_dict, metadata = pipeline_state_dict(pipe, lora, copy=not hotswap)
     kwargs = {"hotswap": True} if hotswap else {}  # into the existing adapter `adapter_name`'s layers
     if metadata is None:
         pipe.load_lora_weights(state_dict, adapter_name=adapter_name, **kwargs)

@@ -57,11 +57,13 @@ class LivePipeline:
     live_devices: dict[str, str | None] = field(default_factory=dict)
     ops: list[str] = field(default_factory=list)  # every diffusers/peft call made, for tests and logs
     warnings: list[str] = field(default_factory=list)  # messages for the user (partial key coverage)
-    state_te_target: tuple[str, ...] = ()
-    parked: dict[str, AdapterSpec] = field(default_factory=dict)
-    # component -> its peft tuner layers; walking a UNet's modules costs ~10 ms, so it is done once
-    # per load/delete/unload instead of once per operation
-    layer_cache: dict[str, list] = field(default_factory=dict)  # loaded in peft, in no state; oldest first  # the text-encoder switch the running transition aims for
+    state_te_target: tuple[str, ...] = ()  # the text-encoder switch the running transition aims for
+    parked: dict[str, AdapterSpec] = field(default_factory=dict)  # loaded in peft, in no state; oldest first
+    # component -> its peft tuner layers as (name, layer); walking a UNet's modules costs ~10 ms, so
+    # it is done once per load/delete/unload instead of once per operation
+    layer_cache: dict[str, list] = field(default_factory=dict)
+    # (file sha256, path) -> where its keys land on this pipeline (shapes only: adapters don't change it)
+    coverage_cache: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -119,7 +121,10 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: lis
         lf = lora_reader(spec.path)
     except Exception as e:
         raise LoraOperationError(str(e), "lora_name", spec.origin) from e
-    cov = lora_file.coverage(live.pipe, lf)
+    key = (lf.sha256, lf.path)
+    cov = live.coverage_cache.get(key)
+    if cov is None:
+        cov = live.coverage_cache[key] = lora_file.coverage(live.pipe, lf)
     mismatched = cov.shape_mismatches
     if mismatched:
         shown = "; ".join(f"{m.module}: {m.reason}" for m in mismatched[:3])
@@ -161,13 +166,11 @@ def _hotswap_slot(live: LivePipeline, cov, slots: list[str]) -> str | None:
     into existing tensors, so: a UNet-only file of plain LoRA weights that lands completely, and a
     parked, UNet-only, plain adapter on the pipeline's device with exactly the same modules and ranks.
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
     unet = getattr(live.pipe, "unet", None)
     if not slots or unet is None or not cov.plain or not cov.complete or set(cov.layout) != {"unet"}:
         return None
     wanted = dict(cov.layout["unet"])
-    layers = {name: m for name, m in unet.named_modules() if isinstance(m, BaseTunerLayer)}
+    layers = dict(_layers(live, "unet"))
     others = [getattr(live.pipe, c) for c in live.components if c != "unet"]
     for slot in slots:  # the oldest parked first: the most recent is the likeliest to be toggled back to
         if live.live_devices.get(slot) is not None or any(slot in getattr(m, "peft_config", {}) for m in others):
@@ -189,7 +192,6 @@ def _hotswap(live: LivePipeline, lf, slot: str, name: str) -> None:
     from the config diffusers built for the file.
     """
     import peft.utils.hotswap as peft_hotswap
-    from peft.tuners.tuners_utils import BaseTunerLayer
 
     from . import lora_file
 
@@ -209,8 +211,8 @@ def _hotswap(live: LivePipeline, lf, slot: str, name: str) -> None:
         peft_hotswap.hotswap_adapter_from_state_dict = original
     if captured.get("config") is None:
         raise RuntimeError("diffusers did not hot-swap the UNet adapter")
-    for module in unet.modules():
-        if isinstance(module, BaseTunerLayer) and slot in getattr(module, "scaling", {}):
+    for _, module in _layers(live, "unet"):  # the same layers: hotswap copies into them
+        if slot in getattr(module, "scaling", {}):
             module.lora_alpha[slot] = module.scaling[slot] * module.r[slot]  # scaling = alpha / r now
             _rename_in_layer(module, slot, name)
     unet.peft_config.pop(slot)
