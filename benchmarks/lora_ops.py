@@ -1,13 +1,18 @@
 """LoRA operations at real model size, loragraph side by side with the same raw diffusers calls.
 
-    python -m benchmarks.lora_ops [--rank 32] [--repeats 5] [--threads 1] [--json out.json] [--quick]
-    python -m benchmarks.lora_ops --device cuda --dtype float16     # the GPU variant
+    python -m benchmarks.lora_ops [--rank 32] [--repeats 5] [--threads 1] [--json out.json] [--sampling]
+    python -m benchmarks.lora_ops --device cuda --dtype float16     # the GPU variant (adds --sampling)
 
 An SD1.5-size UNet and CLIP-L-size text encoder with random weights are built in code (no
 download). LoRAs of the given rank target every attention projection of the UNet plus the text
 encoder, written in kohya and diffusers format. Each row runs loragraph's engine and the raw
 diffusers calls alternately (so machine noise hits both), on two identical pipelines, and reports
 the median. Not a test: it prints a markdown table and writes JSON.
+
+`--sampling` (on by default with `--device cuda`) adds the sampling rows: ms per denoising step at
+SD1.5's 512x512 working size (64x64 latents; the bench's small VAE downsamples 2x, so the images are
+128x128) with 1, 3 and 5 LoRAs, unfused and fused, through the engine's Sampler path and raw
+`pipe(...)`, with CFG (two UNet passes a step), as it/s in the note.
 """
 
 from __future__ import annotations
@@ -197,8 +202,12 @@ class Bench:
         finally:
             del os.environ["LORAGRAPH_PARKED_BYTES"]
 
-    def row(self, name: str, ours_setup, ours_op, raw_setup, raw_op, note: str = "", floor: float | None = None):
-        """Alternate: setup (untimed) then the op, ours then diffusers, `repeats` times; medians."""
+    def row(self, name: str, ours_setup, ours_op, raw_setup, raw_op, note: str = "", floor: float | None = None,
+            per: int = 1, note_fn=None):
+        """Alternate: setup (untimed) then the op, ours then diffusers, `repeats` times; medians.
+
+        `per` divides the times (ms per step of a sampling call); `note_fn(row)` writes the note.
+        """
         o_ms, o_mem, r_ms, r_mem = [], [], [], []
         for _ in range(self.args.repeats):
             ours_setup()
@@ -212,8 +221,8 @@ class Bench:
                 r_mem.append(mem)
         row = {
             "operation": name,
-            "loragraph_ms": statistics.median(o_ms),
-            "diffusers_ms": statistics.median(r_ms) if r_ms else None,
+            "loragraph_ms": statistics.median(o_ms) / per,
+            "diffusers_ms": statistics.median(r_ms) / per if r_ms else None,
             "loragraph_peak_mib": max(o_mem),
             "diffusers_peak_mib": max(r_mem) if r_mem else None,
             "floor_ms": floor,
@@ -221,6 +230,8 @@ class Bench:
         }
         row["ratio_to_diffusers"] = row["loragraph_ms"] / row["diffusers_ms"] if row["diffusers_ms"] else None
         row["ratio_to_floor"] = row["loragraph_ms"] / floor if floor else None
+        if note_fn is not None:
+            row["note"] = note_fn(row)
         self.rows.append(row)
         print(_fmt_row(row), flush=True)
         return row
@@ -379,7 +390,51 @@ class Bench:
         self.raw_reset()
         self.ours_reset()
         self.executor_row()
+        if self.args.sampling:
+            self.sampling_rows()
         self.check_exact()
+
+    def sampling_rows(self):
+        """ms per denoising step with 1, 3, 5 LoRAs, unfused and fused: ours (engine.sample) vs raw pipe()."""
+        from loragraph.loaders import state as st
+
+        steps = self.args.sample_steps
+        size = 64 * self.raw.vae_scale_factor  # 64x64 latents, as SD1.5 at 512x512
+        prompt = "a red circle on a white background"
+
+        def raw_call():
+            self.raw(prompt, negative_prompt="", num_inference_steps=steps, guidance_scale=7.0, width=size,
+                     height=size, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+
+        self.raw_reset()
+        self.ours_reset()
+        for count in (0, 1, 3, 5):
+            stack = self.base
+            for i in range(count):
+                stack = st.add_adapter(stack, self.spec(f"diffusers_{i}", f"s{i}", stack))
+            for fused in (False, True) if count else (False,):
+                handle = st.fuse(stack, True, True, 1.0, False, "") if fused else stack
+                self.engine.realize(handle)
+                self.raw_reset()
+                for i in range(count):
+                    self.raw_load(f"diffusers_{i}", f"s{i}")
+                if count:
+                    self.raw.set_adapters([f"s{i}" for i in range(count)], [1.0] * count)
+                if fused:
+                    self.raw.fuse_lora(components=["unet", "text_encoder"])
+
+                def ours_call(h=handle):
+                    self.engine.sample(h, prompt, "", 0, steps, 7.0, size, size)
+
+                ours_call()  # warm-up (cuDNN autotune, allocator)
+                raw_call()
+                self.row(f"sampling, {count} LoRA{'s' * (count != 1)}, {'fused' if fused else 'unfused'} "
+                         f"(ms per step, {size}x{size} px = 64x64 latents, {steps} steps)",
+                         lambda: None, ours_call, lambda: None, raw_call, per=steps,
+                         note_fn=lambda r: (f"{1e3 / r['loragraph_ms']:.2f} it/s ours, "
+                                            f"{1e3 / r['diffusers_ms']:.2f} it/s diffusers; peak MiB: whole call"))
+        self.raw_reset()
+        self.ours_reset()
 
     def diffusers_drift(self) -> float:
         self.raw_reset()
@@ -465,7 +520,12 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--work", default=None, help="folder for the generated LoRA files (kept between runs)")
     p.add_argument("--json", default="benchmarks/results/lora_ops.json")
+    p.add_argument("--sampling", action=argparse.BooleanOptionalAction, default=None,
+                   help="add the sampling rows (default: on with --device cuda; slow on a CPU)")
+    p.add_argument("--sample-steps", type=int, default=20, help="steps per sampling call (default 20)")
     args = p.parse_args(argv)
+    if args.sampling is None:
+        args.sampling = args.device == "cuda"
     torch.set_num_threads(args.threads)
     import logging
 
