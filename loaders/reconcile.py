@@ -184,18 +184,24 @@ def _hotswap_slot(live: LivePipeline, cov, slots: list[str]) -> str | None:
     return None
 
 
+# A name no module path or other adapter's key contains: peft's hotswap finds the slot's keys by
+# substring (`adapter_name in key`) and zeroes the ones the new file lacks, so swapping into a slot
+# named "d" would zero every other adapter's "down_blocks..." weights.
+_SWAP_NAME = "loragraph_hotswap_slot_5f1c"
+
+
 def _hotswap(live: LivePipeline, lf, slot: str, name: str) -> None:
     """Load `lf` into the layers of parked adapter `slot` (diffusers' own hotswap), then call it `name`.
 
-    peft's hotswap updates each layer's `scaling` but not `lora_alpha`, from which `set_adapters`
-    recomputes it, nor the adapter's config, from which SaveLoRA reads alphas: both are set here
-    from the config diffusers built for the file.
+    The slot is renamed to `_SWAP_NAME` for the swap (see there). peft's hotswap updates each
+    layer's `scaling` but not `lora_alpha`, from which `set_adapters` recomputes it, nor the
+    adapter's config, from which SaveLoRA reads alphas: both are set here from the config diffusers
+    built for the file.
     """
     import peft.utils.hotswap as peft_hotswap
 
     from . import lora_file
 
-    unet = live.pipe.unet
     captured: dict[str, Any] = {}
     original = peft_hotswap.hotswap_adapter_from_state_dict
 
@@ -203,22 +209,30 @@ def _hotswap(live: LivePipeline, lf, slot: str, name: str) -> None:
         captured["config"] = kwargs.get("config")
         return original(*args, **kwargs)
 
+    _rename_adapter(live, slot, _SWAP_NAME)
     peft_hotswap.hotswap_adapter_from_state_dict = recording  # diffusers imports it at call time
     try:
         with _op(live, "hotswap", f"{name} into {slot}"), _quiet_loading():
-            lora_file.load_lora_file(live.pipe, lf, slot, hotswap=True)
+            lora_file.load_lora_file(live.pipe, lf, _SWAP_NAME, hotswap=True)
     finally:
         peft_hotswap.hotswap_adapter_from_state_dict = original
     if captured.get("config") is None:
         raise RuntimeError("diffusers did not hot-swap the UNet adapter")
-    for _, module in _layers(live, "unet"):  # the same layers: hotswap copies into them
-        if slot in getattr(module, "scaling", {}):
-            module.lora_alpha[slot] = module.scaling[slot] * module.r[slot]  # scaling = alpha / r now
-            _rename_in_layer(module, slot, name)
-    unet.peft_config.pop(slot)
-    unet.peft_config[name] = captured["config"]
+    for _, module in _layers(live, "unet"):
+        if _SWAP_NAME in getattr(module, "scaling", {}):  # scaling = the file's alpha / r now
+            module.lora_alpha[_SWAP_NAME] = module.scaling[_SWAP_NAME] * module.r[_SWAP_NAME]
+    live.pipe.unet.peft_config[_SWAP_NAME] = captured["config"]
+    _rename_adapter(live, _SWAP_NAME, name)
     live.parked.pop(slot, None)
     live.live_devices.pop(slot, None)
+
+
+def _rename_adapter(live: LivePipeline, old: str, new: str) -> None:
+    """Rename a UNet adapter in every peft layer and in the model's peft_config."""
+    for _, module in _layers(live, "unet"):  # the same layers before and after a hotswap
+        _rename_in_layer(module, old, new)
+    config = live.pipe.unet.peft_config
+    config[new] = config.pop(old)
 
 
 def _rename_in_layer(module, old: str, new: str) -> None:

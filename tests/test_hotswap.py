@@ -63,6 +63,21 @@ def test_a_switch_between_same_shaped_unet_loras_hot_swaps_and_gives_the_loaded_
     assert list(info["adapters"]) == ["sd_u1"]
 
 
+def test_a_swap_into_a_short_named_slot_leaves_the_other_adapters_alone(engine, configured):
+    """peft finds a slot's keys by substring: swapping into "d" as is would zero adapter a's
+    "down_blocks..." weights. The slot is renamed to a unique name for the swap."""
+    base = engine.load_pipeline("builtin:tiny-sd")
+    with_a = load(engine, base, "sd_a.safetensors", 0.9, "a")
+    sample(engine, load(engine, with_a, "sd_u1.safetensors", 1.0, "d"))
+    image, ops = ops_for(engine, base, lambda: sample(engine, load(engine, with_a, "sd_u2.safetensors", 0.6, "e")))
+    assert "hotswap" in ops
+    raw = raw_pipeline()
+    raw.load_lora_weights(str(configured / "loras"), weight_name="sd_a.safetensors", adapter_name="a")
+    raw.load_lora_weights(str(configured / "loras"), weight_name="sd_u2.safetensors", adapter_name="e")
+    raw.set_adapters(["a", "e"], [0.9, 0.6])
+    assert max_diff(image, render(raw)) <= TOL
+
+
 def test_weights_fuse_and_exact_unfuse_after_a_swap(engine, configured):
     base = engine.load_pipeline("builtin:tiny-sd")
     live = engine.live(base.source)
