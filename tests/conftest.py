@@ -77,5 +77,19 @@ def raw_pipeline(kind: str = "sd"):
     return pipe
 
 
+def raw_load(pipe, models_dir: Path, name: str, adapter: str) -> None:
+    """Raw diffusers loading a file of DIR/loras the way its format asks: a bare PEFT adapter file
+    (one model's adapter) through that model's own `load_lora_adapter`, anything else through the
+    pipeline's `load_lora_weights`."""
+    from loragraph.loaders.lora_file import read_lora
+
+    path = models_dir / "loras" / name
+    if read_lora(path).format == "peft":
+        denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+        denoiser.load_lora_adapter(str(path), prefix=None, adapter_name=adapter)
+    else:
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()

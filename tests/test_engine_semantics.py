@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
+from conftest import PROMPT, SIZE, STEPS, max_diff, raw_load, raw_pipeline, render
 from diffusers.loaders.lora_base import disable_lora_for_text_encoder
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
@@ -27,13 +27,6 @@ def sample(engine, handle, seed=1):
 
 def load(engine, handle, name, strength=1.0, adapter=""):
     return st.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
-
-
-def raw_load(pipe, models_dir, name, adapter):
-    if name == "sd_c.safetensors":  # a bare PEFT file (one model's adapter): the model's own loader
-        pipe.unet.load_lora_adapter(str(models_dir / "loras" / name), prefix=None, adapter_name=adapter)
-    else:
-        pipe.load_lora_weights(str(models_dir / "loras"), weight_name=name, adapter_name=adapter)
 
 
 @pytest.mark.parametrize("name", ["sd_a.safetensors", "sd_b.safetensors", "sd_c.safetensors", "sd_old.safetensors"])

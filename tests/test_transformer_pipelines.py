@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import max_diff
+from conftest import max_diff, raw_load
 from diffusers.loaders.lora_base import disable_lora_for_text_encoder
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
@@ -61,13 +61,6 @@ def sample(engine, handle, seed=1):
 
 def load(engine, handle, name, strength=1.0, adapter=""):
     return st.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
-
-
-def raw_load(pipe, models_dir, name, adapter):
-    if name == "sd3_p.safetensors":  # one model's PEFT adapter: the model's own loader
-        pipe.transformer.load_lora_adapter(str(models_dir / "loras" / name), prefix=None, adapter_name=adapter)
-    else:
-        pipe.load_lora_weights(str(models_dir / "loras"), weight_name=name, adapter_name=adapter)
 
 
 def weights(model) -> dict[str, torch.Tensor]:
