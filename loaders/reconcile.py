@@ -145,9 +145,10 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: lis
     slot = _hotswap_slot(live, cov, slots or [])
     try:
         if slot is not None:
-            _hotswap(live, lf, slot, spec.name)
+            _hotswap(live, lf, slot, spec.name, tuple(cov.layout))
             slots.remove(slot)
         else:
+            live.layer_cache.clear()  # peft adds layers (a swap keeps them)
             with _op(live, "load_lora_weights", spec.name), _quiet_loading():
                 lora_file.load_lora_file(pipe, lf, spec.name)
     except Exception as e:
@@ -162,26 +163,37 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: lis
 def _hotswap_slot(live: LivePipeline, cov, slots: list[str]) -> str | None:
     """A parked adapter the file can be hot-swapped into, or None.
 
-    diffusers hot-swaps UNet adapters only (not text encoders), and peft's hotswap copies weights
-    into existing tensors, so: a UNet-only file of plain LoRA weights that lands completely, and a
-    parked, UNet-only, plain adapter on the pipeline's device with exactly the same modules and ranks.
+    peft's hotswap copies weights into existing tensors, so: a file of plain LoRA weights that lands
+    completely, and a parked, plain, unmerged adapter on the pipeline's device with exactly the same
+    modules and ranks in exactly the same components (denoiser and text encoders alike).
     """
-    unet = getattr(live.pipe, "unet", None)
-    if not slots or unet is None or not cov.plain or not cov.complete or set(cov.layout) != {"unet"}:
+    if not slots or not cov.plain or not cov.complete or not cov.layout:
         return None
-    wanted = dict(cov.layout["unet"])
-    layers = dict(_layers(live, "unet"))
-    others = [getattr(live.pipe, c) for c in live.components if c != "unet"]
+    comps = live.components
+    if any(c not in comps for c in cov.layout):
+        return None
+    models = {c: getattr(live.pipe, c) for c in comps}
     for slot in slots:  # the oldest parked first: the most recent is the likeliest to be toggled back to
-        if live.live_devices.get(slot) is not None or any(slot in getattr(m, "peft_config", {}) for m in others):
+        if live.live_devices.get(slot) is not None:
             continue
-        config = getattr(unet, "peft_config", {}).get(slot)
-        if config is None or config.use_dora or config.use_rslora or getattr(config, "lora_bias", False):
+        if {c for c, m in models.items() if slot in (getattr(m, "peft_config", None) or {})} != set(cov.layout):
             continue
-        have = {name: int(m.r[slot]) for name, m in layers.items() if slot in getattr(m, "r", {})}
-        if have == wanted and not any(slot in m.merged_adapters for m in layers.values()):
+        if all(_slot_fits(live, c, slot, cov.layout[c]) for c in cov.layout):
             return slot
     return None
+
+
+def _slot_fits(live: LivePipeline, comp: str, slot: str, wanted) -> bool:
+    config = getattr(live.pipe, comp).peft_config[slot]
+    if config.use_dora or config.use_rslora or getattr(config, "lora_bias", False):
+        return False
+    have = {}
+    for name, m in _layers(live, comp):
+        if slot in getattr(m, "r", {}):
+            if slot in m.merged_adapters:
+                return False
+            have[name] = int(m.r[slot])
+    return have == wanted
 
 
 # A name no module path or other adapter's key contains: peft's hotswap finds the slot's keys by
@@ -190,49 +202,91 @@ def _hotswap_slot(live: LivePipeline, cov, slots: list[str]) -> str | None:
 _SWAP_NAME = "loragraph_hotswap_slot_5f1c"
 
 
-def _hotswap(live: LivePipeline, lf, slot: str, name: str) -> None:
-    """Load `lf` into the layers of parked adapter `slot` (diffusers' own hotswap), then call it `name`.
+def _hotswap(live: LivePipeline, lf, slot: str, name: str, comps) -> None:
+    """Load `lf` into the layers of parked adapter `slot` (peft's hotswap), then call it `name`.
 
-    The slot is renamed to `_SWAP_NAME` for the swap (see there). peft's hotswap updates each
-    layer's `scaling` but not `lora_alpha`, from which `set_adapters` recomputes it, nor the
-    adapter's config, from which SaveLoRA reads alphas: both are set here from the config diffusers
-    built for the file.
+    Through diffusers' own loader, so its key conversion and LoraConfig are the ones a load would
+    use: the denoiser with `hotswap=True` (diffusers calls peft's `hotswap_adapter_from_state_dict`);
+    the text encoders, which diffusers refuses to hot-swap, with `hotswap=False` but their
+    `load_adapter` (transformers' inject + load) replaced, for this call, by the same peft function
+    on the same converted state dict. The slot is renamed to `_SWAP_NAME` for the swap (see there).
+    peft's hotswap updates each layer's `scaling` but not `lora_alpha`, from which `set_adapters`
+    recomputes it, nor the adapter's config, from which SaveLoRA reads alphas: both are set here
+    from the config diffusers built for the file.
     """
     import peft.utils.hotswap as peft_hotswap
 
     from . import lora_file
 
+    pipe = live.pipe
+    models = {id(getattr(pipe, c)): c for c in comps}
     captured: dict[str, Any] = {}
     original = peft_hotswap.hotswap_adapter_from_state_dict
 
-    def recording(*args, **kwargs):
-        captured["config"] = kwargs.get("config")
-        return original(*args, **kwargs)
+    def recording(model, state_dict, adapter_name, config, **kwargs):
+        captured[models[id(model)]] = config
+        return original(model=model, state_dict=state_dict, adapter_name=adapter_name, config=config, **kwargs)
 
-    _rename_adapter(live, slot, _SWAP_NAME)
+    def te_swapper(te):
+        def load_adapter(adapter_name=None, adapter_state_dict=None, peft_config=None, **_):
+            peft_hotswap.check_hotswap_configs_compatible(te.peft_config[adapter_name], peft_config)
+            recording(te, _with_adapter_name(adapter_state_dict, adapter_name), adapter_name, peft_config)
+
+        return load_adapter
+
+    te_loader = type(pipe).load_lora_into_text_encoder if hasattr(pipe, "load_lora_into_text_encoder") else None
+
+    def load_te(*args, **kwargs):
+        te = kwargs["text_encoder"]
+        kwargs["hotswap"] = False
+        te.load_adapter = te_swapper(te)
+        try:
+            return te_loader(*args, **kwargs)
+        finally:
+            del te.load_adapter
+
+    _rename_adapter(live, slot, _SWAP_NAME, comps)
     peft_hotswap.hotswap_adapter_from_state_dict = recording  # diffusers imports it at call time
+    if te_loader is not None:
+        pipe.load_lora_into_text_encoder = load_te
     try:
         with _op(live, "hotswap", f"{name} into {slot}"), _quiet_loading():
-            lora_file.load_lora_file(live.pipe, lf, _SWAP_NAME, hotswap=True)
+            lora_file.load_lora_file(pipe, lf, _SWAP_NAME, hotswap=True)
     finally:
         peft_hotswap.hotswap_adapter_from_state_dict = original
-    if captured.get("config") is None:
-        raise RuntimeError("diffusers did not hot-swap the UNet adapter")
-    for _, module in _layers(live, "unet"):
-        if _SWAP_NAME in getattr(module, "scaling", {}):  # scaling = the file's alpha / r now
-            module.lora_alpha[_SWAP_NAME] = module.scaling[_SWAP_NAME] * module.r[_SWAP_NAME]
-    live.pipe.unet.peft_config[_SWAP_NAME] = captured["config"]
-    _rename_adapter(live, _SWAP_NAME, name)
+        if te_loader is not None:
+            del pipe.load_lora_into_text_encoder
+    if set(captured) != set(comps):
+        raise RuntimeError(f"diffusers hot-swapped {sorted(captured)}, not {sorted(comps)}")
+    for comp in comps:
+        for _, module in _layers(live, comp):
+            if _SWAP_NAME in getattr(module, "scaling", {}):  # scaling = the file's alpha / r now
+                module.lora_alpha[_SWAP_NAME] = module.scaling[_SWAP_NAME] * module.r[_SWAP_NAME]
+        getattr(pipe, comp).peft_config[_SWAP_NAME] = captured[comp]
+    _rename_adapter(live, _SWAP_NAME, name, comps)
     live.parked.pop(slot, None)
     live.live_devices.pop(slot, None)
 
 
-def _rename_adapter(live: LivePipeline, old: str, new: str) -> None:
-    """Rename a UNet adapter in every peft layer and in the model's peft_config."""
-    for _, module in _layers(live, "unet"):  # the same layers before and after a hotswap
-        _rename_in_layer(module, old, new)
-    config = live.pipe.unet.peft_config
-    config[new] = config.pop(old)
+def _with_adapter_name(state_dict: dict, adapter_name: str) -> dict:
+    """peft-format keys with the adapter's name, as peft's hotswap wants (diffusers does the same)."""
+    out = {}
+    for k, v in state_dict.items():
+        for suffix in (".weight", ".bias"):
+            if k.endswith(("lora_A" + suffix, "lora_B" + suffix)):
+                k = k[: -len(suffix)] + f".{adapter_name}{suffix}"
+                break
+        out[k] = v
+    return out
+
+
+def _rename_adapter(live: LivePipeline, old: str, new: str, comps) -> None:
+    """Rename an adapter in every peft layer and in the models' peft_config."""
+    for comp in comps:
+        for _, module in _layers(live, comp):  # the same layers before and after a hotswap
+            _rename_in_layer(module, old, new)
+        config = getattr(live.pipe, comp).peft_config
+        config[new] = config.pop(old)
 
 
 def _rename_in_layer(module, old: str, new: str) -> None:
@@ -545,8 +599,8 @@ def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
                 break
             used -= _size_of(live.parked[name])
             to_delete.append(name)
-    if to_delete or to_load:
-        live.layer_cache.clear()  # peft adds or drops layers
+    if to_delete:
+        live.layer_cache.clear()  # peft drops layers
     if to_delete:
         with _op(live, "delete_adapters", ",".join(sorted(set(to_delete)))):
             pipe.delete_adapters(sorted(set(to_delete)))

@@ -1,9 +1,13 @@
-"""Switching between LoRAs with the same UNet layers hot-swaps: diffusers' `hotswap=True` copies the new
-weights into a parked adapter's layers instead of peft building new ones (reconcile._hotswap).
+"""Switching between LoRAs with the same layers hot-swaps: peft's hotswap copies the new weights into a
+parked adapter's layers instead of peft building new ones (reconcile._hotswap): the UNet through
+diffusers' `hotswap=True`, the text encoders (which diffusers refuses to hot-swap) through the same
+peft function on diffusers' converted state dict.
 
 The oracle is the ordinary path: the same handle's image from a fresh engine (which loads), and raw
 diffusers loading the file. sd_u1 (diffusers, alpha 2) and sd_u2 (kohya, alpha 8) have the same
-layers and rank 4, so alphas and formats differ across the swap.
+UNet layers and rank 4, so alphas and formats differ across the swap; sd_a (diffusers) and sd_b
+(kohya, alpha 2) the same UNet and text-encoder layers; xl_a and xl_k (kohya, alpha 8) the same
+UNet and both SDXL text encoders.
 """
 
 from __future__ import annotations
@@ -111,9 +115,50 @@ def test_save_lora_after_a_swap_writes_the_new_adapter_with_its_alpha(engine, co
         assert max_diff(render(raw), image) <= TOL, fmt
 
 
+@pytest.mark.parametrize(
+    ("kind", "first", "second"),
+    [("sd", "sd_a.safetensors", "sd_b.safetensors"), ("sdxl", "xl_a.safetensors", "xl_k.safetensors")],
+)
+def test_a_switch_between_loras_with_text_encoder_layers_hot_swaps_every_component(engine, configured, tmp_path,
+                                                                                   kind, first, second):
+    from peft.utils import get_peft_model_state_dict
+
+    base = engine.load_pipeline("builtin:tiny-sd" if kind == "sd" else "builtin:tiny-sdxl")
+    h1, h2 = load(engine, base, first, 0.8, "one"), load(engine, base, second, 0.7, "two")
+    sample(engine, h1)
+    image, ops = ops_for(engine, base, lambda: sample(engine, h2))
+    assert "hotswap" in ops and "load_lora_weights" not in ops and "delete_adapters" not in ops
+
+    raw = raw_pipeline(kind)
+    raw.load_lora_weights(str(configured / "loras"), weight_name=second, adapter_name="two")
+    raw.set_adapters(["two"], [0.7])
+    assert max_diff(image, render(raw)) <= TOL
+    live = engine.live(base.source)
+    assert live.pipe.get_list_adapters() == raw.get_list_adapters()
+    for comp in raw.get_list_adapters():  # every LoRA tensor and alpha as diffusers loads them
+        ours, theirs = (get_peft_model_state_dict(getattr(p, comp), adapter_name="two") for p in (live.pipe, raw))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), comp
+        a, b = getattr(live.pipe, comp).peft_config["two"], getattr(raw, comp).peft_config["two"]
+        assert (a.r, a.lora_alpha, a.rank_pattern, a.alpha_pattern) == (b.r, b.lora_alpha, b.rank_pattern,
+                                                                       b.alpha_pattern), comp
+
+    off = st.toggle_text_encoder(h2, False, "all")  # the text-encoder switch still works on swapped layers
+    from diffusers.loaders.lora_base import disable_lora_for_text_encoder
+
+    for te in ("text_encoder", "text_encoder_2"):
+        if getattr(raw, te, None) is not None:
+            disable_lora_for_text_encoder(getattr(raw, te))
+    assert max_diff(sample(engine, off), render(raw)) <= TOL
+    out = engine.save_lora(h2, "two", tmp_path / "saved.safetensors", fmt="diffusers")
+    again = raw_pipeline(kind)
+    again.load_lora_weights(str(out.parent), weight_name=out.name, adapter_name="saved")
+    again.set_adapters(["saved"], [0.7])
+    assert max_diff(render(again), image) <= TOL
+
+
 @pytest.mark.parametrize("other", ["sd_a.safetensors", "sd_c.safetensors"])
 def test_other_layers_or_ranks_load_as_before(engine, other):
-    """sd_a also has text-encoder layers (diffusers cannot hot-swap those); sd_c has rank 8."""
+    """sd_a also has text-encoder layers (the slot, sd_u1, has none); sd_c has rank 8."""
     base = engine.load_pipeline("builtin:tiny-sd")
     sample(engine, load(engine, base, "sd_u1.safetensors"))
     image, ops = ops_for(engine, base, lambda: sample(engine, load(engine, base, other)))
