@@ -13,6 +13,7 @@ before the pipeline is touched.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -768,22 +769,60 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool =
     # A hotswap copies into the existing adapter's tensors (never adopts ours): no clone needed.
     state_dict, metadata = pipeline_state_dict(pipe, lora, copy=not hotswap)
     kwargs = {"hotswap": True} if hotswap else {}  # into the existing adapter `adapter_name`'s layers
-    if metadata is None:
-        pipe.load_lora_weights(state_dict, adapter_name=adapter_name, **kwargs)
-        return
-    original = type(pipe).lora_state_dict
+    with _offloading_checked_once():
+        if metadata is None:
+            pipe.load_lora_weights(state_dict, adapter_name=adapter_name, **kwargs)
+            return
+        original = type(pipe).lora_state_dict
 
-    def lora_state_dict_with_metadata(sd, **kwargs):
-        out = original(sd, **kwargs)
-        if kwargs.get("return_lora_metadata") and isinstance(out, tuple) and out[-1] is None:
-            out = (*out[:-1], metadata)
+        def lora_state_dict_with_metadata(sd, **kwargs):
+            out = original(sd, **kwargs)
+            if kwargs.get("return_lora_metadata") and isinstance(out, tuple) and out[-1] is None:
+                out = (*out[:-1], metadata)
+            return out
+
+        pipe.lora_state_dict = lora_state_dict_with_metadata
+        try:
+            pipe.load_lora_weights(state_dict, adapter_name=adapter_name, **kwargs)
+        finally:
+            del pipe.lora_state_dict
+
+
+# The diffusers modules that look up `_func_optionally_disable_offloading` as a global.
+_OFFLOAD_CHECKERS = ("diffusers.loaders.lora_base", "diffusers.loaders.peft", "diffusers.loaders.unet")
+
+
+@contextlib.contextmanager
+def _offloading_checked_once():
+    """Within one load, diffusers checks each model for accelerate/group offloading hooks again (a
+    walk over every module of every component, ~6 ms at SD1.5 size, once per component loaded).
+    A check that found none removed nothing, so its answer holds for the rest of the load: later
+    checks return it. A check that found hooks runs every time, as diffusers does."""
+    import importlib
+
+    modules = [importlib.import_module(m) for m in _OFFLOAD_CHECKERS]
+    real = getattr(modules[0], "_func_optionally_disable_offloading", None)
+    if real is None:  # another diffusers version: its own checks, unchanged
+        yield
+        return
+    none_found: list[bool] = []
+
+    def checked_once(_pipeline):
+        if none_found:
+            return (False, False, False)
+        out = real(_pipeline)
+        if not any(out):
+            none_found.append(True)
         return out
 
-    pipe.lora_state_dict = lora_state_dict_with_metadata
+    patched = [m for m in modules if getattr(m, "_func_optionally_disable_offloading", None) is real]
+    for m in patched:
+        m._func_optionally_disable_offloading = checked_once
     try:
-        pipe.load_lora_weights(state_dict, adapter_name=adapter_name, **kwargs)
+        yield
     finally:
-        del pipe.lora_state_dict
+        for m in patched:
+            m._func_optionally_disable_offloading = real
 
 
 @dataclasses.dataclass(frozen=True)

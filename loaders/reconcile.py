@@ -281,26 +281,34 @@ def _with_adapter_name(state_dict: dict, adapter_name: str) -> dict:
 
 
 def _rename_adapter(live: LivePipeline, old: str, new: str, comps) -> None:
-    """Rename an adapter in every peft layer and in the models' peft_config."""
+    """Rename an adapter in every peft layer and in the models' peft_config (peft has no rename)."""
+    tables: dict[type, list[str]] = {}  # per layer class: the attributes that are per-adapter tables
     for comp in comps:
         for _, module in _layers(live, comp):  # the same layers before and after a hotswap
-            _rename_in_layer(module, old, new)
+            attrs = tables.get(type(module))
+            if attrs is None and old in getattr(module, "r", {}):
+                attrs = tables[type(module)] = _adapter_tables(module, old)
+            for attr in attrs or ():
+                table = getattr(module, attr)
+                if isinstance(table, torch.nn.ModuleDict):  # its ordered dict: no add_module checks
+                    table = table._modules
+                if old in table:
+                    table[new] = table.pop(old)
+            active = module._active_adapter
+            module._active_adapter = new if active == old else [new if a == old else a for a in active]
+            module.merged_adapters = [new if a == old else a for a in module.merged_adapters]
         config = getattr(live.pipe, comp).peft_config
         config[new] = config.pop(old)
 
 
-def _rename_in_layer(module, old: str, new: str) -> None:
-    """Move every per-adapter entry of a peft layer from `old` to `new` (peft has no rename)."""
-    for attr in (*module.adapter_layer_names, *module.other_param_names):
-        table = getattr(module, attr, None)
-        if table is not None and old in table:
-            table[new] = table.pop(old)
-    for attr, table in vars(module).items():  # any other per-adapter dict (lora_variant, ...)
-        if not attr.startswith("_") and isinstance(table, dict) and old in table:
-            table[new] = table.pop(old)
-    active = module._active_adapter
-    module._active_adapter = new if active == old else [new if a == old else a for a in active]
-    module.merged_adapters = [new if a == old else a for a in module.merged_adapters]
+def _adapter_tables(module, name: str) -> list[str]:
+    """The attributes of a peft layer keyed by adapter name: its declared ones and any other dict."""
+    attrs = [a for a in (*module.adapter_layer_names, *module.other_param_names) if getattr(module, a, None) is not None]
+    attrs += [
+        a for a, t in vars(module).items()
+        if not a.startswith("_") and a not in attrs and isinstance(t, dict) and name in t
+    ]
+    return attrs
 
 
 @contextmanager
@@ -353,13 +361,16 @@ def _set_active(live: LivePipeline, active: ActiveSet) -> None:
         isinstance(v, (int, float)) or (isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()))
         for v in values
     )
-    if active.names and flat and live.live_active is not None and live.live_active.names == active.names:
-        # Only the numbers change: the per-layer part of diffusers' set_adapters (peft's set_scale on
-        # each tuner layer), without re-walking every module. Components a dict leaves out get 1.0,
-        # as in diffusers.
-        with _op(live, "set_adapters", "scales " + ",".join(active.names)):
+    if active.names and flat:
+        # Plain numbers (no block-wise dicts): the per-layer part of diffusers' set_adapters, which
+        # hands every component all names and calls peft's set_adapter + set_scale on each tuner
+        # layer, without re-walking every module. Components a dict leaves out get 1.0, as in diffusers.
+        same_names = live.live_active is not None and live.live_active.names == active.names
+        with _op(live, "set_adapters", ("scales " if same_names else "") + ",".join(active.names)):
             for comp in live.components:
                 for _, module in _layers(live, comp):
+                    if not same_names:
+                        module.set_adapter(list(active.names))
                     for name, value in zip(active.names, values):
                         module.set_scale(name, value.get(comp, 1.0) if isinstance(value, dict) else value)
     elif active.names:

@@ -258,16 +258,19 @@ def test_exception_in_the_middle_rolls_back(loaded, monkeypatch, where):
         monkeypatch.setattr(lp.StableDiffusionLoraLoaderMixin, "load_lora_into_text_encoder", classmethod(fail_once))
         target = st.add_adapter(h, engine.lora_spec(h, "sd_b.safetensors", 1.0, "b"))
     else:
-        pipe_cls = type(engine.live(h.source).pipe)
-        original = pipe_cls.set_adapters
+        # activation is peft's set_adapter + set_scale on each tuner layer (diffusers' set_adapters
+        # does the same per layer): fail after some layers were switched to the new set
+        from peft.tuners.lora.layer import LoraLayer
 
-        def set_adapters(self, *a, **k):
+        original = LoraLayer.set_scale
+
+        def set_scale(self, *a, **k):
             calls["n"] += 1
-            if calls["n"] == 1:
+            if calls["n"] == 5:
                 raise Injected("boom")
             return original(self, *a, **k)
 
-        monkeypatch.setattr(pipe_cls, "set_adapters", set_adapters)
+        monkeypatch.setattr(LoraLayer, "set_scale", set_scale)
         target = st.add_adapter(h, engine.lora_spec(h, "sd_b.safetensors", 1.0, "b"))
     with pytest.raises((Injected, LoraOperationError)) as err:
         engine.realize(target)
