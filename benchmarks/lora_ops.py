@@ -254,9 +254,43 @@ class Bench:
         self.copy_floor = statistics.median(timed(copy_all, self.device)[0] for _ in range(3))
         self.addmm_floor = statistics.median(timed(addmm_all, self.device)[0] for _ in range(3))
         copy_all()
+        self.inject_floor = self._inject_floor()
         n = sum(w.numel() for w in self.touched)
         print(f"floors: copy touched weights {self.copy_floor:.1f} ms, addmm_ {self.addmm_floor:.1f} ms "
-              f"({n / 1e6:.1f} M touched elements)", flush=True)
+              f"({n / 1e6:.1f} M touched elements); peft building the layers {self.inject_floor:.1f} ms",
+              flush=True)
+
+    def _inject_floor(self) -> float:
+        """peft's `inject_adapter_in_model` alone: building empty LoRA layers on the touched modules of
+        the UNet and the text encoder (no weights loaded), as any peft-based first attach must."""
+        from diffusers.utils.peft_utils import recurse_remove_peft_layers
+        from peft import LoraConfig, inject_adapter_in_model
+
+        targets = {}
+        for comp in ("unet", "text_encoder"):
+            model = getattr(self.raw, comp)
+            targets[comp] = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                             and n.endswith(("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj",
+                                             "out_proj"))]
+
+        def inject():
+            for comp, names in targets.items():
+                config = LoraConfig(r=self.args.rank, lora_alpha=self.args.rank, target_modules=names)
+                inject_adapter_in_model(config, getattr(self.raw, comp), adapter_name="floor",
+                                        low_cpu_mem_usage=True)
+
+        def remove():
+            for comp in targets:
+                model = getattr(self.raw, comp)
+                recurse_remove_peft_layers(model)
+                if hasattr(model, "peft_config"):
+                    del model.peft_config
+
+        times = []
+        for _ in range(3):
+            times.append(timed(inject, self.device)[0])
+            remove()
+        return statistics.median(times)
 
     # --- the rows -------------------------------------------------------------------------------
 
@@ -275,13 +309,14 @@ class Bench:
                  self.raw_reset, lambda: self.raw_load("diffusers_0", "a"))
         self.row("attach LoRA, warm (file read once, never on this pipeline)", self.unpark,
                  lambda: self.engine.realize(a), self.raw_reset, lambda: self.raw_load("diffusers_0", "a"),
-                 note="a first attach: peft injects the layers")
+                 note="a first attach: peft injects the layers; floor: peft building the layers alone",
+                 floor=self.inject_floor)
         self.row("attach LoRA again (parked by an earlier state)", self.ours_reset, lambda: self.engine.realize(a),
                  self.raw_reset, lambda: self.raw_load("diffusers_0", "a"), floor=self.copy_floor,
                  note="the adapter stayed loaded, inactive: one set_adapters")
         k = st.add_adapter(self.base, self.spec("kohya_0", "k"))
         self.row("attach LoRA, warm (kohya format, first attach)", self.unpark, lambda: self.engine.realize(k),
-                 self.raw_reset, lambda: self.raw_load("kohya_0", "k"))
+                 self.raw_reset, lambda: self.raw_load("kohya_0", "k"), floor=self.inject_floor)
 
         # weights, unfused
         w1, w2 = st.set_weights(a, "a", "0.6"), st.set_weights(a, "a", "0.9")
@@ -382,7 +417,7 @@ class Bench:
             self.raw.set_adapters([f"s{i}" for i in range(5)], [1.0] * 5)
 
         self.row("stack of 5 LoRAs (first attach + activate)", self.unpark, lambda: self.engine.realize(stack),
-                 self.raw_reset, raw_stack)
+                 self.raw_reset, raw_stack, floor=5 * self.inject_floor)
 
         self.engine.realize(stack)
         self.row("realize() with nothing to do", lambda: None, lambda: self.engine.realize(stack),
@@ -542,6 +577,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "rank": args.rank, "date": time.strftime("%Y-%m-%d"),
                                "copy_floor_ms": bench.copy_floor, "addmm_floor_ms": bench.addmm_floor,
+                               "peft_inject_floor_ms": bench.inject_floor,
                                "exact_after_all_rows": bench.exact, "rows": bench.rows}, indent=2))
     return 0
 

@@ -343,16 +343,30 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
         )
     # Two tries: if the file changes while we read it, the second read sees the finished file.
     for _attempt in range(2):
-        key, sha, addnet = _hashes(path)
+        key = _stat_key(path)
         with _CACHE.lock:
-            cached = _CACHE.get(sha)
+            known = _CACHE.by_stat.get(key)
+        if known is not None:  # hashed before: the content cache may have it parsed already
+            sha, addnet = known
+            cached = _cached_content(sha, path)
             if cached is not None:
-                _CACHE.stats["hits"] += 1
-                if cached.path == str(path):
-                    return cached
-                # Same content under another name: share the parsed tensors, report this path.
-                return dataclasses.replace(cached, path=str(path))
-        tensors, metadata = _load(key[0], str(path))
+                return cached
+            tensors, metadata = _load(key[0], str(path))
+        else:
+            # New to us: hash in a thread while this one reads and checks the tensors (hashlib and
+            # torch release the GIL): hashing was half of a cold read. The same content under another
+            # name, found by its hash afterwards, still shares the first parse.
+            key_seen, lora = _hash_while_parsing(path, key)
+            if key_seen != key or _stat_key(path) != key:
+                logger.info("%s changed while it was read; reading it again", path)
+                continue
+            cached = _cached_content(lora.sha256, path)
+            if cached is not None:
+                return cached
+            with _CACHE.lock:
+                _CACHE.stats["parses"] += 1
+                kept = _CACHE.put(lora)
+            return kept if kept.path == lora.path else dataclasses.replace(kept, path=lora.path)
         if _stat_key(path) != key:
             logger.info("%s changed while it was read; reading it again", path)
             continue
@@ -362,6 +376,41 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
             kept = _CACHE.put(lora)
         return kept if kept.path == lora.path else dataclasses.replace(kept, path=lora.path)
     raise LoraFileError(f"{path}: the file keeps changing while it is read; try again when it is written")
+
+
+def _cached_content(sha: str, path: Path) -> LoraFile | None:
+    with _CACHE.lock:
+        cached = _CACHE.get(sha)
+        if cached is None:
+            return None
+        _CACHE.stats["hits"] += 1
+    if cached.path == str(path):
+        return cached
+    # Same content under another name: share the parsed tensors, report this path.
+    return dataclasses.replace(cached, path=str(path))
+
+
+def _hash_while_parsing(path: Path, key: tuple[str, int, int]) -> tuple[tuple[str, int, int], LoraFile]:
+    """(the stat key hashed, the LoraFile): `_hashes` in a thread, `_load` + `_build` in this one."""
+    out: dict[str, Any] = {}
+
+    def hash_it():
+        try:
+            out["hashes"] = _hashes(path)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = e
+
+    worker = threading.Thread(target=hash_it, name="loragraph-hash", daemon=True)
+    worker.start()
+    try:
+        tensors, metadata = _load(key[0], str(path))
+        lora = _build(str(path), "", None, key[1], tensors, metadata)
+    finally:
+        worker.join()  # an error reading the tensors wins: it says more about the file
+    if "error" in out:
+        raise out["error"]
+    key_seen, sha, addnet = out["hashes"]
+    return key_seen, dataclasses.replace(lora, sha256=sha, addnet_hash=addnet)
 
 
 # --------------------------------------------------------------------------------------------------
