@@ -378,8 +378,33 @@ class Bench:
             self.unpark()
             self.engine.realize(a)
 
-        self.row("switch LoRA A -> B (B never attached)", only_a, lambda: self.engine.realize(b),
-                 raw_only_a, raw_switch, note="diffusers: delete_adapters + load_lora_weights")
+        def only_a_first_swap():
+            only_a()
+            self.live.swap_inputs.clear()  # B's file never swapped on this pipeline either
+
+        self.row("switch LoRA A -> B (B never attached, its file never swapped)", only_a_first_swap,
+                 lambda: self.engine.realize(b), raw_only_a, raw_switch,
+                 note="ours: hotswap into A's UNet and text-encoder layers through diffusers' loader; "
+                      "diffusers: delete_adapters + load_lora_weights")
+        self.row("switch LoRA A -> B (B never attached; its file swapped before)", only_a,
+                 lambda: self.engine.realize(b), raw_only_a, raw_switch,
+                 note="ours: peft's hotswap with the inputs diffusers built for that file the first time")
+
+        def a_swapped_out():
+            only_a()
+            self.engine.realize(b)  # B takes A's layers
+
+        def raw_only_b():
+            self.raw_reset()
+            self.raw_load("diffusers_1", "b")
+
+        def raw_switch_back():
+            self.raw.delete_adapters(["b"])
+            self.raw_load("diffusers_0", "a")
+
+        self.row("switch back B -> A (A was overwritten by that hotswap)", a_swapped_out,
+                 lambda: self.engine.realize(a), raw_only_b, raw_switch_back,
+                 note="ours: A is loaded, not swapped, so both stay attached")
         self.row("switch LoRA B -> A -> B (both attached before)", lambda: self.engine.realize(a),
                  lambda: self.engine.realize(b), raw_only_a, raw_switch, note="A and B stay parked")
 
@@ -402,8 +427,6 @@ class Bench:
         self.row("switch LoRA A -> B, UNet-only, same layers (B never attached)", only_ua,
                  lambda: self.engine.realize(ub), raw_only_ua, raw_switch_u,
                  note="ours: hotswap into A's layers; diffusers: delete_adapters + load_lora_weights")
-        self.row("switch back B -> A, UNet-only (A was swapped out)", lambda: self.engine.realize(ub),
-                 lambda: self.engine.realize(ua), raw_only_ua, raw_switch_u, note="ours: hotswap again")
         self.ours_reset()
 
         # stack of 5

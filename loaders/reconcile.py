@@ -19,9 +19,11 @@ from the copies, every LoRA layer unloaded, the previous state replayed. The cal
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +66,10 @@ class LivePipeline:
     layer_cache: dict[str, list] = field(default_factory=dict)
     # (file sha256, path) -> where its keys land on this pipeline (shapes only: adapters don't change it)
     coverage_cache: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # sha256 of the files whose adapters a hotswap overwrote, most recent last (see _load_adapter)
+    swapped_out: dict[str, None] = field(default_factory=dict)
+    # (file sha256, path) -> {component: (state dict, LoraConfig)} diffusers handed peft's hotswap
+    swap_inputs: OrderedDict = field(default_factory=OrderedDict)
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -112,8 +118,12 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: lis
     """`load_lora_weights` from the cached, already-parsed file, after checking where its keys land.
 
     `slots`: parked adapters this one may take the place of. When one has the same layers and ranks,
-    the file is hot-swapped into it (diffusers' `hotswap=True`: copying weights instead of peft
-    building layers) and the slot is renamed; the slot leaves `slots` and the parking.
+    the file is hot-swapped into it (peft's hotswap: copying weights instead of peft building
+    layers) and the slot is renamed; the slot leaves `slots` and the parking.
+
+    A file whose adapter a hotswap overwrote is not hot-swapped when it comes back, but loaded: a
+    switch back means the two are used in turn (A/B comparisons, two branches of one graph), and
+    with both loaded every later switch is one set_adapters (~5 ms) instead of a swap (~60 ms).
     """
     from . import lora_file
 
@@ -142,7 +152,7 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: lis
         logger.warning(msg)
 
     pipe = live.pipe
-    slot = _hotswap_slot(live, cov, slots or [])
+    slot = None if lf.sha256 in live.swapped_out else _hotswap_slot(live, cov, slots or [])
     try:
         if slot is not None:
             _hotswap(live, lf, slot, spec.name, tuple(cov.layout))
@@ -155,6 +165,7 @@ def _load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: lis
         raise LoraOperationError(f"diffusers could not load {lf.name}: {e}", "lora_name", spec.origin) from e
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):
         raise LoraOperationError("diffusers loaded no layer from this file", "lora_name", spec.origin)
+    live.swapped_out.pop(lf.sha256, None)
 
 
 # --- hotswap ---------------------------------------------------------------------------------------
@@ -205,26 +216,74 @@ _SWAP_NAME = "loragraph_hotswap_slot_5f1c"
 def _hotswap(live: LivePipeline, lf, slot: str, name: str, comps) -> None:
     """Load `lf` into the layers of parked adapter `slot` (peft's hotswap), then call it `name`.
 
-    Through diffusers' own loader, so its key conversion and LoraConfig are the ones a load would
-    use: the denoiser with `hotswap=True` (diffusers calls peft's `hotswap_adapter_from_state_dict`);
-    the text encoders, which diffusers refuses to hot-swap, with `hotswap=False` but their
-    `load_adapter` (transformers' inject + load) replaced, for this call, by the same peft function
-    on the same converted state dict. The slot is renamed to `_SWAP_NAME` for the swap (see there).
-    peft's hotswap updates each layer's `scaling` but not `lora_alpha`, from which `set_adapters`
-    recomputes it, nor the adapter's config, from which SaveLoRA reads alphas: both are set here
-    from the config diffusers built for the file.
+    The first swap of a file goes through diffusers' own loader, so its key conversion and
+    LoraConfig are the ones a load would use: the denoiser with `hotswap=True` (diffusers calls
+    peft's `hotswap_adapter_from_state_dict`); the text encoders, which diffusers refuses to
+    hot-swap, with `hotswap=False` but their `load_adapter` (transformers' inject + load) replaced,
+    for this call, by the same peft function on the same converted state dict. What diffusers hands
+    peft is kept per file (`swap_inputs`), so a later swap of the same file calls peft directly with
+    it, skipping diffusers' conversions and its per-load walks over every module (~15 ms at SD1.5
+    size). The slot is renamed to `_SWAP_NAME` for the swap (see there). peft's hotswap updates
+    each layer's `scaling` but not `lora_alpha`, from which `set_adapters` recomputes it, nor the
+    adapter's config, from which SaveLoRA reads alphas: both are set here from diffusers' config.
     """
+    import peft.utils.hotswap as peft_hotswap
+
+
+    pipe = live.pipe
+    key = (lf.sha256, lf.path)
+    inputs = live.swap_inputs.get(key)
+    _rename_adapter(live, slot, _SWAP_NAME, comps)
+    if inputs is not None and set(inputs) == set(comps):
+        live.swap_inputs.move_to_end(key)
+        with _op(live, "hotswap", f"{name} into {slot} (peft, diffusers' inputs kept)"):
+            for comp in comps:
+                model, (state_dict, config) = getattr(pipe, comp), inputs[comp]
+                peft_hotswap.check_hotswap_configs_compatible(model.peft_config[_SWAP_NAME], config)
+                peft_hotswap.hotswap_adapter_from_state_dict(
+                    model=model, state_dict=state_dict, adapter_name=_SWAP_NAME, config=config
+                )
+    else:
+        inputs = _hotswap_through_diffusers(live, lf, comps, f"{name} into {slot}")
+        live.swap_inputs[key] = inputs
+        while len(live.swap_inputs) > _SWAP_INPUTS_KEPT:
+            live.swap_inputs.popitem(last=False)
+    captured = {c: inputs[c][1] for c in comps}
+    for comp in comps:
+        for _, module in _layers(live, comp):
+            if _SWAP_NAME in getattr(module, "scaling", {}):  # scaling = the file's alpha / r now
+                module.lora_alpha[_SWAP_NAME] = module.scaling[_SWAP_NAME] * module.r[_SWAP_NAME]
+        getattr(pipe, comp).peft_config[_SWAP_NAME] = copy.deepcopy(captured[comp])  # the kept one stays as built
+    _rename_adapter(live, _SWAP_NAME, name, comps)
+    gone = live.parked.pop(slot, None)
+    live.live_devices.pop(slot, None)
+    if gone is not None:
+        live.swapped_out[gone.sha256] = None
+        while len(live.swapped_out) > _SWAPPED_OUT_KEPT:
+            live.swapped_out.pop(next(iter(live.swapped_out)))
+
+
+# How many overwritten files are remembered: more than a graph switches between, a few bytes each.
+_SWAPPED_OUT_KEPT = 256
+# Files whose swap inputs are kept per pipeline: their tensors are mostly the parsed file's own
+# (conversions rename keys), so a few cost little; kohya files' rescaled ones cost one LoRA each.
+_SWAP_INPUTS_KEPT = 8
+
+
+def _hotswap_through_diffusers(live: LivePipeline, lf, comps, detail: str) -> dict[str, tuple[dict, Any]]:
+    """Hot-swap `lf` into adapter `_SWAP_NAME` through diffusers' loader (see `_hotswap`); returns
+    {component: (state dict, LoraConfig)} as diffusers handed them to peft."""
     import peft.utils.hotswap as peft_hotswap
 
     from . import lora_file
 
     pipe = live.pipe
     models = {id(getattr(pipe, c)): c for c in comps}
-    captured: dict[str, Any] = {}
+    captured: dict[str, tuple[dict, Any]] = {}
     original = peft_hotswap.hotswap_adapter_from_state_dict
 
     def recording(model, state_dict, adapter_name, config, **kwargs):
-        captured[models[id(model)]] = config
+        captured[models[id(model)]] = (state_dict, config)
         return original(model=model, state_dict=state_dict, adapter_name=adapter_name, config=config, **kwargs)
 
     def te_swapper(te):
@@ -245,12 +304,11 @@ def _hotswap(live: LivePipeline, lf, slot: str, name: str, comps) -> None:
         finally:
             del te.load_adapter
 
-    _rename_adapter(live, slot, _SWAP_NAME, comps)
     peft_hotswap.hotswap_adapter_from_state_dict = recording  # diffusers imports it at call time
     if te_loader is not None:
         pipe.load_lora_into_text_encoder = load_te
     try:
-        with _op(live, "hotswap", f"{name} into {slot}"), _quiet_loading():
+        with _op(live, "hotswap", detail), _quiet_loading():
             lora_file.load_lora_file(pipe, lf, _SWAP_NAME, hotswap=True)
     finally:
         peft_hotswap.hotswap_adapter_from_state_dict = original
@@ -258,14 +316,7 @@ def _hotswap(live: LivePipeline, lf, slot: str, name: str, comps) -> None:
             del pipe.load_lora_into_text_encoder
     if set(captured) != set(comps):
         raise RuntimeError(f"diffusers hot-swapped {sorted(captured)}, not {sorted(comps)}")
-    for comp in comps:
-        for _, module in _layers(live, comp):
-            if _SWAP_NAME in getattr(module, "scaling", {}):  # scaling = the file's alpha / r now
-                module.lora_alpha[_SWAP_NAME] = module.scaling[_SWAP_NAME] * module.r[_SWAP_NAME]
-        getattr(pipe, comp).peft_config[_SWAP_NAME] = captured[comp]
-    _rename_adapter(live, _SWAP_NAME, name, comps)
-    live.parked.pop(slot, None)
-    live.live_devices.pop(slot, None)
+    return captured
 
 
 def _with_adapter_name(state_dict: dict, adapter_name: str) -> dict:
@@ -664,6 +715,7 @@ def _reset(live: LivePipeline) -> None:
     live.live_devices = {}
     live.parked = {}
     live.layer_cache.clear()
+    live.swapped_out.clear()
 
 
 def realize(live: LivePipeline, target: AdapterState, lora_reader) -> list[str]:

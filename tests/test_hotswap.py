@@ -61,8 +61,15 @@ def test_a_switch_between_same_shaped_unet_loras_hot_swaps_and_gives_the_loaded_
     live = engine.live(base.source)
     assert live.pipe.get_list_adapters() == {"unet": ["sd_u2"]} and not live.parked
 
-    back, ops = ops_for(engine, base, lambda: sample(engine, h1))  # and back: swapped again
-    assert "hotswap" in ops and max_diff(back, first) <= TOL
+    # and back: sd_u1 was overwritten by the swap, so it is loaded (not swapped) and both stay
+    # attached; from then on a switch either way is one set_adapters
+    back, ops = ops_for(engine, base, lambda: sample(engine, h1))
+    assert "load_lora_weights" in ops and "hotswap" not in ops and max_diff(back, first) <= TOL
+    assert sorted(live.pipe.get_list_adapters()["unet"]) == ["sd_u1", "sd_u2"]
+    again, ops = ops_for(engine, base, lambda: sample(engine, h2))
+    assert ops == ["set_adapters"] and max_diff(again, image) <= TOL
+    _, ops = ops_for(engine, base, lambda: sample(engine, h1))
+    assert ops == ["set_adapters"]
     info = engine.info(h1)
     assert list(info["adapters"]) == ["sd_u1"]
 
@@ -120,7 +127,7 @@ def test_save_lora_after_a_swap_writes_the_new_adapter_with_its_alpha(engine, co
     [("sd", "sd_a.safetensors", "sd_b.safetensors"), ("sdxl", "xl_a.safetensors", "xl_k.safetensors")],
 )
 def test_a_switch_between_loras_with_text_encoder_layers_hot_swaps_every_component(engine, configured, tmp_path,
-                                                                                   kind, first, second):
+                                                                                   monkeypatch, kind, first, second):
     from peft.utils import get_peft_model_state_dict
 
     base = engine.load_pipeline("builtin:tiny-sd" if kind == "sd" else "builtin:tiny-sdxl")
@@ -154,6 +161,20 @@ def test_a_switch_between_loras_with_text_encoder_layers_hot_swaps_every_compone
     again.load_lora_weights(str(out.parent), weight_name=out.name, adapter_name="saved")
     again.set_adapters(["saved"], [0.7])
     assert max_diff(render(again), image) <= TOL
+
+    # The same swap again: peft directly, with the state dicts and configs diffusers built the first time.
+    monkeypatch.setenv("LORAGRAPH_PARKED_BYTES", "0")
+    sample(engine, base)  # nothing parked any more
+    monkeypatch.delenv("LORAGRAPH_PARKED_BYTES")
+    sample(engine, h1)
+    key = next(iter(live.swap_inputs))
+    swapped, ops = ops_for(engine, base, lambda: sample(engine, h2))
+    assert "hotswap" in ops and "load_lora_weights" not in ops and list(live.swap_inputs) == [key]
+    assert max_diff(swapped, image) <= TOL
+    for comp in raw.get_list_adapters():
+        ours, theirs = (get_peft_model_state_dict(getattr(p, comp), adapter_name="two") for p in (live.pipe, raw))
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), comp
+        assert getattr(live.pipe, comp).peft_config["two"].alpha_pattern == getattr(raw, comp).peft_config["two"].alpha_pattern
 
 
 @pytest.mark.parametrize("other", ["sd_a.safetensors", "sd_c.safetensors"])
