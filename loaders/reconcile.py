@@ -553,9 +553,11 @@ def _fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
                     down = module.lora_A[a].weight.to(weight.dtype)
                     alpha = module.scaling[a] * op.lora_scale
                     if new is None:
-                        new = torch.addmm(weight, up, down, alpha=alpha)
+                        with torch.no_grad():  # peft's active adapters require grad: no graph to keep
+                            new = torch.addmm(weight, up, down, alpha=alpha)
                     else:
-                        new.addmm_(up, down, alpha=alpha)
+                        with torch.no_grad():
+                            new.addmm_(up, down, alpha=alpha)
                 if op.safe_fusing and not torch.isfinite(new).all():
                     raise LoraOperationError(
                         f"safe_fusing found NaN/inf in {comp}.{name} after merging {', '.join(todo)}: the "
