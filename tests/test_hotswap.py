@@ -245,3 +245,25 @@ def test_branches_stay_independent_across_swaps(models_dir):
 
     check()
     assert swaps, "no example swapped: the property did not exercise the hotswap path"
+
+
+def test_offloading_is_checked_once_per_load_and_diffusers_is_left_as_it_was(engine, monkeypatch):
+    """diffusers checks for offloading hooks per component loaded (a walk over every module); within
+    one load a check that found none is reused (lora_file._offloading_checked_once)."""
+    import diffusers.loaders.peft as dpeft
+    import diffusers.loaders.unet as dunet
+    from diffusers.loaders import lora_base
+
+    real = lora_base._func_optionally_disable_offloading
+    calls = []
+
+    def counting(_pipeline):
+        calls.append(1)
+        return real(_pipeline)
+
+    for module in (lora_base, dpeft, dunet):
+        monkeypatch.setattr(module, "_func_optionally_disable_offloading", counting)
+    base = engine.load_pipeline("builtin:tiny-sd")
+    sample(engine, load(engine, base, "sd_a.safetensors"))  # UNet and text encoder: two checks in diffusers
+    assert len(calls) == 1
+    assert all(m._func_optionally_disable_offloading is counting for m in (lora_base, dpeft, dunet))
