@@ -281,26 +281,43 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
 def _hash_file(path: str, safetensors_file: bool) -> tuple[str, str | None]:
     """sha256 of the whole file and, for safetensors, of the tensor data after the header.
 
-    One pass: the second hash is what kohya-ss and A1111 call the "addnet" hash.
+    The second hash is what kohya-ss and A1111 call the "addnet" hash. The two run in two threads,
+    each reading the file (hashlib releases the GIL): one sha256 stream is ~0.8 GB/s on a core here,
+    so a 140 MB rank-128 LoRA took 350 ms hashed one after the other.
     """
-    full = hashlib.sha256()
-    data = hashlib.sha256() if safetensors_file else None
+
+    def sha_from(offset: int) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+
     try:
         with open(path, "rb") as f:
             head = f.read(8)
-            full.update(head)
-            skip = int.from_bytes(head, "little") if len(head) == 8 and data is not None else None
-            while chunk := f.read(_CHUNK):
-                full.update(chunk)
-                if skip is not None and data is not None:
-                    if skip >= len(chunk):
-                        skip -= len(chunk)
-                        continue
-                    data.update(chunk[skip:])
-                    skip = 0
+        if not safetensors_file or len(head) < 8:
+            return sha_from(0), None
+        out: dict[str, Any] = {}
+
+        def full():
+            try:
+                out["full"] = sha_from(0)
+            except OSError as e:
+                out["error"] = e
+
+        worker = threading.Thread(target=full, name="loragraph-sha256", daemon=True)
+        worker.start()
+        try:
+            data = sha_from(8 + int.from_bytes(head, "little"))
+        finally:
+            worker.join()
+        if "error" in out:
+            raise out["error"]
+        return out["full"], data
     except OSError as e:
         raise LoraFileError(f"{path}: cannot read the LoRA file ({e.strerror or e})") from e
-    return full.hexdigest(), (data.hexdigest() if data is not None and len(head) == 8 else None)
 
 
 def _hashes(path: str | os.PathLike) -> tuple[tuple[str, int, int], str, str | None]:
