@@ -26,7 +26,8 @@ MODEL = "tiny-sd3"
 @pytest.fixture(scope="module")
 def sd3_models(tmp_path_factory):
     """DIR/diffusers/tiny-sd3 (no T5), and LoRAs: a (transformer + both CLIPs, diffusers form),
-    b (transformer only, alpha 16 at rank 8), p (a bare PEFT file for the transformer)."""
+    b (transformer only, alpha 16 at rank 8), p (a bare PEFT file for the transformer), a2 (a's
+    layers, alpha 8)."""
     root = tmp_path_factory.mktemp("sd3-models")
     pipe = build_tiny_sd3()
     pipe.save_pretrained(root / "diffusers" / MODEL)
@@ -38,6 +39,9 @@ def sd3_models(tmp_path_factory):
     write_lora_file(loras / "sd3_b.safetensors", fmt="diffusers", rank=8, alpha=16, seed=32, pipe=pipe,
                     components=("transformer",), scale=1.5)
     write_lora_file(loras / "sd3_p.safetensors", fmt="peft", rank=4, seed=33, pipe=pipe, scale=1.5)
+    # a's layers and ranks, other weights and alpha: a switch a -> a2 hot-swaps all three components
+    write_lora_file(loras / "sd3_a2.safetensors", fmt="diffusers", rank=4, alpha=8, seed=34, pipe=pipe,
+                    components=comps, scale=1.5)
     return root
 
 
@@ -120,6 +124,25 @@ def test_weights_fuse_unfuse_match_diffusers_and_unfuse_is_bit_exact(engine, sd3
         now = weights(getattr(live, component))
         assert now.keys() == original.keys()
         assert all(torch.equal(now[k], original[k]) for k in original), component
+
+
+def test_a_switch_between_same_shaped_loras_hot_swaps_the_transformer_and_both_text_encoders(engine, sd3_models):
+    from peft.utils import get_peft_model_state_dict
+
+    h0 = engine.load_pipeline(MODEL)
+    live = engine.live(h0.source)
+    sample(engine, load(engine, h0, "sd3_a.safetensors", 0.9, "x"))
+    live.ops.clear()
+    image = sample(engine, load(engine, h0, "sd3_a2.safetensors", 0.9, "y"))
+    assert "hotswap" in live.ops and "load_lora_weights" not in live.ops
+    raw = build_tiny_sd3()
+    raw_load(raw, sd3_models, "sd3_a2.safetensors", "y")
+    raw.set_adapters(["y"], [0.9])
+    assert max_diff(image, render(raw)) <= TOL
+    for comp in ("transformer", "text_encoder", "text_encoder_2"):
+        ours, theirs = (get_peft_model_state_dict(getattr(p, comp), adapter_name="y") for p in (live.pipe, raw))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), comp
+        assert getattr(live.pipe, comp).peft_config["y"].lora_alpha == getattr(raw, comp).peft_config["y"].lora_alpha
 
 
 def test_text_encoder_switch_matches_diffusers(engine, sd3_models):
