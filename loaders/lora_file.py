@@ -835,7 +835,7 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool =
     # A hotswap copies into the existing adapter's tensors (never adopts ours): no clone needed.
     state_dict, metadata = pipeline_state_dict(pipe, lora, copy=not hotswap)
     kwargs = {"hotswap": True} if hotswap else {}  # into the existing adapter `adapter_name`'s layers
-    with _offloading_checked_once():
+    with DIFFUSERS_PATCH_LOCK, _offloading_checked_once():
         if metadata is None:
             pipe.load_lora_weights(state_dict, adapter_name=adapter_name, **kwargs)
             return
@@ -853,6 +853,10 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool =
         finally:
             del pipe.lora_state_dict
 
+
+# Held while a diffusers/peft module global is swapped for one call (here and in reconcile), so two
+# engines loading in two threads cannot interleave their swaps and leave a stale one in place.
+DIFFUSERS_PATCH_LOCK = threading.RLock()
 
 # The diffusers modules that look up `_func_optionally_disable_offloading` as a global.
 _OFFLOAD_CHECKERS = ("diffusers.loaders.lora_base", "diffusers.loaders.peft", "diffusers.loaders.unet")

@@ -280,7 +280,6 @@ def _hotswap_through_diffusers(live: LivePipeline, lf, comps, detail: str) -> di
     pipe = live.pipe
     models = {id(getattr(pipe, c)): c for c in comps}
     captured: dict[str, tuple[dict, Any]] = {}
-    original = peft_hotswap.hotswap_adapter_from_state_dict
 
     def recording(model, state_dict, adapter_name, config, **kwargs):
         captured[models[id(model)]] = (state_dict, config)
@@ -304,16 +303,18 @@ def _hotswap_through_diffusers(live: LivePipeline, lf, comps, detail: str) -> di
         finally:
             del te.load_adapter
 
-    peft_hotswap.hotswap_adapter_from_state_dict = recording  # diffusers imports it at call time
-    if te_loader is not None:
-        pipe.load_lora_into_text_encoder = load_te
-    try:
-        with _op(live, "hotswap", detail), _quiet_loading():
-            lora_file.load_lora_file(pipe, lf, _SWAP_NAME, hotswap=True)
-    finally:
-        peft_hotswap.hotswap_adapter_from_state_dict = original
+    with lora_file.DIFFUSERS_PATCH_LOCK:
+        original = peft_hotswap.hotswap_adapter_from_state_dict  # what `recording` calls
+        peft_hotswap.hotswap_adapter_from_state_dict = recording  # diffusers imports it at call time
         if te_loader is not None:
-            del pipe.load_lora_into_text_encoder
+            pipe.load_lora_into_text_encoder = load_te
+        try:
+            with _op(live, "hotswap", detail), _quiet_loading():
+                lora_file.load_lora_file(pipe, lf, _SWAP_NAME, hotswap=True)
+        finally:
+            peft_hotswap.hotswap_adapter_from_state_dict = original
+            if te_loader is not None:
+                del pipe.load_lora_into_text_encoder
     if set(captured) != set(comps):
         raise RuntimeError(f"diffusers hot-swapped {sorted(captured)}, not {sorted(comps)}")
     return captured
