@@ -516,3 +516,22 @@ def test_kohya_refuses_what_it_cannot_express():
         kohya.peft_to_kohya({"transformer": {"a.lora_A.weight": torch.zeros(1, 1)}}, {})
     with pytest.raises(ValueError, match="no kohya equivalent"):
         kohya.peft_to_kohya({"unet": {"a.lora_magnitude_vector": torch.zeros(1)}}, {})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_the_one_pass_finiteness_check_agrees_with_isfinite(dtype):
+    from loragraph.loaders.lora_file import _all_finite
+
+    big = torch.finfo(dtype).max
+    cases = [
+        torch.randn(257, dtype=dtype),
+        torch.full((1000,), big, dtype=dtype),  # finite, and their sum overflows any 16/32-bit float
+        torch.tensor([big, -big, big], dtype=dtype),
+        torch.tensor([1.0, float("nan"), 2.0], dtype=dtype),
+        torch.tensor([1.0, float("inf")], dtype=dtype),
+        torch.tensor([float("-inf"), 3.0], dtype=dtype),
+        torch.tensor([float("inf"), float("-inf")], dtype=dtype),  # inf - inf: NaN
+        torch.zeros(0, dtype=dtype),
+    ]
+    for t in cases:
+        assert _all_finite(t) == bool(torch.isfinite(t).all()), t
