@@ -229,7 +229,6 @@ def _hotswap(live: LivePipeline, lf, slot: str, name: str, comps) -> None:
     """
     import peft.utils.hotswap as peft_hotswap
 
-
     pipe = live.pipe
     key = (lf.sha256, lf.path)
     inputs = live.swap_inputs.get(key)
