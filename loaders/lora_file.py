@@ -299,23 +299,7 @@ def _hash_file(path: str, safetensors_file: bool) -> tuple[str, str | None]:
             head = f.read(8)
         if not safetensors_file or len(head) < 8:
             return sha_from(0), None
-        out: dict[str, Any] = {}
-
-        def full():
-            try:
-                out["full"] = sha_from(0)
-            except OSError as e:
-                out["error"] = e
-
-        worker = threading.Thread(target=full, name="loragraph-sha256", daemon=True)
-        worker.start()
-        try:
-            data = sha_from(8 + int.from_bytes(head, "little"))
-        finally:
-            worker.join()
-        if "error" in out:
-            raise out["error"]
-        return out["full"], data
+        return _beside(lambda: sha_from(0), lambda: sha_from(8 + int.from_bytes(head, "little")))
     except OSError as e:
         raise LoraFileError(f"{path}: cannot read the LoRA file ({e.strerror or e})") from e
 
@@ -364,30 +348,22 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
         with _CACHE.lock:
             known = _CACHE.by_stat.get(key)
         if known is not None:  # hashed before: the content cache may have it parsed already
-            sha, addnet = known
-            cached = _cached_content(sha, path)
+            cached = _cached_content(known[0], path)
             if cached is not None:
                 return cached
             tensors, metadata = _load(key[0], str(path))
+            key_seen, lora = key, _build(str(path), known[0], known[1], key[1], tensors, metadata)
         else:
             # New to us: hash in a thread while this one reads and checks the tensors (hashlib and
-            # torch release the GIL): hashing was half of a cold read. The same content under another
-            # name, found by its hash afterwards, still shares the first parse.
+            # torch release the GIL): hashing was half of a cold read.
             key_seen, lora = _hash_while_parsing(path, key)
-            if key_seen != key or _stat_key(path) != key:
-                logger.info("%s changed while it was read; reading it again", path)
-                continue
-            cached = _cached_content(lora.sha256, path)
-            if cached is not None:
-                return cached
-            with _CACHE.lock:
-                _CACHE.stats["parses"] += 1
-                kept = _CACHE.put(lora)
-            return kept if kept.path == lora.path else dataclasses.replace(kept, path=lora.path)
-        if _stat_key(path) != key:
+        if key_seen != key or _stat_key(path) != key:
             logger.info("%s changed while it was read; reading it again", path)
             continue
-        lora = _build(str(path), sha, addnet, key[1], tensors, metadata)
+        # The same content under another name, found by its hash only now, shares the first parse.
+        cached = _cached_content(lora.sha256, path) if known is None else None
+        if cached is not None:
+            return cached
         with _CACHE.lock:
             _CACHE.stats["parses"] += 1
             kept = _CACHE.put(lora)
@@ -409,25 +385,35 @@ def _cached_content(sha: str, path: Path) -> LoraFile | None:
 
 def _hash_while_parsing(path: Path, key: tuple[str, int, int]) -> tuple[tuple[str, int, int], LoraFile]:
     """(the stat key hashed, the LoraFile): `_hashes` in a thread, `_load` + `_build` in this one."""
+
+    def parse():
+        tensors, metadata = _load(key[0], str(path))
+        return _build(str(path), "", None, key[1], tensors, metadata)
+
+    (key_seen, sha, addnet), lora = _beside(lambda: _hashes(path), parse)
+    return key_seen, dataclasses.replace(lora, sha256=sha, addnet_hash=addnet)
+
+
+def _beside(background, foreground):
+    """(background(), foreground()): the first in a thread while the second runs here. An error in
+    the foreground wins (reading the tensors says more about a bad file than hashing it)."""
     out: dict[str, Any] = {}
 
-    def hash_it():
+    def run():
         try:
-            out["hashes"] = _hashes(path)
+            out["value"] = background()
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             out["error"] = e
 
-    worker = threading.Thread(target=hash_it, name="loragraph-hash", daemon=True)
+    worker = threading.Thread(target=run, name="loragraph-read", daemon=True)
     worker.start()
     try:
-        tensors, metadata = _load(key[0], str(path))
-        lora = _build(str(path), "", None, key[1], tensors, metadata)
+        value = foreground()
     finally:
-        worker.join()  # an error reading the tensors wins: it says more about the file
+        worker.join()
     if "error" in out:
         raise out["error"]
-    key_seen, sha, addnet = out["hashes"]
-    return key_seen, dataclasses.replace(lora, sha256=sha, addnet_hash=addnet)
+    return out["value"], value
 
 
 # --------------------------------------------------------------------------------------------------
