@@ -185,6 +185,14 @@ class Bench:
         p = self.files[key]
         self.raw.load_lora_weights(str(p.parent), weight_name=p.name, adapter_name=name)
 
+    def raw_only(self, key: str, name: str):
+        """Setup: the raw pipeline with only file `key` loaded as `name`."""
+        return lambda: (self.raw_reset(), self.raw_load(key, name))
+
+    def raw_switch(self, old: str, key: str, name: str):
+        """diffusers' switch: delete adapter `old`, load file `key` as `name`."""
+        return lambda: (self.raw.delete_adapters([old]), self.raw_load(key, name))
+
     def raw_reset(self):
         self.raw.unfuse_lora(components=["unet", "text_encoder"]) if self.raw.num_fused_loras else None
         self.raw.unload_lora_weights()
@@ -365,14 +373,7 @@ class Bench:
 
         # switch A -> B
         b = st.add_adapter(st.delete(a, "a"), self.spec("diffusers_1", "b"))
-
-        def raw_switch():
-            self.raw.delete_adapters(["a"])
-            self.raw_load("diffusers_1", "b")
-
-        def raw_only_a():
-            self.raw_reset()
-            self.raw_load("diffusers_0", "a")
+        raw_only_a, raw_switch = self.raw_only("diffusers_0", "a"), self.raw_switch("a", "diffusers_1", "b")
 
         def only_a():
             self.unpark()
@@ -394,16 +395,8 @@ class Bench:
             only_a()
             self.engine.realize(b)  # B takes A's layers
 
-        def raw_only_b():
-            self.raw_reset()
-            self.raw_load("diffusers_1", "b")
-
-        def raw_switch_back():
-            self.raw.delete_adapters(["b"])
-            self.raw_load("diffusers_0", "a")
-
         self.row("switch back B -> A (A was overwritten by that hotswap)", a_swapped_out,
-                 lambda: self.engine.realize(a), raw_only_b, raw_switch_back,
+                 lambda: self.engine.realize(a), self.raw_only("diffusers_1", "b"), self.raw_switch("b", "diffusers_0", "a"),
                  note="ours: A is loaded, not swapped, so both stay attached")
         self.row("switch LoRA B -> A -> B (both attached before)", lambda: self.engine.realize(a),
                  lambda: self.engine.realize(b), raw_only_a, raw_switch, note="A and B stay parked")
@@ -412,20 +405,13 @@ class Bench:
         ua = st.add_adapter(self.base, self.spec("unet_0", "ua"))
         ub = st.add_adapter(self.base, self.spec("unet_1", "ub"))
 
-        def raw_only_ua():
-            self.raw_reset()
-            self.raw_load("unet_0", "ua")
-
-        def raw_switch_u():
-            self.raw.delete_adapters(["ua"])
-            self.raw_load("unet_1", "ub")
-
         def only_ua():
             self.unpark()
             self.engine.realize(ua)
+            self.live.swap_inputs.clear()  # every repeat is the file's first swap
 
-        self.row("switch LoRA A -> B, UNet-only, same layers (B never attached)", only_ua,
-                 lambda: self.engine.realize(ub), raw_only_ua, raw_switch_u,
+        self.row("switch LoRA A -> B, UNet-only, same layers (B never attached, its file never swapped)", only_ua,
+                 lambda: self.engine.realize(ub), self.raw_only("unet_0", "ua"), self.raw_switch("ua", "unet_1", "ub"),
                  note="ours: hotswap into A's layers; diffusers: delete_adapters + load_lora_weights")
         self.ours_reset()
 
