@@ -247,12 +247,12 @@ def _hotswap(live: LivePipeline, lf, slot: str, name: str, comps) -> None:
         live.swap_inputs[key] = inputs
         while len(live.swap_inputs) > _SWAP_INPUTS_KEPT:
             live.swap_inputs.popitem(last=False)
-    captured = {c: inputs[c][1] for c in comps}
     for comp in comps:
         for _, module in _layers(live, comp):
             if _SWAP_NAME in getattr(module, "scaling", {}):  # scaling = the file's alpha / r now
                 module.lora_alpha[_SWAP_NAME] = module.scaling[_SWAP_NAME] * module.r[_SWAP_NAME]
-        getattr(pipe, comp).peft_config[_SWAP_NAME] = copy.deepcopy(captured[comp])  # the kept one stays as built
+        config = inputs[comp][1]
+        getattr(pipe, comp).peft_config[_SWAP_NAME] = copy.deepcopy(config)  # the kept one stays as built
     _rename_adapter(live, _SWAP_NAME, name, comps)
     gone = live.parked.pop(slot, None)
     live.live_devices.pop(slot, None)
