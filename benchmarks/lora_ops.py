@@ -2,12 +2,14 @@
 
     python -m benchmarks.lora_ops [--rank 32] [--repeats 5] [--threads 1] [--json out.json] [--sampling]
     python -m benchmarks.lora_ops --device cuda --dtype float16     # the GPU variant (adds --sampling)
+    bash benchmarks/gpu.sh fetch; bash benchmarks/gpu.sh run        # the same on a lent device machine
 
 An SD1.5-size UNet and CLIP-L-size text encoder with random weights are built in code (no
 download). LoRAs of the given rank target every attention projection of the UNet plus the text
 encoder, written in kohya and diffusers format. Each row runs loragraph's engine and the raw
 diffusers calls alternately (so machine noise hits both), on two identical pipelines, and reports
-the median. Not a test: it prints a markdown table and writes JSON.
+the median. Not a test: it prints a markdown table and writes JSON (after every row, with
+`"complete": false` until the run ends).
 
 `--sampling` (on by default with `--device cuda`) adds the sampling rows: ms per denoising step at
 SD1.5's 512x512 working size (64x64 latents; the bench's small VAE downsamples 2x, so the images are
@@ -157,6 +159,7 @@ class Bench:
         self.live = self.engine.live(source)
         print(f"setup {time.perf_counter() - t0:.1f} s; work dir {self.root}", flush=True)
         self.rows: list[dict] = []
+        self.copy_floor = self.addmm_floor = self.inject_floor = self.exact = None  # set as the run goes
         self.touched = self._touched_weights()
 
     # --- helpers --------------------------------------------------------------------------------
@@ -210,6 +213,23 @@ class Bench:
         finally:
             del os.environ["LORAGRAPH_PARKED_BYTES"]
 
+    def _add(self, row: dict) -> None:
+        self.rows.append(row)
+        print(_fmt_row(row), flush=True)
+        self.save(complete=False)  # a run cut off (a device lease's time limit) keeps its rows
+
+    def save(self, complete: bool) -> None:
+        if not self.args.json:
+            return
+        out = Path(self.args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "machine": machine(self.args), "rank": self.args.rank, "repeats": self.args.repeats,
+            "date": time.strftime("%Y-%m-%d"), "complete": complete,
+            "copy_floor_ms": self.copy_floor, "addmm_floor_ms": self.addmm_floor,
+            "peft_inject_floor_ms": self.inject_floor, "exact_after_all_rows": self.exact, "rows": self.rows,
+        }, indent=2))
+
     def row(self, name: str, ours_setup, ours_op, raw_setup, raw_op, note: str = "", floor: float | None = None,
             per: int = 1, note_fn=None):
         """Alternate: setup (untimed) then the op, ours then diffusers, `repeats` times; medians.
@@ -240,8 +260,7 @@ class Bench:
         row["ratio_to_floor"] = row["loragraph_ms"] / floor if floor else None
         if note_fn is not None:
             row["note"] = note_fn(row)
-        self.rows.append(row)
-        print(_fmt_row(row), flush=True)
+        self._add(row)
         return row
 
     # --- floors ---------------------------------------------------------------------------------
@@ -537,8 +556,7 @@ class Bench:
                "diffusers_ms": None, "loragraph_peak_mib": None, "diffusers_peak_mib": None, "floor_ms": None,
                "ratio_to_diffusers": None, "ratio_to_floor": None,
                "note": f"{len(res.executed)} executed, {len(res.cached)} cached"}
-        self.rows.append(row)
-        print(_fmt_row(row), flush=True)
+        self._add(row)
 
 
 def _f(x, fmt="{:.1f}"):
@@ -580,15 +598,20 @@ def main(argv=None) -> int:
     print("\n" + HEADER)
     for r in bench.rows:
         print(_fmt_row(r))
-    machine = f"{os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s), {args.device} {args.dtype}"
-    print(f"\n{machine}; rank {args.rank}; median of {args.repeats}; {time.strftime('%Y-%m-%d')}")
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "rank": args.rank, "date": time.strftime("%Y-%m-%d"),
-                               "copy_floor_ms": bench.copy_floor, "addmm_floor_ms": bench.addmm_floor,
-                               "peft_inject_floor_ms": bench.inject_floor,
-                               "exact_after_all_rows": bench.exact, "rows": bench.rows}, indent=2))
+    print(f"\n{machine(args)}; rank {args.rank}; median of {args.repeats}; {time.strftime('%Y-%m-%d')}")
+    bench.save(complete=True)
     return 0
+
+
+def machine(args) -> str:
+    import diffusers
+    import peft
+
+    where = f"{args.device} {args.dtype}"
+    if args.device == "cuda":
+        where = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}) {args.dtype}"
+    return (f"{os.cpu_count()} CPUs, {args.threads} torch thread(s), {where}; torch {torch.__version__}, "
+            f"diffusers {diffusers.__version__}, peft {peft.__version__}")
 
 
 if __name__ == "__main__":
