@@ -50,7 +50,6 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "diffusers"
     else
         set -- --dtype float16 "$@"
     fi
-    set -o pipefail
     python3 -m benchmarks.lora_ops --device "$device" --work /tmp/loragraph-bench \
         --json "$out/lora_ops_$device.json" "$@" 2>&1 | tee "$out/lora_ops_$device.log"
     ;;
