@@ -196,9 +196,12 @@ class Engine:
             for spec in state.adapters:
                 comps = [c for c, names in listed.items() if spec.name in names]
                 ranks, alphas = {}, {}
+                algorithm = _algorithm_of(spec)
                 for c in comps:
                     cfg = getattr(pipe, c).peft_config[spec.name]
-                    ranks[c], alphas[c] = cfg.r, cfg.lora_alpha
+                    ranks[c], alphas[c] = cfg.r, getattr(cfg, "lora_alpha", getattr(cfg, "alpha", None))
+                if algorithm != "lora":  # #15: one peft config per module group; the file has the numbers
+                    ranks, alphas = _file_ranks_alphas(spec, comps)
                 weight = active.get(spec.name)
                 adapters[spec.name] = {
                     "file": spec.path,
@@ -207,6 +210,7 @@ class Engine:
                     "components": comps,
                     "rank": ranks,
                     "alpha": alphas,
+                    "algorithm": algorithm,
                     "active": spec.name in active,
                     "weights": _per_component(weight, comps),
                     "fused": fused_names.get(spec.name, []),
@@ -245,6 +249,9 @@ class Engine:
             raise NodeInputError("adapter_name", f"no adapter named {adapter_name!r} is loaded (loaded: {loaded})")
         if fmt not in ("kohya", "diffusers"):
             raise NodeInputError("format", f"unknown format {fmt!r}")
+        spec = handle.state.adapter(adapter_name)
+        if lora_file.read_lora(spec.path).format == "lycoris":  # #15: LoHa/LoKr/DoRA/full: own family's keys
+            return _save_lycoris(self, handle, spec, path, fmt)
         with self.lock:
             live, _ = self.realize(handle)
             pipe = live.pipe
@@ -269,6 +276,73 @@ class Engine:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+
+# --- #15: LyCORIS adapters in LoRAInfo and SaveLoRA ------------------------------------------------
+
+
+def _algorithm_of(spec: AdapterSpec) -> str:
+    """The adapter's algorithm as its file says: lora, or loha/lokr/dora/full/locon/"mixed (...)"."""
+    try:
+        lf = lora_file.read_lora(spec.path)
+    except lora_file.LoraFileError:
+        return "lora"
+    if lf.format != "lycoris":
+        return "lora"
+    from .formats import lycoris
+
+    return lycoris.file_algorithm(lycoris.parse(lf.state_dict))
+
+
+def _file_ranks_alphas(spec: AdapterSpec, comps: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per component: the rank (the largest, as LoraConfig.r reports it) and the distinct alphas."""
+    lf = lora_file.read_lora(spec.path)
+    ranks: dict[str, Any] = {}
+    alphas: dict[str, Any] = {}
+    for c in comps:
+        mods = [m for m in lf.modules if m.component == c]
+        ranks[c] = max((m.rank for m in mods), default=0)
+        found = sorted({m.alpha for m in mods if m.alpha is not None})
+        alphas[c] = found[0] if len(found) == 1 else found
+    return ranks, alphas
+
+
+def _save_lycoris(engine: Engine, handle: PipelineHandle, spec: AdapterSpec, path: Path, fmt: str) -> Path:
+    """SaveLoRA for a LyCORIS adapter: its modules that landed, in their own family's kohya keys.
+
+    A loaded adapter's tensors are the file's (nothing here trains or rescales them; weights live in
+    peft's `scaling`), so the file's own module tensors are written, at strength 1, for the modules
+    that are on the pipeline. diffusers cannot load LoHa/LoKr/DoRA/full kohya modules, so
+    `format = diffusers` is refused for these adapters (SPEC: offered only where diffusers can load it).
+    """
+    from safetensors.torch import save_file
+
+    from .formats import lycoris
+
+    if fmt != "kohya":
+        raise NodeInputError(
+            "format",
+            f"{spec.name!r} is a {_algorithm_of(spec)} adapter (LyCORIS); diffusers cannot load it, so it can "
+            "only be saved as format = kohya",
+        )
+    with engine.lock:
+        live, _ = engine.realize(handle)
+        lf = lora_file.read_lora(spec.path)
+        modules = lycoris.parse(lf.state_dict)
+        placement = lycoris.place(live.pipe, modules)
+    keep = {m.name for items in placement.landed.values() for m, _ in items}
+    tensors = lycoris.kohya_tensors(modules, keep)
+    meta = {"format": "pt", "ss_network_module": "lycoris.kohya", "loragraph_algorithm": _algorithm_of(spec)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _per_component(weight: Any, comps: list[str]) -> dict[str, Any]:

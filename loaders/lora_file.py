@@ -30,7 +30,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-LoraFormat = Literal["diffusers", "peft", "diffusers-old", "kohya"]
+# "lycoris": kohya-style keys with LoHa/LoKr/DoRA/full/Tucker modules (loaders/formats/lycoris.py)
+LoraFormat = Literal["diffusers", "peft", "diffusers-old", "kohya", "lycoris"]
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
@@ -109,6 +110,7 @@ class LoraModule:
     alpha: float | None  # None: the file carries no alpha for it (diffusers then uses alpha = rank)
     down_shape: tuple[int, ...]
     up_shape: tuple[int, ...] | None
+    algorithm: str = "lora"  # lora | locon | dora | loha | lokr | full (LyCORIS files), or an unsupported one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -510,6 +512,12 @@ def _build(
     metadata: dict[str, str],
 ) -> LoraFile:
     keys = list(tensors)
+    # --- #15: LyCORIS families (LoHa, LoKr, DoRA, full diffs, Tucker LoCon) ---
+    from .formats import lycoris
+
+    if lycoris.is_lycoris(keys):
+        return _build_lycoris(path, sha, addnet, size, tensors, metadata)
+    # --- end #15 ---
     if not any(m in k for k in keys for m in _ADAPTER_KEY_MARKERS):
         shown = ", ".join(keys[:_EXAMPLE_KEYS]) or "(the file holds no tensors)"
         raise LoraFileError(
@@ -528,6 +536,32 @@ def _build(
         metadata=types.MappingProxyType(metadata),
         addnet_hash=addnet,
         modules=modules,
+        nonfinite_keys=nonfinite,
+    )
+
+
+def _build_lycoris(
+    path: str, sha: str, addnet: str | None, size: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> LoraFile:
+    """A LyCORIS/kohya file with modules diffusers cannot load; its modules carry their algorithm."""
+    from .formats import lycoris
+
+    modules = []
+    for m in lycoris.parse(tensors):
+        try:
+            out, inner = lycoris.delta_shape(m)
+        except (KeyError, lycoris.LycorisError):  # an unsupported algorithm: reported on load
+            out, inner = 0, 0
+        modules.append(
+            LoraModule(
+                component=m.component, name=m.name, rank=m.rank, alpha=m.alpha, down_shape=(m.rank, inner),
+                up_shape=(out, m.rank), algorithm=m.algorithm,
+            )
+        )
+    nonfinite = tuple(k for k, v in tensors.items() if v.is_floating_point() and not _all_finite(v))
+    return LoraFile(
+        path=path, sha256=sha, size=size, format="lycoris", state_dict=types.MappingProxyType(tensors),
+        metadata=types.MappingProxyType(metadata), addnet_hash=addnet, modules=tuple(modules),
         nonfinite_keys=nonfinite,
     )
 
@@ -651,6 +685,7 @@ def _summary(lora: LoraFile) -> dict[str, Any]:
         "sha256": lora.sha256,
         "short_hash": lora.short_hash,
         "modules": len(lora.modules),
+        "algorithms": dict(collections.Counter(m.algorithm for m in lora.modules)),
         "ranks": ranks,
         "alphas": alphas,
         "components": components,
@@ -827,6 +862,14 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool =
     diffusers' own code path, for every pipeline class that has `load_lora_weights`.
     Not transactional: callers roll back on error.
     """
+    if lora.format == "lycoris":  # #15: peft's LoRA/LoHa/LoKr tuners, built per module
+        from .formats import lycoris
+
+        try:
+            lycoris.load(pipe, lycoris.parse(lora.state_dict), adapter_name)
+        except lycoris.LycorisError as e:
+            raise LoraFileError(f"{lora.path}: {e}") from e
+        return
     # A hotswap copies into the existing adapter's tensors (never adopts ours): no clone needed.
     state_dict, metadata = pipeline_state_dict(pipe, lora, copy=not hotswap)
     kwargs = {"hotswap": True} if hotswap else {}  # into the existing adapter `adapter_name`'s layers
@@ -1040,6 +1083,8 @@ def coverage(pipe: Any, lora: LoraFile) -> Coverage:
     cls = type(pipe)
     if not hasattr(cls, "lora_state_dict"):
         raise LoraFileError(f"{lora.path}: {cls.__name__} does not take LoRAs")
+    if lora.format == "lycoris":
+        return _lycoris_coverage(pipe, lora)
     source, _ = pipeline_state_dict(pipe, lora, copy=False)
     kwargs = {}
     if isinstance(pipe, StableDiffusionXLLoraLoaderMixin):
@@ -1113,6 +1158,34 @@ def coverage(pipe: Any, lora: LoraFile) -> Coverage:
         per_component=types.MappingProxyType(per),
         layout=types.MappingProxyType({c: types.MappingProxyType(v) for c, v in layout.items()}),
         plain=plain,
+    )
+
+
+def _lycoris_coverage(pipe: Any, lora: LoraFile) -> Coverage:
+    """`coverage` for a LyCORIS file: its modules matched by kohya name and delta shape (#15)."""
+    from .formats import lycoris
+
+    modules = lycoris.parse(lora.state_dict)
+    bad = lycoris.unsupported(modules)
+    if bad:
+        raise LoraFileError(f"{lora.path}: {lycoris.unsupported_message(bad)}")
+    placement = lycoris.place(pipe, modules)
+    per: dict[str, dict[str, int]] = {}
+    layout: dict[str, dict[str, int]] = {}
+    for comp, items in placement.landed.items():
+        per.setdefault(comp, {"matched": 0, "unmatched": 0})["matched"] += len(items)
+        layout[comp] = {path: m.rank for m, path in items}
+    unmatched = [UnmatchedModule(c, n, r) for c, n, r in placement.unmatched]
+    for u in unmatched:
+        per.setdefault(u.component, {"matched": 0, "unmatched": 0})["unmatched"] += 1
+    return Coverage(
+        file=lora.path,
+        pipeline=type(pipe).__name__,
+        matched=sum(len(v) for v in placement.landed.values()),
+        unmatched=tuple(unmatched),
+        per_component=types.MappingProxyType(per),
+        layout=types.MappingProxyType({c: types.MappingProxyType(v) for c, v in layout.items()}),
+        plain=False,  # peft's hotswap takes plain LoRA layers only
     )
 
 

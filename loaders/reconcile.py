@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .formats.lycoris import adapter_in_layer, is_lora_layer, move_adapter
 from .state import TEXT_ENCODERS, ActiveSet, AdapterSpec, AdapterState, FuseOp
 
 logger = logging.getLogger(__name__)
@@ -475,7 +476,9 @@ def _restore(live: LivePipeline, comps: list[str]) -> None:
         saved = live.backups.pop(comp)
         model = getattr(pipe, comp)
         with _op(live, "unfuse_lora(exact)", comp):
-            for name, (w, b) in saved.items():
+            # newest first: two tuner layers nested on one base layer (adapters of two peft types on
+            # one layer) each saved the weight as they found it
+            for name, (w, b) in reversed(saved.items()):
                 module = model.get_submodule(name)
                 base = module.get_base_layer()
                 if w.device == base.weight.device:
@@ -528,14 +531,16 @@ def _fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
     saved = live.backups.setdefault(comp, {})
     with _op(live, "fuse_lora", f"{comp} scale={op.lora_scale}"):
         for name, module in _layers(live, comp):
-            todo = [a for a in op.adapter_names if a in module.lora_A and a not in module.merged_adapters]
+            todo = [a for a in op.adapter_names if adapter_in_layer(module, a) and a not in module.merged_adapters]
             if not todo:
                 continue
             base = module.get_base_layer()
             weight = base.weight.data
             first = name not in saved
             if first:
-                keep_bias = getattr(base, "bias", None) is not None and any(module.lora_bias.get(a) for a in todo)
+                keep_bias = getattr(base, "bias", None) is not None and any(
+                    getattr(module, "lora_bias", {}).get(a) for a in todo
+                )
                 on_cpu = weight.device.type == "cpu"
                 bias = base.bias.data if keep_bias else None
                 saved[name] = (
@@ -683,7 +688,13 @@ def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
         if live.live_devices.get(spec.name) != spec.device:
             device = spec.device or str(live.device)
             with _op(live, "set_lora_device", f"{spec.name}->{device}"):
-                pipe.set_lora_device([spec.name], device)
+                if any(not is_lora_layer(m) for c in live.components for _, m in _layers(live, c)):
+                    # #15: diffusers' set_lora_device reads `lora_A` of every tuner layer (LoHa/LoKr have none)
+                    for comp in live.components:
+                        for _, module in _layers(live, comp):
+                            move_adapter(module, spec.name, device)
+                else:
+                    pipe.set_lora_device([spec.name], device)
             live.live_devices[spec.name] = spec.device
 
     # 4-6. activation, text-encoder switch, fusion

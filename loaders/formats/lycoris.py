@@ -1,0 +1,559 @@
+"""LyCORIS / kohya files diffusers cannot load: LoCon with Tucker `lora_mid`, LoHa, LoKr, DoRA, full diffs.
+
+diffusers turns every file into a `peft.LoraConfig`, so `hada_*`/`lokr_*`/`diff` keys fail and
+`dora_scale` is dropped. Here such a file is read per module (`lora_unet_…`, `lora_te…_…` names, as
+kohya sd-scripts and the LyCORIS library write them), each module is matched to the pipeline's
+layer of the same kohya name (LyCORIS's own rule: the module path with "." replaced by "_"), and
+peft builds the layers: `inject_adapter_in_model` with one config per group of like modules, then
+`set_peft_model_state_dict` fills them. Every module of the file lands under the one adapter name,
+whatever its algorithm, so a file that mixes algorithms loads as one adapter.
+
+Per algorithm (the numbers follow the producer's own forward pass, LyCORIS 4.1 `create_network_from
+_weights` + `apply_to`; tests/test_lycoris.py checks the images):
+- LoRA/LoCon: `LoraConfig` (Linear and Conv2d). A Tucker `lora_mid` (down 1x1, mid kxk, up 1x1) is
+  folded into the down kernel: two stacked convolutions, the first 1x1, are one kxk convolution,
+  so the result is a plain LoCon of the same rank.
+- DoRA (`dora_scale` with LoRA): `LoraConfig(use_dora=True)`; the file's magnitude becomes peft's
+  `lora_magnitude_vector`. Both normalise the patched weight per output row (LyCORIS `wd_on_out`,
+  its default); a magnitude on the input axis (older files) has no peft counterpart and is refused.
+- LoHa: `LoHaConfig` (`use_effective_conv2d` for Tucker `hada_t1/t2`).
+- LoKr: `LoKrConfig` with the file's factorisation; `lokr_w1_a/b` are multiplied out into `lokr_w1`
+  (peft's `decompose_both=False`), `lokr_w2` stays full or low-rank (with `lokr_t2`) as written.
+- Full `diff`/`diff_b`: a peft LoRA whose one factor is the identity and the other the diff (rank =
+  the smaller side), with `lora_bias` for `diff_b`: exact, and every node (weights, fuse, device,
+  delete) works on it as on any LoRA, at the memory cost of the full diff.
+Anything else (OFT, BOFT, GLoRA, IA3, norm-layer `w_norm`/`b_norm`, DoHa/DoKr) is an error naming
+the algorithm and some keys: nothing is skipped silently.
+
+The private diffusers/transformers attributes this needs are in the FENCE section at the end.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# kohya/LyCORIS prefixes -> component. SD1.x/SD2.x write lora_te_, SDXL lora_te1_/lora_te2_.
+PREFIXES = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+}
+# Key suffixes of a module, per algorithm, as LyCORIS and kohya sd-scripts write them.
+_LORA = {"lora_down.weight", "lora_up.weight", "lora_mid.weight"}
+_LOHA = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"}
+_LOKR = {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
+_FULL = {"diff", "diff_b"}
+_COMMON = {"alpha", "dora_scale"}
+KNOWN_SUFFIXES = _LORA | _LOHA | _LOKR | _FULL | _COMMON
+# Suffixes that make a file one of ours rather than a plain kohya LoRA diffusers loads itself.
+_OURS = (_LOHA | _LOKR | _FULL | {"lora_mid.weight", "dora_scale", "w_norm", "b_norm"}) | {
+    "oft_blocks", "oft_diag", "oft_R", "a1.weight", "on_input"
+}
+# How many keys an error shows.
+_SAMPLE = 5
+
+ALGORITHMS = ("lora", "locon", "dora", "loha", "lokr", "full")
+
+
+class LycorisError(ValueError):
+    """A module of the file that cannot be built; the message names the algorithm and some keys."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Module:
+    """One adapted layer of a LyCORIS/kohya file, in the file's own spelling."""
+
+    name: str  # kohya name, e.g. lora_unet_down_blocks_0_attentions_0_proj_in
+    component: str
+    algorithm: str  # lora | locon | dora | loha | lokr | full | an unsupported one (oft, glora, ...)
+    tensors: Mapping[str, torch.Tensor] = dataclasses.field(repr=False)
+
+    @property
+    def alpha(self) -> float | None:
+        t = self.tensors.get("alpha")
+        return None if t is None else float(t.float().reshape(-1)[0])
+
+    @property
+    def rank(self) -> int:
+        t = self.tensors
+        if "lora_down.weight" in t:
+            return int(t["lora_down.weight"].shape[0])
+        if "hada_w1_b" in t:
+            return int(t["hada_w1_b"].shape[0])
+        for k in ("lokr_t2", "lokr_w1_b", "lokr_w2_b"):
+            if k in t:
+                return int(t[k].shape[0])
+        return 0
+
+    @property
+    def keys(self) -> list[str]:
+        return [f"{self.name}.{s}" for s in self.tensors]
+
+
+def split_key(key: str) -> tuple[str, str, str] | None:
+    """(component, module name, suffix) of a kohya/LyCORIS key, or None."""
+    for prefix, comp in PREFIXES.items():
+        if key.startswith(prefix):
+            module, _, suffix = key.partition(".")
+            return comp, module, suffix
+    return None
+
+
+def is_lycoris(keys: Iterable[str]) -> bool:
+    """Whether the file needs this loader: kohya-prefixed keys with a suffix beyond plain LoRA."""
+    for k in keys:
+        parts = split_key(k)
+        if parts is not None and parts[2] in _OURS:
+            return True
+    return False
+
+
+def _algorithm(suffixes: set[str]) -> str:
+    if suffixes & _LOHA:
+        return "doha" if "dora_scale" in suffixes else "loha"
+    if suffixes & _LOKR:
+        return "dokr" if "dora_scale" in suffixes else "lokr"
+    if suffixes & _FULL:
+        return "full"
+    if {"lora_down.weight", "lora_up.weight"} <= suffixes:
+        if "dora_scale" in suffixes:
+            return "dora"
+        return "locon" if "lora_mid.weight" in suffixes else "lora"
+    if suffixes & {"w_norm", "b_norm"}:
+        return "norm"
+    if suffixes & {"oft_blocks", "oft_diag"}:
+        return "oft"
+    if "oft_R" in suffixes or any(s.startswith("boft") for s in suffixes):
+        return "boft"
+    if "a1.weight" in suffixes:
+        return "glora"
+    if "on_input" in suffixes or suffixes == {"weight"}:
+        return "ia3"
+    return "unknown"
+
+
+def parse(state_dict: Mapping[str, torch.Tensor]) -> tuple[Module, ...]:
+    """The file's modules with their algorithm (LoCon = LoRA on a conv or with a Tucker mid)."""
+    grouped: dict[tuple[str, str], dict[str, torch.Tensor]] = collections.defaultdict(dict)
+    for key, tensor in state_dict.items():
+        parts = split_key(key)
+        if parts is None:
+            continue
+        comp, module, suffix = parts
+        grouped[(comp, module)][suffix] = tensor
+    out = []
+    for (comp, module), tensors in grouped.items():
+        algo = _algorithm(set(tensors))
+        if algo == "lora" and tensors["lora_down.weight"].ndim == 4:
+            algo = "locon"
+        out.append(Module(module, comp, algo, dict(tensors)))
+    return tuple(out)
+
+
+def unsupported(modules: Iterable[Module]) -> dict[str, list[str]]:
+    """{algorithm: sample keys} of the modules this loader cannot build."""
+    bad: dict[str, list[str]] = {}
+    for m in modules:
+        extra = set(m.tensors) - KNOWN_SUFFIXES
+        algo = m.algorithm if m.algorithm not in ALGORITHMS else ("unknown" if extra else None)
+        if m.algorithm in ALGORITHMS and extra:
+            algo = f"{m.algorithm} with {', '.join(sorted(extra))}"
+        if algo is None and m.algorithm == "dora" and _dora_axis(m) != "out":
+            algo = "dora (magnitude on the input axis)"
+        if algo is not None:
+            bad.setdefault(algo, [])
+            bad[algo] += m.keys[: _SAMPLE - len(bad[algo])]
+    return bad
+
+
+_ALGO_NAMES = {
+    "doha": "DoHa (LoHa with dora_scale)",
+    "dokr": "DoKr (LoKr with dora_scale)",
+    "norm": "full-weight norm layers (w_norm/b_norm)",
+    "oft": "OFT (diag-OFT)",
+    "boft": "BOFT",
+    "glora": "GLoRA",
+    "ia3": "IA3",
+    "unknown": "an unknown algorithm",
+}
+
+
+def unsupported_message(bad: Mapping[str, list[str]]) -> str:
+    parts = [f"{_ALGO_NAMES.get(a, a)} (e.g. {', '.join(keys)})" for a, keys in bad.items()]
+    return "holds modules loragraph cannot load: " + "; ".join(parts)
+
+
+def _dora_axis(m: Module) -> str:
+    """'out' when dora_scale is one value per output row (peft's and LyCORIS wd_on_out's axis)."""
+    scale = m.tensors["dora_scale"]
+    out = m.tensors["lora_up.weight"].shape[0]
+    if scale.shape[0] == out and scale.numel() == out:
+        return "out"
+    return "in"
+
+
+# --------------------------------------------------------------------------------------------------
+# Where modules land
+
+
+def kohya_names(model: torch.nn.Module, component: str) -> dict[str, str]:
+    """{kohya module name (without prefix): module path} for the model's Linear/Conv2d layers.
+
+    Text encoders get both spellings, with and without `text_model_`: kohya files carry it,
+    transformers >= 5 flattens CLIPTextModel so LyCORIS run on it writes names without it.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names: dict[str, str] = {}
+    for path, module in model.named_modules():
+        if not path or ".base_layer" in path or not isinstance(
+            module, (torch.nn.Linear, torch.nn.Conv2d, BaseTunerLayer)
+        ):
+            continue
+        if isinstance(module, BaseTunerLayer) and not isinstance(
+            module.get_base_layer(), (torch.nn.Linear, torch.nn.Conv2d)
+        ):
+            continue
+        flat = path.replace(".", "_")
+        names.setdefault(flat, path)
+        if component.startswith("text_encoder"):
+            if flat.startswith("text_model_"):
+                names.setdefault(flat.removeprefix("text_model_"), path)
+            else:
+                names.setdefault("text_model_" + flat, path)
+    return names
+
+
+def _base_of(layer: torch.nn.Module) -> torch.nn.Module:
+    return layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+
+
+def delta_shape(m: Module) -> tuple[int, int]:
+    """(out features, in features x kernel) of the module's weight delta."""
+    t = m.tensors
+    if m.algorithm in ("lora", "locon", "dora"):
+        down, up = t["lora_down.weight"], t["lora_up.weight"]
+        k = math.prod(t["lora_mid.weight"].shape[2:]) if "lora_mid.weight" in t else math.prod(down.shape[2:])
+        return int(up.shape[0]), int(down.shape[1]) * k
+    if m.algorithm == "loha":
+        if "hada_t1" in t:
+            return int(t["hada_w1_a"].shape[1]), int(t["hada_w1_b"].shape[1]) * math.prod(t["hada_t1"].shape[2:])
+        return int(t["hada_w1_a"].shape[0]), int(t["hada_w1_b"].shape[1])
+    if m.algorithm == "lokr":
+        w1 = _lokr_w1(t)
+        w2o, w2i = _lokr_w2_dims(t)
+        return int(w1.shape[0]) * w2o, int(w1.shape[1]) * w2i
+    if m.algorithm == "full":
+        d = t["diff"]
+        return int(d.shape[0]), int(d[0].numel())
+    raise LycorisError(f"{m.name}: {m.algorithm} has no delta shape")
+
+
+def _lokr_w1(t: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    if "lokr_w1" in t:
+        return t["lokr_w1"]
+    return t["lokr_w1_a"].float() @ t["lokr_w1_b"].float()
+
+
+def _lokr_w2_dims(t: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+    """(out rows, in columns x kernel) of lokr_w2."""
+    if "lokr_w2" in t:
+        w2 = t["lokr_w2"]
+        return int(w2.shape[0]), int(w2[0].numel())
+    if "lokr_t2" in t:
+        return int(t["lokr_w2_a"].shape[1]), int(t["lokr_w2_b"].shape[1]) * math.prod(t["lokr_t2"].shape[2:])
+    return int(t["lokr_w2_a"].shape[0]), int(t["lokr_w2_b"].shape[1])
+
+
+@dataclasses.dataclass
+class Placement:
+    """Where each module of a file lands on a pipeline, and why the others don't."""
+
+    landed: dict[str, list[tuple[Module, str]]]  # component -> [(module, model path)]
+    unmatched: list[tuple[str, str, str]]  # (component, module name, reason)
+
+
+def place(pipe: Any, modules: Iterable[Module]) -> Placement:
+    landed: dict[str, list[tuple[Module, str]]] = {}
+    unmatched: list[tuple[str, str, str]] = []
+    lookups: dict[str, dict[str, str]] = {}
+    for m in modules:
+        model = getattr(pipe, m.component, None)
+        if model is None:
+            unmatched.append((m.component, m.name, f"no such component: {type(pipe).__name__} has no {m.component}"))
+            continue
+        if m.component not in lookups:
+            lookups[m.component] = kohya_names(model, m.component)
+        prefix = next(p for p, c in PREFIXES.items() if m.name.startswith(p) and c == m.component)
+        path = lookups[m.component].get(m.name[len(prefix) :])
+        if path is None:
+            unmatched.append((m.component, m.name, "no such module"))
+            continue
+        base = _base_of(model.get_submodule(path))
+        out, inner = delta_shape(m)
+        w = base.weight
+        if (out, inner) != (int(w.shape[0]), int(w[0].numel())):
+            unmatched.append(
+                (m.component, m.name, f"shape mismatch: {m.algorithm} delta ({out}, {inner}), layer has "
+                 f"({int(w.shape[0])}, {int(w[0].numel())})")
+            )
+            continue
+        landed.setdefault(m.component, []).append((m, path))
+    return Placement(landed, unmatched)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building peft layers
+
+
+def _lycoris_lokr_scale(t: Mapping[str, torch.Tensor], alpha: float | None) -> float:
+    """LyCORIS's scale for a LoKr module rebuilt from weights: alpha / the rank of its low-rank half,
+    1 when both halves are full matrices (LyCORIS then ignores alpha)."""
+    if "lokr_w1_a" in t:
+        rank = int(t["lokr_w1_a"].shape[1])
+    elif "lokr_w2_a" in t:
+        rank = int(t["lokr_t2"].shape[0]) if "lokr_t2" in t else int(t["lokr_w2_a"].shape[1])
+    else:
+        return 1.0
+    a = rank if not alpha else alpha
+    return a / rank
+
+
+def _rank_scale(m: Module) -> float:
+    """alpha / rank; LyCORIS and kohya take a missing (or 0) alpha as alpha = rank."""
+    alpha = m.alpha
+    return 1.0 if not alpha else alpha / m.rank
+
+
+def _fold_mid(t: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The down kernel of a Tucker LoCon (down 1x1, mid kxk): one kxk conv from in to rank."""
+    down, mid = t["lora_down.weight"], t["lora_mid.weight"]
+    return torch.einsum("jkhw,ki->jihw", mid.float(), down.float().flatten(1)).to(down.dtype)
+
+
+def _entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(config family, config options for this module, peft tensors by parameter name)."""
+    t = m.tensors
+    if m.algorithm in ("lora", "locon", "dora"):
+        down = _fold_mid(t) if "lora_mid.weight" in t else t["lora_down.weight"]
+        r = int(down.shape[0])
+        tensors = {"lora_A.weight": down, "lora_B.weight": t["lora_up.weight"]}
+        opts = {"r": r, "alpha": _rank_scale(m) * r, "use_dora": m.algorithm == "dora"}
+        if m.algorithm == "dora":
+            magnitude = t["dora_scale"].flatten()
+            # peft keeps a conv layer's magnitude as (1, out, 1, 1), a linear layer's as (out,)
+            conv = isinstance(base, torch.nn.Conv2d)
+            tensors["lora_magnitude_vector"] = magnitude.reshape(1, -1, 1, 1) if conv else magnitude
+        return "lora", opts, tensors
+    if m.algorithm == "full":
+        return _full_entries(t["diff"], t.get("diff_b"))
+    if m.algorithm == "loha":
+        r = int(t["hada_w1_b"].shape[0])
+        opts = {"r": r, "alpha": _rank_scale(m) * r, "use_effective_conv2d": "hada_t1" in t}
+        return "loha", opts, {k: v for k, v in t.items() if k.startswith("hada_")}
+    if m.algorithm == "lokr":
+        return _lokr_entries(m, base)
+    raise LycorisError(f"{m.name}: {m.algorithm} cannot be built")
+
+
+def _full_entries(
+    diff: torch.Tensor, diff_b: torch.Tensor | None
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """A full delta as a peft LoRA with an identity factor: B @ A = diff exactly, bias = diff_b."""
+    out = int(diff.shape[0])
+    inner = int(diff[0].numel())
+    conv = diff.ndim == 4
+    if conv or out <= inner:  # A = diff (rank out), B = identity
+        eye = torch.eye(out, dtype=diff.dtype)
+        tensors = {"lora_A.weight": diff, "lora_B.weight": eye.reshape(out, out, 1, 1) if conv else eye}
+        r = out
+    else:  # A = identity (rank in), B = diff
+        tensors = {"lora_A.weight": torch.eye(inner, dtype=diff.dtype), "lora_B.weight": diff}
+        r = inner
+    bias = diff_b is not None
+    if bias:
+        tensors["lora_B.bias"] = diff_b
+    return "lora", {"r": r, "alpha": float(r), "use_dora": False, "lora_bias": bias}, tensors
+
+
+def _lokr_entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    from peft.tuners.lokr.layer import factorization
+
+    t = m.tensors
+    w1 = _lokr_w1(t).to(next(iter(t.values())).dtype)
+    conv = isinstance(base, torch.nn.Conv2d)
+    in_dim = base.in_channels // base.groups if conv else base.in_features
+    out_dim = base.out_channels if conv else base.out_features
+    factor = None
+    for f in dict.fromkeys((-1, *w1.shape, out_dim // w1.shape[0], in_dim // w1.shape[1])):
+        if factorization(out_dim, f)[0] == w1.shape[0] and factorization(in_dim, f)[0] == w1.shape[1]:
+            factor = int(f)
+            break
+    out_k, in_n = out_dim // w1.shape[0], in_dim // w1.shape[1]
+    scale = _lycoris_lokr_scale(t, m.alpha)
+    if factor is None:
+        # peft's LoKr takes one factor for both sides and does not order an exact divisor's pair
+        # (factorization(4, 4) = (4, 1)), so some LyCORIS layouts have no peft twin: such a module
+        # becomes its exact delta, kron(w1, w2) * scale, through the full-weight route.
+        logger.info("LoKr module %s: factors %s have no peft LoKr layout; loaded as its full delta",
+                    m.name, tuple(w1.shape))
+        w2 = _lokr_w2_full(t, out_k, in_n, base).float()
+        w1_nd = w1.float().reshape(*w1.shape, *[1] * (w2.ndim - w1.ndim))  # kron pairs axes from the left
+        delta = torch.kron(w1_nd, w2) * scale
+        return _full_entries(delta.reshape(base.weight.shape).to(w1.dtype), None)
+    tensors = {"lokr_w1": w1}
+    tucker = "lokr_t2" in t
+    low = max(out_k, in_n) / 2  # peft keeps lokr_w2 low-rank exactly when r < this
+    if "lokr_w2" in t:
+        r = max(1, math.ceil(low))
+        tensors["lokr_w2"] = t["lokr_w2"]
+    else:
+        r = int(t["lokr_t2"].shape[0]) if tucker else int(t["lokr_w2_b"].shape[0])
+        if r < low:
+            tensors.update({k: t[k] for k in ("lokr_w2_a", "lokr_w2_b", "lokr_t2") if k in t})
+        else:  # peft would build a full lokr_w2 at this rank: multiply the halves out
+            tensors["lokr_w2"] = _lokr_w2_full(t, out_k, in_n, base).to(w1.dtype)
+            tucker = False
+    opts = {"r": r, "alpha": scale * r, "decompose_factor": factor, "use_effective_conv2d": tucker}
+    return "lokr", opts, tensors
+
+
+def _lokr_w2_full(t: Mapping[str, torch.Tensor], out_k: int, in_n: int, base: torch.nn.Module) -> torch.Tensor:
+    if "lokr_w2" in t:
+        return t["lokr_w2"]
+    a, b = t["lokr_w2_a"].float(), t["lokr_w2_b"].float()
+    if "lokr_t2" in t:
+        return torch.einsum("ijkl,jr,ip->prkl", t["lokr_t2"].float(), b, a)
+    w2 = a @ b
+    return w2.reshape(out_k, in_n, *base.weight.shape[2:]) if base.weight.ndim == 4 else w2
+
+
+def _config(family: str, shared: dict[str, Any], group: list[tuple[str, dict[str, Any]]]):
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    paths = [p for p, _ in group]
+    ranks = {p: o["r"] for p, o in group}
+    alphas = {p: o["alpha"] for p, o in group}
+    r0, a0 = group[0][1]["r"], group[0][1]["alpha"]
+    common = {"target_modules": paths, "rank_pattern": ranks, "r": r0}
+    if family == "lora":
+        return LoraConfig(
+            lora_alpha=a0, alpha_pattern=alphas, use_dora=shared["use_dora"],
+            lora_bias=shared.get("lora_bias", False), init_lora_weights=True, **common,
+        )
+    if family == "loha":
+        return LoHaConfig(alpha=a0, alpha_pattern=alphas, use_effective_conv2d=shared["use_effective_conv2d"],
+                          init_weights=True, **common)
+    return LoKrConfig(
+        alpha=a0, alpha_pattern=alphas, decompose_both=False, decompose_factor=shared["decompose_factor"],
+        use_effective_conv2d=shared["use_effective_conv2d"], init_weights=True, **common,
+    )
+
+
+_SHARED = {"lora": ("use_dora", "lora_bias"), "loha": ("use_effective_conv2d",),
+           "lokr": ("decompose_factor", "use_effective_conv2d")}
+
+
+def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, int]:
+    """Build `adapter_name` from the file's modules on `pipe`; returns {component: modules loaded}.
+
+    Not transactional: the caller rolls back (the reconciler unloads everything on error).
+    """
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+
+    modules = list(modules)
+    bad = unsupported(modules)
+    if bad:
+        raise LycorisError(unsupported_message(bad))
+    placement = place(pipe, modules)
+    counts: dict[str, int] = {}
+    for comp, items in placement.landed.items():
+        model = getattr(pipe, comp)
+        groups: dict[tuple, list[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]] = collections.defaultdict(list)
+        for m, path in items:
+            family, opts, tensors = _entries(m, _base_of(model.get_submodule(path)))
+            key = (family, *(opts.get(o, False) for o in _SHARED[family]))
+            groups[key].append((path, opts, tensors))
+        for key, group in groups.items():
+            family = key[0]
+            shared = dict(zip(_SHARED[family], key[1:]))
+            config = _config(family, shared, [(p, o) for p, o, _ in group])
+            dtype = _base_of(model.get_submodule(group[0][0])).weight.dtype
+            inject_adapter_in_model(config, model, adapter_name=adapter_name)
+            state = {f"{path}.{name}": v.to(dtype) for path, _, tensors in group for name, v in tensors.items()}
+            result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+            unexpected = [k for k in getattr(result, "unexpected_keys", ()) if adapter_name in k]
+            if unexpected:
+                raise LycorisError(f"peft did not take {len(unexpected)} tensors, e.g. {unexpected[:_SAMPLE]}")
+        _mark_peft_loaded(model)
+        counts[comp] = len(items)
+    return counts
+
+
+def summary_algorithms(modules: Iterable[Module]) -> dict[str, int]:
+    return dict(collections.Counter(m.algorithm for m in modules))
+
+
+def file_algorithm(modules: Iterable[Module]) -> str:
+    """One word for LoRAInfo/inspect: the algorithm, or `mixed (a, b)`."""
+    algos = sorted({m.algorithm for m in modules})
+    if len(algos) == 1:
+        return algos[0]
+    return "mixed (" + ", ".join(algos) + ")"
+
+
+def kohya_tensors(modules: Iterable[Module], keep: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The modules' tensors under their own family's kohya keys (`name.suffix`), for SaveLoRA."""
+    out = {}
+    for m in modules:
+        if keep is not None and m.name not in keep:
+            continue
+        for suffix, v in m.tensors.items():
+            out[f"{m.name}.{suffix}"] = v.detach().cpu().contiguous()
+    return out
+
+
+_NAME_RE = re.compile(r"[^A-Za-z0-9_]")
+
+
+# --------------------------------------------------------------------------------------------------
+# FENCE: private diffusers/transformers/peft attributes (move to the engine's fence module).
+
+
+def _mark_peft_loaded(model: torch.nn.Module) -> None:
+    """diffusers' `set_adapters`/`delete_adapters` on a component check the flag its own loader sets
+    (`_hf_peft_config_loaded`); peft's `inject_adapter_in_model` does not set it."""
+    model._hf_peft_config_loaded = True
+
+
+def is_lora_layer(module: Any) -> bool:
+    return hasattr(module, "lora_A")
+
+
+def adapter_in_layer(module: Any, adapter_name: str) -> bool:
+    """Whether a peft tuner layer (LoRA, LoHa, LoKr) holds `adapter_name`."""
+    table = getattr(module, module.adapter_layer_names[0], None)
+    return table is not None and adapter_name in table
+
+
+def move_adapter(module: Any, adapter_name: str, device: str | torch.device) -> None:
+    """`set_lora_device` for any peft tuner layer: diffusers' own looks at `lora_A` only."""
+    for attr in (*module.adapter_layer_names, "lora_magnitude_vector"):
+        table = getattr(module, attr, None)
+        if table is not None and adapter_name in table:
+            item = table[adapter_name]
+            if isinstance(item, torch.nn.Parameter):
+                item.data = item.data.to(device)
+            else:
+                item.to(device)
