@@ -193,17 +193,18 @@ def test_mixed_stack_every_node(engine, producer, lycoris_dir):
     ht = st.toggle_text_encoder(h, False, "all")
     assert max_diff(sample(engine, ht), oracle(weights, text_encoder=False)) <= TOL
 
-    # delete b, then device round trip, then unload
+    # delete b, unload, and a device move (to `meta`: this machine has no second device; diffusers'
+    # own set_lora_device fails on LoHa/LoKr layers, which have no lora_A)
     hd = st.delete(h, "b")
-    want_ac = oracle({"a": 0.7, "c": 1.2})
-    assert max_diff(sample(engine, hd), want_ac) <= TOL
-    hm = st.set_device(hd, "", "meta")
+    assert max_diff(sample(engine, hd), oracle({"a": 0.7, "c": 1.2})) <= TOL
+    assert max_diff(sample(engine, st.unload(hd)), sample(engine, h0)) == 0
+    hm = st.set_device(hd, "c", "meta")
     engine.realize(hm)
-    layers = [m for _, m in live.pipe.unet.named_modules() if hasattr(m, "hada_w1_a") or hasattr(m, "lokr_w1")]
-    assert any("c" in getattr(m, "lokr_w1", {}) and m.lokr_w1["c"].device.type == "meta" for m in layers)
-    hb = st.set_device(hm, "", "auto")
-    assert max_diff(sample(engine, hb), want_ac) <= TOL
-    assert max_diff(sample(engine, st.unload(hb)), sample(engine, h0)) == 0
+    lokr = [m for _, m in live.pipe.unet.named_modules() if "c" in getattr(m, "lokr_w1", {})]
+    assert lokr and all(m.lokr_w1["c"].device.type == "meta" for m in lokr)
+    locon = [m for _, m in live.pipe.unet.named_modules() if "a" in getattr(m, "lora_A", {})]
+    assert locon and all(m.lora_A["a"].weight.device.type == "cpu" for m in locon)
+    engine.realize(st.unload(hm))
 
 
 def test_mixed_file_is_one_adapter(engine, lycoris_dir):
@@ -211,11 +212,11 @@ def test_mixed_file_is_one_adapter(engine, lycoris_dir):
 
     lf = read_lora(lycoris_dir / "loras" / "ly_mixed.safetensors")
     assert lf.format == "lycoris"
-    assert set(lf.summary()["algorithms"]) == {"lora", "loha", "lokr", "full"}
+    assert set(lf.summary()["algorithms"]) == {"lora", "locon", "loha", "lokr", "full"}
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "ly_mixed", 1.0, "m")
     info = engine.info(h)
     assert info["list_adapters"] == {"unet": ["m"], "text_encoder": ["m"]}
-    assert info["adapters"]["m"]["algorithm"] == "mixed (full, loha, lokr, lora)"
+    assert info["adapters"]["m"]["algorithm"] == "mixed (full, locon, loha, lokr)"
 
 
 def test_save_lycoris_roundtrip(engine, producer, lycoris_dir, tmp_path):

@@ -507,7 +507,10 @@ def summary_algorithms(modules: Iterable[Module]) -> dict[str, int]:
 
 def file_algorithm(modules: Iterable[Module]) -> str:
     """One word for LoRAInfo/inspect: the algorithm, or `mixed (a, b)`."""
-    algos = sorted({m.algorithm for m in modules})
+    found = {m.algorithm for m in modules}
+    if "locon" in found:  # LoRA on linear layers plus conv layers is what LoCon means
+        found.discard("lora")
+    algos = sorted(found)
     if len(algos) == 1:
         return algos[0]
     return "mixed (" + ", ".join(algos) + ")"
@@ -553,7 +556,7 @@ def move_adapter(module: Any, adapter_name: str, device: str | torch.device) -> 
         table = getattr(module, attr, None)
         if table is not None and adapter_name in table:
             item = table[adapter_name]
-            if isinstance(item, torch.nn.Parameter):
-                item.data = item.data.to(device)
+            if isinstance(item, torch.nn.Parameter):  # a ParameterDict entry: replaced, as diffusers does
+                table[adapter_name] = torch.nn.Parameter(item.data.to(device), requires_grad=item.requires_grad)
             else:
                 item.to(device)
