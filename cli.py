@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("lora", metavar="LORA_FILE", help="a path, or a name inside --models-dir/loras")
     inspect.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"pipeline to check the keys against, as LoadPipeline's model input (default: {DEFAULT_MODEL})",
+        default=None,
+        help="pipeline to check the keys against, as LoadPipeline's model input (default: the built-in "
+        f"model the file fits, else {DEFAULT_MODEL})",
     )
     inspect.add_argument("--json", action="store_true", help='print {"summary": ..., "coverage": ...} as JSON')
 
@@ -525,23 +526,35 @@ def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
         sys.stderr.write(f"loragraph inspect: {ex}\n")
         return EXIT_INVALID
     summary = lora.summary()
+    # --- #15: the algorithm per module, and with no --model the built-in models the file fits ---
+    from .loaders import fit
+
+    summary["module_algorithms"] = fit.module_algorithms(lora)
+    model = args.model
+    if model is None:
+        summary["fits"] = fit.builtin_fits(lora)
+        model = summary["fits"][0] if summary["fits"] else DEFAULT_MODEL
+        if summary["fits"] and summary.get("base_model") == "other":
+            summary["base_model"] = summary["fits"][0]
+            summary["base_model_reason"] = f"all {len(lora.modules)} modules land on it"
+    # --- end #15 ---
 
     coverage: dict[str, Any] | None = None
     coverage_text = ""
-    if args.model:
+    if model:
         engine = get_engine()
         try:
-            handle = engine.load_pipeline(args.model)
+            handle = engine.load_pipeline(model)
             pipe = engine.live(handle.source).pipe
         except Exception as ex:  # noqa: BLE001 - any reason the model cannot be built is a usage error here
-            sys.stderr.write(f"loragraph inspect: --model {args.model}: {ex}\n")
+            sys.stderr.write(f"loragraph inspect: --model {model}: {ex}\n")
             return EXIT_INVALID
         try:
             cov = lora_file.coverage(pipe, lora)
-            coverage = {**cov.to_dict(), "model": args.model, "loadable": cov.loadable, "message": cov.message()}
+            coverage = {**cov.to_dict(), "model": model, "loadable": cov.loadable, "message": cov.message()}
             coverage_text = cov.message()
         except lora_file.LoraFileError as ex:
-            coverage = {"model": args.model, "loadable": False, "message": str(ex)}
+            coverage = {"model": model, "loadable": False, "message": str(ex)}
             coverage_text = str(ex)
 
     if args.json:
@@ -549,7 +562,7 @@ def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
         return EXIT_OK
     out.write(_format_summary(summary))
     if coverage is not None:
-        out.write(f"coverage on {args.model}:\n  {coverage_text}\n")
+        out.write(f"coverage on {model}:\n  {coverage_text}\n")
     out.flush()
     return EXIT_OK
 
@@ -571,9 +584,11 @@ def _format_summary(summary: Mapping[str, Any]) -> str:
         ("short hash", summary.get("short_hash")),
         ("modules", summary.get("modules")),
         ("per component", summary.get("components")),
+        ("algorithms", summary.get("algorithms")),
         ("ranks", summary.get("ranks")),
         ("alphas", ["none (= rank)" if a is None else a for a in summary.get("alphas") or []]),
         ("base model", f"{summary.get('base_model')} ({summary.get('base_model_reason')})"),
+        *([("fits", summary["fits"])] if "fits" in summary else []),
         ("trigger words", summary.get("trigger_words")),
         ("training", summary.get("training")),
         ("non-finite", summary.get("nonfinite_keys")),

@@ -26,10 +26,10 @@ PRESET = {
 NOISE = 0.1
 
 
-def _preset() -> str:
+def _preset(**override) -> str:
     import lycoris.kohya as lk
 
-    lk.PRESET["loragraph-test"] = PRESET
+    lk.PRESET["loragraph-test"] = {**PRESET, **override}
     return "loragraph-test"
 
 
@@ -38,13 +38,13 @@ def _text_encoders(pipe):
     return tes if len(tes) > 1 else tes[0]
 
 
-def make_network(pipe, algo: str, seed: int, dim: int = 4, alpha: float = 2, **kwargs):
-    """A LyCORIS network on `pipe` (applied), its weights drawn from `seed`."""
+def make_network(pipe, algo: str, seed: int, dim: int = 4, alpha: float = 2, preset: dict | None = None, **kwargs):
+    """A LyCORIS network on `pipe` (applied), its weights drawn from `seed`; `preset` overrides PRESET."""
     from lycoris.kohya import create_network
 
     torch.manual_seed(seed)
     net = create_network(1.0, dim, alpha, pipe.vae, _text_encoders(pipe), pipe.unet, algo=algo,
-                         preset=_preset(), warn_on_unmatched=False, **kwargs)
+                         preset=_preset(**(preset or {})), warn_on_unmatched=False, **kwargs)
     net.apply_to(_text_encoders(pipe), pipe.unet, True, True)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

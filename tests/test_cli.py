@@ -190,7 +190,17 @@ def test_inspect_prints_summary_and_coverage(models_dir, capsys):
     assert main(["inspect", str(path), "--json"]) == 0
     (line,) = json_lines(capsys)
     assert line["summary"]["base_model"] == "SDXL"
+    # no --model: checked on the built-in model it fits (#15), not reported as made for another one
+    assert line["summary"]["fits"] == ["builtin:tiny-sdxl"]
+    assert line["coverage"]["model"] == "builtin:tiny-sdxl" and line["coverage"]["loadable"] is True
+    assert main(["inspect", str(path), "--json", "--model", "builtin:tiny-sd"]) == 0
+    (line,) = json_lines(capsys)
     assert line["coverage"]["model"] == "builtin:tiny-sd" and line["coverage"]["loadable"] is False
+
+    assert main(["inspect", "sd_a.safetensors", "--json", "--models-dir", str(models_dir)]) == 0
+    (line,) = json_lines(capsys)
+    assert line["summary"]["base_model"] == "builtin:tiny-sd" and line["coverage"]["loadable"] is True
+    assert set(line["summary"]["module_algorithms"].values()) == {"lora"}
 
     assert main(["inspect", "sd_a.safetensors", "--json", "--models-dir", str(models_dir),
                  "--model", "builtin:tiny-sdxl"]) == 0

@@ -161,14 +161,14 @@ def test_mixed_stack_every_node(engine, producer, lycoris_dir):
 
     h0 = engine.load_pipeline("builtin:tiny-sd")
     h = h0
-    for k in files:
+    for k in ("b", "c", "a"):  # the LoCon last: peft nests its conv layers over the LoHa/LoKr ones
         h = load(engine, h, files[k], 1.0, k)
     h = st.set_weights(h, "a, b, c", "0.7, 0.5, 1.2")
     want = oracle(weights)
     assert max_diff(sample(engine, h), want) <= TOL
 
     info = engine.info(h)
-    assert {n: a["algorithm"] for n, a in info["adapters"].items()} == {"a": "locon", "b": "loha", "c": "lokr"}
+    assert {n: a["algorithm"] for n, a in info["adapters"].items()} == {"b": "loha", "c": "lokr", "a": "locon"}
     assert info["adapters"]["b"]["rank"] == {"unet": 4, "text_encoder": 4}
 
     # fuse all three, then unfuse: bit-exact base weights
@@ -252,3 +252,50 @@ def test_unsupported_algorithm_is_an_error_naming_it(engine, lycoris_dir, tmp_pa
     with pytest.raises(Exception, match="OFT"):
         engine.realize(load(engine, h0, "ly_oft", 1.0, "o"))
     assert engine.live(h0.source).pipe.unet.peft_config if hasattr(engine.live(h0.source).pipe.unet, "peft_config") else True
+
+
+def test_inspect_names_algorithm_per_module_and_fit(lycoris_dir, capsys):
+    import json
+
+    from loragraph.cli import main
+
+    assert main(["inspect", str(lycoris_dir / "loras" / "ly_mixed.safetensors"), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    algos = line["summary"]["module_algorithms"]
+    assert algos["lora_unet_conv_in"] == "full"
+    assert algos["lora_te_encoder_layers_0_self_attn_q_proj"] == "lokr"
+    assert algos["lora_unet_down_blocks_0_resnets_0_conv1"] == "loha"
+    assert line["summary"]["base_model"] == "builtin:tiny-sd" and line["coverage"]["loadable"] is True
+
+
+def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
+    """Per-block weights reach LoHa/LoKr layers as diffusers' set_adapters gives them (raw diffusers on
+    the same layers is the oracle); a LyCORIS file never hot-swaps into a parked LoRA slot.
+
+    The files leave out conv_in: diffusers' block weights fail (IndexError) on any adapter layer
+    outside the down/mid/up blocks, plain LoRA included."""
+    from conftest import raw_pipeline
+    from loragraph.loaders.builtin import build_tiny_sd
+    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.lora_file import read_lora
+
+    for algo, seed in (("loha", 601), ("lokr", 602)):
+        write_file(lycoris_dir / "loras" / f"ly_{algo}_blocks.safetensors", build_tiny_sd, algo, seed,
+                   preset={"unet_target_name": []})
+
+    blocks = {"unet": {"down": 0.0, "mid": 1.0, "up": 0.5}, "text_encoder": 0.3}
+    h0 = engine.load_pipeline("builtin:tiny-sd")
+    h = load(engine, load(engine, h0, "ly_loha_blocks", 1.0, "b"), "ly_lokr_blocks", 1.0, "c")
+    h = st.set_weights(h, "b, c", "1.0", "", '{"b": ' + __import__("json").dumps(blocks["unet"]) + "}")
+    raw = raw_pipeline()
+    for name, adapter in (("ly_loha_blocks", "b"), ("ly_lokr_blocks", "c")):
+        lycoris.load(raw, lycoris.parse(read_lora(lycoris_dir / "loras" / f"{name}.safetensors").state_dict), adapter)
+    raw.set_adapters(["b", "c"], [{"unet": blocks["unet"], "text_encoder": 1.0}, 1.0])
+    assert max_diff(sample(engine, h), render(raw)) <= TOL
+
+    # plain LoRA parked, then a LyCORIS file comes: a normal load, not peft's hotswap
+    live = engine.live(h0.source)
+    engine.realize(load(engine, h0, "ly_locon_tucker", 1.0, "p"))
+    live.ops.clear()
+    engine.realize(load(engine, h0, "ly_loha", 1.0, "q"))
+    assert "load_lora_weights" in live.ops and "hotswap" not in live.ops

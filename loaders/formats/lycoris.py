@@ -304,10 +304,9 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
         out, inner = delta_shape(m)
         w = base.weight
         if (out, inner) != (int(w.shape[0]), int(w[0].numel())):
-            unmatched.append(
-                (m.component, m.name, f"shape mismatch: {m.algorithm} delta ({out}, {inner}), layer has "
-                 f"({int(w.shape[0])}, {int(w[0].numel())})")
-            )
+            have = (int(w.shape[0]), int(w[0].numel()))
+            reason = f"shape mismatch: {m.algorithm} delta ({out}, {inner}), layer has {have}"
+            unmatched.append((m.component, m.name, reason))
             continue
         landed.setdefault(m.component, []).append((m, path))
     return Placement(landed, unmatched)
@@ -496,6 +495,9 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
             unexpected = [k for k in getattr(result, "unexpected_keys", ()) if adapter_name in k]
             if unexpected:
                 raise LycorisError(f"peft did not take {len(unexpected)} tensors, e.g. {unexpected[:_SAMPLE]}")
+            if family != "lora":
+                for path, _, _ in group:
+                    _forward_conv_attributes(model.get_submodule(path))
         _mark_peft_loaded(model)
         counts[comp] = len(items)
     return counts
@@ -527,9 +529,6 @@ def kohya_tensors(modules: Iterable[Module], keep: set[str] | None = None) -> di
     return out
 
 
-_NAME_RE = re.compile(r"[^A-Za-z0-9_]")
-
-
 # --------------------------------------------------------------------------------------------------
 # FENCE: private diffusers/transformers/peft attributes (move to the engine's fence module).
 
@@ -538,6 +537,14 @@ def _mark_peft_loaded(model: torch.nn.Module) -> None:
     """diffusers' `set_adapters`/`delete_adapters` on a component check the flag its own loader sets
     (`_hf_peft_config_loaded`); peft's `inject_adapter_in_model` does not set it."""
     model._hf_peft_config_loaded = True
+
+
+def _forward_conv_attributes(layer: torch.nn.Module) -> None:
+    """peft's LoRA conv layer reads `groups` straight off the layer it wraps; when that is a LoHa/LoKr
+    conv layer (another adapter on the same conv), the attribute is not there. Give it the conv's."""
+    base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+    if isinstance(base, torch.nn.Conv2d) and not hasattr(layer, "groups"):
+        layer.groups = base.groups
 
 
 def is_lora_layer(module: Any) -> bool:

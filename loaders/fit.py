@@ -1,0 +1,47 @@
+"""Which built-in model a LoRA file fits, for `loragraph inspect` without `--model` (#15).
+
+`guess_base_model` reads shapes against SD1/SD2/SDXL; a file made for one of the built-in tiny
+models (the demo LoRAs, tests, anything trained on them) matches none of those. So the built-in
+models are tried too: a model fits when every module of the file lands on it (same check as
+LoadLoRA's coverage). Building a tiny model takes ~0.1 s; each is built once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import lora_file
+
+logger = logging.getLogger(__name__)
+
+_BUILT: dict[str, Any] = {}
+
+
+def _pipe(name: str) -> Any:
+    from .builtin import BUILTIN_MODELS
+
+    if name not in _BUILT:
+        _BUILT[name] = BUILTIN_MODELS[name][0]()
+    return _BUILT[name]
+
+
+def builtin_fits(lora: lora_file.LoraFile) -> list[str]:
+    """`builtin:<name>` of every built-in model on which all of the file's modules land."""
+    from .builtin import BUILTIN_MODELS
+
+    fits = []
+    for name in BUILTIN_MODELS:
+        try:
+            cov = lora_file.coverage(_pipe(name), lora)
+        except lora_file.LoraFileError as e:
+            logger.debug("%s on builtin:%s: %s", lora.path, name, e)
+            continue
+        if cov.complete:
+            fits.append(f"builtin:{name}")
+    return fits
+
+
+def module_algorithms(lora: lora_file.LoraFile) -> dict[str, str]:
+    """{module name in the file: algorithm} (lora, locon, dora, loha, lokr, full, ...)."""
+    return {m.name: m.algorithm for m in lora.modules}
