@@ -34,7 +34,6 @@ import collections
 import dataclasses
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
