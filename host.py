@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from . import disk
+
 logger = logging.getLogger(__name__)
 
 LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".bin", ".pth")
@@ -86,8 +88,9 @@ def _list_files(roots: list[Path], extensions: tuple[str, ...]) -> list[str]:
     for root in roots:
         if not root.is_dir():
             continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # Symlinks followed (a shared LoRA folder), each real folder once (a `loop -> .` link ends);
+        # dot files hidden (a save in progress, or one a killed process left: loragraph/disk.py).
+        for dirpath, filenames in disk.walk(root):
             for f in filenames:
                 if f.lower().endswith(extensions):
                     rel = (Path(dirpath) / f).relative_to(root).as_posix()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import disk
 from . import lora_file
 from .pipelines import PipelineCache, build_pipeline, lora_components, make_source, param_bytes
 from .reconcile import LivePipeline, LoraOperationError, realize
@@ -234,8 +233,15 @@ class Engine:
 
     # --- saving -------------------------------------------------------------------------------
 
-    def save_lora(self, handle: PipelineHandle, adapter_name: str, path: Path, fmt: str = "kohya") -> Path:
-        """SaveLoRA: the adapter's own weights at strength 1, written to a temp name then renamed."""
+    def save_lora(
+        self, handle: PipelineHandle, adapter_name: str, path: Path | Callable[[Callable[[str], None]], Path],
+        fmt: str = "kohya",
+    ) -> Path:
+        """SaveLoRA: the adapter's own weights at strength 1, written whole (loragraph/disk.py).
+
+        ``path`` is the file to write, or a saver that takes the writer and returns where it saved
+        (SaveLoRA's numbered names, which never overwrite a file another process just saved).
+        """
         from peft.utils import get_peft_model_state_dict
 
         from . import kohya
@@ -256,19 +262,15 @@ class Engine:
                     sd = get_peft_model_state_dict(model, adapter_name=adapter_name)
                     layers[comp] = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
                     configs[comp] = model.peft_config[adapter_name]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
-        try:
+        def write(tmp: str) -> None:
             if fmt == "kohya":
                 kohya.save_kohya(layers, configs, tmp, sdxl="text_encoder_2" in handle.source.components)
             else:
                 _save_diffusers(type(pipe), layers, configs, Path(tmp))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+
+        if callable(path):
+            return path(write)
+        return disk.write_file(path, write)
 
 
 def _per_component(weight: Any, comps: list[str]) -> dict[str, Any]:
