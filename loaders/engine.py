@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .. import disk
+from .. import disk, limits
 from . import lora_file
 from .pipelines import PipelineCache, build_pipeline, lora_components, make_source, param_bytes
 from .reconcile import LivePipeline, LoraOperationError, realize
@@ -84,6 +84,7 @@ class Engine:
             raise NodeInputError("lora_name", str(e)) from None
         try:
             lf = lora_file.read_lora(path)
+            lf.check_finite()  # NaN/inf/absurd values: refused here, before the pipeline is touched
         except lora_file.LoraFileError as e:
             raise NodeInputError("lora_name", str(e)) from None
         name = adapter_name.strip() or derive_adapter_name(lora_name, handle.state.names)
@@ -127,6 +128,9 @@ class Engine:
             raise NodeInputError("width" if width % 8 else "height", "must be a multiple of 8")
         if scheduler not in SCHEDULERS:
             raise NodeInputError("scheduler", f"unknown scheduler {scheduler!r}")
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if (refusal := limits.check_prompt_length(text, name)) is not None:
+                raise NodeInputError(name, refusal)
         with self.lock:
             live, _ = self.realize(handle)
             pipe = live.pipe
@@ -138,10 +142,18 @@ class Engine:
                     f"{type(pipe).__name__} samples by flow matching ({type(original).__name__}); "
                     f"{scheduler!r} is a noise-prediction scheduler and does not apply: use 'default'",
                 )
+            chosen = original
             if SCHEDULERS[scheduler]:
                 import diffusers
 
-                pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(original.config)
+                chosen = getattr(diffusers, SCHEDULERS[scheduler]).from_config(original.config)
+            # Limits before any work (loragraph/limits.py): the scheduler can do the steps, and the
+            # images can fit the device's free memory.
+            if (refusal := limits.steps_refusal(chosen, steps)) is not None:
+                raise NodeInputError("steps", refusal)
+            if (memory := limits.memory_refusal(pipe, width, height, batch_size)) is not None:
+                raise NodeInputError(*memory)
+            pipe.scheduler = chosen
 
             def on_step(_pipe, i, _t, kwargs):
                 if progress is not None:
