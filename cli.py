@@ -370,11 +370,13 @@ def _interrupt_on_sigint(executor: Any) -> Iterator[None]:
 
 
 def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    from . import host
     from .graph import Executor
     from .loaders import engine  # noqa: F401 - import torch and diffusers before any clock starts
     from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
 
     _configure_host(args)
+    host.clean_stale_temps()
     registry = HEADLESS_NODE_CLASS_MAPPINGS
     workflows = _load_workflows(args.workflows, args.overrides, registry)
     executor = Executor(registry, progress_hook_factory=None if args.json else _progress_bar_factory)

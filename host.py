@@ -169,6 +169,12 @@ def resolve_in(kind: str, relative: str) -> Path:
     raise FileNotFoundError(f"{relative!r} is not in the {kind} folder ({shown})")
 
 
+def clean_stale_temps(*more: str | os.PathLike) -> int:
+    """Remove temp files a killed save left (loragraph/disk.py) from the output, temp and LoRA folders
+    and ``more``; headless runs and the server call it when they start."""
+    return disk.clean_stale_temps([output_dir(), temp_dir(), *folder_roots("loras"), *more])
+
+
 def comfyui_routes():
     """Inside ComfyUI: the aiohttp route table of its PromptServer (served at / and /api), else None.
 

@@ -135,6 +135,7 @@ class PromptServer:
     async def on_startup(self, app: web.Application) -> None:
         for folder in (self.input_dir, host_seam.output_dir()):
             folder.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(host_seam.clean_stale_temps, self.input_dir, self.users.root)
         await self.hub.start()
         self.worker.start()
         logger.info("input folder %s, output folder %s", self.input_dir, host_seam.output_dir())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import json
 import logging
 import os
 import sys
@@ -135,7 +134,7 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
                     logger.warning("ws connection closed with exception %s", ws.exception())
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     try:
-                        data = json.loads(msg.data)
+                        data = limits.loads(msg.data)
                     except ValueError:
                         logger.warning("Invalid JSON received from client %s", sid)
                         continue
