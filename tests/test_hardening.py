@@ -243,8 +243,12 @@ def test_two_processes_saving_one_prefix_lose_no_file(tmp_path):
 
     count = 60
     go = tmp_path.parent / f"{tmp_path.name}-go"
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), str(me), str(count), str(go)],
-                              stdout=subprocess.PIPE, text=True) for me in (0, 1)]
+    old = os.umask(0o022)  # the processes inherit it: their PNGs must be 0644, as ComfyUI's are
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), str(me), str(count), str(go)],
+                                  stdout=subprocess.PIPE, text=True) for me in (0, 1)]
+    finally:
+        os.umask(old)
     deadline = time.time() + 120
     while not all(Path(f"{go}.ready{me}").exists() for me in (0, 1)) and time.time() < deadline:
         time.sleep(0.01)
@@ -258,6 +262,7 @@ def test_two_processes_saving_one_prefix_lose_no_file(tmp_path):
     values = {Image.open(tmp_path / f).getpixel((0, 0))[0] for f in files}
     assert len(values) == 2 * count  # every image survived, none overwritten by another
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+    assert {(tmp_path / f).stat().st_mode & 0o777 for f in files} == {0o644}
 
 
 def test_files_get_the_mode_the_umask_allows(tmp_path):
