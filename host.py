@@ -110,7 +110,9 @@ def _comfy_file_list(kind: str, extensions: tuple[str, ...]) -> list[str] | None
         names = folder_paths.get_filename_list(kind)
     except KeyError:
         return None
-    return sorted({n.replace(os.sep, "/") for n in names if n.lower().endswith(extensions)})
+    names = (n.replace(os.sep, "/") for n in names)
+    # ComfyUI lists dot files too: hide temp files of a save in progress here as well (disk.py).
+    return sorted({n for n in names if n.lower().endswith(extensions) and disk.visible(n.rsplit("/", 1)[-1])})
 
 
 def _list_kind(kind: str, extensions: tuple[str, ...]) -> list[str]:
