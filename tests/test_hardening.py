@@ -34,6 +34,10 @@ def live(tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening")
     before = host.folder_roots("loras")[0].parent, host.output_dir()
     (root / "models" / "loras").mkdir(parents=True)
+    (root / "input").mkdir()
+    left = root / "input" / ".lg-tmp-killed.png"  # a save killed before this server started
+    left.write_bytes(b"")
+    os.utime(left, (time.time() - 7200, time.time() - 7200))
     config = ServerConfig(models_dir=root / "models", output_dir=root / "output", input_dir=root / "input",
                           user_dir=root / "user", editor=False, allow_hosts=("proxy.example",),
                           max_upload_size=64 * 1024 * 1024)
@@ -115,6 +119,10 @@ def test_posts_from_other_origins_and_other_host_names_are_refused(live):
     # reading is refused too for a foreign Host (a rebinding page would read /history)
     assert raw_http(live.port, "GET", "/history", {"Host": f"rebind.evil.example:{live.port}"})[0] == 403
     assert raw_http(live.port, "GET", "/history", {"Host": f"127.0.0.1:{live.port}"})[0] == 200
+
+
+def test_the_server_cleans_stale_temp_files_when_it_starts(live):
+    assert not (live.root / "input" / ".lg-tmp-killed.png").exists()
 
 
 def test_a_refused_upload_writes_nothing(live):
@@ -294,7 +302,7 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_temp_files_are_hidden_from_listings_and_stale_ones_cleaned(tmp_path):
+def test_temp_files_are_hidden_from_listings_and_stale_ones_cleaned(tmp_path, capsys):
     loras = tmp_path / "models" / "loras"
     loras.mkdir(parents=True)
     (loras / "real.safetensors").write_bytes(b"x")
@@ -310,7 +318,10 @@ def test_temp_files_are_hidden_from_listings_and_stale_ones_cleaned(tmp_path):
     try:
         host.configure(models_dir=tmp_path / "models", output_dir=tmp_path / "output")
         assert host.list_loras() == ["real.safetensors"]
-        assert host.clean_stale_temps() == 2
+        # `loragraph run` cleans up when it starts (before it even reads the workflow)
+        (tmp_path / "none.json").write_text("{}")
+        main(["run", str(tmp_path / "none.json"), "--json", "--models-dir", str(tmp_path / "models"),
+              "--output-dir", str(tmp_path / "output")])
     finally:
         host.configure(models_dir=before[0], output_dir=before[1])
     assert not any(p.exists() for p in stale)
