@@ -157,7 +157,11 @@ def _converted(file: str, spec: tuple[str, int] | None, channel: str) -> tuple[b
     from PIL import Image
 
     buffer = BytesIO()
-    with Image.open(file) as img:  # reads the header only: the size is known before any decoding
+    try:
+        img = Image.open(file)  # reads the header only: the size is known before any decoding
+    except Image.DecompressionBombError as ex:  # PIL's own refusal, above 2 x its MAX_IMAGE_PIXELS
+        raise BadPreview(f"too large to convert ({ex})") from None
+    with img:
         width, height = img.size
         if width * height > MAX_PREVIEW_PIXELS:
             raise BadPreview(f"{width}x{height} is too large to convert (at most {MAX_PREVIEW_PIXELS} pixels); "

@@ -211,9 +211,12 @@ def test_view_shows_only_media_inline_with_nosniff_and_a_csp(live):
 
 def test_view_preview_is_capped_and_bad_requests_are_400_not_500(live):
     own = {"Host": f"127.0.0.1:{live.port}"}
+    assert _upload(live, "fine.png", _png(8, 8))[0] == 200
     assert _upload(live, "huge.png", _png(4100, 4100))[0] == 200  # 16.8 M pixels, just over the cap
-    status, _, body = raw_http(live.port, "GET", "/view?type=input&filename=huge.png&preview=webp;90", own)
-    assert status == 400 and b"too large" in body
+    assert _upload(live, "bomb.png", _png(13500, 13500))[0] == 200  # past PIL's own bomb limit: it raises
+    for name in ("huge.png", "bomb.png"):
+        status, _, body = raw_http(live.port, "GET", f"/view?type=input&filename={name}&preview=webp;90", own)
+        assert status == 400 and b"too large" in body, (name, status, body[:100])
     assert raw_http(live.port, "GET", "/view?type=input&filename=huge.png", own)[0] == 200  # served whole
     assert raw_http(live.port, "GET", "/view?type=input&filename=fine.png&preview=jpeg;80", own)[0] == 200
     for preview in ("webp;1000", "webp;99999999999999999999"):
