@@ -160,6 +160,26 @@ def parse(state_dict: Mapping[str, torch.Tensor]) -> tuple[Module, ...]:
     return tuple(out)
 
 
+def _missing(m: Module) -> list[str]:
+    """The keys an algorithm needs that the module lacks."""
+    t = m.tensors
+    if m.algorithm in ("lora", "locon", "dora"):
+        need = ["lora_down.weight", "lora_up.weight"]
+    elif m.algorithm == "loha":
+        need = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"] + (
+            ["hada_t1", "hada_t2"] if ("hada_t1" in t or "hada_t2" in t) else []
+        )
+    elif m.algorithm == "lokr":
+        need = (["lokr_w1"] if "lokr_w1" in t or "lokr_w1_a" not in t else ["lokr_w1_a", "lokr_w1_b"]) + (
+            ["lokr_w2"] if "lokr_w2" in t or "lokr_w2_a" not in t else ["lokr_w2_a", "lokr_w2_b"]
+        )
+    elif m.algorithm == "full":
+        need = ["diff"]
+    else:
+        return []
+    return [k for k in need if k not in t]
+
+
 def unsupported(modules: Iterable[Module]) -> dict[str, list[str]]:
     """{algorithm: sample keys} of the modules this loader cannot build."""
     bad: dict[str, list[str]] = {}
@@ -168,6 +188,9 @@ def unsupported(modules: Iterable[Module]) -> dict[str, list[str]]:
         algo = m.algorithm if m.algorithm not in ALGORITHMS else ("unknown" if extra else None)
         if m.algorithm in ALGORITHMS and extra:
             algo = f"{m.algorithm} with {', '.join(sorted(extra))}"
+        missing = _missing(m) if algo is None else []
+        if missing:
+            algo = f"{m.algorithm} without {', '.join(missing)}"
         if algo is None and m.algorithm == "dora" and _dora_axis(m) != "out":
             algo = "dora (magnitude on the input axis)"
         if algo is not None:
