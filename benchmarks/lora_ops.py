@@ -74,6 +74,47 @@ def write_loras(pipe, folder: Path, rank: int, count: int) -> dict[str, Path]:
     return out
 
 
+_ATTN = ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def write_lycoris(pipe, folder: Path, rank: int) -> dict[str, Path]:
+    """LoHa and LoKr files (kohya/LyCORIS keys) on the same layers as the LoRAs, with the LoRA's
+    parameter count: LoHa at rank/2 (two pairs of factors), LoKr with a 2x2 w1 and a rank-2r w2 of
+    half the layer's size ((out/2 + in/2) * 2r = (out + in) * r)."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(7)
+    out = {}
+    for algo in ("loha", "lokr"):
+        path = folder / f"r{rank}_{algo}.safetensors"
+        out[algo] = path
+        if path.exists():
+            continue
+        tensors = {}
+        for comp, prefix in (("unet", "lora_unet_"), ("text_encoder", "lora_te_")):
+            for name, mod in getattr(pipe, comp).named_modules():
+                if not (isinstance(mod, torch.nn.Linear) and name.endswith(_ATTN)):
+                    continue
+                te_root = "text_model_" if comp == "text_encoder" and not name.startswith("text_model") else ""
+                key = prefix + te_root + name.replace(".", "_")
+                o, i = mod.out_features, mod.in_features
+
+                def rnd(*shape):
+                    return torch.randn(*shape, generator=gen) * 0.05
+
+                if algo == "loha":
+                    r = rank // 2
+                    tensors.update({f"{key}.hada_w1_a": rnd(o, r), f"{key}.hada_w1_b": rnd(r, i),
+                                    f"{key}.hada_w2_a": rnd(o, r), f"{key}.hada_w2_b": rnd(r, i)})
+                else:
+                    r = 2 * rank
+                    tensors.update({f"{key}.lokr_w1": rnd(2, 2), f"{key}.lokr_w2_a": rnd(o // 2, r),
+                                    f"{key}.lokr_w2_b": rnd(r, i // 2)})
+                tensors[f"{key}.alpha"] = torch.tensor(float(r))
+        save_file(tensors, str(path))
+    return out
+
+
 class PeakRSS:
     """Peak resident memory above the start, sampled every millisecond in a thread."""
 
@@ -453,9 +494,35 @@ class Bench:
         self.raw_reset()
         self.ours_reset()
         self.executor_row()
+        self.lycoris_rows()
         if self.args.sampling:
             self.sampling_rows()
         self.check_exact()
+
+    def lycoris_rows(self):
+        """#15: attaching a LoHa/LoKr against a plain LoRA of the same parameter count on the same
+        layers (loragraph alone: diffusers cannot load these), and a weight change on each."""
+        from loragraph.loaders import state as st
+
+        files = write_lycoris(self.raw, self.root / "loras", self.args.rank)
+        lora = st.add_adapter(self.base, self.spec("kohya_0", "k"))
+        base = self.row("attach LoRA (kohya, baseline for LoHa/LoKr)", self.unpark,
+                        lambda: self.engine.realize(lora), lambda: None, None)
+        for algo, path in files.items():
+            h = st.add_adapter(self.base, self.engine.lora_spec(self.base, path.name, 1.0, algo))
+            self.row(f"attach {algo} (same parameters and layers as the LoRA)", self.unpark,
+                     lambda h=h: self.engine.realize(h), lambda: None, None,
+                     note_fn=lambda r: f"{r['loragraph_ms'] / base['loragraph_ms']:.2f}x the LoRA's attach")
+            w = [st.set_weights(h, algo, "0.6"), st.set_weights(h, algo, "0.9")]
+            flip = {"i": 0}
+
+            def weights(w=w, flip=flip):
+                flip["i"] += 1
+                self.engine.realize(w[flip["i"] % 2])
+
+            self.row(f"weight change, {algo}, unfused", lambda h=h: self.engine.realize(h), weights,
+                     lambda: None, None, note="set_adapters' per-layer scales (target: <= 10 ms)")
+        self.ours_reset()
 
     def sampling_rows(self):
         """ms per denoising step with 1, 3, 5 LoRAs, unfused and fused: ours (engine.sample) vs raw pipe()."""
@@ -585,6 +652,7 @@ def main(argv=None) -> int:
     p.add_argument("--sampling", action=argparse.BooleanOptionalAction, default=None,
                    help="add the sampling rows (default: on with --device cuda; slow on a CPU)")
     p.add_argument("--sample-steps", type=int, default=20, help="steps per sampling call (default 20)")
+    p.add_argument("--only-lycoris", action="store_true", help="only the LoHa/LoKr rows (#15)")
     args = p.parse_args(argv)
     if args.sampling is None:
         args.sampling = args.device == "cuda"
@@ -594,7 +662,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     bench = Bench(args)
     print(HEADER, flush=True)
-    bench.run()
+    if args.only_lycoris:
+        bench.lycoris_rows()
+    else:
+        bench.run()
     print("\n" + HEADER)
     for r in bench.rows:
         print(_fmt_row(r))
