@@ -90,3 +90,24 @@ def producer_image(pipe_builder, path: Path, multiplier: float) -> torch.Tensor:
     pipe.set_progress_bar_config(disable=True)
     producer_apply(pipe, path, multiplier)
     return render(pipe)
+
+
+def to_sgm_names(src: Path, dst: Path, pipe) -> Path:
+    """The file with its UNet modules under kohya sd-scripts' SDXL (SGM/LDM) names, tensors unchanged."""
+    from loragraph.loaders.testing import _LDM_RESNET, _ldm_unet_names
+    from safetensors.torch import load_file, save_file
+
+    pairs = sorted(_ldm_unet_names(pipe.unet.config), key=lambda p: -len(p[0]))
+    paths = {"lora_unet_" + n.replace(".", "_"): n for n, _ in pipe.unet.named_modules() if n}
+    out = {}
+    for key, value in load_file(str(src)).items():
+        module, _, suffix = key.partition(".")
+        if module in paths:
+            path = paths[module] + "."
+            ours, theirs = next(p for p in pairs if path.startswith(p[0]))
+            rest = path[len(ours):]
+            rest = next((b + rest[len(a):] for a, b in _LDM_RESNET if rest.startswith(a)), rest)
+            module = "lora_unet_" + (theirs + rest).rstrip(".").replace(".", "_")
+        out[f"{module}.{suffix}"] = value
+    save_file(out, str(dst))
+    return dst

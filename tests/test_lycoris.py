@@ -12,7 +12,7 @@ import torch
 from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
-from lycoris_oracle import merge_files, producer_apply, producer_image, write_file
+from lycoris_oracle import merge_files, producer_apply, producer_image, to_sgm_names, write_file
 
 TOL = 2 / 255
 
@@ -48,6 +48,8 @@ def lycoris_dir(tmp_path_factory):
     })
     write_file(loras / "ly_sdxl_lokr.safetensors", build_tiny_sdxl, "lokr", 301)
     write_file(loras / "ly_sdxl_loha.safetensors", build_tiny_sdxl, "loha", 302)
+    # the same tensors under kohya sd-scripts' SDXL (SGM) UNet names: input_blocks_4_1_...
+    to_sgm_names(loras / "ly_sdxl_loha.safetensors", loras / "ly_sdxl_loha_sgm.safetensors", build_tiny_sdxl())
     return root
 
 
@@ -119,13 +121,21 @@ def test_lycoris_file_matches_producer(engine, producer, base_image, name):
     assert all(torch.equal(v, after[k]) for k, v in before.items()), "unfuse must restore the bits"
 
 
-def test_lycoris_file_on_sdxl_two_text_encoders(engine, producer):
+def test_lycoris_file_on_sdxl_two_text_encoders(engine, producer, lycoris_dir):
+    """LyCORIS on SDXL (lora_te1_/lora_te2_), also in kohya sd-scripts' SGM UNet names."""
     h0 = engine.load_pipeline("builtin:tiny-sdxl")
     for name in ("ly_sdxl_lokr", "ly_sdxl_loha"):
         for strength in (1.0, 0.5):
             h = load(engine, h0, name, strength, "x")
             assert engine.info(h)["adapters"]["x"]["components"] == ["unet", "text_encoder", "text_encoder_2"]
             assert max_diff(sample(engine, h), producer(name, strength)) <= TOL, (name, strength)
+    from loragraph.loaders.lora_file import read_lora
+
+    sgm = read_lora(lycoris_dir / "loras" / "ly_sdxl_loha_sgm.safetensors")
+    assert any(m.name.startswith("lora_unet_input_blocks_") for m in sgm.modules)
+    h = load(engine, h0, "ly_sdxl_loha_sgm", 0.5, "x")
+    assert engine.info(h)["warnings"] == []  # every module lands
+    assert max_diff(sample(engine, h), producer("ly_sdxl_loha", 0.5)) <= TOL
 
 
 def test_lycoris_lokr_tucker_matches_training_network(engine, lycoris_dir):

@@ -34,6 +34,7 @@ import collections
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -310,6 +311,10 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
     landed: dict[str, list[tuple[Module, str]]] = {}
     unmatched: list[tuple[str, str, str]] = []
     lookups: dict[str, dict[str, str]] = {}
+    modules = list(modules)
+    # kohya sd-scripts trains SDXL on its own (SGM/LDM) UNet: lora_unet_input_blocks_4_1_... names
+    sgm = [m.name for m in modules if m.component == "unet" and _SGM.match(m.name)]
+    sgm_paths = _sgm_paths(sgm, pipe.unet.config) if sgm and getattr(pipe, "unet", None) is not None else {}
     for m in modules:
         model = getattr(pipe, m.component, None)
         if model is None:
@@ -319,6 +324,8 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
             lookups[m.component] = kohya_names(model, m.component)
         prefix = next(p for p, c in PREFIXES.items() if m.name.startswith(p) and c == m.component)
         path = lookups[m.component].get(m.name[len(prefix) :])
+        if path is None and m.name in sgm_paths:
+            path = lookups[m.component].get(sgm_paths[m.name].replace(".", "_"))
         if path is None:
             unmatched.append((m.component, m.name, "no such module"))
             continue
@@ -553,6 +560,21 @@ def kohya_tensors(modules: Iterable[Module], keep: set[str] | None = None) -> di
 
 # --------------------------------------------------------------------------------------------------
 # FENCE: private diffusers/transformers/peft attributes (move to the engine's fence module).
+
+
+_SGM = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks|out_2|time_embed|label_emb)_")
+
+
+def _sgm_paths(names: list[str], unet_config: Any) -> dict[str, str]:
+    """{kohya SGM module name: diffusers module path}, by diffusers' own kohya converters (private)."""
+    from diffusers.loaders.lora_conversion_utils import (
+        _convert_unet_lora_key,
+        _maybe_map_sgm_blocks_to_diffusers,
+    )
+
+    carried = {f"{n}.alpha": n for n in names}  # the values carry the original name through the renames
+    mapped = _maybe_map_sgm_blocks_to_diffusers(dict(carried), unet_config)
+    return {orig: _convert_unet_lora_key(k.split(".")[0]).replace(".processor", "") for k, orig in mapped.items()}
 
 
 def _mark_peft_loaded(model: torch.nn.Module) -> None:
