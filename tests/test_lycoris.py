@@ -249,19 +249,30 @@ def test_save_lycoris_roundtrip(engine, producer, lycoris_dir, tmp_path):
         engine.save_lora(h, "m", tmp_path / "saved_d.safetensors", "diffusers")
 
 
-def test_unsupported_algorithm_is_an_error_naming_it(engine, lycoris_dir, tmp_path):
-    """OFT and friends are refused with the algorithm and sample keys, never skipped silently."""
+@pytest.mark.parametrize(
+    "algo, options, named",
+    [
+        ("diag-oft", {}, r"OFT \(diag-OFT\)"),
+        ("glora", {}, "GLoRA"),
+        ("ia3", {}, "IA3"),
+        ("full", {"train_norm": True}, r"full-weight norm layers \(w_norm/b_norm\)"),
+    ],
+)
+def test_unsupported_algorithm_is_an_error_naming_it(engine, lycoris_dir, algo, options, named):
+    """OFT, GLoRA, IA3 and norm-layer weights are refused with the algorithm and sample keys, never
+    skipped silently, and the pipeline is left as it was. (BOFT: LyCORIS cannot build one on the tiny
+    text encoder, whose width 37 BOFT cannot factor.)"""
     from loragraph.loaders.builtin import build_tiny_sd
     from loragraph.loaders.lora_file import LoraFileError, coverage, read_lora
 
-    path = write_file(lycoris_dir / "loras" / "ly_oft.safetensors", build_tiny_sd, "diag-oft", 501)
-    lf = read_lora(path)
-    with pytest.raises(LoraFileError, match=r"OFT \(diag-OFT\) \(e\.g\. lora_"):
-        coverage(engine.live(engine.load_pipeline("builtin:tiny-sd").source).pipe, lf)
+    path = write_file(lycoris_dir / "loras" / f"ly_bad_{algo}.safetensors", build_tiny_sd, algo, 501, **options)
     h0 = engine.load_pipeline("builtin:tiny-sd")
-    with pytest.raises(Exception, match="OFT"):
-        engine.realize(load(engine, h0, "ly_oft", 1.0, "o"))
-    assert engine.live(h0.source).pipe.unet.peft_config if hasattr(engine.live(h0.source).pipe.unet, "peft_config") else True
+    pipe = engine.live(h0.source).pipe
+    with pytest.raises(LoraFileError, match=named + r" \(e\.g\. lora_"):
+        coverage(pipe, read_lora(path))
+    with pytest.raises(Exception, match=named):
+        engine.realize(load(engine, h0, f"ly_bad_{algo}", 1.0, "o"))
+    assert not getattr(pipe.unet, "peft_config", None) and not getattr(pipe.text_encoder, "peft_config", None)
 
 
 def test_inspect_names_algorithm_per_module_and_fit(lycoris_dir, capsys):
