@@ -320,3 +320,29 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     live.ops.clear()
     engine.realize(load(engine, h0, "ly_loha", 1.0, "q"))
     assert "load_lora_weights" in live.ops and "hotswap" not in live.ops
+
+
+def test_kohya_spellings_and_dora_axis(engine, producer, lycoris_dir):
+    """kohya's `lora_te_text_model_…` names land like LyCORIS's `lora_te_encoder_…` ones (transformers
+    >= 5 flattens CLIPTextModel); a DoRA magnitude on the input axis (older files) is refused."""
+    from loragraph.loaders.lora_file import LoraFileError, coverage, read_lora
+    from safetensors.torch import load_file, save_file
+
+    loras = lycoris_dir / "loras"
+    sd = load_file(str(loras / "ly_loha.safetensors"))
+    save_file({k.replace("lora_te_", "lora_te_text_model_"): v for k, v in sd.items()},
+              str(loras / "ly_loha_tm.safetensors"))
+    h0 = engine.load_pipeline("builtin:tiny-sd")
+    h = load(engine, h0, "ly_loha_tm", 0.5, "x")
+    assert max_diff(sample(engine, h), producer("ly_loha", 0.5)) <= TOL
+
+    sd = load_file(str(loras / "ly_dora.safetensors"))
+    bad = {}
+    for k, v in sd.items():  # one magnitude per input column instead of per output row
+        if k.endswith("dora_scale"):
+            down = sd[k.replace("dora_scale", "lora_down.weight")]
+            v = torch.ones(1, down.shape[1], *([1] * (down.ndim - 2)))
+        bad[k] = v
+    save_file(bad, str(loras / "ly_dora_in.safetensors"))
+    with pytest.raises(LoraFileError, match=r"dora \(magnitude on the input axis\)"):
+        coverage(engine.live(h0.source).pipe, read_lora(loras / "ly_dora_in.safetensors"))
