@@ -427,6 +427,7 @@ def _set_active(live: LivePipeline, active: ActiveSet) -> None:
                         module.set_scale(name, value.get(comp, 1.0) if isinstance(value, dict) else value)
     elif active.names:
         weights = _adapter_weights_for_call(live, active)
+        _check_block_layers(live, active.names, weights)
         with _op(live, "set_adapters", ",".join(active.names)):
             pipe.set_adapters(list(active.names), weights)
     else:
@@ -439,6 +440,26 @@ def _set_active(live: LivePipeline, active: ActiveSet) -> None:
     live.live_active = active
     # set_adapters re-creates nothing, but layers made by a load start enabled: re-assert the switch.
     _apply_text_encoder_switch(live, live.state_te_target, force=True)
+
+
+def _check_block_layers(live: LivePipeline, names, weights) -> None:
+    """diffusers' per-block UNet weights index every adapter layer as `<blocks>.<i>.<kind>.<j>` and
+    fail (IndexError) on layers outside the down/mid/up blocks (conv_in, time_embedding, conv_out),
+    which LoCon/LyCORIS files adapt: say so, naming the input, instead of a bare IndexError."""
+    for name, value in zip(names, weights):
+        blocks = value.get("unet") if isinstance(value, dict) else None
+        if not isinstance(blocks, dict) or getattr(live.pipe, "unet", None) is None:
+            continue
+        outside = [
+            n for n, m in _layers(live, "unet")
+            if len(n.split(".")) < 4 and adapter_in_layer(m, name)
+        ]
+        if outside:
+            raise LoraOperationError(
+                f"adapter {name!r} adapts UNet layers outside the down/mid/up blocks ({', '.join(outside[:3])}), "
+                "which diffusers' per-block weights cannot scale; give it a plain weight instead",
+                "block_weights",
+            )
 
 
 def _apply_text_encoder_switch(live: LivePipeline, disabled: tuple[str, ...], force: bool = False) -> None:

@@ -314,6 +314,11 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     raw.set_adapters(["b", "c"], [{"unet": blocks["unet"], "text_encoder": 1.0}, 1.0])
     assert max_diff(sample(engine, h), render(raw)) <= TOL
 
+    # an adapter on conv_in: diffusers' block weights cannot scale it; a clear error, rolled back
+    hc = st.set_weights(load(engine, h0, "ly_loha", 1.0, "b"), "b", "1.0", "", '{"b": {"down": 0.5}}')
+    with pytest.raises(Exception, match=r"block_weights: adapter 'b' adapts UNet layers outside .*conv_in"):
+        engine.realize(hc)
+
     # plain LoRA parked, then a LyCORIS file comes: a normal load, not peft's hotswap
     live = engine.live(h0.source)
     engine.realize(load(engine, h0, "ly_locon_tucker", 1.0, "p"))
