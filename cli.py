@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level (to stderr)")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log at DEBUG level (to stderr), with error classes and tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", help="log errors only (serve: no per-prompt lines)")
 
     folders = argparse.ArgumentParser(add_help=False)
     folders.add_argument(
@@ -68,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable; with several files it applies to each file that has that node",
     )
 
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N",
+        help="torch CPU threads (default: the free cores now, CPUs minus the load average; "
+        "OMP_NUM_THREADS if set)",
+    )
+
     parser = argparse.ArgumentParser(
         prog="loragraph",
         description="diffusers' LoRA management as ComfyUI-style graph nodes, run headless.",
@@ -77,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        parents=[common, folders, output, overrides],
+        parents=[common, folders, output, overrides, threads],
         help="run workflow files in one process",
         description="Run workflow files in order, sharing loaded pipelines, LoRA files and cached outputs. "
         "Exit status: 0 all succeeded, 1 some execution error, 2 some workflow invalid.",
@@ -126,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        parents=[common, folders, output],
+        parents=[common, folders, output, threads],
         help="serve ComfyUI's HTTP + websocket API (and the visual editor with loragraph[editor])",
         description="Queue workflows over ComfyUI's API (/prompt, /ws, /history, /view); existing ComfyUI "
         "clients work unchanged. Binds to loopback unless --allow-remote is given: the API has no "
@@ -145,13 +154,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
     from .server import RemoteBindRefused, run
+    from .threads import apply_threads
 
+    apply_threads(args.threads)
     try:
         run(host=args.listen, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir,
             input_dir=args.input_dir, allow_remote=args.allow_remote, user_dir=args.user_dir,
-            editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024))
+            editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024),
+            progress_hook_factory=None if args.quiet else _progress_bar_factory)
     except (RemoteBindRefused, OSError) as ex:  # OSError: the port is taken
         sys.stderr.write(f"loragraph serve: {ex}\n")
         return EXIT_INVALID
@@ -178,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = sys.stdout
     try:
         # Whatever a library prints lands on stderr: stdout is the command's own report (--json).
-        with _cli_logging(args.verbose), contextlib.redirect_stdout(sys.stderr):
+        with _cli_logging(args.verbose, args.quiet, args.command), contextlib.redirect_stdout(sys.stderr):
             return commands[args.command](args, out)
     except KeyboardInterrupt:
         sys.stderr.write("loragraph: interrupted\n")
@@ -202,24 +224,38 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """Plain messages for INFO (serve's console, as ComfyUI's); level and logger name for the rest."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return f"{record.levelname} {record.name}: {super().format(record)}"
+
+
 @contextlib.contextmanager
-def _cli_logging(verbose: bool) -> Iterator[None]:
-    """Logs to stderr: warnings and up, everything with -v. Restores the logging setup afterwards,
-    so that ``main()`` can be called in-process (tests, notebooks) without side effects."""
+def _cli_logging(verbose: bool, quiet: bool = False, command: str = "") -> Iterator[None]:
+    """Logs to stderr: warnings and up, everything with -v, errors only with -q. ``serve`` also logs
+    its INFO lines (URL, prompts queued, done, failed), as ComfyUI's console does. Restores the
+    logging setup afterwards, so that ``main()`` can be called in-process (tests, notebooks)."""
     # diffusers and transformers read these once, at import: quiet their advisory chatter unless -v.
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    ours = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
+    server_level = ours if verbose or quiet or command != "serve" else logging.INFO
     levels = {
-        "": logging.DEBUG if verbose else logging.WARNING,
-        "loragraph": logging.DEBUG if verbose else logging.WARNING,
-        # The executor logs each failure as it happens; the CLI reports every result itself.
+        "": ours,
+        "loragraph": ours,
+        "loragraph.server": server_level,
+        "loragraph.threads": server_level,
+        # The executor logs each failure as it happens; the CLI and the server report every result.
         "loragraph.graph": logging.DEBUG if verbose else logging.CRITICAL,
         "diffusers": logging.INFO if verbose else logging.ERROR,
         "transformers": logging.INFO if verbose else logging.ERROR,
     }
     saved = {name: logging.getLogger(name).level for name in levels}
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_ConsoleFormatter("%(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     for name, level in levels.items():
@@ -367,6 +403,9 @@ def _interrupt_on_sigint(executor: Any) -> Iterator[None]:
 
 def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     from .graph import Executor
+    from .threads import apply_threads
+
+    apply_threads(args.threads)
     from .loaders import engine  # noqa: F401 - import torch and diffusers before any clock starts
     from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
 
