@@ -425,11 +425,14 @@ def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
                 worst = max(worst, EXIT_INVALID)
                 continue
             logger.info("running %s", wf.file)
+            warnings = _override_warnings(wf.prompt, registry)
             result = executor.execute(wf.prompt, extra_data=wf.extra_data)
             if args.json:
+                for line in warnings:  # stdout holds only the pinned JSON line
+                    logger.warning("%s: %s", wf.file, line)
                 _write_json_line(out, _json_report(wf.file, result))
             else:
-                _print_summary(out, wf.file, wf.prompt, result)
+                _print_summary(out, wf.file, wf.prompt, result, args.verbose, warnings)
             worst = max(worst, _STATUS_EXIT.get(result.status, EXIT_ERROR))
             if result.interrupted:
                 return EXIT_INTERRUPTED
@@ -469,7 +472,19 @@ def _shown_path(path: Path) -> str:
         return str(path)
 
 
-def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: Any) -> None:
+def _override_warnings(prompt: Mapping[str, Any], registry: Mapping[str, type]) -> list[str]:
+    """One line per input that a later node always overrides (graph/overrides.py)."""
+    from .graph import overridden_inputs
+
+    try:
+        return [o.message(prompt) for o in overridden_inputs(prompt, registry)]
+    except Exception:
+        logger.debug("override analysis failed", exc_info=True)
+        return []
+
+
+def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: Any, verbose: bool = False,
+                   warnings: Sequence[str] = ()) -> None:
     ran = len(result.executed)
     failed = (result.error or {}).get("node_id") if result.status == "error" else None  # or interrupted
     head = f"{file}: {result.status}"
@@ -479,6 +494,8 @@ def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: A
             head += f"; executor overhead {100.0 * result.overhead_s / result.wall_s:.1f}%"
         head += ")"
     out.write(head + "\n")
+    for line in warnings:
+        out.write(f"  warning: {line}\n")
     rows = [(n, f"{result.timings[n]:8.3f} s") for n in result.executed]
     if failed is not None and failed in prompt:
         took = result.timings.get(failed)
@@ -490,7 +507,7 @@ def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: A
     for node_id, label, path in _written_files(result.outputs):
         out.write(f"  {label:<7} {_shown_path(path)}  (node {node_id})\n")
     lines = (_validation_lines(result.error, result.node_errors, prompt) if result.status == "invalid"
-             else result.error_lines())
+             else result.error_lines(verbose))
     for line in lines:
         out.write(f"  error: {line}\n")
     out.flush()
@@ -535,10 +552,12 @@ def _cmd_validate(args: argparse.Namespace, out: IO[str]) -> int:
         status = "invalid" if error else "valid"
         if status == "invalid":
             worst = EXIT_INVALID
+        warnings = _override_warnings(wf.prompt, registry) if status == "valid" else []
         if args.json:
-            _write_json_line(out, {"file": wf.file, "status": status, "error": error})
+            _write_json_line(out, {"file": wf.file, "status": status, "error": error, "warnings": warnings})
         else:
-            out.write(f"{wf.file}: {status}\n" + "".join(f"  error: {line}\n" for line in lines))
+            out.write(f"{wf.file}: {status}\n" + "".join(f"  error: {line}\n" for line in lines)
+                      + "".join(f"  warning: {line}\n" for line in warnings))
     return worst
 
 
