@@ -268,11 +268,11 @@ def _cli_logging(verbose: bool, quiet: bool = False, command: str = "") -> Itera
             logging.getLogger(name).setLevel(level)
 
 
-def _configure_host(args: argparse.Namespace) -> None:
+def _configure_host(args: argparse.Namespace, needs_models: bool = True) -> None:
     from . import host
 
     models = Path(args.models_dir)
-    if not models.is_dir():
+    if needs_models and not models.is_dir():
         logger.warning("models folder %s does not exist; only built-in models are available", models)
     host.configure(models_dir=models, output_dir=getattr(args, "output_dir", None))
 
@@ -504,6 +504,7 @@ def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: A
     rows += [(n, "  cached") for n in result.cached]
     for node_id, what in rows:
         out.write(f"  {node_id:>4} {prompt[node_id]['class_type']:<22} {what}\n")
+        out.write(_node_text(result.outputs.get(node_id)))
     for node_id, label, path in _written_files(result.outputs):
         out.write(f"  {label:<7} {_shown_path(path)}  (node {node_id})\n")
     lines = (_validation_lines(result.error, result.node_errors, prompt) if result.status == "invalid"
@@ -511,6 +512,14 @@ def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: A
     for line in lines:
         out.write(f"  error: {line}\n")
     out.flush()
+
+
+def _node_text(ui: Mapping[str, Any] | None) -> str:
+    """A node's text output (what it shows: LoRAInfo's report, warnings), indented under its line."""
+    texts = (ui or {}).get("text") or []
+    if isinstance(texts, str):
+        texts = [texts]
+    return "".join(f"         {line}\n" for text in texts for line in str(text).splitlines())
 
 
 def _validation_lines(error: Mapping[str, Any] | None, node_errors: Mapping[str, Any],
@@ -569,8 +578,9 @@ def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
     from .loaders import lora_file
     from .loaders.engine import get_engine
 
-    _configure_host(args)
     path = Path(args.lora)
+    # A file given by its path needs no models folder (the default --model is built in).
+    _configure_host(args, needs_models=not path.is_file() or not args.model.startswith("builtin:"))
     if not path.is_file():
         try:
             path = host.resolve_in("loras", args.lora)

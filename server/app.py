@@ -133,8 +133,8 @@ class PromptServer:
         return object_info(self.registry, only=only)
 
     async def on_startup(self, app: web.Application) -> None:
-        for folder in (self.input_dir, host_seam.output_dir()):
-            folder.mkdir(parents=True, exist_ok=True)
+        # No folder is made here: each is created when first written (an upload, SaveImage,
+        # the editor's settings), so a server started and stopped leaves the current folder as it was.
         await self.hub.start()
         self.worker.start()
         logger.info("input folder %s, output folder %s", self.input_dir, host_seam.output_dir())
