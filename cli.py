@@ -494,7 +494,7 @@ def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: A
             head += f"; executor overhead {100.0 * result.overhead_s / result.wall_s:.1f}%"
         head += ")"
     out.write(head + "\n")
-    for line in warnings:
+    for line in warnings if result.status != "invalid" else ():
         out.write(f"  warning: {line}\n")
     rows = [(n, f"{result.timings[n]:8.3f} s") for n in result.executed]
     if failed is not None and failed in prompt:

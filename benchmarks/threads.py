@@ -9,7 +9,7 @@ Every measurement runs in a fresh process (``--child``), so each one pays what a
 - ``sampler``: the quickstart's Sampler node alone (20 steps at 32x32), median of ``--repeats`` seeds
   in that process, after the first;
 - ``sd15 step``: one UNet pass of an SD1.5-size UNet (diffusers' defaults, random weights) at 64x64
-  latents with CFG (batch 2): one denoising step of SD1.5 at 512x512.
+  latents with CFG (batch 2): one denoising step of SD1.5 at 512x512 (``--latent 32``: 256x256).
 
 Each row runs once with the machine as it is and once (``busy``) with one extra process spinning on
 a core, the situation where torch's default threads oversubscribe. ``default`` is the thread count
@@ -52,8 +52,8 @@ def _child_sampler(repeats: int) -> dict[str, float]:
     return {"sampler_s": statistics.median(times[1:])}
 
 
-def _child_sd15(repeats: int) -> dict[str, float]:
-    """One SD1.5 UNet step at 512x512 (64x64 latents, batch 2 for CFG), median of ``repeats``."""
+def _child_sd15(repeats: int, latent: int) -> dict[str, float]:
+    """One SD1.5 UNet step (batch 2 for CFG) at ``latent``x``latent`` latents, median of ``repeats``."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -66,7 +66,7 @@ def _child_sd15(repeats: int) -> dict[str, float]:
             p.normal_(0.0, 0.02, generator=gen)
         for b in unet.buffers():
             b.zero_()
-    latents = torch.randn(2, 4, 64, 64, generator=gen)
+    latents = torch.randn(2, 4, latent, latent, generator=gen)
     text = torch.randn(2, 77, 768, generator=gen)
     times = []
     with torch.inference_mode():
@@ -81,14 +81,14 @@ def _child(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.child_threads)
-    out = _child_sd15(args.repeats) if args.child == "sd15" else _child_sampler(args.repeats)
+    out = _child_sd15(args.repeats, args.latent) if args.child == "sd15" else _child_sampler(args.repeats)
     print(json.dumps(out))
 
 
-def _run_child(kind: str, threads: int, repeats: int) -> dict[str, float]:
+def _run_child(kind: str, threads: int, repeats: int, latent: int = 64) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "benchmarks.threads", "--child", kind, "--child-threads", str(threads),
-           "--repeats", str(repeats)]
+           "--repeats", str(repeats), "--latent", str(latent)]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{kind} at {threads} threads failed:\n{done.stderr[-2000:]}")
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-sd15", action="store_true", help="skip the SD1.5-size UNet step (~10-40 s each)")
     parser.add_argument("--no-busy", action="store_true", help="skip the rows with one core kept busy")
+    parser.add_argument("--latent", type=int, default=64,
+                        help="SD1.5 latent size (default 64: 512x512 images; 32 is 4x faster)")
     parser.add_argument("--child", choices=["sampler", "sd15"], help=argparse.SUPPRESS)
     parser.add_argument("--child-threads", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["first_image_s"] = _first_image(n)
                 row.update(_run_child("sampler", n, args.repeats))
                 if not args.no_sd15:
-                    row.update(_run_child("sd15", n, max(1, args.repeats - 1)))
+                    row.update(_run_child("sd15", n, max(1, args.repeats - 1), args.latent))
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
         finally:
@@ -155,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"torch {torch.__version__}, {cpus} CPUs available, {time.strftime('%Y-%m-%d %H:%M')}; "
           f"load average {' / '.join(f'{x:.2f}' for x in os.getloadavg())} (1/5/15 min) at the end\n")
+    size = 8 * args.latent
     print("| one core busy | threads | load at start | default rule picks | first image (process) | "
-          "Sampler, 20 steps 32x32 | SD1.5 UNet step, 512x512 CFG |")
+          f"Sampler, 20 steps 32x32 | SD1.5 UNet step, {size}x{size} CFG |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         sd = f"{r['sd15_step_s']:.2f} s" if "sd15_step_s" in r else "-"
