@@ -640,7 +640,8 @@ def _format_summary(summary: Mapping[str, Any]) -> str:
         ("modules", summary.get("modules")),
         ("per component", summary.get("components")),
         ("ranks", summary.get("ranks")),
-        ("alphas", ["none (= rank)" if a is None else a for a in summary.get("alphas") or []]),
+        ("alphas", f"{fmt(summary.get('effective_alphas') or [])}"
+                   + ("" if summary.get("alpha_in_file", True) else " (= rank: the file stores none)")),
         ("base model", f"{summary.get('base_model')} ({summary.get('base_model_reason')})"),
         ("trigger words", summary.get("trigger_words")),
         ("training", summary.get("training")),
