@@ -63,6 +63,7 @@ EDITOR_DEFAULT_SETTINGS: dict[str, Any] = {
 }
 # Files the editor asks for whether or not they exist; missing, they answer empty, not 404 (ComfyUI
 # ships them or makes them at start; we make no file the user did not write).
+EMPTY_USER_FOLDERS = {"workflows", "subgraphs"}
 EMPTY_USER_FILES = {"user.css": ("", "text/css"), "comfy.templates.json": ("[]", "application/json")}
 
 
@@ -257,8 +258,8 @@ def build_editor_routes(server: PromptServer, users: UserFiles) -> web.RouteTabl
         folder = users.path(directory)
         if folder is None:
             return web.Response(status=403, text="Invalid directory")
-        if not folder.exists() and folder.parent == users.user_root:
-            return web.json_response([])  # workflows/, subgraphs/ before the first save: empty, not missing
+        if not folder.exists() and directory.strip("/") in EMPTY_USER_FOLDERS:
+            return web.json_response([])  # before the first save: empty, not missing (no 404 in the console)
         if not folder.is_dir():
             return web.Response(status=404, text="Directory not found")
         flag = {k: query.get(k, "").lower() == "true" for k in ("recurse", "full_info", "split")}
