@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,12 @@ def choose_threads(requested: int | None) -> tuple[int, str]:
 def apply_threads(requested: int | None) -> int:
     """Set torch's intra-op threads (``--threads``, or the default rule); returns the number set."""
     n, why = choose_threads(requested)
-    import torch
+    if "torch" in sys.modules:
+        import torch
 
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+    else:  # torch reads it when first imported: `serve` shows its URL without waiting for torch
+        os.environ["OMP_NUM_THREADS"] = str(n)
     logger.info("torch uses %d CPU thread%s (%s)", n, "s" * (n != 1), why)
     return n
