@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from ..graph import WorkflowError, format_validation_error, normalize_prompt, validate_prompt
+from ..graph import (
+    WorkflowError,
+    format_validation_error,
+    normalize_prompt,
+    overridden_inputs,
+    validate_prompt,
+)
 from . import files
 
 if TYPE_CHECKING:
@@ -272,6 +278,8 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         server.queue.put((number, prompt_id, normalized, extra_data, list(outputs)))
         logger.info("got prompt %s (%d nodes; %d in the queue)", prompt_id, len(normalized),
                     server.queue.tasks_remaining())
+        for overridden in overridden_inputs(normalized, server.registry):
+            logger.warning("prompt %s: %s", prompt_id, overridden.message(normalized))
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     @routes.post("/queue")

@@ -277,7 +277,7 @@ def test_serve_says_what_it_does_on_its_console_and_makes_no_folder_it_does_not_
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"server did not start: {err.read_text()[-2000:]}")
                 time.sleep(0.3)
-        good = _post(url + "/prompt", {"prompt": lora_workflow(info=False, sampler=True)})["prompt_id"]
+        good = _post(url + "/prompt", {"prompt": lora_workflow(strength=0.5, info=False, sampler=True)})["prompt_id"]
         bad = _post(url + "/prompt", {"prompt": lora_workflow(names="nope", info=True)})["prompt_id"]
         for prompt_id in (good, bad):
             while prompt_id not in json.loads(urllib.request.urlopen(f"{url}/history/{prompt_id}", timeout=5).read()):
@@ -293,6 +293,7 @@ def test_serve_says_what_it_does_on_its_console_and_makes_no_folder_it_does_not_
     else:
         assert "no visual editor: pip install 'loragraph[editor]'" in log
     assert f"got prompt {good} (5 nodes" in log and f"got prompt {bad} (4 nodes" in log
+    assert f"WARNING loragraph.server.routes: prompt {good}: node 2 (LoadLoRA \"style LoRA\"), input 'strength'" in log
     assert f"prompt {good} done in " in log and " s (5 nodes run, 0 cached)" in log
     failed = next(line for line in log.splitlines() if line.startswith(f"prompt {bad} failed in "))
     assert "node 3 (SetAdapterWeights): adapter_names: " in failed
