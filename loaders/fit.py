@@ -26,20 +26,25 @@ def _pipe(name: str) -> Any:
     return _BUILT[name]
 
 
-def builtin_fits(lora: lora_file.LoraFile) -> list[str]:
-    """`builtin:<name>` of every built-in model on which all of the file's modules land."""
+def builtin_fits(lora: lora_file.LoraFile, first: str = "tiny-sd") -> list[str]:
+    """`builtin:<name>` of the first built-in model (`first` tried first) on which all of the file's
+    modules land, or []; one model is built per try, so a file for the default model costs one build."""
     from .builtin import BUILTIN_MODELS
 
-    fits = []
-    for name in BUILTIN_MODELS:
+    for name in sorted(BUILTIN_MODELS, key=lambda n: n != first):
         try:
             cov = lora_file.coverage(_pipe(name), lora)
         except lora_file.LoraFileError as e:
             logger.debug("%s on builtin:%s: %s", lora.path, name, e)
             continue
         if cov.complete:
-            fits.append(f"builtin:{name}")
-    return fits
+            return [f"builtin:{name}"]
+    return []
+
+
+def built(model: str) -> Any | None:
+    """The pipeline `builtin_fits` built for `model`, if it did."""
+    return _BUILT.get(model.removeprefix("builtin:"))
 
 
 def module_algorithms(lora: lora_file.LoraFile) -> dict[str, str]:
