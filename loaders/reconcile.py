@@ -428,8 +428,21 @@ def _set_active(live: LivePipeline, active: ActiveSet) -> None:
     elif active.names:
         weights = _adapter_weights_for_call(live, active)
         _check_block_layers(live, active.names, weights)
+        # #15: transformer block weights (SD3/Flux), which diffusers refuses: 1.0 to diffusers, then
+        # each transformer layer's scale set from its block (loaders/blocks.py)
+        per_block = {
+            n: w["transformer"] for n, w in zip(active.names, weights)
+            if isinstance(w, dict) and isinstance(w.get("transformer"), dict)
+        }
+        weights = [{**w, "transformer": 1.0} if n in per_block else w for n, w in zip(active.names, weights)]
         with _op(live, "set_adapters", ",".join(active.names)):
             pipe.set_adapters(list(active.names), weights)
+            if per_block:
+                from .blocks import weight_for
+
+                for layer_name, module in _layers(live, "transformer"):
+                    for n, block_dict in per_block.items():
+                        module.set_scale(n, weight_for(block_dict, layer_name))
     else:
         # No active adapter: peft layers run the base layer only. diffusers' set_adapters refuses an
         # empty list, so each tuner layer is told directly.

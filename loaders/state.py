@@ -226,8 +226,15 @@ def _normalise_block_dict(value: Any, source: PipelineSource, input_name: str) -
     """Accept diffusers' per-block form; a bare {"down","mid","up"} dict means the denoiser."""
     if not isinstance(value, dict):
         raise NodeInputError(input_name, f"expected a JSON object per adapter, got {value!r}")
-    if value and set(value) <= {"down", "mid", "up"}:
+    from . import blocks as transformer_blocks
+
+    if value and set(value) <= {"down", "mid", "up"} or transformer_blocks.is_transformer_blocks(value):
         value = {source.denoiser: value}
+    if source.denoiser == "transformer" and isinstance(value.get("transformer"), dict):
+        try:
+            value = {**value, "transformer": transformer_blocks.normalise(value["transformer"])}
+        except ValueError as e:
+            raise NodeInputError(input_name, f"transformer: {e}") from None
     allowed = set(source.components)
     bad = [k for k in value if k not in allowed]
     if bad:

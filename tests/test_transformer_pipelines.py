@@ -191,3 +191,26 @@ def test_save_lora_round_trips_through_diffusers(engine, sd3_models, tmp_path):
     raw = build_tiny_sd3()
     raw.load_lora_weights(str(out.parent), weight_name=out.name, adapter_name="saved")
     assert max_diff(render(raw), sample(engine, h)) <= TOL
+
+
+# --- #15: per-block weights on a transformer denoiser (diffusers offers them on UNets only) ---------
+
+
+def test_transformer_block_weights_by_index(engine, sd3_models):
+    """`{"transformer_blocks": {"0": w}}` scales block 0's LoRA layers: the tiny SD3 has one block,
+    holding every transformer LoRA layer of sd3_a, so block weight w equals transformer weight w in
+    diffusers' own per-component set_adapters; a block not listed keeps 1.0; bad forms name the input."""
+    h0 = engine.load_pipeline(MODEL)
+    h1 = load(engine, h0, "sd3_a.safetensors", 1.0, "a")
+    raw = build_tiny_sd3()
+    raw_load(raw, sd3_models, "sd3_a.safetensors", "a")
+    for blocks, w in (('{"transformer_blocks": {"0": 0.3}}', 0.3), ('{"double": [0.0]}', 0.0),
+                      ('{"transformer": {"single_transformer_blocks": {"0": 0.0}}}', 1.0)):
+        h = st.set_weights(h1, "a", "0.8", "0.6", blocks)
+        raw.set_adapters(["a"], [{"transformer": w, "text_encoder": 0.6, "text_encoder_2": 0.6}])
+        assert max_diff(sample(engine, h), render(raw)) <= TOL, blocks
+    assert engine.info(h)["adapters"]["a"]["weights"]["transformer"] == {"single_transformer_blocks": {"0": 0.0}}
+    with pytest.raises(NodeInputError, match="block_weights: transformer: unknown block kind 'down'"):
+        st.set_weights(h1, "a", "1", "", '{"transformer": {"down": 1.0}}')
+    with pytest.raises(NodeInputError, match="block_weights: transformer: double: expected block index"):
+        st.set_weights(h1, "a", "1", "", '{"double": {"x": 1.0}}')
