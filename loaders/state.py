@@ -228,8 +228,10 @@ def _normalise_block_dict(value: Any, source: PipelineSource, input_name: str) -
         raise NodeInputError(input_name, f"expected a JSON object per adapter, got {value!r}")
     from . import blocks as transformer_blocks
 
+    if transformer_blocks.is_transformer_blocks(value) and source.denoiser != "transformer":
+        raise NodeInputError(input_name, "transformer blocks are for transformer pipelines; a UNet takes down/mid/up")
     if value and set(value) <= {"down", "mid", "up"} or transformer_blocks.is_transformer_blocks(value):
-        value = {source.denoiser: value}
+        value = {source.denoiser: value}  # a bare block dict means the denoiser (#15: SD3/Flux blocks too)
     if source.denoiser == "transformer" and isinstance(value.get("transformer"), dict):
         try:
             value = {**value, "transformer": transformer_blocks.normalise(value["transformer"])}

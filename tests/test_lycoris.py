@@ -314,6 +314,9 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     raw.set_adapters(["b", "c"], [{"unet": blocks["unet"], "text_encoder": 1.0}, 1.0])
     assert max_diff(sample(engine, h), render(raw)) <= TOL
 
+    with pytest.raises(st.NodeInputError, match="block_weights: transformer blocks are for transformer pipelines"):
+        st.set_weights(h, "b", "1.0", "", '{"double": [1.0]}')
+
     # an adapter on conv_in: diffusers' block weights cannot scale it; a clear error, rolled back
     hc = st.set_weights(load(engine, h0, "ly_loha", 1.0, "b"), "b", "1.0", "", '{"b": {"down": 0.5}}')
     with pytest.raises(Exception, match=r"block_weights: adapter 'b' adapts UNet layers outside .*conv_in"):
