@@ -1,0 +1,54 @@
+"""A tiny FluxPipeline built offline (diffusers' Flux LoRA-test shape), T5 tokenizer included (#15).
+
+The T5 tokenizer is a Unigram model over a generated vocabulary (`tokenizers`), wrapped as
+`T5TokenizerFast`: nothing is downloaded. Two double-stream and two single-stream blocks, so
+per-block weights have blocks of both kinds to address. Native size 32x32 (latent channels 1).
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+
+
+def t5_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + c, -1.0) for c in string.ascii_lowercase]
+    vocab += [(c, -2.0) for c in string.ascii_lowercase + string.digits]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0)
+
+
+def build_tiny_flux():
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from loragraph.loaders.builtin import _clip_config, make_tokenizer
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )
+    torch.manual_seed(1)
+    text_encoder = CLIPTextModel(_clip_config())
+    t5 = T5EncoderModel(T5Config(vocab_size=65, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                 eos_token_id=1))
+    torch.manual_seed(2)
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
+                        tokenizer=make_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tokenizer(),
+                        transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
