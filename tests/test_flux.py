@@ -83,3 +83,43 @@ def test_flux_block_weights_by_index(engine):
         got = sample(engine, st.set_weights(h, "a", "1.0", "", blocks))
         assert max_diff(got, want) <= TOL, blocks
         assert max_diff(got, sample(engine, h)) > 1e-3, "the block must matter"
+
+
+def _kohya_flux(path, seed: int):
+    """A kohya-ss Flux LoRA (BFL module names: fused qkv, single-block linear1/linear2), alpha != rank."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    dims = {"img_attn_qkv": (32, 96), "img_attn_proj": (32, 32), "txt_attn_qkv": (32, 96),
+            "txt_attn_proj": (32, 32), "linear1": (32, 224), "linear2": (160, 32)}
+    out = {}
+    for kind, n in (("double_blocks", 2), ("single_blocks", 2)):
+        for i in range(n):
+            # no single-block linear1: diffusers' converter splits it at full Flux's sizes (3072, 12288)
+            for part in (("img_attn_qkv", "img_attn_proj", "txt_attn_qkv", "txt_attn_proj") if kind == "double_blocks"
+                         else ("linear2",)):
+                name = f"lora_unet_{kind}_{i}_{part}"
+                d_in, d_out = dims[part]
+                out[f"{name}.lora_down.weight"] = torch.randn(4, d_in, generator=g) / d_in**0.5
+                out[f"{name}.lora_up.weight"] = torch.randn(d_out, 4, generator=g) * 0.75
+                out[f"{name}.alpha"] = torch.tensor(2.0)
+    save_file(out, str(path))
+    return path
+
+
+def test_kohya_flux_lora_through_diffusers_converter(engine, flux_models):
+    """kohya's Flux names (lora_unet_double_blocks_…, lora_unet_single_blocks_…) load through
+    diffusers' own converter, as raw diffusers loads them; block weights apply to them too."""
+    from diffusers import FluxPipeline
+
+    _kohya_flux(flux_models / "loras" / "flux_kohya.safetensors", 51)
+    h0 = engine.load_pipeline("tiny-flux")
+    h = load(engine, h0, "flux_kohya", 0.7, "k")
+    raw = FluxPipeline.from_pretrained(str(flux_models / "diffusers" / "tiny-flux"))
+    raw.set_progress_bar_config(disable=True)
+    raw.load_lora_weights(str(flux_models / "loras"), weight_name="flux_kohya.safetensors", adapter_name="k")
+    raw.set_adapters(["k"], [0.7])
+    ours = sample(engine, h)
+    assert max_diff(ours, sample_raw(raw)) <= TOL
+    assert max_diff(ours, sample(engine, h0)) > 0.01
+    assert engine.info(h)["warnings"] == []
