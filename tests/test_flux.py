@@ -123,3 +123,44 @@ def test_kohya_flux_lora_through_diffusers_converter(engine, flux_models):
     assert max_diff(ours, sample_raw(raw)) <= TOL
     assert max_diff(ours, sample(engine, h0)) > 0.01
     assert engine.info(h)["warnings"] == []
+
+
+def _lycoris_on_flux(pipe, seed: int, algo: str = "lokr"):
+    """A LyCORIS network on the Flux transformer (its blocks in diffusers' layout), weights from `seed`."""
+    import lycoris.kohya as lk
+    from lycoris.kohya import create_network
+
+    lk.PRESET["loragraph-flux"] = {
+        "enable_conv": False, "unet_target_module": ["FluxTransformerBlock", "FluxSingleTransformerBlock"],
+        "unet_target_name": [], "text_encoder_target_module": [], "text_encoder_target_name": [],
+    }
+    torch.manual_seed(seed)
+    net = create_network(1.0, 4, 2, pipe.vae, None, pipe.transformer, algo=algo, preset="loragraph-flux",
+                         warn_on_unmatched=False, factor=4)
+    net.apply_to(None, pipe.transformer, False, True)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return net
+
+
+def test_lycoris_lokr_on_flux_matches_producer(engine, flux_models):
+    """LyCORIS LoKr on the Flux transformer: its network rebuilt from the file is the oracle."""
+    from diffusers import FluxPipeline
+    from lycoris.kohya import create_network_from_weights
+
+    path = flux_models / "loras" / "flux_lokr.safetensors"
+    net = _lycoris_on_flux(FluxPipeline.from_pretrained(str(flux_models / "diffusers" / "tiny-flux")), 61)
+    net.save_weights(str(path), torch.float32, {})
+    for strength in (1.0, 0.5):
+        raw = FluxPipeline.from_pretrained(str(flux_models / "diffusers" / "tiny-flux"))
+        raw.set_progress_bar_config(disable=True)
+        rebuilt, _ = create_network_from_weights(strength, str(path), raw.vae, None, raw.transformer)
+        rebuilt.apply_to(None, raw.transformer, False, True)
+        want = sample_raw(raw)
+        h0 = engine.load_pipeline("tiny-flux")
+        h = load(engine, h0, "flux_lokr", strength, "x")
+        assert engine.info(h)["adapters"]["x"]["algorithm"] == "lokr"
+        assert max_diff(sample(engine, h), want) <= 2 / 255, strength
+        assert max_diff(want, sample(engine, h0)) > 0.01

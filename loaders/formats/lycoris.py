@@ -48,6 +48,7 @@ PREFIXES = {
     "lora_te_": "text_encoder",
     "lora_te1_": "text_encoder",
     "lora_te2_": "text_encoder_2",
+    "lora_transformer_": "transformer",
 }
 # Key suffixes of a module, per algorithm, as LyCORIS and kohya sd-scripts write them.
 _LORA = {"lora_down.weight", "lora_up.weight", "lora_mid.weight"}
@@ -316,13 +317,16 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
     sgm = [m.name for m in modules if m.component == "unet" and _SGM.match(m.name)]
     sgm_paths = _sgm_paths(sgm, pipe.unet.config) if sgm and getattr(pipe, "unet", None) is not None else {}
     for m in modules:
+        if m.component == "unet" and getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+            # LyCORIS names a transformer denoiser lora_unet_ too (its `unet` argument)
+            m = dataclasses.replace(m, component="transformer")
         model = getattr(pipe, m.component, None)
         if model is None:
             unmatched.append((m.component, m.name, f"no such component: {type(pipe).__name__} has no {m.component}"))
             continue
         if m.component not in lookups:
             lookups[m.component] = kohya_names(model, m.component)
-        prefix = next(p for p, c in PREFIXES.items() if m.name.startswith(p) and c == m.component)
+        prefix = next(p for p in PREFIXES if m.name.startswith(p))
         path = lookups[m.component].get(m.name[len(prefix) :])
         if path is None and m.name in sgm_paths:
             path = lookups[m.component].get(sgm_paths[m.name].replace(".", "_"))
