@@ -33,7 +33,8 @@ from .. import limits
 logger = logging.getLogger(__name__)
 
 # "lycoris": kohya-style keys with LoHa/LoKr/DoRA/full/Tucker modules (loaders/formats/lycoris.py)
-LoraFormat = Literal["diffusers", "peft", "diffusers-old", "kohya", "lycoris"]
+# "xlabs": XLabs' Flux keys (double_blocks.N.processor.qkv_lora1...), converted by diffusers itself
+LoraFormat = Literal["diffusers", "peft", "diffusers-old", "kohya", "lycoris", "xlabs"]
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
@@ -57,7 +58,7 @@ KOHYA_PREFIXES = {
 # module name is everything before the match; the marker says which family it is.
 _DOWN_RE = re.compile(
     r"^(?P<module>.+?)(?P<marker>\.lora_A(?:\.[^.]+)?|\.lora_down|\.lora\.down|\.lora_linear_layer\.down"
-    r"|_lora\.down)\.weight$"
+    r"|_lora\.down|_lora1\.down|_lora2\.down)\.weight$"
 )
 _UP_MARKERS = {
     ".lora_A": ".lora_B",
@@ -65,6 +66,8 @@ _UP_MARKERS = {
     ".lora.down": ".lora.up",
     ".lora_linear_layer.down": ".lora_linear_layer.up",
     "_lora.down": "_lora.up",
+    "_lora1.down": "_lora1.up",  # XLabs Flux
+    "_lora2.down": "_lora2.up",
 }
 # Key fragments that mark a tensor as belonging to some low-rank adapter (LoRA, LoHa, LoKr).
 _ADAPTER_KEY_MARKERS = (
@@ -80,6 +83,8 @@ _ADAPTER_KEY_MARKERS = (
     "lokr_w",
     "lora_magnitude_vector",
     "dora_scale",
+    "_lora1.",  # XLabs Flux (#15)
+    "_lora2.",
 )
 
 # The parsed-file cache is bounded by the files' total size: parsed LoRAs live in RAM as CPU
@@ -603,6 +608,8 @@ def detect_format(keys: Iterable[str]) -> LoraFormat:
     keys = [k for k in keys if any(m in k for m in _ADAPTER_KEY_MARKERS)]
     if any(k.startswith(tuple(KOHYA_PREFIXES)) for k in keys):
         return "kohya"
+    if keys and all(re.match(r"(double|single)_blocks\.\d+\.processor\.", k) for k in keys):
+        return "xlabs"  # #15: diffusers' Flux loader recognises and converts these keys itself
     if any(".processor." in k or "_lora.down." in k or "_lora.up." in k for k in keys):
         return "diffusers-old"
     if any(k.split(".", 1)[0] in COMPONENTS for k in keys):
@@ -628,7 +635,7 @@ def _guess_unprefixed_component(key: str) -> str:
     key = key.removeprefix("base_model.model.")
     if key.startswith(("text_model.", "encoder.layers.", "embeddings.", "text_projection")):
         return "text_encoder"
-    if key.startswith(("transformer_blocks.", "single_transformer_blocks.")):
+    if key.startswith(("transformer_blocks.", "single_transformer_blocks.", "double_blocks.", "single_blocks.")):
         return "transformer"
     return "unet"
 

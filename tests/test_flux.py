@@ -164,3 +164,52 @@ def test_lycoris_lokr_on_flux_matches_producer(engine, flux_models):
         assert engine.info(h)["adapters"]["x"]["algorithm"] == "lokr"
         assert max_diff(sample(engine, h), want) <= 2 / 255, strength
         assert max_diff(want, sample(engine, h0)) > 0.01
+
+
+def _xlabs_flux(path, seed: int):
+    """An XLabs Flux LoRA: `double_blocks.{i}.processor.{qkv,proj}_lora{1,2}.{down,up}.weight`."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for i in range(2):
+        for part, d_out in (("qkv_lora1", 96), ("proj_lora1", 32), ("qkv_lora2", 96), ("proj_lora2", 32)):
+            key = f"double_blocks.{i}.processor.{part}"
+            out[f"{key}.down.weight"] = torch.randn(4, 32, generator=g) / 32**0.5
+            out[f"{key}.up.weight"] = torch.randn(d_out, 4, generator=g) * 0.75
+    save_file(out, str(path))
+    return path
+
+
+def _onetrainer_flux(path, seed: int):
+    """A OneTrainer Flux LoRA: kohya-style keys over diffusers' module names (lora_transformer_…)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for kind, n in (("transformer_blocks", 2), ("single_transformer_blocks", 2)):
+        for i in range(n):
+            for part in ("attn_to_q", "attn_to_k", "attn_to_v"):
+                name = f"lora_transformer_{kind}_{i}_{part}"
+                out[f"{name}.lora_down.weight"] = torch.randn(4, 32, generator=g) / 32**0.5
+                out[f"{name}.lora_up.weight"] = torch.randn(32, 4, generator=g) * 0.75
+                out[f"{name}.alpha"] = torch.tensor(2.0)
+    save_file(out, str(path))
+    return path
+
+
+@pytest.mark.parametrize("form", ["xlabs", "onetrainer"])
+def test_xlabs_and_onetrainer_flux_loras_through_diffusers(engine, flux_models, form):
+    from diffusers import FluxPipeline
+
+    name = f"flux_{form}"
+    (_xlabs_flux if form == "xlabs" else _onetrainer_flux)(flux_models / "loras" / f"{name}.safetensors", 71)
+    h0 = engine.load_pipeline("tiny-flux")
+    h = load(engine, h0, name, 0.7, "f")
+    raw = FluxPipeline.from_pretrained(str(flux_models / "diffusers" / "tiny-flux"))
+    raw.set_progress_bar_config(disable=True)
+    raw.load_lora_weights(str(flux_models / "loras"), weight_name=f"{name}.safetensors", adapter_name="f")
+    raw.set_adapters(["f"], [0.7])
+    ours = sample(engine, h)
+    assert max_diff(ours, sample_raw(raw)) <= TOL
+    assert max_diff(ours, sample(engine, h0)) > 0.01
