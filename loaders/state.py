@@ -16,6 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any
 
 DENOISERS = ("unet", "transformer")
@@ -121,7 +122,7 @@ class Schedule:
             return ks[0][1]
         if progress >= ks[-1][0]:
             return ks[-1][1]
-        for (p0, s0), (p1, s1) in zip(ks, ks[1:]):
+        for (p0, s0), (p1, s1) in pairwise(ks):
             if p0 <= progress < p1:
                 if self.interpolation == "hold":
                     return s0
