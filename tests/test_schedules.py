@@ -164,18 +164,18 @@ def test_constant_schedule_equals_a_plain_weight(engine, configured):
     assert max_diff(plain, recipe(raw, ["a"], [[0.7]] * N)) <= TOL
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_switch_on_at_step_k_matches_the_recipe(engine, configured, k):
+def test_switch_on_at_step_k_matches_the_recipe(engine, configured):
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sd_a.safetensors", 1.0, "a")
-    ours = sample(engine, st.schedule_weights(h, "a", f"0:0, {k / N}:1", "hold"))
     raw = raw_pipeline()
     raw_load(raw, configured, "sd_a.safetensors", "a")
-    # the text encoder keeps its weight (1.0): the schedule is the denoiser's only
-    per_step = [[unet_te(0.0 if i < k else 1.0)] for i in range(N)]
-    assert max_diff(ours, recipe(raw, ["a"], per_step)) <= TOL
-    # a recipe one step off (the callback's timing mistaken) gives another image: the test can tell
-    off = [[unet_te(0.0 if i < k - 1 else 1.0)] for i in range(N)]
-    assert max_diff(ours, recipe(raw, ["a"], off)) > TOL
+    for k in (1, 2, 3):
+        ours = sample(engine, st.schedule_weights(h, "a", f"0:0, {k / N}:1", "hold"))
+        # the text encoder keeps its weight (1.0): the schedule is the denoiser's only
+        per_step = [[unet_te(0.0 if i < k else 1.0)] for i in range(N)]
+        assert max_diff(ours, recipe(raw, ["a"], per_step)) <= TOL, k
+        # a recipe one step off (the callback's timing mistaken) gives another image: the test can tell
+        off = [[unet_te(0.0 if i < k - 1 else 1.0)] for i in range(N)]
+        assert max_diff(ours, recipe(raw, ["a"], off)) > TOL, k
 
 
 def test_two_scheduled_and_one_static_adapter_sd(engine, configured):
@@ -212,21 +212,22 @@ def test_sdxl_schedule_matches_the_recipe(engine, configured):
     assert max_diff(ours, recipe(raw, ["x"], per_step)) <= TOL
 
 
-@pytest.mark.parametrize(
-    ("keyframes", "steps", "weights"),
-    [
-        ("0:0.3, 0.5:1", 1, [0.3]),  # one step: strength(0) only
-        ("0:0, 1:1", N, [0.0, 0.25, 0.5, 0.75]),  # the keyframe at 1.0 is never reached (step N-1 = 3/4)
-        ("1:-1", N, [-1.0] * N),  # before the first keyframe, the first holds
-        ("0:-1, 0.5:0.5", N, [-1.0, -0.25, 0.5, 0.5]),  # negative strengths
-    ],
-)
-def test_edges(engine, configured, keyframes, steps, weights):
+EDGES = [
+    ("0:0.3, 0.5:1", 1, [0.3]),  # one step: strength(0) only
+    ("0:0, 1:1", N, [0.0, 0.25, 0.5, 0.75]),  # the keyframe at 1.0 is never reached (step N-1 = 3/4)
+    ("1:-1", N, [-1.0] * N),  # before the first keyframe, the first holds
+    ("0:-1, 0.5:0.5", N, [-1.0, -0.25, 0.5, 0.5]),  # negative strengths
+]
+
+
+def test_edges(engine, configured):
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sd_a.safetensors", 1.0, "a")
-    ours = sample(engine, st.schedule_weights(h, "a", keyframes), steps=steps)
     raw = raw_pipeline()
     raw_load(raw, configured, "sd_a.safetensors", "a")
-    assert max_diff(ours, recipe(raw, ["a"], [[unet_te(w)] for w in weights], steps=steps)) <= TOL
+    for keyframes, steps, weights in EDGES:
+        ours = sample(engine, st.schedule_weights(h, "a", keyframes), steps=steps)
+        expected = recipe(raw, ["a"], [[unet_te(w)] for w in weights], steps=steps)
+        assert max_diff(ours, expected) <= TOL, keyframes
 
 
 def test_block_weights_scale_with_the_schedule(engine, configured):
