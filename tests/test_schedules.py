@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPT, SIZE, max_diff, raw_load, raw_pipeline
+from conftest import PROMPT, SIZE, STEPS, max_diff, raw_load, raw_pipeline
 from loragraph.graph import ExecutionInterrupted
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
@@ -339,3 +339,33 @@ def test_schedule_of_a_text_encoder_only_adapter_is_refused(engine, configured, 
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sched_te.safetensors", 1.0, "t")
     with pytest.raises(LoraOperationError, match="no layers in the unet: a schedule acts on the denoiser only"):
         engine.check_schedules(st.schedule_weights(h, "t", "0:0"))
+
+
+# --- through the executor -----------------------------------------------------------------------
+
+
+def test_workflow_branches_and_errors_on_the_node(configured):
+    from loragraph.graph import Executor
+    from test_workflows import REGISTRY, Workflow, run
+
+    executor = Executor(REGISTRY)
+    wf = Workflow()
+    loaded = wf.lora(wf.pipeline(), "sd_a.safetensors", 1.0, "a")
+    off_late = wf.add("ScheduleAdapterWeights", pipeline=loaded, adapter_name="a", keyframes="0:1, 0.4:1, 0.6:0",
+                      interpolation="hold")
+    on_late = wf.add("ScheduleAdapterWeights", pipeline=loaded, adapter_name="a", keyframes="0:0, 0.5:1",
+                     interpolation="hold")
+    plain, first, second = wf.sample(loaded), wf.sample(off_late), wf.sample(on_late)
+    images = run(executor, wf)
+    raw = raw_pipeline()
+    raw_load(raw, configured, "sd_a.safetensors", "a")
+    steps = STEPS  # what Workflow.sample uses
+    assert max_diff(images[plain], recipe(raw, ["a"], [[1.0]] * steps, steps=steps)) <= TOL
+    # 3 steps at progress 0, 1/3, 2/3: "hold" gives 1, 1, 0 and 0, 0, 1
+    assert max_diff(images[first], recipe(raw, ["a"], [[unet_te(w)] for w in (1, 1, 0)], steps=steps)) <= TOL
+    assert max_diff(images[second], recipe(raw, ["a"], [[unet_te(w)] for w in (0, 0, 1)], steps=steps)) <= TOL
+
+    wf.nodes[off_late[0]]["inputs"]["keyframes"] = "0:1, 0.4:one"
+    result = executor.execute(wf.nodes)
+    assert result.status == "error" and result.error["node_type"] == "ScheduleAdapterWeights"
+    assert "keyframes: keyframe 2 ('0.4:one'): strength 'one' is not a number" in " ".join(result.error_lines())
