@@ -29,6 +29,7 @@ class ScheduleAdapterWeights:
                     "STRING",
                     {
                         "default": "0:1.0",
+                        "multiline": True,  # a text box: the editor redraws the curve at every keystroke
                         "tooltip": "progress:strength pairs, comma-separated, progress in 0..1 and increasing, "
                         "e.g. 0:1.0, 0.4:1.0, 0.6:0.0. Before the first keyframe its strength holds, after the "
                         "last the last. Denoiser only: text encoders run once per prompt.",
