@@ -369,3 +369,24 @@ def test_workflow_branches_and_errors_on_the_node(configured):
     result = executor.execute(wf.nodes)
     assert result.status == "error" and result.error["node_type"] == "ScheduleAdapterWeights"
     assert "keyframes: keyframe 2 ('0.4:one'): strength 'one' is not a number" in " ".join(result.error_lines())
+
+
+def test_the_schedule_example_runs(tmp_path):
+    """examples/workflows/schedule_outline.json: outline at constant strength, and off after 40%."""
+    from pathlib import Path
+
+    from loragraph import host
+    from loragraph.graph import Executor, apply_overrides, load_workflow
+    from loragraph.loaders import demo
+    from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
+    from PIL import Image
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    host.configure(models_dir=examples / "models", output_dir=tmp_path)
+    prompt = load_workflow(examples / "workflows" / "schedule_outline.json")
+    assert prompt["3"]["inputs"]["keyframes"] == "0:1.0, 0.4:0.0" and prompt["3"]["inputs"]["interpolation"] == "hold"
+    result = Executor(HEADLESS_NODE_CLASS_MAPPINGS).execute(apply_overrides(prompt, ["4.steps=10", "6.steps=10"]))
+    assert result.ok, result.error_lines()
+    constant, scheduled = (Image.open(next(tmp_path.rglob(f"outline_{n}_*.png"))) for n in ("constant", "scheduled"))
+    # the README's picture: the outline LoRA hollows the triangle; off after 40% of the steps, it stays filled
+    assert demo.fill_ratio(scheduled) > demo.fill_ratio(constant) + 0.1
