@@ -465,9 +465,9 @@ class Bench:
         Per step the engine sets each scheduled adapter's denoiser scales (`StepWeights.apply`:
         peft's set_scale on its cached tuner layers); diffusers' documented recipe calls
         `set_adapters` with every adapter's weights in `callback_on_step_end`. Per sampling call the
-        engine also builds the schedule (reads the static scales) and restores them after. Then the
-        whole Sampler on one step at SD1.5's 64x64 latents, scheduled vs the same adapters unscheduled
-        (alternated; a difference of two whole calls, so noisy on a busy machine).
+        engine also builds the schedule (reads the static scales) and restores them after. With
+        `--sampling` (the GPU variant), also the whole Sampler on one step at SD1.5's 64x64 latents,
+        scheduled vs the same adapters unscheduled (alternated; a difference of two whole calls).
         """
         from loragraph.loaders import schedule
         from loragraph.loaders import state as st
@@ -508,6 +508,9 @@ class Bench:
 
             self.row(f"schedule: setup + restore per sampling call, {count} scheduled", lambda: None,
                      setup_restore, lambda: None, None, note="once per Sampler call, not per step")
+
+            if not self.args.sampling:  # one SD1.5 step with CFG takes ~50 s on one busy CPU thread
+                continue
 
             def call(h):
                 return lambda: self.engine.sample(h, "a red circle", "", 0, 1, 7.0, size, size)

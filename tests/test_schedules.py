@@ -258,6 +258,9 @@ def test_branches_never_see_each_others_schedule(engine, configured):
     assert max_diff(sample(engine, up), first_up) == 0
     assert max_diff(sample(engine, h), plain) == 0
     assert max_diff(sample(engine, down), first_down) == 0
+    # LoRAInfo shows the handle's own schedule
+    assert engine.info(up)["schedules"] == {"a": {"keyframes": "0:0, 1:1", "interpolation": "linear", "active": True}}
+    assert engine.info(h)["schedules"] == {}
 
 
 def test_static_scales_come_back_after_an_interrupt_or_an_error(engine, configured):
