@@ -18,7 +18,8 @@ from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
 from loragraph.loaders.state import NodeInputError, Schedule
-from loragraph.loaders.testing import write_lora_file
+from loragraph.loaders.testing import build_tiny_sd3, write_lora_file
+from test_transformer_pipelines import sd3_models  # noqa: F401 - the tiny SD3 folder and its LoRAs (a fixture)
 
 TOL = 2 / 255
 N = 4  # four steps: a switch at step 1, 2 or 3 is visible and still cheap
@@ -49,7 +50,7 @@ def load(engine, handle, name, strength=1.0, adapter=""):
     return st.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
 
 
-def recipe(pipe, names, per_step, steps=N, seed=1):
+def recipe(pipe, names, per_step, steps=N, seed=1, size=SIZE, cfg=7.0):
     """diffusers' documented recipe. `per_step[i]` = the set_adapters weights of step i (a list per name)."""
     assert len(per_step) == steps
     pipe.set_adapters(names, per_step[0])
@@ -59,7 +60,7 @@ def recipe(pipe, names, per_step, steps=N, seed=1):
             p.set_adapters(names, per_step[i + 1])
         return {}
 
-    out = pipe(PROMPT, negative_prompt="", num_inference_steps=steps, guidance_scale=7.0, width=SIZE, height=SIZE,
+    out = pipe(PROMPT, negative_prompt="", num_inference_steps=steps, guidance_scale=cfg, width=size, height=size,
                num_images_per_prompt=1, generator=torch.Generator("cpu").manual_seed(seed), output_type="np",
                callback_on_step_end=on_step_end)
     assert len(pipe.scheduler.timesteps) == steps  # the tiny pipelines' scheduler: one loop per step
@@ -239,6 +240,23 @@ def test_block_weights_scale_with_the_schedule(engine, configured):
     per_step = [[{"unet": {"down": 0.5 * s, "mid": s, "up": 0.25 * s}, "text_encoder": 0.5}]
                 for s in (1.0, 0.5, 0.0, -0.5)]
     assert max_diff(ours, recipe(raw, ["a"], per_step)) <= TOL
+
+
+def test_transformer_denoiser_sd3(sd3_models, tmp_path):  # noqa: F811 - the imported fixture
+    """A transformer denoiser (tiny SD3, flow matching): the schedule acts on `transformer`."""
+    from loragraph import host
+    from test_transformer_pipelines import MODEL as SD3
+    from test_transformer_pipelines import SIZE as SD3_SIZE
+
+    host.configure(models_dir=sd3_models, output_dir=tmp_path / "output")
+    engine = Engine()
+    h = load(engine, engine.load_pipeline(SD3), "sd3_a.safetensors", 1.0, "a")
+    ours = engine.sample(st.schedule_weights(h, "a", "0:1, 1:-1"), PROMPT, "", 1, N, 5.0, SD3_SIZE, SD3_SIZE)
+    raw = build_tiny_sd3()
+    raw_load(raw, sd3_models, "sd3_a.safetensors", "a")
+    te = {"text_encoder": 1.0, "text_encoder_2": 1.0}
+    per_step = [[{"transformer": w, **te}] for w in (1.0, 0.5, 0.0, -0.5)]
+    assert max_diff(ours, recipe(raw, ["a"], per_step, size=SD3_SIZE, cfg=5.0)) <= TOL
 
 
 # --- handles, branches, restore -----------------------------------------------------------------
