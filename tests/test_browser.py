@@ -492,3 +492,8 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     assert fixed["error"] == half["error"]
     assert done["widget"] == "0:0, 0.5:1, 1:-1"
     check_curve(done, [(0.0, 0.0), (0.5, 1.0), (1.0, -1.0)])
+    scheduled = next(n for n in schedule["prompt"].values() if n["class_type"] == "ScheduleAdapterWeights")
+    assert scheduled["inputs"] == {"pipeline": scheduled["inputs"]["pipeline"], "adapter_name": "ink",
+                                   "keyframes": "0:0, 0.5:1, 1:-1", "interpolation": "linear"}
+    assert without_meta(editor_to_api(schedule["saved_graph"], HEADLESS_NODE_CLASS_MAPPINGS)) == \
+        without_meta(schedule["prompt"])

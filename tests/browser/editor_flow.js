@@ -250,6 +250,9 @@ async function main() {
         else await page.keyboard.type(chunk, { delay: 5 });
         out.schedule.typing.push(await readPlot());
       }
+      // the curve is never saved or sent: the saved graph converts to exactly the queued prompt
+      out.schedule.prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
+      out.schedule.saved_graph = await page.evaluate(() => window.app.graph.serialize());
       await fitView(page);
       out.screenshots.push(path.join(config.screenshot_dir, "editor-schedule.png"));
       await page.screenshot({ path: out.screenshots.at(-1) });
