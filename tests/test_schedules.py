@@ -10,6 +10,8 @@ are in fact bit-equal.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import PROMPT, SIZE, STEPS, max_diff, raw_load, raw_pipeline
@@ -279,6 +281,13 @@ def test_branches_never_see_each_others_schedule(engine, configured):
     # LoRAInfo shows the handle's own schedule
     assert engine.info(up)["schedules"] == {"a": {"keyframes": "0:0, 1:1", "interpolation": "linear", "active": True}}
     assert engine.info(h)["schedules"] == {}
+    # the PNG's credits say the weight followed a schedule (and only where one did)
+    from loragraph.nodes import credits
+
+    (scheduled,) = json.loads(credits.png_chunks(credits.credits_for(up, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
+    assert scheduled["schedule"] == {"keyframes": "0:0, 1:1", "interpolation": "linear"}
+    (plain_credit,) = json.loads(credits.png_chunks(credits.credits_for(h, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
+    assert "schedule" not in plain_credit
 
 
 def test_static_scales_come_back_after_an_interrupt_or_an_error(engine, configured):
@@ -328,6 +337,10 @@ def test_scheduled_adapter_samples_unfused_while_the_others_stay_fused(engine, d
     fused_image = sample(engine, fused)
     ours = sample(engine, sched)
     assert _merged(engine, sched, "f") == {True} and _merged(engine, sched, "s") == {False}
+    from loragraph.nodes.credits import lora_credits
+
+    assert {c.adapter: (c.fused, c.schedule is not None) for c in lora_credits(sched)} == {
+        "f": (True, False), "s": (False, True)}
     raw = raw_pipeline()
     raw_load(raw, disjoint, "sched_qk.safetensors", "f")
     raw_load(raw, disjoint, "sched_vo.safetensors", "s")
