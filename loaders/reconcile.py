@@ -202,7 +202,7 @@ def _slot_fits(live: LivePipeline, comp: str, slot: str, wanted) -> bool:
     have = {}
     for name, m in _layers(live, comp):
         if slot in getattr(m, "r", {}):
-            if slot in m.merged_adapters:
+            if slot in m.merged_adapters or not is_lora_layer(m):  # #15: peft hot-swaps LoRA layers only
                 return False
             have[name] = int(m.r[slot])
     return have == wanted
