@@ -164,10 +164,22 @@ def _add_scaleout_arguments(parser: argparse.ArgumentParser, sweep: bool) -> Non
 def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
     from .server import RemoteBindRefused, run
 
+    extra: dict[str, Any] = {}
+    if args.ray:  # the server fronts a pool of engine actors (scaleout/serve.py)
+        from .scaleout import RayUnavailable, require_ray
+        from .scaleout.serve import worker_factory
+
+        try:
+            require_ray()
+        except RayUnavailable as ex:
+            sys.stderr.write(f"loragraph serve: {ex}\n")
+            return EXIT_INVALID
+        extra["worker_factory"] = worker_factory(args.models_dir, args.ray_address,
+                                                 threads=int(getattr(args, "threads", None) or 1))
     try:
         run(host=args.listen, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir,
             input_dir=args.input_dir, allow_remote=args.allow_remote, user_dir=args.user_dir,
-            editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024))
+            editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024), **extra)
     except (RemoteBindRefused, OSError) as ex:  # OSError: the port is taken
         sys.stderr.write(f"loragraph serve: {ex}\n")
         return EXIT_INVALID

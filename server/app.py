@@ -77,6 +77,8 @@ class ServerConfig:
     # The visual editor (ComfyUI's frontend, when comfyui-frontend-package is installed; see editor.py)
     editor: bool = True
     user_dir: str | os.PathLike = "user"  # the editor's settings and saved workflows: {user_dir}/default
+    # serve --ray: builds the worker from the PromptServer (scaleout.serve.worker_factory); None: one process
+    worker_factory: Callable[[Any], Any] | None = None
 
 
 SERVER_KEY: web.AppKey[PromptServer] = web.AppKey("loragraph_server")
@@ -94,7 +96,8 @@ class PromptServer:
         self.hub = SocketHub()
         self.queue = PromptQueue(on_change=self.queue_updated, history_size=config.history_size)
         self.executor = Executor(self.registry)
-        self.worker = PromptWorker(self.queue, self.executor, self.hub)
+        self.worker = (config.worker_factory(self) if config.worker_factory is not None
+                       else PromptWorker(self.queue, self.executor, self.hub))
         self.number = 0
         self.web_root: Path | None = None  # the editor's files, when it is served
         self.users = editor.UserFiles(config.user_dir)

@@ -8,9 +8,11 @@ the same files, byte for byte, under the same names.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ LORAS = ["shapes/palette.safetensors", "shapes/outline.safetensors", "shapes/tex
 
 
 def workflow(lora: str = LORAS[0], seed: int = 1, prefix: str = "ray") -> dict:
-    return {
+    wf = {
         "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:shapes", "dtype": "float32", "device": "cpu"}},
         "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": lora, "strength": 1.0,
                                                   "adapter_name": ""}},
@@ -33,6 +35,9 @@ def workflow(lora: str = LORAS[0], seed: int = 1, prefix: str = "ray") -> dict:
             "batch_size": 1}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
     }
+    for node in wf.values():  # titles, as an exported workflow has them (comfy-api-simplified finds nodes by title)
+        node["_meta"] = {"title": {"SaveImage": "Save Image"}.get(node["class_type"], node["class_type"])}
+    return wf
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +83,7 @@ def test_router_keeps_lora_sets_together_and_balances_by_stealing():
             if job is not None:
                 ran[name].append(next(iter(job.needs.adapters)))
                 router.finished(name, job, job.needs.bases, router.actors[name].adapters | job.needs.adapters)
-    switches = sum(sum(a != b for a, b in zip(seq, seq[1:])) + 1 for seq in ran.values() if seq)
+    switches = sum(sum(a != b for a, b in itertools.pairwise(seq)) + 1 for seq in ran.values() if seq)
     assert sorted(len(seq) for seq in ran.values()) == [6, 6]  # balanced
     assert switches <= 4, ran  # 3 LoRA sets over 2 actors: at most one set split between them
     rr = routing.Router(["x", "y"], policy="round-robin")
@@ -211,3 +216,64 @@ def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, 
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == names  # no file twice, no temp left
     for name in names:
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+# --- serve --ray -----------------------------------------------------------------------------------
+
+
+def test_serve_ray_fronts_the_pool_for_an_existing_client(ray_cluster, shapes_models, tmp_path):
+    """comfy-api-simplified, unchanged, against a server whose prompts run on two actors."""
+    import urllib.request
+
+    from loragraph import host
+    from loragraph.scaleout.serve import worker_factory
+    from loragraph.server import ServerConfig
+    from test_server import LiveServer
+
+    simplified = pytest.importorskip("comfy_api_simplified")
+    before = host.folder_roots("loras")[0].parent, host.output_dir()
+    host.configure(models_dir=shapes_models, output_dir=tmp_path / "served")
+    config = ServerConfig(input_dir=tmp_path / "input", editor=False,
+                          worker_factory=worker_factory(str(shapes_models), actors=2))
+    server = LiveServer(config).start()
+    try:
+        api = simplified.ComfyApiWrapper(server.url)
+        # a long prompt holds one actor while the client's prompts run on the other
+        long = workflow(LORAS[2], 9, "long")
+        long["3"]["inputs"].update(steps=500, width=128, height=128)  # minutes: interrupted long before
+        long_id = api.queue_prompt(long)["prompt_id"]
+        deadline = time.monotonic() + 120
+        while not api.get_queue()["queue_running"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [item[1] for item in api.get_queue()["queue_running"]] == [long_id]
+        images = [api.queue_and_wait_images(
+            simplified.ComfyWorkflowWrapper(_as_file(tmp_path, workflow(lora, 1, "srv"))), "Save Image")
+            for lora in LORAS[:2]]
+        got = [next(iter(batch.items())) for batch in images]
+        assert [name for name, _ in got] == ["srv_00001_.png", "srv_00002_.png"]
+        # /interrupt names the long prompt: its actor stops it at the next step
+        request = urllib.request.Request(f"{server.url}/interrupt", data=json.dumps({"prompt_id": long_id}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        urllib.request.urlopen(request, timeout=30).read()
+        while long_id not in api.get_history(long_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        entry = api.get_history(long_id)[long_id]
+        assert entry["status"]["status_str"] == "error"
+        assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"]), entry["status"]
+        assert api.get_queue() == {"queue_running": [], "queue_pending": []}
+    finally:
+        server.stop()
+        host.configure(models_dir=before[0], output_dir=before[1])
+    # the same bytes as one process writes for the same workflows
+    assert main(["run", "--json", str(_as_file(tmp_path, workflow(LORAS[0], 1, "srv"))),
+                 str(_as_file(tmp_path, workflow(LORAS[1], 1, "srv"))), "--models-dir", str(shapes_models),
+                 "--output-dir", str(tmp_path / "one")]) == 0
+    for name, data in got:
+        assert data == (tmp_path / "one" / name).read_bytes() == (tmp_path / "served" / name).read_bytes()
+    assert not (tmp_path / "served" / "long_00001_.png").exists()
+
+
+def _as_file(folder: Path, wf: dict) -> str:
+    path = folder / f"wf-{abs(hash(json.dumps(wf, sort_keys=True)))}.json"
+    path.write_text(json.dumps(wf))
+    return str(path)
