@@ -277,3 +277,37 @@ def _as_file(folder: Path, wf: dict) -> str:
     path = folder / f"wf-{abs(hash(json.dumps(wf, sort_keys=True)))}.json"
     path.write_text(json.dumps(wf))
     return str(path)
+
+
+def test_interrupted_driver_stops_its_actors_and_respects_ray_address(ray_cluster, shapes_models, tmp_path):
+    """Ctrl-C on `loragraph run --ray` (joined to this cluster through RAY_ADDRESS): exit 130, the
+    runs before it reported, its actors gone (their CPUs back), no file of a job it did not report."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    file = tmp_path / "wf.json"
+    wf = workflow()
+    wf["3"]["inputs"]["steps"] = 60
+    file.write_text(json.dumps(wf))
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loragraph", "run", "--ray", "--json", str(file), "--models-dir", str(shapes_models),
+         "--output-dir", str(tmp_path / "out"), "--sweep", "3.seed=1-40"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    first = proc.stdout.readline()  # one run reported: the actors are busy with the next ones
+    assert json.loads(first)["status"] == "success"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    reported = [json.loads(line) for line in [first, *out.splitlines()] if line.startswith("{")]
+    assert 1 <= len(reported) < 40
+    assert "interrupting" in err and "ray: 2 actors" in err  # the per-actor summary still printed
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    written = sorted(i["filename"] for r in reported if r["status"] == "success" for i in r["outputs"]["4"]["images"])
+    assert names == written
+    deadline = time.monotonic() + 60
+    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources().get("CPU", 0) == 2  # the CLI's actors are gone
