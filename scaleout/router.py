@@ -17,6 +17,7 @@ ComfyUI-Distributed and SwarmUI do): the baseline of the benchmark and the tests
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,10 @@ class ActorSlot:
     queue: list[Job] = field(default_factory=list)
     running: Job | None = None
     alive: bool = True
+    # what the queued and running jobs need, counted (kept by the router: a sum over a long queue
+    # on every placement would make placing quadratic)
+    coming_bases: Counter = field(default_factory=Counter)
+    coming_adapters: Counter = field(default_factory=Counter)
 
     @property
     def load(self) -> int:
@@ -53,11 +58,17 @@ class ActorSlot:
 
     def expected(self) -> tuple[set[str], set[str]]:
         """What it will hold once its queue has run: held now plus what queued jobs load."""
-        bases, adapters = set(self.bases), set(self.adapters)
-        for job in self.queue + ([self.running] if self.running else []):
-            bases |= job.needs.bases
-            adapters |= job.needs.adapters
-        return bases, adapters
+        return self.bases | set(self.coming_bases), self.adapters | set(self.coming_adapters)
+
+    def take(self, job: Job) -> None:
+        self.coming_bases.update(job.needs.bases)
+        self.coming_adapters.update(job.needs.adapters)
+
+    def drop(self, job: Job) -> None:
+        self.coming_bases.subtract(job.needs.bases)
+        self.coming_adapters.subtract(job.needs.adapters)
+        self.coming_bases = +self.coming_bases  # drop the zeros
+        self.coming_adapters = +self.coming_adapters
 
 
 class Router:
@@ -83,6 +94,7 @@ class Router:
         else:
             slot = max(choices, key=lambda a: (*self._score(a, job.needs), -a.load))
         slot.queue.append(job)
+        slot.take(job)
         return slot.name
 
     @staticmethod
@@ -130,7 +142,10 @@ class Router:
             keep = victim.running.needs.adapters if victim.running else victim.current
             outside = [i for i, j in enumerate(victim.queue) if j.needs.adapters != keep]
             best = outside[-1] if outside else len(victim.queue) - 1
-        return victim.queue.pop(best)
+        job = victim.queue.pop(best)
+        victim.drop(job)
+        thief.take(job)
+        return job
 
     # --- reports ------------------------------------------------------------------------------
 
@@ -140,6 +155,7 @@ class Router:
         slot = self.actors[name]
         if slot.running is job:
             slot.running = None
+            slot.drop(job)
         slot.current = job.needs.adapters
         if bases is not None:
             slot.bases = set(bases)
@@ -152,6 +168,7 @@ class Router:
         slot.alive = False
         jobs = ([slot.running] if slot.running else []) + slot.queue
         slot.running, slot.queue = None, []
+        slot.coming_bases, slot.coming_adapters = Counter(), Counter()
         return jobs
 
     def pending(self) -> int:
