@@ -92,15 +92,25 @@ class Router:
         if self.policy == "round-robin":
             slot = choices[next(self._turn) % len(choices)]
         else:
-            slot = max(choices, key=lambda a: (*self._score(a, job.needs), -a.load))
+            slot = max(choices, key=lambda a: self._rank(a, job.needs))
         slot.queue.append(job)
         slot.take(job)
         return slot.name
 
+    @classmethod
+    def _rank(cls, slot: ActorSlot, needs: Needs) -> tuple[int, int, int, int]:
+        """Most LoRAs held, then the base; a job none of whose LoRAs any actor holds (a miss) goes to
+        the least loaded, the base breaking ties (else every miss would pile on the first actor that
+        built the base)."""
+        adapters, base = cls._score(slot, needs)
+        return adapters, base if adapters else 0, -slot.load, base
+
     @staticmethod
     def _score(slot: ActorSlot, needs: Needs) -> tuple[int, int]:
-        bases, adapters = slot.expected()
-        return len(needs.adapters & adapters), len(needs.bases & bases)
+        """(LoRAs, bases) of the job that the actor holds or will hold: see ``expected``."""
+        adapters = sum(1 for a in needs.adapters if a in slot.adapters or slot.coming_adapters[a] > 0)
+        bases = sum(1 for b in needs.bases if b in slot.bases or slot.coming_bases[b] > 0)
+        return adapters, bases
 
     # --- taking -------------------------------------------------------------------------------
 
