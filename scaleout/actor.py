@@ -89,8 +89,15 @@ class EngineActor:
 
         def work() -> None:
             try:
-                box["result"] = self.executor.execute(prompt, prompt_id, extra_data,
-                                                      execute_outputs=execute_outputs, allow_partial=allow_partial)
+                run = {"prompt_id": prompt_id, "extra_data": extra_data, "execute_outputs": execute_outputs,
+                           "allow_partial": allow_partial}
+                result = self.executor.execute(prompt, **run)
+                if _files_from_cache(result):
+                    # An output node served from this actor's cache names a file the driver already
+                    # took (under another name): run it afresh so its files come back with this job.
+                    self.executor.clear_cache()
+                    result = self.executor.execute(prompt, **run)
+                box["result"] = result
             except BaseException as ex:  # noqa: BLE001 - carried to the caller's thread
                 box["error"] = ex
             finally:
@@ -196,3 +203,9 @@ class EngineActor:
                                   "subfolder": item.get("subfolder") or "", "filename": item["filename"],
                                   "data": data})
         return files
+
+
+def _files_from_cache(result: Any) -> bool:
+    """True when an output node that did not run this time shows files (images, LoRAs)."""
+    ran = set(result.executed)
+    return any(node_id not in ran and (ui.get("images") or ui.get("loras")) for node_id, ui in result.outputs.items())
