@@ -104,6 +104,17 @@ def test_router_prefers_the_actor_holding_the_loras_and_breaks_ties_by_load():
     assert router.add(lost[0]) == "z"  # the next best holder still alive
 
 
+def test_an_output_served_from_an_actors_cache_is_run_again():
+    from loragraph.graph import ExecutionResult
+    from loragraph.scaleout.actor import _files_from_cache
+
+    image = {"images": [{"filename": "x_00001_.png", "subfolder": "", "type": "output"}]}
+    ran = ExecutionResult("p", "success", outputs={"4": image}, executed=["3", "4"])
+    cached = ExecutionResult("p", "success", outputs={"4": image}, executed=["3"], cached=["4"])
+    text_only = ExecutionResult("p", "success", outputs={"5": {"text": ["info"]}}, cached=["5"])
+    assert not _files_from_cache(ran) and _files_from_cache(cached) and not _files_from_cache(text_only)
+
+
 # --- run --ray -----------------------------------------------------------------------------------
 
 
