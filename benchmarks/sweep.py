@@ -116,6 +116,7 @@ def run_pool(prompts: list[dict[str, Any]], actors: int, policy: str) -> dict[st
 def measured() -> dict[str, Any]:
     import ray
 
+    load_before = _load()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="loragraph-bench")
     rows = []
     try:
@@ -131,7 +132,7 @@ def measured() -> dict[str, Any]:
                 rows.append(row)
     finally:
         ray.shutdown()
-    return {"machine": _machine(), "load_before": _load(), "rows": rows}
+    return {"machine": _machine(), "load_before": load_before, "rows": rows}
 
 
 def _load() -> str:
