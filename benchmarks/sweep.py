@@ -15,10 +15,12 @@ arriving as a Poisson stream at a fixed share of the farm's capacity. The engine
 operation are the measured ones (benchmarks/results/lora_ops_cuda.json when it exists, else the
 CPU table lora_ops_cpu.json); the router is ``scaleout.router.Router`` itself, and each engine
 replays the reconciler's policy (parked adapters, hot-swap into the oldest parked slot, a file
-overwritten by a swap is loaded when it comes back). Compared: this router, round-robin (the same
-engines), and Ray Serve's model multiplexing (each replica keeps an LRU of 3 models, a request
-goes to a replica that has its model, else the less loaded of two random replicas; a model not
-loaded is a cold attach).
+overwritten by a swap is loaded when it comes back). Compared: this router with per-actor queues
+(``affinity``, as ``run --ray`` uses it), the same rule over one FIFO queue placing each job on the
+best *free* actor (``affinity-free``, as ``serve --ray`` uses it), round-robin (the same engines),
+and Ray Serve's model multiplexing (each replica keeps an LRU of 3 models, a request
+goes to a replica that has its model and fewer than max_ongoing_requests (5), else the less loaded of
+two random replicas; a model not loaded is a cold attach).
 """
 
 from __future__ import annotations
@@ -288,13 +290,16 @@ def zipf_trace(jobs: int, loras: int, s: float, rate: float | None, seed: int) -
 def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Costs, seed: int = 0) -> SimResult:
     """Discrete events: arrivals and completions; an idle GPU takes its next job at once."""
     from loragraph.scaleout.needs import Needs
-    from loragraph.scaleout.router import Job, Router
+    from loragraph.scaleout.router import STEAL_MIN_WAITING, Job, Router
 
     rng = random.Random(seed)
     names = [f"g{i}" for i in range(gpus)]
     serve = policy == "ray-serve"
     engines = {n: (ServeReplica(costs) if serve else EngineModel(costs)) for n in names}
-    router = None if serve else Router(names, "affinity" if policy == "affinity" else "round-robin")
+    central = policy == "affinity-free"  # serve --ray: a FIFO queue, each job to the best *free* actor
+    router = None if serve else Router(names, "round-robin" if policy == "round-robin" else "affinity",
+                                       steal_min_waiting=2 if policy == "affinity-steal2" else STEAL_MIN_WAITING)
+    fifo: list[Job] = []
     queues: dict[str, list[Job]] = {n: [] for n in names}  # ray-serve: FIFO per replica
     running: dict[str, Job | None] = dict.fromkeys(names)
     events: list[tuple[float, int, str, Any]] = []
@@ -310,6 +315,11 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
 
     def start_idle() -> None:
         nonlocal order, busy, compute
+        while central and fifo:
+            free = [n for n in names if running[n] is None and not router.actors[n].queue]
+            if not free:
+                break
+            router.add(fifo.pop(0), among=free)
         for n in names:
             if running[n] is not None:
                 continue
@@ -337,6 +347,8 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
                 pool = having if having else names
                 a, b = rng.choice(pool), rng.choice(pool)  # power of two choices
                 queues[min(a, b, key=load)].append(data)
+            elif central:
+                fifo.append(data)
             else:
                 router.add(data)
         else:
@@ -350,7 +362,7 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
                      sum(e.swaps for e in engines.values()), now, busy, compute, latencies)
 
 
-POLICIES = ("affinity", "round-robin", "ray-serve")
+POLICIES = ("affinity", "affinity-free", "round-robin", "ray-serve")
 SERVE_MAX_ONGOING = 5  # Ray Serve's default max_ongoing_requests per replica
 
 
@@ -412,7 +424,8 @@ def _plot_pillow(rows: list[dict[str, Any]], path: Path) -> Path:
         d.text((x - 6, h - m + 6), str(g), fill="black")
     d.text((w // 2 - 20, h - 20), "GPUs", fill="black")
     d.text((6, 10), f"jobs/s (max {top / 1.1:.1f})", fill="black")
-    colours = {"affinity": (31, 119, 180), "round-robin": (214, 39, 40), "ray-serve": (44, 160, 44)}
+    colours = {"affinity": (31, 119, 180), "affinity-free": (148, 103, 189), "round-robin": (214, 39, 40),
+               "ray-serve": (44, 160, 44)}
     for k, p in enumerate(POLICIES):
         pts = [at(r["gpus"], r["jobs_per_s"]) for r in rows if r["policy"] == p]
         d.line(pts, fill=colours[p], width=3)

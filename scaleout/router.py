@@ -6,9 +6,10 @@ Affinity routing (``policy="affinity"``):
 - an actor runs next, from its own queue, a job with the LoRA set it has just used, else the one
   sharing the most LoRAs with what it holds, else the oldest: jobs group by LoRA set, so an
   actor switches LoRAs once per group instead of once per job;
-- an actor with nothing queued takes work from the most loaded actor: the job sharing the most
-  LoRAs with what it holds, else the newest job outside the group that actor is running. This is
-  what keeps all actors busy when one LoRA is popular; the thief then holds that LoRA too.
+- an actor with nothing queued takes work from the most loaded actor, once that one has
+  ``steal_min_waiting`` jobs waiting: the job sharing the most LoRAs with what it holds, else the
+  newest job outside the group that actor is running. This is what keeps all actors busy when one
+  LoRA is popular; the thief then holds that LoRA too.
 
 ``policy="round-robin"``: job i goes to actor i mod N and each actor runs its jobs in order (what
 ComfyUI-Distributed and SwarmUI do): the baseline of the benchmark and the tests.
@@ -71,11 +72,19 @@ class ActorSlot:
         self.coming_adapters = +self.coming_adapters
 
 
+# An idle actor takes a job from another once that one has this many waiting. 1: at the end of a batch
+# (a sweep) an idle actor has nothing else to do; 2 halves the switches of a busy farm at some p95
+# latency (benchmarks/sweep.py's simulation: 0.53 -> 0.29 loads per job, p95 0.82 -> 1.00 s).
+STEAL_MIN_WAITING = 1
+
+
 class Router:
-    def __init__(self, names: Iterable[str], policy: str = "affinity") -> None:
+    def __init__(self, names: Iterable[str], policy: str = "affinity",
+                 steal_min_waiting: int = STEAL_MIN_WAITING) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown routing policy {policy!r}; choose one of {', '.join(POLICIES)}")
         self.policy = policy
+        self.steal_min_waiting = max(1, steal_min_waiting)
         self.actors: dict[str, ActorSlot] = {n: ActorSlot(n) for n in names}
         self._turn = itertools.count()
 
@@ -144,8 +153,8 @@ class Router:
         if not victims:
             return None
         victim = max(victims, key=lambda a: a.load)
-        if victim.load <= 1:
-            return None  # it will get to it as soon as its running job ends: moving it buys nothing
+        if len(victim.queue) < max(self.steal_min_waiting, 1 if victim.running is not None else 2):
+            return None  # it gets to them soon: a switch here would cost more than the wait
         _, held = thief.expected()
         best = max(range(len(victim.queue)), key=lambda i: (len(victim.queue[i].needs.adapters & held), i))
         if not victim.queue[best].needs.adapters & held:
