@@ -415,15 +415,20 @@ def _plot_pillow(rows: list[dict[str, Any]], path: Path) -> Path:
     top = max(r["jobs_per_s"] for r in rows) * 1.1
 
     def at(g: int, v: float) -> tuple[float, float]:
-        return m + (w - 2 * m) * xs.index(g) / (len(xs) - 1), h - m - (h - 2 * m) * v / top
+        return m + (w - 2 * m) * g / xs[-1], h - m - (h - 2 * m) * v / top
 
     d.line([(m, h - m), (w - m, h - m)], fill="black")
     d.line([(m, m), (m, h - m)], fill="black")
     for g in xs:
         x, _ = at(g, 0)
         d.text((x - 6, h - m + 6), str(g), fill="black")
-    d.text((w // 2 - 20, h - 20), "GPUs", fill="black")
-    d.text((6, 10), f"jobs/s (max {top / 1.1:.1f})", fill="black")
+    for k in range(5):
+        v = top / 1.1 * k / 4
+        _, y = at(0, v)
+        d.text((8, y - 6), f"{v:.0f}", fill="black")
+        d.line([(m - 4, y), (m, y)], fill="black")
+    d.text((w // 2 - 60, h - 20), "GPUs (all jobs queued at once)", fill="black")
+    d.text((m, 10), "simulated throughput, jobs/s", fill="black")
     colours = {"affinity": (31, 119, 180), "affinity-free": (148, 103, 189), "round-robin": (214, 39, 40),
                "ray-serve": (44, 160, 44)}
     for k, p in enumerate(POLICIES):

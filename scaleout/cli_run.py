@@ -56,6 +56,10 @@ def run_on_ray(args: argparse.Namespace, workflows: list[Any], out: IO[str]) -> 
     except RayUnavailable as ex:
         sys.stderr.write(f"loragraph run: {ex}\n")
         return cli.EXIT_INVALID
+    except Exception as ex:  # noqa: BLE001 - no cluster at --ray-address, actors that cannot start
+        sys.stderr.write(f"loragraph run: could not start the Ray pool: {type(ex).__name__}: {ex}\n")
+        pool.shutdown()
+        return cli.EXIT_INVALID
     worst = cli.EXIT_OK
     interrupted = False
     bar = _job_bar(len(runnable))
