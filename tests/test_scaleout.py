@@ -157,6 +157,8 @@ def test_run_ray_without_ray_names_the_extra(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert 'pip install "loragraph[ray]"' in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert main(["serve", "--ray", "--port", "0", "--no-editor"]) == 2  # refused before it listens
+    assert 'loragraph serve: --ray needs Ray' in capsys.readouterr().err
 
 
 # --- faults --------------------------------------------------------------------------------------
