@@ -318,7 +318,8 @@ def test_interrupted_driver_stops_its_actors_and_respects_ray_address(ray_cluste
     assert 1 <= len(reported) < 40
     assert "interrupting" in err and "ray: 2 actors" in err  # the per-actor summary still printed
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    written = sorted(i["filename"] for r in reported if r["status"] == "success" for i in r["outputs"]["4"]["images"])
+    # (an interrupted run may have saved before it stopped: its line names the file, as in one process)
+    written = sorted(i["filename"] for r in reported for i in r["outputs"].get("4", {}).get("images", []))
     assert names == written
     deadline = time.monotonic() + 60
     while ray_cluster.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
