@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-editor", action="store_true", help="serve the API only, not the visual editor")
     serve.add_argument("--allow-remote", action="store_true",
                        help="allow a non-loopback --listen address (anyone who reaches it can run workflows)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests for this Host name (repeatable), e.g. the name a reverse "
+                       "proxy forwards; loopback addresses and localhost are always answered")
     serve.add_argument("--max-upload-size", type=float, default=50, metavar="MB",
                        help="largest request body in MB (default: 50)")
     _add_scaleout_arguments(serve, sweep=False)
@@ -179,8 +182,9 @@ def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
     try:
         run(host=args.listen, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir,
             input_dir=args.input_dir, allow_remote=args.allow_remote, user_dir=args.user_dir,
+            allow_hosts=tuple(args.allow_host),
             editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024), **extra)
-    except (RemoteBindRefused, OSError) as ex:  # OSError: the port is taken
+    except (RemoteBindRefused, OSError, ValueError) as ex:  # OSError: the port is taken; ValueError: --allow-host
         sys.stderr.write(f"loragraph serve: {ex}\n")
         return EXIT_INVALID
     return EXIT_OK
@@ -399,11 +403,13 @@ def _interrupt_on_sigint(executor: Any) -> Iterator[None]:
 
 
 def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    from . import host
     from .graph import Executor
     from .loaders import engine  # noqa: F401 - import torch and diffusers before any clock starts
     from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
 
     _configure_host(args)
+    host.clean_stale_temps()
     registry = HEADLESS_NODE_CLASS_MAPPINGS
     workflows = _load_workflows(args.workflows, args.overrides, registry)
     if args.sweep:

@@ -6,6 +6,8 @@ file or a failed safe fusion is reported on that node, and the pipeline is rolle
 
 from __future__ import annotations
 
+import math
+
 from ..loaders import state as st
 from .common import CATEGORY, PIPELINE, engine, origin_of, realize_with_ui
 
@@ -110,6 +112,21 @@ class SetAdapterWeights:
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights=None, text_encoder_weights=None):
+        # Numbers only, finite ("nan" parses as a float and would draw black images). The count
+        # against adapter_names is checked when the node runs: which adapters are loaded is known then.
+        for name, value in (("weights", weights), ("text_encoder_weights", text_encoder_weights)):
+            if value is None or not str(value).strip():  # linked, or empty (the default): checked when run
+                continue
+            try:
+                numbers = [float(p) for p in str(value).split(",") if p.strip()]
+            except ValueError:
+                return f"{name}: expected numbers separated by commas, got {str(value)[:80]!r}"
+            if not all(math.isfinite(n) for n in numbers):
+                return f"{name}: weights must be finite numbers, got {str(value)[:80]!r}"
+        return True
 
     def run(self, pipeline, adapter_names, weights, text_encoder_weights="", block_weights="", unique_id=None):
         return realize_with_ui(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .. import limits
 from ..loaders.schedulers import SCHEDULERS
 from . import credits
 from .common import CATEGORY, PIPELINE, engine
@@ -52,10 +53,13 @@ class Sampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None):
+    def VALIDATE_INPUTS(cls, width=None, height=None, prompt=None, negative_prompt=None):
         # ComfyUI's step is only a widget hint; a saved workflow can still hold 500: refuse it here.
         # No **kwargs on purpose: ComfyUI skips its own type/range/combo checks for every input that
-        # VALIDATE_INPUTS takes, so this takes only the two it checks, and checks their range too.
+        # VALIDATE_INPUTS takes, so this takes only the ones it checks, and checks their range too.
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if (refusal := limits.check_prompt_length(text, name)) is not None:
+                return refusal
         for name, value in (("width", width), ("height", height)):
             if isinstance(value, int) and not isinstance(value, bool):
                 if not 8 <= value <= 16384:

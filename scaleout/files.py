@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..nodes.files import atomic_write, next_paths
+from .. import disk
+from ..nodes.files import NumberedNames
 
 _NUMBERED = re.compile(r"^(?P<name>.*)_(?P<counter>\d{5,})_(?P<suffix>[^_/]*)$")
 
@@ -29,14 +30,15 @@ def commit_files(files: Sequence[Mapping[str, Any]], outputs: dict[str, dict[str
         folder = folders.get(item["kind"], host.output_dir()) / item["sub"]
         match = _NUMBERED.match(item["filename"])
         subfolder = item["subfolder"]
-        if match:
+        data = item["data"]
+        if match:  # the next free number of this prefix in the real folder, as SaveImage takes it
             prefix = f"{subfolder}/{match['name']}" if subfolder else match["name"]
-            (path,), subfolder = next_paths(folder, prefix, match["suffix"], 1)
+            names = NumberedNames(folder, prefix, match["suffix"])
+            path, subfolder = names.save(lambda tmp, data=data: Path(tmp).write_bytes(data)), names.subfolder
         else:  # not a counter name (no node of this pack writes one): kept as it is
             path = folder / subfolder / item["filename"]
             path.parent.mkdir(parents=True, exist_ok=True)
-        data = item["data"]
-        atomic_write(path, lambda tmp, data=data: Path(tmp).write_bytes(data))
+            disk.write_file(path, data)
         entry = outputs[item["node_id"]][item["key"]][item["index"]]
         entry["filename"], entry["subfolder"] = path.name, subfolder
         written.append(path)

@@ -28,13 +28,13 @@ import json
 import logging
 import mimetypes
 import os
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .. import disk
 from .. import host as host_seam
 from .files import inside
 from .routes import read_limited
@@ -127,14 +127,7 @@ class UserFiles:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not inside(path.parent, self.user_root):  # a symlinked folder inside the user's folder
             raise PermissionError(str(path))
-        fd, tmp = tempfile.mkstemp(prefix=".userdata-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        disk.write_file(path, data)
 
     def info(self, path: Path, relative_to: Path) -> dict[str, Any]:
         stat = path.stat()
@@ -146,11 +139,14 @@ class UserFiles:
 
 
 def _file_list(folder: Path, recurse: bool, full_info: bool, split: bool, users: UserFiles) -> list[Any]:
-    pattern = os.path.join(glob.escape(str(folder)), "**", "*") if recurse else os.path.join(glob.escape(str(folder)), "*")
+    if recurse:  # each real folder once: a symlink loop in the user's folder cannot hang the listing
+        names = [os.path.join(d, f) for d, files in disk.walk(folder) for f in files]
+    else:
+        names = glob.glob(os.path.join(glob.escape(str(folder)), "*"))
     out: list[Any] = []
-    for name in sorted(glob.glob(pattern, recursive=recurse)):
+    for name in sorted(names):
         path = Path(name)
-        if not path.is_file() or path.name.startswith(".userdata-"):
+        if not path.is_file() or not disk.visible(path.name):
             continue
         if full_info:
             out.append(users.info(path, folder))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from .. import limits
 from ..graph import WorkflowError, normalize_prompt, validate_prompt
 from . import files
 
@@ -69,7 +69,7 @@ async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False)
     if not body.strip() and empty_ok:
         return {}
     try:
-        data = json.loads(body)
+        data = limits.loads(body)  # no NaN/Infinity (they would make /queue and /history invalid JSON)
     except (ValueError, UnicodeDecodeError) as ex:
         raise BodyError(error_response(400, "invalid_json", "Request body is not valid JSON", str(ex))) from None
     if not isinstance(data, dict):
@@ -134,7 +134,7 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
                     logger.warning("ws connection closed with exception %s", ws.exception())
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     try:
-                        data = json.loads(msg.data)
+                        data = limits.loads(msg.data)
                     except ValueError:
                         logger.warning("Invalid JSON received from client %s", sid)
                         continue
