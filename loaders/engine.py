@@ -29,6 +29,14 @@ logger = logging.getLogger(__name__)
 
 
 
+def _alpha_in_file(path: str) -> bool | None:
+    """Whether the adapter's file stores its alpha (else peft used alpha = rank); None if unreadable now."""
+    try:
+        return lora_file.read_lora(path).summary()["alpha_in_file"]
+    except (lora_file.LoraFileError, OSError):
+        return None
+
+
 def _cache_key(source: PipelineSource) -> PipelineSource:
     return replace(source, model="", components=())
 
@@ -218,6 +226,7 @@ class Engine:
                     "components": comps,
                     "rank": ranks,
                     "alpha": alphas,
+                    "alpha_in_file": _alpha_in_file(spec.path),
                     "active": spec.name in active,
                     "weights": _per_component(weight, comps),
                     "fused": fused_names.get(spec.name, []),

@@ -7,9 +7,11 @@ file or a failed safe fusion is reported on that node, and the pipeline is rolle
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
+from typing import ClassVar
 
 from ..loaders import state as st
-from .common import CATEGORY, PIPELINE, engine, origin_of, realize_with_ui
+from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, engine, origin_of, realize_with_ui
 
 
 def _lora_names() -> list[str]:
@@ -28,6 +30,7 @@ class LoadLoRA:
     RETURN_NAMES = ("pipeline",)
     OUTPUT_TOOLTIPS = ("The pipeline with this LoRA loaded and active.",)
     FUNCTION = "run"
+    SETS: ClassVar = MappingProxyType({"strength": ADAPTER_WEIGHTS})
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -82,6 +85,10 @@ class SetAdapterWeights:
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
     FUNCTION = "run"
+    # set_adapters replaces the whole active set: every earlier strength or weight stops mattering.
+    SETS: ClassVar = MappingProxyType({"adapter_names": ADAPTER_WEIGHTS, "weights": ADAPTER_WEIGHTS,
+                                       "text_encoder_weights": ADAPTER_WEIGHTS, "block_weights": ADAPTER_WEIGHTS})
+    OVERRIDES: ClassVar = MappingProxyType({ADAPTER_WEIGHTS: "weights"})
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -143,6 +150,7 @@ class FuseLoRA:
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
     FUNCTION = "run"
+    READS = (ADAPTER_WEIGHTS,)  # fuses at the weights active now
 
     @classmethod
     def INPUT_TYPES(cls):

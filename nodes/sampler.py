@@ -7,7 +7,7 @@ import logging
 from .. import limits
 from ..loaders.schedulers import SCHEDULERS
 from . import credits
-from .common import CATEGORY, PIPELINE, engine
+from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, engine
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ class Sampler:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
+    READS = (ADAPTER_WEIGHTS,)
     OUTPUT_TOOLTIPS = ("Images as ComfyUI's IMAGE: float32 [batch, height, width, 3] in 0..1.",)
     FUNCTION = "run"
 

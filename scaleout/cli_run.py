@@ -48,7 +48,7 @@ def run_on_ray(args: argparse.Namespace, workflows: list[Any], out: IO[str]) -> 
         for wf in workflows:
             worst = max(worst, cli._report_invalid(out, wf, args.json))
         return worst
-    threads = int(getattr(args, "threads", None) or 1)  # --threads (when the CLI has it): per actor
+    threads = args.threads or 1  # per actor: one CPU slot of one thread unless --threads says more
     pool = Pool(args.models_dir, address=args.ray_address, actors=_actor_count(), limit=len(runnable),
                 threads=threads, on_done=on_done, policy=os.environ.get("LORAGRAPH_RAY_ROUTING", "affinity"))
     try:

@@ -39,6 +39,7 @@ from aiohttp import web
 
 from .. import host as host_seam
 from ..graph import Executor
+from ..graph.interrupt import ProgressHookFactory
 from . import editor, pack_routes
 from .queue import DEFAULT_HISTORY_SIZE, PromptQueue
 from .routes import build_routes
@@ -80,6 +81,8 @@ class ServerConfig:
     # The visual editor (ComfyUI's frontend, when comfyui-frontend-package is installed; see editor.py)
     editor: bool = True
     user_dir: str | os.PathLike = "user"  # the editor's settings and saved workflows: {user_dir}/default
+    # hook(value, total) per node's progress reports, e.g. the CLI's tqdm bar (graph.interrupt)
+    progress_hook_factory: ProgressHookFactory | None = None
     # serve --ray: builds the worker from the PromptServer (scaleout.serve.worker_factory); None: one process
     worker_factory: Callable[[Any], Any] | None = None
 
@@ -98,7 +101,7 @@ class PromptServer:
         self.input_dir = Path(config.input_dir).resolve()
         self.hub = SocketHub()
         self.queue = PromptQueue(on_change=self.queue_updated, history_size=config.history_size)
-        self.executor = Executor(self.registry)
+        self.executor = Executor(self.registry, progress_hook_factory=config.progress_hook_factory)
         self.worker = (config.worker_factory(self) if config.worker_factory is not None
                        else PromptWorker(self.queue, self.executor, self.hub))
         self.number = 0
@@ -136,8 +139,8 @@ class PromptServer:
         return object_info(self.registry, only=only)
 
     async def on_startup(self, app: web.Application) -> None:
-        for folder in (self.input_dir, host_seam.output_dir()):
-            folder.mkdir(parents=True, exist_ok=True)
+        # No folder is made here: each is created when first written (an upload, SaveImage,
+        # the editor's settings), so a server started and stopped leaves the current folder as it was.
         await asyncio.to_thread(host_seam.clean_stale_temps, self.input_dir, self.users.root)
         await self.hub.start()
         self.worker.start()
@@ -359,6 +362,10 @@ def run(
         logger.info("server stopped")
 
 
+def _shown_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else (address or "0.0.0.0")
+
+
 async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -366,8 +373,13 @@ async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
         for address in hosts:
             site = web.TCPSite(runner, address or None, port)
             await site.start()
-            shown = f"[{address}]" if ":" in address else (address or "0.0.0.0")
+            shown = _shown_host(address)
             logger.info("loragraph server listening on http://%s:%d", shown, port)
+        server = app[SERVER_KEY]
+        if server.web_root is not None:
+            logger.info("To see the editor go to: http://%s:%d/", _shown_host(hosts[0]), port)
+        elif server.config.editor:
+            logger.info("no visual editor: pip install 'loragraph[editor]' adds ComfyUI's frontend (API only now)")
         stop = asyncio.Event()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

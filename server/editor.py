@@ -55,7 +55,16 @@ SCRIPTABLE_TYPES = {"text/html", "application/xhtml+xml", "image/svg+xml", "text
 INSTALL_HINT = 'pip install "loragraph[editor]"'
 # What a new user of the headless editor starts with; anything they set overrides it. The tutorial
 # flow would open ComfyUI's template browser, whose templates need ComfyUI's own nodes.
-EDITOR_DEFAULT_SETTINGS: dict[str, Any] = {"Comfy.TutorialCompleted": True}
+EDITOR_DEFAULT_SETTINGS: dict[str, Any] = {
+    "Comfy.TutorialCompleted": True,
+    # A local tool does not phone home: the frontend asks api.comfy.org for release notes (with this
+    # server's version) unless this is off (its release store, frontend 1.33). Users may turn it on.
+    "Comfy.Notification.ShowVersionUpdates": False,
+}
+# Files the editor asks for whether or not they exist; missing, they answer empty, not 404 (ComfyUI
+# ships them or makes them at start; we make no file the user did not write).
+EMPTY_USER_FOLDERS = {"workflows", "subgraphs"}
+EMPTY_USER_FILES = {"user.css": ("", "text/css"), "comfy.templates.json": ("[]", "application/json")}
 
 
 def _package_folder(package: str, sub: str) -> Path | None:
@@ -245,6 +254,8 @@ def build_editor_routes(server: PromptServer, users: UserFiles) -> web.RouteTabl
         folder = users.path(directory)
         if folder is None:
             return web.Response(status=403, text="Invalid directory")
+        if not folder.exists() and directory.strip("/") in EMPTY_USER_FOLDERS:
+            return web.json_response([])  # before the first save: empty, not missing (no 404 in the console)
         if not folder.is_dir():
             return web.Response(status=404, text="Directory not found")
         flag = {k: query.get(k, "").lower() == "true" for k in ("recurse", "full_info", "split")}
@@ -279,6 +290,9 @@ def build_editor_routes(server: PromptServer, users: UserFiles) -> web.RouteTabl
     @routes.get("/userdata/{file}")
     async def get_userdata(request: web.Request) -> web.StreamResponse:
         path = user_file(request, must_exist=True)
+        empty = EMPTY_USER_FILES.get(request.match_info.get("file", ""))
+        if isinstance(path, web.Response) and path.status == 404 and empty is not None:
+            return web.Response(text=empty[0], content_type=empty[1])
         if isinstance(path, web.Response):
             return path
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -457,6 +471,16 @@ def static_routes(web_root: Path) -> list[web.AbstractRouteDef]:
             return web.json_response([])
 
         out.append(web.get("/templates/index.json", no_templates))
+    async def favicon(request: web.Request) -> web.StreamResponse:
+        icon = web_root / "favicon.ico"
+        return web.FileResponse(icon) if icon.is_file() else web.Response(status=204)
+
+    async def user_css(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="", content_type="text/css")  # index.html links it: none is empty CSS
+
+    out.append(web.get("/favicon.ico", favicon))
+    if not (web_root / "user.css").is_file():
+        out.append(web.get("/user.css", user_css))
     out.append(web.static("/", web_root))
     return out
 

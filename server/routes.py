@@ -20,7 +20,13 @@ import aiohttp
 from aiohttp import web
 
 from .. import limits
-from ..graph import WorkflowError, normalize_prompt, validate_prompt
+from ..graph import (
+    WorkflowError,
+    format_validation_error,
+    normalize_prompt,
+    overridden_inputs,
+    validate_prompt,
+)
 from . import files
 
 if TYPE_CHECKING:
@@ -261,7 +267,8 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         ok, error, outputs, node_errors = await asyncio.to_thread(
             validate_prompt, normalized, server.registry, [str(t) for t in targets] if targets else None)
         if not ok:
-            logger.warning("invalid prompt: %s", error)
+            logger.warning("invalid prompt %s: %s", prompt_id,
+                           "; ".join(format_validation_error(error, node_errors, normalized)))
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         if number is None:
             # Numbered when queued, not when received: validation awaits a thread, so prompts posted
@@ -269,6 +276,10 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
             number = -server.number if data.get("front") else server.number
             server.number += 1
         server.queue.put((number, prompt_id, normalized, extra_data, list(outputs)))
+        logger.info("got prompt %s (%d nodes; %d in the queue)", prompt_id, len(normalized),
+                    server.queue.tasks_remaining())
+        for overridden in overridden_inputs(normalized, server.registry):
+            logger.warning("prompt %s: %s", prompt_id, overridden.message(normalized))
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     @routes.post("/queue")

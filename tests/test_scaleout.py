@@ -60,7 +60,7 @@ def shapes_models(tmp_path_factory) -> Path:
 
 def _sweep_args(file: Path, models: Path, output: Path) -> list[str]:
     # the LoRA varies fastest: the order that makes round-robin switch LoRAs on every job
-    return ["run", "--json", str(file), "--models-dir", str(models), "--output-dir", str(output),
+    return ["run", "--json", "--threads", "1", str(file), "--models-dir", str(models), "--output-dir", str(output),
             "--sweep", "3.seed=1-4", "--sweep", "2.lora_name=" + ",".join(LORAS)]
 
 
@@ -178,7 +178,7 @@ def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, 
         files.append(tmp_path / f"wf{i}.json")
         files[-1].write_text(json.dumps(prompt))
     # the oracle: one process, the files in order
-    assert main(["run", "--json", *map(str, files), "--models-dir", str(shapes_models),
+    assert main(["run", "--json", "--threads", "1", *map(str, files), "--models-dir", str(shapes_models),
                  "--output-dir", str(tmp_path / "one")]) == 1  # the bad one is an execution error
     one = _lines(capsys.readouterr().out)
 
@@ -278,7 +278,7 @@ def test_serve_ray_fronts_the_pool_for_an_existing_client(ray_cluster, shapes_mo
         server.stop()
         host.configure(models_dir=before[0], output_dir=before[1])
     # the same bytes as one process writes for the same workflows
-    assert main(["run", "--json", str(_as_file(tmp_path, workflow(LORAS[0], 1, "srv"))),
+    assert main(["run", "--json", "--threads", "1", str(_as_file(tmp_path, workflow(LORAS[0], 1, "srv"))),
                  str(_as_file(tmp_path, workflow(LORAS[1], 1, "srv"))), "--models-dir", str(shapes_models),
                  "--output-dir", str(tmp_path / "one")]) == 0
     for name, data in got:
