@@ -508,8 +508,10 @@ def _cmd_validate(args: argparse.Namespace, out: IO[str]) -> int:
 
 def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
     from . import host
-    from .loaders import lora_file
+    from .loaders import store
+    from .loaders.coverage import coverage as lora_coverage
     from .loaders.engine import get_engine
+    from .loaders.files import LoraFileError
 
     _configure_host(args)
     path = Path(args.lora)
@@ -520,8 +522,8 @@ def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
             sys.stderr.write(f"loragraph inspect: {args.lora}: no such file (nor in {args.models_dir}/loras)\n")
             return EXIT_INVALID
     try:
-        lora = lora_file.read_lora(path)
-    except lora_file.LoraFileError as ex:
+        lora = store.read_lora(path)
+    except LoraFileError as ex:
         sys.stderr.write(f"loragraph inspect: {ex}\n")
         return EXIT_INVALID
     summary = lora.summary()
@@ -537,10 +539,10 @@ def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
             sys.stderr.write(f"loragraph inspect: --model {args.model}: {ex}\n")
             return EXIT_INVALID
         try:
-            cov = lora_file.coverage(pipe, lora)
+            cov = lora_coverage(pipe, lora)
             coverage = {**cov.to_dict(), "model": args.model, "loadable": cov.loadable, "message": cov.message()}
             coverage_text = cov.message()
-        except lora_file.LoraFileError as ex:
+        except LoraFileError as ex:
             coverage = {"model": args.model, "loadable": False, "message": str(ex)}
             coverage_text = str(ex)
 

@@ -20,14 +20,16 @@ from typing import Any
 
 import torch
 
-from . import lora_file
-from .pipelines import PipelineCache, build_pipeline, lora_components, make_source, param_bytes
-from .reconcile import LivePipeline, LoraOperationError, realize
+from . import fence, store
+from .config import EngineConfig, get_config
+from .files import LoraFileError
+from .live import LivePipeline, LoraOperationError
+from .pipelines import PipelineCache, build_pipeline, make_source, param_bytes
+from .reconcile import realize
 from .schedulers import SCHEDULERS
 from .state import AdapterSpec, NodeInputError, PipelineHandle, PipelineSource
 
 logger = logging.getLogger(__name__)
-
 
 
 def _cache_key(source: PipelineSource) -> PipelineSource:
@@ -35,8 +37,14 @@ def _cache_key(source: PipelineSource) -> PipelineSource:
 
 
 class Engine:
-    def __init__(self, memory_budget: int | None = None):
-        self.pipelines = PipelineCache(memory_budget)
+    def __init__(self, memory_budget: int | None = None, config: EngineConfig | None = None):
+        """`config`: the engine's settings (default: the process configuration, read from the
+        environment once); an explicit one also sets the process's fast-path mode (fence.py)."""
+        if config is not None:
+            fence.configure(config.fast_paths)
+        self.config = config or get_config()
+        budget = memory_budget if memory_budget is not None else self.config.pipeline_cache_bytes
+        self.pipelines = PipelineCache(budget)
         # One lock: a live pipeline is one mutable object; two prompts must not reconcile it at once.
         self.lock = threading.RLock()
 
@@ -46,7 +54,7 @@ class Engine:
         """LoadPipeline: resolve, build (or reuse) the live pipeline, return a handle with no LoRA."""
         source = make_source(model, dtype, device)
         live = self.live(source)
-        source = replace(source, components=lora_components(live.pipe))
+        source = replace(source, components=fence.loadable_components(live.pipe))
         return PipelineHandle(source)
 
     def live(self, source: PipelineSource) -> LivePipeline:
@@ -55,7 +63,7 @@ class Engine:
             live = self.pipelines.get(key)
             if live is None:
                 pipe = build_pipeline(source)
-                live = LivePipeline(pipe)
+                live = LivePipeline(pipe, parked_bytes=self.config.parked_bytes)
                 self.pipelines.put(key, live, param_bytes(pipe))
             return live
 
@@ -67,7 +75,7 @@ class Engine:
     def realize(self, handle: PipelineHandle) -> tuple[LivePipeline, list[str]]:
         with self.lock:
             live = self.live(handle.source)
-            warnings = realize(live, handle.state, lora_file.read_lora)
+            warnings = realize(live, handle.state, store.read_lora)
             return live, warnings
 
     # --- LoRA files ---------------------------------------------------------------------------
@@ -84,8 +92,8 @@ class Engine:
         except (ValueError, FileNotFoundError) as e:
             raise NodeInputError("lora_name", str(e)) from None
         try:
-            lf = lora_file.read_lora(path)
-        except lora_file.LoraFileError as e:
+            lf = store.read_lora(path)
+        except LoraFileError as e:
             raise NodeInputError("lora_name", str(e)) from None
         name = adapter_name.strip() or derive_adapter_name(lora_name, handle.state.names)
         if "." in name or "/" in name:
@@ -97,7 +105,7 @@ class Engine:
     @staticmethod
     def size_warning(handle: PipelineHandle, width: int, height: int) -> str | None:
         """A built-in model far from the size it was made for is slow and draws what it never saw."""
-        from .builtin import BUILTIN_MODELS
+        from ..models.builtin import BUILTIN_MODELS
 
         if handle.source.kind != "builtin" or handle.source.path not in BUILTIN_MODELS:
             return None
@@ -238,7 +246,7 @@ class Engine:
         """SaveLoRA: the adapter's own weights at strength 1, written to a temp name then renamed."""
         from peft.utils import get_peft_model_state_dict
 
-        from . import kohya
+        from .formats import kohya
 
         if handle.state.adapter(adapter_name) is None:
             loaded = ", ".join(handle.state.names) or "none"

@@ -18,8 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-DENOISERS = ("unet", "transformer")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+from .components import DENOISERS, TEXT_ENCODERS  # noqa: F401 - DENOISERS: st.DENOISERS for the nodes
 
 
 class NodeInputError(ValueError):

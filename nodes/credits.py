@@ -108,11 +108,12 @@ def _relative_lora_name(path: str) -> str:
 
 
 def _short_hash(path: str, sha256: str) -> str | None:
-    from ..loaders import lora_file
+    from ..loaders.files import LoraFileError
+    from ..loaders.store import read_lora
 
     try:
-        lora = lora_file.read_lora(path)  # cached by content: no second parse of a loaded file
-    except (lora_file.LoraFileError, OSError) as ex:
+        lora = read_lora(path)  # cached by content: no second parse of a loaded file
+    except (LoraFileError, OSError) as ex:
         logger.warning("no short hash for %s: %s", path, ex)
         return None
     if lora.sha256 != sha256:

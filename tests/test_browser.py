@@ -45,7 +45,7 @@ INK_TRIGGERS = "inkwash, red circle"
 def editor_models(tmp_path_factory) -> Path:
     """loras/: the examples' files (when present: demo_a/b and shapes/*), `ink` (diffusers, trigger words in its
     metadata) and `styles/paper-v2` (kohya, alpha 2), all for the built-in tiny SD pipeline."""
-    from loragraph.loaders.testing import write_lora_file
+    from loragraph.testing import write_lora_file
 
     root = tmp_path_factory.mktemp("editor-models")
     loras = root / "loras"
@@ -403,7 +403,7 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
 
     # LoadLoRA shows its file's summary.
     summaries = {s["lora_name"]: s for s in seen["summaries"]}
-    from loragraph.loaders.lora_file import read_lora
+    from loragraph.loaders.store import read_lora
 
     for name, summary in summaries.items():
         lora = read_lora(folders["models"] / "loras" / name)

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from loragraph.loaders import demo
 from loragraph.loaders import state as st
+from loragraph.models import demo
 
 STEPS = 20
 CFG = 7.0
@@ -71,7 +71,7 @@ def test_shipped_files_are_small_and_complete():
 
 
 def test_palette_ships_in_kohya_form_the_others_in_diffusers_form():
-    from loragraph.loaders.lora_file import read_lora
+    from loragraph.loaders.store import read_lora
 
     formats = {n: read_lora(demo.LORA_DIR / f"{n}.safetensors").format for n in demo.LORA_NAMES}
     assert formats == {"palette": "kohya", "outline": "diffusers", "texture": "diffusers"}

@@ -23,7 +23,7 @@ from loragraph.graph import (
     load_workflow_document,
     read_png_text,
 )
-from loragraph.loaders import lora_file
+from loragraph.loaders import store as lora_file
 from loragraph.loaders.state import (
     ActiveSet,
     AdapterSpec,

@@ -15,7 +15,7 @@ from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
 from loragraph.loaders.state import NodeInputError
-from loragraph.loaders.testing import build_tiny_sd3, write_lora_file
+from loragraph.testing import build_tiny_sd3, write_lora_file
 
 TOL = 1 / 255
 SIZE = 32  # the tiny SD3's native size (its VAE does not downsample)
