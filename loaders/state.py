@@ -18,16 +18,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .components import DENOISERS, TEXT_ENCODERS  # noqa: F401 - DENOISERS: st.DENOISERS for the nodes
-
-
-class NodeInputError(ValueError):
-    """A bad value for one node input. `input_name` lets the executor and the UI point at it."""
-
-    def __init__(self, input_name: str, message: str):
-        super().__init__(f"{input_name}: {message}")
-        self.input_name = input_name
-        self.bare_message = message
+from ..errors import NodeInputError
+from .components import DENOISERS, TEXT_ENCODERS  # noqa: F401 - st.DENOISERS, as before
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Which LoRAs made an image: recorded by the Sampler, written into the PNG by SaveImage.
 
-SaveImage only receives the IMAGE, and the IMAGE must stay a plain float tensor (SPEC: ComfyUI's
+SaveImage only receives the IMAGE, and the IMAGE must stay a plain float tensor (CONTRACT: ComfyUI's
 convention, so the pack's images feed ComfyUI's image nodes and back). So the credits travel on a
 side channel keyed by the tensor object itself:
 

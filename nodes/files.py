@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..loaders.state import NodeInputError
+from ..errors import NodeInputError
 
 
 def next_path(folder: Path, filename_prefix: str, suffix: str, input_name: str = "filename_prefix") -> tuple[Path, str]:

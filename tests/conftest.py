@@ -54,7 +54,7 @@ def configured(models_dir, tmp_path):
 
 
 def render(pipe, prompt: str = PROMPT, seed: int = 1) -> torch.Tensor:
-    """The raw diffusers call the Sampler stands for (SPEC: Sampler semantics), as an image tensor."""
+    """The raw diffusers call the Sampler stands for (CONTRACT: Sampler semantics), as an image tensor."""
     out = pipe(
         prompt,
         negative_prompt="",

@@ -29,7 +29,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from loragraph import host
 from loragraph.server import ServerConfig, create_app, pack_routes
-from loragraph.server import editor as editor_module
+from loragraph.server import frontend as editor_module
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "browser" / "editor_flow.js"
@@ -426,7 +426,7 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     assert sorted(n for key, names in seen["badges"].items() if key.endswith("LoadLoRA") for n in names) == sorted(adapters)
 
     # The extension's widgets are in neither the prompt nor the saved graph: the saved graph converts
-    # (graph/editor.py) to exactly the prompt the editor queued.
+    # (graph/editor_format.py) to exactly the prompt the editor queued.
     prompt = seen["prompt"]
     assert set(prompt["2"]["inputs"]) == {"pipeline", "lora_name", "strength", "adapter_name"}
     converted = editor_to_api(seen["saved_graph"], HEADLESS_NODE_CLASS_MAPPINGS)

@@ -16,7 +16,7 @@ Stages (each stage's result is kept in --work, so `--resume` restarts after the 
    Saved as a diffusers StableDiffusionPipeline folder with a DDIM scheduler: <out>/shapes/.
 3. loras: for each style, `unet.add_adapter(LoraConfig(...))` on the frozen base, trained on the
    same captions with the styled images (no trigger word: the strength is the control). palette is
-   written in kohya form (loaders/kohya.py), outline and texture with diffusers' save_lora_weights:
+   written in kohya form (loaders/formats/kohya.py), outline and texture with diffusers' save_lora_weights:
    <out>/loras/{palette,outline,texture}.safetensors, also copied to --examples-loras.
 A report (stage times, losses, the acceptance figures) goes to <out>/train_report.json.
 """
