@@ -39,9 +39,11 @@ def _cache_key(source: PipelineSource) -> PipelineSource:
 class Engine:
     def __init__(self, memory_budget: int | None = None, config: EngineConfig | None = None):
         """`config`: the engine's settings (default: the process configuration, read from the
-        environment once); an explicit one also sets the process's fast-path mode (fence.py)."""
-        if config is not None:
+        environment once). The LoRA store and the fence are process-wide: an explicit config also
+        sets their cache bound and fast-path mode."""
+        if config is not None:  # the process-wide parts take an explicit configuration too
             fence.configure(config.fast_paths)
+            store.set_lora_cache_limit(config.lora_cache_bytes)
         self.config = config or get_config()
         budget = memory_budget if memory_budget is not None else self.config.pipeline_cache_bytes
         self.pipelines = PipelineCache(budget)
