@@ -128,7 +128,6 @@ class LoraFile:
         return summary(self)
 
 
-
 def load(real: str, shown: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of the file at `real` (`shown`: the name errors give), checked."""
     if real.lower().endswith(SAFETENSORS_SUFFIXES) or shown.lower().endswith(SAFETENSORS_SUFFIXES):
@@ -240,7 +239,6 @@ def build(
         modules=modules,
         nonfinite_keys=nonfinite,
     )
-
 
 
 def all_finite(t: torch.Tensor) -> bool:

@@ -113,7 +113,6 @@ _SWAPPED_OUT_KEPT = 256
 _SWAP_INPUTS_KEPT = 8
 
 
-
 def _hotswap_through_diffusers(live: LivePipeline, lf, comps, detail: str) -> dict[str, tuple[dict, Any]]:
     """Hot-swap `lf` into adapter `_SWAP_NAME` through diffusers' loader (see `swap`); returns
     {component: (state dict, LoraConfig)} as diffusers handed them to peft."""

@@ -53,7 +53,7 @@ class LivePipeline:
     layer_cache: dict[str, list] = field(default_factory=dict)
     # (file sha256, path) -> where its keys land on this pipeline (shapes only: adapters don't change it)
     coverage_cache: dict[tuple[str, str], Any] = field(default_factory=dict)
-    # sha256 of the files whose adapters a hotswap overwrote, most recent last (see _load_adapter)
+    # sha256 of the files whose adapters a hotswap overwrote, most recent last (see loading.load_adapter)
     swapped_out: dict[str, None] = field(default_factory=dict)
     # (file sha256, path) -> {component: (state dict, LoraConfig)} diffusers handed peft's hotswap
     swap_inputs: OrderedDict = field(default_factory=OrderedDict)
@@ -67,8 +67,6 @@ class LivePipeline:
     @property
     def device(self) -> torch.device:
         return self.pipe.device
-
-
 
 
 @contextmanager

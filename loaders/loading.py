@@ -86,7 +86,6 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
     live.swapped_out.pop(lf.sha256, None)
 
 
-
 @contextmanager
 def quiet_loading():
     """Mute three misleading messages while diffusers loads an adapter; our coverage report replaces them.

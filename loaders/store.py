@@ -75,7 +75,6 @@ class _Cache:
             self.stats["evictions"] += 1
 
 
-
 _CACHE: _Cache | None = None
 _CACHE_LOCK = threading.Lock()
 
@@ -88,7 +87,6 @@ def _cache() -> _Cache:
             if _CACHE is None:
                 _CACHE = _Cache(get_config().lora_cache_bytes)
     return _CACHE
-
 
 
 def lora_cache_stats() -> dict[str, int]:

@@ -88,7 +88,6 @@ def _equalize_alphas(lora: LoraFile, source: dict[str, torch.Tensor]) -> None:
         )
 
 
-
 # --- writing ---------------------------------------------------------------------------------------
 
 # kohya's text-encoder prefixes: SD1.x/SD2.x have one text encoder (lora_te_), SDXL two (te1/te2).
