@@ -39,7 +39,7 @@ _PIPES: dict[str, Any] = {}
 
 def tiny_pipeline(kind: PipeKind) -> Any:
     """The built-in tiny pipeline of that kind, built once per process. Read-only: never load into it."""
-    from .models.builtin import build_tiny_sd, build_tiny_sdxl
+    from .builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
 
     if kind not in _PIPES:
         builders = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3}
@@ -63,7 +63,7 @@ def build_tiny_sd3() -> Any:
     )
     from transformers import CLIPTextModelWithProjection
 
-    from .models.builtin import BUILTIN_SEED, _clip_config, make_tokenizer
+    from .builtin_models.builtin import BUILTIN_SEED, _clip_config, make_tokenizer
 
     torch.manual_seed(BUILTIN_SEED)
     transformer = SD3Transformer2DModel(

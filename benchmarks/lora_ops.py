@@ -37,7 +37,7 @@ import torch
 def build_sd15(device: str, dtype: torch.dtype):
     """A StableDiffusionPipeline with SD1.5's UNet and a CLIP-L text encoder, random weights."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from loragraph.models.builtin import _scheduler, _vae, make_tokenizer
+    from loragraph.builtin_models.builtin import _scheduler, _vae, make_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)

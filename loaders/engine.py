@@ -107,7 +107,7 @@ class Engine:
     @staticmethod
     def size_warning(handle: PipelineHandle, width: int, height: int) -> str | None:
         """A built-in model far from the size it was made for is slow and draws what it never saw."""
-        from ..models.builtin import BUILTIN_MODELS
+        from ..builtin_models.builtin import BUILTIN_MODELS
 
         if handle.source.kind != "builtin" or handle.source.path not in BUILTIN_MODELS:
             return None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.builtin import BUILTIN_MODELS
+from ..builtin_models.builtin import BUILTIN_MODELS
 from .components import COMPONENTS
 from .config import get_config
 from .state import NodeInputError, PipelineSource

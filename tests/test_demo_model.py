@@ -1,7 +1,7 @@
 """Acceptance of the shipped demo model `builtin:shapes` and its three demo LoRAs, measured on images.
 
 Everything runs through the engine, as a workflow would; nothing is trained here. The measures are
-the plain ones in models/demo.py (foreground colour, fill ratio, sepia distance, stripe energy).
+the plain ones in builtin_models/demo.py (foreground colour, fill ratio, sepia distance, stripe energy).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from loragraph.builtin_models import demo
 from loragraph.loaders import state as st
-from loragraph.models import demo
 
 STEPS = 20
 CFG = 7.0
@@ -24,7 +24,7 @@ STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 CURVE_CASES = demo.EVAL_CASES
 # "Moves its property measurably": over the 20 cases, the paired per-case change from strength 0 to 1
 # is at least 3 standard errors from zero (no seed noise explains it). Replaces fixed per-LoRA minima,
-# which were arbitrary numbers; the measures themselves (models/demo.py) are unchanged.
+# which were arbitrary numbers; the measures themselves (builtin_models/demo.py) are unchanged.
 MIN_T = 3.0
 ZERO_CASES = 5  # cases checked pixel for pixel at strength 0 (each costs a 20-step image)
 

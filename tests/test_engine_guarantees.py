@@ -10,10 +10,10 @@ import torch
 from conftest import PROMPT, SIZE, max_diff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
+from loragraph.builtin_models.builtin import build_tiny_sd
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
-from loragraph.models.builtin import build_tiny_sd
 
 STEPS = 2  # the branch property needs many images; two steps still carry every LoRA into them
 # d and e have the same UNet layers and rank: switching between them hot-swaps (hotswap.swap).

@@ -13,13 +13,13 @@ import pytest
 import safetensors.torch
 import torch
 from loragraph import testing
+from loragraph.builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
 from loragraph.loaders import formats, store
 from loragraph.loaders.coverage import coverage
 from loragraph.loaders.files import LoraFileError
 from loragraph.loaders.formats import kohya
 from loragraph.loaders.loading import load_lora_file
 from loragraph.loaders.store import read_lora
-from loragraph.models.builtin import build_tiny_sd, build_tiny_sdxl
 
 IMG = 32  # small images and few steps: enough to carry a LoRA's effect, fast on 2 cores
 STEPS = 2
