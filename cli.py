@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level (to stderr)")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="log at DEBUG level (to stderr), with error classes and tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true", help="log errors only (serve: no per-prompt lines)")
 
     folders = argparse.ArgumentParser(add_help=False)
     folders.add_argument(
@@ -68,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable; with several files it applies to each file that has that node",
     )
 
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N",
+        help="torch CPU threads (default: the free cores now, CPUs minus the load average; "
+        "OMP_NUM_THREADS if set)",
+    )
+
     parser = argparse.ArgumentParser(
         prog="loragraph",
         description="diffusers' LoRA management as ComfyUI-style graph nodes, run headless.",
@@ -77,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        parents=[common, folders, output, overrides],
+        parents=[common, folders, output, overrides, threads],
         help="run workflow files in one process",
         description="Run workflow files in order, sharing loaded pipelines, LoRA files and cached outputs. "
         "Exit status: 0 all succeeded, 1 some execution error, 2 some workflow invalid.",
@@ -126,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        parents=[common, folders, output],
+        parents=[common, folders, output, threads],
         help="serve ComfyUI's HTTP + websocket API (and the visual editor with loragraph[editor])",
         description="Queue workflows over ComfyUI's API (/prompt, /ws, /history, /view); existing ComfyUI "
         "clients work unchanged. Binds to loopback unless --allow-remote is given: the API has no "
@@ -140,19 +149,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-editor", action="store_true", help="serve the API only, not the visual editor")
     serve.add_argument("--allow-remote", action="store_true",
                        help="allow a non-loopback --listen address (anyone who reaches it can run workflows)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also answer requests for this Host name (repeatable), e.g. the name a reverse "
+                       "proxy forwards; loopback addresses and localhost are always answered")
     serve.add_argument("--max-upload-size", type=float, default=50, metavar="MB",
                        help="largest request body in MB (default: 50)")
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
     from .server import RemoteBindRefused, run
+    from .threads import apply_threads
 
+    apply_threads(args.threads)
     try:
         run(host=args.listen, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir,
             input_dir=args.input_dir, allow_remote=args.allow_remote, user_dir=args.user_dir,
-            editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024))
-    except (RemoteBindRefused, OSError) as ex:  # OSError: the port is taken
+            allow_hosts=tuple(args.allow_host),
+            editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024),
+            progress_hook_factory=None if args.quiet else _progress_bar_factory)
+    except (RemoteBindRefused, OSError, ValueError) as ex:  # OSError: the port is taken; ValueError: --allow-host
         sys.stderr.write(f"loragraph serve: {ex}\n")
         return EXIT_INVALID
     return EXIT_OK
@@ -178,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = sys.stdout
     try:
         # Whatever a library prints lands on stderr: stdout is the command's own report (--json).
-        with _cli_logging(args.verbose), contextlib.redirect_stdout(sys.stderr):
+        with _cli_logging(args.verbose, args.quiet, args.command), contextlib.redirect_stdout(sys.stderr):
             return commands[args.command](args, out)
     except KeyboardInterrupt:
         sys.stderr.write("loragraph: interrupted\n")
@@ -202,24 +228,38 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """Plain messages for INFO (serve's console, as ComfyUI's); level and logger name for the rest."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return f"{record.levelname} {record.name}: {super().format(record)}"
+
+
 @contextlib.contextmanager
-def _cli_logging(verbose: bool) -> Iterator[None]:
-    """Logs to stderr: warnings and up, everything with -v. Restores the logging setup afterwards,
-    so that ``main()`` can be called in-process (tests, notebooks) without side effects."""
+def _cli_logging(verbose: bool, quiet: bool = False, command: str = "") -> Iterator[None]:
+    """Logs to stderr: warnings and up, everything with -v, errors only with -q. ``serve`` also logs
+    its INFO lines (URL, prompts queued, done, failed), as ComfyUI's console does. Restores the
+    logging setup afterwards, so that ``main()`` can be called in-process (tests, notebooks)."""
     # diffusers and transformers read these once, at import: quiet their advisory chatter unless -v.
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    ours = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
+    server_level = ours if verbose or quiet or command != "serve" else logging.INFO
     levels = {
-        "": logging.DEBUG if verbose else logging.WARNING,
-        "loragraph": logging.DEBUG if verbose else logging.WARNING,
-        # The executor logs each failure as it happens; the CLI reports every result itself.
+        "": ours,
+        "loragraph": ours,
+        "loragraph.server": server_level,
+        "loragraph.threads": server_level,
+        # The executor logs each failure as it happens; the CLI and the server report every result.
         "loragraph.graph": logging.DEBUG if verbose else logging.CRITICAL,
         "diffusers": logging.INFO if verbose else logging.ERROR,
         "transformers": logging.INFO if verbose else logging.ERROR,
     }
     saved = {name: logging.getLogger(name).level for name in levels}
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_ConsoleFormatter("%(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     for name, level in levels.items():
@@ -232,11 +272,11 @@ def _cli_logging(verbose: bool) -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def _configure_host(args: argparse.Namespace) -> None:
+def _configure_host(args: argparse.Namespace, needs_models: bool = True) -> None:
     from . import host
 
     models = Path(args.models_dir)
-    if not models.is_dir():
+    if needs_models and not models.is_dir():
         logger.warning("models folder %s does not exist; only built-in models are available", models)
     host.configure(models_dir=models, output_dir=getattr(args, "output_dir", None))
 
@@ -366,11 +406,16 @@ def _interrupt_on_sigint(executor: Any) -> Iterator[None]:
 
 
 def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    from . import host
     from .graph import Executor
+    from .threads import apply_threads
+
+    apply_threads(args.threads)
     from .loaders import engine  # noqa: F401 - import torch and diffusers before any clock starts
     from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
 
     _configure_host(args)
+    host.clean_stale_temps()
     registry = HEADLESS_NODE_CLASS_MAPPINGS
     workflows = _load_workflows(args.workflows, args.overrides, registry)
     executor = Executor(registry, progress_hook_factory=None if args.json else _progress_bar_factory)
@@ -386,11 +431,14 @@ def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
                 worst = max(worst, EXIT_INVALID)
                 continue
             logger.info("running %s", wf.file)
+            warnings = _override_warnings(wf.prompt, registry)
             result = executor.execute(wf.prompt, extra_data=wf.extra_data)
             if args.json:
+                for line in warnings:  # stdout holds only the pinned JSON line
+                    logger.warning("%s: %s", wf.file, line)
                 _write_json_line(out, _json_report(wf.file, result))
             else:
-                _print_summary(out, wf.file, wf.prompt, result)
+                _print_summary(out, wf.file, wf.prompt, result, args.verbose, warnings)
             worst = max(worst, _STATUS_EXIT.get(result.status, EXIT_ERROR))
             if result.interrupted:
                 return EXIT_INTERRUPTED
@@ -430,7 +478,19 @@ def _shown_path(path: Path) -> str:
         return str(path)
 
 
-def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: Any) -> None:
+def _override_warnings(prompt: Mapping[str, Any], registry: Mapping[str, type]) -> list[str]:
+    """One line per input that a later node always overrides (graph/overrides.py)."""
+    from .graph import overridden_inputs
+
+    try:
+        return [o.message(prompt) for o in overridden_inputs(prompt, registry)]
+    except Exception:
+        logger.debug("override analysis failed", exc_info=True)
+        return []
+
+
+def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: Any, verbose: bool = False,
+                   warnings: Sequence[str] = ()) -> None:
     ran = len(result.executed)
     failed = (result.error or {}).get("node_id") if result.status == "error" else None  # or interrupted
     head = f"{file}: {result.status}"
@@ -440,6 +500,8 @@ def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: A
             head += f"; executor overhead {100.0 * result.overhead_s / result.wall_s:.1f}%"
         head += ")"
     out.write(head + "\n")
+    for line in warnings if result.status != "invalid" else ():
+        out.write(f"  warning: {line}\n")
     rows = [(n, f"{result.timings[n]:8.3f} s") for n in result.executed]
     if failed is not None and failed in prompt:
         took = result.timings.get(failed)
@@ -448,13 +510,22 @@ def _print_summary(out: IO[str], file: str, prompt: Mapping[str, Any], result: A
     rows += [(n, "  cached") for n in result.cached]
     for node_id, what in rows:
         out.write(f"  {node_id:>4} {prompt[node_id]['class_type']:<22} {what}\n")
+        out.write(_node_text(result.outputs.get(node_id)))
     for node_id, label, path in _written_files(result.outputs):
         out.write(f"  {label:<7} {_shown_path(path)}  (node {node_id})\n")
     lines = (_validation_lines(result.error, result.node_errors, prompt) if result.status == "invalid"
-             else result.error_lines())
+             else result.error_lines(verbose))
     for line in lines:
         out.write(f"  error: {line}\n")
     out.flush()
+
+
+def _node_text(ui: Mapping[str, Any] | None) -> str:
+    """A node's text output (what it shows: LoRAInfo's report, warnings), indented under its line."""
+    texts = (ui or {}).get("text") or []
+    if isinstance(texts, str):
+        texts = [texts]
+    return "".join(f"         {line}\n" for text in texts for line in str(text).splitlines())
 
 
 def _validation_lines(error: Mapping[str, Any] | None, node_errors: Mapping[str, Any],
@@ -496,10 +567,12 @@ def _cmd_validate(args: argparse.Namespace, out: IO[str]) -> int:
         status = "invalid" if error else "valid"
         if status == "invalid":
             worst = EXIT_INVALID
+        warnings = _override_warnings(wf.prompt, registry) if status == "valid" else []
         if args.json:
-            _write_json_line(out, {"file": wf.file, "status": status, "error": error})
+            _write_json_line(out, {"file": wf.file, "status": status, "error": error, "warnings": warnings})
         else:
-            out.write(f"{wf.file}: {status}\n" + "".join(f"  error: {line}\n" for line in lines))
+            out.write(f"{wf.file}: {status}\n" + "".join(f"  error: {line}\n" for line in lines)
+                      + "".join(f"  warning: {line}\n" for line in warnings))
     return worst
 
 
@@ -513,8 +586,9 @@ def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
     from .loaders.engine import get_engine
     from .loaders.files import LoraFileError
 
-    _configure_host(args)
     path = Path(args.lora)
+    # A file given by its path needs no models folder (the default --model is built in).
+    _configure_host(args, needs_models=not path.is_file() or not args.model.startswith("builtin:"))
     if not path.is_file():
         try:
             path = host.resolve_in("loras", args.lora)
@@ -574,7 +648,8 @@ def _format_summary(summary: Mapping[str, Any]) -> str:
         ("modules", summary.get("modules")),
         ("per component", summary.get("components")),
         ("ranks", summary.get("ranks")),
-        ("alphas", ["none (= rank)" if a is None else a for a in summary.get("alphas") or []]),
+        ("alphas", f"{fmt(summary.get('effective_alphas') or [])}"
+                   + ("" if summary.get("alpha_in_file", True) else " (= rank: the file stores none)")),
         ("base model", f"{summary.get('base_model')} ({summary.get('base_model_reason')})"),
         ("trigger words", summary.get("trigger_words")),
         ("training", summary.get("training")),

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from . import disk
+
 logger = logging.getLogger(__name__)
 
 LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".bin", ".pth")
@@ -86,8 +88,9 @@ def _list_files(roots: list[Path], extensions: tuple[str, ...]) -> list[str]:
     for root in roots:
         if not root.is_dir():
             continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # Symlinks followed (a shared LoRA folder), each real folder once (a `loop -> .` link ends);
+        # dot files hidden (a save in progress, or one a killed process left: loragraph/disk.py).
+        for dirpath, filenames in disk.walk(root):
             for f in filenames:
                 if f.lower().endswith(extensions):
                     rel = (Path(dirpath) / f).relative_to(root).as_posix()
@@ -107,7 +110,9 @@ def _comfy_file_list(kind: str, extensions: tuple[str, ...]) -> list[str] | None
         names = folder_paths.get_filename_list(kind)
     except KeyError:
         return None
-    return sorted({n.replace(os.sep, "/") for n in names if n.lower().endswith(extensions)})
+    names = (n.replace(os.sep, "/") for n in names)
+    # ComfyUI lists dot files too: hide temp files of a save in progress here as well (disk.py).
+    return sorted({n for n in names if n.lower().endswith(extensions) and disk.visible(n.rsplit("/", 1)[-1])})
 
 
 def _list_kind(kind: str, extensions: tuple[str, ...]) -> list[str]:
@@ -164,6 +169,12 @@ def resolve_in(kind: str, relative: str) -> Path:
             return candidate
     shown = ", ".join(str(r) for r in roots) or "(no folder configured)"
     raise FileNotFoundError(f"{relative!r} is not in the {kind} folder ({shown})")
+
+
+def clean_stale_temps(*more: str | os.PathLike) -> int:
+    """Remove temp files a killed save left (loragraph/disk.py) from the output, temp and LoRA folders
+    and ``more``; headless runs and the server call it when they start."""
+    return disk.clean_stale_temps([output_dir(), temp_dir(), *folder_roots("loras"), *more])
 
 
 def comfyui_routes():

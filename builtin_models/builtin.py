@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .. import disk
+
 # A fixed seed: the built-in pipelines must be bit-identical on every machine and every run.
 BUILTIN_SEED = 0
 
@@ -39,7 +41,7 @@ def tokenizer_folder() -> str:
     """A folder holding vocab.json and merges.txt of the byte-level tokenizer (514 tokens).
 
     One fixed folder per user (not a fresh temp dir per process, which would pile up); written
-    through a temp name and renamed, so concurrent processes never read half a file.
+    whole (loragraph/disk.py), so concurrent processes never read half a file.
     """
     chars = list(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
@@ -55,10 +57,7 @@ def tokenizer_folder() -> str:
     for name, text in files.items():
         path = folder / name
         if not path.is_file() or path.read_text() != text:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            disk.write_file(path, text.encode())
     return str(folder)
 
 

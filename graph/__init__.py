@@ -22,6 +22,7 @@ from .events import EventBus
 from .executor import ExecutionResult, Executor
 from .interrupt import NodeContext, check_interrupted, current_node, report_progress
 from .order import ancestors, execution_order, output_nodes, topological_order
+from .overrides import OverriddenInput, overridden_inputs
 from .png import png_workflow_chunks, read_png_text
 from .validate import format_node_errors, format_validation_error, validate_node_input, validate_prompt
 from .workflow import (
@@ -49,6 +50,7 @@ __all__ = [
     "NodeContext",
     "NodeInputError",
     "OutputCache",
+    "OverriddenInput",
     "WorkflowError",
     "ancestors",
     "apply_overrides",
@@ -65,6 +67,7 @@ __all__ = [
     "node_signatures",
     "normalize_prompt",
     "output_nodes",
+    "overridden_inputs",
     "parse_override_value",
     "png_workflow_chunks",
     "read_png_text",

@@ -80,6 +80,8 @@ class ExecutionResult:
     phases_s: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The input a failed node named (its exception's ``input_name``): the message then starts with it.
+    error_input: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -90,8 +92,13 @@ class ExecutionResult:
         """Executor overhead per node considered (the benchmark's ≤ 1 ms per node figure)."""
         return self.overhead_s / max(1, self.considered)
 
-    def error_lines(self) -> list[str]:
-        """Human-readable lines describing the failure (empty on success)."""
+    def error_lines(self, verbose: bool = False) -> list[str]:
+        """Human-readable lines describing the failure (empty on success).
+
+        An error on a named input reads as validation errors do, the message starting with the
+        input's name; other exceptions keep their class's short name. ``verbose`` adds the full
+        class path (``package.module.Class``) to both.
+        """
         if self.status == "invalid":
             return format_validation_error(self.error, self.node_errors)
         if self.error is None:
@@ -99,7 +106,13 @@ class ExecutionResult:
         node = f"node {self.error.get('node_id')} ({self.error.get('node_type')})"
         if self.interrupted:
             return [f"{node}: interrupted"]
-        return [f"{node}: {self.error.get('exception_type')}: {str(self.error.get('exception_message')).strip()}"]
+        message = str(self.error.get("exception_message")).strip()
+        kind = str(self.error.get("exception_type") or "")
+        if verbose:
+            return [f"{node}: {message} [{kind}]" if self.error_input else f"{node}: {kind}: {message}"]
+        if self.error_input:
+            return [f"{node}: {message}"]
+        return [f"{node}: {kind.rpartition('.')[2]}: {message}"]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (``loragraph run --json`` adds the file name)."""
@@ -127,10 +140,11 @@ def format_value(x: Any) -> Any:
 class _NodeFailed(Exception):
     """Internal: carries a node failure's payload from the node loop to ``execute``."""
 
-    def __init__(self, event: str, payload: dict[str, Any]) -> None:
+    def __init__(self, event: str, payload: dict[str, Any], input_name: str | None = None) -> None:
         super().__init__(event)
         self.event = event
         self.payload = payload
+        self.input_name = input_name
 
 
 class Executor:
@@ -264,6 +278,7 @@ class Executor:
         except _NodeFailed as failed:
             result.status = "error"
             result.interrupted = failed.event == EXECUTION_INTERRUPTED
+            result.error_input = failed.input_name
             result.error = self._emit(result, failed.event, failed.payload)
         finally:
             self.bus.emit(EXECUTING, {"node": None, "prompt_id": prompt_id})
@@ -321,8 +336,10 @@ class Executor:
             logger.debug("node %s traceback", node_id, exc_info=True)
             hidden = set(input_types[class_type].get("hidden") or {})
             shown = {k: v for k, v in (kwargs or {}).items() if k not in hidden}
+            input_name = getattr(ex, "input_name", None)
             raise _NodeFailed(EXECUTION_ERROR, self._error_payload(
-                prompt_id, prompt, node_id, ex, shown, result.executed, list(values))) from None
+                prompt_id, prompt, node_id, ex, shown, result.executed, list(values)),
+                input_name if isinstance(input_name, str) else None) from None
 
         values[node_id] = outputs
         result.executed.append(node_id)

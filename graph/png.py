@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from .. import limits
 from .errors import WorkflowError
 
 logger = logging.getLogger(__name__)
@@ -107,11 +108,13 @@ def _decode_text_chunk(path: Path, chunk_type: bytes, body: bytes) -> tuple[str,
 def parse_json_chunk(path: str | Path, name: str, text: str) -> Any:
     """The JSON in text chunk ``name``, or WorkflowError naming the file, the chunk and the problem."""
     try:
-        value = json.loads(text)
+        value = limits.loads(text)
     except json.JSONDecodeError as ex:
         raise WorkflowError(
             f"{path}: the PNG's {name!r} chunk is not valid JSON (line {ex.lineno}, column {ex.colno}: {ex.msg})"
         ) from ex
+    except limits.JSONLimitError as ex:
+        raise WorkflowError(f"{path}: the PNG's {name!r} chunk is not valid JSON ({ex})") from ex
     if not isinstance(value, dict):
         raise WorkflowError(f"{path}: the PNG's {name!r} chunk holds {type(value).__name__}, not a JSON object")
     return value

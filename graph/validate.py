@@ -14,6 +14,7 @@ an explicit stack so a long chain of nodes cannot hit Python's recursion limit.
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any
@@ -233,6 +234,16 @@ class _Validator:
                     if input_type == "FLOAT":
                         val = float(val)
                         inputs[x] = val
+                        if not math.isfinite(val):  # NaN passes every min/max comparison
+                            errors.append(
+                                {
+                                    "type": "value_not_finite",
+                                    "message": f"Value {val} is not a finite number",
+                                    "details": f"{x}",
+                                    "extra_info": {"input_name": x, "input_config": info, "received_value": str(val)},
+                                }
+                            )
+                            continue
                     if input_type == "STRING":
                         val = str(val)
                         inputs[x] = val

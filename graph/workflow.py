@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
+from .. import limits
 from .errors import WorkflowError
 
 logger = logging.getLogger(__name__)
@@ -140,9 +141,11 @@ def to_api_format(
 
 def _parse_json_text(text: str, origin: str) -> Any:
     try:
-        return json.loads(text)
+        return limits.loads(text)
     except json.JSONDecodeError as ex:
         raise WorkflowError(f"{origin}: invalid JSON at line {ex.lineno}, column {ex.colno}: {ex.msg}") from ex
+    except limits.JSONLimitError as ex:
+        raise WorkflowError(f"{origin}: invalid JSON: {ex}") from ex
 
 
 def load_workflow(source: WorkflowSource, registry: Registry | None = None) -> Prompt:
@@ -222,8 +225,8 @@ def parse_override_value(text: str) -> Any:
     ``prompt="5"`` is the string ``"5"``.
     """
     try:
-        return json.loads(text)
-    except ValueError:
+        return limits.loads(text)
+    except ValueError:  # JSONLimitError too: "NaN" stays a string, which a FLOAT input then refuses
         return text
 
 

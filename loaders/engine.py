@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import disk, limits
 from . import fence, store
 from .config import EngineConfig, get_config
 from .files import LoraFileError
@@ -30,6 +29,14 @@ from .schedulers import SCHEDULERS
 from .state import AdapterSpec, NodeInputError, PipelineHandle, PipelineSource
 
 logger = logging.getLogger(__name__)
+
+
+def _alpha_in_file(path: str) -> bool | None:
+    """Whether the adapter's file stores its alpha (else peft used alpha = rank); None if unreadable now."""
+    try:
+        return store.read_lora(path).summary()["alpha_in_file"]
+    except (LoraFileError, OSError):
+        return None
 
 
 def _cache_key(source: PipelineSource) -> PipelineSource:
@@ -95,6 +102,7 @@ class Engine:
             raise NodeInputError("lora_name", str(e)) from None
         try:
             lf = store.read_lora(path)
+            lf.check_finite()  # NaN/inf/absurd values: refused here, before the pipeline is touched
         except LoraFileError as e:
             raise NodeInputError("lora_name", str(e)) from None
         name = adapter_name.strip() or derive_adapter_name(lora_name, handle.state.names)
@@ -138,6 +146,9 @@ class Engine:
             raise NodeInputError("width" if width % 8 else "height", "must be a multiple of 8")
         if scheduler not in SCHEDULERS:
             raise NodeInputError("scheduler", f"unknown scheduler {scheduler!r}")
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if (refusal := limits.check_prompt_length(text, name)) is not None:
+                raise NodeInputError(name, refusal)
         with self.lock:
             live, _ = self.realize(handle)
             pipe = live.pipe
@@ -149,10 +160,18 @@ class Engine:
                     f"{type(pipe).__name__} samples by flow matching ({type(original).__name__}); "
                     f"{scheduler!r} is a noise-prediction scheduler and does not apply: use 'default'",
                 )
+            chosen = original
             if SCHEDULERS[scheduler]:
                 import diffusers
 
-                pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(original.config)
+                chosen = getattr(diffusers, SCHEDULERS[scheduler]).from_config(original.config)
+            # Limits before any work (loragraph/limits.py): the scheduler can do the steps, and the
+            # images can fit the device's free memory.
+            if (refusal := limits.steps_refusal(chosen, steps)) is not None:
+                raise NodeInputError("steps", refusal)
+            if (memory := limits.memory_refusal(pipe, width, height, batch_size)) is not None:
+                raise NodeInputError(*memory)
+            pipe.scheduler = chosen
 
             def on_step(_pipe, i, _t, kwargs):
                 if progress is not None:
@@ -217,6 +236,7 @@ class Engine:
                     "components": comps,
                     "rank": ranks,
                     "alpha": alphas,
+                    "alpha_in_file": _alpha_in_file(spec.path),
                     "active": spec.name in active,
                     "weights": _per_component(weight, comps),
                     "fused": fused_names.get(spec.name, []),
@@ -244,8 +264,15 @@ class Engine:
 
     # --- saving -------------------------------------------------------------------------------
 
-    def save_lora(self, handle: PipelineHandle, adapter_name: str, path: Path, fmt: str = "kohya") -> Path:
-        """SaveLoRA: the adapter's own weights at strength 1, written to a temp name then renamed."""
+    def save_lora(
+        self, handle: PipelineHandle, adapter_name: str, path: Path | Callable[[Callable[[str], None]], Path],
+        fmt: str = "kohya",
+    ) -> Path:
+        """SaveLoRA: the adapter's own weights at strength 1, written whole (loragraph/disk.py).
+
+        ``path`` is the file to write, or a saver that takes the writer and returns where it saved
+        (SaveLoRA's numbered names, which never overwrite a file another process just saved).
+        """
         from peft.utils import get_peft_model_state_dict
 
         from .formats import kohya
@@ -266,19 +293,15 @@ class Engine:
                     sd = get_peft_model_state_dict(model, adapter_name=adapter_name)
                     layers[comp] = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
                     configs[comp] = model.peft_config[adapter_name]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
-        try:
+        def write(tmp: str) -> None:
             if fmt == "kohya":
                 kohya.save_kohya(layers, configs, tmp, sdxl="text_encoder_2" in handle.source.components)
             else:
                 _save_diffusers(type(pipe), layers, configs, Path(tmp))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+
+        if callable(path):
+            return path(write)
+        return disk.write_file(path, write)
 
 
 def _per_component(weight: Any, comps: list[str]) -> dict[str, Any]:

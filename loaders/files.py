@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .. import limits
 from .formats import LoraFormat, detect_format, modules_of
 from .formats.keys import is_adapter_key
 
@@ -33,6 +34,9 @@ LORA_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
 _A1111_SHORT_HASH_LEN = 12
 # How many example keys an error message shows: enough to recognise the file, short enough to read.
 _EXAMPLE_KEYS = 5
+# A LoRA value beyond the largest half-precision number cannot be run in fp16, where LoRAs are made
+# and used; trained LoRA weights are of order 1, so such a value (1e30 in the probe) is damage.
+MAX_LORA_MAGNITUDE = 65504.0
 
 
 class LoraFileError(ValueError):
@@ -110,14 +114,14 @@ class LoraFile:
         return {k: v.clone() for k, v in self.state_dict.items()}
 
     def check_finite(self) -> None:
-        """Raise if any tensor holds NaN or inf: such a LoRA turns every image black.
-
-        Not done on read, so that diffusers' own `safe_fusing` check can still be exercised.
+        """Raise if any tensor holds NaN, inf or a magnitude above MAX_LORA_MAGNITUDE: such a LoRA turns
+        every image black. LoadLoRA calls it (engine.lora_spec); reading alone does not, so
+        `loragraph inspect` can still describe a broken file.
         """
         if self.nonfinite_keys:
-            shown = ", ".join(self.nonfinite_keys[:_EXAMPLE_KEYS])
             raise LoraFileError(
-                f"{self.path}: {len(self.nonfinite_keys)} tensor(s) hold NaN or inf values (e.g. {shown}); "
+                f"{self.path}: tensor {self.nonfinite_keys[0]!r} holds NaN, inf or values beyond "
+                f"±{MAX_LORA_MAGNITUDE:g} ({len(self.nonfinite_keys)} bad tensor(s) in all); "
                 "the LoRA would produce black or broken images"
             )
 
@@ -161,8 +165,8 @@ def _check_safetensors_layout(real: str, shown: str) -> dict[str, str]:
             )
         raw = f.read(n)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = limits.loads(raw)  # limits: a 5,000-deep header is an error, not a RecursionError
+    except (UnicodeDecodeError, ValueError) as e:
         raise LoraFileError(f"{shown}: not a safetensors file: its header is not valid JSON ({e})") from e
     if not isinstance(header, dict):
         raise LoraFileError(f"{shown}: not a safetensors file: its header is not a JSON object")
@@ -227,7 +231,7 @@ def build(
         )
     fmt = detect_format(keys)
     modules = modules_of(tensors, fmt)
-    nonfinite = tuple(k for k, v in tensors.items() if v.is_floating_point() and not all_finite(v))
+    nonfinite = tuple(k for k, v in tensors.items() if v.is_floating_point() and not _all_sane(v))
     return LoraFile(
         path=path,
         sha256=sha,
@@ -239,6 +243,14 @@ def build(
         modules=modules,
         nonfinite_keys=nonfinite,
     )
+
+
+def _all_sane(t: torch.Tensor) -> bool:
+    """Every element finite and within ±MAX_LORA_MAGNITUDE (one min/max pass; NaN fails both bounds)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(lo >= -MAX_LORA_MAGNITUDE) and bool(hi <= MAX_LORA_MAGNITUDE)
 
 
 def all_finite(t: torch.Tensor) -> bool:

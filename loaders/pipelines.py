@@ -6,12 +6,14 @@ the key of an LRU of live pipelines, bounded by the bytes of their parameters.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -117,16 +119,8 @@ def build_pipeline(source: PipelineSource):
     """Build the diffusers pipeline a source names, offline, in its dtype and on its device."""
     t0 = time.perf_counter()
     torch_dtype = DTYPES[source.dtype]
-    if source.kind == "builtin":
-        pipe = BUILTIN_MODELS[source.path][0]()
-    elif source.kind == "diffusers":
-        from diffusers import DiffusionPipeline
-
-        pipe = DiffusionPipeline.from_pretrained(
-            source.path, local_files_only=True, dtype=torch_dtype, **_absent_components(source.path)
-        )
-    else:
-        pipe = _from_single_file(source)
+    with _quiet_loading():
+        pipe = _build(source, torch_dtype)
     # diffusers warns on every .to(dtype=...), even a no-op: cast only when a component differs.
     modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
     if any(m.dtype != torch_dtype for m in modules):
@@ -138,6 +132,37 @@ def build_pipeline(source: PipelineSource):
         raise NodeInputError("model", f"{type(pipe).__name__} does not support LoRA in diffusers")
     logger.debug("built pipeline %s in %.3f s", source.model, time.perf_counter() - t0)
     return pipe
+
+
+def _build(source: PipelineSource, torch_dtype: torch.dtype):
+    if source.kind == "builtin":
+        return BUILTIN_MODELS[source.path][0]()
+    if source.kind == "diffusers":
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(
+            source.path, local_files_only=True, dtype=torch_dtype, **_absent_components(source.path)
+        )
+    return _from_single_file(source)
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading pipeline components" / "Loading weights" bars: the node's own line says it ran,
+    and a server's console shows one bar only, the Sampler's (as ComfyUI's)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            diffusers_logging.enable_progress_bar()
+        if was[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def _from_single_file(source: PipelineSource):

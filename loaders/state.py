@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .. import limits
 from ..errors import NodeInputError
 from .components import DENOISERS, TEXT_ENCODERS  # noqa: F401 - st.DENOISERS, as before
 
@@ -245,9 +246,11 @@ def set_weights(
     blocks: dict[str, dict] = {}
     if block_weights.strip():
         try:
-            parsed = json.loads(block_weights)
+            parsed = limits.loads(block_weights)  # finite numbers only
         except json.JSONDecodeError as e:
             raise NodeInputError("block_weights", f"not valid JSON ({e.msg} at char {e.pos})") from None
+        except limits.JSONLimitError as e:
+            raise NodeInputError("block_weights", f"not valid: {e}") from None
         if not isinstance(parsed, dict):
             raise NodeInputError("block_weights", "expected a JSON object")
         if parsed and set(parsed) <= set(state.names):

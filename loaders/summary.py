@@ -55,6 +55,10 @@ def summary(lora: LoraFile) -> dict[str, Any]:
         "modules": len(lora.modules),
         "ranks": ranks,
         "alphas": alphas,
+        # What peft uses (a module without a stored alpha gets alpha = rank) and whether the file
+        # stores one: the editor's LoadLoRA summary and LoRAInfo show the same numbers.
+        "effective_alphas": effective_alphas(lora),
+        "alpha_in_file": None not in alphas,
         "components": components,
         "base_model": base,
         "base_model_reason": reason,
@@ -79,6 +83,15 @@ def _alphas(lora: LoraFile) -> list[float | None]:
         if meta_alphas:
             found = (found - {None}) | meta_alphas
     return sorted(a for a in found if a is not None) + ([None] if None in found else [])
+
+
+def effective_alphas(lora: LoraFile) -> list[float]:
+    """Distinct alphas as loaded: a module with no alpha in the file (nor in its metadata) has alpha = rank."""
+    stored = _alphas(lora)
+    found = {a for a in stored if a is not None}
+    if None in stored:
+        found |= {float(m.rank) for m in lora.modules if m.alpha is None}
+    return sorted(found)
 
 
 def _tag_frequency(raw: str | None) -> list[tuple[str, int]]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 PIPELINE = "PIPELINE"
 CATEGORY = "loragraph"
+# What the adapters' weights are called in the nodes' SETS / OVERRIDES / READS declarations, from
+# which the executor finds inputs that a later node always overrides (graph/overrides.py).
+ADAPTER_WEIGHTS = "adapter weights"
 
 
 def engine():

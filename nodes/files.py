@@ -1,49 +1,59 @@
-"""Output file naming, as ComfyUI's `folder_paths.get_save_image_path` does it, and atomic writes."""
+"""Output file naming, as ComfyUI's `folder_paths.get_save_image_path` does it; writes go through disk.py."""
 
 from __future__ import annotations
 
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+from .. import disk
 from ..errors import NodeInputError
 
 
+class NumberedNames:
+    """`{prefix}_{counter:05}_{suffix}` names in the output folder (ComfyUI's rule), saved without clashes.
+
+    The first counter is 1 + the highest already there (ComfyUI's `map_filename`); `save` then takes
+    the first free name from there on with an exclusive link (disk.write_new), so another process
+    saving the same prefix into the same folder at the same time never overwrites a file.
+    """
+
+    def __init__(self, folder: Path, filename_prefix: str, suffix: str, input_name: str = "filename_prefix") -> None:
+        folder = Path(folder).resolve()
+        norm = os.path.normpath(filename_prefix or "ComfyUI")
+        subfolder = os.path.dirname(norm)
+        self.name = os.path.basename(norm)
+        target = (folder / subfolder).resolve()
+        if os.path.isabs(norm) or os.path.commonpath((str(folder), str(target))) != str(folder):
+            raise NodeInputError(input_name, f"{filename_prefix!r} would save outside the output folder")
+        target.mkdir(parents=True, exist_ok=True)
+        self.target = target
+        self.suffix = suffix
+        self.subfolder = subfolder.replace("\\", "/")
+        self.counter = self._highest() + 1
+
+    def _highest(self) -> int:
+        name, counter = self.name, 0
+        for entry in os.listdir(self.target):
+            # ComfyUI's map_filename: "<prefix>_<digits>_..." -> digits
+            if entry[: len(name)].lower() == name.lower() and entry[len(name) : len(name) + 1] == "_":
+                try:
+                    counter = max(counter, int(entry[len(name) + 1 :].split("_")[0]))
+                except ValueError:
+                    pass
+        return counter
+
+    def path_for(self, counter: int) -> Path:
+        return self.target / f"{self.name}_{counter:05}_{self.suffix}"
+
+    def save(self, write: Callable[[str], None]) -> Path:
+        """Write the next numbered file through ``write(temp_path)``; returns its final path."""
+        path, used = disk.write_new(self.target, lambda n: self.path_for(n).name, self.counter, write)
+        self.counter = used + 1
+        return path
+
+
 def next_path(folder: Path, filename_prefix: str, suffix: str, input_name: str = "filename_prefix") -> tuple[Path, str]:
-    """`{prefix}_{counter:05}_{suffix}` with counter = 1 + the highest already there (ComfyUI's rule)."""
-    paths, subfolder = next_paths(folder, filename_prefix, suffix, 1, input_name)
-    return paths[0], subfolder
-
-
-def next_paths(
-    folder: Path, filename_prefix: str, suffix: str, count: int, input_name: str = "filename_prefix"
-) -> tuple[list[Path], str]:
-    folder = Path(folder).resolve()
-    norm = os.path.normpath(filename_prefix or "ComfyUI")
-    subfolder = os.path.dirname(norm)
-    name = os.path.basename(norm)
-    target = (folder / subfolder).resolve()
-    if os.path.isabs(norm) or os.path.commonpath((str(folder), str(target))) != str(folder):
-        raise NodeInputError(input_name, f"{filename_prefix!r} would save outside the output folder")
-    target.mkdir(parents=True, exist_ok=True)
-    counter = 0
-    for entry in os.listdir(target):
-        # ComfyUI's map_filename: "<prefix>_<digits>_..." -> digits
-        if entry[: len(name)].lower() == name.lower() and entry[len(name) : len(name) + 1] == "_":
-            try:
-                counter = max(counter, int(entry[len(name) + 1 :].split("_")[0]))
-            except ValueError:
-                pass
-    return [target / f"{name}_{counter + 1 + i:05}_{suffix}" for i in range(count)], subfolder.replace("\\", "/")
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The name the next save would take (a guess: `NumberedNames.save` is what reserves it)."""
+    names = NumberedNames(folder, filename_prefix, suffix, input_name)
+    return names.path_for(names.counter), names.subfolder

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from . import credits
-from .files import atomic_write, next_paths
+from .files import NumberedNames
 
 
 def _png_info(prompt, extra_pnginfo, image_credits=None):
@@ -35,16 +35,16 @@ def _save(images, folder: Path, prefix: str, kind: str, prompt, extra_pnginfo) -
     import numpy as np
     from PIL import Image
 
-    paths, subfolder = next_paths(folder, prefix, ".png", len(images))
+    names = NumberedNames(folder, prefix, ".png")
     image_credits = credits.lookup(images)
     results = []
-    for tensor, path in zip(images, paths):
+    for tensor in images:
         array = np.clip(255.0 * tensor.cpu().numpy(), 0, 255).astype(np.uint8)
         img = Image.fromarray(array)
         info = _png_info(prompt, extra_pnginfo, image_credits)
         # compress_level 4: ComfyUI's choice, a fair size/speed trade.
-        atomic_write(path, lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info, compress_level=4))
-        results.append({"filename": path.name, "subfolder": subfolder, "type": kind})
+        path = names.save(lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info, compress_level=4))
+        results.append({"filename": path.name, "subfolder": names.subfolder, "type": kind})
     return {"ui": {"images": results}}
 
 

@@ -33,12 +33,12 @@ class SaveLoRA:
 
     def run(self, pipeline, adapter_name, filename_prefix="loragraph", format="kohya"):
         from .. import host
-        from .files import next_path
+        from .files import NumberedNames
 
-        folder = host.output_dir() / "loras"
-        path, subfolder = next_path(folder, filename_prefix, ".safetensors", "filename_prefix")
-        engine().save_lora(pipeline, adapter_name.strip(), path, format)
-        return {"ui": {"text": [str(path)], "loras": [{"filename": path.name, "subfolder": subfolder, "type": "output"}]}}
+        names = NumberedNames(host.output_dir() / "loras", filename_prefix, ".safetensors", "filename_prefix")
+        path = engine().save_lora(pipeline, adapter_name.strip(), names.save, format)
+        return {"ui": {"text": [str(path)],
+                       "loras": [{"filename": path.name, "subfolder": names.subfolder, "type": "output"}]}}
 
 
 class LoRAInfo:

@@ -6,8 +6,12 @@ file or a failed safe fusion is reported on that node, and the pipeline is rolle
 
 from __future__ import annotations
 
+import math
+from types import MappingProxyType
+from typing import ClassVar
+
 from ..loaders import state as st
-from .common import CATEGORY, PIPELINE, engine, origin_of, realize_with_ui
+from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, engine, origin_of, realize_with_ui
 
 
 def _lora_names() -> list[str]:
@@ -26,6 +30,7 @@ class LoadLoRA:
     RETURN_NAMES = ("pipeline",)
     OUTPUT_TOOLTIPS = ("The pipeline with this LoRA loaded and active.",)
     FUNCTION = "run"
+    SETS: ClassVar = MappingProxyType({"strength": ADAPTER_WEIGHTS})
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -80,6 +85,10 @@ class SetAdapterWeights:
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
     FUNCTION = "run"
+    # set_adapters replaces the whole active set: every earlier strength or weight stops mattering.
+    SETS: ClassVar = MappingProxyType({"adapter_names": ADAPTER_WEIGHTS, "weights": ADAPTER_WEIGHTS,
+                                       "text_encoder_weights": ADAPTER_WEIGHTS, "block_weights": ADAPTER_WEIGHTS})
+    OVERRIDES: ClassVar = MappingProxyType({ADAPTER_WEIGHTS: "weights"})
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -111,6 +120,21 @@ class SetAdapterWeights:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, weights=None, text_encoder_weights=None):
+        # Numbers only, finite ("nan" parses as a float and would draw black images). The count
+        # against adapter_names is checked when the node runs: which adapters are loaded is known then.
+        for name, value in (("weights", weights), ("text_encoder_weights", text_encoder_weights)):
+            if value is None or not str(value).strip():  # linked, or empty (the default): checked when run
+                continue
+            try:
+                numbers = [float(p) for p in str(value).split(",") if p.strip()]
+            except ValueError:
+                return f"{name}: expected numbers separated by commas, got {str(value)[:80]!r}"
+            if not all(math.isfinite(n) for n in numbers):
+                return f"{name}: weights must be finite numbers, got {str(value)[:80]!r}"
+        return True
+
     def run(self, pipeline, adapter_names, weights, text_encoder_weights="", block_weights="", unique_id=None):
         return realize_with_ui(
             st.set_weights(pipeline, adapter_names, weights, text_encoder_weights, block_weights)
@@ -126,6 +150,7 @@ class FuseLoRA:
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
     FUNCTION = "run"
+    READS = (ADAPTER_WEIGHTS,)  # fuses at the weights active now
 
     @classmethod
     def INPUT_TYPES(cls):

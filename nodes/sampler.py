@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from .. import limits
 from ..loaders.schedulers import SCHEDULERS
 from . import credits
-from .common import CATEGORY, PIPELINE, engine
+from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, engine
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +20,7 @@ class Sampler:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
+    READS = (ADAPTER_WEIGHTS,)
     OUTPUT_TOOLTIPS = ("Images as ComfyUI's IMAGE: float32 [batch, height, width, 3] in 0..1.",)
     FUNCTION = "run"
 
@@ -52,10 +54,13 @@ class Sampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None):
+    def VALIDATE_INPUTS(cls, width=None, height=None, prompt=None, negative_prompt=None):
         # ComfyUI's step is only a widget hint; a saved workflow can still hold 500: refuse it here.
         # No **kwargs on purpose: ComfyUI skips its own type/range/combo checks for every input that
-        # VALIDATE_INPUTS takes, so this takes only the two it checks, and checks their range too.
+        # VALIDATE_INPUTS takes, so this takes only the ones it checks, and checks their range too.
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if (refusal := limits.check_prompt_length(text, name)) is not None:
+                return refusal
         for name, value in (("width", width), ("height", height)):
             if isinstance(value, int) and not isinstance(value, bool):
                 if not 8 <= value <= 16384:

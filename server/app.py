@@ -13,9 +13,10 @@ Use::
 or ``create_app(ServerConfig(...))`` for an ``aiohttp.web.Application`` to run yourself.
 
 Safety: it binds to loopback unless ``allow_remote`` is set (the API runs arbitrary workflows and
-writes files; there is no authentication), refuses cross-site requests to a loopback server the
-way ComfyUI does (Host and Origin must agree), caps request bodies, and serves files only from the
-input, output and temp folders.
+writes files; there is no authentication), answers only requests whose Host is loopback (or a name
+allowed with ``allow_hosts``, for a reverse proxy: no DNS rebinding), refuses any request whose
+Origin is not its own (no cross-site requests, ``null`` included), caps request bodies, and serves
+files only from the input, output and temp folders, only media inline (see ``files.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from aiohttp import web
 
 from .. import host as host_seam
 from ..graph import Executor
+from ..graph.interrupt import ProgressHookFactory
 from . import frontend, pack_routes
 from .queue import DEFAULT_HISTORY_SIZE, PromptQueue
 from .routes import build_routes
@@ -68,6 +70,8 @@ class ServerConfig:
     output_dir: str | os.PathLike | None = None
     input_dir: str | os.PathLike = "input"
     allow_remote: bool = False
+    # Host names answered besides loopback ones: what a reverse proxy forwards (--allow-host).
+    allow_hosts: tuple[str, ...] = ()
     max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE
     max_json_size: int = DEFAULT_MAX_JSON_SIZE
     history_size: int = DEFAULT_HISTORY_SIZE
@@ -77,6 +81,8 @@ class ServerConfig:
     # The visual editor (ComfyUI's frontend, when comfyui-frontend-package is installed; see frontend.py)
     editor: bool = True
     user_dir: str | os.PathLike = "user"  # the editor's settings and saved workflows: {user_dir}/default
+    # hook(value, total) per node's progress reports, e.g. the CLI's tqdm bar (graph.interrupt)
+    progress_hook_factory: ProgressHookFactory | None = None
 
 
 SERVER_KEY: web.AppKey[PromptServer] = web.AppKey("loragraph_server")
@@ -93,7 +99,7 @@ class PromptServer:
         self.input_dir = Path(config.input_dir).resolve()
         self.hub = SocketHub()
         self.queue = PromptQueue(on_change=self.queue_updated, history_size=config.history_size)
-        self.executor = Executor(self.registry)
+        self.executor = Executor(self.registry, progress_hook_factory=config.progress_hook_factory)
         self.worker = PromptWorker(self.queue, self.executor, self.hub)
         self.number = 0
         self.web_root: Path | None = None  # the editor's files, when it is served
@@ -130,8 +136,9 @@ class PromptServer:
         return object_info(self.registry, only=only)
 
     async def on_startup(self, app: web.Application) -> None:
-        for folder in (self.input_dir, host_seam.output_dir()):
-            folder.mkdir(parents=True, exist_ok=True)
+        # No folder is made here: each is created when first written (an upload, SaveImage,
+        # the editor's settings), so a server started and stopped leaves the current folder as it was.
+        await asyncio.to_thread(host_seam.clean_stale_temps, self.input_dir, self.users.root)
         await self.hub.start()
         self.worker.start()
         logger.info("input folder %s, output folder %s", self.input_dir, host_seam.output_dir())
@@ -151,8 +158,14 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
 
     server = PromptServer(config)
     server.web_root = frontend.locate(config.editor)
-    app = web.Application(client_max_size=config.max_upload_size, middlewares=[origin_only_middleware])
+    app = web.Application(client_max_size=config.max_upload_size,
+                          middlewares=[guard_middleware])
+    app.on_response_prepare.append(_nosniff)
     app[SERVER_KEY] = server
+    app[GUARD_KEY] = RequestGuard(config.host, config.allow_remote, config.allow_hosts)
+    if config.allow_remote:
+        logger.warning("--allow-remote: the API has no authentication; anyone who can reach this server can "
+                       "run workflows, read their results and write files")
     tables = [build_routes(server), pack_routes.build()]
     if server.web_root is not None:
         tables.append(frontend.build_editor_routes(server, server.users))
@@ -174,33 +187,118 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     return app
 
 
-# -- cross-site requests ------------------------------------------------------------------------
+# -- cross-site requests and DNS rebinding -------------------------------------------------------
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_LOOPBACK_NAMES = ("localhost", "localhost.")
+
+
+def _is_loopback_literal(hostname: str) -> bool:
+    """A loopback IP address, or the name ``localhost`` (which browsers pin to loopback); no DNS asked."""
+    if hostname in _LOOPBACK_NAMES or hostname.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(hostname.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def _split_host(value: str, default_port: int) -> tuple[str, int] | None:
+    """``host[:port]`` -> (lower-case host name, port); None when it does not parse."""
+    try:
+        parts = urllib.parse.urlsplit("//" + value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or parts.username or parts.password or parts.path or parts.query:
+        return None
+    return parts.hostname.lower(), port if port is not None else default_port
+
+
+class RequestGuard:
+    """Which Host and Origin headers the server answers (see ``guard_middleware``).
+
+    Host: a loopback address, ``localhost``, a non-wildcard address the server listens on with
+    ``allow_remote``, or a name given with ``allow_hosts`` (the name a reverse proxy forwards). Names
+    are never resolved: a rebinding attacker's name resolves to 127.0.0.1, so resolving proves nothing.
+
+    Origin, when the request has one: ``http(s)://`` with the very host and port of the request's
+    Host (the page was served by this server), or a host in ``allow_hosts`` (a page served through
+    the proxy). ``null``, an empty Origin, ``file://`` and every other site are refused.
+    """
+
+    def __init__(self, listen: str, allow_remote: bool, allow_hosts: Iterable[str]) -> None:
+        self.extra: set[str] = set()
+        for name in allow_hosts:
+            split = _split_host(name, 0)
+            if split is None:
+                raise ValueError(f"--allow-host {name!r} is not a host name")
+            self.extra.add(split[0])
+        self.listening: set[str] = set()
+        if allow_remote:
+            for address in listen.split(","):
+                address = address.strip().strip("[]").lower()
+                if address and address not in ("0.0.0.0", "::"):
+                    self.listening.add(address)
+
+    def host_allowed(self, hostname: str) -> bool:
+        return _is_loopback_literal(hostname) or hostname in self.extra or hostname in self.listening
+
+    def refusal(self, request: web.Request) -> str | None:
+        """Why ``request`` is refused, or None when it is answered."""
+        host_header = request.headers.get("Host")
+        host = None
+        if host_header is not None:
+            host = _split_host(host_header, _DEFAULT_PORTS.get(request.scheme, 80))
+            if host is None or not self.host_allowed(host[0]):
+                return (f"Host {host_header!r} is not this server's (a loopback address, or a name given "
+                        "with --allow-host)")
+        if "Origin" in request.headers:
+            origin = request.headers["Origin"]
+            try:
+                parsed = urllib.parse.urlsplit(origin.strip())
+                port = parsed.port
+            except ValueError:
+                return f"Origin {origin!r} is not a web origin"
+            scheme, hostname = parsed.scheme.lower(), (parsed.hostname or "").lower()
+            if scheme not in ("http", "https") or not hostname or parsed.path not in ("", "/"):
+                return f"Origin {origin!r} is not this server's"
+            if hostname in self.extra:
+                return None  # a page served through the reverse proxy the user named
+            if host is None or (hostname, port if port is not None else _DEFAULT_PORTS[scheme]) != host:
+                return f"Origin {origin!r} is not this server's ({host_header or 'no Host'})"
+        return None
+
+
+GUARD_KEY: web.AppKey[RequestGuard] = web.AppKey("loragraph_guard")
 
 
 @web.middleware
-async def origin_only_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
-    """ComfyUI's guard: a web page must not be able to queue workflows on a server at 127.0.0.1.
+async def guard_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Refuse cross-site requests (403) and requests for another host name (DNS rebinding, 403).
 
-    Browsers let any site POST to localhost; such a request carries the site's Origin, which then
-    differs from the Host. Checked only when the Host is a loopback address, as ComfyUI does.
+    A web page may POST to 127.0.0.1 or open a websocket to it: such a request carries the page's
+    Origin, which must be this server's own. A page on a rebinding attacker's domain (resolving to
+    127.0.0.1) sends that domain as Host, which must be a loopback address or an allowed name.
+    ComfyUI compares Host and Origin only when both are present and the Host is loopback, which
+    lets ``Origin: null`` and any Host name through; this is stricter.
     """
-    if "Host" in request.headers and "Origin" in request.headers:
-        host_domain = request.headers["Host"].lower()
-        parsed = urllib.parse.urlparse(request.headers["Origin"])
-        origin_domain = parsed.netloc.lower()
-        host_parsed = urllib.parse.urlsplit("//" + host_domain)
-        loopback = is_loopback(host_parsed.hostname)
-        if parsed.port is None:  # an Origin without a port: compare host names only
-            host_domain = host_parsed.hostname or ""
-        if host_parsed.port is None:
-            origin_domain = parsed.hostname or ""
-        if loopback and host_domain and origin_domain and host_domain != origin_domain:
-            logger.warning("request with non matching host and origin %s != %s, returning 403",
-                           host_domain, origin_domain)
-            return web.Response(status=403)
+    guard = request.app[GUARD_KEY]
+    reason = guard.refusal(request)
+    if reason is not None:
+        logger.warning("refused %s %s: %s", request.method, request.path, reason)
+        return web.Response(status=403, text=f"403: {reason}\n")
     if request.method == "OPTIONS":
         return web.Response()
     return await handler(request)
+
+
+async def _nosniff(request: web.Request, response: web.StreamResponse) -> None:
+    """``X-Content-Type-Options: nosniff`` on every answer: a browser renders only the type we send."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
 
 
 def is_loopback(host: str | None) -> bool:
@@ -261,6 +359,10 @@ def run(
         logger.info("server stopped")
 
 
+def _shown_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else (address or "0.0.0.0")
+
+
 async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -268,8 +370,13 @@ async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
         for address in hosts:
             site = web.TCPSite(runner, address or None, port)
             await site.start()
-            shown = f"[{address}]" if ":" in address else (address or "0.0.0.0")
+            shown = _shown_host(address)
             logger.info("loragraph server listening on http://%s:%d", shown, port)
+        server = app[SERVER_KEY]
+        if server.web_root is not None:
+            logger.info("To see the editor go to: http://%s:%d/", _shown_host(hosts[0]), port)
+        elif server.config.editor:
+            logger.info("no visual editor: pip install 'loragraph[editor]' adds ComfyUI's frontend (API only now)")
         stop = asyncio.Event()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

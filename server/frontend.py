@@ -28,13 +28,13 @@ import json
 import logging
 import mimetypes
 import os
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from .. import disk
 from .. import host as host_seam
 from .files import inside
 from .http import Server, read_limited
@@ -52,7 +52,16 @@ SCRIPTABLE_TYPES = {"text/html", "application/xhtml+xml", "image/svg+xml", "text
 INSTALL_HINT = 'pip install "loragraph[editor]"'
 # What a new user of the headless editor starts with; anything they set overrides it. The tutorial
 # flow would open ComfyUI's template browser, whose templates need ComfyUI's own nodes.
-EDITOR_DEFAULT_SETTINGS: dict[str, Any] = {"Comfy.TutorialCompleted": True}
+EDITOR_DEFAULT_SETTINGS: dict[str, Any] = {
+    "Comfy.TutorialCompleted": True,
+    # A local tool does not phone home: the frontend asks api.comfy.org for release notes (with this
+    # server's version) unless this is off (its release store, frontend 1.33). Users may turn it on.
+    "Comfy.Notification.ShowVersionUpdates": False,
+}
+# Files the editor asks for whether or not they exist; missing, they answer empty, not 404 (ComfyUI
+# ships them or makes them at start; we make no file the user did not write).
+EMPTY_USER_FOLDERS = {"workflows", "subgraphs"}
+EMPTY_USER_FILES = {"user.css": ("", "text/css"), "comfy.templates.json": ("[]", "application/json")}
 
 
 def _package_folder(package: str, sub: str) -> Path | None:
@@ -124,14 +133,7 @@ class UserFiles:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not inside(path.parent, self.user_root):  # a symlinked folder inside the user's folder
             raise PermissionError(str(path))
-        fd, tmp = tempfile.mkstemp(prefix=".userdata-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        disk.write_file(path, data)
 
     def info(self, path: Path, relative_to: Path) -> dict[str, Any]:
         stat = path.stat()
@@ -143,11 +145,14 @@ class UserFiles:
 
 
 def _file_list(folder: Path, recurse: bool, full_info: bool, split: bool, users: UserFiles) -> list[Any]:
-    pattern = os.path.join(glob.escape(str(folder)), "**", "*") if recurse else os.path.join(glob.escape(str(folder)), "*")
+    if recurse:  # each real folder once: a symlink loop in the user's folder cannot hang the listing
+        names = [os.path.join(d, f) for d, files in disk.walk(folder) for f in files]
+    else:
+        names = glob.glob(os.path.join(glob.escape(str(folder)), "*"))
     out: list[Any] = []
-    for name in sorted(glob.glob(pattern, recursive=recurse)):
+    for name in sorted(names):
         path = Path(name)
-        if not path.is_file() or path.name.startswith(".userdata-"):
+        if not path.is_file() or not disk.visible(path.name):
             continue
         if full_info:
             out.append(users.info(path, folder))
@@ -246,6 +251,8 @@ def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
         folder = users.path(directory)
         if folder is None:
             return web.Response(status=403, text="Invalid directory")
+        if not folder.exists() and directory.strip("/") in EMPTY_USER_FOLDERS:
+            return web.json_response([])  # before the first save: empty, not missing (no 404 in the console)
         if not folder.is_dir():
             return web.Response(status=404, text="Directory not found")
         flag = {k: query.get(k, "").lower() == "true" for k in ("recurse", "full_info", "split")}
@@ -280,6 +287,9 @@ def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
     @routes.get("/userdata/{file}")
     async def get_userdata(request: web.Request) -> web.StreamResponse:
         path = user_file(request, must_exist=True)
+        empty = EMPTY_USER_FILES.get(request.match_info.get("file", ""))
+        if isinstance(path, web.Response) and path.status == 404 and empty is not None:
+            return web.Response(text=empty[0], content_type=empty[1])
         if isinstance(path, web.Response):
             return path
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -458,6 +468,16 @@ def static_routes(web_root: Path) -> list[web.AbstractRouteDef]:
             return web.json_response([])
 
         out.append(web.get("/templates/index.json", no_templates))
+    async def favicon(request: web.Request) -> web.StreamResponse:
+        icon = web_root / "favicon.ico"
+        return web.FileResponse(icon) if icon.is_file() else web.Response(status=204)
+
+    async def user_css(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="", content_type="text/css")  # index.html links it: none is empty CSS
+
+    out.append(web.get("/favicon.ico", favicon))
+    if not (web_root / "user.css").is_file():
+        out.append(web.get("/user.css", user_css))
     out.append(web.static("/", web_root))
     return out
 

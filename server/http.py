@@ -7,12 +7,13 @@ editor's routes and files) can share them without importing each other.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
+
+from .. import limits
 
 
 class Server(Protocol):
@@ -70,7 +71,7 @@ async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False)
     if not body.strip() and empty_ok:
         return {}
     try:
-        data = json.loads(body)
+        data = limits.loads(body)  # no NaN/Infinity (they would make /queue and /history invalid JSON)
     except (ValueError, UnicodeDecodeError) as ex:
         raise BodyError(error_response(400, "invalid_json", "Request body is not valid JSON", str(ex))) from None
     if not isinstance(data, dict):

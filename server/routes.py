@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import json
 import logging
 import os
 import sys
@@ -20,7 +19,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..graph import WorkflowError, normalize_prompt, validate_prompt
+from .. import limits
+from ..graph import (
+    WorkflowError,
+    format_validation_error,
+    normalize_prompt,
+    overridden_inputs,
+    validate_prompt,
+)
 from . import files
 from .http import BodyError, Server, error_response, json_route, read_json
 
@@ -69,7 +75,7 @@ def build_routes(server: Server) -> web.RouteTableDef:
                     logger.warning("ws connection closed with exception %s", ws.exception())
                 elif msg.type == aiohttp.WSMsgType.TEXT:
                     try:
-                        data = json.loads(msg.data)
+                        data = limits.loads(msg.data)
                     except ValueError:
                         logger.warning("Invalid JSON received from client %s", sid)
                         continue
@@ -196,7 +202,8 @@ def build_routes(server: Server) -> web.RouteTableDef:
         ok, error, outputs, node_errors = await asyncio.to_thread(
             validate_prompt, normalized, server.registry, [str(t) for t in targets] if targets else None)
         if not ok:
-            logger.warning("invalid prompt: %s", error)
+            logger.warning("invalid prompt %s: %s", prompt_id,
+                           "; ".join(format_validation_error(error, node_errors, normalized)))
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         if number is None:
             # Numbered when queued, not when received: validation awaits a thread, so prompts posted
@@ -204,6 +211,10 @@ def build_routes(server: Server) -> web.RouteTableDef:
             number = -server.number if data.get("front") else server.number
             server.number += 1
         server.queue.put((number, prompt_id, normalized, extra_data, list(outputs)))
+        logger.info("got prompt %s (%d nodes; %d in the queue)", prompt_id, len(normalized),
+                    server.queue.tasks_remaining())
+        for overridden in overridden_inputs(normalized, server.registry):
+            logger.warning("prompt %s: %s", prompt_id, overridden.message(normalized))
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     @routes.post("/queue")

@@ -83,6 +83,7 @@ class PromptWorker:
         self.client_id = extra_data.get("client_id") or None
         self.prompt_id = prompt_id
         started = time.perf_counter()
+        result: ExecutionResult | None = None
         try:
             result = self.executor.execute(prompt, prompt_id, extra_data, execute_outputs=outputs,
                                            allow_partial=True)
@@ -97,8 +98,22 @@ class PromptWorker:
         self.queue.task_done(task_id, history_result, status)
         if self.client_id is not None:
             self.hub.send_sync(EXECUTING, {"node": None, "prompt_id": prompt_id}, self.client_id)
-        logger.info("Prompt executed in %.2f seconds", time.perf_counter() - started)
+        self._log_result(prompt_id, result, status, time.perf_counter() - started)
         self.prompt_id = None
+
+    @staticmethod
+    def _log_result(prompt_id: str, result: ExecutionResult | None, status: dict[str, Any], took: float) -> None:
+        """One console line per prompt: done, interrupted or failed, with its time (ComfyUI's
+        "Prompt executed in ... seconds")."""
+        if result is not None and result.ok:
+            logger.info("prompt %s done in %.2f s (%d node%s run, %d cached)", prompt_id, took,
+                        len(result.executed), "s" * (len(result.executed) != 1), len(result.cached))
+        elif result is not None and result.interrupted:
+            logger.info("prompt %s interrupted after %.2f s", prompt_id, took)
+        else:
+            lines = result.error_lines() if result is not None else [
+                m[1].get("exception_message", "") for m in status.get("messages", []) if m[0] == EXECUTION_ERROR]
+            logger.info("prompt %s failed in %.2f s: %s", prompt_id, took, "; ".join(lines))
 
     def _history_entry(self, result: ExecutionResult, prompt: dict[str, Any]) -> tuple[dict, dict]:
         messages = list(result.messages)

@@ -10,10 +10,12 @@ import torch
 from conftest import PROMPT, SIZE, max_diff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
+from loragraph import host
 from loragraph.builtin_models.builtin import build_tiny_sd
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
+from loragraph.loaders.state import NodeInputError
 
 STEPS = 2  # the branch property needs many images; two steps still carry every LoRA into them
 # d and e have the same UNet layers and rank: switching between them hot-swaps (hotswap.swap).
@@ -207,10 +209,25 @@ def test_lora_for_another_base_model_rolls_back(loaded):
     assert_same(before, snapshot(engine, h))
 
 
-def test_nan_under_safe_fusing_rolls_back(loaded):
+def test_a_nan_lora_is_refused_at_load_naming_lora_name_and_the_tensor(loaded):
     engine, h = loaded
     before = snapshot(engine, h)
-    h2 = st.add_adapter(h, engine.lora_spec(h, "bad/nan_lora.safetensors", 1.0, "nan"))
+    with pytest.raises(NodeInputError) as err:
+        engine.lora_spec(h, "bad/nan_lora.safetensors", 1.0, "nan")
+    assert err.value.input_name == "lora_name"
+    assert "nan_lora.safetensors" in str(err.value) and "lora_B" in str(err.value) and "NaN" in str(err.value)
+    assert_same(before, snapshot(engine, h))
+
+
+def test_nan_under_safe_fusing_rolls_back(loaded):
+    """LoadLoRA refuses a NaN file (above); safe_fusing still guards a spec made without that check."""
+    from loragraph.loaders import store as lora_file
+
+    engine, h = loaded
+    before = snapshot(engine, h)
+    path = host.resolve_in("loras", "bad/nan_lora.safetensors")
+    spec = st.AdapterSpec("nan", str(path), lora_file.read_lora(path).sha256, 1.0, None, "")
+    h2 = st.add_adapter(h, spec)
     h2 = st.fuse(h2, True, True, 1.0, True, "nan", origin="FuseLoRA #7")
     with pytest.raises(LoraOperationError) as err:
         engine.realize(h2)

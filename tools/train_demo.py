@@ -371,7 +371,7 @@ def build_pipeline(unet, vae, text_encoder, tokenizer):
 
 @torch.no_grad()
 def evaluate_base(pipe, cfg_scale: float = 7.0) -> dict:
-    """The acceptance figures: dominant colour and shape over loaders.demo.EVAL_CASES."""
+    """The acceptance figures: dominant colour and shape over builtin_models.demo.EVAL_CASES."""
     from loragraph.builtin_models.demo import EVAL_CASES, caption, classify_shape, dominant_colour
 
     colour_ok = shape_ok = 0

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ... import disk
 from .. import fence
 
 if TYPE_CHECKING:
@@ -232,16 +233,10 @@ def save_kohya(
 ) -> None:
     """Write `peft_to_kohya(...)` as a .safetensors (header: `format: pt` plus `metadata`).
 
-    Written under a temporary name and renamed, so a crash never leaves a half-written LoRA behind.
+    Written whole (loragraph/disk.py), so a crash never leaves a half-written LoRA behind.
     """
     import safetensors.torch
 
     tensors = peft_to_kohya(component_state_dicts, alphas, sdxl=sdxl)
     header = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        safetensors.torch.save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    disk.write_file(path, lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata=header))

@@ -40,6 +40,22 @@ async function main() {
     if (m.type() === "error") out.console_errors.push(m.text().slice(0, 500));
   });
   page.on("pageerror", (e) => out.page_errors.push(String(e.stack || e).slice(0, 1500)));
+  // Every request the browser makes, from any page or worker of the context: none may leave this machine.
+  out.outside_requests = [];
+  const local = (u) => {
+    try {
+      const { protocol, hostname } = new URL(u);
+      return !["http:", "https:", "ws:", "wss:"].includes(protocol) || hostname === "127.0.0.1";
+    } catch (e) {
+      return false;
+    }
+  };
+  context.on("request", (r) => {
+    if (!local(r.url())) out.outside_requests.push(r.url().slice(0, 300));
+  });
+  page.on("websocket", (ws) => {
+    if (!local(ws.url())) out.outside_requests.push(ws.url().slice(0, 300));
+  });
   page.on("response", (r) => {
     if (r.url().startsWith(config.url) && r.status() >= 400) out.bad_responses.push([r.status(), r.url()]);
   });
@@ -108,6 +124,16 @@ async function main() {
     out.prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
     out.saved_graph = await page.evaluate(() => window.app.graph.serialize());
 
+    // A node right below LoRAInfo: its table, once it runs, must not grow over it (it scrolls instead).
+    out.below = await page.evaluate(() => {
+      const info = window.app.graph._nodes.find((n) => n.comfyClass === "LoRAInfo");
+      const below = window.app.graph._nodes.find((n) => n.comfyClass === "SaveImage");
+      if (!info || !below) return null;
+      below.pos = [info.pos[0], info.pos[1] + Math.max(info.size[1], 60) + 60];
+      window.app.graph.setDirtyCanvas(true, true);
+      return { id: below.id, top: below.pos[1] };
+    });
+
     // -- queue it, wait for the image and LoRAInfo's table --------------------------------------
     await page.evaluate(async () => {
       const { api } = await import("/scripts/api.js");
@@ -152,6 +178,23 @@ async function main() {
       };
     }, null, { timeout: 10000 }).then((h) => h.jsonValue(), () => null);
     step("image and table");
+    await fitView(page);
+    out.info_layout = await page.evaluate((belowId) => {
+      const nodes = window.app.graph._nodes;
+      const info = nodes.find((n) => n.comfyClass === "LoRAInfo");
+      const below = nodes.find((n) => n.id === belowId);
+      if (!info || !below) return null;
+      const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30;
+      const canvas = window.app.canvas;
+      const rect = canvas.canvas.getBoundingClientRect();
+      const [, belowTopPx] = canvas.ds.convertOffsetToCanvas([below.pos[0], below.pos[1] - title]);
+      const panel = info.loragraph.info;
+      return {
+        info_bottom: info.pos[1] + info.size[1], below_top: below.pos[1] - title,
+        panel_bottom_px: panel.getBoundingClientRect().bottom, below_top_px: rect.top + belowTopPx,
+        scrolls: panel.scrollHeight > panel.clientHeight + 1, panel_height: panel.clientHeight,
+      };
+    }, out.below?.id);
 
     await fitView(page);
     fs.mkdirSync(config.screenshot_dir, { recursive: true });

@@ -46,7 +46,9 @@ const BADGE_REFRESH_MS = 250;
 function addPanel(node, name, kind, minHeight, maxHeight) {
   const element = panel(kind);
   if (typeof node.addDOMWidget !== "function") return { element, widget: null };
-  const wanted = () => Math.min(maxHeight, Math.max(minHeight, (element.loragraphHeight ?? 0) + 10));
+  // As tall as the content, up to maxHeight, and no taller than the room above the node below (then it scrolls).
+  const wanted = () => Math.max(minHeight,
+    Math.min(maxHeight, element.loragraphCap ?? Infinity, (element.loragraphHeight ?? 0) + 10));
   const widget = node.addDOMWidget(name, kind, element, {
     serialize: false,
     hideOnZoom: false,
@@ -59,6 +61,19 @@ function addPanel(node, name, kind, minHeight, maxHeight) {
   return { element, widget };
 }
 
+/** How tall `node` may grow before it covers a node below it (one that overlaps it horizontally). */
+export function roomBelow(node, width) {
+  const title = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
+  const [x0, x1] = [node.pos[0], node.pos[0] + width];
+  let room = Infinity;
+  for (const other of node.graph?._nodes ?? []) {
+    if (other === node || other.pos[1] <= node.pos[1]) continue;
+    if (other.pos[0] >= x1 || other.pos[0] + other.size[0] <= x0) continue;
+    room = Math.min(room, other.pos[1] - title - 10 - node.pos[1]);
+  }
+  return room;
+}
+
 /** Make room for a panel's new content: measured once laid out, else estimated from its lines. */
 function grow(node, element, minWidth = 0) {
   const fit = () => {
@@ -67,8 +82,13 @@ function grow(node, element, minWidth = 0) {
     element.loragraphHeight = laidOut
       ? children.reduce((sum, child) => sum + child.offsetHeight, 0)
       : children.reduce((sum, child) => sum + (child.tagName === "TABLE" ? child.rows.length * 16 : 15), 0);
-    const [w, h] = node.computeSize();
-    node.setSize([Math.max(node.size[0], w, minWidth), h]); // as tall as the content, no blank below
+    element.loragraphCap = undefined;
+    const [fullWidth, full] = node.computeSize();
+    const width = Math.max(node.size[0], fullWidth, minWidth);
+    const room = roomBelow(node, width);
+    if (full > room) element.loragraphCap = element.loragraphHeight + 10 - (full - room); // the rest scrolls
+    const [, h] = node.computeSize();
+    node.setSize([width, h]); // as tall as the content (or the room), no blank below
     node.setDirtyCanvas?.(true, true);
   };
   fit();

@@ -61,7 +61,10 @@ export function renderSummary(target, summary) {
   }
   const title = summary.title && summary.title !== String(summary.file ?? "").replace(/\.[^.]*$/, "") ? summary.title : null;
   if (title) target.appendChild(line("title", title));
-  target.appendChild(line("format", `${summary.format} · rank ${numbers(summary.ranks)} · alpha ${numbers(summary.alphas)}`));
+  // The alpha peft uses, as LoRAInfo shows it; "= rank" when the file stores none.
+  const alphas = numbers(summary.effective_alphas ?? summary.alphas);
+  const stored = summary.alpha_in_file === false ? " (= rank, not in the file)" : "";
+  target.appendChild(line("format", `${summary.format} · rank ${numbers(summary.ranks)} · alpha ${alphas}${stored}`));
   target.appendChild(line("base model", summary.base_model ?? "unknown"));
   const parts = Object.entries(summary.components ?? {}).map(([c, n]) => `${c} ${n}`);
   target.appendChild(line("modules", `${summary.modules}${parts.length ? ` (${parts.join(", ")})` : ""}`));
@@ -117,7 +120,8 @@ export function renderInfo(target, text) {
       row.dataset.adapter = name;
       const fused = a.fused?.length ? a.fused.join(", ") : "—";
       const cells = [name, a.active ? "yes" : "no", a.active ? perComponent(a.weights) : "—", a.strength,
-        perComponent(a.rank), perComponent(a.alpha), fused, a.device ?? "—"];
+        perComponent(a.rank), perComponent(a.alpha) + (a.alpha_in_file === false ? " (= rank)" : ""), fused,
+        a.device ?? "—"];
       cells.forEach((v, i) => {
         const td = el("td", v);
         if (INFO_COLUMNS[i] === "fused" && a.fused?.length) td.className = "lg-fused";
