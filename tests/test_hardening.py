@@ -339,7 +339,7 @@ def test_a_lora_with_inf_or_absurd_values_is_refused_naming_the_tensor(tmp_path,
     import safetensors.torch
     from loragraph.loaders.files import LoraFileError
     from loragraph.loaders.store import read_lora
-    from loragraph.loaders.testing import write_lora_file
+    from loragraph.testing import write_lora_file
 
     path = write_lora_file(tmp_path / "broken.safetensors", "sd", "diffusers", seed=5)
     tensors = safetensors.torch.load_file(str(path))
