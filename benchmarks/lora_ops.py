@@ -2,6 +2,7 @@
 
     python -m benchmarks.lora_ops [--rank 32] [--repeats 5] [--threads 1] [--json out.json] [--sampling]
     python -m benchmarks.lora_ops --device cuda --dtype float16     # the GPU variant (adds --sampling)
+    python -m benchmarks.lora_ops --only schedule                   # ScheduleAdapterWeights' rows alone
     bash benchmarks/gpu.sh fetch; bash benchmarks/gpu.sh run        # the same on a lent device machine
 
 An SD1.5-size UNet and CLIP-L-size text encoder with random weights are built in code (no
@@ -454,9 +455,82 @@ class Bench:
         self.raw_reset()
         self.ours_reset()
         self.executor_row()
+        self.schedule_rows()
         if self.args.sampling:
             self.sampling_rows()
         self.check_exact()
+
+    def schedule_rows(self):
+        """ScheduleAdapterWeights: what scheduling 1 and 3 adapters adds to each Sampler step.
+
+        Per step the engine sets each scheduled adapter's denoiser scales (`StepWeights.apply`:
+        peft's set_scale on its cached tuner layers); diffusers' documented recipe calls
+        `set_adapters` with every adapter's weights in `callback_on_step_end`. Per sampling call the
+        engine also builds the schedule (reads the static scales) and restores them after. With
+        `--sampling` (the GPU variant), also the whole Sampler on one step at SD1.5's 64x64 latents,
+        scheduled vs the same adapters unscheduled (alternated; a difference of two whole calls).
+        """
+        from loragraph.loaders import schedule
+        from loragraph.loaders import state as st
+
+        stack = self.base
+        for i in range(3):
+            stack = st.add_adapter(stack, self.spec(f"diffusers_{i}", f"s{i}", stack))
+        self.raw_reset()
+        for i in range(3):
+            self.raw_load(f"diffusers_{i}", f"s{i}")
+        names = [f"s{i}" for i in range(3)]
+        size = 64 * self.raw.vae_scale_factor
+        for count in (1, 3):
+            handle = stack
+            for i in range(count):
+                handle = st.schedule_weights(handle, f"s{i}", "0:1, 1:0")
+            live, _ = self.engine.realize(handle)
+            weights = schedule.StepWeights(live, handle.state, "unet")
+            step = [0]
+
+            def apply(w=weights, step=step):
+                step[0] = (step[0] + 1) % 20
+                w.apply(step[0], 20)
+
+            def raw_step(c=count, step=step):
+                step[0] = (step[0] + 1) % 20
+                s = 1 - step[0] / 20
+                self.raw.set_adapters(names, [{"unet": s, "text_encoder": 1.0}] * c + [1.0] * (3 - c))
+
+            plural = "s" * (count != 1)
+            self.row(f"schedule: per-step scales, {count} scheduled adapter{plural} (of 3 loaded)", lambda: None,
+                     apply, lambda: None, raw_step,
+                     note="ours: set_scale on the cached layers; diffusers: set_adapters in callback_on_step_end")
+            weights.restore()
+
+            def setup_restore(h=handle, lv=live):
+                schedule.StepWeights(lv, h.state, "unet").restore()
+
+            self.row(f"schedule: setup + restore per sampling call, {count} scheduled", lambda: None,
+                     setup_restore, lambda: None, None, note="once per Sampler call, not per step")
+
+            if not self.args.sampling:  # one SD1.5 step with CFG takes ~50 s on one busy CPU thread
+                continue
+
+            def call(h):
+                return lambda: self.engine.sample(h, "a red circle", "", 0, 1, 7.0, size, size)
+
+            call(handle)()  # warm-up
+            plain, sched = [], []
+            for _ in range(self.args.repeats):
+                plain.append(timed(call(stack), self.device)[0])
+                sched.append(timed(call(handle), self.device)[0])
+            overhead = statistics.median(s - p for s, p in zip(sched, plain))
+            self._add({
+                "operation": f"Sampler, 1 step at 64x64 latents, {count} scheduled vs unscheduled",
+                "loragraph_ms": statistics.median(sched), "diffusers_ms": None, "loragraph_peak_mib": None,
+                "diffusers_peak_mib": None, "floor_ms": None, "ratio_to_diffusers": None, "ratio_to_floor": None,
+                "note": f"unscheduled {statistics.median(plain):.1f} ms; overhead {overhead:+.1f} ms "
+                        f"({overhead / count:+.1f} ms per scheduled adapter; target <= 2)",
+            })
+        self.raw_reset()
+        self.ours_reset()
 
     def sampling_rows(self):
         """ms per denoising step with 1, 3, 5 LoRAs, unfused and fused: ours (engine.sample) vs raw pipe()."""
@@ -586,6 +660,7 @@ def main(argv=None) -> int:
     p.add_argument("--sampling", action=argparse.BooleanOptionalAction, default=None,
                    help="add the sampling rows (default: on with --device cuda; slow on a CPU)")
     p.add_argument("--sample-steps", type=int, default=20, help="steps per sampling call (default 20)")
+    p.add_argument("--only", choices=["schedule"], default=None, help="run only these rows")
     args = p.parse_args(argv)
     if args.sampling is None:
         args.sampling = args.device == "cuda"
@@ -595,7 +670,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     bench = Bench(args)
     print(HEADER, flush=True)
-    bench.run()
+    if args.only == "schedule":
+        bench.schedule_rows()
+    else:
+        bench.run()
     print("\n" + HEADER)
     for r in bench.rows:
         print(_fmt_row(r))

@@ -20,6 +20,7 @@ The reconciler
     hotswap.py    load into a parked adapter's layers instead
     activation.py `set_adapters` and the text-encoder switch
     fusion.py     fuse with exact unfuse
+    schedule.py   per-step adapter weights at sampling time (never reconciled)
     fence.py      every touch of a private diffusers/peft name, with its public fallback
 engine.py         what the nodes call
 """

@@ -84,8 +84,19 @@ class Engine:
     def realize(self, handle: PipelineHandle) -> tuple[LivePipeline, list[str]]:
         with self.lock:
             live = self.live(handle.source)
-            warnings = realize(live, handle.state, store.read_lora)
+            # schedules are the Sampler's business (loaders/schedule.py), never the reconciler's
+            warnings = realize(live, handle.state.without_schedules(), store.read_lora)
             return live, warnings
+
+    def check_schedules(self, handle: PipelineHandle) -> list[str]:
+        """Realize the handle and check that a Sampler can apply its schedules, so a schedule that
+        cannot hold fails on the node that made it (or on the FuseLoRA after it). Returns warnings."""
+        from . import schedule
+
+        with self.lock:
+            live, warnings = self.realize(handle)
+            schedule.check_layers(live, handle.state, handle.source.denoiser)
+            return warnings
 
     # --- LoRA files ---------------------------------------------------------------------------
 
@@ -149,8 +160,17 @@ class Engine:
         for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if (refusal := limits.check_prompt_length(text, name)) is not None:
                 raise NodeInputError(name, refusal)
+        from . import schedule
+
         with self.lock:
-            live, _ = self.realize(handle)
+            scheduled = schedule.active_schedules(handle.state)
+            denoiser = handle.source.denoiser
+            if scheduled:  # scheduled adapters sample unfused in the denoiser; the rest stays as it is
+                live, _ = self.realize(handle.with_state(schedule.sampling_state(handle.state, denoiser)))
+            else:
+                live, _ = self.realize(handle)
+            # checks before anything changes; raises naming the ScheduleAdapterWeights node
+            weights = schedule.StepWeights(live, handle.state, denoiser) if scheduled else None
             pipe = live.pipe
             original = pipe.scheduler
             if SCHEDULERS[scheduler] and "FlowMatch" in type(original).__name__:
@@ -174,6 +194,12 @@ class Engine:
             pipe.scheduler = chosen
 
             def on_step(_pipe, i, _t, kwargs):
+                if weights is not None:
+                    # diffusers calls this at the END of step i: the scales set here are step i+1's.
+                    # The loop runs len(timesteps) times (= steps, bar multi-evaluation schedulers).
+                    total = len(_pipe.scheduler.timesteps)
+                    if i + 1 < total:
+                        weights.apply(i + 1, total)
                 if progress is not None:
                     progress(i + 1, steps)
                 if check_interrupted is not None:
@@ -185,6 +211,8 @@ class Engine:
                 logger.warning(warning)
             t0 = time.perf_counter()
             try:
+                if weights is not None:
+                    weights.apply(0, steps)  # step 0 runs at strength(0) whatever the step count
                 out = pipe(
                     prompt,
                     negative_prompt=negative_prompt,
@@ -199,6 +227,8 @@ class Engine:
                 )
             finally:
                 pipe.scheduler = original
+                if weights is not None:
+                    _restore_static_weights(live, weights)
             logger.debug("sampled %d steps in %.2f s", steps, time.perf_counter() - t0)
             return torch.from_numpy(out.images).float().contiguous()
 
@@ -259,6 +289,10 @@ class Engine:
                     for op in state.fused
                 ],
                 "text_encoder_lora": {te: te not in state.te_disabled for te in handle.source.text_encoders},
+                "schedules": {
+                    s.adapter: {"keyframes": s.text(), "interpolation": s.interpolation, "active": s.adapter in active}
+                    for s in state.schedules
+                },
                 "warnings": list(live.warnings),
             }
 
@@ -302,6 +336,15 @@ class Engine:
         if callable(path):
             return path(write)
         return disk.write_file(path, write)
+
+
+def _restore_static_weights(live: LivePipeline, weights: Any) -> None:
+    try:
+        weights.restore()
+    except BaseException:
+        live.state = None  # scales unknown: the next realize resets the pipeline first
+        raise
+    logger.debug("schedule strengths per step: %s", weights.applied)
 
 
 def _per_component(weight: Any, comps: list[str]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from typing import Any
 
 from .. import limits
@@ -89,12 +90,53 @@ class FuseOp:
         return replace(self, components=(component,)) if component in self.components else None
 
 
+INTERPOLATIONS = ("linear", "hold", "ease")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """ScheduleAdapterWeights: one adapter's denoiser strength over the sampling progress (SPEC).
+
+    `keyframes` are (progress, strength) pairs, progress in [0, 1] and strictly increasing. The
+    Sampler runs step i of N at `strength(i / N)` (loaders/schedule.py applies it).
+    """
+
+    adapter: str
+    keyframes: tuple[tuple[float, float], ...]
+    interpolation: str = "linear"
+    origin: str = field(default="", compare=False)
+
+    def strength(self, progress: float) -> float:
+        """Before the first keyframe the first strength holds, after the last the last; at a
+        keyframe's own progress that keyframe's strength holds (so `hold` starts there)."""
+        ks = self.keyframes
+        if progress <= ks[0][0]:
+            return ks[0][1]
+        if progress >= ks[-1][0]:
+            return ks[-1][1]
+        for (p0, s0), (p1, s1) in pairwise(ks):
+            if p0 <= progress < p1:
+                if self.interpolation == "hold":
+                    return s0
+                t = (progress - p0) / (p1 - p0)
+                if self.interpolation == "ease":
+                    t = t * t * (3.0 - 2.0 * t)  # smoothstep: flat at both keyframes
+                return s0 + (s1 - s0) * t
+        return ks[-1][1]  # unreachable: the keyframes cover [first, last)
+
+    def text(self) -> str:
+        return ", ".join(f"{p:g}:{s:g}" for p, s in self.keyframes)
+
+
 @dataclass(frozen=True)
 class AdapterState:
     adapters: tuple[AdapterSpec, ...] = ()
     active: ActiveSet = ActiveSet()
     te_disabled: tuple[str, ...] = ()  # text encoders whose LoRA layers are switched off, sorted
     fused: tuple[FuseOp, ...] = ()
+    # denoiser strength curves, sorted by adapter; the reconciler never sees them (the engine strips
+    # them before realize) and the Sampler applies those of active adapters step by step
+    schedules: tuple[Schedule, ...] = ()
 
     def adapter(self, name: str) -> AdapterSpec | None:
         for spec in self.adapters:
@@ -120,6 +162,19 @@ class AdapterState:
 
     def unfused(self) -> AdapterState:
         return replace(self, fused=())
+
+    def schedule(self, name: str) -> Schedule | None:
+        for sch in self.schedules:
+            if sch.adapter == name:
+                return sch
+        return None
+
+    def without_schedules(self, names: set[str] | None = None) -> AdapterState:
+        """Drop the schedules of `names` (None: all)."""
+        if not self.schedules:
+            return self
+        keep = () if names is None else tuple(s for s in self.schedules if s.adapter not in names)
+        return replace(self, schedules=keep)
 
 
 @dataclass(frozen=True)
@@ -272,6 +327,9 @@ def set_weights(
             per[te] = te_w[i] if te_w is not None else unet_w[i]
         per.update(blocks.get(name, {}))
         values.append(canonical_weight(per))
+    # Naming an adapter sets its weight outright, so its schedule goes (SPEC). One left out is
+    # inactive: its schedule stays but does nothing while it is (the Sampler schedules active ones).
+    state = state.without_schedules(set(names))
     return handle.with_state(replace(state, active=ActiveSet(tuple(names), tuple(values))))
 
 
@@ -375,6 +433,7 @@ def delete(handle: PipelineHandle, adapter_names: str) -> PipelineHandle:
             fused.append(replace(op, adapter_names=op_names, active=op_active))
     if not adapters:
         return handle.with_state(AdapterState())
+    state = state.without_schedules(gone)
     return handle.with_state(replace(state, adapters=adapters, active=active, fused=tuple(fused)))
 
 
@@ -393,3 +452,65 @@ def set_device(handle: PipelineHandle, adapter_names: str, device: str) -> Pipel
     target = None if device in ("auto", handle.source.device) else device
     adapters = tuple(replace(a, device=target) if a.name in names else a for a in state.adapters)
     return handle.with_state(replace(state, adapters=adapters))
+
+
+def parse_keyframes(text: str, input_name: str = "keyframes") -> tuple[tuple[float, float], ...]:
+    """`"0:1.0, 0.4:1.0, 0.6:0.0"` -> ((0.0, 1.0), (0.4, 1.0), (0.6, 0.0)); errors name the keyframe."""
+    parts = [p.strip() for p in (text or "").split(",")]
+    if not any(parts):
+        raise NodeInputError(input_name, 'give at least one progress:strength pair, e.g. "0:1.0, 0.6:0.0"')
+    out: list[tuple[float, float]] = []
+    for i, part in enumerate(parts, 1):
+        where = f"keyframe {i} ({part!r})"
+        if not part:
+            raise NodeInputError(input_name, f"keyframe {i} is empty (two commas in a row, or a trailing comma)")
+        if part.count(":") != 1:
+            raise NodeInputError(input_name, f"{where}: expected progress:strength, e.g. 0.4:1.0")
+        p_text, s_text = (x.strip() for x in part.split(":"))
+        try:
+            progress = float(p_text)
+        except ValueError:
+            raise NodeInputError(input_name, f"{where}: progress {p_text!r} is not a number") from None
+        try:
+            strength = float(s_text)
+        except ValueError:
+            raise NodeInputError(input_name, f"{where}: strength {s_text!r} is not a number") from None
+        if not math.isfinite(progress) or not 0.0 <= progress <= 1.0:
+            raise NodeInputError(input_name, f"{where}: progress must be between 0 and 1 (a fraction of the steps)")
+        if not math.isfinite(strength):
+            raise NodeInputError(input_name, f"{where}: strength must be a finite number")
+        if out and progress <= out[-1][0]:
+            raise NodeInputError(
+                input_name, f"{where}: progress must increase strictly, but {progress:g} follows {out[-1][0]:g}"
+            )
+        out.append((progress, strength))
+    return tuple(out)
+
+
+def schedule_weights(
+    handle: PipelineHandle, adapter_name: str, keyframes: str, interpolation: str = "linear", origin: str = ""
+) -> PipelineHandle:
+    """ScheduleAdapterWeights: the adapter's denoiser strength follows a curve over the steps.
+
+    Replaces any earlier schedule of the adapter. The text-encoder weight stays: text encoders run
+    once per prompt, before the first step.
+    """
+    state = handle.state
+    if not state.adapters:
+        raise NodeInputError("pipeline", "no LoRA is loaded on this pipeline; add a LoadLoRA before this node")
+    name = (adapter_name or "").strip()
+    if not name:
+        raise NodeInputError("adapter_name", f"name the adapter to schedule (loaded: {', '.join(state.names)})")
+    check_known(state, [name], "adapter_name")
+    if name not in state.active.names:
+        raise NodeInputError(
+            "adapter_name",
+            f"adapter {name!r} is not active (a SetAdapterWeights left it out); only an active adapter can "
+            "be scheduled",
+        )
+    if interpolation not in INTERPOLATIONS:
+        raise NodeInputError("interpolation", f"expected one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+    schedule = Schedule(name, parse_keyframes(keyframes), interpolation, origin)
+    rest = state.without_schedules({name}).schedules
+    schedules = tuple(sorted(rest + (schedule,), key=lambda s: s.adapter))
+    return handle.with_state(replace(state, schedules=schedules))

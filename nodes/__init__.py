@@ -14,11 +14,13 @@ from .lora import (
 )
 from .pipeline import LoadPipeline
 from .sampler import Sampler
+from .schedule import ScheduleAdapterWeights
 
 NODE_CLASS_MAPPINGS = {
     "LoadPipeline": LoadPipeline,
     "LoadLoRA": LoadLoRA,
     "SetAdapterWeights": SetAdapterWeights,
+    "ScheduleAdapterWeights": ScheduleAdapterWeights,
     "FuseLoRA": FuseLoRA,
     "UnfuseLoRA": UnfuseLoRA,
     "TextEncoderLoRAToggle": TextEncoderLoRAToggle,
@@ -34,6 +36,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadPipeline": "Load Pipeline (diffusers)",
     "LoadLoRA": "Load LoRA (diffusers)",
     "SetAdapterWeights": "Set Adapter Weights",
+    "ScheduleAdapterWeights": "Schedule Adapter Weights",
     "FuseLoRA": "Fuse LoRA",
     "UnfuseLoRA": "Unfuse LoRA",
     "TextEncoderLoRAToggle": "Text Encoder LoRA On/Off",

@@ -18,7 +18,8 @@ gets no LoRA credits: the pack cannot know what the other node did with them.
 The PNG gets two chunks:
 
 - ``loras``: JSON list of ``{"name", "file", "adapter", "weight", "sha256", "short_hash",
-  "fused"}``, one per LoRA that acted on the image (active, or fused into the weights);
+  "fused"}`` (and ``"schedule"`` for a scheduled adapter), one per LoRA that acted on the image
+  (active, or fused into the weights);
 - ``parameters``: A1111's infotext (prompt, ``Negative prompt:``, then ``Steps: ..., Seed: ...,
   Lora hashes: "name: hash, ..."``), which A1111, Forge and Civitai read to link the LoRAs used.
 """
@@ -45,6 +46,8 @@ class LoraCredit:
     sha256: str  # the full file's sha256, as loaded
     short_hash: str | None  # A1111's 12-digit "Lora hashes" value (LoraFile.short_hash)
     fused: bool = False  # fused into the weights (then ``weight`` is the weight it was fused at)
+    # ScheduleAdapterWeights: {"keyframes", "interpolation"}; the denoiser's weight followed it per step
+    schedule: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,10 @@ def _short_hash(path: str, sha256: str) -> str | None:
 
 def lora_credits(handle: Any) -> tuple[LoraCredit, ...]:
     """The LoRAs that act on images sampled from the PIPELINE ``handle``: active or fused ones."""
-    state = handle.state
+    from ..loaders.schedule import active_schedules, sampling_state
+
+    schedules = {s.adapter: s for s in active_schedules(handle.state)}
+    state = sampling_state(handle.state, handle.source.denoiser)  # what the Sampler ran: scheduled ones unfused
     active = state.active.as_dict()
     fused_weight: dict[str, Any] = {}
     for op in state.fused:
@@ -146,6 +152,8 @@ def lora_credits(handle: Any) -> tuple[LoraCredit, ...]:
             sha256=spec.sha256,
             short_hash=_short_hash(spec.path, spec.sha256),
             fused=spec.name in fused_weight,
+            schedule=({"keyframes": schedules[spec.name].text(), "interpolation": schedules[spec.name].interpolation}
+                      if spec.name in schedules else None),
         ))
     return tuple(credits)
 
@@ -199,6 +207,8 @@ def infotext(credits: ImageCredits) -> str:
 def png_chunks(credits: ImageCredits) -> dict[str, str]:
     """The text chunks SaveImage adds for these credits: ``loras`` (JSON) and ``parameters``."""
     return {
-        "loras": json.dumps([asdict(lora) for lora in credits.loras]),
+        # "schedule" only where there is one: files without schedules read as before
+        "loras": json.dumps([{k: v for k, v in asdict(lora).items() if k != "schedule" or v is not None}
+                             for lora in credits.loras]),
         "parameters": infotext(credits),
     }

@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 class Sampler:
     DESCRIPTION = (
         "Render images: the pipeline's own __call__ with a CPU generator seeded by `seed`, so the same "
-        "seed gives the same image on any device. Shows progress per step and stops between steps on cancel."
+        "seed gives the same image on any device. Shows progress per step and stops between steps on cancel. "
+        "Applies ScheduleAdapterWeights' per-step strengths and restores the static ones after."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)

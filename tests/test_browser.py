@@ -355,6 +355,33 @@ def names_workflow() -> dict[str, Any]:
     }
 
 
+def schedule_workflow() -> dict[str, Any]:
+    """A LoRA whose strength is scheduled: 1 until 40% of the steps, 0 from 60%."""
+    return {
+        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"}},
+        "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": "ink.safetensors",
+                                                    "strength": 1.0, "adapter_name": "ink"}},
+        "3": {"class_type": "ScheduleAdapterWeights", "inputs": {"pipeline": ["2", 0], "adapter_name": "ink",
+                                                                  "keyframes": "0:1, 0.4:1, 0.6:0",
+                                                                  "interpolation": "linear"}},
+    }
+
+
+def check_curve(plot: dict[str, Any], keyframes: list[tuple[float, float]]) -> None:
+    """The plot the editor drew follows `keyframes` (linear): its samples equal the engine's strength,
+    each keyframe's dot and the curve between are painted, and points off the curve are not."""
+    from loragraph.loaders.state import Schedule
+
+    assert plot["error"] is None and plot["visible"]
+    assert plot["keyframes"] == [list(k) for k in keyframes]
+    curve = Schedule("x", tuple(keyframes), "linear")
+    assert len(plot["samples"]) > 50
+    for p, s in plot["samples"]:
+        assert s == pytest.approx(curve.strength(p), abs=1e-9), p
+    assert all(alpha > 200 for alpha in plot["keyframe_alpha"] + plot["curve_alpha"]), plot
+    assert all(alpha == 0 for alpha in plot["off_alpha"]), plot["off_alpha"]
+
+
 def without_meta(prompt: dict[str, Any]) -> dict[str, Any]:
     return {i: {"class_type": n["class_type"], "inputs": n["inputs"]} for i, n in prompt.items()}
 
@@ -373,6 +400,7 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     server.start()
     try:
         config = {"url": f"http://127.0.0.1:{server.port}", "run_workflow": workflow, "names_workflow": names_wf,
+                  "schedule_workflow": schedule_workflow(),
                   "screenshot_dir": str(shots), "user_data_dir": str(tmp_path / "chromium-profile"),
                   "chromium": CHROMIUM, "timeout_ms": 60000}
         config_file = tmp_path / "driver.json"
@@ -390,7 +418,7 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # The editor booted on our server, with our nodes and our extension, and no error of ours.
-    pack = {"LoadPipeline", "LoadLoRA", "SetAdapterWeights", "FuseLoRA", "UnfuseLoRA", "TextEncoderLoRAToggle",
+    pack = {"LoadPipeline", "LoadLoRA", "SetAdapterWeights", "ScheduleAdapterWeights", "FuseLoRA", "UnfuseLoRA", "TextEncoderLoRAToggle",
             "DeleteAdapters", "UnloadLoRA", "SetLoRADevice", "SaveLoRA", "LoRAInfo", "Sampler", "SaveImage"}
     assert pack <= set(seen["node_types"])
     assert seen["extension_loaded"]
@@ -470,3 +498,18 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     assert paper["lines"][0] == "format: kohya · rank 4 · alpha 2"
     change = seen["combo_change"]
     assert change["summary_file"] == change["to"].split("/")[-1] and "format: " in change["text"]
+
+    # ScheduleAdapterWeights draws its curve from the loaded keyframes, then redraws at each keystroke.
+    schedule = seen["schedule"]
+    check_curve(schedule["loaded"], [(0.0, 1.0), (0.4, 1.0), (0.6, 0.0)])
+    half, bad, fixed, done = schedule["typing"]
+    assert half["error"] == "keyframe 2 ('0.5:'): strength '' is not a number"
+    assert bad["error"] == "keyframe 2 ('0.5:x'): strength 'x' is not a number"
+    assert fixed["error"] == half["error"]
+    assert done["widget"] == "0:0, 0.5:1, 1:-1"
+    check_curve(done, [(0.0, 0.0), (0.5, 1.0), (1.0, -1.0)])
+    scheduled = next(n for n in schedule["prompt"].values() if n["class_type"] == "ScheduleAdapterWeights")
+    assert scheduled["inputs"] == {"pipeline": scheduled["inputs"]["pipeline"], "adapter_name": "ink",
+                                   "keyframes": "0:0, 0.5:1, 1:-1", "interpolation": "linear"}
+    assert without_meta(editor_to_api(schedule["saved_graph"], HEADLESS_NODE_CLASS_MAPPINGS)) == \
+        without_meta(schedule["prompt"])

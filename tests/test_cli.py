@@ -25,6 +25,7 @@ SPEC_INPUTS = {
     "LoadPipeline": ["model", "dtype", "device"],
     "LoadLoRA": ["pipeline", "lora_name", "strength", "adapter_name"],
     "SetAdapterWeights": ["pipeline", "adapter_names", "weights", "text_encoder_weights", "block_weights"],
+    "ScheduleAdapterWeights": ["pipeline", "adapter_name", "keyframes", "interpolation"],
     "FuseLoRA": ["pipeline", "fuse_unet", "fuse_text_encoder", "lora_scale", "safe_fusing", "adapter_names"],
     "UnfuseLoRA": ["pipeline", "unfuse_unet", "unfuse_text_encoder"],
     "TextEncoderLoRAToggle": ["pipeline", "enabled", "text_encoder"],

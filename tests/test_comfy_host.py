@@ -30,6 +30,7 @@ PACK_NODES = [
     "LoadPipeline",
     "LoadLoRA",
     "SetAdapterWeights",
+    "ScheduleAdapterWeights",
     "FuseLoRA",
     "UnfuseLoRA",
     "TextEncoderLoRAToggle",

@@ -6,7 +6,8 @@
 // It opens the editor, checks the pack's nodes and the starting graph, loads `run_workflow` (API
 // format), checks the extension's widgets (LoadLoRA summaries, the adapter picker, fused badges),
 // queues it, waits for the image and the LoRAInfo table, takes screenshots, then loads
-// `names_workflow` to check adapter names derived from file names. It prints one JSON object (the
+// `names_workflow` to check adapter names derived from file names, and `schedule_workflow` to check
+// ScheduleAdapterWeights' curve while keyframes are typed. It prints one JSON object (the
 // observations) as its last line; the Python test asserts on it. Exit status 0 unless the browser
 // could not be driven at all.
 
@@ -240,6 +241,65 @@ async function main() {
       out.screenshots.push(path.join(config.screenshot_dir, "editor-names.png"));
       await page.screenshot({ path: out.screenshots.at(-1) });
       step("derived names");
+    }
+    // -- ScheduleAdapterWeights: the curve follows the keyframes as they are typed ---------------
+    if (config.schedule_workflow) {
+      await page.evaluate((wf) => window.app.loadApiJson(wf, "schedule"), config.schedule_workflow);
+      await page.waitForFunction(() => window.app.graph._nodes.some((n) => n.comfyClass === "ScheduleAdapterWeights")
+        && window.app.graph._nodes.find((n) => n.comfyClass === "ScheduleAdapterWeights").loragraph?.curve?.loragraphPlot);
+      await fitView(page);
+      const readPlot = () => page.evaluate(() => {
+        const node = window.app.graph._nodes.find((n) => n.comfyClass === "ScheduleAdapterWeights");
+        const canvas = node.loragraph.curve;
+        const plot = canvas.loragraphPlot;
+        const ctx = canvas.getContext("2d");
+        // the pixels under each keyframe's dot and under the curve between, as drawn
+        const painted = (p, s) => {
+          const [x, y] = plot.toPixel(p, s);
+          const d = ctx.getImageData(Math.round(x) - 1, Math.round(y) - 1, 3, 3).data;
+          let best = 0;
+          for (let i = 0; i < d.length; i += 4) best = Math.max(best, d[i + 3]);
+          return best;
+        };
+        return {
+          error: plot.error, keyframes: plot.keyframes, samples: plot.samples, range: plot.range ?? null,
+          keyframe_alpha: (plot.keyframes ?? []).map(([p, s]) => painted(p, s)),
+          // inside the frame: points on the curve, and the same progress with the strength a third of
+          // the range away (towards the middle), which must be blank
+          curve_alpha: plot.keyframes ? [0.2, 0.5, 0.8].map((p) => painted(p, plot.samples.find((x) => x[0] >= p)[1]))
+            : [],
+          off_alpha: plot.keyframes ? [0.2, 0.5, 0.8].map((p) => {
+            const s = plot.samples.find((x) => x[0] >= p)[1];
+            const [lo, hi] = plot.range;
+            return painted(p, s + (hi - lo) / 3 * (s > (lo + hi) / 2 ? -1 : 1));
+          }) : [],
+          widget: node.widgets.find((w) => w.name === "keyframes").value,
+          visible: canvas.getBoundingClientRect().height > 0,
+        };
+      });
+      out.schedule = { loaded: await readPlot(), typing: [] };
+      // type new keyframes into the node's text box, key by key, as a user does
+      const box = await page.evaluateHandle(() => {
+        const node = window.app.graph._nodes.find((n) => n.comfyClass === "ScheduleAdapterWeights");
+        const w = node.widgets.find((x) => x.name === "keyframes");
+        const el = w.inputEl ?? w.element;
+        return el.tagName === "TEXTAREA" ? el : el.querySelector("textarea");
+      });
+      await box.asElement().click();
+      await page.keyboard.press("Control+A");
+      await page.keyboard.press("Backspace");
+      for (const chunk of ["0:0, 0.5:", "x", "Backspace", "1, 1:-1"]) {
+        if (chunk === "Backspace") await page.keyboard.press("Backspace");
+        else await page.keyboard.type(chunk, { delay: 5 });
+        out.schedule.typing.push(await readPlot());
+      }
+      // the curve is never saved or sent: the saved graph converts to exactly the queued prompt
+      out.schedule.prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
+      out.schedule.saved_graph = await page.evaluate(() => window.app.graph.serialize());
+      await fitView(page);
+      out.screenshots.push(path.join(config.screenshot_dir, "editor-schedule.png"));
+      await page.screenshot({ path: out.screenshots.at(-1) });
+      step("schedule curve");
     }
   } catch (e) {
     out.failure = String(e.stack || e);

@@ -9,6 +9,7 @@
 //   adapters loaded upstream, which fills their adapter_names (adapter_name) widget;
 // - LoRAInfo shows its JSON as a table once it has run; LoRA nodes show the warnings they report;
 // - FuseLoRA nodes, and the LoadLoRA nodes whose adapters they fuse, carry a "fused" badge;
+// - ScheduleAdapterWeights shows its strength curve as a small plot, redrawn as the keyframes are typed;
 // - under `loragraph serve` an empty editor starts from a small working graph, not ComfyUI's
 //   default one (whose core nodes the headless server does not have).
 //
@@ -18,11 +19,12 @@
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { fusedBadges, splitNames, upstreamAdapters, widgetValue } from "./adapters.js";
+import { drawCurve } from "./curve.js";
 import { installStyle, panel, renderInfo, renderSummary, renderWarnings } from "./view.js";
 
 const EXTENSION = "loragraph.editor";
 const PACK_NODES = new Set([
-  "LoadPipeline", "LoadLoRA", "SetAdapterWeights", "FuseLoRA", "UnfuseLoRA", "TextEncoderLoRAToggle",
+  "LoadPipeline", "LoadLoRA", "SetAdapterWeights", "ScheduleAdapterWeights", "FuseLoRA", "UnfuseLoRA", "TextEncoderLoRAToggle",
   "DeleteAdapters", "UnloadLoRA", "SetLoRADevice", "SaveLoRA", "LoRAInfo", "Sampler",
 ]);
 // node class -> the widget the adapter picker fills, and whether it takes a list
@@ -33,6 +35,7 @@ const PICKERS = {
   DeleteAdapters: { widget: "adapter_names", many: true, empty: "none" },
   SetLoRADevice: { widget: "adapter_names", many: true, empty: "every adapter" },
   SaveLoRA: { widget: "adapter_name", many: false, empty: null },
+  ScheduleAdapterWeights: { widget: "adapter_name", many: false, empty: null },
 };
 const SUMMARY_TTL_MS = 30_000;
 const BADGE_REFRESH_MS = 250;
@@ -152,6 +155,56 @@ function setupLoadLoRA(node) {
   }
   // Values loaded from a workflow arrive after the node is created.
   setTimeout(() => refreshSummary(node), 0);
+}
+
+// -- ScheduleAdapterWeights: the curve ---------------------------------------------------------
+
+const CURVE_WIDTH = 260;
+const CURVE_HEIGHT = 84;
+
+function redrawCurve(node) {
+  const state = node.loragraph;
+  if (!state?.curve) return;
+  const text = widgetValue(node, "keyframes") ?? "";
+  const interpolation = widgetValue(node, "interpolation") ?? "linear";
+  if (state.curveFor === `${interpolation}|${text}`) return;
+  state.curveFor = `${interpolation}|${text}`;
+  drawCurve(state.curve, text, interpolation);
+}
+
+/** The text box of a multiline widget, whichever way this frontend keeps it. */
+function textBox(widget) {
+  const el = widget?.inputEl ?? widget?.element;
+  if (!el) return null;
+  return el.tagName === "TEXTAREA" ? el : el.querySelector?.("textarea");
+}
+
+function setupSchedule(node) {
+  const { element } = addPanel(node, "curve", "curve", CURVE_HEIGHT + 30, CURVE_HEIGHT + 30);
+  const canvas = document.createElement("canvas");
+  canvas.width = CURVE_WIDTH;
+  canvas.height = CURVE_HEIGHT;
+  canvas.style.width = `${CURVE_WIDTH}px`;
+  canvas.style.height = `${CURVE_HEIGHT}px`;
+  canvas.dataset.loragraph = "curve";
+  element.appendChild(canvas);
+  element.loragraphHeight = CURVE_HEIGHT + 20;
+  element.style.overflow = "hidden";
+  node.loragraph.curve = canvas;
+  for (const name of ["keyframes", "interpolation"]) {
+    const widget = node.widgets?.find((w) => w.name === name);
+    if (!widget) continue;
+    const callback = widget.callback;
+    widget.callback = function (...args) {
+      const r = callback?.apply(this, args);
+      redrawCurve(node);
+      return r;
+    };
+    // every keystroke in the text box, not only the committed value
+    textBox(widget)?.addEventListener("input", () => redrawCurve(node));
+  }
+  grow(node, element, CURVE_WIDTH + 30);
+  setTimeout(() => redrawCurve(node), 0); // values loaded from a workflow arrive after creation
 }
 
 // -- the adapter picker -------------------------------------------------------------------------
@@ -349,6 +402,7 @@ app.registerExtension({
     const draw = proto.onDrawForeground;
     proto.onDrawForeground = function (ctx) {
       const r = draw?.apply(this, arguments);
+      if (this.comfyClass === "ScheduleAdapterWeights") redrawCurve(this); // undo, paste, loaded values
       if (this.comfyClass === "LoadLoRA" || this.comfyClass === "FuseLoRA") {
         drawBadge(this, ctx);
         // Catches every way lora_name can change (loading a workflow, undo, paste), not only the combo.
@@ -367,6 +421,7 @@ app.registerExtension({
     try {
       if (kind === "LoadLoRA") setupLoadLoRA(node);
       if (kind === "LoRAInfo") setupLoRAInfo(node);
+      if (kind === "ScheduleAdapterWeights") setupSchedule(node);
       if (PICKERS[kind]) setupPicker(node, PICKERS[kind]);
     } catch (e) {
       console.error(`[loragraph] could not add the editor widgets to ${kind}`, e);
