@@ -20,7 +20,7 @@ from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
 from loragraph.loaders.state import NodeInputError, Schedule
-from loragraph.loaders.testing import build_tiny_sd3, write_lora_file
+from loragraph.testing import build_tiny_sd3, write_lora_file
 from test_transformer_pipelines import sd3_models  # noqa: F401 - the tiny SD3 folder and its LoRAs (a fixture)
 
 TOL = 2 / 255
