@@ -410,8 +410,8 @@ def test_the_schedule_example_runs(tmp_path):
     from pathlib import Path
 
     from loragraph import host
+    from loragraph.builtin_models import demo
     from loragraph.graph import Executor, apply_overrides, load_workflow
-    from loragraph.loaders import demo
     from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
     from PIL import Image
 
