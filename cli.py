@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print one JSON line per file: {"file", "status", "outputs", "error"} and nothing else',
     )
+    _add_scaleout_arguments(run, sweep=True)
 
     validate = sub.add_parser(
         "validate",
@@ -154,7 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "proxy forwards; loopback addresses and localhost are always answered")
     serve.add_argument("--max-upload-size", type=float, default=50, metavar="MB",
                        help="largest request body in MB (default: 50)")
+    _add_scaleout_arguments(serve, sweep=False)
     return parser
+
+
+def _add_scaleout_arguments(parser: argparse.ArgumentParser, sweep: bool) -> None:
+    """``--sweep`` (run) and ``--ray [--ray-address ADDRESS]`` (run, serve): see scaleout/."""
+    if sweep:
+        parser.add_argument(
+            "--sweep", action="append", default=[], metavar="NODE_ID.INPUT=V1,V2,...",
+            help="run the one WORKFLOW once per value, e.g. --sweep 6.seed=1-8 (A-B: an inclusive integer "
+            "range); repeatable: the runs are the cartesian product, the first --sweep varying slowest")
+    parser.add_argument("--ray", action="store_true",
+                        help='spread the work over a Ray cluster, one engine per GPU or CPU slot '
+                        '(needs pip install "loragraph[ray]")')
+    parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="an existing Ray cluster (default: $RAY_ADDRESS, else start a local one)")
 
 
 def _positive_int(text: str) -> int:
@@ -172,12 +188,24 @@ def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
     from .threads import apply_threads
 
     apply_threads(args.threads)
+    extra: dict[str, Any] = {}
+    if args.ray:  # the server fronts a pool of engine actors (scaleout/serve.py)
+        from .scaleout import RayUnavailable, require_ray
+        from .scaleout.serve import worker_factory
+
+        try:
+            require_ray()
+        except RayUnavailable as ex:
+            sys.stderr.write(f"loragraph serve: {ex}\n")
+            return EXIT_INVALID
+        extra["worker_factory"] = worker_factory(args.models_dir, args.ray_address,
+                                                 threads=args.threads or 1)
     try:
         run(host=args.listen, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir,
             input_dir=args.input_dir, allow_remote=args.allow_remote, user_dir=args.user_dir,
             allow_hosts=tuple(args.allow_host),
             editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024),
-            progress_hook_factory=None if args.quiet else _progress_bar_factory)
+            progress_hook_factory=None if args.quiet else _progress_bar_factory, **extra)
     except (RemoteBindRefused, OSError, ValueError) as ex:  # OSError: the port is taken; ValueError: --allow-host
         sys.stderr.write(f"loragraph serve: {ex}\n")
         return EXIT_INVALID
@@ -298,6 +326,11 @@ class _Workflow:
     error: dict[str, Any] | None = None
     overrides: list[str] = field(default_factory=list)
     extra_data: dict[str, Any] = field(default_factory=dict)  # the editor JSON, for SaveImage's PNGs
+    sweep: Any = None  # with --sweep: this run's sweep.SweepRun
+
+    @property
+    def label(self) -> str:
+        return f"{self.file} [{self.sweep.label()}]" if self.sweep is not None else self.file
 
 
 def _override_node(item: str) -> str:
@@ -418,31 +451,77 @@ def _cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     host.clean_stale_temps()
     registry = HEADLESS_NODE_CLASS_MAPPINGS
     workflows = _load_workflows(args.workflows, args.overrides, registry)
+    if args.sweep:
+        workflows = _sweep_workflows(workflows, args.sweep, registry)
+    if args.ray:
+        from .scaleout.cli_run import run_on_ray
+
+        return run_on_ray(args, workflows, out)
     executor = Executor(registry, progress_hook_factory=None if args.json else _progress_bar_factory)
     worst = EXIT_OK
     with _interrupt_on_sigint(executor):
         for wf in workflows:
             if wf.prompt is None:
-                report = {"file": wf.file, "status": "invalid", "outputs": {}, "error": wf.error}
-                if args.json:
-                    _write_json_line(out, report)
-                else:
-                    out.write(f"{wf.file}: invalid\n  error: {wf.error['message']}\n")  # type: ignore[index]
-                worst = max(worst, EXIT_INVALID)
+                worst = max(worst, _report_invalid(out, wf, args.json))
                 continue
-            logger.info("running %s", wf.file)
+            logger.info("running %s", wf.label)
             warnings = _override_warnings(wf.prompt, registry)
             result = executor.execute(wf.prompt, extra_data=wf.extra_data)
-            if args.json:
-                for line in warnings:  # stdout holds only the pinned JSON line
-                    logger.warning("%s: %s", wf.file, line)
-                _write_json_line(out, _json_report(wf.file, result))
-            else:
-                _print_summary(out, wf.file, wf.prompt, result, args.verbose, warnings)
-            worst = max(worst, _STATUS_EXIT.get(result.status, EXIT_ERROR))
+            worst = max(worst, _report_result(out, wf, result, args.json, args.verbose, warnings))
             if result.interrupted:
                 return EXIT_INTERRUPTED
     return worst
+
+
+def _report_invalid(out: IO[str], wf: _Workflow, as_json: bool) -> int:
+    """Report a workflow that could not even be run (unreadable, bad --set/--sweep); its exit status."""
+    report = {"file": wf.file, "status": "invalid", "outputs": {}, "error": wf.error}
+    if wf.sweep is not None:
+        report["set"] = wf.sweep.values
+    if as_json:
+        _write_json_line(out, report)
+    else:
+        out.write(f"{wf.label}: invalid\n  error: {wf.error['message']}\n")  # type: ignore[index]
+    return EXIT_INVALID
+
+
+def _report_result(out: IO[str], wf: _Workflow, result: Any, as_json: bool, verbose: bool = False,
+                   warnings: Sequence[str] = ()) -> int:
+    """Report one run (a --json line or the summary); its exit status."""
+    if as_json:
+        for line in warnings:  # stdout holds only the pinned JSON line
+            logger.warning("%s: %s", wf.label, line)
+        report = _json_report(wf.file, result)
+        if wf.sweep is not None:
+            report["set"] = wf.sweep.values
+        _write_json_line(out, report)
+    else:
+        _print_summary(out, wf.label, wf.prompt, result, verbose, list(warnings))  # type: ignore[arg-type]
+    return _STATUS_EXIT.get(result.status, EXIT_ERROR)
+
+
+def _sweep_workflows(workflows: list[_Workflow], items: Sequence[str], registry: Mapping[str, type]) -> list[_Workflow]:
+    """``--sweep``: the one workflow, once per point of the grid, in run order (sweep.py)."""
+    from . import sweep
+    from .graph import WorkflowError, apply_overrides
+
+    if len(workflows) != 1:
+        error = _invalid_error(f"--sweep runs exactly one workflow file; {len(workflows)} were given")
+        return [_Workflow(wf.file, error=error) for wf in workflows]
+    (wf,) = workflows
+    if wf.prompt is None:
+        return workflows
+    try:
+        axes = sweep.parse_sweeps(items)
+        sweep.check_axes(wf.prompt, axes, registry)
+    except WorkflowError as ex:
+        return [_Workflow(wf.file, error=_invalid_error(str(ex)))]
+    runs = []
+    for point in sweep.grid(axes):
+        prompt = apply_overrides(wf.prompt, point.overrides, registry)
+        runs.append(_Workflow(wf.file, prompt, overrides=[*wf.overrides, *point.overrides],
+                              extra_data=wf.extra_data, sweep=point))
+    return runs
 
 
 def _json_report(file: str, result: Any) -> dict[str, Any]:

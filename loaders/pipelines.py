@@ -249,5 +249,9 @@ class PipelineCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def values(self) -> list[object]:
+        """The live entries, least recently used first (for reports; does not touch the LRU order)."""
+        return [entry for entry, _ in self._entries.values()]
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -83,6 +83,8 @@ class ServerConfig:
     user_dir: str | os.PathLike = "user"  # the editor's settings and saved workflows: {user_dir}/default
     # hook(value, total) per node's progress reports, e.g. the CLI's tqdm bar (graph.interrupt)
     progress_hook_factory: ProgressHookFactory | None = None
+    # serve --ray: builds the worker from the PromptServer (scaleout.serve.worker_factory); None: one process
+    worker_factory: Callable[[Any], Any] | None = None
 
 
 SERVER_KEY: web.AppKey[PromptServer] = web.AppKey("loragraph_server")
@@ -100,7 +102,8 @@ class PromptServer:
         self.hub = SocketHub()
         self.queue = PromptQueue(on_change=self.queue_updated, history_size=config.history_size)
         self.executor = Executor(self.registry, progress_hook_factory=config.progress_hook_factory)
-        self.worker = PromptWorker(self.queue, self.executor, self.hub)
+        self.worker = (config.worker_factory(self) if config.worker_factory is not None
+                       else PromptWorker(self.queue, self.executor, self.hub))
         self.number = 0
         self.web_root: Path | None = None  # the editor's files, when it is served
         self.users = frontend.UserFiles(config.user_dir)
