@@ -233,7 +233,9 @@ def test_branches_stay_independent_across_swaps(models_dir):
     seq = hs.tuples(hs.sampled_from(swappable), hs.lists(op, max_size=3)).map(lambda t: [("load", t[0])] + t[1])
     swaps = []
 
-    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+    # derandomize: the same 8 examples everywhere (CI's hypothesis profile does this already), so the
+    # "some example swapped" check below cannot flake on an unlucky draw.
+    @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(ops1=seq, ops2=seq)
     def check(ops1, ops2):
         h1, h2 = build(engine, base, ops1), build(engine, base, ops2)
