@@ -661,8 +661,10 @@ def _cmd_validate(args: argparse.Namespace, out: IO[str]) -> int:
 
 def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
     from . import host
-    from .loaders import lora_file
+    from .loaders import store
+    from .loaders.coverage import coverage as lora_coverage
     from .loaders.engine import get_engine
+    from .loaders.files import LoraFileError
 
     path = Path(args.lora)
     # A file given by its path needs no models folder (the default --model is built in).
@@ -674,8 +676,8 @@ def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
             sys.stderr.write(f"loragraph inspect: {args.lora}: no such file (nor in {args.models_dir}/loras)\n")
             return EXIT_INVALID
     try:
-        lora = lora_file.read_lora(path)
-    except lora_file.LoraFileError as ex:
+        lora = store.read_lora(path)
+    except LoraFileError as ex:
         sys.stderr.write(f"loragraph inspect: {ex}\n")
         return EXIT_INVALID
     summary = lora.summary()
@@ -705,10 +707,10 @@ def _cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
             sys.stderr.write(f"loragraph inspect: --model {model}: {ex}\n")
             return EXIT_INVALID
         try:
-            cov = lora_file.coverage(pipe, lora)
+            cov = lora_coverage(pipe, lora)
             coverage = {**cov.to_dict(), "model": model, "loadable": cov.loadable, "message": cov.message()}
             coverage_text = cov.message()
-        except lora_file.LoraFileError as ex:
+        except LoraFileError as ex:
             coverage = {"model": model, "loadable": False, "message": str(ex)}
             coverage_text = str(ex)
 

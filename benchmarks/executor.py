@@ -45,7 +45,7 @@ def _quickstart(steps: int) -> dict[str, Any]:
 
 def hand_written(prompt: dict[str, Any], out_dir: Path) -> tuple[float, np.ndarray]:
     """The quickstart as a plain diffusers script, parameters read from the same workflow file."""
-    from loragraph.loaders.builtin import BUILTIN_MODELS
+    from loragraph.builtin_models.builtin import BUILTIN_MODELS
     from PIL import Image
 
     load, lora_a, lora_b, weights, fuse, sampler = (prompt[i]["inputs"] for i in ("1", "2", "3", "4", "5", "6"))
@@ -78,13 +78,13 @@ def through_executor(prompt: dict[str, Any]) -> tuple[float, Any, np.ndarray]:
     """A cold executor run: fresh Executor, no live pipeline, no parsed LoRA file in memory."""
     from loragraph import host
     from loragraph.graph import Executor
-    from loragraph.loaders import lora_file
+    from loragraph.loaders import store
     from loragraph.loaders.engine import get_engine
     from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
     from PIL import Image
 
     get_engine().pipelines.clear()
-    lora_file.clear_lora_cache()
+    store.clear_lora_cache()
     executor = Executor(HEADLESS_NODE_CLASS_MAPPINGS)
     t0 = time.perf_counter()
     result = executor.execute(prompt)

@@ -38,7 +38,7 @@ import torch
 def build_sd15(device: str, dtype: torch.dtype):
     """A StableDiffusionPipeline with SD1.5's UNet and a CLIP-L text encoder, random weights."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from loragraph.loaders.builtin import _scheduler, _vae, make_tokenizer
+    from loragraph.builtin_models.builtin import _scheduler, _vae, make_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
@@ -57,7 +57,7 @@ def build_sd15(device: str, dtype: torch.dtype):
 
 
 def write_loras(pipe, folder: Path, rank: int, count: int) -> dict[str, Path]:
-    from loragraph.loaders.testing import write_lora_file
+    from loragraph.testing import write_lora_file
 
     out = {}
     for i in range(count):
@@ -189,7 +189,7 @@ class Bench:
         host.configure(models_dir=self.root, output_dir=self.root / "out")
         self.engine = Engine()
         # our pipeline: the same weights, registered with the engine as a live pipeline
-        from loragraph.loaders.reconcile import LivePipeline
+        from loragraph.loaders.live import LivePipeline
         from loragraph.loaders.state import PipelineHandle, PipelineSource
 
         ours = build_sd15(self.device, self.dtype)
@@ -207,7 +207,8 @@ class Bench:
     # --- helpers --------------------------------------------------------------------------------
 
     def _touched_weights(self) -> list[torch.Tensor]:
-        from loragraph.loaders.lora_file import coverage, read_lora
+        from loragraph.loaders.coverage import coverage
+        from loragraph.loaders.store import read_lora
 
         lf = read_lora(self.files["diffusers_0"])
         cov = coverage(self.raw, lf)
@@ -247,13 +248,13 @@ class Bench:
 
     def unpark(self):
         """Back to the base pipeline with no parked adapter either: the next attach is a first one."""
-        os.environ["LORAGRAPH_PARKED_BYTES"] = "0"
+        budget, self.live.parked_bytes = self.live.parked_bytes, 0
         try:
             self.engine.realize(self.base)
             self.live.state = None  # force a reset, which drops parked adapters
             self.engine.realize(self.base)
         finally:
-            del os.environ["LORAGRAPH_PARKED_BYTES"]
+            self.live.parked_bytes = budget
 
     def _add(self, row: dict) -> None:
         self.rows.append(row)
@@ -364,14 +365,14 @@ class Bench:
     # --- the rows -------------------------------------------------------------------------------
 
     def run(self):
-        from loragraph.loaders import lora_file
         from loragraph.loaders import state as st
+        from loragraph.loaders import store
 
         self.floors()
         a = st.add_adapter(self.base, self.spec("diffusers_0", "a"))
 
         def cold():
-            lora_file.clear_lora_cache()
+            store.clear_lora_cache()
             self.unpark()
 
         self.row("load LoRA, cold (file never read)", cold, lambda: self.engine.realize(a),

@@ -16,7 +16,7 @@ Node code reports progress and honours interrupts through ``report_progress`` /
 """
 
 from .cache import DEFAULT_CACHE_PROMPTS, CacheEntry, OutputCache, node_signatures
-from .editor import editor_to_api
+from .editor_format import editor_to_api
 from .errors import CycleError, ExecutionInterrupted, GraphError, NodeInputError, WorkflowError
 from .events import EventBus
 from .executor import ExecutionResult, Executor

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .validate import function_params, get_input_info, hidden_values
+from .node_defs import function_params, get_input_info, hidden_values
 from .workflow import is_link
 
 logger = logging.getLogger(__name__)

@@ -6,6 +6,10 @@ raise and catch the same types without importing each other.
 
 from __future__ import annotations
 
+from ..errors import NodeInputError
+
+__all__ = ["CycleError", "ExecutionInterrupted", "GraphError", "NodeInputError", "WorkflowError", "full_type_name"]
+
 
 class GraphError(Exception):
     """Base class for every error the graph package raises on purpose."""
@@ -37,14 +41,9 @@ class ExecutionInterrupted(InterruptedError):
     """
 
 
-class NodeInputError(Exception):
-    """A node rejects the value of one of its inputs at run time.
-
-    The executor puts ``input_name`` into the ``execution_error`` message, so the user learns which
-    widget to fix, not only which node failed. Any exception with an ``input_name`` attribute gets
-    the same treatment; this class is just the ready-made one.
-    """
-
-    def __init__(self, message: str, input_name: str | None = None) -> None:
-        super().__init__(message)
-        self.input_name = input_name
+def full_type_name(klass: type) -> str:
+    """``module.QualName`` of an exception class, bare for builtins (ComfyUI's format)."""
+    module = klass.__module__
+    if module == "builtins":
+        return klass.__qualname__
+    return module + "." + klass.__qualname__

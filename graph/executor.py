@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import DEFAULT_CACHE_PROMPTS, CacheEntry, OutputCache, node_signatures
-from .errors import CycleError, ExecutionInterrupted, WorkflowError
+from .errors import CycleError, ExecutionInterrupted, WorkflowError, full_type_name
 from .events import (
     EXECUTED,
     EXECUTING,
@@ -36,15 +36,9 @@ from .events import (
     timestamp_ms,
 )
 from .interrupt import NodeContext, ProgressHookFactory, running
+from .node_defs import function_params, get_input_info, hidden_values
 from .order import ancestors, topological_order
-from .validate import (
-    format_validation_error,
-    full_type_name,
-    function_params,
-    get_input_info,
-    hidden_values,
-    validate_prompt,
-)
+from .validate import format_validation_error, validate_prompt
 from .workflow import is_link, normalize_prompt
 
 logger = logging.getLogger(__name__)

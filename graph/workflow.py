@@ -111,7 +111,7 @@ def to_api_format(
     """Convert a parsed workflow document (API or editor format) to API format.
 
     The editor's saved format (``nodes`` / ``links`` / ``widgets_values``) is converted with the
-    node definitions from ``registry`` as the editor itself would queue it (see ``editor.py``);
+    node definitions from ``registry`` as the editor itself would queue it (see ``editor_format.py``);
     ``display_names`` only fills the ``_meta.title`` of nodes that have no title of their own.
     """
     if not isinstance(data, Mapping):
@@ -122,7 +122,7 @@ def to_api_format(
                 "This is an editor-format workflow (it has 'nodes' and 'links'): converting it needs the "
                 "node definitions (pass the node registry), or export it from ComfyUI with 'Export (API)'."
             )
-        from .editor import editor_to_api
+        from .editor_format import editor_to_api
 
         prompt = normalize_prompt(editor_to_api(data, registry, display_names=display_names))
         if not prompt:

@@ -1,0 +1,26 @@
+"""The engine: LoRA files, base pipelines, and the reconciler that brings a live diffusers pipeline to
+a PIPELINE handle's state. One job per module:
+
+LoRA files
+    files.py      read and check one file (`LoraFile`, `LoraFileError`)
+    store.py      the content-addressed cache of parsed files, hashed in threads (`read_lora`)
+    summary.py    the human description behind `loragraph inspect` and LoRAInfo
+    coverage.py   which of a file's modules land on a pipeline, and why not
+    formats/      one module per key family (detect + convert to what diffusers loads); registry
+Pipelines and state
+    components.py the component names, once
+    config.py     the one configuration object (environment read once, passed down)
+    pipelines.py  base pipelines: sources, building, the LRU of live ones
+    state.py      the immutable handles and their pure transitions
+    schedulers.py the Sampler's scheduler names
+The reconciler
+    reconcile.py  `realize`: the diff, the order of steps, the rollback
+    live.py       the live-pipeline record (`LivePipeline`, `LoraOperationError`)
+    loading.py    load a file (coverage check, then diffusers' `load_lora_weights`)
+    hotswap.py    load into a parked adapter's layers instead
+    activation.py `set_adapters` and the text-encoder switch
+    fusion.py     fuse with exact unfuse
+    schedule.py   per-step adapter weights at sampling time (never reconciled)
+    fence.py      every touch of a private diffusers/peft name, with its public fallback
+engine.py         what the nodes call
+"""

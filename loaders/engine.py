@@ -19,21 +19,23 @@ from typing import Any
 import torch
 
 from .. import disk, limits
-from . import lora_file
-from .pipelines import PipelineCache, build_pipeline, lora_components, make_source, param_bytes
-from .reconcile import LivePipeline, LoraOperationError, realize
+from . import fence, store
+from .config import EngineConfig, get_config
+from .files import LoraFileError
+from .live import LivePipeline, LoraOperationError
+from .pipelines import PipelineCache, build_pipeline, make_source, param_bytes
+from .reconcile import realize
 from .schedulers import SCHEDULERS
 from .state import AdapterSpec, NodeInputError, PipelineHandle, PipelineSource
 
 logger = logging.getLogger(__name__)
 
 
-
 def _alpha_in_file(path: str) -> bool | None:
     """Whether the adapter's file stores its alpha (else peft used alpha = rank); None if unreadable now."""
     try:
-        return lora_file.read_lora(path).summary()["alpha_in_file"]
-    except (lora_file.LoraFileError, OSError):
+        return store.read_lora(path).summary()["alpha_in_file"]
+    except (LoraFileError, OSError):
         return None
 
 
@@ -42,8 +44,16 @@ def _cache_key(source: PipelineSource) -> PipelineSource:
 
 
 class Engine:
-    def __init__(self, memory_budget: int | None = None):
-        self.pipelines = PipelineCache(memory_budget)
+    def __init__(self, memory_budget: int | None = None, config: EngineConfig | None = None):
+        """`config`: the engine's settings (default: the process configuration, read from the
+        environment once). The LoRA store and the fence are process-wide: an explicit config also
+        sets their cache bound and fast-path mode."""
+        if config is not None:  # the process-wide parts take an explicit configuration too
+            fence.configure(config.fast_paths)
+            store.set_lora_cache_limit(config.lora_cache_bytes)
+        self.config = config or get_config()
+        budget = memory_budget if memory_budget is not None else self.config.pipeline_cache_bytes
+        self.pipelines = PipelineCache(budget)
         # One lock: a live pipeline is one mutable object; two prompts must not reconcile it at once.
         self.lock = threading.RLock()
 
@@ -53,7 +63,7 @@ class Engine:
         """LoadPipeline: resolve, build (or reuse) the live pipeline, return a handle with no LoRA."""
         source = make_source(model, dtype, device)
         live = self.live(source)
-        source = replace(source, components=lora_components(live.pipe))
+        source = replace(source, components=fence.loadable_components(live.pipe))
         return PipelineHandle(source)
 
     def live(self, source: PipelineSource) -> LivePipeline:
@@ -62,7 +72,7 @@ class Engine:
             live = self.pipelines.get(key)
             if live is None:
                 pipe = build_pipeline(source)
-                live = LivePipeline(pipe)
+                live = LivePipeline(pipe, parked_bytes=self.config.parked_bytes)
                 self.pipelines.put(key, live, param_bytes(pipe))
             return live
 
@@ -75,7 +85,7 @@ class Engine:
         with self.lock:
             live = self.live(handle.source)
             # schedules are the Sampler's business (loaders/schedule.py), never the reconciler's
-            warnings = realize(live, handle.state.without_schedules(), lora_file.read_lora)
+            warnings = realize(live, handle.state.without_schedules(), store.read_lora)
             return live, warnings
 
     def check_schedules(self, handle: PipelineHandle) -> list[str]:
@@ -102,9 +112,9 @@ class Engine:
         except (ValueError, FileNotFoundError) as e:
             raise NodeInputError("lora_name", str(e)) from None
         try:
-            lf = lora_file.read_lora(path)
+            lf = store.read_lora(path)
             lf.check_finite()  # NaN/inf/absurd values: refused here, before the pipeline is touched
-        except lora_file.LoraFileError as e:
+        except LoraFileError as e:
             raise NodeInputError("lora_name", str(e)) from None
         name = adapter_name.strip() or derive_adapter_name(lora_name, handle.state.names)
         if "." in name or "/" in name:
@@ -116,7 +126,7 @@ class Engine:
     @staticmethod
     def size_warning(handle: PipelineHandle, width: int, height: int) -> str | None:
         """A built-in model far from the size it was made for is slow and draws what it never saw."""
-        from .builtin import BUILTIN_MODELS
+        from ..builtin_models.builtin import BUILTIN_MODELS
 
         if handle.source.kind != "builtin" or handle.source.path not in BUILTIN_MODELS:
             return None
@@ -303,7 +313,7 @@ class Engine:
         """
         from peft.utils import get_peft_model_state_dict
 
-        from . import kohya
+        from .formats import kohya
 
         if handle.state.adapter(adapter_name) is None:
             loaded = ", ".join(handle.state.names) or "none"
@@ -311,7 +321,7 @@ class Engine:
         if fmt not in ("kohya", "diffusers"):
             raise NodeInputError("format", f"unknown format {fmt!r}")
         spec = handle.state.adapter(adapter_name)
-        if lora_file.read_lora(spec.path).format == "lycoris":  # #15: LoHa/LoKr/DoRA/full: own family's keys
+        if store.read_lora(spec.path).format == "lycoris":  # #15: LoHa/LoKr/DoRA/full: own family's keys
             return _save_lycoris(self, handle, spec, path, fmt)
         with self.lock:
             live, _ = self.realize(handle)
@@ -341,8 +351,8 @@ class Engine:
 def _algorithm_of(spec: AdapterSpec) -> str:
     """The adapter's algorithm as its file says: lora, or loha/lokr/dora/full/locon/"mixed (...)"."""
     try:
-        lf = lora_file.read_lora(spec.path)
-    except lora_file.LoraFileError:
+        lf = store.read_lora(spec.path)
+    except LoraFileError:
         return "lora"
     if lf.format != "lycoris":
         return "lora"
@@ -353,7 +363,7 @@ def _algorithm_of(spec: AdapterSpec) -> str:
 
 def _file_ranks_alphas(spec: AdapterSpec, comps: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per component: the rank (the largest, as LoraConfig.r reports it) and the distinct alphas."""
-    lf = lora_file.read_lora(spec.path)
+    lf = store.read_lora(spec.path)
     ranks: dict[str, Any] = {}
     alphas: dict[str, Any] = {}
     for c in comps:
@@ -384,7 +394,7 @@ def _save_lycoris(engine: Engine, handle: PipelineHandle, spec: AdapterSpec, pat
         )
     with engine.lock:
         live, _ = engine.realize(handle)
-        lf = lora_file.read_lora(spec.path)
+        lf = store.read_lora(spec.path)
         modules = lycoris.parse(lf.state_dict)
         placement = lycoris.place(live.pipe, modules)
     keep = {m.name for items in placement.landed.values() for m, _ in items}

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import lora_file
+from .coverage import coverage
+from .files import LoraFile, LoraFileError
 
 logger = logging.getLogger(__name__)
 
@@ -19,22 +20,22 @@ _BUILT: dict[str, Any] = {}
 
 
 def _pipe(name: str) -> Any:
-    from .builtin import BUILTIN_MODELS
+    from ..builtin_models.builtin import BUILTIN_MODELS
 
     if name not in _BUILT:
         _BUILT[name] = BUILTIN_MODELS[name][0]()
     return _BUILT[name]
 
 
-def builtin_fits(lora: lora_file.LoraFile, first: str = "tiny-sd") -> list[str]:
+def builtin_fits(lora: LoraFile, first: str = "tiny-sd") -> list[str]:
     """`builtin:<name>` of the first built-in model (`first` tried first) on which all of the file's
     modules land, or []; one model is built per try, so a file for the default model costs one build."""
-    from .builtin import BUILTIN_MODELS
+    from ..builtin_models.builtin import BUILTIN_MODELS
 
     for name in sorted(BUILTIN_MODELS, key=lambda n: n != first):
         try:
-            cov = lora_file.coverage(_pipe(name), lora)
-        except lora_file.LoraFileError as e:
+            cov = coverage(_pipe(name), lora)
+        except LoraFileError as e:
             logger.debug("%s on builtin:%s: %s", lora.path, name, e)
             continue
         if cov.complete:
@@ -47,6 +48,6 @@ def built(model: str) -> Any | None:
     return _BUILT.get(model.removeprefix("builtin:"))
 
 
-def module_algorithms(lora: lora_file.LoraFile) -> dict[str, str]:
+def module_algorithms(lora: LoraFile) -> dict[str, str]:
     """{module name in the file: algorithm} (lora, locon, dora, loha, lokr, full, ...)."""
     return {m.name: m.algorithm for m in lora.modules}

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .builtin import BUILTIN_MODELS
+from ..builtin_models.builtin import BUILTIN_MODELS
+from .components import COMPONENTS
+from .config import get_config
 from .state import NodeInputError, PipelineSource
 
 logger = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ def make_source(model: str, dtype: str = "auto", device: str = "auto") -> Pipeli
         raise NodeInputError("model", f"{model!r} is not a diffusers folder (no model_index.json)")
     info = json.loads(index.read_text())
     comps = tuple(
-        c for c in ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3") if _saved(info.get(c))
+        c for c in COMPONENTS if _saved(info.get(c))
     )
     return PipelineSource(model, "diffusers", str(path), dt, dev, _folder_fingerprint(path), comps)
 
@@ -200,10 +202,6 @@ def _from_single_file(source: PipelineSource):
         raise NodeInputError("model", f"{source.model}: could not load the checkpoint: {e}") from e
 
 
-def lora_components(pipe) -> tuple[str, ...]:
-    return tuple(c for c in getattr(pipe, "_lora_loadable_modules", ()) if getattr(pipe, c, None) is not None)
-
-
 def param_bytes(pipe) -> int:
     total = 0
     for name in getattr(pipe, "components", {}):
@@ -215,9 +213,6 @@ def param_bytes(pipe) -> int:
 
 def default_memory_budget() -> int:
     """Half the machine's RAM: room for one pipeline being built while others stay cached."""
-    env = os.environ.get("LORAGRAPH_PIPELINE_CACHE_BYTES")
-    if env:
-        return int(env)
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError):
@@ -231,6 +226,9 @@ class PipelineCache:
     """
 
     def __init__(self, budget_bytes: int | None = None):
+        """`budget_bytes`: None takes the engine configuration's, else half the machine's RAM."""
+        if budget_bytes is None:
+            budget_bytes = get_config().pipeline_cache_bytes
         self.budget = budget_bytes if budget_bytes is not None else default_memory_budget()
         self._entries: OrderedDict[PipelineSource, tuple[object, int]] = OrderedDict()
 

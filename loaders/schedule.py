@@ -19,7 +19,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from .reconcile import LivePipeline, LoraOperationError, _layers
+from .live import LivePipeline, LoraOperationError, layers
 from .state import AdapterState, FuseOp, Schedule
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _cannot_hold(name: str, fused: list[str], denoiser: str, origin: str) -> Lor
 
 
 def _scheduled_layers(live: LivePipeline, sch: Schedule, denoiser: str) -> list[Any]:
-    mods = [m for _, m in _layers(live, denoiser) if sch.adapter in (getattr(m, "scaling", None) or {})]
+    mods = [m for _, m in layers(live, denoiser) if sch.adapter in (getattr(m, "scaling", None) or {})]
     if not mods:
         raise LoraOperationError(
             f"adapter {sch.adapter!r} has no layers in the {denoiser}: a schedule acts on the denoiser only "

@@ -20,18 +20,8 @@ from itertools import pairwise
 from typing import Any
 
 from .. import limits
-
-DENOISERS = ("unet", "transformer")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
-
-
-class NodeInputError(ValueError):
-    """A bad value for one node input. `input_name` lets the executor and the UI point at it."""
-
-    def __init__(self, input_name: str, message: str):
-        super().__init__(f"{input_name}: {message}")
-        self.input_name = input_name
-        self.bare_message = message
+from ..errors import NodeInputError
+from .components import DENOISERS, TEXT_ENCODERS  # noqa: F401 - st.DENOISERS, as before
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Which LoRAs made an image: recorded by the Sampler, written into the PNG by SaveImage.
 
-SaveImage only receives the IMAGE, and the IMAGE must stay a plain float tensor (SPEC: ComfyUI's
+SaveImage only receives the IMAGE, and the IMAGE must stay a plain float tensor (CONTRACT: ComfyUI's
 convention, so the pack's images feed ComfyUI's image nodes and back). So the credits travel on a
 side channel keyed by the tensor object itself:
 
@@ -111,11 +111,12 @@ def _relative_lora_name(path: str) -> str:
 
 
 def _short_hash(path: str, sha256: str) -> str | None:
-    from ..loaders import lora_file
+    from ..loaders.files import LoraFileError
+    from ..loaders.store import read_lora
 
     try:
-        lora = lora_file.read_lora(path)  # cached by content: no second parse of a loaded file
-    except (lora_file.LoraFileError, OSError) as ex:
+        lora = read_lora(path)  # cached by content: no second parse of a loaded file
+    except (LoraFileError, OSError) as ex:
         logger.warning("no short hash for %s: %s", path, ex)
         return None
     if lora.sha256 != sha256:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import disk
-from ..loaders.state import NodeInputError
+from ..errors import NodeInputError
 
 
 class NumberedNames:

@@ -63,10 +63,10 @@ class LoadLoRA:
     def IS_CHANGED(cls, lora_name: str = "", **_):
         # The file's content enters the cache key: a LoRA rewritten on disk is loaded again.
         from .. import host
-        from ..loaders import lora_file
+        from ..loaders import store
 
         try:
-            return lora_file.file_sha256(host.resolve_in("loras", lora_name))
+            return store.file_sha256(host.resolve_in("loras", lora_name))
         except Exception:  # noqa: BLE001 - validation reports the bad name; the cache key just must not crash
             return ""
 
@@ -218,7 +218,8 @@ class TextEncoderLoRAToggle:
                 "pipeline": (PIPELINE, {}),
                 "enabled": ("BOOLEAN", {"default": True, "tooltip": "On: LoRA applies to the text encoder."}),
                 "text_encoder": (
-                    ["all", "text_encoder", "text_encoder_2"],
+                    # text_encoder_3 (SD3's T5) is in no diffusers pipeline's LoRA-loadable components
+                    ["all", *(te for te in st.TEXT_ENCODERS if te != "text_encoder_3")],
                     {"default": "all", "tooltip": "Which text encoder; SDXL has two."},
                 ),
             }

@@ -29,7 +29,7 @@ def base_key(model: Any, dtype: Any = "auto", device: Any = "auto") -> str:
 def job_needs(prompt: Mapping[str, Any]) -> Needs:
     """The bases and LoRA files a workflow loads (literal inputs only)."""
     from .. import host
-    from ..loaders import lora_file
+    from ..loaders import store
 
     bases: set[str] = set()
     adapters: set[str] = set()
@@ -40,7 +40,7 @@ def job_needs(prompt: Mapping[str, Any]) -> Needs:
         name = inputs.get("lora_name")
         if isinstance(name, str) and name:
             try:
-                adapters.add(lora_file.file_sha256(host.resolve_in("loras", name)))
+                adapters.add(store.file_sha256(host.resolve_in("loras", name)))
             except (OSError, ValueError):
                 logger.debug("lora_name %r does not resolve here; routed without it", name)
     return Needs(frozenset(bases), frozenset(adapters))

@@ -40,7 +40,7 @@ from aiohttp import web
 from .. import host as host_seam
 from ..graph import Executor
 from ..graph.interrupt import ProgressHookFactory
-from . import editor, pack_routes
+from . import frontend, pack_routes
 from .queue import DEFAULT_HISTORY_SIZE, PromptQueue
 from .routes import build_routes
 from .sockets import SocketHub
@@ -78,7 +78,7 @@ class ServerConfig:
     registry: Mapping[str, type] | None = None  # default: the headless nodes (SaveImage included)
     web_dir: Path | None = field(default_factory=lambda: PACKAGE_WEB_DIR)
     extension_name: str = "loragraph"
-    # The visual editor (ComfyUI's frontend, when comfyui-frontend-package is installed; see editor.py)
+    # The visual editor (ComfyUI's frontend, when comfyui-frontend-package is installed; see frontend.py)
     editor: bool = True
     user_dir: str | os.PathLike = "user"  # the editor's settings and saved workflows: {user_dir}/default
     # hook(value, total) per node's progress reports, e.g. the CLI's tqdm bar (graph.interrupt)
@@ -106,7 +106,7 @@ class PromptServer:
                        else PromptWorker(self.queue, self.executor, self.hub))
         self.number = 0
         self.web_root: Path | None = None  # the editor's files, when it is served
-        self.users = editor.UserFiles(config.user_dir)
+        self.users = frontend.UserFiles(config.user_dir)
 
     def queue_info(self) -> dict[str, Any]:
         return {"exec_info": {"queue_remaining": self.queue.tasks_remaining()}}
@@ -160,7 +160,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     mimetypes.add_type("image/webp", ".webp")
 
     server = PromptServer(config)
-    server.web_root = editor.locate(config.editor)
+    server.web_root = frontend.locate(config.editor)
     app = web.Application(client_max_size=config.max_upload_size,
                           middlewares=[guard_middleware])
     app.on_response_prepare.append(_nosniff)
@@ -171,7 +171,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
                        "run workflows, read their results and write files")
     tables = [build_routes(server), pack_routes.build()]
     if server.web_root is not None:
-        tables.append(editor.build_editor_routes(server, server.users))
+        tables.append(frontend.build_editor_routes(server, server.users))
     # ComfyUI serves every route under /api as well (its frontend calls /api/prompt).
     api_routes = web.RouteTableDef()
     for routes in tables:
@@ -184,7 +184,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     if config.web_dir is not None and config.web_dir.is_dir():
         app.add_routes([web.static(f"/extensions/{config.extension_name}", config.web_dir)])
     if server.web_root is not None:
-        app.add_routes(editor.static_routes(server.web_root))  # last: "/" is a prefix of every path
+        app.add_routes(frontend.static_routes(server.web_root))  # last: "/" is a prefix of every path
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     return app

@@ -27,7 +27,7 @@ LORAS_PATH = "/loragraph/loras"
 
 
 def _lora_info(name: str) -> dict[str, Any]:
-    from ..loaders.lora_file import read_lora
+    from ..loaders.store import read_lora
 
     summary = read_lora(host.resolve_in("loras", name)).summary()
     summary.pop("path", None)  # the file's absolute path is the server's business, not the page's
@@ -36,7 +36,7 @@ def _lora_info(name: str) -> dict[str, Any]:
 
 async def lora_info(request: web.Request) -> web.Response:
     """The summary of one LoRA file; 400 for a bad name, 404 if absent, 422 if it is no usable LoRA."""
-    from ..loaders.lora_file import LoraFileError
+    from ..loaders.files import LoraFileError
 
     name = request.rel_url.query.get("name", "")
     if not name:

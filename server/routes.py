@@ -14,7 +14,7 @@ import os
 import sys
 import urllib.parse
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -28,74 +28,9 @@ from ..graph import (
     validate_prompt,
 )
 from . import files
-
-if TYPE_CHECKING:
-    from .app import PromptServer
+from .http import BodyError, Server, error_response, json_route, read_json
 
 logger = logging.getLogger(__name__)
-
-
-# -- request bodies ---------------------------------------------------------------------------
-
-
-def error_response(status: int, error_type: str, message: str, details: str = "") -> web.Response:
-    """A JSON error in ComfyUI's ``POST /prompt`` shape: ``{"error": {...}, "node_errors": {}}``."""
-    body = {"error": {"type": error_type, "message": message, "details": details or message, "extra_info": {}},
-            "node_errors": {}}
-    return web.json_response(body, status=status)
-
-
-class BodyError(Exception):
-    """A request body this server will not read; carries the response to send."""
-
-    def __init__(self, response: web.Response) -> None:
-        super().__init__(response.status)
-        self.response = response
-
-
-async def read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The raw body, or None as soon as it is known to exceed ``limit`` bytes (never read past it)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
-
-
-async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False) -> dict[str, Any]:
-    """The request's JSON object body, at most ``limit`` bytes; raises ``BodyError`` (400/413)."""
-    too_large = BodyError(error_response(
-        413, "body_too_large", f"Request body is larger than the limit of {limit} bytes"))
-    body = await read_limited(request, limit)
-    if body is None:
-        raise too_large
-    if not body.strip() and empty_ok:
-        return {}
-    try:
-        data = limits.loads(body)  # no NaN/Infinity (they would make /queue and /history invalid JSON)
-    except (ValueError, UnicodeDecodeError) as ex:
-        raise BodyError(error_response(400, "invalid_json", "Request body is not valid JSON", str(ex))) from None
-    if not isinstance(data, dict):
-        raise BodyError(error_response(
-            400, "invalid_json", f"Request body must be a JSON object, got {type(data).__name__}"))
-    return data
-
-
-def _json_route(handler):
-    """Turn a ``BodyError`` raised while reading the body into its response."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except BodyError as ex:
-            return ex.response
-
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
 
 
 def _int_query(request: web.Request, name: str) -> int | None:
@@ -117,7 +52,7 @@ def _ids(value: Any, what: str) -> list[str]:
 # -- the routes -------------------------------------------------------------------------------
 
 
-def build_routes(server: PromptServer) -> web.RouteTableDef:
+def build_routes(server: Server) -> web.RouteTableDef:
     """Every route of the ComfyUI API this server speaks, bound to ``server``."""
     routes = web.RouteTableDef()
     config = server.config
@@ -154,8 +89,8 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
 
     @routes.get("/")
     async def get_root(request: web.Request) -> web.StreamResponse:
-        if server.web_root is not None:  # the visual editor (server/editor.py)
-            from .editor import index_response
+        if server.web_root is not None:  # the visual editor (server/frontend.py)
+            from .frontend import index_response
 
             return index_response(server.web_root)
         return web.Response(text="loragraph server: ComfyUI's API without its frontend "
@@ -219,7 +154,7 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         return web.json_response(await asyncio.to_thread(server.object_info, [node_class]))
 
     @routes.get("/history")
-    @_json_route
+    @json_route
     async def get_history(request: web.Request) -> web.Response:
         max_items = _int_query(request, "max_items")
         offset = _int_query(request, "offset")
@@ -235,7 +170,7 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         return web.json_response({"queue_running": running, "queue_pending": pending})
 
     @routes.post("/prompt")
-    @_json_route
+    @json_route
     async def post_prompt(request: web.Request) -> web.Response:
         data = await read_json(request, config.max_json_size)
         number: float | int | None = None
@@ -283,7 +218,7 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     @routes.post("/queue")
-    @_json_route
+    @json_route
     async def post_queue(request: web.Request) -> web.Response:
         data = await read_json(request, config.max_json_size)
         if data.get("clear"):
@@ -293,7 +228,7 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         return web.Response(status=200)
 
     @routes.post("/interrupt")
-    @_json_route
+    @json_route
     async def post_interrupt(request: web.Request) -> web.Response:
         try:
             data = await read_json(request, config.max_json_size, empty_ok=True)
@@ -305,7 +240,7 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         return web.Response(status=200)
 
     @routes.post("/free")
-    @_json_route
+    @json_route
     async def post_free(request: web.Request) -> web.Response:
         data = await read_json(request, config.max_json_size)
         for flag in ("unload_models", "free_memory"):
@@ -314,7 +249,7 @@ def build_routes(server: PromptServer) -> web.RouteTableDef:
         return web.Response(status=200)
 
     @routes.post("/history")
-    @_json_route
+    @json_route
     async def post_history(request: web.Request) -> web.Response:
         data = await read_json(request, config.max_json_size)
         if data.get("clear"):

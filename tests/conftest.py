@@ -26,7 +26,7 @@ def models_dir(tmp_path_factory) -> Path:
     """DIR/loras holds: sd_a (diffusers), sd_b (kohya, alpha 2 at rank 4), sd_c (PEFT, unet only),
     sd_old (old attn-processor keys), sd_u1/sd_u2 (unet only, rank 4: diffusers alpha 2, kohya
     alpha 8), xl_a (SDXL diffusers), xl_k (SDXL kohya), and bad files."""
-    from loragraph.loaders.testing import write_bad_files, write_lora_file
+    from loragraph.testing import write_bad_files, write_lora_file
 
     root = tmp_path_factory.mktemp("models")
     loras = root / "loras"
@@ -54,7 +54,7 @@ def configured(models_dir, tmp_path):
 
 
 def render(pipe, prompt: str = PROMPT, seed: int = 1) -> torch.Tensor:
-    """The raw diffusers call the Sampler stands for (SPEC: Sampler semantics), as an image tensor."""
+    """The raw diffusers call the Sampler stands for (CONTRACT: Sampler semantics), as an image tensor."""
     out = pipe(
         prompt,
         negative_prompt="",
@@ -70,7 +70,7 @@ def render(pipe, prompt: str = PROMPT, seed: int = 1) -> torch.Tensor:
 
 
 def raw_pipeline(kind: str = "sd"):
-    from loragraph.loaders.builtin import build_tiny_sd, build_tiny_sdxl
+    from loragraph.builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
 
     pipe = build_tiny_sd() if kind == "sd" else build_tiny_sdxl()
     pipe.set_progress_bar_config(disable=True)
@@ -81,7 +81,7 @@ def raw_load(pipe, models_dir: Path, name: str, adapter: str) -> None:
     """Raw diffusers loading a file of DIR/loras the way its format asks: a bare PEFT adapter file
     (one model's adapter) through that model's own `load_lora_adapter`, anything else through the
     pipeline's `load_lora_weights`."""
-    from loragraph.loaders.lora_file import read_lora
+    from loragraph.loaders.store import read_lora
 
     path = models_dir / "loras" / name
     if read_lora(path).format == "peft":

@@ -94,7 +94,7 @@ def producer_image(pipe_builder, path: Path, multiplier: float) -> torch.Tensor:
 
 def to_sgm_names(src: Path, dst: Path, pipe) -> Path:
     """The file with its UNet modules under kohya sd-scripts' SDXL (SGM/LDM) names, tensors unchanged."""
-    from loragraph.loaders.testing import _LDM_RESNET, _ldm_unet_names
+    from loragraph.testing import _LDM_RESNET, _ldm_unet_names
     from safetensors.torch import load_file, save_file
 
     pairs = sorted(_ldm_unet_names(pipe.unet.config), key=lambda p: -len(p[0]))

@@ -29,7 +29,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from loragraph import host
 from loragraph.server import ServerConfig, create_app, pack_routes
-from loragraph.server import editor as editor_module
+from loragraph.server import frontend as editor_module
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "browser" / "editor_flow.js"
@@ -45,7 +45,7 @@ INK_TRIGGERS = "inkwash, red circle"
 def editor_models(tmp_path_factory) -> Path:
     """loras/: the examples' files (when present: demo_a/b and shapes/*), `ink` (diffusers, trigger words in its
     metadata) and `styles/paper-v2` (kohya, alpha 2), all for the built-in tiny SD pipeline."""
-    from loragraph.loaders.testing import write_lora_file
+    from loragraph.testing import write_lora_file
 
     root = tmp_path_factory.mktemp("editor-models")
     loras = root / "loras"
@@ -434,7 +434,7 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
 
     # LoadLoRA shows its file's summary.
     summaries = {s["lora_name"]: s for s in seen["summaries"]}
-    from loragraph.loaders.lora_file import read_lora
+    from loragraph.loaders.store import read_lora
 
     for name, summary in summaries.items():
         lora = read_lora(folders["models"] / "loras" / name)
@@ -457,7 +457,7 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     assert sorted(n for key, names in seen["badges"].items() if key.endswith("LoadLoRA") for n in names) == sorted(adapters)
 
     # The extension's widgets are in neither the prompt nor the saved graph: the saved graph converts
-    # (graph/editor.py) to exactly the prompt the editor queued.
+    # (graph/editor_format.py) to exactly the prompt the editor queued.
     prompt = seen["prompt"]
     assert set(prompt["2"]["inputs"]) == {"pipeline", "lora_name", "strength", "adapter_name"}
     converted = editor_to_api(seen["saved_graph"], HEADLESS_NODE_CLASS_MAPPINGS)

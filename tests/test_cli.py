@@ -1,4 +1,4 @@
-"""The `loragraph` command line: run, validate, inspect, nodes (SPEC: Pinned details, Files and folders).
+"""The `loragraph` command line: run, validate, inspect, nodes (CONTRACT: Pinned details, Files and folders).
 
 Most tests call `loragraph.cli.main([...])` in-process (the engine and its live pipeline are then
 shared, which keeps them fast); one runs `python -m loragraph` in a subprocess to check that stdout
@@ -20,7 +20,7 @@ from loragraph.cli import main
 from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS, NODE_CLASS_MAPPINGS
 from PIL import Image
 
-# SPEC.md's node table: each node's inputs, in order.
+# docs/CONTRACT.md's node table: each node's inputs, in order (test_the_contract_lists_these_inputs).
 SPEC_INPUTS = {
     "LoadPipeline": ["model", "dtype", "device"],
     "LoadLoRA": ["pipeline", "lora_name", "strength", "adapter_name"],
@@ -212,6 +212,23 @@ def test_inspect_prints_summary_and_coverage(models_dir, capsys):
     assert main(["inspect", "bad/truncated.safetensors", "--models-dir", str(models_dir)]) == 2
     assert main(["inspect", "sd_a.safetensors", "--models-dir", str(models_dir), "--model", "builtin:nope"]) == 2
     assert capsys.readouterr().out == ""
+
+
+def test_the_contract_lists_these_inputs():
+    """docs/CONTRACT.md's node table names each node's inputs in the order the nodes declare them."""
+    import re
+
+    contract = (Path(__file__).resolve().parents[1] / "docs" / "CONTRACT.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+) \| (.*?) \|", contract, re.MULTILINE)}
+    for class_type, inputs in SPEC_INPUTS.items():
+        if class_type in ("SaveImage", "PreviewImage"):  # headless stand-ins: described in prose
+            assert class_type in contract
+            continue
+        row, at = rows[class_type], 0
+        for name in inputs:
+            found = re.compile(rf"(?:^|; ){name}\b").search(row, at)
+            assert found, f"{class_type}: {name} missing or out of order in docs/CONTRACT.md"
+            at = found.end()
 
 
 def test_nodes_prints_object_info_in_spec_order(models_dir, capsys):

@@ -110,7 +110,7 @@ def comfyui_standins(base: Path) -> Iterator[SimpleNamespace]:
 def comfyui(tmp_path_factory):
     """A ComfyUI install: models/{loras,checkpoints,diffusers} plus a second tree that
     extra_model_paths.yaml adds; a real LoRA and a truncated one to load."""
-    from loragraph.loaders.testing import write_lora_file
+    from loragraph.testing import write_lora_file
 
     base = tmp_path_factory.mktemp("ComfyUI")
     extra = tmp_path_factory.mktemp("extra_models")

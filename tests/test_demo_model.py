@@ -1,7 +1,7 @@
 """Acceptance of the shipped demo model `builtin:shapes` and its three demo LoRAs, measured on images.
 
 Everything runs through the engine, as a workflow would; nothing is trained here. The measures are
-the plain ones in loaders/demo.py (foreground colour, fill ratio, sepia distance, stripe energy).
+the plain ones in builtin_models/demo.py (foreground colour, fill ratio, sepia distance, stripe energy).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from loragraph.loaders import demo
+from loragraph.builtin_models import demo
 from loragraph.loaders import state as st
 
 STEPS = 20
@@ -24,7 +24,7 @@ STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 CURVE_CASES = demo.EVAL_CASES
 # "Moves its property measurably": over the 20 cases, the paired per-case change from strength 0 to 1
 # is at least 3 standard errors from zero (no seed noise explains it). Replaces fixed per-LoRA minima,
-# which were arbitrary numbers; the measures themselves (loaders/demo.py) are unchanged.
+# which were arbitrary numbers; the measures themselves (builtin_models/demo.py) are unchanged.
 MIN_T = 3.0
 ZERO_CASES = 5  # cases checked pixel for pixel at strength 0 (each costs a 20-step image)
 
@@ -71,7 +71,7 @@ def test_shipped_files_are_small_and_complete():
 
 
 def test_palette_ships_in_kohya_form_the_others_in_diffusers_form():
-    from loragraph.loaders.lora_file import read_lora
+    from loragraph.loaders.store import read_lora
 
     formats = {n: read_lora(demo.LORA_DIR / f"{n}.safetensors").format for n in demo.LORA_NAMES}
     assert formats == {"palette": "kohya", "outline": "diffusers", "texture": "diffusers"}

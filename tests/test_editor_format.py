@@ -24,7 +24,7 @@ from loragraph.graph import (
     to_api_format,
     validate_prompt,
 )
-from loragraph.graph.editor import is_valid_connection
+from loragraph.graph.editor_format import is_valid_connection
 from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "editor"
@@ -293,7 +293,7 @@ def test_a_loop_of_reroutes_is_an_error():
 
 
 def test_a_link_missing_from_the_table_reads_as_unconnected(caplog):
-    with caplog.at_level(logging.WARNING, logger="loragraph.graph.editor"):
+    with caplog.at_level(logging.WARNING, logger="loragraph.graph.editor_format"):
         out = convert([n(2, "Sink", [("thing", "THING", 42)])], [])
     assert out["2"]["inputs"] == {}
     assert "link 42" in caplog.text

@@ -11,14 +11,14 @@ from conftest import PROMPT, SIZE, max_diff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from loragraph import host
+from loragraph.builtin_models.builtin import build_tiny_sd
 from loragraph.loaders import state as st
-from loragraph.loaders.builtin import build_tiny_sd
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
 from loragraph.loaders.state import NodeInputError
 
 STEPS = 2  # the branch property needs many images; two steps still carry every LoRA into them
-# d and e have the same UNet layers and rank: switching between them hot-swaps (reconcile._hotswap).
+# d and e have the same UNet layers and rank: switching between them hot-swaps (hotswap.swap).
 FILES = {"a": "sd_a.safetensors", "b": "sd_b.safetensors", "c": "sd_c.safetensors", "d": "sd_u1.safetensors",
          "e": "sd_u2.safetensors"}
 
@@ -141,7 +141,7 @@ def test_diffusers_own_unfuse_drifts_but_ours_does_not(shared):
     """The reason for the backups: diffusers' unfuse subtracts, and in fp16 that is not exact."""
     pipe = build_tiny_sd().to(torch.float16)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    from loragraph.loaders.testing import make_lora_state_dict
+    from loragraph.testing import make_lora_state_dict
 
     sd = make_lora_state_dict(build_tiny_sd(), components=("unet",), seed=5)
     pipe.load_lora_weights({f"unet.{k}": v.half() for k, v in sd["unet"].items()}, adapter_name="x")
@@ -221,7 +221,7 @@ def test_a_nan_lora_is_refused_at_load_naming_lora_name_and_the_tensor(loaded):
 
 def test_nan_under_safe_fusing_rolls_back(loaded):
     """LoadLoRA refuses a NaN file (above); safe_fusing still guards a spec made without that check."""
-    from loragraph.loaders import lora_file
+    from loragraph.loaders import store as lora_file
 
     engine, h = loaded
     before = snapshot(engine, h)
@@ -247,9 +247,9 @@ def test_exception_in_the_middle_rolls_back(loaded, monkeypatch, where):
         pass
 
     if where == "merge":
-        from loragraph.loaders import reconcile
+        from loragraph.loaders import fusion
 
-        original = reconcile._plain_linear
+        original = fusion._plain_linear
 
         def plain_linear(*a, **k):
             calls["n"] += 1
@@ -257,7 +257,7 @@ def test_exception_in_the_middle_rolls_back(loaded, monkeypatch, where):
                 raise Injected("boom")
             return original(*a, **k)
 
-        monkeypatch.setattr(reconcile, "_plain_linear", plain_linear)
+        monkeypatch.setattr(fusion, "_plain_linear", plain_linear)
         target = st.fuse(st.set_weights(h, "", "0.4"), True, True, 1.0, False, "")
         target = st.fuse(st.unfuse(target, True, True), True, True, 1.0, False, "")
     elif where == "text_encoder_load":
@@ -330,9 +330,9 @@ def test_minimal_operations(configured, caplog):
     other = st.add_adapter(st.delete(h, "b"), engine.lora_spec(h, "sd_c.safetensors", 1.0, "b"))
     assert ops_for(other)[:2] == ["delete_adapters", "load_lora_weights"]
     # the same file is read once, whatever the number of loads
-    from loragraph.loaders import lora_file
+    from loragraph.loaders import store
 
-    reads = lora_file.lora_cache_stats()["parses"]
+    reads = store.lora_cache_stats()["parses"]
     engine.realize(st.unload(h))
     engine.realize(h)
-    assert lora_file.lora_cache_stats()["parses"] == reads
+    assert store.lora_cache_stats()["parses"] == reads

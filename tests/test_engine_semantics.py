@@ -1,4 +1,4 @@
-"""Each engine operation gives the image the same raw diffusers calls give (SPEC: Semantics).
+"""Each engine operation gives the image the same raw diffusers calls give (CONTRACT: Semantics).
 
 The oracle is a fresh tiny pipeline driven by diffusers' own API; the engine runs the same steps
 through PIPELINE handles and the reconciler. Tolerance: 1/255 of a pixel, fp32 on the CPU.

@@ -310,7 +310,7 @@ def test_serve_says_what_it_does_on_its_console_and_makes_no_folder_it_does_not_
 def test_the_file_summary_and_lorainfo_agree_on_alpha(configured):
     from loragraph.loaders import state
     from loragraph.loaders.engine import get_engine
-    from loragraph.loaders.lora_file import read_lora
+    from loragraph.loaders.store import read_lora
 
     engine = get_engine()
     handle = engine.load_pipeline("builtin:tiny-sd", "float32", "cpu")

@@ -9,7 +9,7 @@ import torch
 from conftest import max_diff
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
-from loragraph.loaders.testing import write_lora_file
+from loragraph.testing import write_lora_file
 from tiny_flux import build_tiny_flux
 
 TOL = 1 / 255

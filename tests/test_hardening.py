@@ -337,8 +337,9 @@ def test_temp_files_are_hidden_from_listings_and_stale_ones_cleaned(tmp_path, ca
 @pytest.mark.parametrize("value", [float("inf"), 1e30])
 def test_a_lora_with_inf_or_absurd_values_is_refused_naming_the_tensor(tmp_path, value):
     import safetensors.torch
-    from loragraph.loaders.lora_file import LoraFileError, read_lora
-    from loragraph.loaders.testing import write_lora_file
+    from loragraph.loaders.files import LoraFileError
+    from loragraph.loaders.store import read_lora
+    from loragraph.testing import write_lora_file
 
     path = write_lora_file(tmp_path / "broken.safetensors", "sd", "diffusers", seed=5)
     tensors = safetensors.torch.load_file(str(path))
@@ -380,7 +381,8 @@ def test_deep_json_is_invalid_input_everywhere(live, tmp_path, capsys):
 
 
 def test_a_deep_safetensors_header_is_a_file_error(tmp_path):
-    from loragraph.loaders.lora_file import LoraFileError, read_lora
+    from loragraph.loaders.files import LoraFileError
+    from loragraph.loaders.store import read_lora
 
     header = ('{"__metadata__": {"x": ' + "[" * 5000 + "]" * 5000 + "}}").encode()
     path = tmp_path / "deep.safetensors"
@@ -424,7 +426,7 @@ def test_the_scheduler_limit_on_steps():
 
 
 def test_memory_floor_names_what_to_lower():
-    from loragraph.loaders.builtin import build_tiny_sd
+    from loragraph.builtin_models.builtin import build_tiny_sd
 
     pipe = build_tiny_sd()
     free = limits.free_memory("cpu")

@@ -1,5 +1,5 @@
 """Switching between LoRAs with the same layers hot-swaps: peft's hotswap copies the new weights into a
-parked adapter's layers instead of peft building new ones (reconcile._hotswap): the UNet through
+parked adapter's layers instead of peft building new ones (hotswap.swap): the UNet through
 diffusers' `hotswap=True`, the text encoders (which diffusers refuses to hot-swap) through the same
 peft function on diffusers' converted state dict.
 
@@ -163,9 +163,9 @@ def test_a_switch_between_loras_with_text_encoder_layers_hot_swaps_every_compone
     assert max_diff(render(again), image) <= TOL
 
     # The same swap again: peft directly, with the state dicts and configs diffusers built the first time.
-    monkeypatch.setenv("LORAGRAPH_PARKED_BYTES", "0")
+    live.parked_bytes = 0
     sample(engine, base)  # nothing parked any more
-    monkeypatch.delenv("LORAGRAPH_PARKED_BYTES")
+    live.parked_bytes = engine.config.parked_bytes
     sample(engine, h1)
     key = next(iter(live.swap_inputs))
     swapped, ops = ops_for(engine, base, lambda: sample(engine, h2))
@@ -233,7 +233,9 @@ def test_branches_stay_independent_across_swaps(models_dir):
     seq = hs.tuples(hs.sampled_from(swappable), hs.lists(op, max_size=3)).map(lambda t: [("load", t[0])] + t[1])
     swaps = []
 
-    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+    # derandomize: the same 8 examples everywhere (CI's hypothesis profile does this already), so the
+    # "some example swapped" check below cannot flake on an unlucky draw.
+    @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(ops1=seq, ops2=seq)
     def check(ops1, ops2):
         h1, h2 = build(engine, base, ops1), build(engine, base, ops2)
@@ -249,7 +251,7 @@ def test_branches_stay_independent_across_swaps(models_dir):
 
 def test_offloading_is_checked_once_per_load_and_diffusers_is_left_as_it_was(engine, monkeypatch):
     """diffusers checks for offloading hooks per component loaded (a walk over every module); within
-    one load a check that found none is reused (lora_file._offloading_checked_once)."""
+    one load a check that found none is reused (fence.offloading_checked_once)."""
     import diffusers.loaders.peft as dpeft
     import diffusers.loaders.unet as dunet
     from diffusers.loaders import lora_base

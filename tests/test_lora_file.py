@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from loragraph.loaders import kohya, lora_file, testing
-from loragraph.loaders.builtin import build_tiny_sd, build_tiny_sdxl
-from loragraph.loaders.lora_file import LoraFileError, coverage, read_lora
+from loragraph import testing
+from loragraph.builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
+from loragraph.loaders import formats, store
+from loragraph.loaders.coverage import coverage
+from loragraph.loaders.files import LoraFileError
+from loragraph.loaders.formats import kohya
+from loragraph.loaders.loading import load_lora_file
+from loragraph.loaders.store import read_lora
 
 IMG = 32  # small images and few steps: enough to carry a LoRA's effect, fast on 2 cores
 STEPS = 2
@@ -106,7 +111,7 @@ def test_format_detection(files, name, fmt):
 
 
 def test_format_detection_from_keys():
-    d = lora_file.detect_format
+    d = formats.detect_format
     assert d(["lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"]) == "kohya"
     assert d(["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight"]) == (
         "diffusers-old"
@@ -161,7 +166,7 @@ def test_kohya_alpha_half_strength(tmp_path):
     found = []
     for path in (a4, a8, full):
         p = build_tiny_sd()
-        p.load_lora_weights(lora_file.pipeline_state_dict(p, read_lora(path))[0], adapter_name="x")
+        p.load_lora_weights(formats.pipeline_state_dict(p, read_lora(path))[0], adapter_name="x")
         found.append(deltas(p, "x"))
     assert len(found[0]) == 68
     assert_same_deltas(found[0], found[1])
@@ -177,12 +182,12 @@ def test_diffusers_metadata_alpha_is_honoured(files):
     found = []
     for name in ("diffusers", "kohya", "diffusers-old"):
         p = build_tiny_sd()
-        lora_file.load_lora_file(p, read_lora(files[name]), "x")
+        load_lora_file(p, read_lora(files[name]), "x")
         found.append(deltas(p, "x"))
     assert_same_deltas(found[0], found[1])
     assert_same_deltas(found[0], found[2])
     p = build_tiny_sd()
-    sd, meta = lora_file.pipeline_state_dict(p, read_lora(files["diffusers"]))
+    sd, meta = formats.pipeline_state_dict(p, read_lora(files["diffusers"]))
     assert meta is not None and meta["unet.lora_alpha"] == 2
     p.load_lora_weights(sd, adapter_name="x")
     assert_same_deltas(found[0], deltas(p, "x"), factor=2.0)  # alpha fell back to rank 4
@@ -281,52 +286,52 @@ def test_base_model_guess(tmp_path, shapes, meta, expected):
 
 
 def test_cache_reads_once_and_notices_changes(files, tmp_path):
-    lora_file.clear_lora_cache()
+    store.clear_lora_cache()
     path = tmp_path / "a.safetensors"
     shutil.copy(files["kohya"], path)
     first = read_lora(path)
-    stats = lora_file.lora_cache_stats()
+    stats = store.lora_cache_stats()
     assert (stats["parses"], stats["hash_reads"]) == (1, 1)
     assert read_lora(path) is first
-    assert lora_file.file_sha256(path) == first.sha256
-    stats = lora_file.lora_cache_stats()
+    assert store.file_sha256(path) == first.sha256
+    stats = store.lora_cache_stats()
     assert (stats["parses"], stats["hash_reads"], stats["hits"]) == (1, 1, 1)
 
     st = os.stat(path)  # touched: hashed again, same content -> not parsed again
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert read_lora(path) is first
-    assert lora_file.lora_cache_stats()["hash_reads"] == 2 and lora_file.lora_cache_stats()["parses"] == 1
+    assert store.lora_cache_stats()["hash_reads"] == 2 and store.lora_cache_stats()["parses"] == 1
 
     twin = tmp_path / "twin.safetensors"  # same content under another name: one parsed object
     shutil.copy(path, twin)
     other = read_lora(twin)
     assert other.state_dict is first.state_dict and other.path == str(twin)
-    assert lora_file.lora_cache_stats()["parses"] == 1
+    assert store.lora_cache_stats()["parses"] == 1
 
     testing.write_lora_file(path, "sd", "kohya", seed=99)  # changed on disk -> read again
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
     changed = read_lora(path)
-    assert changed.sha256 != first.sha256 and lora_file.lora_cache_stats()["parses"] == 2
+    assert changed.sha256 != first.sha256 and store.lora_cache_stats()["parses"] == 2
 
 
 def test_cache_is_bounded(files):
-    lora_file.clear_lora_cache()
+    store.clear_lora_cache()
     try:
         a, b = read_lora(files["kohya"]), read_lora(files["diffusers"])
-        lora_file.set_lora_cache_limit(max(a.size, b.size) + 1)
-        stats = lora_file.lora_cache_stats()
+        store.set_lora_cache_limit(max(a.size, b.size) + 1)
+        stats = store.lora_cache_stats()
         assert stats["entries"] == 1 and stats["evictions"] == 1 and stats["bytes"] <= stats["max_bytes"]
         read_lora(files["kohya"])  # evicted: parsed again
-        assert lora_file.lora_cache_stats()["parses"] == 3
+        assert store.lora_cache_stats()["parses"] == 3
     finally:
-        lora_file.set_lora_cache_limit(lora_file.DEFAULT_CACHE_BYTES)
+        store.set_lora_cache_limit(store.DEFAULT_CACHE_BYTES)
 
 
 def test_state_dict_is_read_only_and_copies_are_independent(files):
     lf = read_lora(files["kohya"])
     with pytest.raises(TypeError):
         lf.state_dict["x"] = torch.zeros(1)  # type: ignore[index]
-    sd, _ = lora_file.pipeline_state_dict(testing.tiny_pipeline("sd"), lf)
+    sd, _ = formats.pipeline_state_dict(testing.tiny_pipeline("sd"), lf)
     key = next(iter(sd))
     sd[key].zero_()
     assert lf.state_dict[key].abs().sum() > 0
@@ -367,7 +372,7 @@ def test_coverage_partial_predicts_what_diffusers_loads(sd_pipe, tmp_path):
     assert reasons == {"no such module", "no such component"}
     assert "only 32 of 64" in cov.message() and "xl_q.safetensors" in cov.message()
     pipe = build_tiny_sd()
-    lora_file.load_lora_file(pipe, lf, "x")
+    load_lora_file(pipe, lf, "x")
     assert len(lora_layers(pipe.unet)) + len(lora_layers(pipe.text_encoder)) == cov.matched
 
 
@@ -389,7 +394,7 @@ def test_coverage_wrong_base_shape_mismatch(sd_pipe, files):
     with pytest.raises(LoraFileError, match="sdxl_lora_for_sd.safetensors.*another base model"):
         cov.require()
     with pytest.raises(RuntimeError, match="size mismatch"):  # what coverage predicts, diffusers does
-        build_tiny_sd().load_lora_weights(lora_file.pipeline_state_dict(sd_pipe, lf)[0], adapter_name="x")
+        build_tiny_sd().load_lora_weights(formats.pipeline_state_dict(sd_pipe, lf)[0], adapter_name="x")
 
 
 def test_coverage_wraps_conversion_errors(sd_pipe, tmp_path):
@@ -456,7 +461,7 @@ def test_pickle_loads_only_through_weights_only(files, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", spy)
-    lora_file.clear_lora_cache()
+    store.clear_lora_cache()
     lf = read_lora(files["bad_pt"])
     assert lf.format == "diffusers" and calls == [{"map_location": "cpu", "weights_only": True}]
     assert lf.addnet_hash is None and lf.short_hash == lf.sha256[:12]
@@ -472,7 +477,7 @@ def test_kohya_round_trip(files, tmp_path, kind):
     build = build_tiny_sd if kind == "sd" else build_tiny_sdxl
     source = files["diffusers" if kind == "sd" else "xl_diffusers"]
     ref = build()
-    lora_file.load_lora_file(ref, read_lora(source), "orig")
+    load_lora_file(ref, read_lora(source), "orig")
     # Give one UNet and one text-encoder module an alpha of their own, as LyCORIS/LoCon files have.
     u_name, u = next(iter(lora_layers(ref.unet).items()))
     t_name, t = next(iter(lora_layers(ref.text_encoder).items()))
@@ -507,7 +512,7 @@ def test_kohya_round_trip(files, tmp_path, kind):
     assert coverage(ref, lf).complete
 
     fresh = build()
-    fresh.load_lora_weights(lora_file.pipeline_state_dict(fresh, lf)[0], adapter_name="orig")
+    fresh.load_lora_weights(formats.pipeline_state_dict(fresh, lf)[0], adapter_name="orig")
     assert_same_deltas(deltas(ref, "orig"), deltas(fresh, "orig"))
     if expected is not None:  # and, once, the image itself
         assert (render(fresh) - expected).abs().max() < 1e-5
@@ -522,7 +527,7 @@ def test_kohya_refuses_what_it_cannot_express():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_the_one_pass_finiteness_check_agrees_with_isfinite(dtype):
-    from loragraph.loaders.lora_file import _all_finite
+    from loragraph.loaders.files import all_finite as _all_finite
 
     big = torch.finfo(dtype).max
     cases = [

@@ -30,7 +30,7 @@ SD_FILES = {
 
 @pytest.fixture(scope="session")
 def lycoris_dir(tmp_path_factory):
-    from loragraph.loaders.builtin import build_tiny_sd, build_tiny_sdxl
+    from loragraph.builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
 
     root = tmp_path_factory.mktemp("lycoris_models")
     loras = root / "loras"
@@ -56,7 +56,7 @@ def lycoris_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def producer(lycoris_dir):
     """(file stem, multiplier, kind) -> the producer's image, computed once per session."""
-    from loragraph.loaders.builtin import build_tiny_sd, build_tiny_sdxl
+    from loragraph.builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
 
     cache: dict[tuple, torch.Tensor] = {}
 
@@ -129,7 +129,7 @@ def test_lycoris_file_on_sdxl_two_text_encoders(engine, producer, lycoris_dir):
             h = load(engine, h0, name, strength, "x")
             assert engine.info(h)["adapters"]["x"]["components"] == ["unet", "text_encoder", "text_encoder_2"]
             assert max_diff(sample(engine, h), producer(name, strength)) <= TOL, (name, strength)
-    from loragraph.loaders.lora_file import read_lora
+    from loragraph.loaders.store import read_lora
 
     sgm = read_lora(lycoris_dir / "loras" / "ly_sdxl_loha_sgm.safetensors")
     assert any(m.name.startswith("lora_unet_input_blocks_") for m in sgm.modules)
@@ -141,7 +141,7 @@ def test_lycoris_file_on_sdxl_two_text_encoders(engine, producer, lycoris_dir):
 def test_lycoris_lokr_tucker_matches_training_network(engine, lycoris_dir):
     """LoKr with `lokr_t2`: LyCORIS 4.1.3 cannot rebuild it from weights (make_module_from_state_dict
     looks for lokr_w2_a on a Tucker module), so the oracle is the network that wrote the file."""
-    from loragraph.loaders.builtin import build_tiny_sd
+    from loragraph.builtin_models.builtin import build_tiny_sd
     from lycoris_oracle import make_network
 
     pipe = build_tiny_sd()
@@ -218,7 +218,7 @@ def test_mixed_stack_every_node(engine, producer, lycoris_dir):
 
 
 def test_mixed_file_is_one_adapter(engine, lycoris_dir):
-    from loragraph.loaders.lora_file import read_lora
+    from loragraph.loaders.store import read_lora
 
     lf = read_lora(lycoris_dir / "loras" / "ly_mixed.safetensors")
     assert lf.format == "lycoris"
@@ -240,7 +240,7 @@ def test_save_lycoris_roundtrip(engine, producer, lycoris_dir, tmp_path):
     assert any(k.endswith(".hada_w1_a") for k in keys) and any(k.endswith(".lokr_w1") for k in keys)
     assert any(k.endswith(".diff") for k in keys) and any(k.endswith(".lora_down.weight") for k in keys)
     want = producer("ly_mixed", 1.0)
-    from loragraph.loaders.builtin import build_tiny_sd
+    from loragraph.builtin_models.builtin import build_tiny_sd
 
     assert max_diff(producer_image(build_tiny_sd, out, 1.0), want) <= TOL  # LyCORIS's loader
     (lycoris_dir / "loras" / "saved_m.safetensors").write_bytes(out.read_bytes())
@@ -262,8 +262,10 @@ def test_unsupported_algorithm_is_an_error_naming_it(engine, lycoris_dir, algo, 
     """OFT, GLoRA, IA3 and norm-layer weights are refused with the algorithm and sample keys, never
     skipped silently, and the pipeline is left as it was. (BOFT: LyCORIS cannot build one on the tiny
     text encoder, whose width 37 BOFT cannot factor.)"""
-    from loragraph.loaders.builtin import build_tiny_sd
-    from loragraph.loaders.lora_file import LoraFileError, coverage, read_lora
+    from loragraph.builtin_models.builtin import build_tiny_sd
+    from loragraph.loaders.coverage import coverage
+    from loragraph.loaders.files import LoraFileError
+    from loragraph.loaders.store import read_lora
 
     path = write_file(lycoris_dir / "loras" / f"ly_bad_{algo}.safetensors", build_tiny_sd, algo, 501, **options)
     h0 = engine.load_pipeline("builtin:tiny-sd")
@@ -296,9 +298,9 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     The files leave out conv_in: diffusers' block weights fail (IndexError) on any adapter layer
     outside the down/mid/up blocks, plain LoRA included."""
     from conftest import raw_pipeline
-    from loragraph.loaders.builtin import build_tiny_sd
+    from loragraph.builtin_models.builtin import build_tiny_sd
     from loragraph.loaders.formats import lycoris
-    from loragraph.loaders.lora_file import read_lora
+    from loragraph.loaders.store import read_lora
 
     for algo, seed in (("loha", 601), ("lokr", 602)):
         write_file(lycoris_dir / "loras" / f"ly_{algo}_blocks.safetensors", build_tiny_sd, algo, seed,
@@ -333,7 +335,9 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
 def test_kohya_spellings_and_dora_axis(engine, producer, lycoris_dir):
     """kohya's `lora_te_text_model_…` names land like LyCORIS's `lora_te_encoder_…` ones (transformers
     >= 5 flattens CLIPTextModel); a DoRA magnitude on the input axis (older files) is refused."""
-    from loragraph.loaders.lora_file import LoraFileError, coverage, read_lora
+    from loragraph.loaders.coverage import coverage
+    from loragraph.loaders.files import LoraFileError
+    from loragraph.loaders.store import read_lora
     from safetensors.torch import load_file, save_file
 
     loras = lycoris_dir / "loras"
@@ -354,3 +358,43 @@ def test_kohya_spellings_and_dora_axis(engine, producer, lycoris_dir):
     save_file(bad, str(loras / "ly_dora_in.safetensors"))
     with pytest.raises(LoraFileError, match=r"dora \(magnitude on the input axis\)"):
         coverage(engine.live(h0.source).pipe, read_lora(loras / "ly_dora_in.safetensors"))
+
+
+# --- the fence entries LyCORIS files need (loaders/fence.py section 5) ----------------------------
+
+
+def test_sgm_names_map_the_same_without_diffusers_private_converters(lycoris_dir):
+    """kohya's SDXL (SGM) module names: diffusers' private converters (fast path) and the public
+    `lora_state_dict` fallback place every module of the SGM file on the same layer."""
+    from loragraph.builtin_models.builtin import build_tiny_sdxl
+    from loragraph.loaders import fence
+    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.store import read_lora
+
+    pipe = build_tiny_sdxl()
+    names = sorted({m.name for m in read_lora(lycoris_dir / "loras" / "ly_sdxl_loha_sgm.safetensors").modules
+                    if lycoris._SGM.match(m.name)})
+    assert len(names) > 20
+    with fence.fast_paths_mode("on"):
+        fast = fence.sgm_module_paths(pipe, names)
+    with fence.fast_paths_mode("off"):
+        public = fence.sgm_module_paths(pipe, names)
+    flat = lambda d: {k: v.replace(".", "_") for k, v in d.items()}  # kohya names compare flat
+    assert flat(fast) == flat(public) and set(fast) == set(names)
+
+
+def test_lycoris_refused_with_versions_outside_the_verified_ones(engine, monkeypatch):
+    """Outside the verified diffusers/peft versions a LyCORIS file is refused, naming the versions,
+    and the pipeline is left as it was (the fence's fallback for its private peft flag)."""
+    from loragraph.loaders import fence
+
+    h0 = engine.load_pipeline("builtin:tiny-sd")
+    before = sample(engine, h0)
+    monkeypatch.setattr(fence, "installed_versions", lambda: {"diffusers": "0.40.0", "peft": "0.19.0"})
+    fence.versions_verified.cache_clear()
+    try:
+        with fence.fast_paths_mode("auto"), pytest.raises(Exception, match=r"LyCORIS .* need diffusers 0\.41/0\.42"):
+            engine.realize(load(engine, h0, "ly_loha", 1.0, "x"))
+    finally:
+        fence.versions_verified.cache_clear()
+    assert max_diff(sample(engine, h0), before) == 0

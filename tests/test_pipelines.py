@@ -101,7 +101,7 @@ def test_unrelated_names_that_land_nowhere_are_an_error(configured):
 def test_single_file_checkpoint_loads_offline_with_its_config_and_takes_a_lora(configured, tmp_path):
     """An original-layout (LDM) checkpoint, as A1111/ComfyUI keep them, read by from_single_file with
     the `<file>.config/` sidecar: same weights, same image, and a LoRA lands as on the diffusers pipe."""
-    from loragraph.loaders.testing import write_single_file_checkpoint
+    from loragraph.testing import write_single_file_checkpoint
 
     raw = raw_pipeline()
     ckpt = configured / "checkpoints" / "tiny_sd1.safetensors"

@@ -23,7 +23,7 @@ from loragraph.graph import (
     load_workflow_document,
     read_png_text,
 )
-from loragraph.loaders import lora_file
+from loragraph.loaders import store
 from loragraph.loaders.state import (
     ActiveSet,
     AdapterSpec,
@@ -80,8 +80,8 @@ def test_png_carries_prompt_workflow_and_the_loras(first_png, models_dir):
     assert prompt["5"]["inputs"]["seed"] == 7
     assert json.loads(text["workflow"]) == json.loads((EDITOR / "plain_v04.json").read_text())
 
-    a = lora_file.read_lora(models_dir / "loras" / "sd_a.safetensors")
-    b = lora_file.read_lora(models_dir / "loras" / "sd_b.safetensors")
+    a = store.read_lora(models_dir / "loras" / "sd_a.safetensors")
+    b = store.read_lora(models_dir / "loras" / "sd_b.safetensors")
     assert json.loads(text["loras"]) == [
         {"name": "sd_a", "file": "sd_a.safetensors", "adapter": "sd_a", "weight": 0.5, "sha256": a.sha256,
          "short_hash": a.short_hash, "fused": False},
@@ -240,7 +240,7 @@ def test_lora_credits_count_active_and_fused_adapters_only(configured, models_di
     loras = models_dir / "loras"
 
     def spec(name, file):
-        return AdapterSpec(name, str(loras / file), lora_file.file_sha256(loras / file), 1.0)
+        return AdapterSpec(name, str(loras / file), store.file_sha256(loras / file), 1.0)
 
     state = AdapterState(
         adapters=(spec("a", "sd_a.safetensors"), spec("d", "sub/sd_d.safetensors"), spec("off", "sd_b.safetensors")),
@@ -253,7 +253,7 @@ def test_lora_credits_count_active_and_fused_adapters_only(configured, models_di
     got = [(c.name, c.file, c.adapter, c.weight, c.fused) for c in made.loras]
     assert got == [("sd_a", "sd_a.safetensors", "a", {"text_encoder": 0.2, "unet": 0.5}, False),
                    ("sd_d", "sub/sd_d.safetensors", "d", 0.8, True)]
-    d_hash = lora_file.read_lora(loras / "sub" / "sd_d.safetensors").short_hash
+    d_hash = store.read_lora(loras / "sub" / "sd_d.safetensors").short_hash
     text = credits.infotext(made)
     assert text.startswith("a, b: c\nSteps: 2, CFG scale: 7.5, Seed: 3, Size: 64x64, ")  # no empty negative
     assert ', Sampler: euler, Lora hashes: "sd_a: ' in text and f'sd_d: {d_hash}", Version: loragraph' in text

@@ -20,7 +20,7 @@ from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
 from loragraph.loaders.state import NodeInputError, Schedule
-from loragraph.loaders.testing import build_tiny_sd3, write_lora_file
+from loragraph.testing import build_tiny_sd3, write_lora_file
 from test_transformer_pipelines import sd3_models  # noqa: F401 - the tiny SD3 folder and its LoRAs (a fixture)
 
 TOL = 2 / 255
@@ -410,8 +410,8 @@ def test_the_schedule_example_runs(tmp_path):
     from pathlib import Path
 
     from loragraph import host
+    from loragraph.builtin_models import demo
     from loragraph.graph import Executor, apply_overrides, load_workflow
-    from loragraph.loaders import demo
     from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
     from PIL import Image
 

@@ -1,6 +1,6 @@
 """Transformer-denoiser pipelines (SD3 shape) through the engine, against raw diffusers, offline.
 
-The pipeline is diffusers' SD3 LoRA-test shape built in code (loaders/testing.build_tiny_sd3), saved
+The pipeline is diffusers' SD3 LoRA-test shape built in code (loragraph.testing.build_tiny_sd3), saved
 as a diffusers folder without its T5 encoder and loaded by LoadPipeline like any local model. The
 oracle is a fresh copy driven by StableDiffusion3Pipeline's own LoRA API. fp32 on the CPU, 1/255.
 """
@@ -15,7 +15,7 @@ from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
 from loragraph.loaders.state import NodeInputError
-from loragraph.loaders.testing import build_tiny_sd3, write_lora_file
+from loragraph.testing import build_tiny_sd3, write_lora_file
 
 TOL = 1 / 255
 SIZE = 32  # the tiny SD3's native size (its VAE does not downsample)

@@ -1,6 +1,6 @@
-"""Whole workflows through the executor, checked against raw diffusers (SPEC: Semantics, Bad input).
+"""Whole workflows through the executor, checked against raw diffusers (CONTRACT: Semantics, Bad input).
 
-Each SPEC semantics line is a workflow whose Sampler output (the IMAGE tensor, captured by a
+Each contract semantics line is a workflow whose Sampler output (the IMAGE tensor, captured by a
 test-only output node) must equal what the named diffusers calls give on a fresh tiny pipeline,
 within 1/255. Then sequences of workflows in one process (what a server or `loragraph run A B` does),
 every kind of bad input, and the shipped example workflows.
@@ -98,7 +98,7 @@ def raw_with(models_dir: Path, *loras: tuple[str, str], kind: str = "sd"):
     return pipe
 
 
-# --- SPEC semantics, one workflow each ----------------------------------------------------------
+# --- contract semantics, one workflow each ----------------------------------------------------------
 
 
 def test_load_lora_leaves_every_loaded_adapter_active_at_its_strength(executor, configured):

@@ -28,7 +28,7 @@ def t5_tokenizer():
 
 def build_tiny_flux():
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from loragraph.loaders.builtin import _clip_config, make_tokenizer
+    from loragraph.builtin_models.builtin import _clip_config, make_tokenizer
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(0)

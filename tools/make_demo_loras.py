@@ -32,7 +32,7 @@ DEMO_LORAS = {
 
 def write_demo_loras(out: Path) -> dict[str, Path]:
     """Write every demo LoRA into `out`; returns {name: path}."""
-    from loragraph.loaders.testing import write_lora_file
+    from loragraph.testing import write_lora_file
 
     out.mkdir(parents=True, exist_ok=True)
     return {name: write_lora_file(out / name, "sd", **kwargs) for name, kwargs in DEMO_LORAS.items()}

@@ -124,7 +124,7 @@ def names_input(line: dict, node: str, name: str) -> bool:
 
 def write_loras(loras: Path) -> None:
     import safetensors.torch
-    from loragraph.loaders.testing import write_lora_file
+    from loragraph.testing import write_lora_file
 
     good = write_lora_file(loras / "good.safetensors", "sd", "diffusers", seed=1)
     tensors = safetensors.torch.load_file(str(good))

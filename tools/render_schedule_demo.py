@@ -68,7 +68,7 @@ def render(out: Path) -> Path:
 def measure() -> dict:
     import numpy as np
     from loragraph import host
-    from loragraph.loaders import demo
+    from loragraph.builtin_models import demo
     from loragraph.loaders import state as st
     from loragraph.loaders.engine import Engine
 

@@ -16,7 +16,7 @@ Stages (each stage's result is kept in --work, so `--resume` restarts after the 
    Saved as a diffusers StableDiffusionPipeline folder with a DDIM scheduler: <out>/shapes/.
 3. loras: for each style, `unet.add_adapter(LoraConfig(...))` on the frozen base, trained on the
    same captions with the styled images (no trigger word: the strength is the control). palette is
-   written in kohya form (loaders/kohya.py), outline and texture with diffusers' save_lora_weights:
+   written in kohya form (loaders/formats/kohya.py), outline and texture with diffusers' save_lora_weights:
    <out>/loras/{palette,outline,texture}.safetensors, also copied to --examples-loras.
 A report (stage times, losses, the acceptance figures) goes to <out>/train_report.json.
 """
@@ -98,7 +98,7 @@ class Scene:
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
-    from loragraph.loaders.demo import BACKGROUNDS, COLOURS, SHAPES
+    from loragraph.builtin_models.demo import BACKGROUNDS, COLOURS, SHAPES
 
     return Scene(
         colour=str(rng.choice(list(COLOURS))),
@@ -137,7 +137,7 @@ def _shape_field(scene: Scene) -> np.ndarray:
 
 def render(scene: Scene, style: str) -> np.ndarray:
     """The scene as a 32x32x3 float image in 0..1, in one of STYLES."""
-    from loragraph.loaders.demo import BACKGROUNDS, COLOURS, sepia
+    from loragraph.builtin_models.demo import BACKGROUNDS, COLOURS, sepia
 
     field = _shape_field(scene)
     inside = field <= 0
@@ -176,8 +176,8 @@ def make_tokenizer_files(folder: Path) -> None:
     For each word, every split of every substring is a merge (shorter results first), so whichever
     pair BPE merges first, it always ends at the whole word. Unknown words still tokenize (bytes).
     """
-    from loragraph.loaders.builtin import _bytes_to_unicode
-    from loragraph.loaders.demo import BACKGROUNDS, COLOURS, SHAPES
+    from loragraph.builtin_models.builtin import _bytes_to_unicode
+    from loragraph.builtin_models.demo import BACKGROUNDS, COLOURS, SHAPES
 
     words = sorted({"a", "on", "background", *COLOURS, *SHAPES, *BACKGROUNDS})
     chars = list(_bytes_to_unicode().values())
@@ -344,7 +344,7 @@ def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
 
 def caption_ids(tokenizer, scenes: list, rng: np.random.Generator) -> torch.Tensor:
     """Token ids per scene; one caption in five leaves out the background ("a red circle")."""
-    from loragraph.loaders.demo import caption
+    from loragraph.builtin_models.demo import caption
 
     texts = [caption(s.colour, s.shape, None if rng.random() < 0.2 else s.background) for s in scenes]
     return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
@@ -371,8 +371,8 @@ def build_pipeline(unet, vae, text_encoder, tokenizer):
 
 @torch.no_grad()
 def evaluate_base(pipe, cfg_scale: float = 7.0) -> dict:
-    """The acceptance figures: dominant colour and shape over loaders.demo.EVAL_CASES."""
-    from loragraph.loaders.demo import EVAL_CASES, caption, classify_shape, dominant_colour
+    """The acceptance figures: dominant colour and shape over builtin_models.demo.EVAL_CASES."""
+    from loragraph.builtin_models.demo import EVAL_CASES, caption, classify_shape, dominant_colour
 
     colour_ok = shape_ok = 0
     misses = []
@@ -520,7 +520,7 @@ def train_lora(cfg: Config, pipe, name: str, seed: int) -> tuple[dict[str, torch
 
 def save_lora(name: str, state: dict[str, torch.Tensor], rank: int, path: Path) -> None:
     from diffusers import StableDiffusionPipeline
-    from loragraph.loaders.kohya import save_kohya
+    from loragraph.loaders.formats.kohya import save_kohya
 
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"loragraph_demo": name, "base_model": "builtin:shapes"}
@@ -541,8 +541,8 @@ def evaluate_lora(out: Path, name: str) -> dict:
     import tempfile
 
     from loragraph import host
+    from loragraph.builtin_models.demo import EVAL_CASES, LORA_PROPERTIES, caption
     from loragraph.loaders import state as st
-    from loragraph.loaders.demo import EVAL_CASES, LORA_PROPERTIES, caption
     from loragraph.loaders.engine import Engine
 
     measure, _ = LORA_PROPERTIES[name]

@@ -25,7 +25,7 @@ _weights` + `apply_to`; tests/test_lycoris.py checks the images):
 Anything else (OFT, BOFT, GLoRA, IA3, norm-layer `w_norm`/`b_norm`, DoHa/DoKr) is an error naming
 the algorithm and some keys: nothing is skipped silently.
 
-The private diffusers/transformers attributes this needs are in the FENCE section at the end.
+The private diffusers/peft touches this needs are in loaders/fence.py (section 5: LyCORIS).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+
+from .. import fence
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ KNOWN_SUFFIXES = _LORA | _LOHA | _LOKR | _FULL | _COMMON
 _OURS = (_LOHA | _LOKR | _FULL | {"lora_mid.weight", "dora_scale", "w_norm", "b_norm"}) | {
     "oft_blocks", "oft_diag", "oft_R", "a1.weight", "on_input"
 }
+# kohya sd-scripts' own (SGM/LDM) names of SDXL UNet modules: lora_unet_input_blocks_4_1_...
+_SGM = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks|out_2|time_embed|label_emb)_")
 # How many keys an error shows.
 _SAMPLE = 5
 
@@ -315,7 +319,8 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
     modules = list(modules)
     # kohya sd-scripts trains SDXL on its own (SGM/LDM) UNet: lora_unet_input_blocks_4_1_... names
     sgm = [m.name for m in modules if m.component == "unet" and _SGM.match(m.name)]
-    sgm_paths = _sgm_paths(sgm, pipe.unet.config) if sgm and getattr(pipe, "unet", None) is not None else {}
+    has_unet = getattr(pipe, "unet", None) is not None
+    sgm_paths = fence.sgm_module_paths(pipe, sgm) if sgm and has_unet else {}
     for m in modules:
         if m.component == "unet" and getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
             # LyCORIS names a transformer denoiser lora_unet_ too (its `unet` argument)
@@ -508,6 +513,9 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
     bad = unsupported(modules)
     if bad:
         raise LycorisError(unsupported_message(bad))
+    refused = fence.lycoris_refusal()
+    if refused:
+        raise LycorisError(refused)
     placement = place(pipe, modules)
     counts: dict[str, int] = {}
     for comp, items in placement.landed.items():
@@ -530,8 +538,8 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
                 raise LycorisError(f"peft did not take {len(unexpected)} tensors, e.g. {unexpected[:_SAMPLE]}")
             if family != "lora":
                 for path, _, _ in group:
-                    _forward_conv_attributes(model.get_submodule(path))
-        _mark_peft_loaded(model)
+                    fence.forward_conv_attributes(model.get_submodule(path))
+        fence.mark_peft_loaded(model)
         counts[comp] = len(items)
     return counts
 
@@ -563,36 +571,7 @@ def kohya_tensors(modules: Iterable[Module], keep: set[str] | None = None) -> di
 
 
 # --------------------------------------------------------------------------------------------------
-# FENCE: private diffusers/transformers/peft attributes (move to the engine's fence module).
-
-
-_SGM = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks|out_2|time_embed|label_emb)_")
-
-
-def _sgm_paths(names: list[str], unet_config: Any) -> dict[str, str]:
-    """{kohya SGM module name: diffusers module path}, by diffusers' own kohya converters (private)."""
-    from diffusers.loaders.lora_conversion_utils import (
-        _convert_unet_lora_key,
-        _maybe_map_sgm_blocks_to_diffusers,
-    )
-
-    carried = {f"{n}.alpha": n for n in names}  # the values carry the original name through the renames
-    mapped = _maybe_map_sgm_blocks_to_diffusers(dict(carried), unet_config)
-    return {orig: _convert_unet_lora_key(k.split(".")[0]).replace(".processor", "") for k, orig in mapped.items()}
-
-
-def _mark_peft_loaded(model: torch.nn.Module) -> None:
-    """diffusers' `set_adapters`/`delete_adapters` on a component check the flag its own loader sets
-    (`_hf_peft_config_loaded`); peft's `inject_adapter_in_model` does not set it."""
-    model._hf_peft_config_loaded = True
-
-
-def _forward_conv_attributes(layer: torch.nn.Module) -> None:
-    """peft's LoRA conv layer reads `groups` straight off the layer it wraps; when that is a LoHa/LoKr
-    conv layer (another adapter on the same conv), the attribute is not there. Give it the conv's."""
-    base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
-    if isinstance(base, torch.nn.Conv2d) and not hasattr(layer, "groups"):
-        layer.groups = base.groups
+# Peft tuner layers of any family (public peft attributes: `adapter_layer_names`)
 
 
 def is_lora_layer(module: Any) -> bool:
@@ -605,13 +584,18 @@ def adapter_in_layer(module: Any, adapter_name: str) -> bool:
     return table is not None and adapter_name in table
 
 
-def move_adapter(module: Any, adapter_name: str, device: str | torch.device) -> None:
-    """`set_lora_device` for any peft tuner layer: diffusers' own looks at `lora_A` only."""
-    for attr in (*module.adapter_layer_names, "lora_magnitude_vector"):
-        table = getattr(module, attr, None)
-        if table is not None and adapter_name in table:
-            item = table[adapter_name]
-            if isinstance(item, torch.nn.Parameter):  # a ParameterDict entry: replaced, as diffusers does
-                table[adapter_name] = torch.nn.Parameter(item.data.to(device), requires_grad=item.requires_grad)
-            else:
-                item.to(device)
+# --------------------------------------------------------------------------------------------------
+# The format family (loaders/formats registry)
+
+NAME = "lycoris"
+detect = is_lycoris
+
+
+def component_of(key: str) -> str:
+    parts = split_key(key)
+    return parts[0] if parts is not None else "unknown"
+
+
+def to_pipeline(pipe: Any, lora: Any, source: dict, meta: dict | None) -> tuple[dict, dict | None]:
+    """Never used: diffusers cannot load these modules; `loading.load_lora_file` builds them with `load`."""
+    raise LycorisError(f"{lora.path}: a LyCORIS file is built by peft per module, not loaded by diffusers")

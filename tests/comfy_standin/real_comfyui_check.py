@@ -87,7 +87,7 @@ async def main() -> int:
         "--comfyui", required=True, type=Path, help="the ComfyUI folder (for models/ and output/)"
     )
     args = ap.parse_args()
-    from loragraph.loaders.testing import write_lora_file
+    from loragraph.testing import write_lora_file
 
     url, loras, failed = args.url.rstrip("/"), args.comfyui / "models" / "loras", []
 

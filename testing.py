@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import torch
 
-from .kohya import peft_to_kohya
-from .lora_file import DENOISERS, PICKLE_SUFFIXES
+from .loaders.components import DENOISERS
+from .loaders.files import PICKLE_SUFFIXES
+from .loaders.formats.kohya import peft_to_kohya
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _PIPES: dict[str, Any] = {}
 
 def tiny_pipeline(kind: PipeKind) -> Any:
     """The built-in tiny pipeline of that kind, built once per process. Read-only: never load into it."""
-    from .builtin import build_tiny_sd, build_tiny_sdxl
+    from .builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
 
     if kind not in _PIPES:
         builders = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3}
@@ -62,7 +63,7 @@ def build_tiny_sd3() -> Any:
     )
     from transformers import CLIPTextModelWithProjection
 
-    from .builtin import BUILTIN_SEED, _clip_config, make_tokenizer
+    from .builtin_models.builtin import BUILTIN_SEED, _clip_config, make_tokenizer
 
     torch.manual_seed(BUILTIN_SEED)
     transformer = SD3Transformer2DModel(

@@ -30,17 +30,14 @@ import mimetypes
 import os
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from .. import disk
 from .. import host as host_seam
 from .files import inside
-from .routes import read_limited
-
-if TYPE_CHECKING:
-    from .app import PromptServer
+from .http import Server, read_limited
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +194,7 @@ async def _read_json_value(request: web.Request, limit: int) -> tuple[Any, web.R
         return None, web.Response(status=400, text=f"body is not valid JSON: {ex}")
 
 
-def build_editor_routes(server: PromptServer, users: UserFiles) -> web.RouteTableDef:
+def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
     """The routes ComfyUI's frontend needs beyond the API that ``routes.py`` serves."""
     routes = web.RouteTableDef()
     json_limit = server.config.max_json_size
@@ -418,7 +415,7 @@ def build_editor_routes(server: PromptServer, users: UserFiles) -> web.RouteTabl
     return routes
 
 
-def _model_files(kind: str, server: PromptServer) -> list[dict[str, Any]]:
+def _model_files(kind: str, server: Server) -> list[dict[str, Any]]:
     names = server.model_lists()[kind]()
     out: list[dict[str, Any]] = []
     roots = host_seam.folder_roots(kind)

@@ -1,5 +1,11 @@
-"""Write an adapter in kohya-ss form, the LoRA dialect every SD1.x/SDXL tool reads.
+"""kohya-ss / A1111 / OneTrainer keys: `lora_<component>_<module path with "_">`, read and written.
 
+Reading: diffusers converts kohya keys itself; a file whose modules have different alphas loads
+with one alpha per component (the most common; peft ignores diffusers' per-module alpha_pattern),
+so each odd module's ratio to that alpha is folded into its lora_up and its alpha set to the
+common one: the same delta.
+
+Writing: an adapter in kohya-ss form, the LoRA dialect every SD1.x/SDXL tool reads.
 ComfyUI maps `lora_unet_<diffusers module path with "_">` and `lora_te_/lora_te1_/lora_te2_
 text_model_encoder_layers_...` keys (comfy/lora.py `model_lora_keys_unet` / `model_lora_keys_clip`)
 but ignores diffusers/PEFT keys on SD1.x/SDXL UNets; A1111 and diffusers read kohya keys too. So
@@ -7,23 +13,83 @@ SaveLoRA writes kohya by default. diffusers' own `convert_state_dict_to_kohya` i
 writes alpha = rank for every module (wrong for alpha != rank) and always `lora_te1_` (A1111 expects
 `lora_te_` on SD1.x).
 
-Only key names change here; every number is the adapter's own, and each module's true alpha goes
-into its `.alpha` tensor, so the file acts exactly as the adapter does at strength 1.
+Only key names change when writing; every number is the adapter's own, and each module's true alpha
+goes into its `.alpha` tensor, so the file acts exactly as the adapter does at strength 1.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .. import disk
+from ... import disk
+from .. import fence
+
+if TYPE_CHECKING:
+    from ..files import LoraFile, LoraModule
 
 logger = logging.getLogger(__name__)
+
+NAME = "kohya"
+
+# kohya-ss / A1111 / OneTrainer prefixes: lora_<component>_<module path with "_">.
+KOHYA_PREFIXES = {
+    "lora_unet_": "unet",
+    "lora_te_": "text_encoder",
+    "lora_te1_": "text_encoder",
+    "lora_te2_": "text_encoder_2",
+    "lora_te3_": "text_encoder_3",
+    "lora_transformer_": "transformer",
+}
+
+
+def detect(keys: list[str]) -> bool:
+    return any(k.startswith(tuple(KOHYA_PREFIXES)) for k in keys)
+
+
+def component_of(key: str) -> str:
+    for prefix, component in KOHYA_PREFIXES.items():
+        if key.startswith(prefix):
+            return component
+    return "unknown"
+
+
+def to_pipeline(pipe: Any, lora: LoraFile, source: dict, meta: dict | None) -> tuple[dict, dict | None]:
+    _equalize_alphas(lora, source)
+    return source, meta
+
+
+def _equalize_alphas(lora: LoraFile, source: dict[str, torch.Tensor]) -> None:
+    """Give every module of a component the same `.alpha`, folding alpha_i / common into lora_up."""
+    by_component: dict[str, list[LoraModule]] = collections.defaultdict(list)
+    for m in lora.modules:
+        by_component[m.component].append(m)
+    for component, mods in by_component.items():
+        if all(m.alpha is None for m in mods):
+            continue  # no alphas at all: diffusers uses alpha = rank everywhere, as kohya means
+        true = {m.name: (m.alpha if m.alpha is not None else float(m.rank)) for m in mods}
+        if len(set(true.values())) == 1 and all(m.alpha is not None for m in mods):
+            continue
+        common = collections.Counter(true.values()).most_common(1)[0][0]
+        if common == 0:
+            continue  # alpha 0 switches a module off; folding cannot express ratios to it
+        for m in mods:
+            up_key = f"{m.name}.lora_up.weight"
+            if true[m.name] != common and up_key in source:
+                source[up_key] = source[up_key] * (true[m.name] / common)
+            source[f"{m.name}.alpha"] = torch.tensor(common, dtype=torch.float32)
+        logger.info(
+            "%s: %s alphas differ per module; folded into lora_up for diffusers", lora.path, component
+        )
+
+
+# --- writing ---------------------------------------------------------------------------------------
 
 # kohya's text-encoder prefixes: SD1.x/SD2.x have one text encoder (lora_te_), SDXL two (te1/te2).
 _TE_PREFIX_SD = {"text_encoder": "lora_te_"}
@@ -143,7 +209,7 @@ def adapter_for_save(
 
     state_dicts: dict[str, dict[str, torch.Tensor]] = {}
     alphas: dict[str, dict[str, float]] = {}
-    for component in getattr(type(pipe), "_lora_loadable_modules", ("unet", "text_encoder")):
+    for component in fence.loadable_components(pipe):
         model = getattr(pipe, component, None)
         if model is None or adapter_name not in getattr(model, "peft_config", {}):
             continue

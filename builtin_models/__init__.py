@@ -1,0 +1,1 @@
+"""Models made in code: the built-in tiny pipelines (`builtin:` in LoadPipeline) and the demo model."""

@@ -1,0 +1,144 @@
+"""Fusion: merge adapters into the base weights (`fuse_lora`), keeping the originals so that an
+unfuse restores them bit-exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import fence
+from .formats.lycoris import adapter_in_layer
+from .live import LivePipeline, LoraOperationError, layers, timed
+from .state import FuseOp
+
+
+def restore(live: LivePipeline, comps: list[str]) -> None:
+    """Exact unfuse: put the original weight tensors back and mark the layers unmerged.
+
+    On the CPU the saved tensor *is* the original (fusion wrote a new one), so this is a pointer
+    swap: bit-exact and free. On an accelerator the original was copied to the CPU and is copied back.
+    """
+    pipe = live.pipe
+    comps = [c for c in comps if c in live.backups]
+    if not comps:
+        return
+    for comp in comps:
+        saved = live.backups.pop(comp)
+        model = getattr(pipe, comp)
+        with timed(live, "unfuse_lora(exact)", comp):
+            # newest first: two tuner layers nested on one base layer (adapters of two peft types on
+            # one layer, #15) each saved the weight as they found it
+            for name, (w, b) in reversed(saved.items()):
+                module = model.get_submodule(name)
+                base = module.get_base_layer()
+                if w.device == base.weight.device:
+                    base.weight.data = w
+                else:
+                    base.weight.data.copy_(w)
+                if b is not None:
+                    if b.device == base.bias.device:
+                        base.bias.data = b
+                    else:
+                        base.bias.data.copy_(b)
+                module.merged_adapters = []
+    sync_merged_bookkeeping(live)
+
+
+def sync_merged_bookkeeping(live: LivePipeline) -> None:
+    merged: set[str] = set()
+    for comp in live.components:
+        for _, module in layers(live, comp):
+            merged.update(module.merged_adapters)
+    fence.set_fused_record(live.pipe, merged)
+
+
+def _plain_linear(module, adapters: list[str], weight: torch.Tensor) -> bool:
+    """Layers whose merge is exactly W + scaling * B @ A (peft's LoRA Linear without DoRA, bias or
+    fan_in_fan_out), in a dtype/device where one GEMM is accurate: fp32, or any dtype on CUDA
+    (peft itself computes CPU fp16 deltas in fp32, so those take peft's path)."""
+    from peft.tuners.lora.layer import Linear
+
+    if type(module) is not Linear or module.fan_in_fan_out:
+        return False
+    if weight.dtype != torch.float32 and weight.device.type != "cuda":
+        return False
+    variants = getattr(module, "lora_variant", {})
+    return not any(
+        module.use_dora.get(a) or module.lora_bias.get(a) or variants.get(a) is not None for a in adapters
+    )
+
+
+def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
+    """`fuse_lora` for one component, keeping the original weights for an exact unfuse.
+
+    peft decides what merges (adapters present and not yet merged in each layer, their `scaling`
+    from set_adapters) and its bookkeeping (`merged_adapters`) is kept, so peft's forward runs the
+    fused base layer. The arithmetic of plain Linear layers is one out-of-place GEMM
+    (`addmm(W, B, A, alpha=scaling * lora_scale)`): the result goes to a new tensor and the original
+    stays untouched as the backup, which makes fusing ~3x faster than diffusers' `fuse_lora` and
+    unfusing a pointer swap. Every other layer type goes through peft's own `merge()`.
+    """
+    saved = live.backups.setdefault(comp, {})
+    with timed(live, "fuse_lora", f"{comp} scale={op.lora_scale}"):
+        for name, module in layers(live, comp):
+            # #15: any peft tuner layer (LoRA, LoHa, LoKr) holding the adapter
+            todo = [a for a in op.adapter_names if adapter_in_layer(module, a) and a not in module.merged_adapters]
+            if not todo:
+                continue
+            base = module.get_base_layer()
+            weight = base.weight.data
+            first = name not in saved
+            if first:
+                keep_bias = getattr(base, "bias", None) is not None and any(
+                    getattr(module, "lora_bias", {}).get(a) for a in todo
+                )
+                on_cpu = weight.device.type == "cpu"
+                bias = base.bias.data if keep_bias else None
+                saved[name] = (
+                    weight if on_cpu else weight.to("cpu", copy=True),
+                    None if bias is None else (bias if on_cpu else bias.to("cpu", copy=True)),
+                )
+                # on the CPU the original must not be written to: fusion works on a new tensor
+                writable = not on_cpu
+            else:
+                writable = True  # already a tensor of ours
+            if _plain_linear(module, todo, weight):
+                new = weight if writable else None
+                for a in todo:
+                    up = module.lora_B[a].weight.to(weight.dtype)
+                    down = module.lora_A[a].weight.to(weight.dtype)
+                    alpha = module.scaling[a] * op.lora_scale
+                    if new is None:
+                        with torch.no_grad():  # peft's active adapters require grad: no graph to keep
+                            new = torch.addmm(weight, up, down, alpha=alpha)
+                    else:
+                        with torch.no_grad():
+                            new.addmm_(up, down, alpha=alpha)
+                if op.safe_fusing and not torch.isfinite(new).all():
+                    raise LoraOperationError(
+                        f"safe_fusing found NaN/inf in {comp}.{name} after merging {', '.join(todo)}: the "
+                        "adapter is broken. Nothing was fused.",
+                        "safe_fusing",
+                        op.origin,
+                    )
+                base.weight.data = new
+                module.merged_adapters.extend(todo)
+            else:
+                if not writable:
+                    base.weight.data = weight.clone()
+                    if saved[name][1] is not None:
+                        base.bias.data = base.bias.data.clone()
+                if op.lora_scale != 1.0:
+                    module.scale_layer(op.lora_scale)
+                try:
+                    module.merge(safe_merge=op.safe_fusing, adapter_names=todo)
+                except ValueError as e:
+                    raise LoraOperationError(
+                        f"safe_fusing stopped the fusion of {comp}.{name}: {e}. Nothing was fused.",
+                        "safe_fusing",
+                        op.origin,
+                    ) from e
+                finally:
+                    if op.lora_scale != 1.0:
+                        module.unscale_layer(op.lora_scale)
+
