@@ -374,7 +374,7 @@ def lycoris_refusal() -> str | None:
     to tell diffusers a component holds adapters it did not load, so such a file is refused with
     this message (the fallback), rather than loaded half-working. `fast_paths = on` forces it.
     """
-    if versions_verified() or _mode == "on" or get_config().fast_paths == "on":
+    if versions_verified() or (_mode or get_config().fast_paths) == "on":
         return None
     found = installed_versions()
     return (
