@@ -118,6 +118,11 @@ def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
     for spec in to_load:
         load_adapter(live, spec, lora_reader, slots)
         live.live_devices[spec.name] = None
+    if to_delete or to_load:
+        # peft changes the layers' active adapters behind our back: deleting an active adapter
+        # activates another (the alphabetically first remaining one), a load activates the new one
+        # alone. The last set_adapters call no longer describes the layers: step 4 sets them in full.
+        live.live_active = None
 
     # 3. devices
     for spec in target.adapters:

@@ -211,12 +211,54 @@ def test_a_failed_swap_leaves_the_pipeline_as_it_was(engine, monkeypatch):
     assert max_diff(sample(engine, h1), first) <= TOL
 
 
+@pytest.mark.parametrize(
+    ("states", "swaps"),
+    [
+        # a swap into one parked slot after deleting the active adapter the target's name reuses: peft
+        # had activated the alphabetically first remaining adapter (x), not the slot (y)
+        ([[("y", "sd_u1"), ("x", "sd_u2")], [("n", "sd_c")], [("n", "sd_u1")]], True),
+        # plain loads: the name b comes back with another file and the load leaves only b active
+        ([[("a", "sd_u1"), ("b", "sd_u2")], [("a", "sd_u1"), ("b", "sd_c")]], False),
+    ],
+    ids=["swap-after-delete", "reload-same-names"],
+)
+def test_a_name_reused_for_another_file_activates_what_the_state_says(engine, states, swaps):
+    """Delete + load under the same active names changes peft's active adapters behind the engine's
+    back: the last state's image is a fresh engine's (regression: the old layers' activation was kept)."""
+
+    def build(eng, base, pairs):
+        h = base
+        for name, stem in pairs:
+            h = st.add_adapter(h, eng.lora_spec(h, f"{stem}.safetensors", 1.0, name))
+        return h
+
+    base = engine.load_pipeline("builtin:tiny-sd")
+    for pairs in states:
+        image, ops = ops_for(engine, base, lambda pairs=pairs: sample(engine, build(engine, base, pairs)))
+    assert ("hotswap" in ops) == swaps  # the path each case is about
+    fresh = Engine()
+    assert max_diff(image, sample(fresh, build(fresh, fresh.load_pipeline("builtin:tiny-sd"), states[-1]))) <= TOL
+
+
 def test_branches_stay_independent_across_swaps(models_dir):
-    """The branch property of test_engine_guarantees, on states built from the two swappable files."""
-    from hypothesis import HealthCheck, given, settings
+    """The branch property of test_engine_guarantees, on states built from the two swappable files,
+    loaded under their own names or another's (`load_as`: a name that comes back with another file),
+    h2's image checked against a reset engine's (plain loads, as a fresh engine does)."""
+    from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as hs
     from loragraph import host
-    from test_engine_guarantees import build
+    from test_engine_guarantees import FILES, apply
+
+    def build(engine, base, ops):
+        h = base
+        for kind, arg in ops:
+            if kind == "load_as":
+                name, key = arg
+                if name not in h.state.names:
+                    h = st.add_adapter(h, engine.lora_spec(h, FILES[key], 0.8, name))
+            else:
+                h = apply(engine, h, (kind, arg))
+        return h
 
     host.configure(models_dir=models_dir, output_dir=models_dir / "out")
     engine = Engine()
@@ -224,6 +266,7 @@ def test_branches_stay_independent_across_swaps(models_dir):
     swappable = ["d", "e"]
     op = hs.one_of(
         hs.tuples(hs.just("load"), hs.sampled_from(swappable)),
+        hs.tuples(hs.just("load_as"), hs.tuples(hs.sampled_from(swappable), hs.sampled_from([*swappable, "c"]))),
         hs.tuples(hs.just("weights"), hs.tuples(hs.lists(hs.sampled_from(swappable), min_size=1, unique=True),
                                                  hs.sampled_from([0.3, 1.0]))),
         hs.tuples(hs.just("fuse"), hs.tuples(hs.just(True), hs.booleans(), hs.sampled_from([1.0, 0.5]))),
@@ -237,13 +280,18 @@ def test_branches_stay_independent_across_swaps(models_dir):
     # "some example swapped" check below cannot flake on an unlucky draw.
     @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
     @given(ops1=seq, ops2=seq)
+    # always run: e comes back with another file under the same active names (the draws rarely hit it)
+    @example(ops1=[("load", "d"), ("load", "e")], ops2=[("load", "d"), ("load_as", ("e", "c"))])
     def check(ops1, ops2):
         h1, h2 = build(engine, base, ops1), build(engine, base, ops2)
         first = sample(engine, h1)
-        sample(engine, h2)
+        second = sample(engine, h2)
         again = sample(engine, h1)
         assert max_diff(first, again) <= TOL
-        swaps.extend(op for op in engine.live(base.source).ops if op.startswith("hotswap"))
+        live = engine.live(base.source)
+        swaps.extend(op for op in live.ops if op.startswith("hotswap"))
+        live.state = None  # unknown: the next realize resets and loads, as a fresh engine would
+        assert max_diff(second, sample(engine, h2)) <= TOL
 
     check()
     assert swaps, "no example swapped: the property did not exercise the hotswap path"
