@@ -13,16 +13,19 @@ _weights` + `apply_to`; tests/test_lycoris.py checks the images):
 - LoRA/LoCon: `LoraConfig` (Linear and Conv2d). A Tucker `lora_mid` (down 1x1, mid kxk, up 1x1) is
   folded into the down kernel: two stacked convolutions, the first 1x1, are one kxk convolution,
   so the result is a plain LoCon of the same rank.
-- DoRA (`dora_scale` with LoRA): `LoraConfig(use_dora=True)`; the file's magnitude becomes peft's
-  `lora_magnitude_vector`. Both normalise the patched weight per output row (LyCORIS `wd_on_out`,
-  its default); a magnitude on the input axis (older files) has no peft counterpart and is refused.
+- DoRA family (`dora_scale` with LoRA, LoHa or LoKr): the module's exact full delta, computed once
+  at load from the producer's weight decomposition (the patched weight normalised per output row or
+  per input column, times `dora_scale`) minus the layer's weight, and built as a full delta (below).
+  So `strength` scales the whole delta, as SPEC says for every algorithm (peft's `use_dora` scales
+  inside the norm, LyCORIS's multiplier keeps the low-rank update whole); the cost is a copy of each
+  adapted layer's weight.
 - LoHa: `LoHaConfig` (`use_effective_conv2d` for Tucker `hada_t1/t2`).
 - LoKr: `LoKrConfig` with the file's factorisation; `lokr_w1_a/b` are multiplied out into `lokr_w1`
   (peft's `decompose_both=False`), `lokr_w2` stays full or low-rank (with `lokr_t2`) as written.
-- Full `diff`/`diff_b`: a peft LoRA whose one factor is the identity and the other the diff (rank =
-  the smaller side), with `lora_bias` for `diff_b`: exact, and every node (weights, fuse, device,
-  delete) works on it as on any LoRA, at the memory cost of the full diff.
-Anything else (OFT, BOFT, GLoRA, IA3, norm-layer `w_norm`/`b_norm`, DoHa/DoKr) is an error naming
+- Full `diff`/`diff_b`: a peft LoKr with a 1x1 first factor, kron([[1]], diff) = diff, at the diff's
+  memory; with `diff_b`, a peft LoRA whose one factor is the identity (rank = the smaller side) and
+  `lora_bias`. Exact, and every node (weights, fuse, device, delete) works on it as on any adapter.
+Anything else (OFT, BOFT, GLoRA, IA3, norm-layer `w_norm`/`b_norm`) is an error naming
 the algorithm and some keys: nothing is skipped silently.
 
 The private diffusers/peft touches this needs are in loaders/fence.py (section 5: LyCORIS).
@@ -68,7 +71,9 @@ _SGM = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks|out_2|ti
 # How many keys an error shows.
 _SAMPLE = 5
 
-ALGORITHMS = ("lora", "locon", "dora", "loha", "lokr", "full")
+ALGORITHMS = ("lora", "locon", "dora", "loha", "lokr", "doha", "dokr", "full")
+# The DoRA family: a LoRA/LoHa/LoKr module with a `dora_scale` magnitude (LyCORIS `dora_wd`).
+DORA = {"dora": "lora", "doha": "loha", "dokr": "lokr"}
 
 
 class LycorisError(ValueError):
@@ -169,13 +174,14 @@ def parse(state_dict: Mapping[str, torch.Tensor]) -> tuple[Module, ...]:
 def _missing(m: Module) -> list[str]:
     """The keys an algorithm needs that the module lacks."""
     t = m.tensors
-    if m.algorithm in ("lora", "locon", "dora"):
+    algorithm = DORA.get(m.algorithm, m.algorithm)
+    if algorithm in ("lora", "locon"):
         need = ["lora_down.weight", "lora_up.weight"]
-    elif m.algorithm == "loha":
+    elif algorithm == "loha":
         need = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"] + (
             ["hada_t1", "hada_t2"] if ("hada_t1" in t or "hada_t2" in t) else []
         )
-    elif m.algorithm == "lokr":
+    elif algorithm == "lokr":
         need = (["lokr_w1"] if "lokr_w1" in t or "lokr_w1_a" not in t else ["lokr_w1_a", "lokr_w1_b"]) + (
             ["lokr_w2"] if "lokr_w2" in t or "lokr_w2_a" not in t else ["lokr_w2_a", "lokr_w2_b"]
         )
@@ -197,8 +203,9 @@ def unsupported(modules: Iterable[Module]) -> dict[str, list[str]]:
         missing = _missing(m) if algo is None else []
         if missing:
             algo = f"{m.algorithm} without {', '.join(missing)}"
-        if algo is None and m.algorithm == "dora" and _dora_axis(m) != "out":
-            algo = "dora (magnitude on the input axis)"
+        if algo is None and m.algorithm in DORA and _dora_axis(m) is None:
+            shape = tuple(m.tensors["dora_scale"].shape)
+            algo = f"{m.algorithm} with a dora_scale of shape {shape} that fits neither axis of its layer"
         if algo is not None:
             bad.setdefault(algo, [])
             bad[algo] += m.keys[: _SAMPLE - len(bad[algo])]
@@ -206,8 +213,6 @@ def unsupported(modules: Iterable[Module]) -> dict[str, list[str]]:
 
 
 _ALGO_NAMES = {
-    "doha": "DoHa (LoHa with dora_scale)",
-    "dokr": "DoKr (LoKr with dora_scale)",
     "norm": "full-weight norm layers (w_norm/b_norm)",
     "oft": "OFT (diag-OFT)",
     "boft": "BOFT",
@@ -222,13 +227,20 @@ def unsupported_message(bad: Mapping[str, list[str]]) -> str:
     return "holds modules loragraph cannot load: " + "; ".join(parts)
 
 
-def _dora_axis(m: Module) -> str:
-    """'out' when dora_scale is one value per output row (peft's and LyCORIS wd_on_out's axis)."""
+def _dora_axis(m: Module) -> str | None:
+    """Which axis the module's `dora_scale` normalises along, told apart as LyCORIS writes them.
+
+    'out': one magnitude per output row, shape (out, 1[, 1, 1]) (LyCORIS `wd_on_out`, its default,
+    and peft's axis); 'in': one per input column, shape (1, in[, 1, 1]) (older LyCORIS files);
+    None when the shape is neither, or does not fit the module's delta.
+    """
     scale = m.tensors["dora_scale"]
-    out = m.tensors["lora_up.weight"].shape[0]
-    if scale.shape[0] == out and scale.numel() == out:
+    out, inner = delta_shape(m)
+    if scale.ndim >= 1 and scale.shape[0] == out and scale.numel() == out:
         return "out"
-    return "in"
+    if scale.ndim >= 2 and scale.shape[0] == 1 and scale.numel() == scale.shape[1] and inner % scale.shape[1] == 0:
+        return "in"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,11 +286,11 @@ def delta_shape(m: Module) -> tuple[int, int]:
         down, up = t["lora_down.weight"], t["lora_up.weight"]
         k = math.prod(t["lora_mid.weight"].shape[2:]) if "lora_mid.weight" in t else math.prod(down.shape[2:])
         return int(up.shape[0]), int(down.shape[1]) * k
-    if m.algorithm == "loha":
+    if m.algorithm in ("loha", "doha"):
         if "hada_t1" in t:
             return int(t["hada_w1_a"].shape[1]), int(t["hada_w1_b"].shape[1]) * math.prod(t["hada_t1"].shape[2:])
         return int(t["hada_w1_a"].shape[0]), int(t["hada_w1_b"].shape[1])
-    if m.algorithm == "lokr":
+    if m.algorithm in ("lokr", "dokr"):
         w1 = _lokr_w1(t)
         w2o, w2i = _lokr_w2_dims(t)
         return int(w1.shape[0]) * w2o, int(w1.shape[1]) * w2i
@@ -382,17 +394,13 @@ def _fold_mid(t: Mapping[str, torch.Tensor]) -> torch.Tensor:
 def _entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     """(config family, config options for this module, peft tensors by parameter name)."""
     t = m.tensors
-    if m.algorithm in ("lora", "locon", "dora"):
+    if m.algorithm in DORA:
+        return _full_entries(_dora_delta(m, base), None)
+    if m.algorithm in ("lora", "locon"):
         down = _fold_mid(t) if "lora_mid.weight" in t else t["lora_down.weight"]
         r = int(down.shape[0])
         tensors = {"lora_A.weight": down, "lora_B.weight": t["lora_up.weight"]}
-        opts = {"r": r, "alpha": _rank_scale(m) * r, "use_dora": m.algorithm == "dora"}
-        if m.algorithm == "dora":
-            magnitude = t["dora_scale"].flatten()
-            # peft keeps a conv layer's magnitude as (1, out, 1, 1), a linear layer's as (out,)
-            conv = isinstance(base, torch.nn.Conv2d)
-            tensors["lora_magnitude_vector"] = magnitude.reshape(1, -1, 1, 1) if conv else magnitude
-        return "lora", opts, tensors
+        return "lora", {"r": r, "alpha": _rank_scale(m) * r, "use_dora": False}, tensors
     if m.algorithm == "full":
         return _full_entries(t["diff"], t.get("diff_b"))
     if m.algorithm == "loha":
@@ -404,13 +412,70 @@ def _entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dic
     raise LycorisError(f"{m.name}: {m.algorithm} cannot be built")
 
 
+def _low_rank_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
+    """The module's exact weight delta at multiplier 1 (alpha/rank applied), float32, the layer's shape.
+
+    The producer's arithmetic (LyCORIS 4.1 `make_weight`/`get_diff_weight`): LoRA up @ down (a Tucker
+    mid folded into down), LoHa (w1a @ w1b) * (w2a @ w2b) (Tucker: each factor through its core),
+    LoKr kron(w1, w2). Only the DoRA family needs it: its normalisation is over the patched weight.
+    """
+    t = {k: v.float() for k, v in m.tensors.items()}
+    shape = base.weight.shape
+    algorithm = DORA.get(m.algorithm, m.algorithm)
+    if algorithm == "lora":
+        down = _fold_mid(t) if "lora_mid.weight" in t else t["lora_down.weight"]
+        delta = t["lora_up.weight"].flatten(1) @ down.flatten(1)
+        return (delta * _rank_scale(m)).reshape(shape)
+    if algorithm == "loha":
+        if "hada_t1" in t:
+            w1 = torch.einsum("ijkl,jr,ip->prkl", t["hada_t1"], t["hada_w1_b"], t["hada_w1_a"])
+            w2 = torch.einsum("ijkl,jr,ip->prkl", t["hada_t2"], t["hada_w2_b"], t["hada_w2_a"])
+        else:
+            w1, w2 = t["hada_w1_a"] @ t["hada_w1_b"], t["hada_w2_a"] @ t["hada_w2_b"]
+        return (w1 * w2 * _rank_scale(m)).reshape(shape)
+    if algorithm == "lokr":
+        return _lokr_delta(m, base)
+    raise LycorisError(f"{m.name}: {m.algorithm} has no low-rank delta")
+
+
+def _dora_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
+    """A DoRA-family module as one full delta: W0 + strength * (W_dora - W0) is SPEC's "scale the whole
+    delta" at every strength (peft's DoRA rescales inside the norm instead, so it cannot).
+
+    W_dora is the producer's (LyCORIS `weight_decompose`): the patched weight W0 + dW, normalised per
+    output row (or per input column, by the file's `dora_scale` shape) plus float eps, times
+    `dora_scale`. W0 is the layer's weight at load time: the engine loads only onto unfused weights.
+    """
+    w0 = base.weight.detach().float()
+    patched = w0 + _low_rank_delta(m, base).to(w0.device)
+    magnitude = m.tensors["dora_scale"].detach().float().to(w0.device)
+    rest = [1] * (patched.dim() - 1)
+    if _dora_axis(m) == "out":
+        norm = patched.reshape(patched.shape[0], -1).norm(dim=1).reshape(patched.shape[0], *rest)
+    else:
+        norm = patched.transpose(0, 1).reshape(patched.shape[1], -1).norm(dim=1).reshape(patched.shape[1], *rest)
+        norm = norm.transpose(0, 1)
+    norm = norm + torch.finfo(patched.dtype).eps
+    return (patched * (magnitude.reshape(norm.shape) / norm) - w0).to(base.weight.dtype)
+
+
 def _full_entries(
     diff: torch.Tensor, diff_b: torch.Tensor | None
 ) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
-    """A full delta as a peft LoRA with an identity factor: B @ A = diff exactly, bias = diff_b."""
+    """A full delta as a peft tuner whose weight delta is exactly `diff` (and bias delta `diff_b`).
+
+    Without a bias: a LoKr with a 1x1 first factor, kron([[1]], diff) = diff, at the memory of the
+    diff alone. With one: a LoRA with an identity factor (rank = the smaller side) and `lora_bias`,
+    since peft's LoKr has no bias. Both scale linearly with the adapter weight, so every node works.
+    """
     out = int(diff.shape[0])
     inner = int(diff[0].numel())
     conv = diff.ndim == 4
+    if diff_b is None:
+        ins = int(diff.shape[1])
+        r = max(1, math.ceil(max(out, ins) / 2))  # peft keeps lokr_w2 one full matrix exactly when r >= this
+        opts = {"r": r, "alpha": float(r), "decompose_factor": 1, "use_effective_conv2d": False}
+        return "lokr", opts, {"lokr_w1": torch.ones(1, 1, dtype=diff.dtype), "lokr_w2": diff}
     if conv or out <= inner:  # A = diff (rank out), B = identity
         eye = torch.eye(out, dtype=diff.dtype)
         tensors = {"lora_A.weight": diff, "lora_B.weight": eye.reshape(out, out, 1, 1) if conv else eye}
@@ -418,10 +483,8 @@ def _full_entries(
     else:  # A = identity (rank in), B = diff
         tensors = {"lora_A.weight": torch.eye(inner, dtype=diff.dtype), "lora_B.weight": diff}
         r = inner
-    bias = diff_b is not None
-    if bias:
-        tensors["lora_B.bias"] = diff_b
-    return "lora", {"r": r, "alpha": float(r), "use_dora": False, "lora_bias": bias}, tensors
+    tensors["lora_B.bias"] = diff_b
+    return "lora", {"r": r, "alpha": float(r), "use_dora": False, "lora_bias": True}, tensors
 
 
 def _lokr_entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
@@ -445,10 +508,7 @@ def _lokr_entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any]
         # becomes its exact delta, kron(w1, w2) * scale, through the full-weight route.
         logger.info("LoKr module %s: factors %s have no peft LoKr layout; loaded as its full delta",
                     m.name, tuple(w1.shape))
-        w2 = _lokr_w2_full(t, out_k, in_n, base).float()
-        w1_nd = w1.float().reshape(*w1.shape, *[1] * (w2.ndim - w1.ndim))  # kron pairs axes from the left
-        delta = torch.kron(w1_nd, w2) * scale
-        return _full_entries(delta.reshape(base.weight.shape).to(w1.dtype), None)
+        return _full_entries(_lokr_delta(m, base).to(w1.dtype), None)
     tensors = {"lokr_w1": w1}
     tucker = "lokr_t2" in t
     low = max(out_k, in_n) / 2  # peft keeps lokr_w2 low-rank exactly when r < this
@@ -464,6 +524,16 @@ def _lokr_entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any]
             tucker = False
     opts = {"r": r, "alpha": scale * r, "decompose_factor": factor, "use_effective_conv2d": tucker}
     return "lokr", opts, tensors
+
+
+def _lokr_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
+    """kron(w1, w2) * LyCORIS's LoKr scale, float32, in the layer's weight shape."""
+    t = m.tensors
+    w1 = _lokr_w1(t).float()
+    shape = base.weight.shape
+    w2 = _lokr_w2_full(t, int(shape[0]) // w1.shape[0], int(shape[1]) // w1.shape[1], base).float()
+    w1_nd = w1.reshape(*w1.shape, *[1] * (w2.ndim - w1.ndim))  # kron pairs axes from the left
+    return (torch.kron(w1_nd, w2) * _lycoris_lokr_scale(t, m.alpha)).reshape(shape)
 
 
 def _lokr_w2_full(t: Mapping[str, torch.Tensor], out_k: int, in_n: int, base: torch.nn.Module) -> torch.Tensor:
