@@ -395,7 +395,8 @@ def _entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dic
     """(config family, config options for this module, peft tensors by parameter name)."""
     t = m.tensors
     if m.algorithm in DORA:
-        return _full_entries(_dora_delta(m, base), None)
+        # computed when its chunk is loaded (load()), so a file's deltas never all exist at once
+        return _full_entries(Deferred(tuple(base.weight.shape), base.weight.dtype, lambda: _dora_delta(m, base)), None)
     if m.algorithm in ("lora", "locon"):
         down = _fold_mid(t) if "lora_mid.weight" in t else t["lora_down.weight"]
         r = int(down.shape[0])
@@ -459,9 +460,22 @@ def _dora_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
     return (patched * (magnitude.reshape(norm.shape) / norm) - w0).to(base.weight.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+    """A tensor made only when its chunk is loaded: a DoRA module's full delta (layer-sized)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make: Any  # () -> torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
 def _full_entries(
-    diff: torch.Tensor, diff_b: torch.Tensor | None
-) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    diff: torch.Tensor | Deferred, diff_b: torch.Tensor | None
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor | Deferred]]:
     """A full delta as a peft tuner whose weight delta is exactly `diff` (and bias delta `diff_b`).
 
     Without a bias: a LoKr with a 1x1 first factor, kron([[1]], diff) = diff, at the memory of the
@@ -469,8 +483,8 @@ def _full_entries(
     since peft's LoKr has no bias. Both scale linearly with the adapter weight, so every node works.
     """
     out = int(diff.shape[0])
-    inner = int(diff[0].numel())
-    conv = diff.ndim == 4
+    inner = math.prod(diff.shape[1:])
+    conv = len(diff.shape) == 4
     if diff_b is None:
         ins = int(diff.shape[1])
         r = max(1, math.ceil(max(out, ins) / 2))  # peft keeps lokr_w2 one full matrix exactly when r >= this
@@ -572,6 +586,25 @@ _SHARED = {"lora": ("use_dora", "lora_bias"), "loha": ("use_effective_conv2d",),
            "lokr": ("decompose_factor", "use_effective_conv2d")}
 
 
+# Deferred deltas made per load call at most this many bytes: the peak of a DoRA load stays its
+# adapter's size plus this, not twice the adapter (~8 peft calls for a DoRA on SD1.5's attention).
+_CHUNK_BYTES = 64 * 2**20
+
+
+def _chunks(items: list[tuple[str, Any]]) -> Iterable[list[tuple[str, Any]]]:
+    """The (key, tensor) list in runs whose deferred tensors add up to at most _CHUNK_BYTES."""
+    chunk, size = [], 0
+    for key, value in items:
+        cost = value.nbytes if isinstance(value, Deferred) else 0
+        if chunk and size + cost > _CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((key, value))
+        size += cost
+    if chunk:
+        yield chunk
+
+
 def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, int]:
     """Build `adapter_name` from the file's modules on `pipe`; returns {component: modules loaded}.
 
@@ -601,16 +634,24 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
             config = _config(family, shared, [(p, o) for p, o, _ in group])
             dtype = _base_of(model.get_submodule(group[0][0])).weight.dtype
             inject_adapter_in_model(config, model, adapter_name=adapter_name)
-            state = {f"{path}.{name}": v.to(dtype) for path, _, tensors in group for name, v in tensors.items()}
-            result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
-            unexpected = [k for k in getattr(result, "unexpected_keys", ()) if adapter_name in k]
-            if unexpected:
-                raise LycorisError(f"peft did not take {len(unexpected)} tensors, e.g. {unexpected[:_SAMPLE]}")
+            items_ = [(f"{path}.{name}", v) for path, _, tensors in group for name, v in tensors.items()]
+            for chunk in _chunks(items_):
+                state = {k: (v.make() if isinstance(v, Deferred) else v).to(dtype) for k, v in chunk}
+                result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+                del state
+                unexpected = [k for k in getattr(result, "unexpected_keys", ()) if adapter_name in k]
+                if unexpected:
+                    raise LycorisError(f"peft did not take {len(unexpected)} tensors, e.g. {unexpected[:_SAMPLE]}")
             if family != "lora":
                 for path, _, _ in group:
                     fence.forward_conv_attributes(model.get_submodule(path))
         fence.mark_peft_loaded(model)
         counts[comp] = len(items)
+    dora = [(m, path, comp) for comp, items in placement.landed.items() for m, path in items if m.algorithm in DORA]
+    if dora:
+        size = sum(_base_of(getattr(pipe, c).get_submodule(p)).weight.nbytes for _, p, c in dora)
+        logger.info("adapter %s: %d DoRA-family modules loaded as full deltas (%.1f MiB; README: DoRA at "
+                    "strength != 1)", adapter_name, len(dora), size / 2**20)
     return counts
 
 
