@@ -211,7 +211,7 @@ def test_editor_routes_users_settings_userdata_round_trip(folders, fake_frontend
         moves = await asyncio.gather(*(client.post(f"/api/userdata/workflows%2Fsrc{i}.json/move/"
                                                    "workflows%2Fdest.json?overwrite=false") for i in range(2)))
         assert sorted(r.status for r in moves) == [200, 409]
-        kept = [i for i, r in enumerate(moves) if r.status == 409][0]  # the refused move leaves its file
+        kept = next(i for i, r in enumerate(moves) if r.status == 409)  # the refused move leaves its file
         assert (user_root / "workflows" / f"src{kept}.json").read_bytes() == bodies[kept]
         assert (user_root / "workflows" / "dest.json").read_bytes() == bodies[1 - kept]
         for name in ("race.json", "dest.json", f"src{kept}.json"):
