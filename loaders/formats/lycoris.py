@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from .. import fence
+from . import flux_names
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ class Module:
     component: str
     algorithm: str  # lora | locon | dora | loha | lokr | full | an unsupported one (oft, glora, ...)
     tensors: Mapping[str, torch.Tensor] = dataclasses.field(repr=False)
+    # A share of a fused module (Flux's BFL names, flux_names.py): the [start, stop) ranges of its
+    # delta's rows, in order, that one layer takes; None: the whole module. See `take_rows`.
+    rows: tuple[tuple[int, int], ...] | None = None
 
     @property
     def alpha(self) -> float | None:
@@ -335,6 +339,17 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
         path = lookups[m.component].get(m.name[len(prefix) :])
         if path is None and m.name in sgm_paths:
             path = lookups[m.component].get(sgm_paths[m.name].replace(".", "_"))
+        if path is None and m.component == "transformer":
+            shares = flux_names.targets(m.name[len(prefix) :], model)  # Flux in BFL's names (fused qkv, ...)
+            if shares is not None:
+                reason = _shares_misfit(m, model, shares)
+                if reason is not None:
+                    unmatched.append((m.component, m.name, reason))
+                else:
+                    landed.setdefault(m.component, []).extend(
+                        (dataclasses.replace(m, rows=t.rows), t.path) for t in shares
+                    )
+                continue
         if path is None:
             unmatched.append((m.component, m.name, "no such module"))
             continue
@@ -348,6 +363,72 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
             continue
         landed.setdefault(m.component, []).append((m, path))
     return Placement(landed, unmatched)
+
+
+_TUCKER = {"lora_mid.weight", "hada_t1", "hada_t2", "lokr_t2"}
+
+
+def _shares_misfit(m: Module, model: torch.nn.Module, shares: list[flux_names.Target]) -> str | None:
+    """None when a BFL module's delta covers its diffusers layers exactly (rows summed, same inputs)."""
+    out, inner = delta_shape(m)
+    bases = [_base_of(model.get_submodule(t.path)).weight for t in shares]
+    want = (sum(int(w.shape[0]) for w in bases), int(bases[0][0].numel()))
+    if (out, inner) != want or any(int(w[0].numel()) != inner for w in bases):
+        layers = " + ".join(t.path for t in shares)
+        return f"shape mismatch: {m.algorithm} delta ({out}, {inner}), {layers} take {want}"
+    if any(t.rows is not None for t in shares) and set(m.tensors) & _TUCKER:  # Tucker cores are convs'
+        return f"a {m.algorithm} with a Tucker core on Flux's linear layers"
+    return None
+
+
+def take_rows(m: Module) -> Module:
+    """The share `m.rows` of a fused module's delta, as a module of its own (#15, Flux BFL names).
+
+    Exact in every case, and linear in the adapter's weight, since each share is a slice of the delta:
+    - LoRA/LoCon/DoRA: the rows of lora_up (and of dora_scale: DoRA normalises each output row on
+      its own); stays low-rank at the file's rank;
+    - LoHa: (w1_a w1_b) * (w2_a w2_b) elementwise, so a row of the delta takes that row of w1_a and w2_a;
+    - full: the rows of diff (and diff_b);
+    - LoKr: kron(w1, w2) repeats w2 per row of w1, so ranges on whole multiples of w2's rows are
+      ranges of w1's rows; other ranges (the usual case) become the exact delta's rows, as a full diff.
+    """
+    if m.rows is None:
+        return m
+    t = dict(m.tensors)
+
+    def pick(x: torch.Tensor, unit: int = 1) -> torch.Tensor:
+        return torch.cat([x[a // unit : b // unit] for a, b in m.rows])
+
+    if m.algorithm in ("lora", "locon", "dora"):
+        t["lora_up.weight"] = pick(t["lora_up.weight"])
+        if "dora_scale" in t:
+            t["dora_scale"] = pick(t["dora_scale"])
+    elif m.algorithm == "loha":
+        t["hada_w1_a"], t["hada_w2_a"] = pick(t["hada_w1_a"]), pick(t["hada_w2_a"])
+    elif m.algorithm == "full":
+        t["diff"] = pick(t["diff"])
+        if "diff_b" in t:
+            t["diff_b"] = pick(t["diff_b"])
+    elif m.algorithm == "lokr":
+        unit = _lokr_w2_dims(t)[0]
+        if all(a % unit == 0 and b % unit == 0 for a, b in m.rows):
+            w1 = "lokr_w1" if "lokr_w1" in t else "lokr_w1_a"
+            t[w1] = pick(t[w1], unit)
+        else:
+            delta = _lokr_delta(m)
+            return dataclasses.replace(m, algorithm="full", tensors={"diff": pick(delta)}, rows=None)
+    else:
+        raise LycorisError(f"{m.name}: {m.algorithm} cannot be split across fused layers")
+    return dataclasses.replace(m, tensors=t, rows=None)
+
+
+def _lokr_delta(m: Module) -> torch.Tensor:
+    """A linear LoKr module's exact delta, kron(w1, w2) * scale, in the file's dtype."""
+    t = m.tensors
+    w1 = _lokr_w1(t).float()
+    w2 = t["lokr_w2"].float() if "lokr_w2" in t else t["lokr_w2_a"].float() @ t["lokr_w2_b"].float()
+    delta = torch.kron(w1, w2) * _lycoris_lokr_scale(t, m.alpha)
+    return delta.to(next(iter(t.values())).dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,11 +560,14 @@ def _lokr_w2_full(t: Mapping[str, torch.Tensor], out_k: int, in_n: int, base: to
 def _config(family: str, shared: dict[str, Any], group: list[tuple[str, dict[str, Any]]]):
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    paths = [p for p, _ in group]
-    ranks = {p: o["r"] for p, o in group}
-    alphas = {p: o["alpha"] for p, o in group}
+    # Exact paths: peft matches a list of targets, and pattern keys, by suffix, so Flux's top-level
+    # `proj_out` would also take `single_transformer_blocks.0.proj_out`; a regex string is full-matched,
+    # and a pattern key anchored with ^ matches its own path only.
+    exact = "(?:" + "|".join(re.escape(p) for p, _ in group) + ")"
+    ranks = {"^" + re.escape(p): o["r"] for p, o in group}
+    alphas = {"^" + re.escape(p): o["alpha"] for p, o in group}
     r0, a0 = group[0][1]["r"], group[0][1]["alpha"]
-    common = {"target_modules": paths, "rank_pattern": ranks, "r": r0}
+    common = {"target_modules": exact, "rank_pattern": ranks, "r": r0}
     if family == "lora":
         return LoraConfig(
             lora_alpha=a0, alpha_pattern=alphas, use_dora=shared["use_dora"],
@@ -518,11 +602,15 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
         raise LycorisError(refused)
     placement = place(pipe, modules)
     counts: dict[str, int] = {}
+    as_full: set[str] = set()
     for comp, items in placement.landed.items():
         model = getattr(pipe, comp)
         groups: dict[tuple, list[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]] = collections.defaultdict(list)
         for m, path in items:
-            family, opts, tensors = _entries(m, _base_of(model.get_submodule(path)))
+            share = take_rows(m)
+            if share.algorithm != m.algorithm:
+                as_full.add(m.name)
+            family, opts, tensors = _entries(share, _base_of(model.get_submodule(path)))
             key = (family, *(opts.get(o, False) for o in _SHARED[family]))
             groups[key].append((path, opts, tensors))
         for key, group in groups.items():
@@ -540,7 +628,10 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
                 for path, _, _ in group:
                     fence.forward_conv_attributes(model.get_submodule(path))
         fence.mark_peft_loaded(model)
-        counts[comp] = len(items)
+        counts[comp] = len({m.name for m, _ in items})
+    if as_full:
+        logger.info("%d LoKr module(s) on fused Flux layers (e.g. %s) loaded as full deltas: their rows do not "
+                    "split into LoKr factors per layer", len(as_full), ", ".join(sorted(as_full)[:3]))
     return counts
 
 
