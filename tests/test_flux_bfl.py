@@ -169,10 +169,16 @@ def render(pipe, seed: int = 1) -> torch.Tensor:
 
 # name -> (LyCORIS algo, create_network options)
 FILES = {
-    "bfl_lokr": ("lokr", {"factor": 4}),
+    "bfl_lokr": ("lokr", {"factor": 4}),  # w2 of 24 rows (qkv), 56 (linear1): shares become full deltas
+    "bfl_lokr_f16": ("lokr", {"factor": 16}),  # w2 of 16 rows: each share of 32 is whole rows of w1
     "bfl_loha": ("loha", {}),
     "bfl_full": ("full", {}),
+    "bfl_dora": ("lora", {"dora_wd": True}),
 }
+# what LoRAInfo reports; a file the fixture merges: LoCon everywhere but LoHa on single block 1
+ALGORITHM = {"bfl_dora": "dora", "bfl_mixed": "mixed (loha, lora)"}
+# DoRA at strength 1 only: at others peft and LyCORIS part ways (README "LyCORIS files")
+STRENGTHS = {"bfl_dora": (1.0,)}
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +190,13 @@ def bfl_dir(tmp_path_factory):
     for i, (name, (algo, kw)) in enumerate(FILES.items()):
         net = bfl_network(BflFlux(build_tiny_flux().transformer), algo, 500 + i, **kw)
         net.save_weights(str(root / "loras" / f"{name}.safetensors"), torch.float32, {})
+    net = bfl_network(BflFlux(build_tiny_flux().transformer), "lora", 520)
+    net.save_weights(str(root / "locon.safetensors"), torch.float32, {})
+    loha = load_file(str(root / "loras" / "bfl_loha.safetensors"))
+    mixed = {k: v for k, v in load_file(str(root / "locon.safetensors")).items()
+             if not k.startswith("lora_unet_single_blocks_1_")}
+    mixed |= {k: v for k, v in loha.items() if k.startswith("lora_unet_single_blocks_1_")}
+    save_file(mixed, str(root / "loras" / "bfl_mixed.safetensors"))
     # the LoHa file without double block 1 and single block 0: the oracle of block weight 0 on them
     sd = load_file(str(root / "loras" / "bfl_loha.safetensors"))
     save_file({k: v for k, v in sd.items() if not k.startswith(("lora_unet_double_blocks_1_", "lora_unet_single_blocks_0_"))},
@@ -207,7 +220,7 @@ def load(engine, handle, name, strength=1.0, adapter="x"):
     return st.add_adapter(handle, engine.lora_spec(handle, f"{name}.safetensors", strength, adapter))
 
 
-@pytest.mark.parametrize("name", list(FILES))
+@pytest.mark.parametrize("name", [*FILES, "bfl_mixed"])
 def test_bfl_lycoris_file_matches_producer(engine, bfl_dir, name):
     """Each file at strength 1.0 and 0.5, unfused and fused, gives the producer's image; every module
     lands (fused qkv and linear1 split by the model's sizes, the final modulation's halves swapped)."""
@@ -218,17 +231,17 @@ def test_bfl_lycoris_file_matches_producer(engine, bfl_dir, name):
     assert any(k.startswith("lora_unet_final_layer_adaLN_modulation_1.") for k in keys)
     h0 = engine.load_pipeline("builtin:tiny-flux")
     base = sample(engine, h0)
-    for strength in (1.0, 0.5):
+    for strength in STRENGTHS.get(name, (1.0, 0.5)):
         want = render(producer_pipe(bfl_dir / "loras" / f"{name}.safetensors", strength))
         assert max_diff(want, base) > 0.01, "the file must visibly change the image"
         h = load(engine, h0, name, strength)
         info = engine.info(h)
         assert info["warnings"] == [], info["warnings"]
         assert max_diff(sample(engine, h), want) <= TOL, (name, strength, "unfused")
-    assert info["adapters"]["x"]["algorithm"] == FILES[name][0]
+    assert info["adapters"]["x"]["algorithm"] == ALGORITHM.get(name, FILES.get(name, ("",))[0])
     live = engine.live(h.source)
     before = {k: v.clone() for k, v in live.pipe.transformer.state_dict().items() if "base_layer" in k}
-    hf = st.fuse(h, True, True, 1.0, False, "")  # at strength 0.5
+    hf = st.fuse(h, True, True, 1.0, False, "")  # at the last strength
     assert max_diff(sample(engine, hf), want) <= TOL, (name, "fused")
     engine.realize(st.unfuse(hf, True, True))
     after = live.pipe.transformer.state_dict()
