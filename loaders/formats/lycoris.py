@@ -381,8 +381,9 @@ def _shares_misfit(m: Module, model: torch.nn.Module, shares: list[flux_names.Ta
     return None
 
 
-def take_rows(m: Module) -> Module:
-    """The share `m.rows` of a fused module's delta, as a module of its own (#15, Flux BFL names).
+def take_rows(m: Module) -> tuple[Module, bool]:
+    """The share `m.rows` of a fused module's delta, as a module of its own (#15, Flux BFL names), and
+    whether it holds the share's full delta.
 
     Exact in every case, and linear in the adapter's weight, since each share is a slice of the delta:
     - LoRA/LoCon/DoRA: the rows of lora_up (and of dora_scale: DoRA normalises each output row on
@@ -390,10 +391,12 @@ def take_rows(m: Module) -> Module:
     - LoHa: (w1_a w1_b) * (w2_a w2_b) elementwise, so a row of the delta takes that row of w1_a and w2_a;
     - full: the rows of diff (and diff_b);
     - LoKr: kron(w1, w2) repeats w2 per row of w1, so ranges on whole multiples of w2's rows are
-      ranges of w1's rows; other ranges (the usual case) become the exact delta's rows, as a full diff.
+      ranges of w1's rows; other ranges (the usual case) take the exact delta's rows as w2 under a 1x1
+      w1 = 1: peft's LoKr then holds the full delta itself, without the identity factor of a `diff`
+      (`_full_entries`), so it costs the delta's memory once.
     """
     if m.rows is None:
-        return m
+        return m, False
     t = dict(m.tensors)
 
     def pick(x: torch.Tensor, unit: int = 1) -> torch.Tensor:
@@ -415,11 +418,12 @@ def take_rows(m: Module) -> Module:
             w1 = "lokr_w1" if "lokr_w1" in t else "lokr_w1_a"
             t[w1] = pick(t[w1], unit)
         else:
-            delta = _lokr_delta(m)
-            return dataclasses.replace(m, algorithm="full", tensors={"diff": pick(delta)}, rows=None)
+            delta = pick(_lokr_delta(m))
+            whole = {"lokr_w1": torch.ones(1, 1, dtype=delta.dtype), "lokr_w2": delta}  # no alpha: scale 1
+            return dataclasses.replace(m, tensors=whole, rows=None), True
     else:
         raise LycorisError(f"{m.name}: {m.algorithm} cannot be split across fused layers")
-    return dataclasses.replace(m, tensors=t, rows=None)
+    return dataclasses.replace(m, tensors=t, rows=None), False
 
 
 def _lokr_delta(m: Module) -> torch.Tensor:
@@ -607,8 +611,8 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
         model = getattr(pipe, comp)
         groups: dict[tuple, list[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]] = collections.defaultdict(list)
         for m, path in items:
-            share = take_rows(m)
-            if share.algorithm != m.algorithm:
+            share, whole = take_rows(m)
+            if whole:
                 as_full.add(m.name)
             family, opts, tensors = _entries(share, _base_of(model.get_submodule(path)))
             key = (family, *(opts.get(o, False) for o in _SHARED[family]))
