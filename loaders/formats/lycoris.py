@@ -166,6 +166,8 @@ def parse(state_dict: Mapping[str, torch.Tensor]) -> tuple[Module, ...]:
         algo = _algorithm(set(tensors))
         if algo == "lora" and tensors["lora_down.weight"].ndim == 4:
             algo = "locon"
+        if algo == "oft" and "oft_blocks" in tensors and tensors["oft_blocks"].ndim == 4:
+            algo = "boft"  # LyCORIS's own test: BOFT's oft_blocks are (m, blocks, size, size), diag-OFT's 3-D
         out.append(Module(module, comp, algo, dict(tensors)))
     return tuple(out)
 
