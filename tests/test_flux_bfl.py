@@ -276,3 +276,15 @@ def test_bfl_block_weights_by_index(engine):
     got = sample(engine, st.set_weights(h, "a", "1.0", "", '{"double": {"1": 0.0}, "single": [0.0]}'))
     assert max_diff(got, want) <= 1 / 255
     assert max_diff(got, sample(engine, h)) > 1e-3, "the blocks must matter"
+
+
+def test_bfl_adapter_saved_as_kohya_loads_back(engine, bfl_dir):
+    """SaveLoRA writes a BFL-named adapter's modules under their own names: loaded back, the same image."""
+    h0 = engine.load_pipeline("builtin:tiny-flux")
+    h = load(engine, h0, "bfl_mixed", 0.5, "m")
+    want = sample(engine, h)
+    out = engine.save_lora(h, "m", bfl_dir / "loras" / "bfl_saved.safetensors", "kohya")
+    from safetensors.torch import load_file
+
+    assert any(k.startswith("lora_unet_single_blocks_0_linear1.") for k in load_file(str(out)))
+    assert max_diff(sample(engine, load(engine, h0, "bfl_saved", 0.5, "s")), want) <= 1e-5
