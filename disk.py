@@ -100,6 +100,29 @@ def write_file(path: str | os.PathLike, write: Writer | bytes) -> Path:
     return path
 
 
+def write_exclusive(path: str | os.PathLike, write: Writer | bytes) -> bool:
+    """Write ``path`` whole unless it exists; False (nothing written) when it does.
+
+    The check and the naming are one atomic step (`_claim`), so of two concurrent writers exactly
+    one gets the name: `exists()` then write would let both through.
+    """
+    path = Path(path)
+    tmp = _written(path.parent, path.suffix, write)
+    try:
+        return _claim(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def move_exclusive(source: str | os.PathLike, dest: str | os.PathLike) -> bool:
+    """Rename ``source`` to ``dest`` unless ``dest`` exists; False (nothing moved) when it does."""
+    source, dest = Path(source), Path(dest)
+    if not _claim(source, dest):
+        return False
+    source.unlink(missing_ok=True)  # _claim's fallback (no hard links) already renamed it
+    return True
+
+
 def _claim(tmp: Path, path: Path) -> bool:
     """Give the finished ``tmp`` the name ``path`` unless that name exists; True when it did."""
     try:

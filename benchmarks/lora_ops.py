@@ -79,14 +79,15 @@ _ATTN = ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_
 
 
 def write_lycoris(pipe, folder: Path, rank: int) -> dict[str, Path]:
-    """LoHa and LoKr files (kohya/LyCORIS keys) on the same layers as the LoRAs, with the LoRA's
+    """LoHa, LoKr and DoRA files (kohya/LyCORIS keys) on the same layers as the LoRAs, with the LoRA's
     parameter count: LoHa at rank/2 (two pairs of factors), LoKr with a 2x2 w1 and a rank-2r w2 of
-    half the layer's size ((out/2 + in/2) * 2r = (out + in) * r)."""
+    half the layer's size ((out/2 + in/2) * 2r = (out + in) * r), DoRA at the LoRA's rank plus its
+    magnitude (the layer's row norms, as LyCORIS initialises it, perturbed)."""
     from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(7)
     out = {}
-    for algo in ("loha", "lokr"):
+    for algo in ("loha", "lokr", "dora"):
         path = folder / f"r{rank}_{algo}.safetensors"
         out[algo] = path
         if path.exists():
@@ -107,10 +108,15 @@ def write_lycoris(pipe, folder: Path, rank: int) -> dict[str, Path]:
                     r = rank // 2
                     tensors.update({f"{key}.hada_w1_a": rnd(o, r), f"{key}.hada_w1_b": rnd(r, i),
                                     f"{key}.hada_w2_a": rnd(o, r), f"{key}.hada_w2_b": rnd(r, i)})
-                else:
+                elif algo == "lokr":
                     r = 2 * rank
                     tensors.update({f"{key}.lokr_w1": rnd(2, 2), f"{key}.lokr_w2_a": rnd(o // 2, r),
                                     f"{key}.lokr_w2_b": rnd(r, i // 2)})
+                else:
+                    r = rank
+                    norms = mod.weight.detach().float().norm(dim=1, keepdim=True)
+                    tensors.update({f"{key}.lora_down.weight": rnd(r, i), f"{key}.lora_up.weight": rnd(o, r),
+                                    f"{key}.dora_scale": norms * (1 + rnd(o, 1))})
                 tensors[f"{key}.alpha"] = torch.tensor(float(r))
         save_file(tensors, str(path))
     return out
@@ -514,9 +520,12 @@ class Bench:
                         lambda: self.engine.realize(lora), lambda: None, None)
         for algo, path in files.items():
             h = st.add_adapter(self.base, self.engine.lora_spec(self.base, path.name, 1.0, algo))
-            self.row(f"attach {algo} (same parameters and layers as the LoRA)", self.unpark,
-                     lambda h=h: self.engine.realize(h), lambda: None, None,
-                     note_fn=lambda r: f"{r['loragraph_ms'] / base['loragraph_ms']:.2f}x the LoRA's attach")
+            label = ("attach dora (the LoRA's rank and layers, + magnitude)" if algo == "dora"
+                     else f"attach {algo} (same parameters and layers as the LoRA)")
+            self.row(label, self.unpark, lambda h=h: self.engine.realize(h), lambda: None, None,
+                     note_fn=lambda r, a=algo, h=h: f"{r['loragraph_ms'] / base['loragraph_ms']:.2f}x the LoRA's "
+                     f"attach; {self.adapter_mib(h, a):.1f} MiB of adapter tensors "
+                     f"(the LoRA: {self.adapter_mib(lora, 'k'):.1f})")
             w = [st.set_weights(h, algo, "0.6"), st.set_weights(h, algo, "0.9")]
             flip = {"i": 0}
 
@@ -527,6 +536,16 @@ class Bench:
             self.row(f"weight change, {algo}, unfused", lambda h=h: self.engine.realize(h), weights,
                      lambda: None, None, note="set_adapters' per-layer scales (target: <= 10 ms)")
         self.ours_reset()
+
+    def adapter_mib(self, handle, name: str) -> float:
+        """MiB of the peft tensors that hold adapter `name` (DoRA: its full delta, #15)."""
+        live, _ = self.engine.realize(handle)
+        total = 0
+        for comp in ("unet", "text_encoder"):
+            for pname, p in getattr(live.pipe, comp).named_parameters():
+                if f".{name}." in pname or pname.endswith(f".{name}"):
+                    total += p.numel() * p.element_size()
+        return total / 2**20
 
     def schedule_rows(self):
         """ScheduleAdapterWeights: what scheduling 1 and 3 adapters adds to each Sampler step.
@@ -729,7 +748,7 @@ def main(argv=None) -> int:
                    help="add the sampling rows (default: on with --device cuda; slow on a CPU)")
     p.add_argument("--sample-steps", type=int, default=20, help="steps per sampling call (default 20)")
     p.add_argument("--only", choices=["schedule", "lycoris"], default=None,
-                   help="run only these rows (lycoris: the LoHa/LoKr rows, #15)")
+                   help="run only these rows (lycoris: the LoHa/LoKr/DoRA rows, #15)")
     args = p.parse_args(argv)
     if args.sampling is None:
         args.sampling = args.device == "cuda"

@@ -129,11 +129,15 @@ class UserFiles:
     def save_settings(self, settings: dict[str, Any]) -> None:
         self.write(self.user_root / SETTINGS_FILE, json.dumps(settings, indent=4).encode())
 
-    def write(self, path: Path, data: bytes) -> None:
+    def write(self, path: Path, data: bytes, overwrite: bool = True) -> bool:
+        """Write a user file; with ``overwrite=False`` only if the name is free (atomic). True if written."""
         path.parent.mkdir(parents=True, exist_ok=True)
         if not inside(path.parent, self.user_root):  # a symlinked folder inside the user's folder
             raise PermissionError(str(path))
+        if not overwrite:
+            return disk.write_exclusive(path, data)
         disk.write_file(path, data)
+        return True
 
     def info(self, path: Path, relative_to: Path) -> dict[str, Any]:
         stat = path.stat()
@@ -309,8 +313,11 @@ def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
         body = await read_limited(request, file_limit)
         if body is None:
             return web.Response(status=413, text=f"body larger than {file_limit} bytes")
+        overwrite = query.get("overwrite", "true") != "false"
         try:
-            await asyncio.to_thread(users.write, path, body)
+            # the early check above answers at once; this one is atomic (two posts of one name)
+            if not await asyncio.to_thread(users.write, path, body, overwrite):
+                return web.Response(status=409, text="File already exists")
         except PermissionError:
             return web.Response(status=403)
         except OSError as ex:
@@ -337,10 +344,12 @@ def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
         if isinstance(dest, web.Response):
             return dest
         query = request.rel_url.query
-        if query.get("overwrite", "true") == "false" and dest.exists():
-            return web.Response(status=409, text="File already exists")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, dest)
+        if query.get("overwrite", "true") == "false":
+            if not disk.move_exclusive(source, dest):  # atomic: never replaces a file that appeared
+                return web.Response(status=409, text="File already exists")
+        else:
+            os.replace(source, dest)
         if query.get("full_info", "false").lower() == "true":
             return web.json_response(users.info(dest, users.user_root))
         return web.json_response(dest.relative_to(users.user_root).as_posix())

@@ -111,3 +111,33 @@ def to_sgm_names(src: Path, dst: Path, pipe) -> Path:
         out[f"{module}.{suffix}"] = value
     save_file(out, str(dst))
     return dst
+
+
+
+def scale_whole_delta(modules, multiplier: float) -> None:
+    """SPEC's strength rule on the producer's own forward pass: each adapted layer outputs
+    base + multiplier * (producer(x) - base), the producer's modules applied at multiplier 1.
+
+    A layer is linear in its weight, so this is W0 + multiplier * (W1 - W0) with W1 the producer's
+    patched weight; for the DoRA family it is not LyCORIS's multiplier (which interpolates the
+    normalisation and keeps the low-rank update whole); for the others the two agree.
+    (`get_merged_weight` is not used: in 4.1.3 it fails on LoHa convs and scales LoHa twice.)
+    """
+    for m in modules:
+        assert m.multiplier == 1.0
+        layer, full = m.org_module[0], m.forward
+
+        def forward(x, *args, _m=m, _full=full, **kwargs):
+            base = _m.org_forward(x, *args, **kwargs)
+            return base + multiplier * (_full(x, *args, **kwargs) - base)
+
+        layer.forward = forward
+
+
+def linear_image(pipe_builder, path: Path, multiplier: float) -> torch.Tensor:
+    """The image of `scale_whole_delta` on a fresh pipeline, the network rebuilt from the file."""
+    pipe = pipe_builder()
+    pipe.set_progress_bar_config(disable=True)
+    net = producer_apply(pipe, path, 1.0)
+    scale_whole_delta(net.unet_loras + net.text_encoder_loras, multiplier)
+    return render(pipe)

@@ -199,6 +199,23 @@ def test_editor_routes_users_settings_userdata_round_trip(folders, fake_frontend
         assert await (await client.get("/api/userdata/workflows%2Fmine.json")).read() == graph
         res = await client.post("/api/userdata/workflows%2Fmine.json?overwrite=false", data=b"{}")
         assert res.status == 409
+        # overwrite=false is atomic: of ten posts of one new name at once, one writes, nine get 409
+        bodies = [json.dumps({"n": i}).encode() for i in range(10)]
+        answers = await asyncio.gather(*(client.post("/api/userdata/workflows%2Frace.json?overwrite=false", data=b)
+                                         for b in bodies))
+        assert sorted(r.status for r in answers) == [200] + [409] * 9
+        winner = next(b for b, r in zip(bodies, answers) if r.status == 200)
+        assert (user_root / "workflows" / "race.json").read_bytes() == winner
+        for i in range(2):
+            await client.post(f"/api/userdata/workflows%2Fsrc{i}.json", data=bodies[i])
+        moves = await asyncio.gather(*(client.post(f"/api/userdata/workflows%2Fsrc{i}.json/move/"
+                                                   "workflows%2Fdest.json?overwrite=false") for i in range(2)))
+        assert sorted(r.status for r in moves) == [200, 409]
+        kept = [i for i, r in enumerate(moves) if r.status == 409][0]  # the refused move leaves its file
+        assert (user_root / "workflows" / f"src{kept}.json").read_bytes() == bodies[kept]
+        assert (user_root / "workflows" / "dest.json").read_bytes() == bodies[1 - kept]
+        for name in ("race.json", "dest.json", f"src{kept}.json"):
+            assert (await client.delete(f"/api/userdata/workflows%2F{name}")).status == 204
         res = await client.post("/api/userdata/workflows%2Fmine.json/move/workflows%2Fmoved.json?full_info=true")
         assert res.status == 200 and (await res.json())["path"] == "workflows/moved.json"
         assert (await client.delete("/api/userdata/workflows%2Fmoved.json")).status == 204

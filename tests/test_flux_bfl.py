@@ -139,18 +139,12 @@ def bfl_network(bfl: BflFlux, algo: str, seed: int, **kwargs):
     return net
 
 
-def producer_pipe(path, multiplier: float):
-    """A fresh tiny Flux whose layers hold the BFL layers' effective weights under the producer's
-    network rebuilt from `path` with `multiplier`."""
-    from lycoris.kohya import create_network_from_weights
-
+def into_flux(weights: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    """A fresh tiny Flux holding the BFL layers' (weight, bias), split (and swapped) into its layers."""
     pipe = build_tiny_flux()
-    bfl = BflFlux(pipe.transformer)
-    net, _ = create_network_from_weights(multiplier, str(path), None, None, bfl)
-    net.apply_to(None, bfl, False, True)
     with torch.no_grad():
-        for path_, (theirs, swapped) in bfl.layout.items():
-            w, b = bfl.effective(path_)
+        for path, (theirs, swapped) in bfl_layout(pipe.transformer).items():
+            w, b = weights[path]
             if swapped:
                 w, b = _swap(w), _swap(b)
             layers = [pipe.transformer.get_submodule(p) for p in theirs]
@@ -159,6 +153,25 @@ def producer_pipe(path, multiplier: float):
                 la.weight.copy_(wi)
                 la.bias.copy_(bi)
     return pipe
+
+
+def scaled(before: dict, after: dict, strength: float) -> dict:
+    """Each layer's weights with its delta (after - before) scaled by `strength`."""
+    return {p: tuple(b0 + strength * (b1 - b0) for b0, b1 in zip(before[p], after[p])) for p in before}
+
+
+def producer_pipe(path, multiplier: float, whole: bool = False):
+    """The tiny Flux with the BFL layers' effective weights under the producer's network rebuilt from
+    `path` with `multiplier`; `whole`: at multiplier 1, each layer's delta then scaled by `multiplier`
+    (SPEC's strength for the DoRA family, whose producer keeps its low-rank update whole)."""
+    from lycoris.kohya import create_network_from_weights
+
+    bfl = BflFlux(build_tiny_flux().transformer)
+    before = {p: bfl.effective(p) for p in bfl.layout}
+    net, _ = create_network_from_weights(1.0 if whole else multiplier, str(path), None, None, bfl)
+    net.apply_to(None, bfl, False, True)
+    after = {p: bfl.effective(p) for p in bfl.layout}
+    return into_flux(scaled(before, after, multiplier) if whole else after)
 
 
 def render(pipe, seed: int = 1) -> torch.Tensor:
@@ -174,11 +187,17 @@ FILES = {
     "bfl_loha": ("loha", {}),
     "bfl_full": ("full", {}),
     "bfl_dora": ("lora", {"dora_wd": True}),
+    # magnitude per input column: its norm spans q, k, v and the MLP's rows of linear1 together
+    "bfl_dora_in": ("lora", {"dora_wd": True, "wd_on_output": False}),
+    "bfl_doha": ("loha", {"dora_wd": True}),
 }
 # what LoRAInfo reports; a file the fixture merges: LoCon everywhere but LoHa on single block 1
-ALGORITHM = {"bfl_dora": "dora", "bfl_mixed": "mixed (loha, lora)"}
-# DoRA at strength 1 only: at others peft and LyCORIS part ways (README "LyCORIS files")
-STRENGTHS = {"bfl_dora": (1.0,)}
+ALGORITHM = {"bfl_dora": "dora", "bfl_dora_in": "dora", "bfl_doha": "doha", "bfl_mixed": "mixed (loha, lora)"}
+# The DoRA family's strength scales its whole delta (SPEC); LyCORIS's multiplier keeps the update whole
+WHOLE = {"bfl_dora", "bfl_dora_in", "bfl_doha"}
+# LyCORIS 4.1.3 cannot rebuild a DoRA on the input axis from weights (its rebuilt module assumes the
+# output axis): the oracle is the network that wrote the file; {name: (weights before, after)}
+TRAINED: dict[str, tuple[dict, dict]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +207,12 @@ def bfl_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("flux-bfl")
     (root / "loras").mkdir()
     for i, (name, (algo, kw)) in enumerate(FILES.items()):
-        net = bfl_network(BflFlux(build_tiny_flux().transformer), algo, 500 + i, **kw)
+        bfl = BflFlux(build_tiny_flux().transformer)
+        before = {p: bfl.effective(p) for p in bfl.layout}
+        net = bfl_network(bfl, algo, 500 + i, **kw)
         net.save_weights(str(root / "loras" / f"{name}.safetensors"), torch.float32, {})
+        if name == "bfl_dora_in":
+            TRAINED[name] = (before, {p: bfl.effective(p) for p in bfl.layout})
     net = bfl_network(BflFlux(build_tiny_flux().transformer), "lora", 520)
     net.save_weights(str(root / "locon.safetensors"), torch.float32, {})
     loha = load_file(str(root / "loras" / "bfl_loha.safetensors"))
@@ -231,8 +254,11 @@ def test_bfl_lycoris_file_matches_producer(engine, bfl_dir, name):
     assert any(k.startswith("lora_unet_final_layer_adaLN_modulation_1.") for k in keys)
     h0 = engine.load_pipeline("builtin:tiny-flux")
     base = sample(engine, h0)
-    for strength in STRENGTHS.get(name, (1.0, 0.5)):
-        want = render(producer_pipe(bfl_dir / "loras" / f"{name}.safetensors", strength))
+    for strength in (1.0, 0.5):
+        if name in TRAINED:
+            want = render(into_flux(scaled(*TRAINED[name], strength)))
+        else:
+            want = render(producer_pipe(bfl_dir / "loras" / f"{name}.safetensors", strength, name in WHOLE))
         assert max_diff(want, base) > 0.01, "the file must visibly change the image"
         h = load(engine, h0, name, strength)
         info = engine.info(h)

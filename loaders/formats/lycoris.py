@@ -13,17 +13,24 @@ _weights` + `apply_to`; tests/test_lycoris.py checks the images):
 - LoRA/LoCon: `LoraConfig` (Linear and Conv2d). A Tucker `lora_mid` (down 1x1, mid kxk, up 1x1) is
   folded into the down kernel: two stacked convolutions, the first 1x1, are one kxk convolution,
   so the result is a plain LoCon of the same rank.
-- DoRA (`dora_scale` with LoRA): `LoraConfig(use_dora=True)`; the file's magnitude becomes peft's
-  `lora_magnitude_vector`. Both normalise the patched weight per output row (LyCORIS `wd_on_out`,
-  its default); a magnitude on the input axis (older files) has no peft counterpart and is refused.
+- DoRA family (`dora_scale` with LoRA, LoHa or LoKr): the module's exact full delta, computed once
+  at load from the producer's weight decomposition (the patched weight normalised per output row or
+  per input column, times `dora_scale`) minus the layer's weight, and built as a full delta (below).
+  So `strength` scales the whole delta, as SPEC says for every algorithm (peft's `use_dora` scales
+  inside the norm, LyCORIS's multiplier keeps the low-rank update whole); the cost is a copy of each
+  adapted layer's weight.
 - LoHa: `LoHaConfig` (`use_effective_conv2d` for Tucker `hada_t1/t2`).
 - LoKr: `LoKrConfig` with the file's factorisation; `lokr_w1_a/b` are multiplied out into `lokr_w1`
   (peft's `decompose_both=False`), `lokr_w2` stays full or low-rank (with `lokr_t2`) as written.
-- Full `diff`/`diff_b`: a peft LoRA whose one factor is the identity and the other the diff (rank =
-  the smaller side), with `lora_bias` for `diff_b`: exact, and every node (weights, fuse, device,
-  delete) works on it as on any LoRA, at the memory cost of the full diff.
-Anything else (OFT, BOFT, GLoRA, IA3, norm-layer `w_norm`/`b_norm`, DoHa/DoKr) is an error naming
+- Full `diff`/`diff_b`: a peft LoKr with a 1x1 first factor, kron([[1]], diff) = diff, at the diff's
+  memory; with `diff_b`, a peft LoRA whose one factor is the identity (rank = the smaller side) and
+  `lora_bias`. Exact, and every node (weights, fuse, device, delete) works on it as on any adapter.
+Anything else (OFT, BOFT, GLoRA, IA3, norm-layer `w_norm`/`b_norm`) is an error naming
 the algorithm and some keys: nothing is skipped silently.
+
+Flux files in Black Forest Labs' names (`lora_unet_double_blocks_0_img_attn_qkv`, ...) land through
+flux_names.py: a module BFL fuses (q,k,v; single blocks' q,k,v,MLP) is split by rows across diffusers'
+layers, each share a module of its own (`take_rows`), all under the one adapter.
 
 The private diffusers/peft touches this needs are in loaders/fence.py (section 5: LyCORIS).
 """
@@ -69,7 +76,9 @@ _SGM = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks|out_2|ti
 # How many keys an error shows.
 _SAMPLE = 5
 
-ALGORITHMS = ("lora", "locon", "dora", "loha", "lokr", "full")
+ALGORITHMS = ("lora", "locon", "dora", "loha", "lokr", "doha", "dokr", "full")
+# The DoRA family: a LoRA/LoHa/LoKr module with a `dora_scale` magnitude (LyCORIS `dora_wd`).
+DORA = {"dora": "lora", "doha": "loha", "dokr": "lokr"}
 
 
 class LycorisError(ValueError):
@@ -175,13 +184,14 @@ def parse(state_dict: Mapping[str, torch.Tensor]) -> tuple[Module, ...]:
 def _missing(m: Module) -> list[str]:
     """The keys an algorithm needs that the module lacks."""
     t = m.tensors
-    if m.algorithm in ("lora", "locon", "dora"):
+    algorithm = DORA.get(m.algorithm, m.algorithm)
+    if algorithm in ("lora", "locon"):
         need = ["lora_down.weight", "lora_up.weight"]
-    elif m.algorithm == "loha":
+    elif algorithm == "loha":
         need = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"] + (
             ["hada_t1", "hada_t2"] if ("hada_t1" in t or "hada_t2" in t) else []
         )
-    elif m.algorithm == "lokr":
+    elif algorithm == "lokr":
         need = (["lokr_w1"] if "lokr_w1" in t or "lokr_w1_a" not in t else ["lokr_w1_a", "lokr_w1_b"]) + (
             ["lokr_w2"] if "lokr_w2" in t or "lokr_w2_a" not in t else ["lokr_w2_a", "lokr_w2_b"]
         )
@@ -203,8 +213,9 @@ def unsupported(modules: Iterable[Module]) -> dict[str, list[str]]:
         missing = _missing(m) if algo is None else []
         if missing:
             algo = f"{m.algorithm} without {', '.join(missing)}"
-        if algo is None and m.algorithm == "dora" and _dora_axis(m) != "out":
-            algo = "dora (magnitude on the input axis)"
+        if algo is None and m.algorithm in DORA and _dora_axis(m) is None:
+            shape = tuple(m.tensors["dora_scale"].shape)
+            algo = f"{m.algorithm} with a dora_scale of shape {shape} that fits neither axis of its layer"
         if algo is not None:
             bad.setdefault(algo, [])
             bad[algo] += m.keys[: _SAMPLE - len(bad[algo])]
@@ -212,8 +223,6 @@ def unsupported(modules: Iterable[Module]) -> dict[str, list[str]]:
 
 
 _ALGO_NAMES = {
-    "doha": "DoHa (LoHa with dora_scale)",
-    "dokr": "DoKr (LoKr with dora_scale)",
     "norm": "full-weight norm layers (w_norm/b_norm)",
     "oft": "OFT (diag-OFT)",
     "boft": "BOFT",
@@ -228,13 +237,20 @@ def unsupported_message(bad: Mapping[str, list[str]]) -> str:
     return "holds modules loragraph cannot load: " + "; ".join(parts)
 
 
-def _dora_axis(m: Module) -> str:
-    """'out' when dora_scale is one value per output row (peft's and LyCORIS wd_on_out's axis)."""
+def _dora_axis(m: Module) -> str | None:
+    """Which axis the module's `dora_scale` normalises along, told apart as LyCORIS writes them.
+
+    'out': one magnitude per output row, shape (out, 1[, 1, 1]) (LyCORIS `wd_on_out`, its default,
+    and peft's axis); 'in': one per input column, shape (1, in[, 1, 1]) (older LyCORIS files);
+    None when the shape is neither, or does not fit the module's delta.
+    """
     scale = m.tensors["dora_scale"]
-    out = m.tensors["lora_up.weight"].shape[0]
-    if scale.shape[0] == out and scale.numel() == out:
+    out, inner = delta_shape(m)
+    if scale.ndim >= 1 and scale.shape[0] == out and scale.numel() == out:
         return "out"
-    return "in"
+    if scale.ndim >= 2 and scale.shape[0] == 1 and scale.numel() == scale.shape[1] and inner % scale.shape[1] == 0:
+        return "in"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,11 +296,11 @@ def delta_shape(m: Module) -> tuple[int, int]:
         down, up = t["lora_down.weight"], t["lora_up.weight"]
         k = math.prod(t["lora_mid.weight"].shape[2:]) if "lora_mid.weight" in t else math.prod(down.shape[2:])
         return int(up.shape[0]), int(down.shape[1]) * k
-    if m.algorithm == "loha":
+    if m.algorithm in ("loha", "doha"):
         if "hada_t1" in t:
             return int(t["hada_w1_a"].shape[1]), int(t["hada_w1_b"].shape[1]) * math.prod(t["hada_t1"].shape[2:])
         return int(t["hada_w1_a"].shape[0]), int(t["hada_w1_b"].shape[1])
-    if m.algorithm == "lokr":
+    if m.algorithm in ("lokr", "dokr"):
         w1 = _lokr_w1(t)
         w2o, w2i = _lokr_w2_dims(t)
         return int(w1.shape[0]) * w2o, int(w1.shape[1]) * w2i
@@ -383,31 +399,40 @@ def _shares_misfit(m: Module, model: torch.nn.Module, shares: list[flux_names.Ta
     return None
 
 
-def take_rows(m: Module) -> tuple[Module, bool]:
+def take_rows(m: Module, fused: Any = None) -> tuple[Module, bool]:
     """The share `m.rows` of a fused module's delta, as a module of its own (#15, Flux BFL names), and
-    whether it holds the share's full delta.
+    whether it holds a LoKr share's full delta. `fused`: () -> the fused layer's weight (DoRA family).
 
     Exact in every case, and linear in the adapter's weight, since each share is a slice of the delta:
-    - LoRA/LoCon/DoRA: the rows of lora_up (and of dora_scale: DoRA normalises each output row on
-      its own); stays low-rank at the file's rank;
+    - LoRA/LoCon: the rows of lora_up; stays low-rank at the file's rank;
     - LoHa: (w1_a w1_b) * (w2_a w2_b) elementwise, so a row of the delta takes that row of w1_a and w2_a;
     - full: the rows of diff (and diff_b);
     - LoKr: kron(w1, w2) repeats w2 per row of w1, so ranges on whole multiples of w2's rows are
       ranges of w1's rows; other ranges (the usual case) take the exact delta's rows as w2 under a 1x1
       w1 = 1: peft's LoKr then holds the full delta itself, without the identity factor of a `diff`
       (`_full_entries`), so it costs the delta's memory once.
+    - DoRA family: normalised over the fused layer's patched weight (per output row or, by its
+      dora_scale's shape, per input column, which spans every share), so its exact full delta is
+      computed on the fused weight, put back together from the layers (`fused`), and split.
     """
     if m.rows is None:
         return m, False
     t = dict(m.tensors)
+    index = _rows_index(m.rows)
+    if m.algorithm in DORA:
+        shape = (len(index), delta_shape(m)[1])
+
+        def make() -> torch.Tensor:  # when its chunk loads (load()), as every DoRA delta
+            return _dora_delta(m, _FusedLayer(fused()))[index]
+
+        diff = Deferred(shape, next(iter(t.values())).dtype, make)
+        return dataclasses.replace(m, algorithm="full", tensors={"diff": diff}, rows=None), False
 
     def pick(x: torch.Tensor, unit: int = 1) -> torch.Tensor:
         return torch.cat([x[a // unit : b // unit] for a, b in m.rows])
 
-    if m.algorithm in ("lora", "locon", "dora"):
+    if m.algorithm in ("lora", "locon"):
         t["lora_up.weight"] = pick(t["lora_up.weight"])
-        if "dora_scale" in t:
-            t["dora_scale"] = pick(t["dora_scale"])
     elif m.algorithm == "loha":
         t["hada_w1_a"], t["hada_w2_a"] = pick(t["hada_w1_a"]), pick(t["hada_w2_a"])
     elif m.algorithm == "full":
@@ -420,7 +445,8 @@ def take_rows(m: Module) -> tuple[Module, bool]:
             w1 = "lokr_w1" if "lokr_w1" in t else "lokr_w1_a"
             t[w1] = pick(t[w1], unit)
         else:
-            delta = pick(_lokr_delta(m))
+            out, inner = delta_shape(m)
+            delta = pick(_lokr_delta(m, _FusedLayer(torch.empty(out, inner, device="meta"))))
             whole = {"lokr_w1": torch.ones(1, 1, dtype=delta.dtype), "lokr_w2": delta}  # no alpha: scale 1
             return dataclasses.replace(m, tensors=whole, rows=None), True
     else:
@@ -428,13 +454,25 @@ def take_rows(m: Module) -> tuple[Module, bool]:
     return dataclasses.replace(m, tensors=t, rows=None), False
 
 
-def _lokr_delta(m: Module) -> torch.Tensor:
-    """A linear LoKr module's exact delta, kron(w1, w2) * scale, in the file's dtype."""
-    t = m.tensors
-    w1 = _lokr_w1(t).float()
-    w2 = t["lokr_w2"].float() if "lokr_w2" in t else t["lokr_w2_a"].float() @ t["lokr_w2_b"].float()
-    delta = torch.kron(w1, w2) * _lycoris_lokr_scale(t, m.alpha)
-    return delta.to(next(iter(t.values())).dtype)
+@dataclasses.dataclass(frozen=True)
+class _FusedLayer:
+    """Stand-in for the one layer BFL has where diffusers has several: a weight of the fused shape."""
+
+    weight: torch.Tensor
+
+
+def _rows_index(rows: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    return torch.cat([torch.arange(a, b) for a, b in rows])
+
+
+def fused_weight(model: torch.nn.Module, shares: list[tuple[tuple[tuple[int, int], ...], str]]) -> torch.Tensor:
+    """The weight of the fused layer whose rows `shares` [(rows, diffusers path)] put in diffusers' layers."""
+    weights = [(_rows_index(rows), _base_of(model.get_submodule(p)).weight.detach()) for rows, p in shares]
+    w0 = weights[0][1]
+    fused = torch.empty(sum(len(i) for i, _ in weights), *w0.shape[1:], dtype=w0.dtype, device=w0.device)
+    for index, w in weights:
+        fused[index.to(w.device)] = w
+    return fused
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,17 +507,14 @@ def _fold_mid(t: Mapping[str, torch.Tensor]) -> torch.Tensor:
 def _entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     """(config family, config options for this module, peft tensors by parameter name)."""
     t = m.tensors
-    if m.algorithm in ("lora", "locon", "dora"):
+    if m.algorithm in DORA:
+        # computed when its chunk is loaded (load()), so a file's deltas never all exist at once
+        return _full_entries(Deferred(tuple(base.weight.shape), base.weight.dtype, lambda: _dora_delta(m, base)), None)
+    if m.algorithm in ("lora", "locon"):
         down = _fold_mid(t) if "lora_mid.weight" in t else t["lora_down.weight"]
         r = int(down.shape[0])
         tensors = {"lora_A.weight": down, "lora_B.weight": t["lora_up.weight"]}
-        opts = {"r": r, "alpha": _rank_scale(m) * r, "use_dora": m.algorithm == "dora"}
-        if m.algorithm == "dora":
-            magnitude = t["dora_scale"].flatten()
-            # peft keeps a conv layer's magnitude as (1, out, 1, 1), a linear layer's as (out,)
-            conv = isinstance(base, torch.nn.Conv2d)
-            tensors["lora_magnitude_vector"] = magnitude.reshape(1, -1, 1, 1) if conv else magnitude
-        return "lora", opts, tensors
+        return "lora", {"r": r, "alpha": _rank_scale(m) * r, "use_dora": False}, tensors
     if m.algorithm == "full":
         return _full_entries(t["diff"], t.get("diff_b"))
     if m.algorithm == "loha":
@@ -491,13 +526,83 @@ def _entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dic
     raise LycorisError(f"{m.name}: {m.algorithm} cannot be built")
 
 
+def _low_rank_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
+    """The module's exact weight delta at multiplier 1 (alpha/rank applied), float32, the layer's shape.
+
+    The producer's arithmetic (LyCORIS 4.1 `make_weight`/`get_diff_weight`): LoRA up @ down (a Tucker
+    mid folded into down), LoHa (w1a @ w1b) * (w2a @ w2b) (Tucker: each factor through its core),
+    LoKr kron(w1, w2). Only the DoRA family needs it: its normalisation is over the patched weight.
+    """
+    t = {k: v.float() for k, v in m.tensors.items()}
+    shape = base.weight.shape
+    algorithm = DORA.get(m.algorithm, m.algorithm)
+    if algorithm == "lora":
+        down = _fold_mid(t) if "lora_mid.weight" in t else t["lora_down.weight"]
+        delta = t["lora_up.weight"].flatten(1) @ down.flatten(1)
+        return (delta * _rank_scale(m)).reshape(shape)
+    if algorithm == "loha":
+        if "hada_t1" in t:
+            w1 = torch.einsum("ijkl,jr,ip->prkl", t["hada_t1"], t["hada_w1_b"], t["hada_w1_a"])
+            w2 = torch.einsum("ijkl,jr,ip->prkl", t["hada_t2"], t["hada_w2_b"], t["hada_w2_a"])
+        else:
+            w1, w2 = t["hada_w1_a"] @ t["hada_w1_b"], t["hada_w2_a"] @ t["hada_w2_b"]
+        return (w1 * w2 * _rank_scale(m)).reshape(shape)
+    if algorithm == "lokr":
+        return _lokr_delta(m, base)
+    raise LycorisError(f"{m.name}: {m.algorithm} has no low-rank delta")
+
+
+def _dora_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
+    """A DoRA-family module as one full delta: W0 + strength * (W_dora - W0) is SPEC's "scale the whole
+    delta" at every strength (peft's DoRA rescales inside the norm instead, so it cannot).
+
+    W_dora is the producer's (LyCORIS `weight_decompose`): the patched weight W0 + dW, normalised per
+    output row (or per input column, by the file's `dora_scale` shape) plus float eps, times
+    `dora_scale`. W0 is the layer's weight at load time: the engine loads only onto unfused weights.
+    """
+    w0 = base.weight.detach().float()
+    patched = w0 + _low_rank_delta(m, base).to(w0.device)
+    magnitude = m.tensors["dora_scale"].detach().float().to(w0.device)
+    rest = [1] * (patched.dim() - 1)
+    if _dora_axis(m) == "out":
+        norm = patched.reshape(patched.shape[0], -1).norm(dim=1).reshape(patched.shape[0], *rest)
+    else:
+        norm = patched.transpose(0, 1).reshape(patched.shape[1], -1).norm(dim=1).reshape(patched.shape[1], *rest)
+        norm = norm.transpose(0, 1)
+    norm = norm + torch.finfo(patched.dtype).eps
+    return (patched * (magnitude.reshape(norm.shape) / norm) - w0).to(base.weight.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Deferred:
+    """A tensor made only when its chunk is loaded: a DoRA module's full delta (layer-sized)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make: Any  # () -> torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
 def _full_entries(
-    diff: torch.Tensor, diff_b: torch.Tensor | None
-) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
-    """A full delta as a peft LoRA with an identity factor: B @ A = diff exactly, bias = diff_b."""
+    diff: torch.Tensor | Deferred, diff_b: torch.Tensor | None
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor | Deferred]]:
+    """A full delta as a peft tuner whose weight delta is exactly `diff` (and bias delta `diff_b`).
+
+    Without a bias: a LoKr with a 1x1 first factor, kron([[1]], diff) = diff, at the memory of the
+    diff alone. With one: a LoRA with an identity factor (rank = the smaller side) and `lora_bias`,
+    since peft's LoKr has no bias. Both scale linearly with the adapter weight, so every node works.
+    """
     out = int(diff.shape[0])
-    inner = int(diff[0].numel())
-    conv = diff.ndim == 4
+    inner = math.prod(diff.shape[1:])
+    conv = len(diff.shape) == 4
+    if diff_b is None:
+        ins = int(diff.shape[1])
+        r = max(1, math.ceil(max(out, ins) / 2))  # peft keeps lokr_w2 one full matrix exactly when r >= this
+        opts = {"r": r, "alpha": float(r), "decompose_factor": 1, "use_effective_conv2d": False}
+        return "lokr", opts, {"lokr_w1": torch.ones(1, 1, dtype=diff.dtype), "lokr_w2": diff}
     if conv or out <= inner:  # A = diff (rank out), B = identity
         eye = torch.eye(out, dtype=diff.dtype)
         tensors = {"lora_A.weight": diff, "lora_B.weight": eye.reshape(out, out, 1, 1) if conv else eye}
@@ -505,10 +610,8 @@ def _full_entries(
     else:  # A = identity (rank in), B = diff
         tensors = {"lora_A.weight": torch.eye(inner, dtype=diff.dtype), "lora_B.weight": diff}
         r = inner
-    bias = diff_b is not None
-    if bias:
-        tensors["lora_B.bias"] = diff_b
-    return "lora", {"r": r, "alpha": float(r), "use_dora": False, "lora_bias": bias}, tensors
+    tensors["lora_B.bias"] = diff_b
+    return "lora", {"r": r, "alpha": float(r), "use_dora": False, "lora_bias": True}, tensors
 
 
 def _lokr_entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
@@ -532,10 +635,7 @@ def _lokr_entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any]
         # becomes its exact delta, kron(w1, w2) * scale, through the full-weight route.
         logger.info("LoKr module %s: factors %s have no peft LoKr layout; loaded as its full delta",
                     m.name, tuple(w1.shape))
-        w2 = _lokr_w2_full(t, out_k, in_n, base).float()
-        w1_nd = w1.float().reshape(*w1.shape, *[1] * (w2.ndim - w1.ndim))  # kron pairs axes from the left
-        delta = torch.kron(w1_nd, w2) * scale
-        return _full_entries(delta.reshape(base.weight.shape).to(w1.dtype), None)
+        return _full_entries(_lokr_delta(m, base).to(w1.dtype), None)
     tensors = {"lokr_w1": w1}
     tucker = "lokr_t2" in t
     low = max(out_k, in_n) / 2  # peft keeps lokr_w2 low-rank exactly when r < this
@@ -551,6 +651,16 @@ def _lokr_entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any]
             tucker = False
     opts = {"r": r, "alpha": scale * r, "decompose_factor": factor, "use_effective_conv2d": tucker}
     return "lokr", opts, tensors
+
+
+def _lokr_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
+    """kron(w1, w2) * LyCORIS's LoKr scale, float32, in the layer's weight shape."""
+    t = m.tensors
+    w1 = _lokr_w1(t).float()
+    shape = base.weight.shape
+    w2 = _lokr_w2_full(t, int(shape[0]) // w1.shape[0], int(shape[1]) // w1.shape[1], base).float()
+    w1_nd = w1.reshape(*w1.shape, *[1] * (w2.ndim - w1.ndim))  # kron pairs axes from the left
+    return (torch.kron(w1_nd, w2) * _lycoris_lokr_scale(t, m.alpha)).reshape(shape)
 
 
 def _lokr_w2_full(t: Mapping[str, torch.Tensor], out_k: int, in_n: int, base: torch.nn.Module) -> torch.Tensor:
@@ -592,6 +702,25 @@ _SHARED = {"lora": ("use_dora", "lora_bias"), "loha": ("use_effective_conv2d",),
            "lokr": ("decompose_factor", "use_effective_conv2d")}
 
 
+# Deferred deltas made per load call at most this many bytes: the peak of a DoRA load stays its
+# adapter's size plus this, not twice the adapter (~8 peft calls for a DoRA on SD1.5's attention).
+_CHUNK_BYTES = 64 * 2**20
+
+
+def _chunks(items: list[tuple[str, Any]]) -> Iterable[list[tuple[str, Any]]]:
+    """The (key, tensor) list in runs whose deferred tensors add up to at most _CHUNK_BYTES."""
+    chunk, size = [], 0
+    for key, value in items:
+        cost = value.nbytes if isinstance(value, Deferred) else 0
+        if chunk and size + cost > _CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((key, value))
+        size += cost
+    if chunk:
+        yield chunk
+
+
 def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, int]:
     """Build `adapter_name` from the file's modules on `pipe`; returns {component: modules loaded}.
 
@@ -612,8 +741,12 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
     for comp, items in placement.landed.items():
         model = getattr(pipe, comp)
         groups: dict[tuple, list[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]] = collections.defaultdict(list)
+        shares: dict[str, list] = collections.defaultdict(list)  # module -> [(rows, path)] (Flux BFL names)
         for m, path in items:
-            share, whole = take_rows(m)
+            if m.rows is not None:
+                shares[m.name].append((m.rows, path))
+        for m, path in items:
+            share, whole = take_rows(m, lambda m=m, model=model, shares=shares: fused_weight(model, shares[m.name]))
             if whole:
                 as_full.add(m.name)
             family, opts, tensors = _entries(share, _base_of(model.get_submodule(path)))
@@ -625,19 +758,27 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
             config = _config(family, shared, [(p, o) for p, o, _ in group])
             dtype = _base_of(model.get_submodule(group[0][0])).weight.dtype
             inject_adapter_in_model(config, model, adapter_name=adapter_name)
-            state = {f"{path}.{name}": v.to(dtype) for path, _, tensors in group for name, v in tensors.items()}
-            result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
-            unexpected = [k for k in getattr(result, "unexpected_keys", ()) if adapter_name in k]
-            if unexpected:
-                raise LycorisError(f"peft did not take {len(unexpected)} tensors, e.g. {unexpected[:_SAMPLE]}")
+            items_ = [(f"{path}.{name}", v) for path, _, tensors in group for name, v in tensors.items()]
+            for chunk in _chunks(items_):
+                state = {k: (v.make() if isinstance(v, Deferred) else v).to(dtype) for k, v in chunk}
+                result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+                del state
+                unexpected = [k for k in getattr(result, "unexpected_keys", ()) if adapter_name in k]
+                if unexpected:
+                    raise LycorisError(f"peft did not take {len(unexpected)} tensors, e.g. {unexpected[:_SAMPLE]}")
             if family != "lora":
                 for path, _, _ in group:
                     fence.forward_conv_attributes(model.get_submodule(path))
         fence.mark_peft_loaded(model)
-        counts[comp] = len({m.name for m, _ in items})
+        counts[comp] = len({m.name for m, _ in items})  # a module split across fused layers counts once
     if as_full:
         logger.info("%d LoKr module(s) on fused Flux layers (e.g. %s) loaded as full deltas: their rows do not "
                     "split into LoKr factors per layer", len(as_full), ", ".join(sorted(as_full)[:3]))
+    dora = [(m, path, comp) for comp, items in placement.landed.items() for m, path in items if m.algorithm in DORA]
+    if dora:
+        size = sum(_base_of(getattr(pipe, c).get_submodule(p)).weight.nbytes for _, p, c in dora)
+        logger.info("adapter %s: %d DoRA-family modules loaded as full deltas (%.1f MiB; README: DoRA at "
+                    "strength != 1)", adapter_name, len({m.name for m, _, _ in dora}), size / 2**20)
     return counts
 
 
