@@ -308,11 +308,13 @@ def test_interrupted_driver_stops_its_actors_and_respects_ray_address(ray_cluste
     proc = subprocess.Popen(
         [sys.executable, "-m", "loragraph", "run", "--ray", "--json", str(file), "--models-dir", str(shapes_models),
          "--output-dir", str(tmp_path / "out"), "--sweep", "3.seed=1-40"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    first = proc.stdout.readline()  # one run reported: the actors are busy with the next ones
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env=env, cwd=tmp_path)
+    # Unbuffered: a buffered readline() may read the next lines too, and communicate() reads the pipe
+    # itself, past that buffer: a run reported right after the first was lost to this test (a flake).
+    first = proc.stdout.readline().decode()  # one run reported: the actors are busy with the next ones
     assert json.loads(first)["status"] == "success"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out, err = (b.decode() for b in proc.communicate(timeout=120))
     assert proc.returncode == 130, err
     reported = [json.loads(line) for line in [first, *out.splitlines()] if line.startswith("{")]
     assert 1 <= len(reported) < 40
