@@ -198,10 +198,25 @@ def build_shapes():
     return build()
 
 
-# name -> (builder, native size). tiny-sd/tiny-sdxl: random weights, for tests; shapes: trained, for people.
+def build_tiny_flux():
+    """A FluxPipeline in the shape of diffusers' Flux LoRA tests (random weights); see flux.py."""
+    from .flux import build_tiny_flux as build
+
+    return build()
+
+
+# name -> (builder, native size). tiny-*: random weights, for tests; shapes: trained, for people.
 BUILTIN_MODELS = {
     "tiny-sd": (build_tiny_sd, 64),
     "tiny-sdxl": (build_tiny_sdxl, 64),
+    "tiny-flux": (build_tiny_flux, 32),
     "shapes": (build_shapes, 32),
+}
+# The components each built-in pipeline can carry LoRA layers on (LoadPipeline's source, before building).
+BUILTIN_COMPONENTS = {
+    "tiny-sd": ("unet", "text_encoder"),
+    "tiny-sdxl": ("unet", "text_encoder", "text_encoder_2"),
+    "tiny-flux": ("transformer", "text_encoder"),  # FluxLoraLoaderMixin loads no LoRA on T5
+    "shapes": ("unet", "text_encoder"),
 }
 DEFAULT_BUILTIN = "shapes"  # the first choice a newcomer sees: real images (tiny-sd is random noise)

@@ -263,7 +263,8 @@ def _lycoris_coverage(pipe: Any, lora: LoraFile) -> Coverage:
     per: dict[str, dict[str, int]] = {}
     layout: dict[str, dict[str, int]] = {}
     for comp, items in placement.landed.items():
-        per.setdefault(comp, {"matched": 0, "unmatched": 0})["matched"] += len(items)
+        # a module of the file counts once, also where it is split across layers (Flux's fused qkv)
+        per.setdefault(comp, {"matched": 0, "unmatched": 0})["matched"] += len({m.name for m, _ in items})
         layout[comp] = {path: m.rank for m, path in items}
     unmatched = [UnmatchedModule(c, n, r) for c, n, r in placement.unmatched]
     for u in unmatched:
@@ -271,7 +272,7 @@ def _lycoris_coverage(pipe: Any, lora: LoraFile) -> Coverage:
     return Coverage(
         file=lora.path,
         pipeline=type(pipe).__name__,
-        matched=sum(len(v) for v in placement.landed.values()),
+        matched=sum(v["matched"] for v in per.values()),
         unmatched=tuple(unmatched),
         per_component=types.MappingProxyType(per),
         layout=types.MappingProxyType({c: types.MappingProxyType(v) for c, v in layout.items()}),

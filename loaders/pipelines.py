@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..builtin_models.builtin import BUILTIN_MODELS
+from ..builtin_models.builtin import BUILTIN_COMPONENTS, BUILTIN_MODELS
 from .components import COMPONENTS
 from .config import get_config
 from .state import NodeInputError, PipelineSource
@@ -77,7 +77,7 @@ def make_source(model: str, dtype: str = "auto", device: str = "auto") -> Pipeli
         name = model[len(BUILTIN_PREFIX):]
         if name not in BUILTIN_MODELS:
             raise NodeInputError("model", f"no built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)}")
-        comps = ("unet", "text_encoder", "text_encoder_2") if "xl" in name else ("unet", "text_encoder")
+        comps = BUILTIN_COMPONENTS[name]
         return PipelineSource(model, "builtin", name, dt, dev, f"builtin:{name}:{BUILTIN_VERSION}", comps)
     if model.lower().endswith((".safetensors", ".ckpt")):
         try:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import max_diff
+from loragraph.builtin_models.flux import build_tiny_flux
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.testing import write_lora_file
-from tiny_flux import build_tiny_flux
 
 TOL = 1 / 255
 SIZE = 32
@@ -71,6 +71,15 @@ def sample_raw(pipe, seed=1):
     return torch.from_numpy(pipe(PROMPT, negative_prompt="", num_inference_steps=2, guidance_scale=3.5,
                                  width=SIZE, height=SIZE, num_images_per_prompt=1,
                                  generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images).float()
+
+
+def test_builtin_tiny_flux_is_the_saved_folder(engine):
+    """`builtin:tiny-flux` is the same pipeline as its saved diffusers folder: same components, same image."""
+    hb = engine.load_pipeline("builtin:tiny-flux")
+    hf = engine.load_pipeline("tiny-flux")
+    assert hb.source.components == hf.source.components == ("transformer", "text_encoder")
+    assert type(engine.live(hb.source).pipe).__name__ == "FluxPipeline"
+    assert torch.equal(sample(engine, hb), sample(engine, hf))
 
 
 def test_flux_block_weights_by_index(engine):

@@ -267,15 +267,17 @@ def test_save_lycoris_roundtrip(engine, producer, lycoris_dir, tmp_path):
     "algo, options, named",
     [
         ("diag-oft", {}, r"OFT \(diag-OFT\)"),
+        # BOFT on the UNet's attention only: LyCORIS cannot factor the tiny text encoder's width 37
+        ("boft", {"preset": {"text_encoder_target_module": [], "enable_conv": False,
+                             "unet_target_module": ["Transformer2DModel"], "unet_target_name": []}}, "BOFT"),
         ("glora", {}, "GLoRA"),
         ("ia3", {}, "IA3"),
         ("full", {"train_norm": True}, r"full-weight norm layers \(w_norm/b_norm\)"),
     ],
 )
 def test_unsupported_algorithm_is_an_error_naming_it(engine, lycoris_dir, algo, options, named):
-    """OFT, GLoRA, IA3 and norm-layer weights are refused with the algorithm and sample keys, never
-    skipped silently, and the pipeline is left as it was. (BOFT: LyCORIS cannot build one on the tiny
-    text encoder, whose width 37 BOFT cannot factor.)"""
+    """OFT, BOFT, GLoRA, IA3 and norm-layer weights are refused with the algorithm and sample keys, never
+    skipped silently, and the pipeline is left as it was."""
     from loragraph.builtin_models.builtin import build_tiny_sd
     from loragraph.loaders.coverage import coverage
     from loragraph.loaders.files import LoraFileError

@@ -28,6 +28,10 @@ _weights` + `apply_to`; tests/test_lycoris.py checks the images):
 Anything else (OFT, BOFT, GLoRA, IA3, norm-layer `w_norm`/`b_norm`) is an error naming
 the algorithm and some keys: nothing is skipped silently.
 
+Flux files in Black Forest Labs' names (`lora_unet_double_blocks_0_img_attn_qkv`, ...) land through
+flux_names.py: a module BFL fuses (q,k,v; single blocks' q,k,v,MLP) is split by rows across diffusers'
+layers, each share a module of its own (`take_rows`), all under the one adapter.
+
 The private diffusers/peft touches this needs are in loaders/fence.py (section 5: LyCORIS).
 """
 
@@ -44,6 +48,7 @@ from typing import Any
 import torch
 
 from .. import fence
+from . import flux_names
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +93,9 @@ class Module:
     component: str
     algorithm: str  # lora | locon | dora | loha | lokr | full | an unsupported one (oft, glora, ...)
     tensors: Mapping[str, torch.Tensor] = dataclasses.field(repr=False)
+    # A share of a fused module (Flux's BFL names, flux_names.py): the [start, stop) ranges of its
+    # delta's rows, in order, that one layer takes; None: the whole module. See `take_rows`.
+    rows: tuple[tuple[int, int], ...] | None = None
 
     @property
     def alpha(self) -> float | None:
@@ -167,6 +175,8 @@ def parse(state_dict: Mapping[str, torch.Tensor]) -> tuple[Module, ...]:
         algo = _algorithm(set(tensors))
         if algo == "lora" and tensors["lora_down.weight"].ndim == 4:
             algo = "locon"
+        if algo == "oft" and "oft_blocks" in tensors and tensors["oft_blocks"].ndim == 4:
+            algo = "boft"  # LyCORIS's own test: BOFT's oft_blocks are (m, blocks, size, size), diag-OFT's 3-D
         out.append(Module(module, comp, algo, dict(tensors)))
     return tuple(out)
 
@@ -347,6 +357,17 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
         path = lookups[m.component].get(m.name[len(prefix) :])
         if path is None and m.name in sgm_paths:
             path = lookups[m.component].get(sgm_paths[m.name].replace(".", "_"))
+        if path is None and m.component == "transformer":
+            shares = flux_names.targets(m.name[len(prefix) :], model)  # Flux in BFL's names (fused qkv, ...)
+            if shares is not None:
+                reason = _shares_misfit(m, model, shares)
+                if reason is not None:
+                    unmatched.append((m.component, m.name, reason))
+                else:
+                    landed.setdefault(m.component, []).extend(
+                        (dataclasses.replace(m, rows=t.rows), t.path) for t in shares
+                    )
+                continue
         if path is None:
             unmatched.append((m.component, m.name, "no such module"))
             continue
@@ -360,6 +381,98 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
             continue
         landed.setdefault(m.component, []).append((m, path))
     return Placement(landed, unmatched)
+
+
+_TUCKER = {"lora_mid.weight", "hada_t1", "hada_t2", "lokr_t2"}
+
+
+def _shares_misfit(m: Module, model: torch.nn.Module, shares: list[flux_names.Target]) -> str | None:
+    """None when a BFL module's delta covers its diffusers layers exactly (rows summed, same inputs)."""
+    out, inner = delta_shape(m)
+    bases = [_base_of(model.get_submodule(t.path)).weight for t in shares]
+    want = (sum(int(w.shape[0]) for w in bases), int(bases[0][0].numel()))
+    if (out, inner) != want or any(int(w[0].numel()) != inner for w in bases):
+        layers = " + ".join(t.path for t in shares)
+        return f"shape mismatch: {m.algorithm} delta ({out}, {inner}), {layers} take {want}"
+    if any(t.rows is not None for t in shares) and set(m.tensors) & _TUCKER:  # Tucker cores are convs'
+        return f"a {m.algorithm} with a Tucker core on Flux's linear layers"
+    return None
+
+
+def take_rows(m: Module, fused: Any = None) -> tuple[Module, bool]:
+    """The share `m.rows` of a fused module's delta, as a module of its own (#15, Flux BFL names), and
+    whether it holds a LoKr share's full delta. `fused`: () -> the fused layer's weight (DoRA family).
+
+    Exact in every case, and linear in the adapter's weight, since each share is a slice of the delta:
+    - LoRA/LoCon: the rows of lora_up; stays low-rank at the file's rank;
+    - LoHa: (w1_a w1_b) * (w2_a w2_b) elementwise, so a row of the delta takes that row of w1_a and w2_a;
+    - full: the rows of diff (and diff_b);
+    - LoKr: kron(w1, w2) repeats w2 per row of w1, so ranges on whole multiples of w2's rows are
+      ranges of w1's rows; other ranges (the usual case) take the exact delta's rows as w2 under a 1x1
+      w1 = 1: peft's LoKr then holds the full delta itself, without the identity factor of a `diff`
+      (`_full_entries`), so it costs the delta's memory once.
+    - DoRA family: normalised over the fused layer's patched weight (per output row or, by its
+      dora_scale's shape, per input column, which spans every share), so its exact full delta is
+      computed on the fused weight, put back together from the layers (`fused`), and split.
+    """
+    if m.rows is None:
+        return m, False
+    t = dict(m.tensors)
+    index = _rows_index(m.rows)
+    if m.algorithm in DORA:
+        shape = (len(index), delta_shape(m)[1])
+
+        def make() -> torch.Tensor:  # when its chunk loads (load()), as every DoRA delta
+            return _dora_delta(m, _FusedLayer(fused()))[index]
+
+        diff = Deferred(shape, next(iter(t.values())).dtype, make)
+        return dataclasses.replace(m, algorithm="full", tensors={"diff": diff}, rows=None), False
+
+    def pick(x: torch.Tensor, unit: int = 1) -> torch.Tensor:
+        return torch.cat([x[a // unit : b // unit] for a, b in m.rows])
+
+    if m.algorithm in ("lora", "locon"):
+        t["lora_up.weight"] = pick(t["lora_up.weight"])
+    elif m.algorithm == "loha":
+        t["hada_w1_a"], t["hada_w2_a"] = pick(t["hada_w1_a"]), pick(t["hada_w2_a"])
+    elif m.algorithm == "full":
+        t["diff"] = pick(t["diff"])
+        if "diff_b" in t:
+            t["diff_b"] = pick(t["diff_b"])
+    elif m.algorithm == "lokr":
+        unit = _lokr_w2_dims(t)[0]
+        if all(a % unit == 0 and b % unit == 0 for a, b in m.rows):
+            w1 = "lokr_w1" if "lokr_w1" in t else "lokr_w1_a"
+            t[w1] = pick(t[w1], unit)
+        else:
+            out, inner = delta_shape(m)
+            delta = pick(_lokr_delta(m, _FusedLayer(torch.empty(out, inner, device="meta"))))
+            whole = {"lokr_w1": torch.ones(1, 1, dtype=delta.dtype), "lokr_w2": delta}  # no alpha: scale 1
+            return dataclasses.replace(m, tensors=whole, rows=None), True
+    else:
+        raise LycorisError(f"{m.name}: {m.algorithm} cannot be split across fused layers")
+    return dataclasses.replace(m, tensors=t, rows=None), False
+
+
+@dataclasses.dataclass(frozen=True)
+class _FusedLayer:
+    """Stand-in for the one layer BFL has where diffusers has several: a weight of the fused shape."""
+
+    weight: torch.Tensor
+
+
+def _rows_index(rows: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    return torch.cat([torch.arange(a, b) for a, b in rows])
+
+
+def fused_weight(model: torch.nn.Module, shares: list[tuple[tuple[tuple[int, int], ...], str]]) -> torch.Tensor:
+    """The weight of the fused layer whose rows `shares` [(rows, diffusers path)] put in diffusers' layers."""
+    weights = [(_rows_index(rows), _base_of(model.get_submodule(p)).weight.detach()) for rows, p in shares]
+    w0 = weights[0][1]
+    fused = torch.empty(sum(len(i) for i, _ in weights), *w0.shape[1:], dtype=w0.dtype, device=w0.device)
+    for index, w in weights:
+        fused[index.to(w.device)] = w
+    return fused
 
 
 # --------------------------------------------------------------------------------------------------
@@ -563,11 +676,14 @@ def _lokr_w2_full(t: Mapping[str, torch.Tensor], out_k: int, in_n: int, base: to
 def _config(family: str, shared: dict[str, Any], group: list[tuple[str, dict[str, Any]]]):
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
-    paths = [p for p, _ in group]
-    ranks = {p: o["r"] for p, o in group}
-    alphas = {p: o["alpha"] for p, o in group}
+    # Exact paths: peft matches a list of targets, and pattern keys, by suffix, so Flux's top-level
+    # `proj_out` would also take `single_transformer_blocks.0.proj_out`; a regex string is full-matched,
+    # and a pattern key anchored with ^ matches its own path only.
+    exact = "(?:" + "|".join(re.escape(p) for p, _ in group) + ")"
+    ranks = {"^" + re.escape(p): o["r"] for p, o in group}
+    alphas = {"^" + re.escape(p): o["alpha"] for p, o in group}
     r0, a0 = group[0][1]["r"], group[0][1]["alpha"]
-    common = {"target_modules": paths, "rank_pattern": ranks, "r": r0}
+    common = {"target_modules": exact, "rank_pattern": ranks, "r": r0}
     if family == "lora":
         return LoraConfig(
             lora_alpha=a0, alpha_pattern=alphas, use_dora=shared["use_dora"],
@@ -621,11 +737,19 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
         raise LycorisError(refused)
     placement = place(pipe, modules)
     counts: dict[str, int] = {}
+    as_full: set[str] = set()
     for comp, items in placement.landed.items():
         model = getattr(pipe, comp)
         groups: dict[tuple, list[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]] = collections.defaultdict(list)
+        shares: dict[str, list] = collections.defaultdict(list)  # module -> [(rows, path)] (Flux BFL names)
         for m, path in items:
-            family, opts, tensors = _entries(m, _base_of(model.get_submodule(path)))
+            if m.rows is not None:
+                shares[m.name].append((m.rows, path))
+        for m, path in items:
+            share, whole = take_rows(m, lambda m=m, model=model, shares=shares: fused_weight(model, shares[m.name]))
+            if whole:
+                as_full.add(m.name)
+            family, opts, tensors = _entries(share, _base_of(model.get_submodule(path)))
             key = (family, *(opts.get(o, False) for o in _SHARED[family]))
             groups[key].append((path, opts, tensors))
         for key, group in groups.items():
@@ -646,12 +770,15 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
                 for path, _, _ in group:
                     fence.forward_conv_attributes(model.get_submodule(path))
         fence.mark_peft_loaded(model)
-        counts[comp] = len(items)
+        counts[comp] = len({m.name for m, _ in items})  # a module split across fused layers counts once
+    if as_full:
+        logger.info("%d LoKr module(s) on fused Flux layers (e.g. %s) loaded as full deltas: their rows do not "
+                    "split into LoKr factors per layer", len(as_full), ", ".join(sorted(as_full)[:3]))
     dora = [(m, path, comp) for comp, items in placement.landed.items() for m, path in items if m.algorithm in DORA]
     if dora:
         size = sum(_base_of(getattr(pipe, c).get_submodule(p)).weight.nbytes for _, p, c in dora)
         logger.info("adapter %s: %d DoRA-family modules loaded as full deltas (%.1f MiB; README: DoRA at "
-                    "strength != 1)", adapter_name, len(dora), size / 2**20)
+                    "strength != 1)", adapter_name, len({m.name for m, _, _ in dora}), size / 2**20)
     return counts
 
 

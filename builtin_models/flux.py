@@ -1,4 +1,5 @@
-"""A tiny FluxPipeline built offline (diffusers' Flux LoRA-test shape), T5 tokenizer included (#15).
+"""`builtin:tiny-flux`: a tiny FluxPipeline built offline (diffusers' Flux LoRA-test shape), T5
+tokenizer included (#15). Random weights, for tests, like tiny-sd/tiny-sdxl.
 
 The T5 tokenizer is a Unigram model over a generated vocabulary (`tokenizers`), wrapped as
 `T5TokenizerFast`: nothing is downloaded. Two double-stream and two single-stream blocks, so
@@ -11,8 +12,11 @@ import string
 
 import torch
 
+from .builtin import _clip_config, make_tokenizer
+
 
 def t5_tokenizer():
+    """A T5TokenizerFast over lowercase letters and digits (65 tokens), built in memory."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import T5TokenizerFast
 
@@ -27,8 +31,8 @@ def t5_tokenizer():
 
 
 def build_tiny_flux():
+    """A FluxPipeline: 2 double- and 2 single-stream blocks, 32 wide; CLIP and a 2-layer T5; native 32x32."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from loragraph.builtin_models.builtin import _clip_config, make_tokenizer
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
@@ -50,5 +54,7 @@ def build_tiny_flux():
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                         tokenizer=make_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tokenizer(),
                         transformer=transformer)
+    for model in (transformer, text_encoder, t5, vae):
+        model.eval()  # as from_pretrained leaves them: T5's dropout (0.1) would otherwise draw at random
     pipe.set_progress_bar_config(disable=True)
     return pipe
