@@ -222,3 +222,62 @@ def test_xlabs_and_onetrainer_flux_loras_through_diffusers(engine, flux_models, 
     ours = sample(engine, h)
     assert max_diff(ours, sample_raw(raw)) <= TOL
     assert max_diff(ours, sample(engine, h0)) > 0.01
+
+
+def test_kohya_flux_final_layer_and_linear1_land(engine, flux_models):
+    """diffusers' kohya Flux converter drops the final-layer modules without a word (it names them
+    without the `transformer.` prefix, so no layer takes them, and ignores their alpha) and splits
+    single-block linear1 at full Flux's sizes only. A file with final-layer modules is loaded per
+    module instead (loaders/formats/flux_names.py), everything landing. Oracle: kohya's rule on the
+    weights, W0 + alpha / rank * up @ down, split as BFL fuses the layers (q, k, v rows; linear1's
+    q, k, v, MLP rows), the final modulation's halves swapped (BFL: shift, scale; diffusers: scale,
+    shift). Raw diffusers is checked to still leave the final layer alone (so this route stays needed)."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(81)
+    # BFL module -> [(diffusers layer, rows)], in: the tiny Flux (dim 32, MLP 4 * 32 = 128, patch out 4)
+    parts = {
+        "final_layer_linear": ([("proj_out", None)], 32),
+        "final_layer_adaLN_modulation_1": ([("norm_out.linear", "swap")], 32),
+        "double_blocks_0_img_attn_qkv": ([(f"transformer_blocks.0.attn.to_{x}", (32 * i, 32 * i + 32))
+                                          for i, x in enumerate("qkv")], 32),
+        "single_blocks_1_linear1": ([(f"single_transformer_blocks.1.attn.to_{x}", (32 * i, 32 * i + 32))
+                                     for i, x in enumerate("qkv")]
+                                    + [("single_transformer_blocks.1.proj_mlp", (96, 224))], 32),
+        "single_blocks_1_linear2": ([("single_transformer_blocks.1.proj_out", None)], 160),
+    }
+    raw = FluxPipeline.from_pretrained(str(flux_models / "diffusers" / "tiny-flux"))
+    sd, want = {}, {}
+    for part, (targets, d_in) in parts.items():
+        layers = [raw.transformer.get_submodule(path) for path, _ in targets]
+        d_out = sum(layer.out_features for layer in layers)
+        down = torch.randn(4, d_in, generator=g) / d_in**0.5
+        up = torch.randn(d_out, 4, generator=g) * 0.5
+        sd.update({f"lora_unet_{part}.lora_down.weight": down, f"lora_unet_{part}.lora_up.weight": up,
+                   f"lora_unet_{part}.alpha": torch.tensor(2.0)})
+        delta = 2.0 / 4 * up @ down
+        for (path, rows), layer in zip(targets, layers):
+            if rows == "swap":
+                piece = torch.cat(list(reversed(delta.chunk(2, dim=0))), dim=0)
+            else:
+                piece = delta if rows is None else delta[rows[0]:rows[1]]
+            want[path] = layer.weight.detach() + piece
+    save_file(sd, str(flux_models / "loras" / "flux_kohya_final.safetensors"))
+
+    h0 = engine.load_pipeline("tiny-flux")
+    h = load(engine, h0, "flux_kohya_final", 1.0, "k")
+    assert engine.info(h)["adapters"]["k"]["algorithm"] == "lora"
+    live, warnings = engine.realize(st.fuse(h, True, True, 1.0, False, ""))
+    assert warnings == []
+    for path, w in want.items():
+        got = live.pipe.transformer.get_submodule(path).get_base_layer().weight
+        assert torch.allclose(got, w, atol=1e-6), path
+    proj_out = raw.transformer.proj_out.weight.detach().clone()
+    sd.pop("lora_unet_single_blocks_1_linear1.lora_down.weight")  # diffusers' converter splits it at 3072
+    sd.pop("lora_unet_single_blocks_1_linear1.lora_up.weight")
+    sd.pop("lora_unet_single_blocks_1_linear1.alpha")
+    save_file(sd, str(flux_models / "loras" / "flux_kohya_final_raw.safetensors"))
+    raw.load_lora_weights(str(flux_models / "loras"), weight_name="flux_kohya_final_raw.safetensors", adapter_name="k")
+    raw.fuse_lora(lora_scale=1.0)
+    assert torch.equal(raw.transformer.proj_out.weight, proj_out)  # diffusers took nothing for it

@@ -128,11 +128,18 @@ def split_key(key: str) -> tuple[str, str, str] | None:
     return None
 
 
+# Plain kohya LoRA modules that diffusers' kohya Flux converter drops without a word (0.41/0.42: it
+# names them `norm_out.linear`/`proj_out` without the `transformer.` prefix, so no layer takes them,
+# and ignores their alpha): a file with them is loaded here, where they land.
+_DIFFUSERS_DROPS = ("lora_unet_final_layer_",)
+
+
 def is_lycoris(keys: Iterable[str]) -> bool:
-    """Whether the file needs this loader: kohya-prefixed keys with a suffix beyond plain LoRA."""
+    """Whether the file needs this loader: kohya-prefixed keys with a suffix beyond plain LoRA, or
+    plain LoRA modules diffusers' converter would drop (`_DIFFUSERS_DROPS`)."""
     for k in keys:
         parts = split_key(k)
-        if parts is not None and parts[2] in _OURS:
+        if parts is not None and (parts[2] in _OURS or k.startswith(_DIFFUSERS_DROPS)):
             return True
     return False
 
