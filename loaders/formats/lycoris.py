@@ -453,8 +453,13 @@ def take_rows(m: Module, fused: Any = None) -> tuple[Module, bool]:
             t[w1] = pick(t[w1], unit)
         else:
             out, inner = delta_shape(m)
-            delta = pick(_lokr_delta(m, _FusedLayer(torch.empty(out, inner, device="meta"))))
-            whole = {"lokr_w1": torch.ones(1, 1, dtype=delta.dtype), "lokr_w2": delta}  # no alpha: scale 1
+            dtype = next(iter(t.values())).dtype
+
+            def make() -> torch.Tensor:  # when its chunk loads (load()): a full-size Flux file's shares
+                return pick(_lokr_delta(m, _FusedLayer(torch.empty(out, inner, device="meta"))))  # never all at once
+
+            w2 = Deferred((len(index), inner), dtype, make)
+            whole = {"lokr_w1": torch.ones(1, 1, dtype=dtype), "lokr_w2": w2}  # no alpha: scale 1
             return dataclasses.replace(m, tensors=whole, rows=None), True
     else:
         raise LycorisError(f"{m.name}: {m.algorithm} cannot be split across fused layers")
