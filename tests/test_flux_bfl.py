@@ -301,6 +301,22 @@ def test_bfl_lokr_on_fused_layers_logs_full_deltas(engine, caplog, monkeypatch):
     assert torch.equal(sample(fresh, load(fresh, fresh.load_pipeline("builtin:tiny-flux"), "bfl_lokr")), whole)
 
 
+@pytest.mark.parametrize("name, compute", [("bfl_lokr", "_lokr_delta"), ("bfl_dora", "_dora_delta")])
+def test_bfl_fused_delta_made_once_per_module(engine, monkeypatch, name, compute):
+    """A fused module's full delta (LoKr shares, DoRA) is computed once and shared by its 3-4 layers."""
+    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.store import read_lora
+
+    calls: list[str] = []
+    real = getattr(lycoris, compute)
+    monkeypatch.setattr(lycoris, compute, lambda m, base: calls.append(m.name) or real(m, base))
+    engine.realize(load(engine, engine.load_pipeline("builtin:tiny-flux"), name))
+    fused = {m.name for m in read_lora(engine.lora_spec(engine.load_pipeline("builtin:tiny-flux"),
+                                                         f"{name}.safetensors", 1.0, "").path).modules
+             if m.name.endswith(("_qkv", "_linear1"))}
+    assert fused and sorted(c for c in calls if c in fused) == sorted(fused)  # once each
+
+
 def test_bfl_block_weights_by_index(engine):
     """Block weight 0 on double block 1 and single block 0 equals the file without those blocks' modules."""
     h0 = engine.load_pipeline("builtin:tiny-flux")

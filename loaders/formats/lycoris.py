@@ -406,9 +406,25 @@ def _shares_misfit(m: Module, model: torch.nn.Module, shares: list[flux_names.Ta
     return None
 
 
-def take_rows(m: Module, fused: Any = None) -> tuple[Module, bool]:
+class _LastDelta:
+    """The last fused module's full delta, so its 3-4 shares compute it once, not once each; one slot,
+    since a module's shares load one after another (memory: one fused delta)."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.delta: torch.Tensor | None = None
+
+    def get(self, name: str, compute: Any) -> torch.Tensor:
+        if self.name != name:
+            self.name, self.delta = None, None  # the previous one goes before the next is made
+            self.delta, self.name = compute(), name
+        return self.delta
+
+
+def take_rows(m: Module, fused: Any = None, memo: _LastDelta | None = None) -> tuple[Module, bool]:
     """The share `m.rows` of a fused module's delta, as a module of its own (#15, Flux BFL names), and
-    whether it holds a LoKr share's full delta. `fused`: () -> the fused layer's weight (DoRA family).
+    whether it holds a LoKr share's full delta. `fused`: () -> the fused layer's weight (DoRA family);
+    `memo`: where a full fused delta is kept for the module's other shares.
 
     Exact in every case, and linear in the adapter's weight, since each share is a slice of the delta:
     - LoRA/LoCon: the rows of lora_up; stays low-rank at the file's rank;
@@ -426,11 +442,12 @@ def take_rows(m: Module, fused: Any = None) -> tuple[Module, bool]:
         return m, False
     t = dict(m.tensors)
     index = _rows_index(m.rows)
+    memo = memo or _LastDelta()
     if m.algorithm in DORA:
         shape = (len(index), delta_shape(m)[1])
 
         def make() -> torch.Tensor:  # when its chunk loads (load()), as every DoRA delta
-            return _dora_delta(m, _FusedLayer(fused()))[index]
+            return memo.get(m.name, lambda: _dora_delta(m, _FusedLayer(fused())))[index]
 
         diff = Deferred(shape, next(iter(t.values())).dtype, make)
         return dataclasses.replace(m, algorithm="full", tensors={"diff": diff}, rows=None), False
@@ -456,7 +473,8 @@ def take_rows(m: Module, fused: Any = None) -> tuple[Module, bool]:
             dtype = next(iter(t.values())).dtype
 
             def make() -> torch.Tensor:  # when its chunk loads (load()): a full-size Flux file's shares
-                return pick(_lokr_delta(m, _FusedLayer(torch.empty(out, inner, device="meta"))))  # never all at once
+                stand_in = _FusedLayer(torch.empty(out, inner, device="meta"))
+                return pick(memo.get(m.name, lambda: _lokr_delta(m, stand_in)))  # never all at once
 
             w2 = Deferred((len(index), inner), dtype, make)
             whole = {"lokr_w1": torch.ones(1, 1, dtype=dtype), "lokr_w2": w2}  # no alpha: scale 1
@@ -757,8 +775,10 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
         for m, path in items:
             if m.rows is not None:
                 shares[m.name].append((m.rows, path))
+        memo = _LastDelta()
         for m, path in items:
-            share, whole = take_rows(m, lambda m=m, model=model, shares=shares: fused_weight(model, shares[m.name]))
+            share, whole = take_rows(m, lambda m=m, model=model, shares=shares: fused_weight(model, shares[m.name]),
+                                     memo)
             if whole:
                 as_full.add(m.name)
             family, opts, tensors = _entries(share, _base_of(model.get_submodule(path)))
