@@ -744,7 +744,8 @@ def _format_summary(summary: Mapping[str, Any]) -> str:
         ("algorithms", summary.get("algorithms")),
         ("ranks", summary.get("ranks")),
         ("alphas", f"{fmt(summary.get('effective_alphas') or [])}"
-                   + ("" if summary.get("alpha_in_file", True) else " (= rank: the file stores none)")),
+                   + ("" if summary.get("alpha_in_file", True) or not summary.get("effective_alphas")
+                      else " (= rank: the file stores none)")),
         ("base model", f"{summary.get('base_model')} ({summary.get('base_model_reason')})"),
         *([("fits", summary["fits"])] if "fits" in summary else []),
         ("trigger words", summary.get("trigger_words")),

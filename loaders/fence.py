@@ -396,6 +396,18 @@ def mark_peft_loaded(model: torch.nn.Module) -> None:
     model._hf_peft_config_loaded = True
 
 
+def register_norm_layers(config: Any, layer_cls: type, norm_types: tuple[type, ...]) -> None:
+    """Have a LoraConfig wrap norm layers (`norm_types`) in `layer_cls` (formats/norms.py, #15).
+
+    peft has no tuner that adds a scaled diff to a norm layer's affine weight; its LoRA model takes
+    custom layer types through an experimental registration, documented in peft's "custom models"
+    guide. Private name: `LoraConfig._register_custom_module` (peft 0.20, 0.21).
+    Stands in for: a peft tuner for `w_norm`/`b_norm` (LyCORIS `train_norm`), which peft lacks.
+    Fallback: none runs; outside the verified versions `lycoris_refusal` refuses the file first.
+    """
+    config._register_custom_module(dict.fromkeys(norm_types, layer_cls))
+
+
 def forward_conv_attributes(layer: torch.nn.Module) -> None:
     """Give a nested peft conv layer the `groups` of the conv it wraps.
 

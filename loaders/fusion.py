@@ -8,6 +8,7 @@ import torch
 
 from . import fence
 from .formats.lycoris import adapter_in_layer
+from .formats.norms import NormDelta
 from .live import LivePipeline, LoraOperationError, layers, timed
 from .state import FuseOp
 
@@ -89,8 +90,8 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
             weight = base.weight.data
             first = name not in saved
             if first:
-                keep_bias = getattr(base, "bias", None) is not None and any(
-                    getattr(module, "lora_bias", {}).get(a) for a in todo
+                keep_bias = getattr(base, "bias", None) is not None and (
+                    any(getattr(module, "lora_bias", {}).get(a) for a in todo) or isinstance(module, NormDelta)
                 )
                 on_cpu = weight.device.type == "cpu"
                 bias = base.bias.data if keep_bias else None

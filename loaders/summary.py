@@ -21,7 +21,7 @@ _TOP_TAGS = 20
 
 def summary(lora: LoraFile) -> dict[str, Any]:
     md = lora.metadata
-    ranks = sorted({m.rank for m in lora.modules})
+    ranks = sorted({m.rank for m in lora.modules if m.rank})  # full-weight and norm diffs have no rank
     alphas = _alphas(lora)
     components = dict(collections.Counter(m.component for m in lora.modules))
     base, reason = guess_base_model(lora)
@@ -91,7 +91,7 @@ def effective_alphas(lora: LoraFile) -> list[float]:
     stored = _alphas(lora)
     found = {a for a in stored if a is not None}
     if None in stored:
-        found |= {float(m.rank) for m in lora.modules if m.alpha is None}
+        found |= {float(m.rank) for m in lora.modules if m.alpha is None and m.rank}
     return sorted(found)
 
 

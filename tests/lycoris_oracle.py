@@ -77,8 +77,11 @@ def merge_files(path: Path, parts: dict[Path, str]) -> Path:
 
 def producer_apply(pipe, path: Path, multiplier: float, text_encoder: bool = True):
     """LyCORIS's network rebuilt from the file and applied to `pipe` with `multiplier`."""
-    from lycoris.kohya import create_network_from_weights
+    from lycoris.kohya import LycorisNetworkKohya, create_network_from_weights
 
+    # the network's constructor walks the class's preset: ours, whatever a make_network before set
+    # (LyCORIS's default names time_embedding twice and fails); modules come from the file's keys
+    LycorisNetworkKohya.apply_preset(PRESET)
     tes = _text_encoders(pipe)
     net, _ = create_network_from_weights(multiplier, str(path), pipe.vae, tes, pipe.unet)
     net.apply_to(tes, pipe.unet, text_encoder, True)

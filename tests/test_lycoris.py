@@ -36,6 +36,10 @@ SD_FILES = {
     "ly_doha": ("loha", {"dora_wd": True}),
     "ly_dokr": ("lokr", {"dora_wd": True}),
     "ly_full": ("full", {}),
+    # norm-layer diffs (w_norm/b_norm): the UNet's GroupNorms/LayerNorms and, with whole encoder layers
+    # as targets, the text encoder's LayerNorms; with full diffs, and with LoHa on the other layers
+    "ly_full_norm": ("full", {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
+    "ly_loha_norm": ("loha", {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
 }
 
 
@@ -231,6 +235,162 @@ def test_mixed_stack_every_node(engine, producer, lycoris_dir):
     engine.realize(st.unload(hm))
 
 
+def _norm_layers(model) -> dict[str, torch.Tensor]:
+    """Every LayerNorm/GroupNorm weight and bias of a model, by name (peft's base_layer spelling dropped)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm)) and m.weight is not None:
+            out[name.replace(".base_layer", "") + ".weight"] = m.weight.detach().clone()
+            out[name.replace(".base_layer", "") + ".bias"] = m.bias.detach().clone()
+    return out
+
+
+def test_norm_layers_every_node(engine, lycoris_dir, tmp_path):
+    """A file with norm-layer diffs (w_norm/b_norm) stacked with a LoKr, through every node; the oracle
+    is the producer's forward pass with each module's multiplier set as the node asks."""
+    from safetensors.torch import load_file
+
+    loras = lycoris_dir / "loras"
+    files = {"n": "ly_loha_norm", "c": "ly_lokr"}
+
+    def oracle(active: dict[str, float], text_encoder: bool = True, te_weight: dict | None = None):
+        raw = raw_pipeline()
+        for k, w in active.items():
+            net = producer_apply(raw, loras / f"{files[k]}.safetensors", w, text_encoder)
+            for m in net.text_encoder_loras:
+                m.multiplier = (te_weight or {}).get(k, w)
+        return render(raw)
+
+    h0 = engine.load_pipeline("builtin:tiny-sd")
+    live = engine.live(h0.source)
+    base_norms = {c: _norm_layers(getattr(live.pipe, c)) for c in ("unet", "text_encoder")}
+    h = load(engine, load(engine, h0, files["n"], 1.0, "n"), files["c"], 1.0, "c")
+    h = st.set_weights(h, "n, c", "0.7, 1.2")
+    want = oracle({"n": 0.7, "c": 1.2})
+    assert max_diff(sample(engine, h), want) <= TOL
+    # the norm diffs matter: without them (LoHa part only) the image is another one
+    norm_free = loras / "ly_loha_no_norm.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v for k, v in load_file(str(loras / "ly_loha_norm.safetensors")).items()
+               if not k.endswith(("w_norm", "b_norm"))}, str(norm_free))
+    raw = raw_pipeline()
+    producer_apply(raw, norm_free, 0.7)
+    producer_apply(raw, loras / "ly_lokr.safetensors", 1.2)
+    assert max_diff(render(raw), want) > 0.02
+
+    info = engine.info(h)
+    assert info["adapters"]["n"]["algorithm"] == "mixed (loha, norm)"
+    assert info["adapters"]["n"]["components"] == ["unet", "text_encoder"]
+
+    # fuse, unfuse: bit-exact norm weights and biases (the affine parameters fusion changes)
+    hf = st.fuse(h, True, True, 1.0, False, "")
+    assert max_diff(sample(engine, hf), want) <= TOL
+    fused = _norm_layers(live.pipe.unet)
+    assert any(not torch.equal(v, fused[k]) for k, v in base_norms["unet"].items()), "fusion changes the norms"
+    assert max_diff(sample(engine, st.unfuse(hf, True, True)), want) <= TOL
+    for c in ("unet", "text_encoder"):
+        now = _norm_layers(getattr(live.pipe, c))
+        assert all(torch.equal(v, now[k]) for k, v in base_norms[c].items()), c
+
+    # per-component weights, then the text-encoder switch
+    h2 = st.set_weights(h, "n, c", "0.7, 1.2", "0.2, 1.2")
+    assert max_diff(sample(engine, h2), oracle({"n": 0.7, "c": 1.2}, te_weight={"n": 0.2})) <= TOL
+    ht = st.toggle_text_encoder(h, False, "all")
+    assert max_diff(sample(engine, ht), oracle({"n": 0.7, "c": 1.2}, text_encoder=False)) <= TOL
+
+    # SaveLoRA writes the w_norm/b_norm keys; LyCORIS's loader and ours read the file back
+    out = engine.save_lora(h, "n", tmp_path / "n.safetensors", "kohya")
+    saved, source = load_file(str(out)), load_file(str(loras / "ly_loha_norm.safetensors"))
+    assert saved.keys() == source.keys() and all(torch.equal(saved[k], source[k]) for k in saved)
+
+    # delete, unload: the norm layers are the base's again, bit for bit
+    hd = st.delete(h, "n")
+    assert max_diff(sample(engine, hd), oracle({"c": 1.2})) <= TOL
+    assert max_diff(sample(engine, st.unload(hd)), sample(engine, h0)) == 0
+    for c in ("unet", "text_encoder"):
+        now = _norm_layers(getattr(live.pipe, c))
+        assert now.keys() == base_norms[c].keys() and all(torch.equal(v, now[k]) for k, v in base_norms[c].items())
+
+    # a device move takes the norm diffs along (to `meta`: this machine has no second device)
+    hm = st.set_device(h, "n", "meta")
+    engine.realize(hm)
+    moved = [m for _, m in live.pipe.unet.named_modules() if "n" in getattr(m, "lora_norm_weight", {})]
+    assert moved and all(m.lora_norm_weight["n"].device.type == "meta" for m in moved)
+    assert all(m.lora_norm_bias["n"].device.type == "meta" for m in moved)
+    engine.realize(st.unload(hm))
+
+
+def test_norm_layers_follow_a_schedule(engine, lycoris_dir):
+    """ScheduleAdapterWeights on an adapter with norm diffs: diffusers' per-step recipe on the producer's
+    network (each UNet module's multiplier set at the end of every step)."""
+    from safetensors.torch import load_file, save_file
+
+    steps = 4
+    path = lycoris_dir / "loras" / "ly_norm_only.safetensors"  # the norm diffs alone: nothing else moves
+    save_file({k: v for k, v in load_file(str(lycoris_dir / "loras" / "ly_full_norm.safetensors")).items()
+               if k.endswith(("w_norm", "b_norm"))}, str(path))
+    h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "ly_norm_only", 1.0, "n")
+    ours = engine.sample(st.schedule_weights(h, "n", "0:0, 0.5:1", "hold"), PROMPT, "", 1, steps, 7.0, SIZE, SIZE)
+
+    def recipe(per_step):
+        raw = raw_pipeline()
+        net = producer_apply(raw, path, 1.0)
+
+        def set_unet(weight):
+            for m in net.unet_loras:
+                m.multiplier = weight
+
+        set_unet(per_step[0])
+
+        def on_step_end(_p, i, _t, _kw):
+            if i + 1 < steps:
+                set_unet(per_step[i + 1])
+            return {}
+
+        out = raw(PROMPT, negative_prompt="", num_inference_steps=steps, guidance_scale=7.0, width=SIZE,
+                  height=SIZE, generator=torch.Generator("cpu").manual_seed(1), output_type="np",
+                  callback_on_step_end=on_step_end)
+        return torch.from_numpy(out.images).float()
+
+    assert max_diff(ours, recipe([0.0, 0.0, 1.0, 1.0])) <= TOL
+    assert max_diff(ours, recipe([0.0, 1.0, 1.0, 1.0])) > TOL  # one step off: the test can tell
+
+
+def test_norm_diffs_that_do_not_fit_are_reported(engine, lycoris_dir):
+    """A w_norm on a layer that is not a norm: unmatched with the reason, the rest lands; one of the
+    wrong size: the file is refused as made for another model; one beside a diff: refused by name.
+    Never loaded half-way, never skipped silently."""
+    from loragraph.loaders.coverage import coverage
+    from loragraph.loaders.files import LoraFileError
+    from loragraph.loaders.store import read_lora
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(lycoris_dir / "loras" / "ly_full_norm.safetensors"))
+    h0 = engine.load_pipeline("builtin:tiny-sd")
+    pipe = engine.live(h0.source).pipe
+
+    def write(name, **extra):
+        save_file({**sd, **extra}, str(lycoris_dir / "loras" / f"{name}.safetensors"))
+        return read_lora(lycoris_dir / "loras" / f"{name}.safetensors")
+
+    cov = coverage(pipe, write("ly_norm_on_conv", **{"lora_unet_conv_out.w_norm": torch.ones(32)}))
+    assert [(u.module, u.reason) for u in cov.unmatched] == [
+        ("lora_unet_conv_out", "w_norm on a Conv2d, not a LayerNorm or GroupNorm")]
+    _, warnings = engine.realize(load(engine, h0, "ly_norm_on_conv", 1.0, "x"))
+    assert any("lora_unet_conv_out" in w for w in warnings)
+
+    write("ly_norm_size", **{"lora_unet_down_blocks_0_resnets_0_norm1.w_norm": torch.ones(7)})
+    with pytest.raises(Exception, match=r"lora_name: .*norm1: shape mismatch: w_norm has 7 values, the layer's "
+                                        r"weight 32\) — it is made for another base model"):
+        engine.realize(load(engine, h0, "ly_norm_size", 1.0, "y"))
+
+    lf = write("ly_norm_and_diff", **{"lora_unet_conv_in.w_norm": torch.ones(32)})
+    with pytest.raises(LoraFileError, match=r"full with w_norm \(e\.g\. lora_unet_conv_in\."):
+        coverage(pipe, lf)
+    assert getattr(pipe.unet, "peft_config", None) is None or set(pipe.unet.peft_config) == {"x"}
+
+
 def test_mixed_file_is_one_adapter(engine, lycoris_dir):
     from loragraph.loaders.store import read_lora
 
@@ -272,12 +432,11 @@ def test_save_lycoris_roundtrip(engine, producer, lycoris_dir, tmp_path):
                              "unet_target_module": ["Transformer2DModel"], "unet_target_name": []}}, "BOFT"),
         ("glora", {}, "GLoRA"),
         ("ia3", {}, "IA3"),
-        ("full", {"train_norm": True}, r"full-weight norm layers \(w_norm/b_norm\)"),
     ],
 )
 def test_unsupported_algorithm_is_an_error_naming_it(engine, lycoris_dir, algo, options, named):
-    """OFT, BOFT, GLoRA, IA3 and norm-layer weights are refused with the algorithm and sample keys, never
-    skipped silently, and the pipeline is left as it was."""
+    """OFT, BOFT, GLoRA and IA3 are refused with the algorithm and sample keys, never skipped silently,
+    and the pipeline is left as it was."""
     from loragraph.builtin_models.builtin import build_tiny_sd
     from loragraph.loaders.coverage import coverage
     from loragraph.loaders.files import LoraFileError
@@ -318,19 +477,29 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     from loragraph.loaders.formats import lycoris
     from loragraph.loaders.store import read_lora
 
-    for algo, seed in (("loha", 601), ("lokr", 602)):
-        write_file(lycoris_dir / "loras" / f"ly_{algo}_blocks.safetensors", build_tiny_sd, algo, seed,
-                   preset={"unet_target_name": []})
+    for algo, seed, extra in (("loha", 601, {}), ("lokr", 602, {}), ("norm", 603, {"train_norm": True})):
+        write_file(lycoris_dir / "loras" / f"ly_{algo}_blocks.safetensors", build_tiny_sd,
+                   "lora" if algo == "norm" else algo, seed, preset={"unet_target_name": []}, **extra)
 
     blocks = {"unet": {"down": 0.0, "mid": 1.0, "up": 0.5}, "text_encoder": 0.3}
     h0 = engine.load_pipeline("builtin:tiny-sd")
     h = load(engine, load(engine, h0, "ly_loha_blocks", 1.0, "b"), "ly_lokr_blocks", 1.0, "c")
-    h = st.set_weights(h, "b, c", "1.0", "", '{"b": ' + __import__("json").dumps(blocks["unet"]) + "}")
+    h = load(engine, h, "ly_norm_blocks", 1.0, "d")  # LoCon plus norm diffs (w_norm/b_norm)
+    unet_blocks = __import__("json").dumps(blocks["unet"])
+    h = st.set_weights(h, "b, c, d", "1.0", "", '{"b": ' + unet_blocks + ', "d": ' + unet_blocks + "}")
     raw = raw_pipeline()
-    for name, adapter in (("ly_loha_blocks", "b"), ("ly_lokr_blocks", "c")):
+    for name, adapter in (("ly_loha_blocks", "b"), ("ly_lokr_blocks", "c"), ("ly_norm_blocks", "d")):
         lycoris.load(raw, lycoris.parse(read_lora(lycoris_dir / "loras" / f"{name}.safetensors").state_dict), adapter)
-    raw.set_adapters(["b", "c"], [{"unet": blocks["unet"], "text_encoder": 1.0}, 1.0])
+    def per_block():  # one dict per adapter: diffusers 0.41 expands a block dict in place
+        return {"unet": dict(blocks["unet"]), "text_encoder": 1.0}
+
+    raw.set_adapters(["b", "c", "d"], [per_block(), 1.0, per_block()])
     assert max_diff(sample(engine, h), render(raw)) <= TOL
+    # the norm layers took their block's weight: down blocks at 0, so their diffs are off
+    norm_scales = {n: m.scaling["d"] for n, m in engine.live(h0.source).pipe.unet.named_modules()
+                   if "d" in getattr(m, "lora_norm_weight", {})}
+    assert norm_scales["down_blocks.1.attentions.0.norm"] == 0.0
+    assert norm_scales["up_blocks.0.attentions.0.transformer_blocks.0.norm1"] == 0.5
 
     with pytest.raises(st.NodeInputError, match="block_weights: transformer blocks are for transformer pipelines"):
         st.set_weights(h, "b", "1.0", "", '{"double": [1.0]}')

@@ -3,12 +3,14 @@
     python tools/comfyui_crosscheck.py --comfyui /path/to/ComfyUI [--work DIR]
 
 Needs a ComfyUI checkout (not a dependency; nothing of it is copied here) and `lycoris-lora` (the
-test extra). LyCORIS 4.1.3 writes LoCon-Tucker, LoHa(-Tucker), LoKr, full, DoRA, DoHa and DoKr files on
-the tiny SD pipeline; loragraph's SaveLoRA writes three of them back. For each file and strength
+test extra). LyCORIS 4.1.3 writes LoCon-Tucker, LoHa(-Tucker), LoKr, full, DoRA, DoHa, DoKr and
+norm-diff (`train_norm`) files on the tiny SD pipeline; loragraph's SaveLoRA writes four of them back. For each file and strength
 (1.0, 0.5):
 - ComfyUI's `comfy.lora.load_lora` must take every key ("not loaded" count);
 - for every module, ComfyUI's `calculate_weight` at that strength is compared with loragraph's weight
-  after LoadLoRA(strength) + FuseLoRA: the max |difference| over the max |ComfyUI delta|.
+  (and bias: `diff_b`, `b_norm`) after LoadLoRA(strength) + FuseLoRA: the max |difference| over the
+  max |ComfyUI delta|. Norm-layer diffs (`w_norm`/`b_norm`) are ComfyUI "diff" patches of the norm's
+  weight and bias, as loragraph's.
 Expected: ~0 for every family but the DoRA one. There ComfyUI normalises by the unpatched weight's
 norm, and loragraph by the patched one, as the producer (LyCORIS) does. Both scale the whole delta,
 so the relative difference is the same at 1.0 and 0.5. The last column repeats the comparison with
@@ -36,8 +38,11 @@ FILES = {
     "ly_lokr_f4": ("lokr", {"factor": 4, "conv_dim": 2}), "ly_full": ("full", {}),
     "ly_dora": ("lora", {"dora_wd": True}), "ly_doha": ("loha", {"dora_wd": True}),
     "ly_dokr": ("lokr", {"dora_wd": True}),
+    # norm-layer diffs (w_norm/b_norm), text-encoder LayerNorms included, beside full and LoHa modules
+    "ly_full_norm": ("full", {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
+    "ly_loha_norm": ("loha", {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
 }
-SAVED = ("ly_dora", "ly_doha", "ly_lokr")
+SAVED = ("ly_dora", "ly_doha", "ly_lokr", "ly_loha_norm")
 
 
 def import_comfy(path: Path):
@@ -117,22 +122,22 @@ def main() -> int:
         names = sorted({k.split(".")[0] for k in sd})
         patches = comfy_lora.load_lora(sd, {n: n + ".weight" for n in names})
         out = {}
-        for key, patch in patches.items():
-            if not key.endswith(".weight"):
-                continue  # a diff_b bias patch: the images of tests/test_lycoris.py cover it
-            n = key[: -len(".weight")]
+        for key, patch in patches.items():  # weights, and biases (diff_b, b_norm)
+            n, _, kind = key.rpartition(".")
             comp = "unet" if n.startswith("lora_unet_") else "text_encoder"
             path = lookup[comp][n[len(prefixes[comp]):]]
-            w0 = getattr(pipe0, comp).get_submodule(path).weight.detach().clone()
-            out[(comp, path)] = (w0, comfy_lora.calculate_weight([(strength, patch, 1.0, None, None)], w0.clone(), n))
+            w0 = getattr(getattr(pipe0, comp).get_submodule(path), kind).detach().clone()
+            out[(comp, path, kind)] = (w0, comfy_lora.calculate_weight([(strength, patch, 1.0, None, None)],
+                                                                       w0.clone(), n))
         return out
 
     def ours(name, strength):
         h = st.add_adapter(h0, engine.lora_spec(h0, f"{name}.safetensors", strength, "x"))
         live, _ = engine.realize(st.fuse(h, True, True, 1.0, False, ""))
-        got = {(c, path): m.get_base_layer().weight.detach().clone()
+        got = {(c, path, kind): getattr(m.get_base_layer(), kind).detach().clone()
                for c in ("unet", "text_encoder") for path, m in getattr(live.pipe, c).named_modules()
-               if hasattr(m, "get_base_layer") and not path.endswith("base_layer")}
+               if hasattr(m, "get_base_layer") and not path.endswith("base_layer")
+               for kind in ("weight", "bias") if getattr(m.get_base_layer(), kind, None) is not None}
         engine.realize(h0)
         return got
 

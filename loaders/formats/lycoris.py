@@ -25,8 +25,11 @@ _weights` + `apply_to`; tests/test_lycoris.py checks the images):
 - Full `diff`/`diff_b`: a peft LoKr with a 1x1 first factor, kron([[1]], diff) = diff, at the diff's
   memory; with `diff_b`, a peft LoRA whose one factor is the identity (rank = the smaller side) and
   `lora_bias`. Exact, and every node (weights, fuse, device, delete) works on it as on any adapter.
-Anything else (OFT, BOFT, GLoRA, IA3, norm-layer `w_norm`/`b_norm`) is an error naming
-the algorithm and some keys: nothing is skipped silently.
+- Norm layers (`w_norm`/`b_norm`, LyCORIS `train_norm`): diffs of a LayerNorm's or GroupNorm's affine
+  weight and bias, in a LoRA-family layer peft builds through its custom-module registration
+  (norms.py), since peft has no tuner for them; scaled by the adapter's weight like every delta.
+Anything else (OFT, BOFT, GLoRA, IA3) is an error naming the algorithm and some keys: nothing is
+skipped silently.
 
 Flux files in Black Forest Labs' names (`lora_unet_double_blocks_0_img_attn_qkv`, ...) land through
 flux_names.py: a module BFL fuses (q,k,v; single blocks' q,k,v,MLP) is split by rows across diffusers'
@@ -48,7 +51,7 @@ from typing import Any
 import torch
 
 from .. import fence
-from . import flux_names
+from . import flux_names, norms
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +68,11 @@ _LORA = {"lora_down.weight", "lora_up.weight", "lora_mid.weight"}
 _LOHA = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"}
 _LOKR = {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
 _FULL = {"diff", "diff_b"}
+_NORM = {"w_norm", "b_norm"}
 _COMMON = {"alpha", "dora_scale"}
-KNOWN_SUFFIXES = _LORA | _LOHA | _LOKR | _FULL | _COMMON
+KNOWN_SUFFIXES = _LORA | _LOHA | _LOKR | _FULL | _NORM | _COMMON
 # Suffixes that make a file one of ours rather than a plain kohya LoRA diffusers loads itself.
-_OURS = (_LOHA | _LOKR | _FULL | {"lora_mid.weight", "dora_scale", "w_norm", "b_norm"}) | {
+_OURS = (_LOHA | _LOKR | _FULL | _NORM | {"lora_mid.weight", "dora_scale"}) | {
     "oft_blocks", "oft_diag", "oft_R", "a1.weight", "on_input"
 }
 # kohya sd-scripts' own (SGM/LDM) names of SDXL UNet modules: lora_unet_input_blocks_4_1_...
@@ -76,7 +80,7 @@ _SGM = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks|out_2|ti
 # How many keys an error shows.
 _SAMPLE = 5
 
-ALGORITHMS = ("lora", "locon", "dora", "loha", "lokr", "doha", "dokr", "full")
+ALGORITHMS = ("lora", "locon", "dora", "loha", "lokr", "doha", "dokr", "full", "norm")
 # The DoRA family: a LoRA/LoHa/LoKr module with a `dora_scale` magnitude (LyCORIS `dora_wd`).
 DORA = {"dora": "lora", "doha": "loha", "dokr": "lokr"}
 
@@ -91,7 +95,7 @@ class Module:
 
     name: str  # kohya name, e.g. lora_unet_down_blocks_0_attentions_0_proj_in
     component: str
-    algorithm: str  # lora | locon | dora | loha | lokr | full | an unsupported one (oft, glora, ...)
+    algorithm: str  # lora | locon | dora | loha | lokr | full | norm | an unsupported one (oft, glora, ...)
     tensors: Mapping[str, torch.Tensor] = dataclasses.field(repr=False)
     # A share of a fused module (Flux's BFL names, flux_names.py): the [start, stop) ranges of its
     # delta's rows, in order, that one layer takes; None: the whole module. See `take_rows`.
@@ -155,7 +159,7 @@ def _algorithm(suffixes: set[str]) -> str:
         if "dora_scale" in suffixes:
             return "dora"
         return "locon" if "lora_mid.weight" in suffixes else "lora"
-    if suffixes & {"w_norm", "b_norm"}:
+    if suffixes & _NORM:
         return "norm"
     if suffixes & {"oft_blocks", "oft_diag"}:
         return "oft"
@@ -204,6 +208,8 @@ def _missing(m: Module) -> list[str]:
         )
     elif m.algorithm == "full":
         need = ["diff"]
+    elif m.algorithm == "norm":
+        need = ["w_norm"]
     else:
         return []
     return [k for k in need if k not in t]
@@ -213,7 +219,8 @@ def unsupported(modules: Iterable[Module]) -> dict[str, list[str]]:
     """{algorithm: sample keys} of the modules this loader cannot build."""
     bad: dict[str, list[str]] = {}
     for m in modules:
-        extra = set(m.tensors) - KNOWN_SUFFIXES
+        # norm diffs stand alone (LyCORIS writes a norm layer's module with w_norm/b_norm only)
+        extra = set(m.tensors) - (_NORM if m.algorithm == "norm" else KNOWN_SUFFIXES - _NORM)
         algo = m.algorithm if m.algorithm not in ALGORITHMS else ("unknown" if extra else None)
         if m.algorithm in ALGORITHMS and extra:
             algo = f"{m.algorithm} with {', '.join(sorted(extra))}"
@@ -230,7 +237,6 @@ def unsupported(modules: Iterable[Module]) -> dict[str, list[str]]:
 
 
 _ALGO_NAMES = {
-    "norm": "full-weight norm layers (w_norm/b_norm)",
     "oft": "OFT (diag-OFT)",
     "boft": "BOFT",
     "glora": "GLoRA",
@@ -269,18 +275,16 @@ def kohya_names(model: torch.nn.Module, component: str) -> dict[str, str]:
 
     Text encoders get both spellings, with and without `text_model_`: kohya files carry it,
     transformers >= 5 flattens CLIPTextModel so LyCORIS run on it writes names without it.
+    Norm layers (LayerNorm, GroupNorm) are named too: `train_norm` files adapt them.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    kinds = (torch.nn.Linear, torch.nn.Conv2d, *norms.NORM_TYPES)
     names: dict[str, str] = {}
     for path, module in model.named_modules():
-        if not path or ".base_layer" in path or not isinstance(
-            module, (torch.nn.Linear, torch.nn.Conv2d, BaseTunerLayer)
-        ):
+        if not path or ".base_layer" in path or not isinstance(module, (*kinds, BaseTunerLayer)):
             continue
-        if isinstance(module, BaseTunerLayer) and not isinstance(
-            module.get_base_layer(), (torch.nn.Linear, torch.nn.Conv2d)
-        ):
+        if isinstance(module, BaseTunerLayer) and not isinstance(module.get_base_layer(), kinds):
             continue
         flat = path.replace(".", "_")
         names.setdefault(flat, path)
@@ -314,6 +318,8 @@ def delta_shape(m: Module) -> tuple[int, int]:
     if m.algorithm == "full":
         d = t["diff"]
         return int(d.shape[0]), int(d[0].numel())
+    if m.algorithm == "norm":  # a norm layer's 1-D affine weight: (channels, 1) as place() measures it
+        return int(t["w_norm"].numel()), 1
     raise LycorisError(f"{m.name}: {m.algorithm} has no delta shape")
 
 
@@ -379,6 +385,14 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
             unmatched.append((m.component, m.name, "no such module"))
             continue
         base = _base_of(model.get_submodule(path))
+        if m.algorithm == "norm" or isinstance(base, norms.NORM_TYPES):
+            reason = norms.fits(base, m.tensors["w_norm"], m.tensors.get("b_norm")) if m.algorithm == "norm" else (
+                f"a {m.algorithm} module on a {type(base).__name__}, which only w_norm/b_norm adapt")
+            if reason is not None:
+                unmatched.append((m.component, m.name, reason))
+            else:
+                landed.setdefault(m.component, []).append((m, path))
+            continue
         out, inner = delta_shape(m)
         w = base.weight
         if (out, inner) != (int(w.shape[0]), int(w[0].numel())):
@@ -553,6 +567,8 @@ def _entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dic
         return "loha", opts, {k: v for k, v in t.items() if k.startswith("hada_")}
     if m.algorithm == "lokr":
         return _lokr_entries(m, base)
+    if m.algorithm == "norm":  # norms.NormDelta: filled with set_diffs, not a peft state dict
+        return "norm", {"r": 1, "alpha": 1.0}, {k: t[k] for k in ("w_norm", "b_norm") if k in t}
     raise LycorisError(f"{m.name}: {m.algorithm} cannot be built")
 
 
@@ -714,6 +730,10 @@ def _config(family: str, shared: dict[str, Any], group: list[tuple[str, dict[str
     alphas = {"^" + re.escape(p): o["alpha"] for p, o in group}
     r0, a0 = group[0][1]["r"], group[0][1]["alpha"]
     common = {"target_modules": exact, "rank_pattern": ranks, "r": r0}
+    if family == "norm":
+        config = LoraConfig(lora_alpha=1, init_lora_weights=True, **common)
+        fence.register_norm_layers(config, norms.NormDelta, norms.NORM_TYPES)
+        return config
     if family == "lora":
         return LoraConfig(
             lora_alpha=a0, alpha_pattern=alphas, use_dora=shared["use_dora"],
@@ -729,7 +749,7 @@ def _config(family: str, shared: dict[str, Any], group: list[tuple[str, dict[str
 
 
 _SHARED = {"lora": ("use_dora", "lora_bias"), "loha": ("use_effective_conv2d",),
-           "lokr": ("decompose_factor", "use_effective_conv2d")}
+           "lokr": ("decompose_factor", "use_effective_conv2d"), "norm": ()}
 
 
 # Deferred deltas made per load call at most this many bytes: the peak of a DoRA load stays its
@@ -790,6 +810,10 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
             config = _config(family, shared, [(p, o) for p, o, _ in group])
             dtype = _base_of(model.get_submodule(group[0][0])).weight.dtype
             inject_adapter_in_model(config, model, adapter_name=adapter_name)
+            if family == "norm":
+                for path, _, tensors in group:
+                    model.get_submodule(path).set_diffs(adapter_name, tensors["w_norm"], tensors.get("b_norm"))
+                continue
             items_ = [(f"{path}.{name}", v) for path, _, tensors in group for name, v in tensors.items()]
             for chunk in _chunks(items_):
                 state = {k: (v.make() if isinstance(v, Deferred) else v).to(dtype) for k, v in chunk}
@@ -845,7 +869,8 @@ def kohya_tensors(modules: Iterable[Module], keep: set[str] | None = None) -> di
 
 
 def is_lora_layer(module: Any) -> bool:
-    return hasattr(module, "lora_A")
+    """A peft LoRA layer proper (lora_A/lora_B), not LoHa/LoKr nor a norm layer's diffs (norms.py)."""
+    return tuple(getattr(module, "adapter_layer_names", ()))[:1] == ("lora_A",)
 
 
 def adapter_in_layer(module: Any, adapter_name: str) -> bool:
