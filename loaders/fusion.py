@@ -8,7 +8,7 @@ import torch
 
 from . import fence
 from .formats.lycoris import adapter_in_layer
-from .formats.norms import NormDelta
+from .formats.norms import is_norm_layer
 from .live import LivePipeline, LoraOperationError, layers, timed
 from .state import FuseOp
 
@@ -91,7 +91,7 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
             first = name not in saved
             if first:
                 keep_bias = getattr(base, "bias", None) is not None and (
-                    any(getattr(module, "lora_bias", {}).get(a) for a in todo) or isinstance(module, NormDelta)
+                    any(getattr(module, "lora_bias", {}).get(a) for a in todo) or is_norm_layer(module)
                 )
                 on_cpu = weight.device.type == "cpu"
                 bias = base.bias.data if keep_bias else None

@@ -732,7 +732,7 @@ def _config(family: str, shared: dict[str, Any], group: list[tuple[str, dict[str
     common = {"target_modules": exact, "rank_pattern": ranks, "r": r0}
     if family == "norm":
         config = LoraConfig(lora_alpha=1, init_lora_weights=True, **common)
-        fence.register_norm_layers(config, norms.NormDelta, norms.NORM_TYPES)
+        fence.register_norm_layers(config, norms.layer_class(), norms.NORM_TYPES)
         return config
     if family == "lora":
         return LoraConfig(
