@@ -65,6 +65,12 @@ def lycoris_dir(tmp_path_factory):
     write_file(loras / "ly_sdxl_loha.safetensors", build_tiny_sdxl, "loha", 302)
     # the same tensors under kohya sd-scripts' SDXL (SGM) UNet names: input_blocks_4_1_...
     to_sgm_names(loras / "ly_sdxl_loha.safetensors", loras / "ly_sdxl_loha_sgm.safetensors", build_tiny_sdxl())
+    # LoCon with norm diffs on SDXL: resnet GroupNorms (SGM in_layers_0/out_layers_0), the last GroupNorm
+    # and conv_out (SGM out_0/out_2), both text encoders' LayerNorms
+    write_file(loras / "ly_sdxl_norm.safetensors", build_tiny_sdxl, "lora", 303, train_norm=True,
+               preset={"unet_target_name": ["conv_in", "conv_norm_out", "conv_out"],
+                       "text_encoder_target_module": ["CLIPEncoderLayer"]})
+    to_sgm_names(loras / "ly_sdxl_norm.safetensors", loras / "ly_sdxl_norm_sgm.safetensors", build_tiny_sdxl())
     return root
 
 
@@ -144,7 +150,7 @@ def test_lycoris_file_matches_producer(engine, producer, base_image, name):
 def test_lycoris_file_on_sdxl_two_text_encoders(engine, producer, lycoris_dir):
     """LyCORIS on SDXL (lora_te1_/lora_te2_), also in kohya sd-scripts' SGM UNet names."""
     h0 = engine.load_pipeline("builtin:tiny-sdxl")
-    for name in ("ly_sdxl_lokr", "ly_sdxl_loha"):
+    for name in ("ly_sdxl_lokr", "ly_sdxl_loha", "ly_sdxl_norm"):
         for strength in (1.0, 0.5):
             h = load(engine, h0, name, strength, "x")
             assert engine.info(h)["adapters"]["x"]["components"] == ["unet", "text_encoder", "text_encoder_2"]
@@ -153,9 +159,12 @@ def test_lycoris_file_on_sdxl_two_text_encoders(engine, producer, lycoris_dir):
 
     sgm = read_lora(lycoris_dir / "loras" / "ly_sdxl_loha_sgm.safetensors")
     assert any(m.name.startswith("lora_unet_input_blocks_") for m in sgm.modules)
-    h = load(engine, h0, "ly_sdxl_loha_sgm", 0.5, "x")
-    assert engine.info(h)["warnings"] == []  # every module lands
-    assert max_diff(sample(engine, h), producer("ly_sdxl_loha", 0.5)) <= TOL
+    for name in ("ly_sdxl_loha", "ly_sdxl_norm"):
+        h = load(engine, h0, f"{name}_sgm", 0.5, "x")
+        assert engine.info(h)["warnings"] == [], name  # every module lands
+        assert max_diff(sample(engine, h), producer(name, 0.5)) <= TOL, name
+    sgm_names = {m.name for m in read_lora(lycoris_dir / "loras" / "ly_sdxl_norm_sgm.safetensors").modules}
+    assert {"lora_unet_out_0", "lora_unet_out_2", "lora_unet_input_blocks_1_0_in_layers_0"} <= sgm_names
 
 
 def test_lycoris_lokr_tucker_matches_training_network(engine, lycoris_dir):

@@ -76,7 +76,7 @@ _OURS = (_LOHA | _LOKR | _FULL | _NORM | {"lora_mid.weight", "dora_scale"}) | {
     "oft_blocks", "oft_diag", "oft_R", "a1.weight", "on_input"
 }
 # kohya sd-scripts' own (SGM/LDM) names of SDXL UNet modules: lora_unet_input_blocks_4_1_...
-_SGM = re.compile(r"^lora_unet_(input_blocks|middle_block|output_blocks|out_2|time_embed|label_emb)_")
+_SGM = re.compile(r"^lora_unet_((input_blocks|middle_block|output_blocks|time_embed|label_emb)_|out_[02]$)")
 # How many keys an error shows.
 _SAMPLE = 5
 
@@ -355,7 +355,7 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
     # kohya sd-scripts trains SDXL on its own (SGM/LDM) UNet: lora_unet_input_blocks_4_1_... names
     sgm = [m.name for m in modules if m.component == "unet" and _SGM.match(m.name)]
     has_unet = getattr(pipe, "unet", None) is not None
-    sgm_paths = fence.sgm_module_paths(pipe, sgm) if sgm and has_unet else {}
+    sgm_paths = _sgm_paths(pipe, sgm) if sgm and has_unet else {}
     for m in modules:
         if m.component == "unet" and getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
             # LyCORIS names a transformer denoiser lora_unet_ too (its `unet` argument)
@@ -402,6 +402,31 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
             continue
         landed.setdefault(m.component, []).append((m, path))
     return Placement(landed, unmatched)
+
+
+# SGM norm layers (train_norm files), which diffusers' SGM converter does not name (no diffusers LoRA
+# adapts a norm): a resnet's GroupNorms by the conv beside them (`in_layers` = norm, SiLU, conv1;
+# `out_layers` = norm, SiLU, dropout, conv2), and the UNet's last GroupNorm (`out` = norm, SiLU, conv_out).
+_SGM_NORMS = (("_in_layers_0", "_in_layers_2", ".conv1", ".norm1"), ("_out_layers_0", "_out_layers_3", ".conv2", ".norm2"))
+_SGM_OUT_NORM = ("lora_unet_out_0", "conv_norm_out")
+
+
+def _sgm_paths(pipe: Any, names: list[str]) -> dict[str, str]:
+    """{kohya SGM module name: diffusers UNet path}: diffusers' converter (fence), plus the norm layers."""
+    via: dict[str, tuple[str, str, str]] = {}  # norm name -> (its conv's name, conv suffix, norm suffix)
+    for n in names:
+        for norm, conv, conv_path, norm_path in _SGM_NORMS:
+            if n.endswith(norm):
+                via[n] = (n[: -len(norm)] + conv, conv_path, norm_path)
+    plain = [n for n in names if n not in via and n != _SGM_OUT_NORM[0]]
+    paths = fence.sgm_module_paths(pipe, sorted({*plain, *(c for c, _, _ in via.values())}))
+    out = {n: paths[n] for n in plain if n in paths}
+    for n, (conv, conv_path, norm_path) in via.items():
+        if paths.get(conv, "").endswith(conv_path):
+            out[n] = paths[conv][: -len(conv_path)] + norm_path
+    if _SGM_OUT_NORM[0] in names:
+        out[_SGM_OUT_NORM[0]] = _SGM_OUT_NORM[1]
+    return out
 
 
 _TUCKER = {"lora_mid.weight", "hada_t1", "hada_t2", "lokr_t2"}
