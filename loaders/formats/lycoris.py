@@ -385,19 +385,8 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
             unmatched.append((m.component, m.name, "no such module"))
             continue
         base = _base_of(model.get_submodule(path))
-        if m.algorithm == "norm" or isinstance(base, norms.NORM_TYPES):
-            reason = norms.fits(base, m.tensors["w_norm"], m.tensors.get("b_norm")) if m.algorithm == "norm" else (
-                f"a {m.algorithm} module on a {type(base).__name__}, which only w_norm/b_norm adapt")
-            if reason is not None:
-                unmatched.append((m.component, m.name, reason))
-            else:
-                landed.setdefault(m.component, []).append((m, path))
-            continue
-        out, inner = delta_shape(m)
-        w = base.weight
-        if (out, inner) != (int(w.shape[0]), int(w[0].numel())):
-            have = (int(w.shape[0]), int(w[0].numel()))
-            reason = f"shape mismatch: {m.algorithm} delta ({out}, {inner}), layer has {have}"
+        reason = _misfit(m, base)
+        if reason is not None:
             unmatched.append((m.component, m.name, reason))
             continue
         landed.setdefault(m.component, []).append((m, path))
@@ -427,6 +416,19 @@ def _sgm_paths(pipe: Any, names: list[str]) -> dict[str, str]:
     if _SGM_OUT_NORM[0] in names:
         out[_SGM_OUT_NORM[0]] = _SGM_OUT_NORM[1]
     return out
+
+
+def _misfit(m: Module, base: torch.nn.Module) -> str | None:
+    """None when the module fits the layer its name found, else why not (coverage's unmatched list)."""
+    if m.algorithm == "norm":
+        return norms.fits(base, m.tensors["w_norm"], m.tensors.get("b_norm"))
+    if isinstance(base, norms.NORM_TYPES):
+        return f"a {m.algorithm} module on a {type(base).__name__}, which only w_norm/b_norm adapt"
+    out, inner = delta_shape(m)
+    have = (int(base.weight.shape[0]), int(base.weight[0].numel()))
+    if (out, inner) != have:
+        return f"shape mismatch: {m.algorithm} delta ({out}, {inner}), layer has {have}"
+    return None
 
 
 _TUCKER = {"lora_mid.weight", "hada_t1", "hada_t2", "lokr_t2"}
