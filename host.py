@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import disk
+from .base import disk
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _list_files(roots: list[Path], extensions: tuple[str, ...]) -> list[str]:
         if not root.is_dir():
             continue
         # Symlinks followed (a shared LoRA folder), each real folder once (a `loop -> .` link ends);
-        # dot files hidden (a save in progress, or one a killed process left: loragraph/disk.py).
+        # dot files hidden (a save in progress, or one a killed process left: base/disk.py).
         for dirpath, filenames in disk.walk(root):
             for f in filenames:
                 if f.lower().endswith(extensions):
@@ -111,7 +111,7 @@ def _comfy_file_list(kind: str, extensions: tuple[str, ...]) -> list[str] | None
     except KeyError:
         return None
     names = (n.replace(os.sep, "/") for n in names)
-    # ComfyUI lists dot files too: hide temp files of a save in progress here as well (disk.py).
+    # ComfyUI lists dot files too: hide temp files of a save in progress here as well (base/disk.py).
     return sorted({n for n in names if n.lower().endswith(extensions) and disk.visible(n.rsplit("/", 1)[-1])})
 
 
@@ -172,7 +172,7 @@ def resolve_in(kind: str, relative: str) -> Path:
 
 
 def clean_stale_temps(*more: str | os.PathLike) -> int:
-    """Remove temp files a killed save left (loragraph/disk.py) from the output, temp and LoRA folders
+    """Remove temp files a killed save left (base/disk.py) from the output, temp and LoRA folders
     and ``more``; headless runs and the server call it when they start."""
     return disk.clean_stale_temps([output_dir(), temp_dir(), *folder_roots("loras"), *more])
 

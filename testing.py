@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 import torch
 
+from .builtin_models.tiny_sd3 import build_tiny_sd3
 from .loaders.components import DENOISERS
-from .loaders.files import PICKLE_SUFFIXES
 from .loaders.formats.kohya import peft_to_kohya
+from .loaders.lora_file import PICKLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ _PIPES: dict[str, Any] = {}
 
 def tiny_pipeline(kind: PipeKind) -> Any:
     """The built-in tiny pipeline of that kind, built once per process. Read-only: never load into it."""
-    from .builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
+    from .builtin_models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 
     if kind not in _PIPES:
         builders = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3}
@@ -47,46 +48,6 @@ def tiny_pipeline(kind: PipeKind) -> Any:
             raise ValueError(f"pipe_kind must be one of {sorted(builders)}, not {kind!r}")
         _PIPES[kind] = builders[kind]()
     return _PIPES[kind]
-
-
-def build_tiny_sd3() -> Any:
-    """A StableDiffusion3Pipeline in the shape of diffusers' SD3 LoRA tests: a transformer denoiser.
-
-    Built offline: two 32-wide CLIP encoders with the built-in tokenizer and no T5 (SD3 then feeds
-    zeros in its place, as with `text_encoder_3=None` on the real model). Native size 32x32.
-    """
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextModelWithProjection
-
-    from .builtin_models.builtin import BUILTIN_SEED, _clip_config, make_tokenizer
-
-    torch.manual_seed(BUILTIN_SEED)
-    transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
-        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
-    )
-    torch.manual_seed(BUILTIN_SEED)
-    vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=4,
-        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
-    torch.manual_seed(BUILTIN_SEED)
-    text_encoder = CLIPTextModelWithProjection(_clip_config(projection_dim=32))
-    torch.manual_seed(BUILTIN_SEED + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(projection_dim=32))
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
-        text_encoder=text_encoder, tokenizer=make_tokenizer(), text_encoder_2=text_encoder_2,
-        tokenizer_2=make_tokenizer(), text_encoder_3=None, tokenizer_3=None,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _make_adapters(

@@ -45,7 +45,7 @@ def _quickstart(steps: int) -> dict[str, Any]:
 
 def hand_written(prompt: dict[str, Any], out_dir: Path) -> tuple[float, np.ndarray]:
     """The quickstart as a plain diffusers script, parameters read from the same workflow file."""
-    from loragraph.builtin_models.builtin import BUILTIN_MODELS
+    from loragraph.builtin_models.catalog import BUILTIN_MODELS
     from PIL import Image
 
     load, lora_a, lora_b, weights, fuse, sampler = (prompt[i]["inputs"] for i in ("1", "2", "3", "4", "5", "6"))

@@ -38,7 +38,8 @@ import torch
 def build_sd15(device: str, dtype: torch.dtype):
     """A StableDiffusionPipeline with SD1.5's UNet and a CLIP-L text encoder, random weights."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from loragraph.builtin_models.builtin import _scheduler, _vae, make_tokenizer
+    from loragraph.builtin_models.tiny_parts import ddim_scheduler, tiny_vae
+    from loragraph.builtin_models.tokenizers import make_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
@@ -49,7 +50,7 @@ def build_sd15(device: str, dtype: torch.dtype):
                        max_position_embeddings=77, projection_dim=768)
     )
     pipe = StableDiffusionPipeline(
-        unet=unet, scheduler=_scheduler(), vae=_vae(), text_encoder=te, tokenizer=make_tokenizer(),
+        unet=unet, scheduler=ddim_scheduler(), vae=tiny_vae(), text_encoder=te, tokenizer=make_tokenizer(),
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -557,8 +558,8 @@ class Bench:
         `--sampling` (the GPU variant), also the whole Sampler on one step at SD1.5's 64x64 latents,
         scheduled vs the same adapters unscheduled (alternated; a difference of two whole calls).
         """
-        from loragraph.loaders import schedule
         from loragraph.loaders import state as st
+        from loragraph.loaders import weight_schedule
 
         stack = self.base
         for i in range(3):
@@ -573,7 +574,7 @@ class Bench:
             for i in range(count):
                 handle = st.schedule_weights(handle, f"s{i}", "0:1, 1:0")
             live, _ = self.engine.realize(handle)
-            weights = schedule.StepWeights(live, handle.state, "unet")
+            weights = weight_schedule.StepWeights(live, handle.state, "unet")
             step = [0]
 
             def apply(w=weights, step=step):
@@ -592,7 +593,7 @@ class Bench:
             weights.restore()
 
             def setup_restore(h=handle, lv=live):
-                schedule.StepWeights(lv, h.state, "unet").restore()
+                weight_schedule.StepWeights(lv, h.state, "unet").restore()
 
             self.row(f"schedule: setup + restore per sampling call, {count} scheduled", lambda: None,
                      setup_restore, lambda: None, None, note="once per Sampler call, not per step")

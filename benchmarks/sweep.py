@@ -47,7 +47,7 @@ MODELS = Path(__file__).resolve().parent.parent / "examples" / "models"
 
 
 def _sweep_prompts(lora_slowest: bool) -> list[dict[str, Any]]:
-    from loragraph import sweep
+    from loragraph.cli import sweep
     from loragraph.graph import apply_overrides
 
     base = {

@@ -13,7 +13,7 @@ Every measurement runs in a fresh process (``--child``), so each one pays what a
 
 Each row runs once with the machine as it is and once (``busy``) with one extra process spinning on
 a core, the situation where torch's default threads oversubscribe. ``default`` is the thread count
-the ``--threads``-less rule (``loragraph/threads.py``) picks at that moment. The load average is
+the ``--threads``-less rule (``cli/threads.py``) picks at that moment. The load average is
 printed with the table: figures taken on a shared machine are provisional.
 """
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         _child(args)
         return 0
 
-    from loragraph.threads import available_cpus, default_threads, load_average
+    from loragraph.cli.threads import available_cpus, default_threads, load_average
 
     cpus = available_cpus()
     counts = [int(x) for x in args.threads.split(",") if x] or list(range(1, cpus + 1))

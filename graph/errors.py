@@ -6,7 +6,7 @@ raise and catch the same types without importing each other.
 
 from __future__ import annotations
 
-from ..errors import NodeInputError
+from ..base.errors import NodeInputError
 
 __all__ = ["CycleError", "ExecutionInterrupted", "GraphError", "NodeInputError", "WorkflowError", "full_type_name"]
 

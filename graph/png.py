@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .. import limits
+from ..base import limits
 from .errors import WorkflowError
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
-from .. import limits
+from ..base import limits
 from .errors import WorkflowError
 
 logger = logging.getLogger(__name__)

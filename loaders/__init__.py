@@ -2,7 +2,7 @@
 a PIPELINE handle's state. One job per module:
 
 LoRA files
-    files.py      read and check one file (`LoraFile`, `LoraFileError`)
+    lora_file.py  read and check one file (`LoraFile`, `LoraFileError`)
     store.py      the content-addressed cache of parsed files, hashed in threads (`read_lora`)
     summary.py    the human description behind `loragraph inspect` and LoRAInfo
     coverage.py   which of a file's modules land on a pipeline, and why not
@@ -12,7 +12,7 @@ Pipelines and state
     config.py     the one configuration object (environment read once, passed down)
     pipelines.py  base pipelines: sources, building, the LRU of live ones
     state.py      the immutable handles and their pure transitions
-    schedulers.py the Sampler's scheduler names
+    noise_schedulers.py  the Sampler's scheduler names
 The reconciler
     reconcile.py  `realize`: the diff, the order of steps, the rollback
     live.py       the live-pipeline record (`LivePipeline`, `LoraOperationError`)
@@ -20,7 +20,7 @@ The reconciler
     hotswap.py    load into a parked adapter's layers instead
     activation.py `set_adapters` and the text-encoder switch
     fusion.py     fuse with exact unfuse
-    schedule.py   per-step adapter weights at sampling time (never reconciled)
+    weight_schedule.py  per-step adapter weights at sampling time (never reconciled)
     fence.py      every touch of a private diffusers/peft name, with its public fallback
 engine.py         what the nodes call
 """

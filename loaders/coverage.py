@@ -19,9 +19,9 @@ import torch
 
 from . import fence
 from .components import COMPONENTS, DENOISERS
-from .files import LoraFile, LoraFileError
 from .formats import pipeline_state_dict
 from .formats.keys import module_of
+from .lora_file import LoraFile, LoraFileError
 
 
 @dataclasses.dataclass(frozen=True)

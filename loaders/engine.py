@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from .. import disk, limits
+from ..base import disk, limits
 from . import fence, store
 from .config import EngineConfig, get_config
-from .files import LoraFileError
 from .live import LivePipeline, LoraOperationError
+from .lora_file import LoraFileError
+from .noise_schedulers import SCHEDULERS
 from .pipelines import PipelineCache, build_pipeline, make_source, param_bytes
 from .reconcile import realize
-from .schedulers import SCHEDULERS
 from .state import AdapterSpec, NodeInputError, PipelineHandle, PipelineSource
 
 logger = logging.getLogger(__name__)
@@ -84,18 +84,18 @@ class Engine:
     def realize(self, handle: PipelineHandle) -> tuple[LivePipeline, list[str]]:
         with self.lock:
             live = self.live(handle.source)
-            # schedules are the Sampler's business (loaders/schedule.py), never the reconciler's
+            # schedules are the Sampler's business (loaders/weight_schedule.py), never the reconciler's
             warnings = realize(live, handle.state.without_schedules(), store.read_lora)
             return live, warnings
 
     def check_schedules(self, handle: PipelineHandle) -> list[str]:
         """Realize the handle and check that a Sampler can apply its schedules, so a schedule that
         cannot hold fails on the node that made it (or on the FuseLoRA after it). Returns warnings."""
-        from . import schedule
+        from . import weight_schedule
 
         with self.lock:
             live, warnings = self.realize(handle)
-            schedule.check_layers(live, handle.state, handle.source.denoiser)
+            weight_schedule.check_layers(live, handle.state, handle.source.denoiser)
             return warnings
 
     # --- LoRA files ---------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class Engine:
     @staticmethod
     def size_warning(handle: PipelineHandle, width: int, height: int) -> str | None:
         """A built-in model far from the size it was made for is slow and draws what it never saw."""
-        from ..builtin_models.builtin import BUILTIN_MODELS
+        from ..builtin_models.catalog import BUILTIN_MODELS
 
         if handle.source.kind != "builtin" or handle.source.path not in BUILTIN_MODELS:
             return None
@@ -160,17 +160,17 @@ class Engine:
         for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if (refusal := limits.check_prompt_length(text, name)) is not None:
                 raise NodeInputError(name, refusal)
-        from . import schedule
+        from . import weight_schedule
 
         with self.lock:
-            scheduled = schedule.active_schedules(handle.state)
+            scheduled = weight_schedule.active_schedules(handle.state)
             denoiser = handle.source.denoiser
             if scheduled:  # scheduled adapters sample unfused in the denoiser; the rest stays as it is
-                live, _ = self.realize(handle.with_state(schedule.sampling_state(handle.state, denoiser)))
+                live, _ = self.realize(handle.with_state(weight_schedule.sampling_state(handle.state, denoiser)))
             else:
                 live, _ = self.realize(handle)
             # checks before anything changes; raises naming the ScheduleAdapterWeights node
-            weights = schedule.StepWeights(live, handle.state, denoiser) if scheduled else None
+            weights = weight_schedule.StepWeights(live, handle.state, denoiser) if scheduled else None
             pipe = live.pipe
             original = pipe.scheduler
             if SCHEDULERS[scheduler] and "FlowMatch" in type(original).__name__:
@@ -185,7 +185,7 @@ class Engine:
                 import diffusers
 
                 chosen = getattr(diffusers, SCHEDULERS[scheduler]).from_config(original.config)
-            # Limits before any work (loragraph/limits.py): the scheduler can do the steps, and the
+            # Limits before any work (base/limits.py): the scheduler can do the steps, and the
             # images can fit the device's free memory.
             if (refusal := limits.steps_refusal(chosen, steps)) is not None:
                 raise NodeInputError("steps", refusal)
@@ -306,7 +306,7 @@ class Engine:
         self, handle: PipelineHandle, adapter_name: str, path: Path | Callable[[Callable[[str], None]], Path],
         fmt: str = "kohya",
     ) -> Path:
-        """SaveLoRA: the adapter's own weights at strength 1, written whole (loragraph/disk.py).
+        """SaveLoRA: the adapter's own weights at strength 1, written whole (base/disk.py).
 
         ``path`` is the file to write, or a saver that takes the writer and returns where it saved
         (SaveLoRA's numbered names, which never overwrite a file another process just saved).

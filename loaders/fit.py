@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from .coverage import coverage
-from .files import LoraFile, LoraFileError
+from .lora_file import LoraFile, LoraFileError
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ _BUILT: dict[str, Any] = {}
 
 
 def _pipe(name: str) -> Any:
-    from ..builtin_models.builtin import BUILTIN_MODELS
+    from ..builtin_models.catalog import BUILTIN_MODELS
 
     if name not in _BUILT:
         _BUILT[name] = BUILTIN_MODELS[name][0]()
@@ -30,7 +30,7 @@ def _pipe(name: str) -> Any:
 def builtin_fits(lora: LoraFile, first: str = "tiny-sd") -> list[str]:
     """`builtin:<name>` of the first built-in model (`first` tried first) on which all of the file's
     modules land, or []; one model is built per try, so a file for the default model costs one build."""
-    from ..builtin_models.builtin import BUILTIN_MODELS
+    from ..builtin_models.catalog import BUILTIN_MODELS
 
     for name in sorted(BUILTIN_MODELS, key=lambda n: n != first):
         try:

@@ -13,9 +13,9 @@ from typing import Any
 
 from . import fence, hotswap
 from .coverage import coverage
-from .files import LoraFile
 from .formats import pipeline_state_dict
 from .live import LivePipeline, LoraOperationError, timed
+from .lora_file import LoraFile
 from .state import AdapterSpec
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool =
     Not transactional: callers roll back on error.
     """
     if lora.format == "lycoris":  # --- #15: peft's LoRA/LoHa/LoKr tuners, built per module
-        from .files import LoraFileError
         from .formats import lycoris
+        from .lora_file import LoraFileError
 
         try:
             lycoris.load(pipe, lycoris.parse(lora.state_dict), adapter_name)

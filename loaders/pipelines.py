@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..builtin_models.builtin import BUILTIN_COMPONENTS, BUILTIN_MODELS
+from ..builtin_models.catalog import BUILTIN_COMPONENTS, BUILTIN_MODELS
 from .components import COMPONENTS
 from .config import get_config
 from .state import NodeInputError, PipelineSource

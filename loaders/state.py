@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
-from .. import limits
-from ..errors import NodeInputError
+from ..base import limits
+from ..base.errors import NodeInputError
 from .components import DENOISERS, TEXT_ENCODERS  # noqa: F401 - st.DENOISERS, as before
 
 
@@ -98,7 +98,7 @@ class Schedule:
     """ScheduleAdapterWeights: one adapter's denoiser strength over the sampling progress (SPEC).
 
     `keyframes` are (progress, strength) pairs, progress in [0, 1] and strictly increasing. The
-    Sampler runs step i of N at `strength(i / N)` (loaders/schedule.py applies it).
+    Sampler runs step i of N at `strength(i / N)` (loaders/weight_schedule.py applies it).
     """
 
     adapter: str

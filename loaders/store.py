@@ -17,9 +17,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from . import files
+from . import lora_file
 from .config import DEFAULT_LORA_CACHE_BYTES, get_config
-from .files import LORA_SUFFIXES, SAFETENSORS_SUFFIXES, LoraFile, LoraFileError
+from .lora_file import LORA_SUFFIXES, SAFETENSORS_SUFFIXES, LoraFile, LoraFileError
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +203,8 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
             cached = _cached_content(known[0], path)
             if cached is not None:
                 return cached
-            tensors, metadata = files.load(key[0], str(path))
-            key_seen, lora = key, files.build(str(path), known[0], known[1], key[1], tensors, metadata)
+            tensors, metadata = lora_file.load(key[0], str(path))
+            key_seen, lora = key, lora_file.build(str(path), known[0], known[1], key[1], tensors, metadata)
         else:
             # New to us: hash in a thread while this one reads and checks the tensors (hashlib and
             # torch release the GIL): hashing was half of a cold read.
@@ -239,8 +239,8 @@ def _hash_while_parsing(path: Path, key: tuple[str, int, int]) -> tuple[tuple[st
     """(the stat key hashed, the LoraFile): `_hashes` in a thread, `_load` + `_build` in this one."""
 
     def parse():
-        tensors, metadata = files.load(key[0], str(path))
-        return files.build(str(path), "", None, key[1], tensors, metadata)
+        tensors, metadata = lora_file.load(key[0], str(path))
+        return lora_file.build(str(path), "", None, key[1], tensors, metadata)
 
     (key_seen, sha, addnet), lora = _beside(lambda: _hashes(path), parse)
     return key_seen, dataclasses.replace(lora, sha256=sha, addnet_hash=addnet)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .files import LoraFile
+from .lora_file import LoraFile
 
 # Summary: how many tags count as trigger words, and how many tag frequencies to list.
 _TRIGGER_WORDS = 5

@@ -3,7 +3,7 @@
 Same inputs, file naming and PNG text chunks as ComfyUI's (``prompt``, and each ``extra_pnginfo``
 entry such as ``workflow``), so one workflow file runs in both and the PNGs open in ComfyUI's
 editor. When the images come straight from a Sampler, two more chunks say which LoRAs made them:
-``loras`` (JSON) and an A1111-style ``parameters`` text with its ``Lora hashes`` (nodes/credits.py).
+``loras`` (JSON) and an A1111-style ``parameters`` text with its ``Lora hashes`` (nodes/lora_credits.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 import random
 from pathlib import Path
 
-from . import credits
-from .files import NumberedNames
+from . import lora_credits
+from .output_names import NumberedNames
 
 
 def _png_info(prompt, extra_pnginfo, image_credits=None):
@@ -25,7 +25,7 @@ def _png_info(prompt, extra_pnginfo, image_credits=None):
     for key, value in (extra_pnginfo or {}).items():
         info.add_text(key, json.dumps(value))
     if image_credits is not None:
-        for key, text in credits.png_chunks(image_credits).items():
+        for key, text in lora_credits.png_chunks(image_credits).items():
             if key not in (extra_pnginfo or {}):
                 info.add_text(key, text)
     return info
@@ -36,7 +36,7 @@ def _save(images, folder: Path, prefix: str, kind: str, prompt, extra_pnginfo) -
     from PIL import Image
 
     names = NumberedNames(folder, prefix, ".png")
-    image_credits = credits.lookup(images)
+    image_credits = lora_credits.lookup(images)
     results = []
     for tensor in images:
         array = np.clip(255.0 * tensor.cpu().numpy(), 0, 255).astype(np.uint8)

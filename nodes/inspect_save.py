@@ -33,7 +33,7 @@ class SaveLoRA:
 
     def run(self, pipeline, adapter_name, filename_prefix="loragraph", format="kohya"):
         from .. import host
-        from .files import NumberedNames
+        from .output_names import NumberedNames
 
         names = NumberedNames(host.output_dir() / "loras", filename_prefix, ".safetensors", "filename_prefix")
         path = engine().save_lora(pipeline, adapter_name.strip(), names.save, format)

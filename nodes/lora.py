@@ -178,7 +178,7 @@ class FuseLoRA:
     def run(self, pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names="", unique_id=None):
         origin = origin_of("FuseLoRA", unique_id)
         new = st.fuse(pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names, origin)
-        if new.state.schedules:  # a fusion that would hide a scheduled adapter fails here (loaders/schedule.py)
+        if new.state.schedules:  # a fusion that would hide a scheduled adapter fails here (loaders/weight_schedule.py)
             engine().check_schedules(new)
         return realize_with_ui(new)
 

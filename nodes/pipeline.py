@@ -8,7 +8,7 @@ from .common import CATEGORY, PIPELINE, engine
 def model_choices() -> list[str]:
     """Built-in models first (the default needs no files), then diffusers folders, then single files."""
     from .. import host
-    from ..builtin_models.builtin import BUILTIN_MODELS, DEFAULT_BUILTIN
+    from ..builtin_models.catalog import BUILTIN_MODELS, DEFAULT_BUILTIN
 
     builtin = [f"builtin:{DEFAULT_BUILTIN}"] + [f"builtin:{n}" for n in BUILTIN_MODELS if n != DEFAULT_BUILTIN]
     return builtin + host.list_diffusers_folders() + host.list_checkpoints()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from .. import limits
-from ..loaders.schedulers import SCHEDULERS
-from . import credits
+from ..base import limits
+from ..loaders.noise_schedulers import SCHEDULERS
+from . import lora_credits
 from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, engine
 
 logger = logging.getLogger(__name__)
@@ -87,9 +87,9 @@ class Sampler:
             progress=host.progress_reporter(steps),
             check_interrupted=host.check_interrupted,
         )
-        # SaveImage writes the LoRAs used into the PNG; the IMAGE stays a plain tensor (nodes/credits.py).
+        # SaveImage writes the LoRAs used into the PNG; the IMAGE stays a plain tensor (nodes/lora_credits.py).
         try:
-            credits.register(images, credits.credits_for(pipeline, prompt, negative_prompt, seed, steps, cfg,
+            lora_credits.register(images, lora_credits.credits_for(pipeline, prompt, negative_prompt, seed, steps, cfg,
                                                          width, height, scheduler))
         except Exception:  # credits are a courtesy: never fail a render over them
             logger.warning("could not record the LoRAs used by this Sampler", exc_info=True)

@@ -5,8 +5,8 @@
 - ``actor.py``: the Ray actor wrapping one ``Engine`` and one ``Executor``; the engine learns nothing
   about Ray.
 - ``pool.py``: starts or joins a Ray cluster, creates the actors, feeds them, retries lost jobs.
-- ``files.py``: the driver writes the actors' files under the names one process would have given.
-- ``cli_run.py`` / ``serve.py``: ``loragraph run --ray`` and ``loragraph serve --ray``.
+- ``output_commit.py``: the driver writes the actors' files under the names one process would have given.
+- ``serve.py``: ``loragraph serve --ray`` (``loragraph run --ray`` is cli/ray_run.py).
 
 Ray is an optional dependency (``pip install "loragraph[ray]"``): nothing here imports it at module
 level, and ``require_ray`` turns its absence into one clear message.

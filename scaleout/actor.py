@@ -4,7 +4,7 @@ Plain Python: ``pool.py`` wraps the class with ``ray.remote``. The engine and ex
 ``loragraph run`` uses, untouched; the actor only adds what the driver needs around a run:
 
 - the job's files are written to a private folder, read back and returned: the driver writes them
-  under the names one process would have given (``files.py``), so a job retried after its actor
+  under the names one process would have given (``output_commit.py``), so a job retried after its actor
   died never leaves a file behind;
 - what it holds after each job (bases, LoRA files by content hash), for the router;
 - counts of LoRA loads and hot-swaps (the reconciler's op log), and the time spent busy;

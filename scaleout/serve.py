@@ -6,7 +6,7 @@ the server's own. A prompt leaves the queue when an actor is free, and goes to t
 holds the most of its LoRAs (then its base; then the least used): ``/queue`` shows it running from
 then on. Each actor streams its executor events; they reach ``/ws`` as one process sends them (to
 the queuing client, ``progress`` and ``execution_interrupted`` to everyone without one). The driver
-writes the files (``files.py``) before the prompt enters history, so ``/history`` and ``/view`` see
+writes the files (``output_commit.py``) before the prompt enters history, so ``/history`` and ``/view`` see
 them as on one machine. ``/interrupt`` stops the prompt named (or every running prompt) on its actor;
 ``/free`` reaches every actor.
 """
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..graph.events import EXECUTING, EXECUTION_ERROR, EXECUTION_INTERRUPTED, PROGRESS, timestamp_ms
-from .files import commit_files
 from .needs import job_needs
+from .output_commit import commit_files
 from .pool import Outcome, Pool
 from .router import Job
 

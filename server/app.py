@@ -16,7 +16,7 @@ Safety: it binds to loopback unless ``allow_remote`` is set (the API runs arbitr
 writes files; there is no authentication), answers only requests whose Host is loopback (or a name
 allowed with ``allow_hosts``, for a reverse proxy: no DNS rebinding), refuses any request whose
 Origin is not its own (no cross-site requests, ``null`` included), caps request bodies, and serves
-files only from the input, output and temp folders, only media inline (see ``files.py``).
+files only from the input, output and temp folders, only media inline (see ``file_routes.py``).
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import disk
 from .. import host as host_seam
-from .files import inside
+from ..base import disk
+from .file_routes import inside
 from .http import Server, read_limited
 
 logger = logging.getLogger(__name__)

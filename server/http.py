@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from .. import limits
+from ..base import limits
 
 
 class Server(Protocol):

@@ -36,7 +36,7 @@ def _lora_info(name: str) -> dict[str, Any]:
 
 async def lora_info(request: web.Request) -> web.Response:
     """The summary of one LoRA file; 400 for a bad name, 404 if absent, 422 if it is no usable LoRA."""
-    from ..loaders.files import LoraFileError
+    from ..loaders.lora_file import LoraFileError
 
     name = request.rel_url.query.get("name", "")
     if not name:

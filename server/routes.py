@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .. import limits
+from ..base import limits
 from ..graph import (
     WorkflowError,
     format_validation_error,
@@ -27,7 +27,7 @@ from ..graph import (
     overridden_inputs,
     validate_prompt,
 )
-from . import files
+from . import file_routes
 from .http import BodyError, Server, error_response, json_route, read_json
 
 logger = logging.getLogger(__name__)
@@ -124,11 +124,11 @@ def build_routes(server: Server) -> web.RouteTableDef:
 
     @routes.get("/view")
     async def view_image(request: web.Request) -> web.StreamResponse:
-        return await files.view(request, server.folder_of)
+        return await file_routes.view(request, server.folder_of)
 
     @routes.post("/upload/image")
     async def upload_image(request: web.Request) -> web.Response:
-        return await files.upload_image(request, server.folder_of)
+        return await file_routes.upload_image(request, server.folder_of)
 
     @routes.get("/system_stats")
     async def system_stats(request: web.Request) -> web.Response:

@@ -70,7 +70,7 @@ def render(pipe, prompt: str = PROMPT, seed: int = 1) -> torch.Tensor:
 
 
 def raw_pipeline(kind: str = "sd"):
-    from loragraph.builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 
     pipe = build_tiny_sd() if kind == "sd" else build_tiny_sdxl()
     pipe.set_progress_bar_config(disable=True)

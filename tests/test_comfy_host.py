@@ -207,7 +207,7 @@ def test_lora_combo_lists_every_loras_folder_and_new_files_without_restart(comfy
     assert "new/late.safetensors" in listed()
     newcomer.unlink()
     assert "new/late.safetensors" not in listed()
-    saving = comfyui.extra / "loras" / ".lg-tmp-0123.safetensors"  # a save in progress (loragraph/disk.py)
+    saving = comfyui.extra / "loras" / ".lg-tmp-0123.safetensors"  # a save in progress (base/disk.py)
     saving.write_bytes(b"")
     try:
         assert not any(n.rsplit("/", 1)[-1].startswith(".") for n in listed())

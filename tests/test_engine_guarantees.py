@@ -11,7 +11,7 @@ from conftest import PROMPT, SIZE, max_diff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from loragraph import host
-from loragraph.builtin_models.builtin import build_tiny_sd
+from loragraph.builtin_models.tiny_sd import build_tiny_sd
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PROMPT, SIZE, STEPS
-from loragraph import threads
-from loragraph.cli import _cli_logging, main
+from loragraph.cli import main, threads
+from loragraph.cli.console import cli_logging
 from loragraph.graph import overridden_inputs
 from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
 
@@ -238,11 +238,11 @@ def test_inspect_of_a_path_needs_no_models_folder(models_dir, tmp_path, monkeypa
 
 
 def test_serve_logging_levels():
-    with _cli_logging(False, False, "serve"):
+    with cli_logging(False, False, "serve"):
         assert logging.getLogger("loragraph.server.worker").getEffectiveLevel() == logging.INFO
-    with _cli_logging(False, True, "serve"):
+    with cli_logging(False, True, "serve"):
         assert logging.getLogger("loragraph.server.worker").getEffectiveLevel() == logging.ERROR
-    with _cli_logging(False, False, "run"):
+    with cli_logging(False, False, "run"):
         assert logging.getLogger("loragraph.server.worker").getEffectiveLevel() == logging.WARNING
 
 

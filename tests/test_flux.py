@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import max_diff
-from loragraph.builtin_models.flux import build_tiny_flux
+from loragraph.builtin_models.tiny_flux import build_tiny_flux
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.testing import write_lora_file

@@ -401,7 +401,7 @@ def test_node_error_payload_and_outputs_already_made_stay():
     assert set(payload) == {"prompt_id", "node_id", "node_type", "executed", "exception_message",
                             "exception_type", "traceback", "current_inputs", "current_outputs", "timestamp"}
     assert payload["node_id"] == "4" and payload["node_type"] == "Fail"
-    assert payload["exception_type"] == "loragraph.errors.NodeInputError"
+    assert payload["exception_type"] == "loragraph.base.errors.NodeInputError"
     assert "lora_name" in payload["exception_message"] and "missing.safetensors" in payload["exception_message"]
     assert payload["current_inputs"] == {"value": [4], "lora_name": ["missing.safetensors"]}
     assert payload["executed"] == ["1", "2", "3"]

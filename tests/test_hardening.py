@@ -23,7 +23,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from loragraph import disk, host, limits
+from loragraph import host
+from loragraph.base import disk, limits
 from loragraph.cli import build_parser, main
 from loragraph.server import ServerConfig, create_app
 from test_server import LiveServer
@@ -337,7 +338,7 @@ def test_temp_files_are_hidden_from_listings_and_stale_ones_cleaned(tmp_path, ca
 @pytest.mark.parametrize("value", [float("inf"), 1e30])
 def test_a_lora_with_inf_or_absurd_values_is_refused_naming_the_tensor(tmp_path, value):
     import safetensors.torch
-    from loragraph.loaders.files import LoraFileError
+    from loragraph.loaders.lora_file import LoraFileError
     from loragraph.loaders.store import read_lora
     from loragraph.testing import write_lora_file
 
@@ -381,7 +382,7 @@ def test_deep_json_is_invalid_input_everywhere(live, tmp_path, capsys):
 
 
 def test_a_deep_safetensors_header_is_a_file_error(tmp_path):
-    from loragraph.loaders.files import LoraFileError
+    from loragraph.loaders.lora_file import LoraFileError
     from loragraph.loaders.store import read_lora
 
     header = ('{"__metadata__": {"x": ' + "[" * 5000 + "]" * 5000 + "}}").encode()
@@ -426,7 +427,7 @@ def test_the_scheduler_limit_on_steps():
 
 
 def test_memory_floor_names_what_to_lower():
-    from loragraph.builtin_models.builtin import build_tiny_sd
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd
 
     pipe = build_tiny_sd()
     free = limits.free_memory("cpu")

@@ -13,12 +13,12 @@ import pytest
 import safetensors.torch
 import torch
 from loragraph import testing
-from loragraph.builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
+from loragraph.builtin_models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 from loragraph.loaders import formats, store
 from loragraph.loaders.coverage import coverage
-from loragraph.loaders.files import LoraFileError
 from loragraph.loaders.formats import kohya
 from loragraph.loaders.loading import load_lora_file
+from loragraph.loaders.lora_file import LoraFileError
 from loragraph.loaders.store import read_lora
 
 IMG = 32  # small images and few steps: enough to carry a LoRA's effect, fast on 2 cores
@@ -527,7 +527,7 @@ def test_kohya_refuses_what_it_cannot_express():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_the_one_pass_finiteness_check_agrees_with_isfinite(dtype):
-    from loragraph.loaders.files import all_finite as _all_finite
+    from loragraph.loaders.lora_file import all_finite as _all_finite
 
     big = torch.finfo(dtype).max
     cases = [

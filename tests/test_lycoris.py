@@ -45,7 +45,7 @@ SD_FILES = {
 
 @pytest.fixture(scope="session")
 def lycoris_dir(tmp_path_factory):
-    from loragraph.builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 
     root = tmp_path_factory.mktemp("lycoris_models")
     loras = root / "loras"
@@ -83,7 +83,7 @@ def producer(lycoris_dir):
 
     DoRA family at a multiplier != 1: the producer's merged weight at 1, scaled as SPEC scales every
     algorithm (the whole delta), since LyCORIS's own multiplier is not linear there (README)."""
-    from loragraph.builtin_models.builtin import build_tiny_sd, build_tiny_sdxl
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 
     cache: dict[tuple, torch.Tensor] = {}
 
@@ -170,7 +170,7 @@ def test_lycoris_file_on_sdxl_two_text_encoders(engine, producer, lycoris_dir):
 def test_lycoris_lokr_tucker_matches_training_network(engine, lycoris_dir):
     """LoKr with `lokr_t2`: LyCORIS 4.1.3 cannot rebuild it from weights (make_module_from_state_dict
     looks for lokr_w2_a on a Tucker module), so the oracle is the network that wrote the file."""
-    from loragraph.builtin_models.builtin import build_tiny_sd
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd
     pipe = build_tiny_sd()
     pipe.set_progress_bar_config(disable=True)
     net = make_network(pipe, "lokr", 401, use_tucker=True, factor=4)
@@ -371,7 +371,7 @@ def test_norm_diffs_that_do_not_fit_are_reported(engine, lycoris_dir):
     wrong size: the file is refused as made for another model; one beside a diff: refused by name.
     Never loaded half-way, never skipped silently."""
     from loragraph.loaders.coverage import coverage
-    from loragraph.loaders.files import LoraFileError
+    from loragraph.loaders.lora_file import LoraFileError
     from loragraph.loaders.store import read_lora
     from safetensors.torch import load_file, save_file
 
@@ -423,7 +423,7 @@ def test_save_lycoris_roundtrip(engine, producer, lycoris_dir, tmp_path):
     assert any(k.endswith(".hada_w1_a") for k in keys) and any(k.endswith(".lokr_w1") for k in keys)
     assert any(k.endswith(".diff") for k in keys) and any(k.endswith(".lora_down.weight") for k in keys)
     want = producer("ly_mixed", 1.0)
-    from loragraph.builtin_models.builtin import build_tiny_sd
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd
 
     assert max_diff(producer_image(build_tiny_sd, out, 1.0), want) <= TOL  # LyCORIS's loader
     (lycoris_dir / "loras" / "saved_m.safetensors").write_bytes(out.read_bytes())
@@ -446,9 +446,9 @@ def test_save_lycoris_roundtrip(engine, producer, lycoris_dir, tmp_path):
 def test_unsupported_algorithm_is_an_error_naming_it(engine, lycoris_dir, algo, options, named):
     """OFT, BOFT, GLoRA and IA3 are refused with the algorithm and sample keys, never skipped silently,
     and the pipeline is left as it was."""
-    from loragraph.builtin_models.builtin import build_tiny_sd
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd
     from loragraph.loaders.coverage import coverage
-    from loragraph.loaders.files import LoraFileError
+    from loragraph.loaders.lora_file import LoraFileError
     from loragraph.loaders.store import read_lora
 
     path = write_file(lycoris_dir / "loras" / f"ly_bad_{algo}.safetensors", build_tiny_sd, algo, 501, **options)
@@ -482,7 +482,7 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     The files leave out conv_in: diffusers' block weights fail (IndexError) on any adapter layer
     outside the down/mid/up blocks, plain LoRA included."""
     from conftest import raw_pipeline
-    from loragraph.builtin_models.builtin import build_tiny_sd
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd
     from loragraph.loaders.formats import lycoris
     from loragraph.loaders.store import read_lora
 
@@ -545,7 +545,7 @@ def test_dora_on_the_input_axis_matches_training_network(engine, lycoris_dir, mo
     cannot rebuild it from weights (its rebuilt module assumes the output axis), so the oracle is the
     network that wrote the file, at 1.0 and, scaled as SPEC says, at 0.5. The deltas are loaded in
     chunks of a few layers here (at SD1.5 size a chunk is 64 MiB; the tiny model fits one)."""
-    from loragraph.builtin_models.builtin import build_tiny_sd
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd
     from loragraph.loaders.formats import lycoris
     from safetensors.torch import load_file
 
@@ -574,7 +574,7 @@ def test_dora_strength_zero_is_off(engine, producer, base_image, name):
     """SPEC: strength scales the whole delta, so 0 is the base image and 0.5 is halfway in weight
     space. (LyCORIS's own multiplier 0 still applies a DoRA module's low-rank update: that is the
     difference the README states, checked here so the statement stays true.)"""
-    from loragraph.builtin_models.builtin import build_tiny_sd
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd
 
     h0 = engine.load_pipeline("builtin:tiny-sd")
     assert max_diff(sample(engine, load(engine, h0, name, 0.0, "x")), base_image) <= 1e-6
@@ -589,7 +589,7 @@ def test_dora_strength_zero_is_off(engine, producer, base_image, name):
 def test_sgm_names_map_the_same_without_diffusers_private_converters(lycoris_dir):
     """kohya's SDXL (SGM) module names: diffusers' private converters (fast path) and the public
     `lora_state_dict` fallback place every module of the SGM file on the same layer."""
-    from loragraph.builtin_models.builtin import build_tiny_sdxl
+    from loragraph.builtin_models.tiny_sd import build_tiny_sdxl
     from loragraph.loaders import fence
     from loragraph.loaders.formats import lycoris
     from loragraph.loaders.store import read_lora

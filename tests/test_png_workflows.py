@@ -33,7 +33,7 @@ from loragraph.loaders.state import (
     PipelineSource,
 )
 from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS as REGISTRY
-from loragraph.nodes import credits
+from loragraph.nodes import lora_credits
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -225,15 +225,15 @@ def test_compressed_and_international_text_chunks_are_read(tmp_path):
 
 def test_credits_are_found_only_for_the_tensor_the_sampler_returned():
     images = torch.zeros(1, 8, 8, 3)
-    made = credits.ImageCredits("builtin:tiny-sd", (), "p", "", 1, 2, 7.0, 8, 8)
-    credits.register(images, made)
-    assert credits.lookup(images) is made
-    assert credits.lookup(images.clone()) is None and credits.lookup(images[:1]) is None
-    assert credits.lookup(images + 0) is None
-    count = len(credits._entries)
+    made = lora_credits.ImageCredits("builtin:tiny-sd", (), "p", "", 1, 2, 7.0, 8, 8)
+    lora_credits.register(images, made)
+    assert lora_credits.lookup(images) is made
+    assert lora_credits.lookup(images.clone()) is None and lora_credits.lookup(images[:1]) is None
+    assert lora_credits.lookup(images + 0) is None
+    count = len(lora_credits._entries)
     del images
     gc.collect()
-    assert len(credits._entries) == count - 1
+    assert len(lora_credits._entries) == count - 1
 
 
 def test_lora_credits_count_active_and_fused_adapters_only(configured, models_dir):
@@ -249,11 +249,11 @@ def test_lora_credits_count_active_and_fused_adapters_only(configured, models_di
     )
     source = PipelineSource("builtin:tiny-sd", "builtin", "tiny-sd", "float32", "cpu", "v1",
                             ("unet", "text_encoder"))
-    made = credits.credits_for(PipelineHandle(source, state), "a, b: c", "", 3, 2, 7.5, 64, 64, "euler")
+    made = lora_credits.credits_for(PipelineHandle(source, state), "a, b: c", "", 3, 2, 7.5, 64, 64, "euler")
     got = [(c.name, c.file, c.adapter, c.weight, c.fused) for c in made.loras]
     assert got == [("sd_a", "sd_a.safetensors", "a", {"text_encoder": 0.2, "unet": 0.5}, False),
                    ("sd_d", "sub/sd_d.safetensors", "d", 0.8, True)]
     d_hash = store.read_lora(loras / "sub" / "sd_d.safetensors").short_hash
-    text = credits.infotext(made)
+    text = lora_credits.infotext(made)
     assert text.startswith("a, b: c\nSteps: 2, CFG scale: 7.5, Seed: 3, Size: 64x64, ")  # no empty negative
     assert ', Sampler: euler, Lora hashes: "sd_a: ' in text and f'sd_d: {d_hash}", Version: loragraph' in text

@@ -167,8 +167,8 @@ def test_run_ray_without_ray_names_the_extra(tmp_path, capsys, monkeypatch):
 def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, shapes_models, tmp_path, capsys):
     from loragraph import host
     from loragraph.graph import apply_overrides
-    from loragraph.scaleout.files import commit_files
     from loragraph.scaleout.needs import job_needs
+    from loragraph.scaleout.output_commit import commit_files
     from loragraph.scaleout.pool import Pool
 
     prompts = [workflow(lora, seed, "kill") for seed in (1, 2) for lora in LORAS]

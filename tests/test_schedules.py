@@ -282,11 +282,11 @@ def test_branches_never_see_each_others_schedule(engine, configured):
     assert engine.info(up)["schedules"] == {"a": {"keyframes": "0:0, 1:1", "interpolation": "linear", "active": True}}
     assert engine.info(h)["schedules"] == {}
     # the PNG's credits say the weight followed a schedule (and only where one did)
-    from loragraph.nodes import credits
+    from loragraph.nodes import lora_credits
 
-    (scheduled,) = json.loads(credits.png_chunks(credits.credits_for(up, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
+    (scheduled,) = json.loads(lora_credits.png_chunks(lora_credits.credits_for(up, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
     assert scheduled["schedule"] == {"keyframes": "0:0, 1:1", "interpolation": "linear"}
-    (plain_credit,) = json.loads(credits.png_chunks(credits.credits_for(h, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
+    (plain_credit,) = json.loads(lora_credits.png_chunks(lora_credits.credits_for(h, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
     assert "schedule" not in plain_credit
 
 
@@ -337,7 +337,7 @@ def test_scheduled_adapter_samples_unfused_while_the_others_stay_fused(engine, d
     fused_image = sample(engine, fused)
     ours = sample(engine, sched)
     assert _merged(engine, sched, "f") == {True} and _merged(engine, sched, "s") == {False}
-    from loragraph.nodes.credits import lora_credits
+    from loragraph.nodes.lora_credits import lora_credits
 
     assert {c.adapter: (c.fused, c.schedule is not None) for c in lora_credits(sched)} == {
         "f": (True, False), "s": (False, True)}

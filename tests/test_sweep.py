@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PROMPT, SIZE, STEPS
-from loragraph import sweep
-from loragraph.cli import main
+from loragraph.cli import main, sweep
 from loragraph.graph import WorkflowError
 
 

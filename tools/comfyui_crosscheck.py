@@ -91,7 +91,7 @@ def main() -> int:
 
     sys.path.insert(0, str(ROOT / "tests"))
     from loragraph import host
-    from loragraph.builtin_models.builtin import build_tiny_sd
+    from loragraph.builtin_models.tiny_sd import build_tiny_sd
     from loragraph.loaders import state as st
     from loragraph.loaders.engine import Engine
     from loragraph.loaders.formats import lycoris

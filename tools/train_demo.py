@@ -176,11 +176,11 @@ def make_tokenizer_files(folder: Path) -> None:
     For each word, every split of every substring is a merge (shorter results first), so whichever
     pair BPE merges first, it always ends at the whole word. Unknown words still tokenize (bytes).
     """
-    from loragraph.builtin_models.builtin import _bytes_to_unicode
     from loragraph.builtin_models.demo import BACKGROUNDS, COLOURS, SHAPES
+    from loragraph.builtin_models.tokenizers import bytes_to_unicode
 
     words = sorted({"a", "on", "background", *COLOURS, *SHAPES, *BACKGROUNDS})
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for c in chars:
         vocab[c] = len(vocab)

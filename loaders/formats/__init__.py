@@ -23,19 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import diffusers, diffusers_old, kohya, peft
+from . import diffusers_attn_procs, diffusers_native, kohya, peft_native
 from .keys import is_adapter_key, list_modules
 
 if TYPE_CHECKING:
-    from ..files import LoraFile, LoraModule
+    from ..lora_file import LoraFile, LoraModule
 
 # The name of a family in FORMATS ("diffusers", "peft", "diffusers-old", "kohya", ...).
 LoraFormat = str
 
 # Order matters: kohya prefixes and old attention-processor keys are recognised before the plain
 # component-prefixed (diffusers) and unprefixed lora_A/lora_B (peft) spellings.
-FORMATS: list[ModuleType | Any] = [kohya, diffusers_old, diffusers, peft]
-FALLBACK = diffusers_old
+FORMATS: list[ModuleType | Any] = [kohya, diffusers_attn_procs, diffusers_native, peft_native]
+FALLBACK = diffusers_attn_procs
 
 
 def register(family: ModuleType | Any, *, before: str | None = None) -> None:

@@ -70,7 +70,7 @@ def guess_unprefixed_component(key: str) -> str:
 
 def list_modules(tensors: Mapping[str, torch.Tensor], component_of: Callable[[str], str]) -> tuple[Any, ...]:
     """One `LoraModule` per down matrix, its up matrix and alpha found by the shared grammar."""
-    from ..files import LoraModule
+    from ..lora_file import LoraModule
 
     out = []
     for key, down in tensors.items():

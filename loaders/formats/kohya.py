@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ... import disk
+from ...base import disk
 from .. import fence
 
 if TYPE_CHECKING:
-    from ..files import LoraFile, LoraModule
+    from ..lora_file import LoraFile, LoraModule
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def save_kohya(
 ) -> None:
     """Write `peft_to_kohya(...)` as a .safetensors (header: `format: pt` plus `metadata`).
 
-    Written whole (loragraph/disk.py), so a crash never leaves a half-written LoRA behind.
+    Written whole (base/disk.py), so a crash never leaves a half-written LoRA behind.
     """
     import safetensors.torch
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .diffusers import component_of
+from .diffusers_native import component_of
 from .keys import prefix_components
 
 NAME = "diffusers-old"

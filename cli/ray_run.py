@@ -1,7 +1,7 @@
 """``loragraph run --ray``: the runs of ``loragraph run`` (files, or one file's --sweep) on a pool.
 
 The driver reads and checks the workflows as one process does, submits every runnable one as a job,
-and reports in run order as results come in: files are written (``files.py``), ``--json`` lines and
+and reports in run order as results come in: files are written (``output_commit.py``), ``--json`` lines and
 the summary printed, exactly as ``loragraph run`` would, then the per-actor summary. Exit status as
 ``loragraph run``. Ctrl-C stops the running jobs at their next step and starts no new one; a second
 Ctrl-C stops at once. The actors end with the command either way.
@@ -17,12 +17,12 @@ import sys
 import threading
 from typing import IO, Any
 
-from .. import cli
-from . import RayUnavailable
-from .files import commit_files
-from .needs import job_needs
-from .pool import Outcome, Pool
-from .router import Job
+from ..scaleout import RayUnavailable
+from ..scaleout.needs import job_needs
+from ..scaleout.output_commit import commit_files
+from ..scaleout.pool import Outcome, Pool
+from ..scaleout.router import Job
+from . import reports
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def run_on_ray(args: argparse.Namespace, workflows: list[Any], out: IO[str]) -> 
             cond.notify_all()
 
     if not runnable:
-        worst = cli.EXIT_OK
+        worst = reports.EXIT_OK
         for wf in workflows:
-            worst = max(worst, cli._report_invalid(out, wf, args.json))
+            worst = max(worst, reports.report_invalid(out, wf, args.json))
         return worst
     threads = args.threads or 1  # per actor: one CPU slot of one thread unless --threads says more
     pool = Pool(args.models_dir, address=args.ray_address, actors=_actor_count(), limit=len(runnable),
@@ -55,12 +55,12 @@ def run_on_ray(args: argparse.Namespace, workflows: list[Any], out: IO[str]) -> 
         pool.start()
     except RayUnavailable as ex:
         sys.stderr.write(f"loragraph run: {ex}\n")
-        return cli.EXIT_INVALID
+        return reports.EXIT_INVALID
     except Exception as ex:  # noqa: BLE001 - no cluster at --ray-address, actors that cannot start
         sys.stderr.write(f"loragraph run: could not start the Ray pool: {type(ex).__name__}: {ex}\n")
         pool.shutdown()
-        return cli.EXIT_INVALID
-    worst = cli.EXIT_OK
+        return reports.EXIT_INVALID
+    worst = reports.EXIT_OK
     interrupted = False
     bar = _job_bar(len(runnable))
     try:
@@ -70,7 +70,7 @@ def run_on_ray(args: argparse.Namespace, workflows: list[Any], out: IO[str]) -> 
             pool.close()
             for i, wf in enumerate(workflows):
                 if wf.prompt is None:
-                    worst = max(worst, cli._report_invalid(out, wf, args.json))
+                    worst = max(worst, reports.report_invalid(out, wf, args.json))
                     continue
                 with cond:
                     while i not in done and not (pressed and _all_ended(pool)):
@@ -89,7 +89,7 @@ def run_on_ray(args: argparse.Namespace, workflows: list[Any], out: IO[str]) -> 
         bar.close()
         pool.shutdown()
         _print_actor_summary(sys.stderr if args.json else out, pool)
-    return cli.EXIT_INTERRUPTED if interrupted else worst
+    return reports.EXIT_INTERRUPTED if interrupted else worst
 
 
 def _all_ended(pool: Pool) -> bool:
@@ -104,14 +104,14 @@ def _report(out: IO[str], wf: Any, outcome: Outcome, as_json: bool) -> tuple[int
         if wf.sweep is not None:
             report["set"] = wf.sweep.values
         if as_json:
-            cli._write_json_line(out, report)
+            reports.write_json_line(out, report)
         else:
             out.write(f"{wf.label}: error\n  error: {outcome.error}\n")
             out.flush()
-        return cli.EXIT_ERROR, None
+        return reports.EXIT_ERROR, None
     result = outcome.result["result"]
     commit_files(outcome.result["files"], result.outputs)
-    return cli._report_result(out, wf, result, as_json), result
+    return reports.report_result(out, wf, result, as_json), result
 
 
 def _job_bar(total: int) -> Any:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .. import disk
+from ..base import disk
 
 logger = logging.getLogger(__name__)
 

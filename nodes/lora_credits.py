@@ -111,7 +111,7 @@ def _relative_lora_name(path: str) -> str:
 
 
 def _short_hash(path: str, sha256: str) -> str | None:
-    from ..loaders.files import LoraFileError
+    from ..loaders.lora_file import LoraFileError
     from ..loaders.store import read_lora
 
     try:
@@ -127,7 +127,7 @@ def _short_hash(path: str, sha256: str) -> str | None:
 
 def lora_credits(handle: Any) -> tuple[LoraCredit, ...]:
     """The LoRAs that act on images sampled from the PIPELINE ``handle``: active or fused ones."""
-    from ..loaders.schedule import active_schedules, sampling_state
+    from ..loaders.weight_schedule import active_schedules, sampling_state
 
     schedules = {s.adapter: s for s in active_schedules(handle.state)}
     state = sampling_state(handle.state, handle.source.denoiser)  # what the Sampler ran: scheduled ones unfused

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import disk
-from ..nodes.files import NumberedNames
+from ..base import disk
+from ..nodes.output_names import NumberedNames
 
 _NUMBERED = re.compile(r"^(?P<name>.*)_(?P<counter>\d{5,})_(?P<suffix>[^_/]*)$")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .. import limits
+from ..base import limits
 from .formats import LoraFormat, detect_format, modules_of
 from .formats.keys import is_adapter_key
 

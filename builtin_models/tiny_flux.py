@@ -8,26 +8,10 @@ per-block weights have blocks of both kinds to address. Native size 32x32 (laten
 
 from __future__ import annotations
 
-import string
-
 import torch
 
-from .builtin import _clip_config, make_tokenizer
-
-
-def t5_tokenizer():
-    """A T5TokenizerFast over lowercase letters and digits (65 tokens), built in memory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import T5TokenizerFast
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    vocab += [("\u2581" + c, -1.0) for c in string.ascii_lowercase]
-    vocab += [(c, -2.0) for c in string.ascii_lowercase + string.digits]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-                           extra_ids=0)
+from .tiny_parts import clip_config
+from .tokenizers import make_tokenizer, t5_tokenizer
 
 
 def build_tiny_flux():
@@ -41,7 +25,7 @@ def build_tiny_flux():
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
     )
     torch.manual_seed(1)
-    text_encoder = CLIPTextModel(_clip_config())
+    text_encoder = CLIPTextModel(clip_config())
     t5 = T5EncoderModel(T5Config(vocab_size=65, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
                                  relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
                                  eos_token_id=1))

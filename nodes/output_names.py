@@ -1,4 +1,4 @@
-"""Output file naming, as ComfyUI's `folder_paths.get_save_image_path` does it; writes go through disk.py."""
+"""Output file naming, as ComfyUI's `folder_paths.get_save_image_path` does it; writes go through base/disk.py."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import disk
-from ..errors import NodeInputError
+from ..base import disk
+from ..base.errors import NodeInputError
 
 
 class NumberedNames:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .graph import WorkflowError, apply_overrides, parse_override_value
+from ..graph import WorkflowError, apply_overrides, parse_override_value
 
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
 # A grid past this is almost surely a typo in a range (1-100000); it would also be held in memory.

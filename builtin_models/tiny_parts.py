@@ -1,0 +1,53 @@
+"""The pieces every tiny built-in pipeline shares: the seed, the scheduler, the VAE, the CLIP config."""
+
+from __future__ import annotations
+
+# A fixed seed: the built-in pipelines must be bit-identical on every machine and every run.
+BUILTIN_SEED = 0
+
+
+def ddim_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,  # diffusers warns on 0 and SD's own config uses 1
+    )
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=64,
+    )
+
+
+def clip_config(**extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=514,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        **extra,
+    )
+

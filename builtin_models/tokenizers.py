@@ -1,0 +1,77 @@
+"""Tokenizers made in code, so the built-in pipelines need no vocabulary download.
+
+CLIP: a byte-level BPE tokenizer with no merges (514 tokens), written to a fixed folder per user;
+it still tokenizes any prompt. T5: a Unigram model over a generated vocabulary, built in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from ..base import disk
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    # The mapping CLIP's byte-level BPE uses (GPT-2's), copied so we depend on no private helper.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+@lru_cache(maxsize=1)
+def tokenizer_folder() -> str:
+    """A folder holding vocab.json and merges.txt of the byte-level tokenizer (514 tokens).
+
+    One fixed folder per user (not a fresh temp dir per process, which would pile up); written
+    whole (base/disk.py), so concurrent processes never read half a file.
+    """
+    chars = list(bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    files = {"vocab.json": json.dumps(vocab), "merges.txt": "#version: 0.2\n"}
+    folder = Path(tempfile.gettempdir()) / f"loragraph-byte-tokenizer-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = folder / name
+        if not path.is_file() or path.read_text() != text:
+            disk.write_file(path, text.encode())
+    return str(folder)
+
+
+def make_tokenizer():
+    from transformers import CLIPTokenizer
+
+    folder = tokenizer_folder()
+    return CLIPTokenizer(f"{folder}/vocab.json", f"{folder}/merges.txt", model_max_length=77)
+
+
+def t5_tokenizer():
+    """A T5TokenizerFast over lowercase letters and digits (65 tokens), built in memory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + c, -1.0) for c in string.ascii_lowercase]
+    vocab += [(c, -2.0) for c in string.ascii_lowercase + string.digits]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                           extra_ids=0)
