@@ -17,6 +17,8 @@ from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
 from loragraph.loaders.state import NodeInputError
 
+pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
+
 STEPS = 2  # the branch property needs many images; two steps still carry every LoRA into them
 # d and e have the same UNet layers and rank: switching between them hot-swaps (hotswap.swap).
 FILES = {"a": "sd_a.safetensors", "b": "sd_b.safetensors", "c": "sd_c.safetensors", "d": "sd_u1.safetensors",

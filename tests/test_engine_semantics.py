@@ -13,6 +13,8 @@ from diffusers.loaders.lora_base import disable_lora_for_text_encoder
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 
+pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
+
 TOL = 1 / 255
 
 

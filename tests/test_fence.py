@@ -19,6 +19,8 @@ from loragraph.loaders import fence
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 
+pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
+
 PACKAGE = Path(__file__).resolve().parents[1]
 TOL = 1 / 255
 

@@ -12,6 +12,8 @@ from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.testing import write_lora_file
 
+pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
+
 TOL = 1 / 255
 SIZE = 32
 PROMPT = "a red circle on a white background"

@@ -20,6 +20,8 @@ from loragraph.builtin_models.tiny_flux import build_tiny_flux
 from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 
+pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
+
 TOL = 2 / 255
 SIZE = 32
 PROMPT = "a red circle on a white background"

@@ -21,6 +21,8 @@ from loragraph.loaders.loading import load_lora_file
 from loragraph.loaders.lora_file import LoraFileError
 from loragraph.loaders.store import read_lora
 
+pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
+
 IMG = 32  # small images and few steps: enough to carry a LoRA's effect, fast on 2 cores
 STEPS = 2
 

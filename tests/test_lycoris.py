@@ -23,6 +23,8 @@ from lycoris_oracle import (
     write_file,
 )
 
+pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
+
 TOL = 2 / 255
 
 # name -> (algorithm, LyCORIS create_network options)

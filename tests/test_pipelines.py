@@ -12,6 +12,8 @@ from loragraph.loaders import state as st
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.pipelines import PipelineCache, make_source, resolve_device, resolve_dtype
 
+pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
+
 
 def test_auto_dtype_and_device():
     assert resolve_dtype("auto", "cuda") == "float16"

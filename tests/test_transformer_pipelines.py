@@ -17,6 +17,8 @@ from loragraph.loaders.reconcile import LoraOperationError
 from loragraph.loaders.state import NodeInputError
 from loragraph.testing import build_tiny_sd3, write_lora_file
 
+pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
+
 TOL = 1 / 255
 SIZE = 32  # the tiny SD3's native size (its VAE does not downsample)
 PROMPT = "a red circle on a white background"
