@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .node_defs import function_params, get_input_info, hidden_values
+from .node_defs import NodeClass, function_params, get_input_info, hidden_values
 from .workflow import is_link
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def _canonical(value: Any) -> str:
 
 
 def is_changed_value(
-    class_def: type, node_id: str, inputs: Mapping[str, Any], input_types: Mapping[str, Any]
+    class_def: NodeClass, node_id: str, inputs: Mapping[str, Any], input_types: Mapping[str, Any]
 ) -> Any:
     """Call the class's ``IS_CHANGED`` the way ComfyUI does; False when it has none.
 
@@ -136,7 +136,7 @@ def is_changed_value(
 def node_signatures(
     prompt: Mapping[str, Mapping[str, Any]],
     order: Iterable[str],
-    registry: Mapping[str, type],
+    registry: Mapping[str, NodeClass],
     input_types_of: Callable[[str], Mapping[str, Any]],
 ) -> dict[str, str | None]:
     """Signature of every node in ``order`` (a topological order: sources before consumers).
@@ -159,7 +159,7 @@ def node_signatures(
 def _signature(
     node_id: str,
     class_type: str,
-    class_def: type,
+    class_def: NodeClass,
     inputs: Mapping[str, Any],
     input_types: Mapping[str, Any],
     changed: Any,

@@ -44,10 +44,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import WorkflowError
+from .node_defs import NodeClass
 
 logger = logging.getLogger(__name__)
 
-Registry = Mapping[str, type]
+Registry = Mapping[str, NodeClass]
 
 # litegraph's LGraphEventMode values that graphToPrompt treats specially.
 MODE_NEVER = 2  # "muted" in the UI

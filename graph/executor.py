@@ -36,7 +36,7 @@ from .events import (
     timestamp_ms,
 )
 from .interrupt import NodeContext, ProgressHookFactory, running
-from .node_defs import function_params, get_input_info, hidden_values
+from .node_defs import NodeClass, function_params, get_input_info, hidden_values
 from .order import ancestors, topological_order
 from .validate import format_validation_error, validate_prompt
 from .workflow import is_link, normalize_prompt
@@ -157,7 +157,7 @@ class Executor:
 
     def __init__(
         self,
-        registry: Mapping[str, type],
+        registry: Mapping[str, NodeClass],
         progress_hook_factory: ProgressHookFactory | None = None,
         *,
         cache_prompts: int = DEFAULT_CACHE_PROMPTS,
@@ -169,7 +169,7 @@ class Executor:
         self._interrupt = threading.Event()
         self._run_lock = threading.Lock()
         self._objects: dict[tuple[str, str], Any] = {}
-        self._params: dict[type, tuple[list[str], bool]] = {}
+        self._params: dict[NodeClass, tuple[list[str], bool]] = {}
 
     def interrupt(self) -> None:
         """Ask the running prompt to stop at the next node boundary or progress report.
@@ -352,7 +352,7 @@ class Executor:
         self,
         node_id: str,
         node: dict[str, Any],
-        class_def: type,
+        class_def: NodeClass,
         input_types: dict[str, Any],
         prompt: dict[str, dict[str, Any]],
         extra_data: dict[str, Any],
@@ -434,7 +434,7 @@ class Executor:
         return result
 
 
-def _split_result(raw: Any, class_def: type) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _split_result(raw: Any, class_def: NodeClass) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Split a node's return value into ``(outputs, ui)``; wrong shapes are errors of that node."""
     ui: dict[str, Any] = {}
     expected = len(getattr(class_def, "RETURN_TYPES", ()))

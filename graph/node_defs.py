@@ -11,6 +11,10 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+# A node class, ComfyUI's way: a plain class read by the names of its attributes (INPUT_TYPES(),
+# RETURN_TYPES, FUNCTION, optional VALIDATE_INPUTS, ...), not a base class, so they are typed Any.
+NodeClass = type[Any]
+
 
 def get_input_info(input_types: Mapping[str, Any], input_name: str) -> tuple[Any, str | None, dict[str, Any]]:
     """``(type, category, options)`` of an input from an ``INPUT_TYPES()`` dict.

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .errors import CycleError
+from .node_defs import NodeClass
 from .workflow import is_link, node_sort_key
 
 Prompt = Mapping[str, Mapping[str, Any]]
@@ -24,7 +25,7 @@ def iter_links(node: Mapping[str, Any]) -> Iterator[tuple[str, str, int]]:
             yield name, value[0], int(value[1])
 
 
-def output_nodes(prompt: Prompt, registry: Mapping[str, type]) -> list[str]:
+def output_nodes(prompt: Prompt, registry: Mapping[str, NodeClass]) -> list[str]:
     """Ids of nodes whose class sets ``OUTPUT_NODE = True``, in id order."""
     found = []
     for node_id, node in prompt.items():

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .node_defs import NodeClass
 from .workflow import is_link
 
 
@@ -61,11 +62,11 @@ def _consumers(prompt: Mapping[str, Any]) -> dict[str, list[str]]:
     return found
 
 
-def overridden_inputs(prompt: Mapping[str, Any], registry: Mapping[str, type]) -> list[OverriddenInput]:
+def overridden_inputs(prompt: Mapping[str, Any], registry: Mapping[str, NodeClass]) -> list[OverriddenInput]:
     """Every input that a later node always overrides, in prompt order (see the module docstring)."""
     consumers = _consumers(prompt)
 
-    def cls(node_id: str) -> type | None:
+    def cls(node_id: str) -> NodeClass | None:
         return registry.get(str((prompt.get(node_id) or {}).get("class_type")))
 
     def first_overrides(start: str, prop: str) -> list[str] | None:
@@ -109,7 +110,7 @@ def overridden_inputs(prompt: Mapping[str, Any], registry: Mapping[str, type]) -
     return found
 
 
-def _default(node_cls: type | None, input_name: str) -> Any:
+def _default(node_cls: NodeClass | None, input_name: str) -> Any:
     try:
         declared = node_cls.INPUT_TYPES()  # type: ignore[union-attr]
     except Exception:  # noqa: BLE001 - validation reports a broken class; here it only means "unknown"

@@ -20,13 +20,13 @@ from collections.abc import Generator, Iterable, Mapping
 from typing import Any
 
 from .errors import full_type_name
-from .node_defs import function_params, get_input_info, hidden_values
+from .node_defs import NodeClass, function_params, get_input_info, hidden_values
 from .workflow import node_sort_key
 
 logger = logging.getLogger(__name__)
 
 Prompt = dict[str, dict[str, Any]]
-Registry = Mapping[str, type]
+Registry = Mapping[str, NodeClass]
 # (valid, errors, node_id), ComfyUI's per-node validation result.
 NodeResult = tuple[bool, list[dict[str, Any]], str]
 ValidationResult = tuple[bool, "dict[str, Any] | None", list[str], dict[str, dict[str, Any]]]
@@ -357,7 +357,7 @@ class _Validator:
     def _custom_validation(
         self,
         unique_id: str,
-        obj_class: type,
+        obj_class: NodeClass,
         class_inputs: Mapping[str, Any],
         inputs: Mapping[str, Any],
         validate_function_inputs: list[str],

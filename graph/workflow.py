@@ -20,11 +20,12 @@ from typing import Any, NamedTuple, Union
 
 from ..base import limits
 from .errors import WorkflowError
+from .node_defs import NodeClass
 
 logger = logging.getLogger(__name__)
 
 Prompt = dict[str, dict[str, Any]]
-Registry = Mapping[str, type]
+Registry = Mapping[str, NodeClass]
 WorkflowSource = Union[Mapping[str, Any], str, "os.PathLike[str]"]
 
 
@@ -265,7 +266,7 @@ def apply_overrides(prompt: Mapping[str, Any], overrides: Iterable[str], registr
     return result
 
 
-def _declared_inputs(class_def: type) -> list[str]:
+def _declared_inputs(class_def: NodeClass) -> list[str]:
     spec = class_def.INPUT_TYPES()
     return [*spec.get("required", {}), *spec.get("optional", {})]
 
