@@ -123,6 +123,37 @@ def write_lycoris(pipe, folder: Path, rank: int) -> dict[str, Path]:
     return out
 
 
+def base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own parameters and buffers, by the names a fresh build gives them.
+
+    After an unload the engine keeps adapters parked: every adapter layer (peft's LoRA, LoHa, LoKr,
+    DoRA's magnitude, loragraph's NormDelta for norm diffs; nested when adapters of several types
+    share a layer) stays wrapped around the layer it adapts. Each peft tuner layer is looked through
+    to the layer it wraps (`get_base_layer()`), so no adapter tensor is taken for a base weight
+    whatever its name, and a wrapper's `base_layer.` is not part of a weight's name.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(module: torch.nn.Module, prefix: str) -> None:
+        if isinstance(module, BaseTunerLayer):
+            module = module.get_base_layer()  # the innermost wrapped layer, past nested wrappers
+        for name, tensor in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)):
+            out[prefix + name] = tensor
+        for name, child in module.named_children():
+            walk(child, f"{prefix}{name}.")
+
+    walk(model, "")
+    return out
+
+
+def base_weight_mismatches(expected: torch.nn.Module, got: torch.nn.Module) -> list[str]:
+    """Names of the base weights (`base_weights`) that are not bit-identical, or exist on one side only."""
+    a, b = base_weights(expected), base_weights(got)
+    return sorted(a.keys() ^ b.keys()) + [k for k in a if k in b and not torch.equal(a[k], b[k])]
+
+
 class PeakRSS:
     """Peak resident memory above the start, sampled every millisecond in a thread."""
 
@@ -687,16 +718,13 @@ class Bench:
 
         self.engine.realize(st.unload(self.base))
         fresh = build_sd15(self.device, self.dtype)
-        ours = self.live.pipe
-
-        def base_weights(pipe):  # LoRA wrappers of parked adapters looked through
-            return {f"{c}.{k.replace('.base_layer', '')}": v for c in ("unet", "text_encoder")
-                    for k, v in getattr(pipe, c).state_dict().items() if "lora_" not in k}
-
-        a, b = base_weights(fresh), base_weights(ours)
-        same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        print(f"engine pipeline bit-identical to a fresh build after all rows: {same}", flush=True)
-        self.exact = same
+        differ = [f"{c}.{name}" for c in ("unet", "text_encoder")
+                  for name in base_weight_mismatches(getattr(fresh, c), getattr(self.live.pipe, c))]
+        self.exact = not differ
+        print(f"engine pipeline bit-identical to a fresh build after all rows: {self.exact}", flush=True)
+        if differ:
+            print(f"FAILED: {len(differ)} base weights differ from a fresh build after unload: "
+                  f"{', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}", flush=True)
 
     def executor_row(self):
         """Executor overhead per node on a 200-node graph (LoRA nodes on the tiny built-in pipeline)."""
@@ -770,6 +798,9 @@ def main(argv=None) -> int:
         print(_fmt_row(r))
     print(f"\n{machine(args)}; rank {args.rank}; median of {args.repeats}; {time.strftime('%Y-%m-%d')}")
     bench.save(complete=True)
+    if bench.exact is False:  # None: an --only run, which does not reach the check
+        print("FAILED: the engine's pipeline is not bit-identical to a fresh build after all rows", flush=True)
+        return 1
     return 0
 
 
