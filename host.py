@@ -43,7 +43,8 @@ class HeadlessFolders:
 _folders = HeadlessFolders()
 
 
-def configure(models_dir: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None) -> None:
+def configure(models_dir: str | os.PathLike | None = None,
+              output_dir: str | os.PathLike | None = None) -> None:
     """Headless only: set the models root and output folder (the CLI's --models-dir / --output-dir)."""
     global _folders
     _folders = HeadlessFolders(

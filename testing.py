@@ -323,7 +323,8 @@ def _ldm_unet_names(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     layers = config["layers_per_block"]
     n = len(config["block_out_channels"])
     pairs = [("conv_in.", "input_blocks.0.0."), ("time_embedding.linear_1.", "time_embed.0."),
-             ("time_embedding.linear_2.", "time_embed.2."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2."),
+             ("time_embedding.linear_2.", "time_embed.2."), ("conv_norm_out.", "out.0."),
+             ("conv_out.", "out.2."),
              ("mid_block.resnets.0.", "middle_block.0."), ("mid_block.attentions.0.", "middle_block.1."),
              ("mid_block.resnets.1.", "middle_block.2.")]
     for i in range(n):
@@ -331,19 +332,22 @@ def _ldm_unet_names(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             pairs.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{(layers + 1) * i + j + 1}.0."))
             pairs.append((f"down_blocks.{i}.attentions.{j}.", f"input_blocks.{(layers + 1) * i + j + 1}.1."))
         if i < n - 1:
-            pairs.append((f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{(layers + 1) * (i + 1)}.0.op."))
+            pairs.append((f"down_blocks.{i}.downsamplers.0.conv.",
+                          f"input_blocks.{(layers + 1) * (i + 1)}.0.op."))
         has_attention = config["up_block_types"][i].startswith("CrossAttn")
         for j in range(layers + 1):
             pairs.append((f"up_blocks.{i}.resnets.{j}.", f"output_blocks.{(layers + 1) * i + j}.0."))
             pairs.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{(layers + 1) * i + j}.1."))
         if i < n - 1:
             slot = 2 if has_attention else 1
-            pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(layers + 1) * i + layers}.{slot}."))
+            pairs.append((f"up_blocks.{i}.upsamplers.0.",
+                          f"output_blocks.{(layers + 1) * i + layers}.{slot}."))
     return pairs
 
 
 _LDM_RESNET = (("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("time_emb_proj.", "emb_layers.1."),
-               ("norm2.", "out_layers.0."), ("conv2.", "out_layers.3."), ("conv_shortcut.", "skip_connection."))
+               ("norm2.", "out_layers.0."), ("conv2.", "out_layers.3."),
+               ("conv_shortcut.", "skip_connection."))
 
 
 def _rename(key: str, pairs: Sequence[tuple[str, str]]) -> str:
@@ -373,9 +377,12 @@ def _ldm_vae(vae: Any) -> dict[str, torch.Tensor]:
     """AutoencoderKL in the LDM layout: encoder.down.{i}.block.{j}, decoder.up numbered bottom-up,
     mid.block_1/attn_1/block_2 with 1x1-conv attention weights, nin_shortcut."""
     n = len(vae.config.block_out_channels)
-    pairs = [("encoder.mid_block.resnets.0.", "encoder.mid.block_1."), ("encoder.mid_block.resnets.1.", "encoder.mid.block_2."),
-             ("decoder.mid_block.resnets.0.", "decoder.mid.block_1."), ("decoder.mid_block.resnets.1.", "decoder.mid.block_2."),
-             ("encoder.mid_block.attentions.0.", "encoder.mid.attn_1."), ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1."),
+    pairs = [("encoder.mid_block.resnets.0.", "encoder.mid.block_1."),
+             ("encoder.mid_block.resnets.1.", "encoder.mid.block_2."),
+             ("decoder.mid_block.resnets.0.", "decoder.mid.block_1."),
+             ("decoder.mid_block.resnets.1.", "decoder.mid.block_2."),
+             ("encoder.mid_block.attentions.0.", "encoder.mid.attn_1."),
+             ("decoder.mid_block.attentions.0.", "decoder.mid.attn_1."),
              ("encoder.conv_norm_out.", "encoder.norm_out."), ("decoder.conv_norm_out.", "decoder.norm_out.")]
     for i in range(n):
         pairs.append((f"encoder.down_blocks.{i}.resnets.", f"encoder.down.{i}.block."))
@@ -383,7 +390,8 @@ def _ldm_vae(vae: Any) -> dict[str, torch.Tensor]:
         pairs.append((f"decoder.up_blocks.{i}.resnets.", f"decoder.up.{n - 1 - i}.block."))
         pairs.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample."))
     pairs.sort(key=lambda p: -len(p[0]))
-    attention = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
+    attention = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.",
+                 "to_out.0.": "proj_out."}
     out = {}
     for key, value in vae.state_dict().items():
         try:

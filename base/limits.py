@@ -6,6 +6,7 @@ NodeInputError naming the input), raised before anything is allocated or run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -98,15 +99,14 @@ def sampling_bytes(pipe: Any, width: int, height: int, batch_size: int) -> int:
         out_channels = getattr(getattr(vae, "config", None), "block_out_channels", None)
         if out_channels:
             channels = int(out_channels[0])
-        try:
+        with contextlib.suppress(AttributeError, TypeError):
             dtype_bytes = torch.tensor([], dtype=vae.dtype).element_size()
-        except (AttributeError, TypeError):
-            pass
     pixels = width * height
     decoded = batch_size
     if vae is not None and getattr(vae, "use_slicing", False):
         decoded = 1
-    decode_pixels = min(pixels, 512 * 512) if vae is not None and getattr(vae, "use_tiling", False) else pixels
+    tiled = vae is not None and getattr(vae, "use_tiling", False)
+    decode_pixels = min(pixels, 512 * 512) if tiled else pixels
     vae_bytes = decoded * decode_pixels * 3 * channels * dtype_bytes
     output_bytes = batch_size * pixels * 3 * 4 * 2
     return vae_bytes + output_bytes

@@ -48,7 +48,8 @@ def hand_written(prompt: dict[str, Any], out_dir: Path) -> tuple[float, np.ndarr
     from loragraph.builtin_models.catalog import BUILTIN_MODELS
     from PIL import Image
 
-    load, lora_a, lora_b, weights, fuse, sampler = (prompt[i]["inputs"] for i in ("1", "2", "3", "4", "5", "6"))
+    load, lora_a, lora_b, weights, fuse, sampler = (
+        prompt[i]["inputs"] for i in ("1", "2", "3", "4", "5", "6"))
     loras = EXAMPLES / "models" / "loras"
     t0 = time.perf_counter()
     pipe = BUILTIN_MODELS[load["model"].removeprefix("builtin:")][0]()
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each path (default 5)")
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20, as the quickstart)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's own choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
     w = sys.stdout.write
     sampler = prompt["6"]["inputs"]
-    w(f"Quickstart ({args.steps} steps, {sampler['width']}x{sampler['height']}, {prompt['1']['inputs']['model']}, "
-      f"2 LoRAs fused), median of {args.repeat}; "
-      f"torch {torch.__version__}, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)}, {platform.processor() or platform.machine()}, "
-      f"{os.cpu_count()} CPUs\n\n")
+    w(f"Quickstart ({args.steps} steps, {sampler['width']}x{sampler['height']}, "
+      f"{prompt['1']['inputs']['model']}, 2 LoRAs fused), median of {args.repeat}; "
+      f"torch {torch.__version__}, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() != 1)}, "
+      f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n\n")
     w("| run | wall | vs script | notes |\n|---|---:|---:|---|\n")
     w(f"| hand-written diffusers script | {script:.3f} s | - | build, 2x load_lora_weights, set_adapters, "
       f"fuse_lora, sample, save PNG |\n")

@@ -98,7 +98,8 @@ def write_lycoris(pipe, folder: Path, rank: int) -> dict[str, Path]:
             for name, mod in getattr(pipe, comp).named_modules():
                 if not (isinstance(mod, torch.nn.Linear) and name.endswith(_ATTN)):
                     continue
-                te_root = "text_model_" if comp == "text_encoder" and not name.startswith("text_model") else ""
+                bare_te = comp == "text_encoder" and not name.startswith("text_model")
+                te_root = "text_model_" if bare_te else ""
                 key = prefix + te_root + name.replace(".", "_")
                 o, i = mod.out_features, mod.in_features
 
@@ -218,7 +219,8 @@ class Bench:
 
         self.args = args
         self.device = args.device
-        self.dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+        self.dtype = {"float32": torch.float32, "float16": torch.float16,
+                      "bfloat16": torch.bfloat16}[args.dtype]
         self.root = Path(args.work or tempfile.mkdtemp(prefix="loragraph-bench-"))
         (self.root / "loras").mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
@@ -231,7 +233,8 @@ class Bench:
         from loragraph.loaders.state import PipelineHandle, PipelineSource
 
         ours = build_sd15(self.device, self.dtype)
-        source = PipelineSource("bench:sd15", "builtin", "sd15", args.dtype, self.device, "bench", ("unet", "text_encoder"))
+        source = PipelineSource("bench:sd15", "builtin", "sd15", args.dtype, self.device, "bench",
+                                ("unet", "text_encoder"))
         from loragraph.loaders.engine import _cache_key
 
         self.engine.pipelines.put(_cache_key(source), LivePipeline(ours), 0)
@@ -311,8 +314,8 @@ class Bench:
             "peft_inject_floor_ms": self.inject_floor, "exact_after_all_rows": self.exact, "rows": self.rows,
         }, indent=2))
 
-    def row(self, name: str, ours_setup, ours_op, raw_setup, raw_op, note: str = "", floor: float | None = None,
-            per: int = 1, note_fn=None):
+    def row(self, name: str, ours_setup, ours_op, raw_setup, raw_op, note: str = "",
+            floor: float | None = None, per: int = 1, note_fn=None):
         """Alternate: setup (untimed) then the op, ours then diffusers, `repeats` times; medians.
 
         `per` divides the times (ms per step of a sampling call); `note_fn(row)` writes the note.
@@ -349,14 +352,15 @@ class Bench:
     def floors(self):
         backups = [w.detach().clone() for w in self.touched]
         lora = [(torch.randn(w.shape[0], self.args.rank, dtype=w.dtype, device=w.device),
-                 torch.randn(self.args.rank, w.shape[1], dtype=w.dtype, device=w.device)) for w in self.touched]
+                 torch.randn(self.args.rank, w.shape[1], dtype=w.dtype, device=w.device))
+                for w in self.touched]
 
         def copy_all():
-            for w, b in zip(self.touched, backups):
+            for w, b in zip(self.touched, backups, strict=True):
                 w.data.copy_(b)
 
         def addmm_all():
-            for w, (b, a) in zip(self.touched, lora):
+            for w, (b, a) in zip(self.touched, lora, strict=True):
                 w.data.addmm_(b, a, alpha=1e-3)
 
         self.copy_floor = statistics.median(timed(copy_all, self.device)[0] for _ in range(3))
@@ -419,11 +423,13 @@ class Bench:
                  lambda: self.engine.realize(a), self.raw_reset, lambda: self.raw_load("diffusers_0", "a"),
                  note="a first attach: peft injects the layers; floor: peft building the layers alone",
                  floor=self.inject_floor)
-        self.row("attach LoRA again (parked by an earlier state)", self.ours_reset, lambda: self.engine.realize(a),
+        self.row("attach LoRA again (parked by an earlier state)", self.ours_reset,
+                 lambda: self.engine.realize(a),
                  self.raw_reset, lambda: self.raw_load("diffusers_0", "a"), floor=self.copy_floor,
                  note="the adapter stayed loaded, inactive: one set_adapters")
         k = st.add_adapter(self.base, self.spec("kohya_0", "k"))
-        self.row("attach LoRA, warm (kohya format, first attach)", self.unpark, lambda: self.engine.realize(k),
+        self.row("attach LoRA, warm (kohya format, first attach)", self.unpark,
+                 lambda: self.engine.realize(k),
                  self.raw_reset, lambda: self.raw_load("kohya_0", "k"), floor=self.inject_floor)
 
         # weights, unfused
@@ -468,7 +474,8 @@ class Bench:
             self.raw.set_adapters(["a"], [0.9])
             self.raw.fuse_lora(components=["unet", "text_encoder"])
 
-        self.row("change weights, fused", lambda: self.engine.realize(fused), lambda: self.engine.realize(fused2),
+        self.row("change weights, fused", lambda: self.engine.realize(fused),
+                 lambda: self.engine.realize(fused2),
                  raw_fused, raw_refuse, note="diffusers: unfuse + set_adapters + fuse")
 
         # switch A -> B
@@ -496,7 +503,8 @@ class Bench:
             self.engine.realize(b)  # B takes A's layers
 
         self.row("switch back B -> A (A was overwritten by that hotswap)", a_swapped_out,
-                 lambda: self.engine.realize(a), self.raw_only("diffusers_1", "b"), self.raw_switch("b", "diffusers_0", "a"),
+                 lambda: self.engine.realize(a), self.raw_only("diffusers_1", "b"),
+                 self.raw_switch("b", "diffusers_0", "a"),
                  note="ours: A is loaded, not swapped, so both stay attached")
         self.row("switch LoRA B -> A -> B (both attached before)", lambda: self.engine.realize(a),
                  lambda: self.engine.realize(b), raw_only_a, raw_switch, note="A and B stay parked")
@@ -510,8 +518,9 @@ class Bench:
             self.engine.realize(ua)
             self.live.swap_inputs.clear()  # every repeat is the file's first swap
 
-        self.row("switch LoRA A -> B, UNet-only, same layers (B never attached, its file never swapped)", only_ua,
-                 lambda: self.engine.realize(ub), self.raw_only("unet_0", "ua"), self.raw_switch("ua", "unet_1", "ub"),
+        self.row("switch LoRA A -> B, UNet-only, same layers (B never attached, its file never swapped)",
+                 only_ua, lambda: self.engine.realize(ub), self.raw_only("unet_0", "ua"),
+                 self.raw_switch("ua", "unet_1", "ub"),
                  note="ours: hotswap into A's layers; diffusers: delete_adapters + load_lora_weights")
         self.ours_reset()
 
@@ -525,7 +534,8 @@ class Bench:
                 self.raw_load(f"diffusers_{i}", f"s{i}")
             self.raw.set_adapters([f"s{i}" for i in range(5)], [1.0] * 5)
 
-        self.row("stack of 5 LoRAs (first attach + activate)", self.unpark, lambda: self.engine.realize(stack),
+        self.row("stack of 5 LoRAs (first attach + activate)", self.unpark,
+                 lambda: self.engine.realize(stack),
                  self.raw_reset, raw_stack, floor=5 * self.inject_floor)
 
         self.engine.realize(stack)
@@ -555,7 +565,8 @@ class Bench:
             label = ("attach dora (the LoRA's rank and layers, + magnitude)" if algo == "dora"
                      else f"attach {algo} (same parameters and layers as the LoRA)")
             self.row(label, self.unpark, lambda h=h: self.engine.realize(h), lambda: None, None,
-                     note_fn=lambda r, a=algo, h=h: f"{r['loragraph_ms'] / base['loragraph_ms']:.2f}x the LoRA's "
+                     note_fn=lambda r, a=algo, h=h:
+                     f"{r['loragraph_ms'] / base['loragraph_ms']:.2f}x the LoRA's "
                      f"attach; {self.adapter_mib(h, a):.1f} MiB of adapter tensors "
                      f"(the LoRA: {self.adapter_mib(lora, 'k'):.1f})")
             w = [st.set_weights(h, algo, "0.6"), st.set_weights(h, algo, "0.9")]
@@ -618,9 +629,10 @@ class Bench:
                 self.raw.set_adapters(names, [{"unet": s, "text_encoder": 1.0}] * c + [1.0] * (3 - c))
 
             plural = "s" * (count != 1)
-            self.row(f"schedule: per-step scales, {count} scheduled adapter{plural} (of 3 loaded)", lambda: None,
-                     apply, lambda: None, raw_step,
-                     note="ours: set_scale on the cached layers; diffusers: set_adapters in callback_on_step_end")
+            self.row(f"schedule: per-step scales, {count} scheduled adapter{plural} (of 3 loaded)",
+                     lambda: None, apply, lambda: None, raw_step,
+                     note="ours: set_scale on the cached layers; "
+                          "diffusers: set_adapters in callback_on_step_end")
             weights.restore()
 
             def setup_restore(h=handle, lv=live):
@@ -640,11 +652,12 @@ class Bench:
             for _ in range(self.args.repeats):
                 plain.append(timed(call(stack), self.device)[0])
                 sched.append(timed(call(handle), self.device)[0])
-            overhead = statistics.median(s - p for s, p in zip(sched, plain))
+            overhead = statistics.median(s - p for s, p in zip(sched, plain, strict=True))
             self._add({
                 "operation": f"Sampler, 1 step at 64x64 latents, {count} scheduled vs unscheduled",
                 "loragraph_ms": statistics.median(sched), "diffusers_ms": None, "loragraph_peak_mib": None,
-                "diffusers_peak_mib": None, "floor_ms": None, "ratio_to_diffusers": None, "ratio_to_floor": None,
+                "diffusers_peak_mib": None, "floor_ms": None, "ratio_to_diffusers": None,
+                "ratio_to_floor": None,
                 "note": f"unscheduled {statistics.median(plain):.1f} ms; overhead {overhead:+.1f} ms "
                         f"({overhead / count:+.1f} ms per scheduled adapter; target <= 2)",
             })
@@ -689,7 +702,8 @@ class Bench:
                          f"(ms per step, {size}x{size} px = 64x64 latents, {steps} steps)",
                          lambda: None, ours_call, lambda: None, raw_call, per=steps,
                          note_fn=lambda r: (f"{1e3 / r['loragraph_ms']:.2f} it/s ours, "
-                                            f"{1e3 / r['diffusers_ms']:.2f} it/s diffusers; peak MiB: whole call"))
+                                            f"{1e3 / r['diffusers_ms']:.2f} it/s diffusers; "
+                                            "peak MiB: whole call"))
         self.raw_reset()
         self.ours_reset()
 
@@ -701,9 +715,9 @@ class Bench:
         self.raw.unfuse_lora(components=["unet", "text_encoder"])
         self.raw.unload_lora_weights()
         after = self._touched_after_unload()
-        differ = sum((x != y).sum().item() for x, y in zip(before, after))
+        differ = sum((x != y).sum().item() for x, y in zip(before, after, strict=True))
         total = sum(x.numel() for x in before)
-        for w, b in zip(self._touched_after_unload(), before):
+        for w, b in zip(self._touched_after_unload(), before, strict=True):
             w.data.copy_(b)  # put the raw pipeline back for the next rows
         return differ / total
 
@@ -731,11 +745,13 @@ class Bench:
         from loragraph.graph import Executor
         from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
 
-        prompt = {"0": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "cpu"}}}
+        prompt = {"0": {"class_type": "LoadPipeline",
+                        "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "cpu"}}}
         prev = "0"
         for i in range(1, 199):
-            prompt[str(i)] = {"class_type": "UnfuseLoRA", "inputs": {"pipeline": [prev, 0], "unfuse_unet": True,
-                                                                    "unfuse_text_encoder": bool(i % 2)}}
+            prompt[str(i)] = {"class_type": "UnfuseLoRA",
+                              "inputs": {"pipeline": [prev, 0], "unfuse_unet": True,
+                                         "unfuse_text_encoder": bool(i % 2)}}
             prev = str(i)
         prompt["199"] = {"class_type": "LoRAInfo", "inputs": {"pipeline": [prev, 0]}}
         ex = Executor(HEADLESS_NODE_CLASS_MAPPINGS)
@@ -756,8 +772,10 @@ def _f(x, fmt="{:.1f}"):
 
 def _fmt_row(r) -> str:
     return (f"| {r['operation']} | {_f(r['loragraph_ms'])} | {_f(r['diffusers_ms'])} | "
-            f"{_f(r['ratio_to_diffusers'], '{:.2f}x')} | {_f(r['floor_ms'])} | {_f(r['ratio_to_floor'], '{:.2f}x')} | "
-            f"{_f(r['loragraph_peak_mib'], '{:.0f}')} | {_f(r['diffusers_peak_mib'], '{:.0f}')} | {r['note']} |")
+            f"{_f(r['ratio_to_diffusers'], '{:.2f}x')} | {_f(r['floor_ms'])} | "
+            f"{_f(r['ratio_to_floor'], '{:.2f}x')} | "
+            f"{_f(r['loragraph_peak_mib'], '{:.0f}')} | {_f(r['diffusers_peak_mib'], '{:.0f}')} | "
+            f"{r['note']} |")
 
 
 HEADER = ("| operation | loragraph ms | diffusers ms | ratio | floor ms | ratio to floor | "
@@ -799,7 +817,8 @@ def main(argv=None) -> int:
     print(f"\n{machine(args)}; rank {args.rank}; median of {args.repeats}; {time.strftime('%Y-%m-%d')}")
     bench.save(complete=True)
     if bench.exact is False:  # None: an --only run, which does not reach the check
-        print("FAILED: the engine's pipeline is not bit-identical to a fresh build after all rows", flush=True)
+        print("FAILED: the engine's pipeline is not bit-identical to a fresh build after all rows",
+              flush=True)
         return 1
     return 0
 

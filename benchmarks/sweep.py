@@ -51,11 +51,13 @@ def _sweep_prompts(lora_slowest: bool) -> list[dict[str, Any]]:
     from loragraph.graph import apply_overrides
 
     base = {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:shapes", "dtype": "float32", "device": "cpu"}},
-        "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": LORAS[0], "strength": 1.0,
-                                                  "adapter_name": ""}},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:shapes", "dtype": "float32", "device": "cpu"}},
+        "2": {"class_type": "LoadLoRA",
+              "inputs": {"pipeline": ["1", 0], "lora_name": LORAS[0], "strength": 1.0, "adapter_name": ""}},
         "3": {"class_type": "Sampler", "inputs": {
-            "pipeline": ["2", 0], "prompt": "a red circle on a white background", "negative_prompt": "", "seed": 1,
+            "pipeline": ["2", 0], "prompt": "a red circle on a white background", "negative_prompt": "",
+            "seed": 1,
             "steps": 20, "cfg": 7.0, "width": 32, "height": 32, "scheduler": "default", "batch_size": 1}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bench"}},
     }
@@ -108,11 +110,13 @@ def run_pool(prompts: list[dict[str, Any]], actors: int, policy: str) -> dict[st
         wall = time.perf_counter() - t0
     finally:
         pool.shutdown()
-    per_actor = {i.name: {"jobs": i.jobs - 1, "loads": i.loads - base[i.name][0], "swaps": i.swaps - base[i.name][1],
+    per_actor = {i.name: {"jobs": i.jobs - 1, "loads": i.loads - base[i.name][0],
+                          "swaps": i.swaps - base[i.name][1],
                           "busy_s": i.busy_s - base[i.name][2]} for i in pool.actors.values()}
     return {"actors": actors, "policy": policy, "jobs": len(prompts), "wall_s": wall,
             "jobs_per_s": len(prompts) / wall, "loads": sum(a["loads"] for a in per_actor.values()),
-            "swaps": sum(a["swaps"] for a in per_actor.values()), "per_actor": per_actor, "failures": failures}
+            "swaps": sum(a["swaps"] for a in per_actor.values()), "per_actor": per_actor,
+            "failures": failures}
 
 
 def measured() -> dict[str, Any]:
@@ -144,7 +148,8 @@ def _load() -> str:
 def _machine() -> str:
     import torch
 
-    return f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread per actor, builtin:shapes 32x32, 20 steps"
+    return (f"{os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread per actor, builtin:shapes 32x32, "
+            "20 steps")
 
 
 # --- (b) simulated ---------------------------------------------------------------------------------
@@ -179,10 +184,12 @@ def load_costs(steps: int, step_ms: float | None) -> Costs:
         step_ms = sampled[0] * 1e3 if sampled else 25.0
     note = "measured" if sampled else "assumed (no GPU table yet)"
     return Costs(attach_cold=row("load LoRA, cold"), attach=row("attach LoRA, warm (file read once"),
-                 reattach_parked=row("attach LoRA again"), swap_first=row("switch LoRA A -> B (B never attached, its"),
+                 reattach_parked=row("attach LoRA again"),
+                 swap_first=row("switch LoRA A -> B (B never attached, its"),
                  swap_again=row("switch LoRA A -> B (B never attached; its file swapped"),
                  reload_swapped=row("switch back B -> A"), set_weights=row("change weights, unfused"),
-                 job=steps * step_ms / 1e3, source=f"{table.name}; step {step_ms:.1f} ms {note}, {steps} steps")
+                 job=steps * step_ms / 1e3,
+                 source=f"{table.name}; step {step_ms:.1f} ms {note}, {steps} steps")
 
 
 class EngineModel:
@@ -266,7 +273,8 @@ class SimResult:
     def row(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
         return {"policy": self.policy, "gpus": self.gpus, "jobs": self.jobs,
-                "loads_per_job": (self.loads + self.swaps) / self.jobs, "attaches": self.loads, "swaps": self.swaps,
+                "loads_per_job": (self.loads + self.swaps) / self.jobs, "attaches": self.loads,
+                "swaps": self.swaps,
                 "busy_share": self.busy / (self.gpus * self.makespan),
                 "switch_share": (self.busy - self.compute) / (self.gpus * self.makespan),
                 "p50_s": lat[len(lat) // 2], "p95_s": lat[int(len(lat) * 0.95)],
@@ -287,7 +295,8 @@ def zipf_trace(jobs: int, loras: int, s: float, rate: float | None, seed: int) -
     return trace
 
 
-def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Costs, seed: int = 0) -> SimResult:
+def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Costs,
+             seed: int = 0) -> SimResult:
     """Discrete events: arrivals and completions; an idle GPU takes its next job at once."""
     from loragraph.scaleout.needs import Needs
     from loragraph.scaleout.router import STEAL_MIN_WAITING, Job, Router
@@ -297,15 +306,17 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
     serve = policy == "ray-serve"
     engines = {n: (ServeReplica(costs) if serve else EngineModel(costs)) for n in names}
     central = policy == "affinity-free"  # serve --ray: a FIFO queue, each job to the best *free* actor
+    steal_min_waiting = 2 if policy == "affinity-steal2" else STEAL_MIN_WAITING
     router = None if serve else Router(names, "round-robin" if policy == "round-robin" else "affinity",
-                                       steal_min_waiting=2 if policy == "affinity-steal2" else STEAL_MIN_WAITING)
+                                       steal_min_waiting=steal_min_waiting)
     fifo: list[Job] = []
     queues: dict[str, list[Job]] = {n: [] for n in names}  # ray-serve: FIFO per replica
     running: dict[str, Job | None] = dict.fromkeys(names)
     events: list[tuple[float, int, str, Any]] = []
     order = 0
     for i, (t, lora) in enumerate(trace):
-        heapq.heappush(events, (t, order, "arrive", Job(i, Needs(frozenset({"base"}), frozenset({str(lora)})))))
+        heapq.heappush(events,
+                       (t, order, "arrive", Job(i, Needs(frozenset({"base"}), frozenset({str(lora)})))))
         order += 1
     arrival = {i: t for i, (t, _) in enumerate(trace)}
     latencies, busy, compute, now = [], 0.0, 0.0, 0.0
@@ -323,7 +334,7 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
         for n in names:
             if running[n] is not None:
                 continue
-            if serve:
+            if serve:  # noqa: SIM108 - one expression for both modes would nest a conditional in a conditional
                 job = queues[n].pop(0) if queues[n] else None
             else:
                 job = router.next_job(n)
@@ -443,17 +454,20 @@ def _plot_pillow(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def markdown_measured(res: dict[str, Any]) -> str:
-    lines = ["| sweep order | actors | routing | time s | jobs/s | LoRA loads + swaps | per actor: jobs (loads+swaps) |",
+    lines = ["| sweep order | actors | routing | time s | jobs/s | LoRA loads + swaps "
+             "| per actor: jobs (loads+swaps) |",
              "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         per = ", ".join(f"{a['jobs']} ({a['loads'] + a['swaps']})" for a in r["per_actor"].values())
-        lines.append(f"| {r['order']} | {r['actors']} | {r['policy']} | {r['wall_s']:.1f} | {r['jobs_per_s']:.2f} | "
+        lines.append(f"| {r['order']} | {r['actors']} | {r['policy']} | {r['wall_s']:.1f} | "
+                     f"{r['jobs_per_s']:.2f} | "
                      f"{r['loads']} + {r['swaps']} | {per} |")
     return "\n".join(lines)
 
 
 def markdown_simulated(sim: dict[str, Any]) -> str:
-    lines = ["| router | LoRA loads per job | GPU busy share | of it switching | p50 latency s | p95 latency s |",
+    lines = ["| router | LoRA loads per job | GPU busy share | of it switching | p50 latency s "
+             "| p95 latency s |",
              "|---|---|---|---|---|---|"]
     for r in sim["table"]:
         lines.append(f"| {r['policy']} | {r['loads_per_job']:.3f} | {100 * r['busy_share']:.1f}% | "
@@ -484,13 +498,14 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / "sweep_measured.json").write_text(json.dumps(res, indent=1))
         print(markdown_measured(res))
         one = next(r for r in res["rows"] if r["actors"] == 1)
-        two = next(r for r in res["rows"] if r["actors"] == 2 and r["order"] == one["order"] and r["policy"] == "affinity")
+        two = next(r for r in res["rows"]
+                   if r["actors"] == 2 and r["order"] == one["order"] and r["policy"] == "affinity")
         print(f"2 actors / 1 actor: {two['jobs_per_s'] / one['jobs_per_s']:.2f}x throughput "
               f"(load {res['load_before']} before, {res['load_after']} after)")
     if args.part in ("both", "simulated"):
         t0 = time.perf_counter()
-        sim = simulated(args.gpus, args.loras, args.jobs, args.zipf, args.utilisation, args.steps, args.step_ms,
-                        args.seed)
+        sim = simulated(args.gpus, args.loras, args.jobs, args.zipf, args.utilisation, args.steps,
+                        args.step_ms, args.seed)
         (RESULTS / "sweep_simulated.json").write_text(json.dumps(sim, indent=1))
         png = plot(sim, RESULTS / "sweep_scaling.png")
         print(f"(b) simulated: {args.gpus} GPUs, {args.loras} LoRAs, {args.jobs} jobs, Zipf s={args.zipf}, "

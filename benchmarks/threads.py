@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="", help="comma-separated thread counts (default: 1..CPUs)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-sd15", action="store_true", help="skip the SD1.5-size UNet step (~10-40 s each)")
+    parser.add_argument("--no-sd15", action="store_true",
+                        help="skip the SD1.5-size UNet step (~10-40 s each)")
     parser.add_argument("--no-busy", action="store_true", help="skip the rows with one core kept busy")
     parser.add_argument("--latent", type=int, default=64,
                         help="SD1.5 latent size (default 64: 512x512 images; 32 is 4x faster)")

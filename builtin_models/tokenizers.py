@@ -27,7 +27,7 @@ def bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
 @lru_cache(maxsize=1)
@@ -46,7 +46,8 @@ def tokenizer_folder() -> str:
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     files = {"vocab.json": json.dumps(vocab), "merges.txt": "#version: 0.2\n"}
-    folder = Path(tempfile.gettempdir()) / f"loragraph-byte-tokenizer-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    folder = Path(tempfile.gettempdir()) / f"loragraph-byte-tokenizer-{uid}"
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         path = folder / name

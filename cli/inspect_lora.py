@@ -23,12 +23,14 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
 
     path = Path(args.lora)
     # A file given by its path needs no models folder (the default --model is built in).
-    configure_host(args, needs_models=not path.is_file() or not (args.model or "builtin:").startswith("builtin:"))
+    configure_host(args,
+                   needs_models=not path.is_file() or not (args.model or "builtin:").startswith("builtin:"))
     if not path.is_file():
         try:
             path = host.resolve_in("loras", args.lora)
         except (ValueError, FileNotFoundError):
-            sys.stderr.write(f"loragraph inspect: {args.lora}: no such file (nor in {args.models_dir}/loras)\n")
+            sys.stderr.write(f"loragraph inspect: {args.lora}: no such file "
+                             f"(nor in {args.models_dir}/loras)\n")
             return EXIT_INVALID
     try:
         lora = store.read_lora(path)
@@ -58,7 +60,7 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
             if pipe is None:
                 handle = engine.load_pipeline(model)
                 pipe = engine.live(handle.source).pipe
-        except Exception as ex:  # noqa: BLE001 - any reason the model cannot be built is a usage error here
+        except Exception as ex:  # any reason the model cannot be built is a usage error here
             sys.stderr.write(f"loragraph inspect: --model {model}: {ex}\n")
             return EXIT_INVALID
         try:

@@ -25,14 +25,16 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true",
                         help="log at DEBUG level (to stderr), with error classes and tracebacks")
-    common.add_argument("-q", "--quiet", action="store_true", help="log errors only (serve: no per-prompt lines)")
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="log errors only (serve: no per-prompt lines)")
 
     folders = argparse.ArgumentParser(add_help=False)
     folders.add_argument(
         "--models-dir",
         default="models",
         metavar="DIR",
-        help="ComfyUI-style models root: DIR/loras, DIR/diffusers/<name>, DIR/checkpoints (default: ./models)",
+        help="ComfyUI-style models root: DIR/loras, DIR/diffusers/<name>, DIR/checkpoints "
+        "(default: ./models)",
     )
 
     output = argparse.ArgumentParser(add_help=False)
@@ -89,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("workflows", nargs="+", metavar="WORKFLOW",
                           help="workflow files: API-format or editor JSON, or a PNG written by SaveImage")
-    validate.add_argument("--json", action="store_true", help='print one JSON line per file: {"file", "status", "error"}')
+    validate.add_argument("--json", action="store_true",
+                          help='print one JSON line per file: {"file", "status", "error"}')
 
     inspect = sub.add_parser(
         "inspect",
@@ -105,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="pipeline to check the keys against, as LoadPipeline's model input (default: the built-in "
         f"model the file fits, else {DEFAULT_MODEL})",
     )
-    inspect.add_argument("--json", action="store_true", help='print {"summary": ..., "coverage": ...} as JSON')
+    inspect.add_argument("--json", action="store_true",
+                         help='print {"summary": ..., "coverage": ...} as JSON')
 
     nodes = sub.add_parser(
         "nodes",
@@ -126,8 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
                        help="address(es) to bind, comma-separated (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8188, help="port (default: 8188, ComfyUI's)")
-    serve.add_argument("--input-dir", default="input", metavar="DIR", help="where /upload/image saves (default: ./input)")
-    serve.add_argument("--user-dir", default="user", metavar="DIR", help="the editor's settings and saved workflows")
+    serve.add_argument("--input-dir", default="input", metavar="DIR",
+                       help="where /upload/image saves (default: ./input)")
+    serve.add_argument("--user-dir", default="user", metavar="DIR",
+                       help="the editor's settings and saved workflows")
     serve.add_argument("--no-editor", action="store_true", help="serve the API only, not the visual editor")
     serve.add_argument("--allow-remote", action="store_true",
                        help="allow a non-loopback --listen address (anyone who reaches it can run workflows)")
@@ -187,7 +193,8 @@ def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
             allow_hosts=tuple(args.allow_host),
             editor=not args.no_editor, max_upload_size=int(args.max_upload_size * 1024 * 1024),
             progress_hook_factory=None if args.quiet else progress_bar_factory, **extra)
-    except (RemoteBindRefused, OSError, ValueError) as ex:  # OSError: the port is taken; ValueError: --allow-host
+    # OSError: the port is taken; ValueError: --allow-host
+    except (RemoteBindRefused, OSError, ValueError) as ex:
         sys.stderr.write(f"loragraph serve: {ex}\n")
         return EXIT_INVALID
     return EXIT_OK

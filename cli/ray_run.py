@@ -56,7 +56,7 @@ def run_on_ray(args: argparse.Namespace, workflows: list[Any], out: IO[str]) -> 
     except RayUnavailable as ex:
         sys.stderr.write(f"loragraph run: {ex}\n")
         return reports.EXIT_INVALID
-    except Exception as ex:  # noqa: BLE001 - no cluster at --ray-address, actors that cannot start
+    except Exception as ex:  # no cluster at --ray-address, actors that cannot start
         sys.stderr.write(f"loragraph run: could not start the Ray pool: {type(ex).__name__}: {ex}\n")
         pool.shutdown()
         return reports.EXIT_INVALID
@@ -153,9 +153,9 @@ def _print_actor_summary(out: IO[str], pool: Pool) -> None:
         return
     jobs = sum(r["jobs"] for r in rows)
     wall = (pool.ended_at or 0.0) - pool.started_at
-    out.write(f"ray: {len(rows)} actor{'s' * (len(rows) != 1)}, {jobs} job{'s' * (jobs != 1)} in {wall:.2f} s, "
-              f"{pool.policy} routing" + (f", {pool.retried} retried after an actor was lost" if pool.retried else "")
-              + "\n")
+    retried = f", {pool.retried} retried after an actor was lost" if pool.retried else ""
+    out.write(f"ray: {len(rows)} actor{'s' * (len(rows) != 1)}, {jobs} job{'s' * (jobs != 1)} "
+              f"in {wall:.2f} s, {pool.policy} routing{retried}\n")
     out.write(f"  {'actor':<6}{'jobs':>6}{'loads':>7}{'swaps':>7}{'busy s':>9}{'idle s':>9}\n")
     for r in rows:
         gone = "  (lost)" if not r["alive"] else ""

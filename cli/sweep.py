@@ -86,8 +86,8 @@ def grid(axes: Sequence[Axis]) -> list[SweepRun]:
     """The cartesian product in run order: the first axis varies slowest."""
     runs = []
     for combo in itertools.product(*(axis.values for axis in axes)):
-        overrides = tuple(f"{axis.target}={value}" for axis, value in zip(axes, combo))
-        values = {axis.target: parse_override_value(value) for axis, value in zip(axes, combo)}
+        overrides = tuple(f"{axis.target}={value}" for axis, value in zip(axes, combo, strict=True))
+        values = {axis.target: parse_override_value(value) for axis, value in zip(axes, combo, strict=True)}
         runs.append(SweepRun(overrides, values))
     return runs
 

@@ -41,7 +41,8 @@ def override_node(item: str) -> str:
     return item.partition("=")[0].strip().partition(".")[0]
 
 
-def load_workflows(files: Sequence[str], overrides: Sequence[str], registry: Mapping[str, type]) -> list[Workflow]:
+def load_workflows(files: Sequence[str], overrides: Sequence[str],
+                   registry: Mapping[str, type]) -> list[Workflow]:
     """Read every file, then apply the ``--set`` overrides.
 
     With one file an override naming a node it lacks is an error of that file. With several, an
@@ -91,7 +92,8 @@ def invalid_error(message: str) -> dict[str, Any]:
     return {"type": "invalid_prompt", "message": message, "details": "", "extra_info": {}, "node_errors": {}}
 
 
-def sweep_workflows(workflows: list[Workflow], items: Sequence[str], registry: Mapping[str, type]) -> list[Workflow]:
+def sweep_workflows(workflows: list[Workflow], items: Sequence[str],
+                    registry: Mapping[str, type]) -> list[Workflow]:
     """``--sweep``: the one workflow, once per point of the grid, in run order (sweep.py)."""
     from ..graph import WorkflowError, apply_overrides
     from . import sweep

@@ -128,8 +128,9 @@ def is_changed_value(
         kwargs = {k: v for k, v in kwargs.items() if k in params}
     try:
         return func(**kwargs)
-    except Exception as ex:  # noqa: BLE001 - ComfyUI: any IS_CHANGED failure means "re-run", not a crash
-        logger.warning("IS_CHANGED of node %s (%s) failed, it will re-run: %s", node_id, class_def.__name__, ex)
+    except Exception as ex:  # ComfyUI: any IS_CHANGED failure means "re-run", not a crash
+        logger.warning("IS_CHANGED of node %s (%s) failed, it will re-run: %s",
+                       node_id, class_def.__name__, ex)
         return float("nan")
 
 

@@ -339,7 +339,8 @@ class _Converter:
             node.inputs = [_Input(n, t, _link_id(saved_by_name.get(n, {}).get("link"))) for n, t in sockets]
             node.output_types = return_types
         else:  # virtual or unknown: the saved sockets are all there is
-            node.inputs = [_Input(str(i.get("name")), i.get("type"), _link_id(i.get("link"))) for i in saved_inputs]
+            node.inputs = [_Input(str(i.get("name")), i.get("type"), _link_id(i.get("link")))
+                           for i in saved_inputs]
             node.output_types = [o.get("type") for o in raw.get("outputs") or [] if isinstance(o, Mapping)]
         return node
 
@@ -403,7 +404,7 @@ class _Converter:
     def _forced_input_slots(self, node: _Node) -> list[bool]:
         """migrateWidgetsValues: which saved values belong to forceInput inputs (pre-1.16 files)."""
         slots: list[bool] = []
-        for name, type_, options in self._spec(node.class_type)[0]:
+        for _name, type_, options in self._spec(node.class_type)[0]:
             if _is_widget(type_, options) or options.get("forceInput"):
                 slots.append(bool(options.get("forceInput")))
                 if options.get("control_after_generate"):
@@ -422,7 +423,7 @@ class _Converter:
             saved = list(saved) if isinstance(saved, list) else []
             forced = self._forced_input_slots(node)
             if any(forced) and len(forced) == len(saved):
-                saved = [v for v, f in zip(saved, forced) if not f]
+                saved = [v for v, f in zip(saved, forced, strict=True) if not f]
             if len(saved) > len(widgets):
                 logger.debug("node %s (%s): %d widget values for %d widgets; extra ones ignored",
                              node.exec_id, node.class_type, len(saved), len(widgets))
@@ -447,7 +448,8 @@ class _Converter:
         link = node.scope.links.get(socket.link)
         if link is None:
             logger.warning("node %s (%s): input %r refers to link %s, which the workflow does not have; "
-                           "treating it as unconnected", node.exec_id, node.class_type, socket.name, socket.link)
+                           "treating it as unconnected", node.exec_id, node.class_type, socket.name,
+                           socket.link)
             return None
         if link.origin_id == SUBGRAPH_INPUT_ID and node.container is not None:
             # Out of the subgraph: continue from the instance node's matching input.
@@ -457,7 +459,8 @@ class _Converter:
             logger.warning("node %s (%s): input %r is linked to node %s, which the workflow does not have",
                            node.exec_id, node.class_type, socket.name, link.origin_id)
             return None
-        return self._resolve_output(origin, link.origin_slot, socket.type if type_ is None else type_, visited)
+        return self._resolve_output(origin, link.origin_slot, socket.type if type_ is None else type_,
+                                    visited)
 
     def _resolve_output(self, node: _Node, slot: int, type_: Any,
                         visited: set[tuple[str, str, int]]) -> tuple[str, int] | None:
@@ -478,7 +481,8 @@ class _Converter:
                     if link.origin_id == SUBGRAPH_INPUT_ID:  # an input wired straight to an output
                         return self._resolve_input(node, link.origin_slot, visited)
                     inner = self.nodes.get(":".join((*inner_path, link.origin_id)))
-                    return None if inner is None else self._resolve_output(inner, link.origin_slot, type_, visited)
+                    return None if inner is None else self._resolve_output(inner, link.origin_slot, type_,
+                                                                           visited)
             return None
         if node.virtual:
             # Reroutes and other virtual nodes pass input N through to output N.
@@ -546,7 +550,8 @@ class _Converter:
                 if resolved is not None:
                     inputs[socket.name] = [resolved[0], resolved[1]]
             title = node.raw.get("title") or self.display_names.get(node.class_type) or node.class_type
-            output[node.exec_id] = {"inputs": inputs, "class_type": node.class_type, "_meta": {"title": title}}
+            output[node.exec_id] = {"inputs": inputs, "class_type": node.class_type,
+                                    "_meta": {"title": title}}
 
         # Inputs linked to nodes that are not in the prompt (muted ones) go, as in graphToPrompt.
         for entry in output.values():

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ..base.errors import NodeInputError
 
-__all__ = ["CycleError", "ExecutionInterrupted", "GraphError", "NodeInputError", "WorkflowError", "full_type_name"]
+__all__ = ["CycleError", "ExecutionInterrupted", "GraphError", "NodeInputError", "WorkflowError",
+           "full_type_name"]
 
 
 class GraphError(Exception):

@@ -227,7 +227,8 @@ class Executor:
             )
         except WorkflowError as ex:
             ok, error, good_outputs, node_errors = (
-                False, {"type": "invalid_prompt", "message": str(ex), "details": "", "extra_info": {}}, [], {})
+                False, {"type": "invalid_prompt", "message": str(ex), "details": "", "extra_info": {}},
+                [], {})
         t_validated = time.perf_counter()
         result.phases_s["validate"] = t_validated - t_start
         if ok and node_errors and not allow_partial:
@@ -236,7 +237,8 @@ class Executor:
                 "type": "prompt_outputs_failed_validation",
                 "message": "Prompt outputs failed validation",
                 "details": "\n".join(
-                    f"{e['message']}: {e['details']}" for entry in node_errors.values() for e in entry["errors"]
+                    f"{e['message']}: {e['details']}"
+                    for entry in node_errors.values() for e in entry["errors"]
                 ),
                 "extra_info": {},
             }
@@ -254,7 +256,7 @@ class Executor:
                 needed = topological_order(prompt, ancestors(prompt, good_outputs))
             except CycleError as ex:  # validation reports cycles first; this is a safety net
                 raise _NodeFailed(EXECUTION_ERROR, self._error_payload(
-                    prompt_id, prompt, ex.nodes[0], ex, None, [], []))
+                    prompt_id, prompt, ex.nodes[0], ex, None, [], [])) from ex
             result.considered = len(needed)
             signatures = node_signatures(prompt, needed, self.registry, input_types.__getitem__)
             hits = {n: e for n in needed if (e := self.cache.get(signatures[n])) is not None}
@@ -308,12 +310,14 @@ class Executor:
         class_type = node["class_type"]
         class_def = self.registry[class_type]
         if self._interrupt.is_set():
-            raise _NodeFailed(EXECUTION_INTERRUPTED, self._interrupted_payload(prompt_id, node_id, class_type, result))
+            raise _NodeFailed(EXECUTION_INTERRUPTED,
+                              self._interrupted_payload(prompt_id, node_id, class_type, result))
         self.bus.emit(EXECUTING, {"node": node_id, "display_node": node_id, "prompt_id": prompt_id})
 
         kwargs: dict[str, Any] | None = None
         try:
-            kwargs = self._node_inputs(node_id, node, class_def, input_types[class_type], prompt, extra_data, values)
+            kwargs = self._node_inputs(node_id, node, class_def, input_types[class_type], prompt, extra_data,
+                                       values)
             obj = self._objects.get((node_id, class_type))
             if obj is None:
                 obj = self._objects[(node_id, class_type)] = class_def()
@@ -345,7 +349,8 @@ class Executor:
         result.executed.append(node_id)
         if ui:
             result.outputs[node_id] = ui
-            self.bus.emit(EXECUTED, {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id})
+            self.bus.emit(EXECUTED,
+                          {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id})
         return CacheEntry(outputs, ui or None)
 
     def _node_inputs(
@@ -388,7 +393,8 @@ class Executor:
         return data
 
     @staticmethod
-    def _interrupted_payload(prompt_id: str, node_id: str, class_type: str, result: ExecutionResult) -> dict[str, Any]:
+    def _interrupted_payload(prompt_id: str, node_id: str, class_type: str,
+                             result: ExecutionResult) -> dict[str, Any]:
         return {"prompt_id": prompt_id, "node_id": node_id, "node_type": class_type,
                 "executed": list(result.executed)}
 
@@ -440,10 +446,12 @@ def _split_result(raw: Any, class_def: NodeClass) -> tuple[tuple[Any, ...], dict
     expected = len(getattr(class_def, "RETURN_TYPES", ()))
     if isinstance(raw, dict):
         if "expand" in raw:
-            raise TypeError(f"{class_def.__name__} returned a node expansion, which this executor does not support")
+            raise TypeError(f"{class_def.__name__} returned a node expansion, "
+                            "which this executor does not support")
         ui = raw.get("ui") or {}
         if not isinstance(ui, dict):
-            raise TypeError(f"{class_def.__name__} returned 'ui' of type {type(ui).__name__}, expected a dict")
+            raise TypeError(f"{class_def.__name__} returned 'ui' of type {type(ui).__name__}, "
+                            "expected a dict")
         if "result" not in raw:
             return (), ui  # a UI-only return (output nodes); consumers would see no outputs
         raw = raw["result"]

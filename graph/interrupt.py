@@ -55,7 +55,8 @@ class NodeContext:
         """Check for an interrupt, then emit ComfyUI's ``progress`` event and call the hook."""
         if self.interrupt_flag.is_set():
             raise ExecutionInterrupted(f"Interrupted while running node {self.node_id} ({self.class_type})")
-        self.bus.emit(PROGRESS, {"value": value, "max": total, "prompt_id": self.prompt_id, "node": self.node_id})
+        self.bus.emit(PROGRESS,
+                      {"value": value, "max": total, "prompt_id": self.prompt_id, "node": self.node_id})
         if not self._hook_made:
             self._hook_made = True
             if self.hook_factory is not None:
@@ -71,7 +72,8 @@ class NodeContext:
             close()
 
 
-_current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("loragraph_current_node", default=None)
+_current: contextvars.ContextVar[NodeContext | None] = contextvars.ContextVar("loragraph_current_node",
+                                                                              default=None)
 
 
 def current_node() -> NodeContext | None:

@@ -109,7 +109,7 @@ def find_cycle(prompt: Prompt, candidates: set[str]) -> list[str]:
             (src for _, src, _ in iter_links(prompt[node_id]) if src in candidates), key=node_sort_key
         )
         node_id = sources[0]
-    cycle = path[index[node_id]:] + [node_id]
+    cycle = [*path[index[node_id]:], node_id]
     # We walked against the links (consumer -> source); show it in data-flow order.
     cycle.reverse()
     return cycle

@@ -113,7 +113,7 @@ def overridden_inputs(prompt: Mapping[str, Any], registry: Mapping[str, NodeClas
 def _default(node_cls: NodeClass | None, input_name: str) -> Any:
     try:
         declared = node_cls.INPUT_TYPES()  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001 - validation reports a broken class; here it only means "unknown"
+    except Exception:  # validation reports a broken class; here it only means "unknown"
         return object()
     for section in ("required", "optional"):
         spec = (declared.get(section) or {}).get(input_name)

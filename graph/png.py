@@ -62,7 +62,8 @@ def read_png_text(path: str | Path) -> dict[str, str]:
         body = data[pos + 8:pos + 8 + length]
         (crc,) = struct.unpack(">I", data[end - 4:end])
         if zlib.crc32(chunk_type + body) & 0xFFFFFFFF != crc:
-            raise WorkflowError(f"{path}: the PNG file is damaged (bad CRC in chunk {chunk_type!r} at byte {pos})")
+            raise WorkflowError(f"{path}: the PNG file is damaged "
+                                f"(bad CRC in chunk {chunk_type!r} at byte {pos})")
         if chunk_type in TEXT_CHUNK_TYPES:
             keyword, text = _decode_text_chunk(path, chunk_type, body)
             texts.setdefault(keyword, text)
@@ -76,7 +77,8 @@ def _inflate(path: Path, chunk_type: bytes, compressed: bytes) -> bytes:
     try:
         out = inflater.decompress(compressed, _MAX_TEXT_BYTES)
     except zlib.error as ex:
-        raise WorkflowError(f"{path}: the PNG file is damaged (bad compressed text in a {chunk_type!r} chunk)") from ex
+        raise WorkflowError(f"{path}: the PNG file is damaged "
+                            f"(bad compressed text in a {chunk_type!r} chunk)") from ex
     if inflater.unconsumed_tail:
         raise WorkflowError(f"{path}: a {chunk_type!r} text chunk is larger than {_MAX_TEXT_BYTES} bytes")
     return out
@@ -111,12 +113,14 @@ def parse_json_chunk(path: str | Path, name: str, text: str) -> Any:
         value = limits.loads(text)
     except json.JSONDecodeError as ex:
         raise WorkflowError(
-            f"{path}: the PNG's {name!r} chunk is not valid JSON (line {ex.lineno}, column {ex.colno}: {ex.msg})"
+            f"{path}: the PNG's {name!r} chunk is not valid JSON "
+            f"(line {ex.lineno}, column {ex.colno}: {ex.msg})"
         ) from ex
     except limits.JSONLimitError as ex:
         raise WorkflowError(f"{path}: the PNG's {name!r} chunk is not valid JSON ({ex})") from ex
     if not isinstance(value, dict):
-        raise WorkflowError(f"{path}: the PNG's {name!r} chunk holds {type(value).__name__}, not a JSON object")
+        raise WorkflowError(f"{path}: the PNG's {name!r} chunk holds {type(value).__name__}, "
+                            "not a JSON object")
     return value
 
 
@@ -132,7 +136,8 @@ def png_workflow_chunks(path: str | Path) -> tuple[dict[str, Any] | None, dict[s
     if "prompt" not in texts and "workflow" not in texts:
         found = ", ".join(repr(k) for k in texts) or "none"
         raise WorkflowError(
-            f"{path}: this PNG holds no workflow: no 'prompt' or 'workflow' text chunk (text chunks: {found}). "
+            f"{path}: this PNG holds no workflow: no 'prompt' or 'workflow' text chunk "
+            f"(text chunks: {found}). "
             "Only images saved by SaveImage (here or in ComfyUI) carry their workflow."
         )
     prompt = parse_json_chunk(path, "prompt", texts["prompt"]) if "prompt" in texts else None

@@ -117,7 +117,7 @@ class _Validator:
             send = None
 
     def _mark_cycle(self, visiting: list[str], unique_id: str) -> NodeResult:
-        cycle_path_nodes = visiting[visiting.index(unique_id):] + [unique_id]
+        cycle_path_nodes = [*visiting[visiting.index(unique_id):], unique_id]
         cycle_nodes = list(dict.fromkeys(cycle_path_nodes))
         cycle_path = " -> ".join(f"{n} ({self.prompt[n]['class_type']})" for n in cycle_path_nodes)
         for node_id in cycle_nodes:
@@ -184,7 +184,8 @@ class _Validator:
                         {
                             "type": "return_type_mismatch",
                             "message": "Return type mismatch between linked nodes",
-                            "details": f"{x}, received_type({received_type}) mismatch input_type({input_type})",
+                            "details": f"{x}, received_type({received_type}) "
+                                       f"mismatch input_type({input_type})",
                             "extra_info": {
                                 "input_name": x,
                                 "input_config": info,
@@ -199,7 +200,7 @@ class _Validator:
                     if r[0] is False:
                         valid = False
                         continue
-                except Exception as ex:  # noqa: BLE001 - a linked node's broken INPUT_TYPES is a validation error
+                except Exception as ex:  # a linked node's broken INPUT_TYPES is a validation error
                     valid = False
                     self.validated[o_id] = (
                         False,
@@ -240,7 +241,8 @@ class _Validator:
                                     "type": "value_not_finite",
                                     "message": f"Value {val} is not a finite number",
                                     "details": f"{x}",
-                                    "extra_info": {"input_name": x, "input_config": info, "received_value": str(val)},
+                                    "extra_info": {"input_name": x, "input_config": info,
+                                                   "received_value": str(val)},
                                 }
                             )
                             continue
@@ -250,7 +252,7 @@ class _Validator:
                     if input_type == "BOOLEAN":
                         val = bool(val)
                         inputs[x] = val
-                except Exception as ex:  # noqa: BLE001 - whatever int()/float() raise means "wrong type"
+                except Exception as ex:  # whatever int()/float() raise means "wrong type"
                     errors.append(
                         {
                             "type": "invalid_input_type",
@@ -445,7 +447,8 @@ def validate_prompt(
             outputs.append(x)
 
     if not outputs:
-        error = {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}}
+        error = {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "",
+                 "extra_info": {}}
         return (False, error, [], {})
 
     validator = _Validator(prompt, registry, cache)
@@ -455,7 +458,7 @@ def validate_prompt(
     for o in sorted(outputs, key=node_sort_key):
         try:
             valid, reasons, _ = validator.run(o)
-        except Exception as ex:  # noqa: BLE001 - ComfyUI reports any exception as exception_during_validation
+        except Exception as ex:  # ComfyUI reports any exception as exception_during_validation
             valid = False
             reasons = [
                 {
@@ -501,7 +504,8 @@ def validate_prompt(
     return (True, None, good_outputs, node_errors)
 
 
-def format_node_errors(node_errors: Mapping[str, Mapping[str, Any]], prompt: Mapping[str, Any] | None = None) -> list[str]:
+def format_node_errors(node_errors: Mapping[str, Mapping[str, Any]],
+                       prompt: Mapping[str, Any] | None = None) -> list[str]:
     """One human-readable line per validation error, naming node id, class_type and input.
 
     E.g. ``node 12 (LoadLoRA), input 'lora_name': Value not in list: lora_name: 'x' not in [...]``.

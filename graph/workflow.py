@@ -107,7 +107,8 @@ def normalize_prompt(prompt: Mapping[str, Any]) -> Prompt:
 
 
 def to_api_format(
-    data: Mapping[str, Any], registry: Registry | None = None, *, display_names: Mapping[str, str] | None = None
+    data: Mapping[str, Any], registry: Registry | None = None, *,
+    display_names: Mapping[str, str] | None = None
 ) -> Prompt:
     """Convert a parsed workflow document (API or editor format) to API format.
 
@@ -144,7 +145,8 @@ def _parse_json_text(text: str, origin: str) -> Any:
     try:
         return limits.loads(text)
     except json.JSONDecodeError as ex:
-        raise WorkflowError(f"{origin}: invalid JSON at line {ex.lineno}, column {ex.colno}: {ex.msg}") from ex
+        raise WorkflowError(f"{origin}: invalid JSON at line {ex.lineno}, column {ex.colno}: "
+                            f"{ex.msg}") from ex
     except limits.JSONLimitError as ex:
         raise WorkflowError(f"{origin}: invalid JSON: {ex}") from ex
 
@@ -231,7 +233,8 @@ def parse_override_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(prompt: Mapping[str, Any], overrides: Iterable[str], registry: Registry | None = None) -> Prompt:
+def apply_overrides(prompt: Mapping[str, Any], overrides: Iterable[str],
+                    registry: Registry | None = None) -> Prompt:
     """Return a copy of ``prompt`` with ``NODE_ID.INPUT=VALUE`` assignments applied.
 
     The node id is everything before the first dot (ComfyUI ids never contain dots; input names of

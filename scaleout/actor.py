@@ -98,7 +98,7 @@ class EngineActor:
                     self.executor.clear_cache()
                     result = self.executor.execute(prompt, **run)
                 box["result"] = result
-            except BaseException as ex:  # noqa: BLE001 - carried to the caller's thread
+            except BaseException as ex:  # carried to the caller's thread
                 box["error"] = ex
             finally:
                 events.put(_DONE)
@@ -166,7 +166,8 @@ class EngineActor:
             except Exception:  # routing is a hint; the job already ran fine
                 logger.debug("could not look up the pipeline of %r", inputs["model"], exc_info=True)
                 continue
-            self._bases[id(live)] = (live, base_key(inputs["model"], inputs.get("dtype"), inputs.get("device")))
+            self._bases[id(live)] = (live,
+                                     base_key(inputs["model"], inputs.get("dtype"), inputs.get("device")))
 
     def holdings(self) -> dict[str, list[str]]:
         """Bases with a live pipeline here, and the LoRA files (sha256) loaded on them, parked included."""
@@ -192,7 +193,8 @@ class EngineActor:
                     if not isinstance(item, Mapping) or "filename" not in item:
                         continue
                     kind = item.get("type", "output")
-                    path = folders.get(kind, host.output_dir()) / sub / (item.get("subfolder") or "") / item["filename"]
+                    folder = folders.get(kind, host.output_dir())
+                    path = folder / sub / (item.get("subfolder") or "") / item["filename"]
                     try:
                         data = path.read_bytes()
                     except OSError:
@@ -208,4 +210,5 @@ class EngineActor:
 def _files_from_cache(result: Any) -> bool:
     """True when an output node that did not run this time shows files (images, LoRAs)."""
     ran = set(result.executed)
-    return any(node_id not in ran and (ui.get("images") or ui.get("loras")) for node_id, ui in result.outputs.items())
+    return any(node_id not in ran and (ui.get("images") or ui.get("loras"))
+               for node_id, ui in result.outputs.items())

@@ -60,7 +60,8 @@ class ActorInfo:
 
 class Pool:
     def __init__(self, models_dir: str | None, *, address: str | None = None, actors: int | None = None,
-                 limit: int | None = None, threads: int = 1, policy: str = "affinity", max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                 limit: int | None = None, threads: int = 1, policy: str = "affinity",
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  on_done: DoneFn | None = None, on_event: EventFn | None = None,
                  memory_budget: int | None = None) -> None:
         self.models_dir = models_dir
@@ -169,7 +170,8 @@ class Pool:
         """Interrupt the running job ``job_id``, or every running job; True if one was running."""
         found = False
         with self.cond:
-            running = [(name, slot.running) for name, slot in (self.router.actors.items() if self.router else [])
+            running = [(name, slot.running)
+                       for name, slot in (self.router.actors.items() if self.router else [])
                        if slot.running is not None and slot.alive]
         for name, job in running:
             if job_id is None or job.id == job_id:
@@ -237,7 +239,7 @@ class Pool:
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as ex:
             self._actor_lost(info, job, ex)
             return False
-        except Exception as ex:  # noqa: BLE001 - the job's own failure (a bug, a bad payload): once
+        except Exception as ex:  # the job's own failure (a bug, a bad payload): once
             logger.warning("job %d failed on %s: %s", job.id, info.name, ex)
             with self.cond:
                 self.router.finished(info.name, job)

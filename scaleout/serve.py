@@ -78,7 +78,8 @@ class PoolWorker:
             logger.info("Prompt %s is not currently running, skipping interrupt", prompt_id)
             return False
         with self._lock:
-            jobs = [job_id for job_id, (item, _, _) in self._tasks.items() if not prompt_id or item[1] == prompt_id]
+            jobs = [job_id for job_id, (item, _, _) in self._tasks.items()
+                    if not prompt_id or item[1] == prompt_id]
         for job_id in jobs:
             self.pool.interrupt(job_id)
         return bool(jobs)
@@ -88,7 +89,7 @@ class PoolWorker:
     def _loop(self) -> None:
         try:
             self.pool.start()
-        except BaseException as ex:  # noqa: BLE001 - reported on every prompt, and in the log
+        except BaseException as ex:  # reported on every prompt, and in the log
             logger.error("the Ray pool did not start: %s", ex)
             self.error = ex
         while not self._stopping.is_set():
@@ -179,8 +180,10 @@ class PoolWorker:
             messages.append((EXECUTION_ERROR, message))
             if client_id is not None:
                 self.hub.send_sync(EXECUTION_ERROR, message, client_id)
-        meta = {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in result.outputs}
-        status = {"status_str": "success" if result.ok else "error", "completed": result.ok, "messages": messages}
+        meta = {n: {"node_id": n, "display_node": n, "parent_node": None,
+                    "real_node_id": n} for n in result.outputs}
+        status = {"status_str": "success" if result.ok else "error", "completed": result.ok,
+                  "messages": messages}
         return {"outputs": result.outputs, "meta": meta}, status
 
     def _failed(self, prompt_id: str, client_id: str | None, text: str) -> tuple[dict, dict]:

@@ -2,4 +2,5 @@
 
 from .app import DEFAULT_HOST, DEFAULT_PORT, RemoteBindRefused, ServerConfig, check_bind, create_app, run
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "RemoteBindRefused", "ServerConfig", "check_bind", "create_app", "run"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "RemoteBindRefused", "ServerConfig", "check_bind", "create_app",
+           "run"]

@@ -379,9 +379,11 @@ async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
         if server.web_root is not None:
             logger.info("To see the editor go to: http://%s:%d/", _shown_host(hosts[0]), port)
         elif server.config.editor:
-            logger.info("no visual editor: pip install 'loragraph[editor]' adds ComfyUI's frontend (API only now)")
+            logger.info("no visual editor: pip install 'loragraph[editor]' adds ComfyUI's frontend "
+                        "(API only now)")
         stop = asyncio.Event()
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, Windows
+        # not the main thread, Windows
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()  # Ctrl-C cancels this; SIGTERM sets it: either way the worker is stopped cleanly
     finally:

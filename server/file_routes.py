@@ -69,11 +69,13 @@ def _bad_name(name: str) -> bool:
 
 def _too_long(path: str) -> bool:
     """A path component longer than a file system takes (the OS would answer ENAMETOOLONG: a 500)."""
-    return any(len(part.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES for part in path.replace("\\", "/").split("/"))
+    parts = path.replace("\\", "/").split("/")
+    return any(len(part.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES for part in parts)
 
 
 def _disposition(kind: str, filename: str) -> str:
-    """``inline`` / ``attachment`` with the name in both forms (RFC 6266): no quote or newline gets through."""
+    """``inline`` / ``attachment`` with the name in both forms (RFC 6266): no quote or newline gets
+    through."""
     ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
     return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
 
@@ -164,8 +166,8 @@ def _converted(file: str, spec: tuple[str, int] | None, channel: str) -> tuple[b
     with img:
         width, height = img.size
         if width * height > MAX_PREVIEW_PIXELS:
-            raise BadPreview(f"{width}x{height} is too large to convert (at most {MAX_PREVIEW_PIXELS} pixels); "
-                             "fetch it without preview= or channel=")
+            raise BadPreview(f"{width}x{height} is too large to convert "
+                             f"(at most {MAX_PREVIEW_PIXELS} pixels); fetch it without preview= or channel=")
         if spec is not None:
             fmt = spec[0] if "a" not in channel else "webp"
             out = img.convert("RGB") if fmt == "jpeg" or channel == "rgb" else img
@@ -182,7 +184,8 @@ def _converted(file: str, spec: tuple[str, int] | None, channel: str) -> tuple[b
 
 
 async def upload_image(request: web.Request, folder_of: FolderLookup) -> web.Response:
-    """ComfyUI's ``/upload/image``: multipart ``image``, ``overwrite``, ``subfolder``, ``type`` (default input).
+    """ComfyUI's ``/upload/image``: multipart ``image``, ``overwrite``, ``subfolder``, ``type``
+    (default input).
 
     A name already taken gets ``name (1).png`` unless ``overwrite`` is true, or unless the file
     there has the same bytes (then that name is answered and nothing is written).

@@ -48,7 +48,8 @@ SETTINGS_FILE = "comfy.settings.json"
 MODEL_KINDS = ("loras", "checkpoints", "diffusers")
 # User files of these types are sent as downloads (user.css stays a stylesheet: the editor loads it).
 SCRIPTABLE_TYPES = {"text/html", "application/xhtml+xml", "image/svg+xml", "text/javascript",
-                    "application/javascript", "application/javascript; charset=utf-8", "text/xml", "application/xml"}
+                    "application/javascript", "application/javascript; charset=utf-8", "text/xml",
+                    "application/xml"}
 INSTALL_HINT = 'pip install "loragraph[editor]"'
 # What a new user of the headless editor starts with; anything they set overrides it. The tutorial
 # flow would open ComfyUI's template browser, whose templates need ComfyUI's own nodes.
@@ -170,7 +171,8 @@ def _tree(folder: Path, base: Path) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         for d in dirnames:
-            entries.append({"name": d, "path": (Path(dirpath) / d).relative_to(base).as_posix(), "type": "directory"})
+            entries.append({"name": d, "path": (Path(dirpath) / d).relative_to(base).as_posix(),
+                            "type": "directory"})
         for f in filenames:
             if f.startswith(".userdata-"):
                 continue
@@ -212,7 +214,8 @@ def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
 
     @routes.post("/users")
     async def post_users(request: web.Request) -> web.Response:
-        return web.json_response({"error": "this server has one user (ComfyUI without --multi-user)"}, status=400)
+        return web.json_response({"error": "this server has one user (ComfyUI without --multi-user)"},
+                                 status=400)
 
     @routes.get("/settings")
     async def get_settings(request: web.Request) -> web.Response:
@@ -260,7 +263,8 @@ def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
         if not folder.is_dir():
             return web.Response(status=404, text="Directory not found")
         flag = {k: query.get(k, "").lower() == "true" for k in ("recurse", "full_info", "split")}
-        listed = await asyncio.to_thread(_file_list, folder, flag["recurse"], flag["full_info"], flag["split"], users)
+        listed = await asyncio.to_thread(_file_list, folder, flag["recurse"], flag["full_info"],
+                                         flag["split"], users)
         return web.json_response(listed)
 
     @routes.get("/v2/userdata")
@@ -297,9 +301,11 @@ def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
         if isinstance(path, web.Response):
             return path
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if content_type in SCRIPTABLE_TYPES:  # a saved .html or .svg must not run script in the editor's origin
-            return web.FileResponse(path, headers={"Content-Type": "application/octet-stream",
-                                                   "Content-Disposition": f'attachment; filename="{path.name}"'})
+        # a saved .html or .svg must not run script in the editor's origin
+        if content_type in SCRIPTABLE_TYPES:
+            return web.FileResponse(path, headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="{path.name}"'})
         return web.FileResponse(path)
 
     @routes.post("/userdata/{file}")
@@ -322,7 +328,8 @@ def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
             return web.Response(status=403)
         except OSError as ex:
             logger.warning("could not save user file %s: %s", path, ex)
-            return web.Response(status=400, reason="Invalid filename. Please avoid special characters like :\\/*?\"<>|")
+            return web.Response(status=400,
+                                reason="Invalid filename. Please avoid special characters like :\\/*?\"<>|")
         if query.get("full_info", "false").lower() == "true":
             return web.json_response(users.info(path, users.user_root))
         return web.json_response(path.relative_to(users.user_root).as_posix())
@@ -411,7 +418,8 @@ def build_editor_routes(server: Server, users: UserFiles) -> web.RouteTableDef:
 
     @routes.get("/internal/folder_paths")
     async def get_folder_paths(request: web.Request) -> web.Response:
-        return web.json_response({kind: [str(p) for p in host_seam.folder_roots(kind)] for kind in MODEL_KINDS})
+        return web.json_response({kind: [str(p) for p in host_seam.folder_roots(kind)]
+                                  for kind in MODEL_KINDS})
 
     @routes.get("/internal/files/{directory_type}")
     async def get_files(request: web.Request) -> web.Response:

@@ -36,7 +36,8 @@ class Server(Protocol):
 
 def error_response(status: int, error_type: str, message: str, details: str = "") -> web.Response:
     """A JSON error in ComfyUI's ``POST /prompt`` shape: ``{"error": {...}, "node_errors": {}}``."""
-    body = {"error": {"type": error_type, "message": message, "details": details or message, "extra_info": {}},
+    body = {"error": {"type": error_type, "message": message, "details": details or message,
+                      "extra_info": {}},
             "node_errors": {}}
     return web.json_response(body, status=status)
 
@@ -73,7 +74,8 @@ async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False)
     try:
         data = limits.loads(body)  # no NaN/Infinity (they would make /queue and /history invalid JSON)
     except (ValueError, UnicodeDecodeError) as ex:
-        raise BodyError(error_response(400, "invalid_json", "Request body is not valid JSON", str(ex))) from None
+        raise BodyError(error_response(400, "invalid_json", "Request body is not valid JSON",
+                                       str(ex))) from None
     if not isinstance(data, dict):
         raise BodyError(error_response(
             400, "invalid_json", f"Request body must be a JSON object, got {type(data).__name__}"))

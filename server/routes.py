@@ -40,7 +40,8 @@ def _int_query(request: web.Request, name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise BodyError(error_response(400, "invalid_query", f"{name} must be an integer, got {value!r}")) from None
+        raise BodyError(error_response(400, "invalid_query",
+                                       f"{name} must be an integer, got {value!r}")) from None
 
 
 def _ids(value: Any, what: str) -> list[str]:
@@ -158,7 +159,8 @@ def build_routes(server: Server) -> web.RouteTableDef:
     async def get_history(request: web.Request) -> web.Response:
         max_items = _int_query(request, "max_items")
         offset = _int_query(request, "offset")
-        return web.json_response(server.queue.history(max_items=max_items, offset=-1 if offset is None else offset))
+        return web.json_response(server.queue.history(max_items=max_items,
+                                                      offset=-1 if offset is None else offset))
 
     @routes.get("/history/{prompt_id}")
     async def get_history_prompt_id(request: web.Request) -> web.Response:
@@ -178,7 +180,8 @@ def build_routes(server: Server) -> web.RouteTableDef:
             try:
                 number = float(data["number"])
             except (TypeError, ValueError):
-                return error_response(400, "invalid_request", f"number must be a number, got {data['number']!r}")
+                return error_response(400, "invalid_request",
+                                      f"number must be a number, got {data['number']!r}")
         if "prompt" not in data:
             return error_response(400, "no_prompt", "No prompt provided")
         prompt = data["prompt"]
@@ -193,7 +196,8 @@ def build_routes(server: Server) -> web.RouteTableDef:
             extra_data["client_id"] = data["client_id"]
         targets = data.get("partial_execution_targets")
         if targets is not None and not isinstance(targets, list):
-            return error_response(400, "invalid_request", "partial_execution_targets must be a list of node ids")
+            return error_response(400, "invalid_request",
+                                  "partial_execution_targets must be a list of node ids")
         prompt_id = str(data.get("prompt_id") or uuid.uuid4())
         try:
             normalized = normalize_prompt(prompt)
@@ -275,7 +279,8 @@ def _system_stats() -> dict[str, Any]:
             devices.append({"name": f"cuda:{index} {torch.cuda.get_device_name(index)}", "type": "cuda",
                             "index": index, "vram_total": total, "vram_free": free,
                             "torch_vram_total": torch.cuda.memory_reserved(index),
-                            "torch_vram_free": torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)})
+                            "torch_vram_free": torch.cuda.memory_reserved(index)
+                            - torch.cuda.memory_allocated(index)})
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         devices.append({"name": "mps", "type": "mps", "index": 0, "vram_total": ram_total,
                         "vram_free": ram_free, "torch_vram_total": ram_total, "torch_vram_free": ram_free})

@@ -66,10 +66,8 @@ class SocketHub:
         if loop is None or messages is None:
             return
         text = encode(event, data)
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed under us: nobody is listening any more
             loop.call_soon_threadsafe(messages.put_nowait, (text, sid))
-        except RuntimeError:  # the loop closed under us: nobody is listening any more
-            pass
 
     async def send(self, event: str, data: Any, sid: str | None = None) -> None:
         """Send now, from the event loop (bypasses the ordered stream; used on connect)."""

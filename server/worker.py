@@ -102,7 +102,8 @@ class PromptWorker:
         self.prompt_id = None
 
     @staticmethod
-    def _log_result(prompt_id: str, result: ExecutionResult | None, status: dict[str, Any], took: float) -> None:
+    def _log_result(prompt_id: str, result: ExecutionResult | None, status: dict[str, Any],
+                    took: float) -> None:
         """One console line per prompt: done, interrupted or failed, with its time (ComfyUI's
         "Prompt executed in ... seconds")."""
         if result is not None and result.ok:
@@ -112,7 +113,8 @@ class PromptWorker:
             logger.info("prompt %s interrupted after %.2f s", prompt_id, took)
         else:
             lines = result.error_lines() if result is not None else [
-                m[1].get("exception_message", "") for m in status.get("messages", []) if m[0] == EXECUTION_ERROR]
+                m[1].get("exception_message", "") for m in status.get("messages", [])
+                if m[0] == EXECUTION_ERROR]
             logger.info("prompt %s failed in %.2f s: %s", prompt_id, took, "; ".join(lines))
 
     def _history_entry(self, result: ExecutionResult, prompt: dict[str, Any]) -> tuple[dict, dict]:
@@ -122,19 +124,23 @@ class PromptWorker:
             # as an execution error so clients waiting on the websocket hear about it.
             node_id = next(iter(result.node_errors), None)
             node_type = prompt.get(node_id, {}).get("class_type") if node_id else None
-            message = self._error_message(result.prompt_id, node_id, node_type, "\n".join(result.error_lines()))
+            message = self._error_message(result.prompt_id, node_id, node_type,
+                                          "\n".join(result.error_lines()))
             messages.append((EXECUTION_ERROR, message))
             if self.client_id is not None:
                 self.hub.send_sync(EXECUTION_ERROR, message, self.client_id)
         meta = {
-            node_id: {"node_id": node_id, "display_node": node_id, "parent_node": None, "real_node_id": node_id}
+            node_id: {"node_id": node_id, "display_node": node_id, "parent_node": None,
+                      "real_node_id": node_id}
             for node_id in result.outputs
         }
-        status = {"status_str": "success" if result.ok else "error", "completed": result.ok, "messages": messages}
+        status = {"status_str": "success" if result.ok else "error", "completed": result.ok,
+                  "messages": messages}
         return {"outputs": result.outputs, "meta": meta}, status
 
     @staticmethod
-    def _error_message(prompt_id: str, node_id: str | None, node_type: str | None, text: str) -> dict[str, Any]:
+    def _error_message(prompt_id: str, node_id: str | None, node_type: str | None,
+                       text: str) -> dict[str, Any]:
         return {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type, "executed": [],
                 "exception_message": text, "exception_type": "loragraph.server.PromptFailed",
                 "traceback": [], "current_inputs": {}, "current_outputs": [], "timestamp": timestamp_ms()}

@@ -88,7 +88,8 @@ def test_a_changed_base_weight_is_found(parked, component, layer):
     try:
         with torch.no_grad():
             weight.view(-1)[0] += 1e-3
-        assert base_weight_mismatches(getattr(fresh, component), getattr(ours, component)) == [f"{layer}.weight"]
+        changed = base_weight_mismatches(getattr(fresh, component), getattr(ours, component))
+        assert changed == [f"{layer}.weight"]
     finally:
         with torch.no_grad():
             weight.copy_(before)

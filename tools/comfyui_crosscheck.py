@@ -4,8 +4,8 @@
 
 Needs a ComfyUI checkout (not a dependency; nothing of it is copied here) and `lycoris-lora` (the
 test extra). LyCORIS 4.1.3 writes LoCon-Tucker, LoHa(-Tucker), LoKr, full, DoRA, DoHa, DoKr and
-norm-diff (`train_norm`) files on the tiny SD pipeline; loragraph's SaveLoRA writes four of them back. For each file and strength
-(1.0, 0.5):
+norm-diff (`train_norm`) files on the tiny SD pipeline; loragraph's SaveLoRA writes four of them
+back. For each file and strength (1.0, 0.5):
 - ComfyUI's `comfy.lora.load_lora` must take every key ("not loaded" count);
 - for every module, ComfyUI's `calculate_weight` at that strength is compared with loragraph's weight
   (and bias: `diff_b`, `b_norm`) after LoadLoRA(strength) + FuseLoRA: the max |difference| over the
@@ -39,8 +39,10 @@ FILES = {
     "ly_dora": ("lora", {"dora_wd": True}), "ly_doha": ("loha", {"dora_wd": True}),
     "ly_dokr": ("lokr", {"dora_wd": True}),
     # norm-layer diffs (w_norm/b_norm), text-encoder LayerNorms included, beside full and LoHa modules
-    "ly_full_norm": ("full", {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
-    "ly_loha_norm": ("loha", {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
+    "ly_full_norm": ("full",
+                     {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
+    "ly_loha_norm": ("loha",
+                     {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
 }
 SAVED = ("ly_dora", "ly_doha", "ly_lokr", "ly_loha_norm")
 
@@ -161,7 +163,8 @@ def main() -> int:
             mine = ours(name, strength)
             rows.append([name, strength, mine, sd, worst(comfy_weights(sd, strength), mine), len(missed)])
     norm_of_patched_weight(comfy_lora)
-    print("| file | strength | keys ComfyUI did not load | max diff / max delta | same, patched-weight norm |")
+    print("| file | strength | keys ComfyUI did not load | max diff / max delta "
+          "| same, patched-weight norm |")
     print("|---|---:|---:|---:|---:|")
     for name, strength, mine, sd, as_is, not_loaded in rows:
         patched = worst(comfy_weights(sd, strength), mine)

@@ -44,17 +44,20 @@ def _sha256(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"folder to write (default: {DEFAULT_OUT})")
-    parser.add_argument("--check", action="store_true", help="verify the files in --out instead of writing them")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"folder to write (default: {DEFAULT_OUT})")
+    parser.add_argument("--check", action="store_true",
+                        help="verify the files in --out instead of writing them")
     args = parser.parse_args(argv)
 
     if not args.check:
-        for name, path in write_demo_loras(args.out).items():
+        for path in write_demo_loras(args.out).values():
             sys.stdout.write(f"wrote {path} ({path.stat().st_size:,} bytes, sha256 {_sha256(path)[:12]})\n")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = write_demo_loras(Path(tmp))
-        stale = [n for n, p in fresh.items() if not (args.out / n).is_file() or _sha256(p) != _sha256(args.out / n)]
+        stale = [n for n, p in fresh.items()
+                 if not (args.out / n).is_file() or _sha256(p) != _sha256(args.out / n)]
     for name in DEMO_LORAS:
         sys.stdout.write(f"{name}: {'differs or missing' if name in stale else 'ok'}\n")
     return 1 if stale else 0

@@ -39,7 +39,7 @@ def probe(name: str, check: Callable[[], tuple[bool, str]]) -> None:
     t0 = time.perf_counter()
     try:
         ok, detail = check()
-    except Exception as ex:  # noqa: BLE001 - a probe that crashes is a failed row, not a failed script
+    except Exception as ex:  # a probe that crashes is a failed row, not a failed script
         ok, detail = False, f"{type(ex).__name__}: {ex}"
     detail = f"{detail} ({time.perf_counter() - t0:.1f} s)"
     ROWS.append((ok, name, detail))
@@ -49,7 +49,8 @@ def probe(name: str, check: Callable[[], tuple[bool, str]]) -> None:
 # -- plumbing -----------------------------------------------------------------------------------
 
 
-def raw_http(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict, bytes]:
+def raw_http(port: int, method: str, path: str, headers: dict[str, str],
+             body: bytes = b"") -> tuple[int, dict, bytes]:
     lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()),
              f"Content-Length: {len(body)}", "Connection: close", "", ""]
     with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
@@ -61,12 +62,14 @@ def raw_http(port: int, method: str, path: str, headers: dict[str, str], body: b
                 break
     head, _, rest = data.partition(b"\r\n\r\n")
     status, *lines_ = head.decode("latin-1").split("\r\n")
-    return int(status.split()[1]), {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines_)}, rest
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines_)}
+    return int(status.split()[1]), headers, rest
 
 
 def png_of_zeros(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
     packer = zlib.compressobj(9)
     row = b"\0" * (width + 1)
@@ -78,7 +81,8 @@ def png_of_zeros(width: int, height: int) -> bytes:
 def multipart(name: str, data: bytes) -> tuple[bytes, str]:
     boundary = "b" + uuid.uuid4().hex
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data
+    body += f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -93,7 +97,8 @@ def cli(*argv: str) -> tuple[int, dict]:
     return code, json.loads(lines[-1]) if lines else {}
 
 
-def expect_status(expected: int, request: Callable[[], tuple[int, dict, bytes]]) -> Callable[[], tuple[bool, str]]:
+def expect_status(expected: int,
+                  request: Callable[[], tuple[int, dict, bytes]]) -> Callable[[], tuple[bool, str]]:
     def check() -> tuple[bool, str]:
         status, _, answer = request()
         return status == expected, f"status {status}" + (f": {answer[:50]!r}" if status != expected else "")
@@ -139,14 +144,17 @@ def write_loras(loras: Path) -> None:
 
 def workflow(**changes: dict) -> dict:
     nodes = {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
         "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": "good.safetensors",
                                                     "strength": 1.0, "adapter_name": ""}},
-        "3": {"class_type": "SetAdapterWeights", "inputs": {"pipeline": ["2", 0], "adapter_names": "", "weights": "1.0",
-                                                             "text_encoder_weights": "", "block_weights": ""}},
-        "4": {"class_type": "Sampler", "inputs": {"pipeline": ["3", 0], "prompt": "a red circle", "negative_prompt": "",
-                                                   "seed": 1, "steps": 1, "cfg": 7.0, "width": 64, "height": 64,
-                                                   "scheduler": "default", "batch_size": 1}},
+        "3": {"class_type": "SetAdapterWeights",
+              "inputs": {"pipeline": ["2", 0], "adapter_names": "", "weights": "1.0",
+                         "text_encoder_weights": "", "block_weights": ""}},
+        "4": {"class_type": "Sampler",
+              "inputs": {"pipeline": ["3", 0], "prompt": "a red circle", "negative_prompt": "",
+                         "seed": 1, "steps": 1, "cfg": 7.0, "width": 64, "height": 64,
+                         "scheduler": "default", "batch_size": 1}},
         "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "probe"}},
     }
     for node, inputs in changes.items():
@@ -182,7 +190,8 @@ def main() -> int:
 
     from aiohttp import web
 
-    app = create_app(ServerConfig(models_dir=tmp / "models", output_dir=tmp / "output", input_dir=tmp / "input",
+    app = create_app(ServerConfig(models_dir=tmp / "models", output_dir=tmp / "output",
+                                  input_dir=tmp / "input",
                                   user_dir=tmp / "user", editor=False))
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
@@ -209,16 +218,20 @@ def main() -> int:
         probe(f"1 POST /prompt, {name}: 403",
               expect_status(403, lambda h=headers: raw_http(port, "POST", "/prompt", {**h, **post}, body)))
     probe("1 GET /history, Host: a rebinding name: 403",
-          expect_status(403, lambda: raw_http(port, "GET", "/history", {"Host": f"rebind.evil.example:{port}"})))
+          expect_status(403,
+                        lambda: raw_http(port, "GET", "/history", {"Host": f"rebind.evil.example:{port}"})))
     ws = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
           "Sec-WebSocket-Version": "13"}
     probe("1 websocket, Origin: null: 403",
-          expect_status(403, lambda: raw_http(port, "GET", "/ws?clientId=p", {"Host": own, "Origin": "null", **ws})))
+          expect_status(403,
+                        lambda: raw_http(port, "GET", "/ws?clientId=p",
+                                         {"Host": own, "Origin": "null", **ws})))
     probe("1 websocket, own origin: 101", expect_status(
         101, lambda: raw_http(port, "GET", "/ws?clientId=p", {"Host": own, "Origin": f"http://{own}", **ws})))
 
     def same_origin_post() -> tuple[bool, str]:
-        status, _, answer = raw_http(port, "POST", "/prompt", {"Host": own, "Origin": f"http://{own}", **post}, body)
+        status, _, answer = raw_http(port, "POST", "/prompt",
+                                     {"Host": own, "Origin": f"http://{own}", **post}, body)
         return status == 200, f"status {status}, {answer[:60]!r}"
 
     probe("1 POST /prompt from the server's own page: queued", same_origin_post)
@@ -232,21 +245,24 @@ def main() -> int:
         upload("evil.xml", b'<html xmlns="http://www.w3.org/1999/xhtml"><script>alert(1)</script></html>')
         status, headers, _ = raw_http(port, "GET", "/view?type=input&filename=evil.xml", {"Host": own})
         ok = (status == 200 and headers.get("content-disposition", "").startswith("attachment")
-              and headers.get("x-content-type-options") == "nosniff" and "sandbox" in headers.get("content-security-policy", ""))
+              and headers.get("x-content-type-options") == "nosniff"
+              and "sandbox" in headers.get("content-security-policy", ""))
         return ok, f"{status}, {headers.get('content-disposition', '')[:30]}, nosniff, CSP"
 
     probe("2 uploaded XHTML served as an attachment, nosniff, CSP", xml_is_a_download)
 
     def preview_bomb() -> tuple[bool, str]:
         upload("zeros.png", png_of_zeros(12000, 12000))
-        status, _, answer = raw_http(port, "GET", "/view?type=input&filename=zeros.png&preview=webp;90", {"Host": own})
+        status, _, answer = raw_http(port, "GET", "/view?type=input&filename=zeros.png&preview=webp;90",
+                                     {"Host": own})
         return status == 400, f"status {status}: {answer[:60]!r}"
 
     probe("2 preview of a 12000x12000 PNG of zeros: 400, no decode", preview_bomb)
 
     def pil_bomb() -> tuple[bool, str]:
         upload("bomb.png", png_of_zeros(13500, 13500))  # past PIL's own limit, where Image.open raises
-        status, _, answer = raw_http(port, "GET", "/view?type=input&filename=bomb.png&channel=rgb", {"Host": own})
+        status, _, answer = raw_http(port, "GET", "/view?type=input&filename=bomb.png&channel=rgb",
+                                     {"Host": own})
         return status == 400, f"status {status}: {answer[:60]!r}"
 
     probe("2 channel=rgb of a 13500x13500 PNG: 400", pil_bomb)
@@ -273,7 +289,8 @@ def main() -> int:
         codes = [p.wait(300) for p in procs]
         files = list(folder.glob("race_*.png"))
         modes = {oct(f.stat().st_mode & 0o777) for f in files}
-        return codes == [0, 0] and len(files) == 128 and modes == {"0o644"}, f"{len(files)}/128 files, modes {modes}"
+        ok = codes == [0, 0] and len(files) == 128 and modes == {"0o644"}
+        return ok, f"{len(files)}/128 files, modes {modes}"
 
     probe("3 two processes x 64 images, one prefix: all kept, 0644", race)
 
@@ -283,7 +300,8 @@ def main() -> int:
         os.utime(stale, (time.time() - 7200, time.time() - 7200))
         listed = host.list_loras()
         removed = host.clean_stale_temps()
-        return not any(n.startswith(".") for n in listed) and removed >= 1 and not stale.exists(), f"removed {removed}"
+        ok = not any(n.startswith(".") for n in listed) and removed >= 1 and not stale.exists()
+        return ok, f"removed {removed}"
 
     probe("3 a killed save's temp file: hidden, cleaned on start", leftovers)
 
@@ -292,7 +310,8 @@ def main() -> int:
         probe(f"4 LoRA with {name} values refused naming lora_name",
               expect_run(1, "2", "lora_name", n2={"lora_name": f"{name}.safetensors"}))
     for node, name, value in (("2", "strength", "NaN"), ("4", "cfg", "Infinity"), ("3", "weights", "nan")):
-        probe(f"4 {name} = {value} refused in validation", expect_run(2, node, name, **{f"n{node}": {name: value}}))
+        probe(f"4 {name} = {value} refused in validation",
+              expect_run(2, node, name, **{f"n{node}": {name: value}}))
 
     def nan_body() -> tuple[bool, str]:
         status = raw_http(port, "POST", "/prompt", {"Host": own, **post}, b'{"prompt": {}, "number": NaN}')[0]
@@ -301,7 +320,8 @@ def main() -> int:
         return status == 400, f"status {status}, /queue valid JSON"
 
     probe('4 "number": NaN in /prompt: 400, /queue stays JSON', nan_body)
-    probe("4 steps at the declared maximum (1000): refused naming steps", expect_run(1, "4", "steps", n4={"steps": 1000}))
+    probe("4 steps at the declared maximum (1000): refused naming steps",
+          expect_run(1, "4", "steps", n4={"steps": 1000}))
 
     # 5. limits
     probe("5 Sampler 16384x16384x64: refused before allocating",
@@ -326,8 +346,10 @@ def main() -> int:
         probe(f"5 a 10,000-deep JSON file to {command}: invalid, exit 2", deep_file)
 
     def deep_body() -> tuple[bool, str]:
-        status, _, answer = raw_http(port, "POST", "/prompt", {"Host": own, **post}, ('{"prompt": ' + deep + "}").encode())
-        return status == 400 and json.loads(answer)["error"]["type"] == "invalid_json", f"status {status}, JSON"
+        status, _, answer = raw_http(port, "POST", "/prompt", {"Host": own, **post},
+                                     ('{"prompt": ' + deep + "}").encode())
+        ok = status == 400 and json.loads(answer)["error"]["type"] == "invalid_json"
+        return ok, f"status {status}, JSON"
 
     probe("5 a 10,000-deep /prompt body: JSON 400", deep_body)
     probe("5 a 5,000-deep safetensors header: refused naming lora_name",
@@ -338,7 +360,8 @@ def main() -> int:
         os.symlink(".", loras / "loop")
         os.symlink(".", loras / "loop2")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        done = subprocess.run([sys.executable, "-m", "loragraph", "nodes", "LoadLoRA", "--models-dir", str(tmp / "models")],
+        done = subprocess.run([sys.executable, "-m", "loragraph", "nodes", "LoadLoRA", "--models-dir",
+                               str(tmp / "models")],
                               check=False, env=env, capture_output=True, timeout=120, text=True)
         return done.returncode == 0 and "good.safetensors" in done.stdout, f"exit {done.returncode}"
 
@@ -347,7 +370,8 @@ def main() -> int:
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(60)
     shutil.rmtree(tmp, ignore_errors=True)  # symlinks are removed, not followed
     failed = [name for ok, name, _ in ROWS if not ok]
-    print(f"\n{len(ROWS) - len(failed)}/{len(ROWS)} ok" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(f"\n{len(ROWS) - len(failed)}/{len(ROWS)} ok"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

@@ -40,17 +40,18 @@ def render(out: Path) -> Path:
             if not result.ok:
                 raise SystemExit(f"quickstart failed: {result.error_lines()}")
             image = result.outputs["7"]["images"][0]
-            arrays.append(np.asarray(Image.open(Path(tmp) / image["subfolder"] / image["filename"]), dtype=np.int16))
+            arrays.append(np.asarray(Image.open(Path(tmp) / image["subfolder"] / image["filename"]),
+                                     dtype=np.int16))
 
     weights = quick["4"]["inputs"]
     names = [n.strip() for n in weights["adapter_names"].split(",")]
-    mix = ", ".join(f"{n} {w.strip()}" for n, w in zip(names, weights["weights"].split(",")))
+    mix = ", ".join(f"{n} {w.strip()}" for n, w in zip(names, weights["weights"].split(","), strict=False))
     panels = [Image.fromarray(a.astype(np.uint8)) for a in arrays]
     labels = [quick["1"]["inputs"]["model"], f"+ {mix}, fused"]
     size, pad, caption = arrays[0].shape[1] * SCALE, 12, 22
     sheet = Image.new("RGB", (len(panels) * (size + pad) + pad, size + 2 * pad + caption), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (panel, label) in enumerate(zip(panels, labels)):
+    for i, (panel, label) in enumerate(zip(panels, labels, strict=True)):
         x = pad + i * (size + pad)
         sheet.paste(panel.resize((size, size), Image.NEAREST), (x, pad))
         draw.text((x, pad + size + 6), label, fill="black")

@@ -56,7 +56,7 @@ def render(out: Path) -> Path:
     width = len(arrays) * (size + pad) + pad
     sheet = Image.new("RGB", (width, size + 2 * pad + caption), "white")
     draw = ImageDraw.Draw(sheet)
-    for i, (array, label) in enumerate(zip(arrays, labels)):
+    for i, (array, label) in enumerate(zip(arrays, labels, strict=True)):
         x = pad + i * (size + pad)
         sheet.paste(Image.fromarray(array).resize((size, size), Image.NEAREST), (x, pad))
         draw.text((x, pad + size + 6), label, fill="black")
@@ -82,7 +82,8 @@ def measure() -> dict:
     images: dict[str, list] = {}
     for name, handle in settings.items():
         images[name] = [
-            engine.sample(handle, demo.caption(c, s, b), "", seed, 20, 7.0, demo.NATIVE_SIZE, demo.NATIVE_SIZE)[0].numpy()
+            engine.sample(handle, demo.caption(c, s, b), "", seed, 20, 7.0, demo.NATIVE_SIZE,
+                          demo.NATIVE_SIZE)[0].numpy()
             for c, s, b, seed in demo.EVAL_CASES
         ]
     report = {}
@@ -92,13 +93,16 @@ def measure() -> dict:
             "cases": len(imgs),
             "shape_found": len(found),
             "fill_ratio_where_found": round(float(np.mean([demo.fill_ratio(i) for i in found])), 3),
-            "shape_ok": sum(demo.classify_shape(i) == case[1] for i, case in zip(imgs, demo.EVAL_CASES)),
-            "colour_ok": sum(demo.dominant_colour(i) == case[0] for i, case in zip(imgs, demo.EVAL_CASES)),
+            "shape_ok": sum(demo.classify_shape(i) == case[1]
+                            for i, case in zip(imgs, demo.EVAL_CASES, strict=True)),
+            "colour_ok": sum(demo.dominant_colour(i) == case[0]
+                             for i, case in zip(imgs, demo.EVAL_CASES, strict=True)),
         }
     names = list(images)
     sched = images[names[2]]
     report["scheduled: mean |pixel| distance (0..255)"] = {
-        other: round(float(np.mean([np.abs(a - b).mean() for a, b in zip(sched, images[other])])) * 255, 2)
+        other: round(float(np.mean([np.abs(a - b).mean()
+                                    for a, b in zip(sched, images[other], strict=True)])) * 255, 2)
         for other in names[:2]
     }
     return report

@@ -79,7 +79,8 @@ class Config:
 
 
 QUICK = Config(
-    vae_steps=40, vae_images=256, base_steps=40, base_images=512, lora_steps=10, lora_images=128, eval_every=20
+    vae_steps=40, vae_images=256, base_steps=40, base_images=512, lora_steps=10, lora_images=128,
+    eval_every=20
 )
 
 
@@ -127,7 +128,7 @@ def _shape_field(scene: Scene) -> np.ndarray:
     top, bottom = scene.cy - half_h, scene.cy + half_h
     verts = [(scene.cx, top), (scene.cx + half_w, bottom), (scene.cx - half_w, bottom)]
     field = np.full((len(_GRID), len(_GRID)), -np.inf, dtype=np.float32)
-    for (ax, ay), (bx, by) in zip(verts, verts[1:] + verts[:1]):
+    for (ax, ay), (bx, by) in zip(verts, verts[1:] + verts[:1], strict=True):
         ex, ey = bx - ax, by - ay
         nx, ny = ey, -ex  # outward for clockwise-on-screen vertices (y grows downwards)
         norm = math.hypot(nx, ny)
@@ -145,7 +146,7 @@ def render(scene: Scene, style: str) -> np.ndarray:
         inside &= field > -OUTLINE_PX
     bg = np.array(BACKGROUNDS[scene.background], np.float32) / 255.0
     fg = np.clip(np.array(COLOURS[scene.colour], np.float32) + scene.jitter, 0, 255) / 255.0
-    big = np.broadcast_to(bg, inside.shape + (3,)).copy()
+    big = np.broadcast_to(bg, (*inside.shape, 3)).copy()
     big[inside] = fg
     if style == "texture":
         x, y = _GRID[None, :], _GRID[:, None]
@@ -163,7 +164,7 @@ def make_dataset(n: int, styles: tuple[str, ...], seed: int) -> tuple[torch.Tens
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
     chosen = [str(rng.choice(styles)) for _ in range(n)]
-    images = np.stack([render(sc, st) for sc, st in zip(scenes, chosen)])
+    images = np.stack([render(sc, st) for sc, st in zip(scenes, chosen, strict=True)])
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous() * 2 - 1, scenes, chosen
 
 
@@ -188,7 +189,7 @@ def make_tokenizer_files(folder: Path) -> None:
         vocab[c + "</w>"] = len(vocab)
     splits: dict[tuple[str, str], tuple[int, str]] = {}
     for w in words:
-        sym = list(w[:-1]) + [w[-1] + "</w>"]
+        sym = [*w[:-1], w[-1] + "</w>"]
         for i in range(len(sym)):
             for j in range(i + 2, len(sym) + 1):
                 for k in range(i + 1, j):
@@ -333,7 +334,8 @@ def train_vae(cfg: Config, work: Path) -> tuple[object, dict]:
     psnr = vae_psnr(vae, held_out)
     log.info("vae done: held-out PSNR %.1f dB, %.0f s", psnr, time.perf_counter() - t0)
     vae.save_pretrained(work / "vae")
-    return vae, {"seconds": time.perf_counter() - t0, "psnr_db": psnr, "final_loss": float(np.mean(losses[-100:]))}
+    return vae, {"seconds": time.perf_counter() - t0, "psnr_db": psnr,
+                 "final_loss": float(np.mean(losses[-100:]))}
 
 
 @torch.no_grad()
@@ -414,7 +416,8 @@ def train_base(cfg: Config, vae, work: Path) -> tuple[object, object, object, di
     noise_sched = train_scheduler()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.base_lr, weight_decay=0.01)
-    ema_unet, ema_te = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    ema_unet = copy.deepcopy(unet).requires_grad_(False)
+    ema_te = copy.deepcopy(text_encoder).requires_grad_(False)
     gen = torch.Generator().manual_seed(SEED + 22)
     losses, evals = [], []
     for step in range(cfg.base_steps):
@@ -439,12 +442,12 @@ def train_base(cfg: Config, vae, work: Path) -> tuple[object, object, object, di
         decay = min(0.998, (1 + step) / (10 + step))
         with torch.no_grad():
             for ema, live in ((ema_unet, unet), (ema_te, text_encoder)):
-                for pe, pl in zip(ema.parameters(), live.parameters()):
+                for pe, pl in zip(ema.parameters(), live.parameters(), strict=True):
                     pe.lerp_(pl, 1 - decay)
         losses.append(per_sample.mean().item())
         if step % 100 == 0 or step == cfg.base_steps - 1:
-            log.info("base step %d/%d loss %.4f lr %.2e (%.0f s)", step, cfg.base_steps, np.mean(losses[-100:]),
-                     opt.param_groups[0]["lr"], time.perf_counter() - t0)
+            log.info("base step %d/%d loss %.4f lr %.2e (%.0f s)", step, cfg.base_steps,
+                     np.mean(losses[-100:]), opt.param_groups[0]["lr"], time.perf_counter() - t0)
         if (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.base_steps:
             figures = evaluate_base(build_pipeline(ema_unet, vae, ema_te, tokenizer))
             evals.append({"step": step + 1, "seconds": time.perf_counter() - t0, **figures})
@@ -511,8 +514,8 @@ def train_lora(cfg: Config, pipe, name: str, seed: int) -> tuple[dict[str, torch
         opt.step()
         losses.append(per_sample.mean().item())
         if step % 50 == 0 or step == cfg.lora_steps - 1:
-            log.info("lora %s step %d/%d loss %.4f (%.0f s)", name, step, cfg.lora_steps, np.mean(losses[-50:]),
-                     time.perf_counter() - t0)
+            log.info("lora %s step %d/%d loss %.4f (%.0f s)", name, step, cfg.lora_steps,
+                     np.mean(losses[-50:]), time.perf_counter() - t0)
     state = peft_state(unet)
     return state, {"seconds": time.perf_counter() - t0, "final_loss": float(np.mean(losses[-50:])),
                    "rank": cfg.lora_rank, "targets": LORA_TARGETS, "tensors": len(state)}
@@ -528,7 +531,8 @@ def save_lora(name: str, state: dict[str, torch.Tensor], rank: int, path: Path) 
         alphas = {"unet": {k.removesuffix(".lora_A.weight"): float(rank) for k in state if ".lora_A." in k}}
         save_kohya({"unet": state}, alphas, path, sdxl=False, metadata=meta)
     else:
-        StableDiffusionPipeline.save_lora_weights(str(path.parent), unet_lora_layers=state, weight_name=path.name)
+        StableDiffusionPipeline.save_lora_weights(str(path.parent), unet_lora_layers=state,
+                                                  weight_name=path.name)
 
 
 @torch.no_grad()
@@ -573,16 +577,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "assets" / "demo")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "loragraph-train-demo",
                         help="intermediate results, outside the package (default: %(default)s)")
-    parser.add_argument("--examples-loras", type=Path, default=REPO / "examples" / "models" / "loras" / "shapes")
+    parser.add_argument("--examples-loras", type=Path,
+                        default=REPO / "examples" / "models" / "loras" / "shapes")
     parser.add_argument("--quick", action="store_true", help="a smoke run: a few steps of every stage")
     parser.add_argument("--resume", action="store_true", help="reuse the stages already finished in --work")
     parser.add_argument("--stop-after", choices=("vae", "base"), help="stop after this stage (experiments)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="measure the LoRAs in --out again (curves into its report); train nothing")
-    parser.add_argument("--loras", help="retrain only these LoRAs (comma-separated) on the base already in --out; "
+    parser.add_argument("--loras",
+                        help="retrain only these LoRAs (comma-separated) on the base already in --out; "
                         "the other LoRA files and their report entries are kept")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on 2 shared cores, 2 threads ran 5-10x slower when busy)")
+                        help="torch threads (default 1: on 2 shared cores, 2 threads ran 5-10x slower "
+                        "when busy)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
