@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
 from loragraph.loaders import fence
-from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
+from loragraph.nodes import widget_text as wt
 
 PACKAGE = Path(__file__).resolve().parents[1]
 TOL = 1 / 255
@@ -164,8 +165,8 @@ def test_both_paths_give_raw_diffusers_images(configured, mode):
         engine = Engine()
         base = engine.load_pipeline("builtin:tiny-sd")
         spec = lambda h, name, w, a: engine.lora_spec(h, name, w, a)
-        both = st.add_adapter(base, spec(base, "sub/sd_d.safetensors", 0.9, "d"))
-        both = st.add_adapter(both, spec(both, "sd_b.safetensors", 0.6, "b"))
+        both = tr.add_adapter(base, spec(base, "sub/sd_d.safetensors", 0.9, "d"))
+        both = tr.add_adapter(both, spec(both, "sd_b.safetensors", 0.6, "b"))
         image = engine.sample(both, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE)
         raw = raw_pipeline()
         for name, adapter in (("sub/sd_d.safetensors", "d"), ("sd_b.safetensors", "b")):
@@ -174,12 +175,12 @@ def test_both_paths_give_raw_diffusers_images(configured, mode):
         raw.set_adapters(["d", "b"], [0.9, 0.6])
         assert max_diff(image, render(raw)) <= TOL
 
-        fused = st.fuse(both, True, True, 1.0, False, "")
+        fused = wt.fuse(both, True, True, 1.0, False, "")
         assert max_diff(engine.sample(fused, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE), image) <= TOL
         assert max_diff(engine.sample(both, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE), image) <= TOL
 
-        u1 = st.add_adapter(base, spec(base, "sd_u1.safetensors", 0.8, "u1"))
-        u2 = st.add_adapter(base, spec(base, "sd_u2.safetensors", 0.7, "u2"))
+        u1 = tr.add_adapter(base, spec(base, "sd_u1.safetensors", 0.8, "u1"))
+        u2 = tr.add_adapter(base, spec(base, "sd_u2.safetensors", 0.7, "u2"))
         engine.sample(u1, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE)
         live = engine.live(base.source)
         live.ops.clear()
