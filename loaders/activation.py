@@ -79,7 +79,7 @@ def set_active(live: LivePipeline, active: ActiveSet) -> None:
     apply_text_encoder_switch(live, live.state_te_target, force=True)
 
 
-# --- LyCORIS layers (devices, block weights) ------------------------------------------------------------
+# --- LyCORIS layers (devices, block weights) ---------------------------------------------------------
 
 
 def set_lora_device(live: LivePipeline, name: str, device: str) -> None:
