@@ -11,7 +11,8 @@ Pipelines and state
     components.py the component names, once
     config.py     the one configuration object (environment read once, passed down)
     pipelines.py  base pipelines: sources, building, the LRU of live ones
-    state.py      the immutable handles and their pure transitions
+    state.py      the immutable handles and the records in them, weights included
+    transitions.py  one pure function per LoRA node: handle in, new handle out
     noise_schedulers.py  the Sampler's scheduler names
 The reconciler
     reconcile.py  `realize`: the diff, the order of steps, the rollback

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..base import disk, limits
+from ..base.errors import NodeInputError
 from . import fence, store
 from .config import EngineConfig, get_config
 from .live import LivePipeline, LoraOperationError
@@ -26,7 +27,7 @@ from .lora_file import LoraFileError
 from .noise_schedulers import SCHEDULERS
 from .pipelines import PipelineCache, build_pipeline, make_source, param_bytes
 from .reconcile import realize
-from .state import AdapterSpec, NodeInputError, PipelineHandle, PipelineSource
+from .state import AdapterSpec, PipelineHandle, PipelineSource
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Engine:
     ) -> AdapterSpec:
         """Resolve a LoadLoRA's inputs to an AdapterSpec; reads (and caches) the file."""
         from .. import host
-        from .state import derive_adapter_name
+        from .transitions import derive_adapter_name
 
         try:
             path = host.resolve_in("loras", lora_name)
@@ -259,7 +260,7 @@ class Engine:
                 for c in comps:
                     cfg = getattr(pipe, c).peft_config[spec.name]
                     ranks[c], alphas[c] = cfg.r, getattr(cfg, "lora_alpha", getattr(cfg, "alpha", None))
-                if algorithm != "lora":  # #15: one peft config per module group; the file has the numbers
+                if algorithm != "lora":  # LyCORIS: one peft config per module group; the file has the numbers
                     ranks, alphas = _file_ranks_alphas(spec, comps)
                 weight = active.get(spec.name)
                 adapters[spec.name] = {
@@ -321,7 +322,7 @@ class Engine:
         if fmt not in ("kohya", "diffusers"):
             raise NodeInputError("format", f"unknown format {fmt!r}")
         spec = handle.state.adapter(adapter_name)
-        if store.read_lora(spec.path).format == "lycoris":  # #15: LoHa/LoKr/DoRA/full: own family's keys
+        if store.read_lora(spec.path).format == "lycoris":  # LoHa/LoKr/DoRA/full: saved in their own family's keys
             return _save_lycoris(self, handle, spec, path, fmt)
         with self.lock:
             live, _ = self.realize(handle)
@@ -345,7 +346,7 @@ class Engine:
         return disk.write_file(path, write)
 
 
-# --- #15: LyCORIS adapters in LoRAInfo and SaveLoRA ------------------------------------------------
+# --- LyCORIS adapters in LoRAInfo and SaveLoRA -----------------------------------------------------
 
 
 def _algorithm_of(spec: AdapterSpec) -> str:
@@ -380,7 +381,7 @@ def _save_lycoris(engine: Engine, handle: PipelineHandle, spec: AdapterSpec, pat
     A loaded adapter's tensors are the file's (nothing here trains or rescales them; weights live in
     peft's `scaling`), so the file's own module tensors are written, at strength 1, for the modules
     that are on the pipeline. diffusers cannot load LoHa/LoKr/DoRA/full kohya modules, so
-    `format = diffusers` is refused for these adapters (SPEC: offered only where diffusers can load it).
+    `format = diffusers` is refused for these adapters (a format is offered only where diffusers can load it).
     """
     from safetensors.torch import save_file
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from ..loaders import state as st
-from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, engine, origin_of, realize_with_ui
+from ..loaders import transitions
+from ..loaders.components import TEXT_ENCODERS
+from ..loaders.state import PipelineHandle
+from . import widget_text
+from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, NodeResult, engine, origin_of, realize_with_ui
 
 
 def _lora_names() -> list[str]:
@@ -70,10 +73,12 @@ class LoadLoRA:
         except Exception:  # noqa: BLE001 - validation reports the bad name; the cache key just must not crash
             return ""
 
-    def run(self, pipeline, lora_name, strength, adapter_name="", unique_id=None):
+    def run(
+        self, pipeline: PipelineHandle, lora_name: str, strength: float, adapter_name: str = "", unique_id: Any = None
+    ) -> NodeResult:
         origin = origin_of("LoadLoRA", unique_id)
         spec = engine().lora_spec(pipeline, lora_name, strength, adapter_name, origin)
-        return realize_with_ui(st.add_adapter(pipeline, spec))
+        return realize_with_ui(transitions.add_adapter(pipeline, spec))
 
 
 class SetAdapterWeights:
@@ -135,9 +140,17 @@ class SetAdapterWeights:
                 return f"{name}: weights must be finite numbers, got {str(value)[:80]!r}"
         return True
 
-    def run(self, pipeline, adapter_names, weights, text_encoder_weights="", block_weights="", unique_id=None):
+    def run(
+        self,
+        pipeline: PipelineHandle,
+        adapter_names: str,
+        weights: str,
+        text_encoder_weights: str = "",
+        block_weights: str = "",
+        unique_id: Any = None,
+    ) -> NodeResult:
         return realize_with_ui(
-            st.set_weights(pipeline, adapter_names, weights, text_encoder_weights, block_weights)
+            widget_text.set_weights(pipeline, adapter_names, weights, text_encoder_weights, block_weights)
         )
 
 
@@ -175,9 +188,18 @@ class FuseLoRA:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def run(self, pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names="", unique_id=None):
+    def run(
+        self,
+        pipeline: PipelineHandle,
+        fuse_unet: bool,
+        fuse_text_encoder: bool,
+        lora_scale: float,
+        safe_fusing: bool,
+        adapter_names: str = "",
+        unique_id: Any = None,
+    ) -> NodeResult:
         origin = origin_of("FuseLoRA", unique_id)
-        new = st.fuse(pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names, origin)
+        new = widget_text.fuse(pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names, origin)
         if new.state.schedules:  # a fusion that would hide a scheduled adapter fails here (loaders/weight_schedule.py)
             engine().check_schedules(new)
         return realize_with_ui(new)
@@ -200,8 +222,8 @@ class UnfuseLoRA:
             }
         }
 
-    def run(self, pipeline, unfuse_unet, unfuse_text_encoder):
-        return realize_with_ui(st.unfuse(pipeline, unfuse_unet, unfuse_text_encoder))
+    def run(self, pipeline: PipelineHandle, unfuse_unet: bool, unfuse_text_encoder: bool) -> NodeResult:
+        return realize_with_ui(transitions.unfuse(pipeline, unfuse_unet, unfuse_text_encoder))
 
 
 class TextEncoderLoRAToggle:
@@ -219,14 +241,14 @@ class TextEncoderLoRAToggle:
                 "enabled": ("BOOLEAN", {"default": True, "tooltip": "On: LoRA applies to the text encoder."}),
                 "text_encoder": (
                     # text_encoder_3 (SD3's T5) is in no diffusers pipeline's LoRA-loadable components
-                    ["all", *(te for te in st.TEXT_ENCODERS if te != "text_encoder_3")],
+                    ["all", *(te for te in TEXT_ENCODERS if te != "text_encoder_3")],
                     {"default": "all", "tooltip": "Which text encoder; SDXL has two."},
                 ),
             }
         }
 
-    def run(self, pipeline, enabled, text_encoder="all"):
-        return realize_with_ui(st.toggle_text_encoder(pipeline, enabled, text_encoder))
+    def run(self, pipeline: PipelineHandle, enabled: bool, text_encoder: str = "all") -> NodeResult:
+        return realize_with_ui(transitions.toggle_text_encoder(pipeline, enabled, text_encoder))
 
 
 class DeleteAdapters:
@@ -245,8 +267,8 @@ class DeleteAdapters:
             }
         }
 
-    def run(self, pipeline, adapter_names):
-        return realize_with_ui(st.delete(pipeline, adapter_names))
+    def run(self, pipeline: PipelineHandle, adapter_names: str) -> NodeResult:
+        return realize_with_ui(widget_text.delete(pipeline, adapter_names))
 
 
 class UnloadLoRA:
@@ -260,8 +282,8 @@ class UnloadLoRA:
     def INPUT_TYPES(cls):
         return {"required": {"pipeline": (PIPELINE, {})}}
 
-    def run(self, pipeline):
-        return realize_with_ui(st.unload(pipeline))
+    def run(self, pipeline: PipelineHandle) -> NodeResult:
+        return realize_with_ui(transitions.unload(pipeline))
 
 
 class SetLoRADevice:
@@ -284,9 +306,9 @@ class SetLoRADevice:
             }
         }
 
-    def run(self, pipeline, adapter_names, device):
+    def run(self, pipeline: PipelineHandle, adapter_names: str, device: str) -> NodeResult:
         if device not in ("cpu", "auto"):
             from ..loaders.pipelines import resolve_device
 
             resolve_device(device)  # raises on the `device` input if it is not there
-        return realize_with_ui(st.set_device(pipeline, adapter_names, device))
+        return realize_with_ui(widget_text.set_device(pipeline, adapter_names, device))

@@ -17,8 +17,9 @@ import pytest
 import torch
 from conftest import max_diff
 from loragraph.builtin_models.tiny_flux import build_tiny_flux
-from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
+from loragraph.nodes import widget_text as wt
 
 TOL = 2 / 255
 SIZE = 32
@@ -240,7 +241,7 @@ def sample(engine, handle, seed=1):
 
 
 def load(engine, handle, name, strength=1.0, adapter="x"):
-    return st.add_adapter(handle, engine.lora_spec(handle, f"{name}.safetensors", strength, adapter))
+    return tr.add_adapter(handle, engine.lora_spec(handle, f"{name}.safetensors", strength, adapter))
 
 
 @pytest.mark.parametrize("name", [*FILES, "bfl_mixed"])
@@ -267,9 +268,9 @@ def test_bfl_lycoris_file_matches_producer(engine, bfl_dir, name):
     assert info["adapters"]["x"]["algorithm"] == ALGORITHM.get(name, FILES.get(name, ("",))[0])
     live = engine.live(h.source)
     before = {k: v.clone() for k, v in live.pipe.transformer.state_dict().items() if "base_layer" in k}
-    hf = st.fuse(h, True, True, 1.0, False, "")  # at the last strength
+    hf = wt.fuse(h, True, True, 1.0, False, "")  # at the last strength
     assert max_diff(sample(engine, hf), want) <= TOL, (name, "fused")
-    engine.realize(st.unfuse(hf, True, True))
+    engine.realize(tr.unfuse(hf, True, True))
     after = live.pipe.transformer.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items()), "unfuse must restore the bits"
 
@@ -322,7 +323,7 @@ def test_bfl_block_weights_by_index(engine):
     h0 = engine.load_pipeline("builtin:tiny-flux")
     h = load(engine, h0, "bfl_loha", 1.0, "a")
     want = sample(engine, load(engine, h0, "bfl_loha_part", 1.0, "o"))
-    got = sample(engine, st.set_weights(h, "a", "1.0", "", '{"double": {"1": 0.0}, "single": [0.0]}'))
+    got = sample(engine, wt.set_weights(h, "a", "1.0", "", '{"double": {"1": 0.0}, "single": [0.0]}'))
     assert max_diff(got, want) <= 1 / 255
     assert max_diff(got, sample(engine, h)) > 1e-3, "the blocks must matter"
 

@@ -92,9 +92,10 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     from loragraph import host
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
-    from loragraph.loaders import state as st
+    from loragraph.loaders import transitions as tr
     from loragraph.loaders.engine import Engine
     from loragraph.loaders.formats import lycoris
+    from loragraph.nodes import widget_text as wt
     from lycoris_oracle import write_file
 
     work = args.work or Path(tempfile.mkdtemp(prefix="loragraph-xcheck-"))
@@ -132,8 +133,8 @@ def main() -> int:
         return out
 
     def ours(name, strength):
-        h = st.add_adapter(h0, engine.lora_spec(h0, f"{name}.safetensors", strength, "x"))
-        live, _ = engine.realize(st.fuse(h, True, True, 1.0, False, ""))
+        h = tr.add_adapter(h0, engine.lora_spec(h0, f"{name}.safetensors", strength, "x"))
+        live, _ = engine.realize(wt.fuse(h, True, True, 1.0, False, ""))
         got = {(c, path, kind): getattr(m.get_base_layer(), kind).detach().clone()
                for c in ("unet", "text_encoder") for path, m in getattr(live.pipe, c).named_modules()
                if hasattr(m, "get_base_layer") and not path.endswith("base_layer")
@@ -142,7 +143,7 @@ def main() -> int:
         return got
 
     for name in SAVED:
-        h = st.add_adapter(h0, engine.lora_spec(h0, f"{name}.safetensors", 0.7, "x"))
+        h = tr.add_adapter(h0, engine.lora_spec(h0, f"{name}.safetensors", 0.7, "x"))
         engine.save_lora(h, "x", loras / f"saved_{name}.safetensors", "kohya")
         engine.realize(h0)
 
