@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from ..loaders.engine import Engine
 
 PIPELINE = "PIPELINE"
 CATEGORY = "loragraph"
@@ -13,14 +16,14 @@ ADAPTER_WEIGHTS = "adapter weights"
 NodeResult: TypeAlias = tuple[Any, ...] | dict[str, Any]
 
 
-def engine():
+def engine() -> Engine:
     # Imported on first use: importing the pack (ComfyUI does it at start) must stay cheap.
     from ..loaders.engine import get_engine
 
     return get_engine()
 
 
-def origin_of(class_type: str, unique_id) -> str:
+def origin_of(class_type: str, unique_id: Any) -> str:
     return f"{class_type} #{unique_id}" if unique_id is not None else class_type
 
 

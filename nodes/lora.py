@@ -36,7 +36,7 @@ class LoadLoRA:
     SETS: ClassVar = MappingProxyType({"strength": ADAPTER_WEIGHTS})
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {"tooltip": "The pipeline to add the LoRA to."}),
@@ -63,7 +63,7 @@ class LoadLoRA:
         }
 
     @classmethod
-    def IS_CHANGED(cls, lora_name: str = "", **_):
+    def IS_CHANGED(cls, lora_name: str = "", **_: Any) -> str:
         # The file's content enters the cache key: a LoRA rewritten on disk is loaded again.
         from .. import host
         from ..loaders import store
@@ -96,7 +96,7 @@ class SetAdapterWeights:
     OVERRIDES: ClassVar = MappingProxyType({ADAPTER_WEIGHTS: "weights"})
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -126,7 +126,7 @@ class SetAdapterWeights:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, weights=None, text_encoder_weights=None):
+    def VALIDATE_INPUTS(cls, weights: Any = None, text_encoder_weights: Any = None) -> bool | str:
         # Numbers only, finite ("nan" parses as a float and would draw black images). The count
         # against adapter_names is checked when the node runs: which adapters are loaded is known then.
         for name, value in (("weights", weights), ("text_encoder_weights", text_encoder_weights)):
@@ -166,7 +166,7 @@ class FuseLoRA:
     READS = (ADAPTER_WEIGHTS,)  # fuses at the weights active now
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -213,7 +213,7 @@ class UnfuseLoRA:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -234,7 +234,7 @@ class TextEncoderLoRAToggle:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -259,7 +259,7 @@ class DeleteAdapters:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -279,7 +279,7 @@ class UnloadLoRA:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"pipeline": (PIPELINE, {})}}
 
     def run(self, pipeline: PipelineHandle) -> NodeResult:
@@ -297,7 +297,7 @@ class SetLoRADevice:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),

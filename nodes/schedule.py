@@ -23,7 +23,7 @@ class ScheduleAdapterWeights:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {"tooltip": "A pipeline with the adapter loaded and active."}),
