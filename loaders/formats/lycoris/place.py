@@ -63,6 +63,7 @@ class Placement:
 
 
 def place(pipe: Any, modules: Iterable[Module]) -> Placement:
+    """Each module on the layer its kohya, SGM or BFL name finds, when its delta fits that layer."""
     landed: dict[str, list[tuple[Module, str]]] = {}
     unmatched: list[tuple[str, str, str]] = []
     lookups: dict[str, dict[str, str]] = {}
