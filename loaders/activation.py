@@ -8,8 +8,7 @@ from typing import Any
 
 from . import fence
 from .components import TEXT_ENCODERS
-from .formats.lycoris import adapter_in_layer, is_lora_layer
-from .live import LivePipeline, LoraOperationError, has_lora, layers, timed
+from .live import LivePipeline, LoraOperationError, adapter_in_layer, has_lora, is_lora_layer, layers, timed
 from .state import ActiveSet, ComponentWeights, plain_weight
 
 

@@ -360,7 +360,7 @@ def _adapter_tables(module, name: str) -> list[str]:
     return attrs
 
 
-# --- 5. LyCORIS files built with peft's tuners (formats/lycoris.py) -----------------------------------
+# --- 5. LyCORIS files built with peft's tuners (formats/lycoris/) -------------------------------------
 
 
 def lycoris_refusal() -> str | None:
@@ -397,7 +397,7 @@ def mark_peft_loaded(model: torch.nn.Module) -> None:
 
 
 def register_norm_layers(config: Any, layer_cls: type, norm_types: tuple[type, ...]) -> None:
-    """Have a LoraConfig wrap norm layers (`norm_types`) in `layer_cls` (formats/norms.py).
+    """Have a LoraConfig wrap norm layers (`norm_types`) in `layer_cls` (formats/lycoris/norms.py).
 
     peft has no tuner that adds a scaled diff to a norm layer's affine weight; its LoRA model takes
     custom layer types through an experimental registration, documented in peft's "custom models"

@@ -7,9 +7,8 @@ from __future__ import annotations
 import torch
 
 from . import fence
-from .formats.lycoris import adapter_in_layer
-from .formats.norms import is_norm_layer
-from .live import LivePipeline, LoraOperationError, layers, timed
+from .formats.lycoris.norms import is_norm_layer
+from .live import LivePipeline, LoraOperationError, adapter_in_layer, layers, timed
 from .state import FuseOp
 
 

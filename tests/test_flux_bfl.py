@@ -291,26 +291,26 @@ def test_bfl_lokr_on_fused_layers_logs_full_deltas(engine, caplog, monkeypatch):
     shares of 32): the 4 qkv and 2 linear1 modules load as full deltas, and the log says so. Those
     deltas are made when their chunk loads: in chunks of a few KiB (a full-size Flux file's are
     64 MiB) the image is the same to the bit."""
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris import build
 
     with caplog.at_level(logging.INFO, logger="loragraph.loaders.formats.lycoris"):
         whole = sample(engine, load(engine, engine.load_pipeline("builtin:tiny-flux"), "bfl_lokr"))
     said = [r.getMessage() for r in caplog.records if "loaded as full deltas" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("6 LoKr module(s) on fused Flux layers"), said
-    monkeypatch.setattr(lycoris, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(build, "_CHUNK_BYTES", 4096)
     fresh = Engine()
     assert torch.equal(sample(fresh, load(fresh, fresh.load_pipeline("builtin:tiny-flux"), "bfl_lokr")), whole)
 
 
-@pytest.mark.parametrize("name, compute", [("bfl_lokr", "_lokr_delta"), ("bfl_dora", "_dora_delta")])
+@pytest.mark.parametrize("name, compute", [("bfl_lokr", "lokr_delta"), ("bfl_dora", "dora_delta")])
 def test_bfl_fused_delta_made_once_per_module(engine, monkeypatch, name, compute):
     """A fused module's full delta (LoKr shares, DoRA) is computed once and shared by its 3-4 layers."""
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris import deltas
     from loragraph.loaders.store import read_lora
 
     calls: list[str] = []
-    real = getattr(lycoris, compute)
-    monkeypatch.setattr(lycoris, compute, lambda m, base: calls.append(m.name) or real(m, base))
+    real = getattr(deltas, compute)
+    monkeypatch.setattr(deltas, compute, lambda m, base: calls.append(m.name) or real(m, base))
     engine.realize(load(engine, engine.load_pipeline("builtin:tiny-flux"), name))
     fused = {m.name for m in read_lora(engine.lora_spec(engine.load_pipeline("builtin:tiny-flux"),
                                                          f"{name}.safetensors", 1.0, "").path).modules

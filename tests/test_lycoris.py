@@ -485,7 +485,8 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     outside the down/mid/up blocks, plain LoRA included."""
     from conftest import raw_pipeline
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris.build import load as build_adapter
+    from loragraph.loaders.formats.lycoris.parse import parse
     from loragraph.loaders.store import read_lora
 
     for algo, seed, extra in (("loha", 601, {}), ("lokr", 602, {}), ("norm", 603, {"train_norm": True})):
@@ -500,7 +501,7 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     h = wt.set_weights(h, "b, c, d", "1.0", "", '{"b": ' + unet_blocks + ', "d": ' + unet_blocks + "}")
     raw = raw_pipeline()
     for name, adapter in (("ly_loha_blocks", "b"), ("ly_lokr_blocks", "c"), ("ly_norm_blocks", "d")):
-        lycoris.load(raw, lycoris.parse(read_lora(lycoris_dir / "loras" / f"{name}.safetensors").state_dict), adapter)
+        build_adapter(raw, parse(read_lora(lycoris_dir / "loras" / f"{name}.safetensors").state_dict), adapter)
     def per_block():  # one dict per adapter: diffusers 0.41 expands a block dict in place
         return {"unet": dict(blocks["unet"]), "text_encoder": 1.0}
 
@@ -548,10 +549,10 @@ def test_dora_on_the_input_axis_matches_training_network(engine, lycoris_dir, mo
     network that wrote the file, at 1.0 and, scaled as SPEC says, at 0.5. The deltas are loaded in
     chunks of a few layers here (at SD1.5 size a chunk is 64 MiB; the tiny model fits one)."""
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris import build
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(lycoris, "_CHUNK_BYTES", 16 * 1024)
+    monkeypatch.setattr(build, "_CHUNK_BYTES", 16 * 1024)
 
     pipe = build_tiny_sd()
     pipe.set_progress_bar_config(disable=True)
@@ -593,12 +594,12 @@ def test_sgm_names_map_the_same_without_diffusers_private_converters(lycoris_dir
     `lora_state_dict` fallback place every module of the SGM file on the same layer."""
     from loragraph.builtin_models.tiny_sd import build_tiny_sdxl
     from loragraph.loaders import fence
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris import place
     from loragraph.loaders.store import read_lora
 
     pipe = build_tiny_sdxl()
     names = sorted({m.name for m in read_lora(lycoris_dir / "loras" / "ly_sdxl_loha_sgm.safetensors").modules
-                    if lycoris._SGM.match(m.name)})
+                    if place._SGM.match(m.name)})
     assert len(names) > 20
     with fence.fast_paths_mode("on"):
         fast = fence.sgm_module_paths(pipe, names)

@@ -94,7 +94,7 @@ def main() -> int:
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
     from loragraph.loaders import transitions as tr
     from loragraph.loaders.engine import Engine
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris.place import kohya_names
     from loragraph.nodes import widget_text as wt
     from lycoris_oracle import write_file
 
@@ -107,7 +107,7 @@ def main() -> int:
     engine = Engine()
     h0 = engine.load_pipeline("builtin:tiny-sd")
     pipe0 = build_tiny_sd()
-    lookup = {c: lycoris.kohya_names(getattr(pipe0, c), c) for c in ("unet", "text_encoder")}
+    lookup = {c: kohya_names(getattr(pipe0, c), c) for c in ("unet", "text_encoder")}
     prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 
     missed: list[str] = []
