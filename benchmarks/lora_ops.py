@@ -407,11 +407,12 @@ class Bench:
     # --- the rows -------------------------------------------------------------------------------
 
     def run(self):
-        from loragraph.loaders import state as st
         from loragraph.loaders import store
+        from loragraph.loaders import transitions as tr
+        from loragraph.nodes import widget_text as wt
 
         self.floors()
-        a = st.add_adapter(self.base, self.spec("diffusers_0", "a"))
+        a = tr.add_adapter(self.base, self.spec("diffusers_0", "a"))
 
         def cold():
             store.clear_lora_cache()
@@ -427,13 +428,13 @@ class Bench:
                  lambda: self.engine.realize(a),
                  self.raw_reset, lambda: self.raw_load("diffusers_0", "a"), floor=self.copy_floor,
                  note="the adapter stayed loaded, inactive: one set_adapters")
-        k = st.add_adapter(self.base, self.spec("kohya_0", "k"))
+        k = tr.add_adapter(self.base, self.spec("kohya_0", "k"))
         self.row("attach LoRA, warm (kohya format, first attach)", self.unpark,
                  lambda: self.engine.realize(k),
                  self.raw_reset, lambda: self.raw_load("kohya_0", "k"), floor=self.inject_floor)
 
         # weights, unfused
-        w1, w2 = st.set_weights(a, "a", "0.6"), st.set_weights(a, "a", "0.9")
+        w1, w2 = wt.set_weights(a, "a", "0.6"), wt.set_weights(a, "a", "0.9")
         flip = {"i": 0}
 
         def ours_weights():
@@ -452,7 +453,7 @@ class Bench:
                  raw_setup_a, lambda: self.raw.set_adapters(["a"], [0.6 + 0.3 * (flip["i"] % 2)]))
 
         # fuse / unfuse
-        fused = st.fuse(w1, True, True, 1.0, False, "")
+        fused = wt.fuse(w1, True, True, 1.0, False, "")
         self.row("fuse", lambda: self.engine.realize(w1), lambda: self.engine.realize(fused),
                  raw_setup_a, lambda: self.raw.fuse_lora(components=["unet", "text_encoder"]),
                  floor=self.addmm_floor)
@@ -467,7 +468,7 @@ class Bench:
         drift = self.diffusers_drift()
         self.rows[-1]["note"] += f" ({drift:.1%} of touched elements differ after diffusers' unfuse)"
 
-        fused2 = st.fuse(w2, True, True, 1.0, False, "")
+        fused2 = wt.fuse(w2, True, True, 1.0, False, "")
 
         def raw_refuse():
             self.raw.unfuse_lora(components=["unet", "text_encoder"])
@@ -479,7 +480,7 @@ class Bench:
                  raw_fused, raw_refuse, note="diffusers: unfuse + set_adapters + fuse")
 
         # switch A -> B
-        b = st.add_adapter(st.delete(a, "a"), self.spec("diffusers_1", "b"))
+        b = tr.add_adapter(wt.delete(a, "a"), self.spec("diffusers_1", "b"))
         raw_only_a, raw_switch = self.raw_only("diffusers_0", "a"), self.raw_switch("a", "diffusers_1", "b")
 
         def only_a():
@@ -510,8 +511,8 @@ class Bench:
                  lambda: self.engine.realize(b), raw_only_a, raw_switch, note="A and B stay parked")
 
         # switch A -> B between UNet-only LoRAs of the same layers and rank: diffusers' hotswap
-        ua = st.add_adapter(self.base, self.spec("unet_0", "ua"))
-        ub = st.add_adapter(self.base, self.spec("unet_1", "ub"))
+        ua = tr.add_adapter(self.base, self.spec("unet_0", "ua"))
+        ub = tr.add_adapter(self.base, self.spec("unet_1", "ub"))
 
         def only_ua():
             self.unpark()
@@ -527,7 +528,7 @@ class Bench:
         # stack of 5
         stack = self.base
         for i in range(5):
-            stack = st.add_adapter(stack, self.spec(f"diffusers_{i}", f"s{i}", stack))
+            stack = tr.add_adapter(stack, self.spec(f"diffusers_{i}", f"s{i}", stack))
 
         def raw_stack():
             for i in range(5):
@@ -553,15 +554,16 @@ class Bench:
     def lycoris_rows(self):
         """#15: attaching a LoHa/LoKr against a plain LoRA of the same parameter count on the same
         layers (loragraph alone: diffusers cannot load these), and a weight change on each."""
-        from loragraph.loaders import state as st
+        from loragraph.loaders import transitions as tr
+        from loragraph.nodes import widget_text as wt
 
         files = write_lycoris(self.raw, self.root / "loras", self.args.rank)
-        lora = st.add_adapter(self.base, self.spec("kohya_0", "k"))
+        lora = tr.add_adapter(self.base, self.spec("kohya_0", "k"))
         self.engine.realize(lora)  # warm-up: the first attach of a run also pays one-time costs
         base = self.row("attach LoRA (kohya, baseline for LoHa/LoKr)", self.unpark,
                         lambda: self.engine.realize(lora), lambda: None, None)
         for algo, path in files.items():
-            h = st.add_adapter(self.base, self.engine.lora_spec(self.base, path.name, 1.0, algo))
+            h = tr.add_adapter(self.base, self.engine.lora_spec(self.base, path.name, 1.0, algo))
             label = ("attach dora (the LoRA's rank and layers, + magnitude)" if algo == "dora"
                      else f"attach {algo} (same parameters and layers as the LoRA)")
             self.row(label, self.unpark, lambda h=h: self.engine.realize(h), lambda: None, None,
@@ -569,7 +571,7 @@ class Bench:
                      f"{r['loragraph_ms'] / base['loragraph_ms']:.2f}x the LoRA's "
                      f"attach; {self.adapter_mib(h, a):.1f} MiB of adapter tensors "
                      f"(the LoRA: {self.adapter_mib(lora, 'k'):.1f})")
-            w = [st.set_weights(h, algo, "0.6"), st.set_weights(h, algo, "0.9")]
+            w = [wt.set_weights(h, algo, "0.6"), wt.set_weights(h, algo, "0.9")]
             flip = {"i": 0}
 
             def weights(w=w, flip=flip):
@@ -600,12 +602,13 @@ class Bench:
         `--sampling` (the GPU variant), also the whole Sampler on one step at SD1.5's 64x64 latents,
         scheduled vs the same adapters unscheduled (alternated; a difference of two whole calls).
         """
-        from loragraph.loaders import state as st
+        from loragraph.loaders import transitions as tr
         from loragraph.loaders import weight_schedule
+        from loragraph.nodes import widget_text as wt
 
         stack = self.base
         for i in range(3):
-            stack = st.add_adapter(stack, self.spec(f"diffusers_{i}", f"s{i}", stack))
+            stack = tr.add_adapter(stack, self.spec(f"diffusers_{i}", f"s{i}", stack))
         self.raw_reset()
         for i in range(3):
             self.raw_load(f"diffusers_{i}", f"s{i}")
@@ -614,7 +617,7 @@ class Bench:
         for count in (1, 3):
             handle = stack
             for i in range(count):
-                handle = st.schedule_weights(handle, f"s{i}", "0:1, 1:0")
+                handle = wt.schedule_weights(handle, f"s{i}", "0:1, 1:0")
             live, _ = self.engine.realize(handle)
             weights = weight_schedule.StepWeights(live, handle.state, "unet")
             step = [0]
@@ -666,7 +669,8 @@ class Bench:
 
     def sampling_rows(self):
         """ms per denoising step with 1, 3, 5 LoRAs, unfused and fused: ours (engine.sample) vs raw pipe()."""
-        from loragraph.loaders import state as st
+        from loragraph.loaders import transitions as tr
+        from loragraph.nodes import widget_text as wt
 
         steps = self.args.sample_steps
         size = 64 * self.raw.vae_scale_factor  # 64x64 latents, as SD1.5 at 512x512
@@ -681,9 +685,9 @@ class Bench:
         for count in (0, 1, 3, 5):
             stack = self.base
             for i in range(count):
-                stack = st.add_adapter(stack, self.spec(f"diffusers_{i}", f"s{i}", stack))
+                stack = tr.add_adapter(stack, self.spec(f"diffusers_{i}", f"s{i}", stack))
             for fused in (False, True) if count else (False,):
-                handle = st.fuse(stack, True, True, 1.0, False, "") if fused else stack
+                handle = wt.fuse(stack, True, True, 1.0, False, "") if fused else stack
                 self.engine.realize(handle)
                 self.raw_reset()
                 for i in range(count):
@@ -728,9 +732,9 @@ class Bench:
 
     def check_exact(self):
         """The engine's pipeline must be bit-identical to a fresh build after everything above."""
-        from loragraph.loaders import state as st
+        from loragraph.loaders import transitions as tr
 
-        self.engine.realize(st.unload(self.base))
+        self.engine.realize(tr.unload(self.base))
         fresh = build_sd15(self.device, self.dtype)
         differ = [f"{c}.{name}" for c in ("unet", "text_encoder")
                   for name in base_weight_mismatches(getattr(fresh, c), getattr(self.live.pipe, c))]

@@ -8,46 +8,51 @@ from typing import Any
 
 from . import fence
 from .components import TEXT_ENCODERS
-from .formats.lycoris import adapter_in_layer, is_lora_layer
-from .live import LivePipeline, LoraOperationError, has_lora, layers, timed
-from .state import ActiveSet
+from .live import LivePipeline, LoraOperationError, adapter_in_layer, has_lora, is_lora_layer, layers, timed
+from .state import ActiveSet, ComponentWeights, plain_weight
 
 
 def _adapter_weights_for_call(live: LivePipeline, active: ActiveSet) -> list[Any]:
     """Per-adapter weights in set_adapters' form, with components the adapter lacks left out."""
     present = live.pipe.get_list_adapters()
     out = []
-    for name, value in zip(active.names, active.weight_values()):
+    for name, weight in zip(active.names, active.weights):
+        value = plain_weight(weight)
         if isinstance(value, dict):
             value = {c: v for c, v in value.items() if name in present.get(c, ())}
         out.append(value)
     return out
 
 
+def _has_blocks(active: ActiveSet) -> bool:
+    """Whether some weight is more than a number per component: per-block (BlockWeights), or
+    something diffusers is left to refuse."""
+    return any(
+        isinstance(w, ComponentWeights) and not all(isinstance(v, (int, float)) for _, v in w.entries)
+        for w in active.weights
+    )
+
+
 def set_active(live: LivePipeline, active: ActiveSet) -> None:
     pipe = live.pipe
-    values = active.weight_values()
-    flat = all(
-        isinstance(v, (int, float)) or (isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()))
-        for v in values
-    )
-    if active.names and flat:
-        # Plain numbers (no block-wise dicts): the per-layer part of diffusers' set_adapters, which
-        # hands every component all names and calls peft's set_adapter + set_scale on each tuner
-        # layer, without re-walking every module. Components a dict leaves out get 1.0, as in diffusers.
+    if active.names and not _has_blocks(active):
+        # Plain numbers (no block-wise dicts): set_adapters per cached tuner layer (the fence's
+        # entry 7), setting only the scales when the names are those of the last call.
         same_names = live.live_active is not None and live.live_active.names == active.names
         with timed(live, "set_adapters", ("scales " if same_names else "") + ",".join(active.names)):
-            for comp in live.components:
-                for _, module in layers(live, comp):
-                    if not same_names:
-                        module.set_adapter(list(active.names))
-                    for name, value in zip(active.names, values):
-                        module.set_scale(name, value.get(comp, 1.0) if isinstance(value, dict) else value)
+            fence.set_adapters(
+                pipe,
+                lambda comp: layers(live, comp),
+                live.components,
+                active.names,
+                [plain_weight(w) for w in active.weights],
+                same_names,
+            )
     elif active.names:
         weights = _adapter_weights_for_call(live, active)
         _check_block_layers(live, active.names, weights)
-        # #15: transformer block weights (SD3/Flux), which diffusers refuses: 1.0 to diffusers, then
-        # each transformer layer's scale set from its block (loaders/blocks.py)
+        # transformer block weights (SD3/Flux), which diffusers refuses: 1.0 to diffusers, then each
+        # transformer layer's scale set from its block (loaders/blocks.py)
         per_block = {
             n: w["transformer"] for n, w in zip(active.names, weights)
             if isinstance(w, dict) and isinstance(w.get("transformer"), dict)
@@ -73,7 +78,7 @@ def set_active(live: LivePipeline, active: ActiveSet) -> None:
     apply_text_encoder_switch(live, live.state_te_target, force=True)
 
 
-# --- #15: LyCORIS layers (devices, block weights) ----------------------------------------------------
+# --- LyCORIS layers (devices, block weights) ---------------------------------------------------------
 
 
 def set_lora_device(live: LivePipeline, name: str, device: str) -> None:

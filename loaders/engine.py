@@ -7,7 +7,6 @@ to `realize` them when real weights are needed.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -19,14 +18,16 @@ from typing import Any
 import torch
 
 from ..base import disk, limits
+from ..base.errors import NodeInputError
 from . import fence, store
 from .config import EngineConfig, get_config
-from .live import LivePipeline, LoraOperationError
+from .formats import family
+from .live import LivePipeline
 from .lora_file import LoraFileError
 from .noise_schedulers import SCHEDULERS
 from .pipelines import PipelineCache, build_pipeline, make_source, param_bytes
 from .reconcile import realize
-from .state import AdapterSpec, NodeInputError, PipelineHandle, PipelineSource
+from .state import AdapterSpec, PipelineHandle, PipelineSource
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Engine:
     ) -> AdapterSpec:
         """Resolve a LoadLoRA's inputs to an AdapterSpec; reads (and caches) the file."""
         from .. import host
-        from .state import derive_adapter_name
+        from .transitions import derive_adapter_name
 
         try:
             path = host.resolve_in("loras", lora_name)
@@ -259,7 +260,7 @@ class Engine:
                 for c in comps:
                     cfg = getattr(pipe, c).peft_config[spec.name]
                     ranks[c], alphas[c] = cfg.r, getattr(cfg, "lora_alpha", getattr(cfg, "alpha", None))
-                if algorithm != "lora":  # #15: one peft config per module group; the file has the numbers
+                if algorithm != "lora":  # built per module group (one peft config each): the file has the numbers
                     ranks, alphas = _file_ranks_alphas(spec, comps)
                 weight = active.get(spec.name)
                 adapters[spec.name] = {
@@ -311,41 +312,27 @@ class Engine:
         ``path`` is the file to write, or a saver that takes the writer and returns where it saved
         (SaveLoRA's numbered names, which never overwrite a file another process just saved).
         """
-        from peft.utils import get_peft_model_state_dict
-
-        from .formats import kohya
-
         if handle.state.adapter(adapter_name) is None:
             loaded = ", ".join(handle.state.names) or "none"
             raise NodeInputError("adapter_name", f"no adapter named {adapter_name!r} is loaded (loaded: {loaded})")
         if fmt not in ("kohya", "diffusers"):
             raise NodeInputError("format", f"unknown format {fmt!r}")
         spec = handle.state.adapter(adapter_name)
-        if store.read_lora(spec.path).format == "lycoris":  # #15: LoHa/LoKr/DoRA/full: own family's keys
-            return _save_lycoris(self, handle, spec, path, fmt)
+        lf = store.read_lora(spec.path)
+        fam = family(lf.format)  # what the adapter is made of is its file's family's business
+        refusal = fam.save_refusal(lf, adapter_name, fmt)
+        if refusal is not None:
+            raise NodeInputError("format", refusal)
         with self.lock:
             live, _ = self.realize(handle)
-            pipe = live.pipe
-            layers: dict[str, dict[str, torch.Tensor]] = {}
-            configs: dict[str, Any] = {}
-            for comp, names in pipe.get_list_adapters().items():
-                if adapter_name in names:
-                    model = getattr(pipe, comp)
-                    sd = get_peft_model_state_dict(model, adapter_name=adapter_name)
-                    layers[comp] = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-                    configs[comp] = model.peft_config[adapter_name]
-        def write(tmp: str) -> None:
-            if fmt == "kohya":
-                kohya.save_kohya(layers, configs, tmp, sdxl="text_encoder_2" in handle.source.components)
-            else:
-                _save_diffusers(type(pipe), layers, configs, Path(tmp))
+            write = fam.export(live.pipe, lf, adapter_name, fmt, handle.source.components)
 
         if callable(path):
             return path(write)
         return disk.write_file(path, write)
 
 
-# --- #15: LyCORIS adapters in LoRAInfo and SaveLoRA ------------------------------------------------
+# --- what LoRAInfo says of an adapter's file --------------------------------------------------------
 
 
 def _algorithm_of(spec: AdapterSpec) -> str:
@@ -354,11 +341,7 @@ def _algorithm_of(spec: AdapterSpec) -> str:
         lf = store.read_lora(spec.path)
     except LoraFileError:
         return "lora"
-    if lf.format != "lycoris":
-        return "lora"
-    from .formats import lycoris
-
-    return lycoris.file_algorithm(lycoris.parse(lf.state_dict))
+    return family(lf.format).algorithm(lf)
 
 
 def _file_ranks_alphas(spec: AdapterSpec, comps: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -374,41 +357,6 @@ def _file_ranks_alphas(spec: AdapterSpec, comps: list[str]) -> tuple[dict[str, A
     return ranks, alphas
 
 
-def _save_lycoris(engine: Engine, handle: PipelineHandle, spec: AdapterSpec, path: Any, fmt: str) -> Path:
-    """SaveLoRA for a LyCORIS adapter: its modules that landed, in their own family's kohya keys.
-
-    A loaded adapter's tensors are the file's (nothing here trains or rescales them; weights live in
-    peft's `scaling`), so the file's own module tensors are written, at strength 1, for the modules
-    that are on the pipeline. diffusers cannot load LoHa/LoKr/DoRA/full kohya modules, so
-    `format = diffusers` is refused for these adapters (SPEC: offered only where diffusers can load it).
-    """
-    from safetensors.torch import save_file
-
-    from .formats import lycoris
-
-    if fmt != "kohya":
-        raise NodeInputError(
-            "format",
-            f"{spec.name!r} is a {_algorithm_of(spec)} adapter (LyCORIS); diffusers cannot load it, so it can "
-            "only be saved as format = kohya",
-        )
-    with engine.lock:
-        live, _ = engine.realize(handle)
-        lf = store.read_lora(spec.path)
-        modules = lycoris.parse(lf.state_dict)
-        placement = lycoris.place(live.pipe, modules)
-    keep = {m.name for items in placement.landed.values() for m, _ in items}
-    tensors = lycoris.kohya_tensors(modules, keep)
-    meta = {"format": "pt", "ss_network_module": "lycoris.kohya", "loragraph_algorithm": _algorithm_of(spec)}
-
-    def write(tmp: str) -> None:
-        save_file(tensors, tmp, metadata=meta)
-
-    if callable(path):
-        return path(write)
-    return disk.write_file(path, write)
-
-
 def _restore_static_weights(live: LivePipeline, weights: Any) -> None:
     try:
         weights.restore()
@@ -422,23 +370,6 @@ def _per_component(weight: Any, comps: list[str]) -> dict[str, Any]:
     if isinstance(weight, dict):
         return {c: weight.get(c, 1.0) for c in comps}
     return {c: weight for c in comps}
-
-
-def _save_diffusers(pipe_cls, layers: dict, configs: dict, path: Path) -> None:
-    """diffusers' own `save_lora_weights`, with `lora_adapter_metadata` so alpha != rank survives."""
-    params = inspect.signature(pipe_cls.save_lora_weights).parameters
-    kwargs: dict[str, Any] = {}
-    for comp, sd in layers.items():
-        key = f"{comp}_lora_layers"
-        if key not in params:
-            raise LoraOperationError(f"{pipe_cls.__name__}.save_lora_weights cannot save {comp} layers")
-        kwargs[key] = sd
-        meta_key = f"{comp}_lora_adapter_metadata"
-        if meta_key in params:
-            kwargs[meta_key] = configs[comp].to_dict()
-    pipe_cls.save_lora_weights(
-        save_directory=str(path.parent), weight_name=path.name, safe_serialization=True, **kwargs
-    )
 
 
 _engine: Engine | None = None

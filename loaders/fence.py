@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -360,7 +360,7 @@ def _adapter_tables(module, name: str) -> list[str]:
     return attrs
 
 
-# --- 5. LyCORIS files built with peft's tuners (formats/lycoris.py, #15) ------------------------------
+# --- 5. LyCORIS files built with peft's tuners (formats/lycoris/) -------------------------------------
 
 
 def lycoris_refusal() -> str | None:
@@ -397,7 +397,7 @@ def mark_peft_loaded(model: torch.nn.Module) -> None:
 
 
 def register_norm_layers(config: Any, layer_cls: type, norm_types: tuple[type, ...]) -> None:
-    """Have a LoraConfig wrap norm layers (`norm_types`) in `layer_cls` (formats/norms.py, #15).
+    """Have a LoraConfig wrap norm layers (`norm_types`) in `layer_cls` (formats/lycoris/norms.py).
 
     peft has no tuner that adds a scaled diff to a norm layer's affine weight; its LoRA model takes
     custom layer types through an experimental registration, documented in peft's "custom models"
@@ -491,3 +491,107 @@ def _sgm_paths_public(pipe: Any, names: list[str]) -> dict[str, str]:
             path = m.group(1) + (".0" if m.group(1).endswith(".processor.to_out") else "")  # to_out_lora: to_out.0
             paths[names[int(t.shape[0]) - 1]] = path.replace(".processor.", ".")
     return paths
+
+
+# --- 6. fusion inside peft's tuner layers -------------------------------------------------------------
+
+
+def merges_by_gemm(module: Any, adapters: Sequence[str], weight: torch.Tensor) -> bool:
+    """Whether fusion may merge `adapters` into `module` itself, one out-of-place GEMM each
+    (`addmm(W, B, A, alpha=scaling * lora_scale)`), and record it with `record_merged`.
+
+    That is peft's own merge for its LoRA Linear without DoRA, bias, variant or fan_in_fan_out:
+    exactly W + scaling * B @ A, in a dtype/device where one GEMM is accurate: fp32, or any dtype on
+    CUDA (peft itself computes CPU fp16 deltas in fp32, so those take peft's path). Out of place, the
+    original weight stays untouched as the exact-unfuse backup: fusing is ~3x faster than peft's
+    `merge()` on a copy, and unfusing on the CPU a pointer swap.
+    Relies on (peft 0.20, 0.21): that formula; the layer's `use_dora`, `lora_bias`, `lora_variant`
+    and `fan_in_fan_out` saying when it holds; `merged_adapters` being all the record a merge keeps
+    (peft's forward runs the base layer alone for a merged adapter).
+    Stands in for: `module.merge(adapter_names=adapters)`.
+    Fallback: False, so fusion runs peft's `merge()` on a copy of the weight (the same sum, rounded
+    the way peft rounds it).
+    """
+    if not fast_paths():
+        return False
+    from peft.tuners.lora.layer import Linear
+
+    if type(module) is not Linear or module.fan_in_fan_out:
+        return False
+    if weight.dtype != torch.float32 and weight.device.type != "cuda":
+        return False
+    variants = getattr(module, "lora_variant", {})
+    return not any(
+        module.use_dora.get(a) or module.lora_bias.get(a) or variants.get(a) is not None for a in adapters
+    )
+
+
+def record_merged(module: Any, adapters: Sequence[str]) -> None:
+    """Record in peft's bookkeeping that `adapters` are merged into `module`'s base weight, as its
+    `merge()` does; only after `merges_by_gemm` allowed the merge (entry 6)."""
+    module.merged_adapters.extend(adapters)
+
+
+def record_unmerged(module: Any) -> None:
+    """Record in peft's bookkeeping that nothing is merged into `module` any more: the exact unfuse,
+    which puts the original weight tensors back. Call it before they go back.
+
+    Fast path (peft 0.20, 0.21): `merged_adapters` emptied, the whole of peft's record of a merge.
+    Stands in for: `module.unmerge()`, which subtracts the deltas again (and drifts in fp16).
+    Fallback: `module.unmerge()` itself, on the fused weights about to be replaced: peft keeps its
+    own record, and the originals put back after it overwrite what the subtraction left.
+    """
+    if not module.merged:
+        return
+    if fast_paths():
+        module.merged_adapters = []
+    else:
+        module.unmerge()
+
+
+# --- 7. set_adapters, layer by layer ------------------------------------------------------------------
+
+
+def _plain_weights(weights: Sequence[Any]) -> bool:
+    return all(
+        isinstance(w, (int, float)) or (isinstance(w, Mapping) and all(isinstance(x, (int, float)) for x in w.values()))
+        for w in weights
+    )
+
+
+def set_adapters(
+    pipe: Any,
+    layers: Callable[[str], Iterable[tuple[str, Any]]],
+    components: Sequence[str],
+    names: Sequence[str],
+    weights: Sequence[Any],
+    same_names: bool = False,
+) -> None:
+    """`pipe.set_adapters(names, weights)`, straight on the tuner layers the engine lists once per
+    load (`layers(component)`), for plain weights: a number per adapter, or a number per component.
+
+    diffusers' `set_adapters` hands every component all the names, walks every module of each and
+    calls peft's `set_adapter(names)` and `set_scale(name, weight)` on every tuner layer; a
+    component an adapter's dict leaves out runs at 1.0. Here the same two calls go to the listed
+    layers, without the walk, and `set_adapter` is skipped when the names are those of the last call
+    (`same_names`): only the scales change.
+    Relies on (diffusers 0.41, 0.42; peft 0.20, 0.21): `set_adapters`' work per tuner layer being
+    those two public peft calls (diffusers' `set_weights_and_activate_adapters`).
+    Stands in for: `pipe.set_adapters(names, weights)`.
+    Fallback: that call, for weights that are not plain (per-block ones) too, each adapter's dict
+    limited to the components it has (diffusers warns about the others and runs them at 1.0).
+    """
+    if fast_paths() and _plain_weights(weights):
+        for comp in components:
+            for _, module in layers(comp):
+                if not same_names:
+                    module.set_adapter(list(names))
+                for name, value in zip(names, weights):
+                    module.set_scale(name, value.get(comp, 1.0) if isinstance(value, Mapping) else value)
+        return
+    present = pipe.get_list_adapters()
+    call = [
+        {c: v for c, v in w.items() if name in present.get(c, ())} if isinstance(w, Mapping) else w
+        for name, w in zip(names, weights)
+    ]
+    pipe.set_adapters(list(names), call)

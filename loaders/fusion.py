@@ -7,9 +7,8 @@ from __future__ import annotations
 import torch
 
 from . import fence
-from .formats.lycoris import adapter_in_layer
-from .formats.norms import is_norm_layer
-from .live import LivePipeline, LoraOperationError, layers, timed
+from .formats.lycoris.norms import is_norm_layer
+from .live import LivePipeline, LoraOperationError, adapter_in_layer, layers, timed
 from .state import FuseOp
 
 
@@ -27,10 +26,11 @@ def restore(live: LivePipeline, comps: list[str]) -> None:
         saved = live.backups.pop(comp)
         model = getattr(pipe, comp)
         with timed(live, "unfuse_lora(exact)", comp):
-            # newest first: two tuner layers nested on one base layer (adapters of two peft types on
-            # one layer, #15) each saved the weight as they found it
+            # newest first: two tuner layers nested on one base layer (adapters of two peft types,
+            # e.g. LoRA and LoHa, on one layer) each saved the weight as they found it
             for name, (w, b) in reversed(saved.items()):
                 module = model.get_submodule(name)
+                fence.record_unmerged(module)  # before the originals go back (its fallback unmerges)
                 base = module.get_base_layer()
                 if w.device == base.weight.device:
                     base.weight.data = w
@@ -41,7 +41,6 @@ def restore(live: LivePipeline, comps: list[str]) -> None:
                         base.bias.data = b
                     else:
                         base.bias.data.copy_(b)
-                module.merged_adapters = []
     sync_merged_bookkeeping(live)
 
 
@@ -53,36 +52,21 @@ def sync_merged_bookkeeping(live: LivePipeline) -> None:
     fence.set_fused_record(live.pipe, merged)
 
 
-def _plain_linear(module, adapters: list[str], weight: torch.Tensor) -> bool:
-    """Layers whose merge is exactly W + scaling * B @ A (peft's LoRA Linear without DoRA, bias or
-    fan_in_fan_out), in a dtype/device where one GEMM is accurate: fp32, or any dtype on CUDA
-    (peft itself computes CPU fp16 deltas in fp32, so those take peft's path)."""
-    from peft.tuners.lora.layer import Linear
-
-    if type(module) is not Linear or module.fan_in_fan_out:
-        return False
-    if weight.dtype != torch.float32 and weight.device.type != "cuda":
-        return False
-    variants = getattr(module, "lora_variant", {})
-    return not any(
-        module.use_dora.get(a) or module.lora_bias.get(a) or variants.get(a) is not None for a in adapters
-    )
-
-
 def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
     """`fuse_lora` for one component, keeping the original weights for an exact unfuse.
 
     peft decides what merges (adapters present and not yet merged in each layer, their `scaling`
     from set_adapters) and its bookkeeping (`merged_adapters`) is kept, so peft's forward runs the
     fused base layer. The arithmetic of plain Linear layers is one out-of-place GEMM
-    (`addmm(W, B, A, alpha=scaling * lora_scale)`): the result goes to a new tensor and the original
-    stays untouched as the backup, which makes fusing ~3x faster than diffusers' `fuse_lora` and
-    unfusing a pointer swap. Every other layer type goes through peft's own `merge()`.
+    (`addmm(W, B, A, alpha=scaling * lora_scale)`, where the fence allows it: `merges_by_gemm`): the
+    result goes to a new tensor and the original stays untouched as the backup, which makes fusing
+    ~3x faster than diffusers' `fuse_lora` and unfusing a pointer swap. Every other layer goes
+    through peft's own `merge()`.
     """
     saved = live.backups.setdefault(comp, {})
     with timed(live, "fuse_lora", f"{comp} scale={op.lora_scale}"):
         for name, module in layers(live, comp):
-            # #15: any peft tuner layer (LoRA, LoHa, LoKr) holding the adapter
+            # any peft tuner layer (LoRA, LoHa, LoKr, norm diff) holding the adapter
             todo = [a for a in op.adapter_names if adapter_in_layer(module, a) and a not in module.merged_adapters]
             if not todo:
                 continue
@@ -103,7 +87,7 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
                 writable = not on_cpu
             else:
                 writable = True  # already a tensor of ours
-            if _plain_linear(module, todo, weight):
+            if fence.merges_by_gemm(module, todo, weight):
                 new = weight if writable else None
                 for a in todo:
                     up = module.lora_B[a].weight.to(weight.dtype)
@@ -123,7 +107,7 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
                         op.origin,
                     )
                 base.weight.data = new
-                module.merged_adapters.extend(todo)
+                fence.record_merged(module, todo)
             else:
                 if not writable:
                     base.weight.data = weight.clone()

@@ -12,8 +12,8 @@ import copy
 from typing import Any
 
 from . import fence
-from .formats.lycoris import is_lora_layer
-from .live import LivePipeline, layers, timed
+from .formats import load_lora_file
+from .live import LivePipeline, is_lora_layer, layers, quiet_loading, timed
 
 
 def slot_for(live: LivePipeline, cov, slots: list[str]) -> str | None:
@@ -46,7 +46,7 @@ def _slot_fits(live: LivePipeline, comp: str, slot: str, wanted) -> bool:
     have = {}
     for name, m in layers(live, comp):
         if slot in getattr(m, "r", {}):
-            if slot in m.merged_adapters or not is_lora_layer(m):  # #15: peft hot-swaps LoRA layers only
+            if slot in m.merged_adapters or not is_lora_layer(m):  # peft hot-swaps LoRA layers only
                 return False
             have[name] = int(m.r[slot])
     return have == wanted
@@ -117,7 +117,6 @@ _SWAP_INPUTS_KEPT = 8
 def _hotswap_through_diffusers(live: LivePipeline, lf, comps, detail: str) -> dict[str, tuple[dict, Any]]:
     """Hot-swap `lf` into adapter `_SWAP_NAME` through diffusers' loader (see `swap`); returns
     {component: (state dict, LoraConfig)} as diffusers handed them to peft."""
-    from .loading import load_lora_file, quiet_loading
 
     def load() -> None:
         with timed(live, "hotswap", detail), quiet_loading():

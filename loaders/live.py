@@ -1,7 +1,9 @@
 """The live-pipeline record: a diffusers pipeline plus what the reconciler knows about it.
 
 Also the small helpers every reconcile step shares: timing and recording each diffusers/peft call
-(`op`), and the peft tuner layers of a component, listed once per load.
+(`timed`), muting diffusers' misleading messages while a file loads (`quiet_loading`), the peft tuner
+layers of a component, listed once per load, and what a tuner layer of any peft family holds (public
+peft attributes only: `adapter_layer_names`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,3 +98,43 @@ def layers(live: LivePipeline, comp: str) -> list:
 def has_lora(model: torch.nn.Module) -> bool:
     return getattr(model, "peft_config", None) is not None and bool(model.peft_config)
 
+
+def is_lora_layer(module: Any) -> bool:
+    """A peft LoRA layer proper (lora_A/lora_B), not LoHa/LoKr nor a norm layer's diffs
+    (formats/lycoris/norms.py)."""
+    return tuple(getattr(module, "adapter_layer_names", ()))[:1] == ("lora_A",)
+
+
+def adapter_in_layer(module: Any, adapter_name: str) -> bool:
+    """Whether a peft tuner layer (LoRA, LoHa, LoKr) holds `adapter_name`."""
+    table = getattr(module, module.adapter_layer_names[0], None)
+    return table is not None and adapter_name in table
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Mute three misleading messages while diffusers loads an adapter; our coverage report replaces them.
+
+    - transformers 5 prints a whole-model "LOAD REPORT" (every base weight MISSING) and a progress bar;
+    - diffusers warns, on loading a second adapter, that the *first* adapter's keys are "missing";
+    - peft warns that a `peft_config` already exists whenever a second adapter is added.
+    """
+    import warnings
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    t_level, d_level = tlog.get_verbosity(), dlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    dlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            yield
+    finally:
+        tlog.set_verbosity(t_level)
+        dlog.set_verbosity(d_level)
+        if bars:
+            tlog.enable_progress_bar()

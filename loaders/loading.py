@@ -1,50 +1,26 @@
-"""Loading a LoRA file onto a live pipeline: check where its keys land, then diffusers loads it.
+"""Loading a LoRA file onto a live pipeline: check where its keys land, then its family loads it.
 
 `load_adapter` reads the file through the store, predicts its coverage (refusing a file made for
-another base model), and either hot-swaps it into a parked adapter (hotswap.py) or loads it with
-diffusers' `load_lora_weights`, keeping the file's adapter metadata (`load_lora_file`).
+another base model), and either hot-swaps it into a parked adapter (hotswap.py) or loads it as its
+format family does (`formats.load_lora_file`: diffusers' `load_lora_weights` with the file's adapter
+metadata, or peft's tuners built per module for LyCORIS).
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from typing import Any
 
-from . import fence, hotswap
+from . import hotswap
 from .coverage import coverage
-from .formats import pipeline_state_dict
-from .live import LivePipeline, LoraOperationError, timed
-from .lora_file import LoraFile
+from .formats import load_lora_file
+from .live import LivePipeline, LoraOperationError, quiet_loading, timed
 from .state import AdapterSpec
 
 logger = logging.getLogger(__name__)
 
 
-def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool = False) -> None:
-    """Load a cached LoraFile with diffusers exactly as `load_lora_weights(path)` would.
-
-    Without re-reading the file where the fence allows (fence.load_lora_weights): diffusers only
-    reads `lora_adapter_metadata` (alpha != rank) from a file path; with an in-memory dict it is lost.
-    Everything else is diffusers' own code path, for every pipeline class that has `load_lora_weights`.
-    Not transactional: callers roll back on error.
-    """
-    if lora.format == "lycoris":  # --- #15: peft's LoRA/LoHa/LoKr tuners, built per module
-        from .formats import lycoris
-        from .lora_file import LoraFileError
-
-        try:
-            lycoris.load(pipe, lycoris.parse(lora.state_dict), adapter_name)
-        except lycoris.LycorisError as e:
-            raise LoraFileError(f"{lora.path}: {e}") from e
-        return
-    # A hotswap copies into the existing adapter's tensors (never adopts ours): no clone needed.
-    state_dict, metadata = pipeline_state_dict(pipe, lora, copy=not hotswap)
-    fence.load_lora_weights(pipe, state_dict, metadata, adapter_name, hotswap=hotswap)
-
-
 def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list[str] | None = None) -> None:
-    """`load_lora_weights` from the cached, already-parsed file, after checking where its keys land.
+    """Load the cached, already-parsed file as its family does, after checking where its keys land.
 
     `slots`: parked adapters this one may take the place of. When one has the same layers and ranks,
     the file is hot-swapped into it (peft's hotswap: copying weights instead of peft building
@@ -93,33 +69,3 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):
         raise LoraOperationError("diffusers loaded no layer from this file", "lora_name", spec.origin)
     live.swapped_out.pop(lf.sha256, None)
-
-
-@contextmanager
-def quiet_loading():
-    """Mute three misleading messages while diffusers loads an adapter; our coverage report replaces them.
-
-    - transformers 5 prints a whole-model "LOAD REPORT" (every base weight MISSING) and a progress bar;
-    - diffusers warns, on loading a second adapter, that the *first* adapter's keys are "missing";
-    - peft warns that a `peft_config` already exists whenever a second adapter is added.
-    """
-    import warnings
-
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    t_level, d_level = tlog.get_verbosity(), dlog.get_verbosity()
-    bars = tlog.is_progress_bar_enabled()
-    tlog.set_verbosity_error()
-    dlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-            yield
-    finally:
-        tlog.set_verbosity(t_level)
-        dlog.set_verbosity(d_level)
-        if bars:
-            tlog.enable_progress_bar()
-

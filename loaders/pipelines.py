@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from ..base.errors import NodeInputError
 from ..builtin_models.catalog import BUILTIN_COMPONENTS, BUILTIN_MODELS
 from .components import COMPONENTS
 from .config import get_config
-from .state import NodeInputError, PipelineSource
+from .state import PipelineSource
 
 logger = logging.getLogger(__name__)
 

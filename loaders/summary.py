@@ -9,17 +9,39 @@ from __future__ import annotations
 import collections
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .lora_file import LoraFile
+
+class ParsedFile(Protocol):
+    """What a summary reads of a parsed file (records.LoraFile). Named here, not imported: the record's
+    own `summary()` calls this module, which therefore sits below it."""
+
+    path: str
+    sha256: str
+    size: int
+    format: str
+    metadata: Mapping[str, str]
+    modules: Sequence[Any]  # records.LoraModule
+    nonfinite_keys: Sequence[str]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def short_hash(self) -> str: ...
+
+    @property
+    def adapter_metadata(self) -> dict[str, Any] | None: ...
+
 
 # Summary: how many tags count as trigger words, and how many tag frequencies to list.
 _TRIGGER_WORDS = 5
 _TOP_TAGS = 20
 
 
-def summary(lora: LoraFile) -> dict[str, Any]:
+def summary(lora: ParsedFile) -> dict[str, Any]:
     md = lora.metadata
     ranks = sorted({m.rank for m in lora.modules if m.rank})  # full-weight and norm diffs have no rank
     alphas = _alphas(lora)
@@ -53,7 +75,7 @@ def summary(lora: LoraFile) -> dict[str, Any]:
         "sha256": lora.sha256,
         "short_hash": lora.short_hash,
         "modules": len(lora.modules),
-        "algorithms": dict(collections.Counter(m.algorithm for m in lora.modules)),  # #15
+        "algorithms": dict(collections.Counter(m.algorithm for m in lora.modules)),
         "ranks": ranks,
         "alphas": alphas,
         # What peft uses (a module without a stored alpha gets alpha = rank) and whether the file
@@ -72,7 +94,7 @@ def summary(lora: LoraFile) -> dict[str, Any]:
     }
 
 
-def _alphas(lora: LoraFile) -> list[float | None]:
+def _alphas(lora: ParsedFile) -> list[float | None]:
     """Distinct alphas; from `.alpha` tensors (kohya) or diffusers' adapter metadata; None = absent."""
     found: set[float | None] = {m.alpha for m in lora.modules}
     meta = lora.adapter_metadata
@@ -86,7 +108,7 @@ def _alphas(lora: LoraFile) -> list[float | None]:
     return sorted(a for a in found if a is not None) + ([None] if None in found else [])
 
 
-def effective_alphas(lora: LoraFile) -> list[float]:
+def effective_alphas(lora: ParsedFile) -> list[float]:
     """Distinct alphas as loaded: a module with no alpha in the file (nor in its metadata) has alpha = rank."""
     stored = _alphas(lora)
     found = {a for a in stored if a is not None}
@@ -119,7 +141,7 @@ _CONTEXT_DIM = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "SDXL"}
 _TEXT_WIDTH = {768: "SD1.x", 1024: "SD2.x", 1280: "SDXL"}
 
 
-def guess_base_model(lora: LoraFile) -> tuple[str, str]:
+def guess_base_model(lora: ParsedFile) -> tuple[str, str]:
     """("SD1.x" | "SD2.x" | "SDXL" | "other", why) from key names, tensor shapes, then metadata."""
     comps = {m.component for m in lora.modules}
     if "transformer" in comps:

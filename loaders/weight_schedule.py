@@ -1,6 +1,6 @@
 """LoRA schedules at sampling time: each step's denoiser scales, and the static ones put back after.
 
-A handle's schedules (ScheduleAdapterWeights, state.py) never reach the reconciler. For a Sampler the
+A handle's schedules (ScheduleAdapterWeights, transitions.py) never reach the reconciler. For a Sampler the
 engine realizes `sampling_state(state)`: the static state with every scheduled adapter taken out of
 the denoiser's fusions, because a fused adapter's strength is baked into the weights. Unscheduled
 adapters stay fused; the reconciler's exact restore brings a scheduled adapter's fusion back when a
@@ -20,13 +20,14 @@ from dataclasses import replace
 from typing import Any
 
 from .live import LivePipeline, LoraOperationError, layers
-from .state import AdapterState, FuseOp, Schedule
+from .state import AdapterState, BlockWeights, ComponentWeights, FuseOp, Schedule, Weight
 
 logger = logging.getLogger(__name__)
 
 
 def active_schedules(state: AdapterState) -> tuple[Schedule, ...]:
-    """The schedules the Sampler applies: those of active adapters (SPEC: an inactive one is off)."""
+    """The schedules the Sampler applies: those of active adapters (an inactive adapter is off, and
+    so is its schedule)."""
     active = set(state.active.names)
     return tuple(s for s in state.schedules if s.adapter in active)
 
@@ -84,8 +85,8 @@ def check_layers(live: LivePipeline, state: AdapterState, denoiser: str) -> None
             raise _cannot_hold(sch.adapter, clash, denoiser, sch.origin)
 
 
-def _denoiser_weight(value: Any, denoiser: str) -> Any:
-    return value.get(denoiser, 1.0) if isinstance(value, dict) else value
+def _has_block_weights(weight: Weight | None, denoiser: str) -> bool:
+    return isinstance(weight, ComponentWeights) and isinstance(weight.get(denoiser, 1.0), BlockWeights)
 
 
 class StepWeights:
@@ -99,9 +100,8 @@ class StepWeights:
     def __init__(self, live: LivePipeline, state: AdapterState, denoiser: str):
         self.live = live
         self.schedules = active_schedules(state)
-        weights = state.active.as_dict()
         # per schedule: [(layer, multiplier)]; the multiplier is the layer's block weight (1.0 unless
-        # per-block weights were set: then the scheduled strength scales them, SPEC)
+        # per-block weights were set: then the scheduled strength scales them, keeping their shape)
         self.targets: list[tuple[Schedule, list[tuple[Any, float]]]] = []
         self.saved: list[tuple[Any, str, Any]] = []
         for sch in self.schedules:
@@ -110,7 +110,7 @@ class StepWeights:
             merged = sorted({a for m in mods for a in m.merged_adapters})
             if merged:
                 raise _cannot_hold(name, merged, denoiser, sch.origin)
-            blocks = isinstance(_denoiser_weight(weights.get(name), denoiser), dict)
+            blocks = _has_block_weights(state.active.weight(name), denoiser)
             pairs = []
             for m in mods:
                 static = m.scaling[name]

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    from ..loaders.engine import Engine
+
 PIPELINE = "PIPELINE"
 CATEGORY = "loragraph"
 # What the adapters' weights are called in the nodes' SETS / OVERRIDES / READS declarations, from
 # which the executor finds inputs that a later node always overrides (graph/overrides.py).
 ADAPTER_WEIGHTS = "adapter weights"
+# What a node's FUNCTION returns: its outputs, or {"ui": ..., "result": outputs} to show text too.
+NodeResult: TypeAlias = tuple[Any, ...] | dict[str, Any]
 
 
-def engine():
+def engine() -> Engine:
     # Imported on first use: importing the pack (ComfyUI does it at start) must stay cheap.
     from ..loaders.engine import get_engine
 
     return get_engine()
 
 
-def origin_of(class_type: str, unique_id) -> str:
+def origin_of(class_type: str, unique_id: Any) -> str:
     return f"{class_type} #{unique_id}" if unique_id is not None else class_type
 
 
-def realize_with_ui(handle):
+def realize_with_ui(handle: Any) -> NodeResult:
     """Realize the new state now; warnings (e.g. LoRA keys that did not land) show on the node."""
     _, warnings = engine().realize(handle)
     if warnings:

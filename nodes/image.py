@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import lora_credits
 from .output_names import NumberedNames
 
+if TYPE_CHECKING:
+    import torch
+    from PIL.PngImagePlugin import PngInfo
 
-def _png_info(prompt, extra_pnginfo, image_credits=None):
+
+def _png_info(prompt: Any, extra_pnginfo: Mapping[str, Any] | None, image_credits: Any = None) -> PngInfo:
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
@@ -31,7 +37,8 @@ def _png_info(prompt, extra_pnginfo, image_credits=None):
     return info
 
 
-def _save(images, folder: Path, prefix: str, kind: str, prompt, extra_pnginfo) -> dict:
+def _save(images: torch.Tensor, folder: Path, prefix: str, kind: str, prompt: Any,
+          extra_pnginfo: Mapping[str, Any] | None) -> dict[str, Any]:
     import numpy as np
     from PIL import Image
 
@@ -56,7 +63,7 @@ class SaveImage:
     FUNCTION = "save_images"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "The images to save."}),
@@ -65,7 +72,8 @@ class SaveImage:
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def save_images(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+    def save_images(self, images: torch.Tensor, filename_prefix: str = "ComfyUI", prompt: Any = None,
+                    extra_pnginfo: Mapping[str, Any] | None = None) -> dict[str, Any]:
         from .. import host
 
         return _save(images, host.output_dir(), filename_prefix, "output", prompt, extra_pnginfo)
@@ -79,13 +87,14 @@ class PreviewImage:
     FUNCTION = "save_images"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {"images": ("IMAGE", {})},
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def save_images(self, images, prompt=None, extra_pnginfo=None):
+    def save_images(self, images: torch.Tensor, prompt: Any = None,
+                    extra_pnginfo: Mapping[str, Any] | None = None) -> dict[str, Any]:
         from .. import host
 
         # ComfyUI's temp prefix: a random suffix so previews of concurrent prompts do not collide.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from .common import CATEGORY, PIPELINE, engine
+from ..loaders.state import PipelineHandle
+from .common import CATEGORY, PIPELINE, NodeResult, engine
 
 
 class SaveLoRA:
@@ -18,7 +20,7 @@ class SaveLoRA:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -31,7 +33,8 @@ class SaveLoRA:
             }
         }
 
-    def run(self, pipeline, adapter_name, filename_prefix="loragraph", format="kohya"):
+    def run(self, pipeline: PipelineHandle, adapter_name: str, filename_prefix: str = "loragraph",
+            format: str = "kohya") -> NodeResult:
         from .. import host
         from .output_names import NumberedNames
 
@@ -50,9 +53,9 @@ class LoRAInfo:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"pipeline": (PIPELINE, {})}}
 
-    def run(self, pipeline):
+    def run(self, pipeline: PipelineHandle) -> NodeResult:
         text = json.dumps(engine().info(pipeline), indent=2, sort_keys=False)
         return {"ui": {"text": [text]}, "result": (text,)}

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from ..loaders import state as st
-from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, engine, origin_of, realize_with_ui
+from ..loaders import transitions
+from ..loaders.components import TEXT_ENCODERS
+from ..loaders.state import PipelineHandle
+from . import widget_text
+from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, NodeResult, engine, origin_of, realize_with_ui
 
 
 def _lora_names() -> list[str]:
@@ -33,7 +36,7 @@ class LoadLoRA:
     SETS: ClassVar = MappingProxyType({"strength": ADAPTER_WEIGHTS})
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {"tooltip": "The pipeline to add the LoRA to."}),
@@ -60,7 +63,7 @@ class LoadLoRA:
         }
 
     @classmethod
-    def IS_CHANGED(cls, lora_name: str = "", **_):
+    def IS_CHANGED(cls, lora_name: str = "", **_: Any) -> str:
         # The file's content enters the cache key: a LoRA rewritten on disk is loaded again.
         from .. import host
         from ..loaders import store
@@ -70,10 +73,12 @@ class LoadLoRA:
         except Exception:  # noqa: BLE001 - validation reports the bad name; the cache key just must not crash
             return ""
 
-    def run(self, pipeline, lora_name, strength, adapter_name="", unique_id=None):
+    def run(
+        self, pipeline: PipelineHandle, lora_name: str, strength: float, adapter_name: str = "", unique_id: Any = None
+    ) -> NodeResult:
         origin = origin_of("LoadLoRA", unique_id)
         spec = engine().lora_spec(pipeline, lora_name, strength, adapter_name, origin)
-        return realize_with_ui(st.add_adapter(pipeline, spec))
+        return realize_with_ui(transitions.add_adapter(pipeline, spec))
 
 
 class SetAdapterWeights:
@@ -91,7 +96,7 @@ class SetAdapterWeights:
     OVERRIDES: ClassVar = MappingProxyType({ADAPTER_WEIGHTS: "weights"})
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -121,7 +126,7 @@ class SetAdapterWeights:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, weights=None, text_encoder_weights=None):
+    def VALIDATE_INPUTS(cls, weights: Any = None, text_encoder_weights: Any = None) -> bool | str:
         # Numbers only, finite ("nan" parses as a float and would draw black images). The count
         # against adapter_names is checked when the node runs: which adapters are loaded is known then.
         for name, value in (("weights", weights), ("text_encoder_weights", text_encoder_weights)):
@@ -135,9 +140,17 @@ class SetAdapterWeights:
                 return f"{name}: weights must be finite numbers, got {str(value)[:80]!r}"
         return True
 
-    def run(self, pipeline, adapter_names, weights, text_encoder_weights="", block_weights="", unique_id=None):
+    def run(
+        self,
+        pipeline: PipelineHandle,
+        adapter_names: str,
+        weights: str,
+        text_encoder_weights: str = "",
+        block_weights: str = "",
+        unique_id: Any = None,
+    ) -> NodeResult:
         return realize_with_ui(
-            st.set_weights(pipeline, adapter_names, weights, text_encoder_weights, block_weights)
+            widget_text.set_weights(pipeline, adapter_names, weights, text_encoder_weights, block_weights)
         )
 
 
@@ -153,7 +166,7 @@ class FuseLoRA:
     READS = (ADAPTER_WEIGHTS,)  # fuses at the weights active now
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -175,9 +188,18 @@ class FuseLoRA:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def run(self, pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names="", unique_id=None):
+    def run(
+        self,
+        pipeline: PipelineHandle,
+        fuse_unet: bool,
+        fuse_text_encoder: bool,
+        lora_scale: float,
+        safe_fusing: bool,
+        adapter_names: str = "",
+        unique_id: Any = None,
+    ) -> NodeResult:
         origin = origin_of("FuseLoRA", unique_id)
-        new = st.fuse(pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names, origin)
+        new = widget_text.fuse(pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names, origin)
         if new.state.schedules:  # a fusion that would hide a scheduled adapter fails here (loaders/weight_schedule.py)
             engine().check_schedules(new)
         return realize_with_ui(new)
@@ -191,7 +213,7 @@ class UnfuseLoRA:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -200,8 +222,8 @@ class UnfuseLoRA:
             }
         }
 
-    def run(self, pipeline, unfuse_unet, unfuse_text_encoder):
-        return realize_with_ui(st.unfuse(pipeline, unfuse_unet, unfuse_text_encoder))
+    def run(self, pipeline: PipelineHandle, unfuse_unet: bool, unfuse_text_encoder: bool) -> NodeResult:
+        return realize_with_ui(transitions.unfuse(pipeline, unfuse_unet, unfuse_text_encoder))
 
 
 class TextEncoderLoRAToggle:
@@ -212,21 +234,21 @@ class TextEncoderLoRAToggle:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
                 "enabled": ("BOOLEAN", {"default": True, "tooltip": "On: LoRA applies to the text encoder."}),
                 "text_encoder": (
                     # text_encoder_3 (SD3's T5) is in no diffusers pipeline's LoRA-loadable components
-                    ["all", *(te for te in st.TEXT_ENCODERS if te != "text_encoder_3")],
+                    ["all", *(te for te in TEXT_ENCODERS if te != "text_encoder_3")],
                     {"default": "all", "tooltip": "Which text encoder; SDXL has two."},
                 ),
             }
         }
 
-    def run(self, pipeline, enabled, text_encoder="all"):
-        return realize_with_ui(st.toggle_text_encoder(pipeline, enabled, text_encoder))
+    def run(self, pipeline: PipelineHandle, enabled: bool, text_encoder: str = "all") -> NodeResult:
+        return realize_with_ui(transitions.toggle_text_encoder(pipeline, enabled, text_encoder))
 
 
 class DeleteAdapters:
@@ -237,7 +259,7 @@ class DeleteAdapters:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -245,8 +267,8 @@ class DeleteAdapters:
             }
         }
 
-    def run(self, pipeline, adapter_names):
-        return realize_with_ui(st.delete(pipeline, adapter_names))
+    def run(self, pipeline: PipelineHandle, adapter_names: str) -> NodeResult:
+        return realize_with_ui(widget_text.delete(pipeline, adapter_names))
 
 
 class UnloadLoRA:
@@ -257,11 +279,11 @@ class UnloadLoRA:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"pipeline": (PIPELINE, {})}}
 
-    def run(self, pipeline):
-        return realize_with_ui(st.unload(pipeline))
+    def run(self, pipeline: PipelineHandle) -> NodeResult:
+        return realize_with_ui(transitions.unload(pipeline))
 
 
 class SetLoRADevice:
@@ -275,7 +297,7 @@ class SetLoRADevice:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -284,9 +306,9 @@ class SetLoRADevice:
             }
         }
 
-    def run(self, pipeline, adapter_names, device):
+    def run(self, pipeline: PipelineHandle, adapter_names: str, device: str) -> NodeResult:
         if device not in ("cpu", "auto"):
             from ..loaders.pipelines import resolve_device
 
             resolve_device(device)  # raises on the `device` input if it is not there
-        return realize_with_ui(st.set_device(pipeline, adapter_names, device))
+        return realize_with_ui(widget_text.set_device(pipeline, adapter_names, device))

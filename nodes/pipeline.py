@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .common import CATEGORY, PIPELINE, engine
+from typing import Any
+
+from .common import CATEGORY, PIPELINE, NodeResult, engine
 
 
 def model_choices() -> list[str]:
@@ -26,7 +28,7 @@ class LoadPipeline:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "model": (model_choices(), {"tooltip": "builtin:<name>, a diffusers folder, or a checkpoint file."}),
@@ -42,7 +44,7 @@ class LoadPipeline:
         }
 
     @classmethod
-    def IS_CHANGED(cls, model: str = "", dtype: str = "auto", device: str = "auto", **_):
+    def IS_CHANGED(cls, model: str = "", dtype: str = "auto", device: str = "auto", **_: Any) -> str:
         # The weights' identity enters the cache key: a diffusers folder changed on disk is reloaded.
         from ..loaders.pipelines import make_source
 
@@ -51,5 +53,5 @@ class LoadPipeline:
         except Exception:  # noqa: BLE001 - validation reports the bad value; the cache key just must not crash
             return ""
 
-    def run(self, model, dtype="auto", device="auto"):
+    def run(self, model: str, dtype: str = "auto", device: str = "auto") -> NodeResult:
         return (engine().load_pipeline(model, dtype, device),)

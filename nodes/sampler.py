@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from ..base import limits
 from ..loaders.noise_schedulers import SCHEDULERS
+from ..loaders.state import PipelineHandle
 from . import lora_credits
-from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, engine
+from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, NodeResult, engine
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ class Sampler:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
@@ -55,7 +57,8 @@ class Sampler:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None, prompt=None, negative_prompt=None):
+    def VALIDATE_INPUTS(cls, width: Any = None, height: Any = None, prompt: Any = None,
+                        negative_prompt: Any = None) -> bool | str:
         # ComfyUI's step is only a widget hint; a saved workflow can still hold 500: refuse it here.
         # No **kwargs on purpose: ComfyUI skips its own type/range/combo checks for every input that
         # VALIDATE_INPUTS takes, so this takes only the ones it checks, and checks their range too.
@@ -70,7 +73,8 @@ class Sampler:
                     return f"{name} must be a multiple of 8, got {value}"
         return True
 
-    def run(self, pipeline, prompt, negative_prompt, seed, steps, cfg, width, height, scheduler="default", batch_size=1):
+    def run(self, pipeline: PipelineHandle, prompt: str, negative_prompt: str, seed: int, steps: int, cfg: float,
+            width: int, height: int, scheduler: str = "default", batch_size: int = 1) -> NodeResult:
         from .. import host
 
         images = engine().sample(

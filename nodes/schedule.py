@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from ..loaders import state as st
-from .common import CATEGORY, PIPELINE, engine, origin_of
+from typing import Any
+
+from ..loaders.state import INTERPOLATIONS, PipelineHandle
+from . import widget_text
+from .common import CATEGORY, PIPELINE, NodeResult, engine, origin_of
 
 
 class ScheduleAdapterWeights:
@@ -20,7 +23,7 @@ class ScheduleAdapterWeights:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "pipeline": (PIPELINE, {"tooltip": "A pipeline with the adapter loaded and active."}),
@@ -36,7 +39,7 @@ class ScheduleAdapterWeights:
                     },
                 ),
                 "interpolation": (
-                    list(st.INTERPOLATIONS),
+                    list(INTERPOLATIONS),
                     {
                         "default": "linear",
                         "tooltip": "Between keyframes: linear; hold (a keyframe's strength until the next); "
@@ -47,9 +50,16 @@ class ScheduleAdapterWeights:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def run(self, pipeline, adapter_name, keyframes, interpolation="linear", unique_id=None):
+    def run(
+        self,
+        pipeline: PipelineHandle,
+        adapter_name: str,
+        keyframes: str,
+        interpolation: str = "linear",
+        unique_id: Any = None,
+    ) -> NodeResult:
         origin = origin_of("ScheduleAdapterWeights", unique_id)
-        new = st.schedule_weights(pipeline, adapter_name, keyframes, interpolation, origin)
+        new = widget_text.schedule_weights(pipeline, adapter_name, keyframes, interpolation, origin)
         warnings = engine().check_schedules(new)  # a schedule that cannot hold fails here, not at the Sampler
         if warnings:
             return {"ui": {"text": warnings}, "result": (new,)}

@@ -138,7 +138,7 @@ def test_the_editor_derives_adapter_names_as_the_engine_does():
     """web/js/adapters.js re-implements state.derive_adapter_name for the adapter picker."""
     if shutil.which("node") is None:
         pytest.skip("no node on PATH")
-    from loragraph.loaders.state import derive_adapter_name
+    from loragraph.loaders.transitions import derive_adapter_name
 
     cases = [("styles/ink-v2.safetensors", []), ("ink-v2.safetensors", ["ink-v2"]),
              ("ink-v2.safetensors", ["ink-v2", "ink-v2_2"]), ("a\\b\\x.y.z.pt", []), ("...safetensors", []),
@@ -341,7 +341,7 @@ def run_workflow() -> tuple[dict[str, Any], list[str]]:
 
 def loaded_names(wf: dict[str, Any]) -> list[str]:
     """LoadLoRA adapter names in chain order, derived from file names as the engine does."""
-    from loragraph.loaders.state import derive_adapter_name
+    from loragraph.loaders.transitions import derive_adapter_name
 
     names: list[str] = []
     node_id = next(i for i, n in wf.items() if n["class_type"] == "LoadPipeline")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 from loragraph.builtin_models import demo
-from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
+from loragraph.nodes import widget_text as wt
 
 STEPS = 20
 CFG = 7.0
@@ -60,7 +61,7 @@ def base_images(engine, base) -> dict:
 
 
 def with_lora(engine, base, name: str, strength: float):
-    return st.add_adapter(base, engine.lora_spec(base, f"shapes/{name}.safetensors", strength, ""))
+    return tr.add_adapter(base, engine.lora_spec(base, f"shapes/{name}.safetensors", strength, ""))
 
 
 def test_shipped_files_are_small_and_complete():
@@ -115,7 +116,7 @@ def test_lora_strength_moves_its_property_monotonically(engine, base, base_image
     per_case = [[measure(base_images[case]) for case in CURVE_CASES]]  # ... so its curve point is the base's
     for strength in STRENGTHS[1:]:
         # Fused: the same images within 2/255 (test below), at half the sampling cost of peft's layers.
-        handle = st.fuse(with_lora(engine, base, name, strength), True, True, 1.0, False, "")
+        handle = wt.fuse(with_lora(engine, base, name, strength), True, True, 1.0, False, "")
         per_case.append([measure(sample(engine, handle, case)) for case in CURVE_CASES])
     values = np.array(per_case)
     curve = values.mean(axis=1).tolist()
@@ -131,7 +132,7 @@ def test_fused_and_unfused_give_the_same_image(engine, base, name):
     handle = with_lora(engine, base, name, 0.8)
     case = demo.EVAL_CASES[1]
     unfused = sample(engine, handle, case)
-    fused = sample(engine, st.fuse(handle, True, True, 1.0, False, ""), case)
+    fused = sample(engine, wt.fuse(handle, True, True, 1.0, False, ""), case)
     np.testing.assert_allclose(fused, unfused, atol=2 / 255)
     assert np.abs(unfused - sample(engine, base, case)).max() > 4 / 255  # the LoRA did something
 

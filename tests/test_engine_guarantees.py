@@ -11,11 +11,13 @@ from conftest import PROMPT, SIZE, max_diff
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from loragraph import host
+from loragraph.base.errors import NodeInputError
 from loragraph.builtin_models.tiny_sd import build_tiny_sd
 from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
-from loragraph.loaders.state import NodeInputError
+from loragraph.nodes import widget_text as wt
 
 pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
 
@@ -46,27 +48,27 @@ def apply(engine, handle, op):
         if kind == "load":
             if arg in handle.state.names:
                 return handle
-            return st.add_adapter(handle, engine.lora_spec(handle, FILES[arg], 0.8, arg))
+            return tr.add_adapter(handle, engine.lora_spec(handle, FILES[arg], 0.8, arg))
         if kind == "weights":
             names, w = arg
             names = [n for n in names if n in handle.state.names]
             if not names:
                 return handle
-            return st.set_weights(handle, ",".join(names), str(w), "0.5" if w > 0.5 else "", "")
+            return wt.set_weights(handle, ",".join(names), str(w), "0.5" if w > 0.5 else "", "")
         if kind == "fuse":
             unet, te, scale = arg
-            return st.fuse(handle, unet, te, scale, False, "")
+            return wt.fuse(handle, unet, te, scale, False, "")
         if kind == "unfuse":
-            return st.unfuse(handle, *arg)
+            return tr.unfuse(handle, *arg)
         if kind == "toggle":
-            return st.toggle_text_encoder(handle, arg, "all")
+            return tr.toggle_text_encoder(handle, arg, "all")
         if kind == "delete":
             if arg not in handle.state.names:
                 return handle
-            return st.delete(handle, arg)
+            return wt.delete(handle, arg)
         if kind == "unload":
-            return st.unload(handle)
-    except st.NodeInputError:
+            return tr.unload(handle)
+    except NodeInputError:
         return handle
     raise AssertionError(kind)
 
@@ -133,7 +135,7 @@ def test_fuse_then_unfuse_is_bit_exact(models_dir, dtype, ops):
     engine.realize(h)
     h = apply(engine, apply(engine, h, ("weights", (list(FILES), 0.3))), ("fuse", (True, True, 1.0)))
     engine.realize(h)
-    engine.realize(st.unfuse(h, True, True))
+    engine.realize(tr.unfuse(h, True, True))
     now = _base_weights(live.pipe)
     assert pristine.keys() == now.keys()
     assert all(torch.equal(pristine[k], now[k]) for k in pristine)
@@ -183,8 +185,8 @@ def assert_same(before, after):
 def loaded(configured):
     engine = Engine()
     base = engine.load_pipeline("builtin:tiny-sd")
-    h = st.add_adapter(base, engine.lora_spec(base, "sd_a.safetensors", 0.9, "a"))
-    h = st.fuse(h, True, True, 0.8, False, "")
+    h = tr.add_adapter(base, engine.lora_spec(base, "sd_a.safetensors", 0.9, "a"))
+    h = wt.fuse(h, True, True, 0.8, False, "")
     engine.realize(h)
     return engine, h
 
@@ -193,7 +195,7 @@ def loaded(configured):
 def test_unreadable_files_fail_on_the_input(loaded, bad):
     engine, h = loaded
     before = snapshot(engine, h)
-    with pytest.raises(st.NodeInputError) as err:
+    with pytest.raises(NodeInputError) as err:
         engine.lora_spec(h, bad, 1.0, "")
     assert err.value.input_name == "lora_name"
     assert bad.split("/")[-1] in str(err.value)
@@ -205,7 +207,7 @@ def test_lora_for_another_base_model_rolls_back(loaded):
     before = snapshot(engine, h)
     spec = engine.lora_spec(h, "bad/sdxl_lora_for_sd.safetensors", 1.0, "xl")
     with pytest.raises(LoraOperationError) as err:
-        engine.realize(st.add_adapter(h, spec))
+        engine.realize(tr.add_adapter(h, spec))
     assert err.value.input_name == "lora_name"
     assert "another base model" in str(err.value) and "wrong shape" in str(err.value)
     assert_same(before, snapshot(engine, h))
@@ -229,8 +231,8 @@ def test_nan_under_safe_fusing_rolls_back(loaded):
     before = snapshot(engine, h)
     path = host.resolve_in("loras", "bad/nan_lora.safetensors")
     spec = st.AdapterSpec("nan", str(path), lora_file.read_lora(path).sha256, 1.0, None, "")
-    h2 = st.add_adapter(h, spec)
-    h2 = st.fuse(h2, True, True, 1.0, True, "nan", origin="FuseLoRA #7")
+    h2 = tr.add_adapter(h, spec)
+    h2 = wt.fuse(h2, True, True, 1.0, True, "nan", origin="FuseLoRA #7")
     with pytest.raises(LoraOperationError) as err:
         engine.realize(h2)
     assert err.value.input_name == "safe_fusing"
@@ -249,9 +251,9 @@ def test_exception_in_the_middle_rolls_back(loaded, monkeypatch, where):
         pass
 
     if where == "merge":
-        from loragraph.loaders import fusion
+        from loragraph.loaders import fence
 
-        original = fusion._plain_linear
+        original = fence.merges_by_gemm
 
         def plain_linear(*a, **k):
             calls["n"] += 1
@@ -259,9 +261,9 @@ def test_exception_in_the_middle_rolls_back(loaded, monkeypatch, where):
                 raise Injected("boom")
             return original(*a, **k)
 
-        monkeypatch.setattr(fusion, "_plain_linear", plain_linear)
-        target = st.fuse(st.set_weights(h, "", "0.4"), True, True, 1.0, False, "")
-        target = st.fuse(st.unfuse(target, True, True), True, True, 1.0, False, "")
+        monkeypatch.setattr(fence, "merges_by_gemm", plain_linear)
+        target = wt.fuse(wt.set_weights(h, "", "0.4"), True, True, 1.0, False, "")
+        target = wt.fuse(tr.unfuse(target, True, True), True, True, 1.0, False, "")
     elif where == "text_encoder_load":
         import diffusers.loaders.lora_pipeline as lp
 
@@ -275,7 +277,7 @@ def test_exception_in_the_middle_rolls_back(loaded, monkeypatch, where):
 
         # the unet part of the load has happened when the text-encoder part fails
         monkeypatch.setattr(lp.StableDiffusionLoraLoaderMixin, "load_lora_into_text_encoder", classmethod(fail_once))
-        target = st.add_adapter(h, engine.lora_spec(h, "sd_b.safetensors", 1.0, "b"))
+        target = tr.add_adapter(h, engine.lora_spec(h, "sd_b.safetensors", 1.0, "b"))
     else:
         # activation is peft's set_adapter + set_scale on each tuner layer (diffusers' set_adapters
         # does the same per layer): fail after some layers were switched to the new set
@@ -290,14 +292,14 @@ def test_exception_in_the_middle_rolls_back(loaded, monkeypatch, where):
             return original(self, *a, **k)
 
         monkeypatch.setattr(LoraLayer, "set_scale", set_scale)
-        target = st.add_adapter(h, engine.lora_spec(h, "sd_b.safetensors", 1.0, "b"))
+        target = tr.add_adapter(h, engine.lora_spec(h, "sd_b.safetensors", 1.0, "b"))
     with pytest.raises((Injected, LoraOperationError)) as err:
         engine.realize(target)
     assert isinstance(err.value, Injected) or isinstance(err.value.__cause__, Injected)
     monkeypatch.undo()
     assert_same(before, snapshot(engine, h))
     # and the pipeline still works for the state it was in
-    engine.realize(st.unload(h))
+    engine.realize(tr.unload(h))
 
 
 # --- minimal work ---------------------------------------------------------------------------------
@@ -307,8 +309,8 @@ def test_minimal_operations(configured, caplog):
     engine = Engine()
     base = engine.load_pipeline("builtin:tiny-sd")
     live = engine.live(base.source)
-    h = st.add_adapter(base, engine.lora_spec(base, "sd_a.safetensors", 1.0, "a"))
-    h = st.add_adapter(h, engine.lora_spec(h, "sd_b.safetensors", 1.0, "b"))
+    h = tr.add_adapter(base, engine.lora_spec(base, "sd_a.safetensors", 1.0, "a"))
+    h = tr.add_adapter(h, engine.lora_spec(h, "sd_b.safetensors", 1.0, "b"))
     engine.realize(h)
 
     def ops_for(target):
@@ -317,24 +319,24 @@ def test_minimal_operations(configured, caplog):
         return live.ops[n:]
 
     assert ops_for(h) == []  # already there: nothing at all
-    assert ops_for(st.set_weights(h, "a,b", "0.3,0.9")) == ["set_adapters"]  # no reload, no fuse
-    assert ops_for(st.set_weights(h, "a", "0.5")) == ["set_adapters"]
-    fused = st.fuse(st.set_weights(h, "a", "0.5"), True, True, 1.0, False, "")
+    assert ops_for(wt.set_weights(h, "a,b", "0.3,0.9")) == ["set_adapters"]  # no reload, no fuse
+    assert ops_for(wt.set_weights(h, "a", "0.5")) == ["set_adapters"]
+    fused = wt.fuse(wt.set_weights(h, "a", "0.5"), True, True, 1.0, False, "")
     assert ops_for(fused) == ["fuse_lora", "fuse_lora"]
-    assert ops_for(st.unfuse(fused, True, False)) == ["unfuse_lora(exact)"]
+    assert ops_for(tr.unfuse(fused, True, False)) == ["unfuse_lora(exact)"]
     engine.realize(h)
     with caplog.at_level(logging.DEBUG, logger="loragraph"):
-        assert ops_for(st.delete(h, "b")) == ["set_adapters"]  # b is parked, not deleted
+        assert ops_for(wt.delete(h, "b")) == ["set_adapters"]  # b is parked, not deleted
         assert ops_for(h) == ["set_adapters"]  # and coming back is one call, no load
     timed = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
     assert any(m.startswith("set_adapters") and m.endswith(" ms") for m in timed), timed
     # a different file under a parked name is really deleted and loaded
-    other = st.add_adapter(st.delete(h, "b"), engine.lora_spec(h, "sd_c.safetensors", 1.0, "b"))
+    other = tr.add_adapter(wt.delete(h, "b"), engine.lora_spec(h, "sd_c.safetensors", 1.0, "b"))
     assert ops_for(other)[:2] == ["delete_adapters", "load_lora_weights"]
     # the same file is read once, whatever the number of loads
     from loragraph.loaders import store
 
     reads = store.lora_cache_stats()["parses"]
-    engine.realize(st.unload(h))
+    engine.realize(tr.unload(h))
     engine.realize(h)
     assert store.lora_cache_stats()["parses"] == reads

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
 from loragraph.loaders import fence
-from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
+from loragraph.nodes import widget_text as wt
 
 pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
 
@@ -154,6 +155,97 @@ def test_loadable_components_fallback_lists_what_diffusers_lists():
         assert fast == slow and fast, kind
 
 
+def _layer_settings(pipe) -> dict[str, tuple[list[str], dict[str, float]]]:
+    """Every tuner layer's active adapters and scales: what `set_adapters` sets."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {
+        f"{c}.{n}": (list(m.active_adapters), dict(m.scaling))
+        for c in ("unet", "text_encoder")
+        for n, m in getattr(pipe, c).named_modules()
+        if isinstance(m, BaseTunerLayer)
+    }
+
+
+def test_set_adapters_fallback_sets_what_the_fast_path_sets(configured):
+    """Entry 7: the per-layer `set_adapters` and diffusers' own call leave every layer the same,
+    numbers and per-component dicts alike (sd_c has no text-encoder layers)."""
+    from conftest import raw_load
+    from loragraph.loaders.live import tuner_layers
+
+    pipe = raw_pipeline()
+    for name, adapter in (("sd_a.safetensors", "a"), ("sd_c.safetensors", "c")):
+        raw_load(pipe, configured, name, adapter)
+    layers = lambda comp: list(tuner_layers(getattr(pipe, comp)))
+    comps = fence.loadable_components(pipe)
+    names = ("a", "c")
+    cases = ([0.7, 0.3], [0.5, {"unet": 0.4, "text_encoder": 0.9}], [{"text_encoder": 0.2}, 1.5])
+    got = {}
+    for i, weights in enumerate(cases):
+        for mode in ("on", "off"):
+            pipe.set_adapters(["a"], [1.0])  # something else first: each call must set every layer
+            with fence.fast_paths_mode(mode):
+                fence.set_adapters(pipe, layers, comps, names, weights)
+            got[i, mode] = _layer_settings(pipe)
+        assert got[i, "on"] == got[i, "off"], weights
+        assert any(s["c"] != s["a"] for _, s in got[i, "on"].values() if "c" in s), weights
+    with fence.fast_paths_mode("on"):  # the same names again: only the scales change
+        fence.set_adapters(pipe, layers, comps, names, cases[0])
+        fence.set_adapters(pipe, layers, comps, names, cases[1], same_names=True)
+    assert _layer_settings(pipe) == got[1, "off"]
+
+
+def _base_weights(pipe) -> dict[str, object]:
+    return {
+        f"{c}.{k.replace('.base_layer', '')}": v.clone()
+        for c in ("unet", "text_encoder")
+        for k, v in getattr(pipe, c).state_dict().items()
+        if "lora_" not in k
+    }
+
+
+def _merged(pipe) -> dict[str, list[str]]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {
+        f"{c}.{n}": list(m.merged_adapters)
+        for c in ("unet", "text_encoder")
+        for n, m in getattr(pipe, c).named_modules()
+        if isinstance(m, BaseTunerLayer) and m.merged_adapters
+    }
+
+
+def test_fusion_fallback_merges_and_unmerges_as_the_fast_path(configured):
+    """Entry 6: fusing by GEMM with peft's record kept by hand, and peft's own merge()/unmerge(),
+    fuse the same weights (up to rounding) with the same record, and both unfuse bit-exactly."""
+    import torch
+    from loragraph.loaders.live import tuner_layers
+    from peft.tuners.lora.layer import Linear
+
+    got = {}
+    for mode in ("on", "off"):
+        with fence.fast_paths_mode(mode):
+            engine = Engine()
+            base = engine.load_pipeline("builtin:tiny-sd")
+            h = tr.add_adapter(base, engine.lora_spec(base, "sd_a.safetensors", 0.8, "a"))
+            h = tr.add_adapter(h, engine.lora_spec(h, "sd_c.safetensors", 0.6, "c"))
+            live, _ = engine.realize(h)
+            layer = next(m for _, m in tuner_layers(live.pipe.unet) if isinstance(m, Linear))  # a plain LoRA Linear
+            assert fence.merges_by_gemm(layer, ["a"], layer.get_base_layer().weight) == (mode == "on")
+            original = _base_weights(live.pipe)
+            live, _ = engine.realize(tr.fuse(h, True, True, 0.7, False))
+            fused, merged = _base_weights(live.pipe), _merged(live.pipe)
+            live, _ = engine.realize(h)
+            restored = _base_weights(live.pipe)
+            assert all(torch.equal(restored[k], v) for k, v in original.items()), mode  # exact unfuse
+            assert _merged(live.pipe) == {}, mode
+            got[mode] = (fused, merged)
+    (fast, fast_merged), (slow, slow_merged) = got["on"], got["off"]
+    assert fast_merged == slow_merged and fast_merged
+    assert any(not torch.equal(fast[k], original[k]) for k in original)  # something was fused
+    assert max((fast[k] - slow[k]).abs().max().item() for k in fast) <= 1e-5
+
+
 # --- the same images as raw diffusers, fast paths and fallbacks alike --------------------------------
 
 
@@ -166,8 +258,8 @@ def test_both_paths_give_raw_diffusers_images(configured, mode):
         engine = Engine()
         base = engine.load_pipeline("builtin:tiny-sd")
         spec = lambda h, name, w, a: engine.lora_spec(h, name, w, a)
-        both = st.add_adapter(base, spec(base, "sub/sd_d.safetensors", 0.9, "d"))
-        both = st.add_adapter(both, spec(both, "sd_b.safetensors", 0.6, "b"))
+        both = tr.add_adapter(base, spec(base, "sub/sd_d.safetensors", 0.9, "d"))
+        both = tr.add_adapter(both, spec(both, "sd_b.safetensors", 0.6, "b"))
         image = engine.sample(both, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE)
         raw = raw_pipeline()
         for name, adapter in (("sub/sd_d.safetensors", "d"), ("sd_b.safetensors", "b")):
@@ -176,12 +268,12 @@ def test_both_paths_give_raw_diffusers_images(configured, mode):
         raw.set_adapters(["d", "b"], [0.9, 0.6])
         assert max_diff(image, render(raw)) <= TOL
 
-        fused = st.fuse(both, True, True, 1.0, False, "")
+        fused = wt.fuse(both, True, True, 1.0, False, "")
         assert max_diff(engine.sample(fused, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE), image) <= TOL
         assert max_diff(engine.sample(both, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE), image) <= TOL
 
-        u1 = st.add_adapter(base, spec(base, "sd_u1.safetensors", 0.8, "u1"))
-        u2 = st.add_adapter(base, spec(base, "sd_u2.safetensors", 0.7, "u2"))
+        u1 = tr.add_adapter(base, spec(base, "sd_u1.safetensors", 0.8, "u1"))
+        u2 = tr.add_adapter(base, spec(base, "sd_u2.safetensors", 0.7, "u2"))
         engine.sample(u1, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE)
         live = engine.live(base.source)
         live.ops.clear()

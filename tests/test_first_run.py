@@ -308,7 +308,7 @@ def test_serve_says_what_it_does_on_its_console_and_makes_no_folder_it_does_not_
 
 
 def test_the_file_summary_and_lorainfo_agree_on_alpha(configured):
-    from loragraph.loaders import state
+    from loragraph.loaders import transitions
     from loragraph.loaders.engine import get_engine
     from loragraph.loaders.store import read_lora
 
@@ -317,7 +317,7 @@ def test_the_file_summary_and_lorainfo_agree_on_alpha(configured):
     for name, stored in (("sd_old.safetensors", False), ("sd_b.safetensors", True)):
         summary = read_lora(configured / "loras" / name).summary()
         spec = engine.lora_spec(handle, name, 1.0, "x")
-        info = engine.info(state.add_adapter(handle, spec))["adapters"]["x"]
+        info = engine.info(transitions.add_adapter(handle, spec))["adapters"]["x"]
         assert summary["alpha_in_file"] is stored and info["alpha_in_file"] is stored
         assert set(info["alpha"].values()) == set(summary["effective_alphas"]), (name, info, summary)
         assert summary["effective_alphas"] == ([2.0] if stored else [4.0])  # sd_old: none stored, rank 4

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import max_diff
 from loragraph.builtin_models.tiny_flux import build_tiny_flux
-from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
+from loragraph.nodes import widget_text as wt
 from loragraph.testing import write_lora_file
 
 pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
@@ -50,7 +51,7 @@ def sample(engine, handle, seed=1):
 
 
 def load(engine, handle, name, strength=1.0, adapter=""):
-    return st.add_adapter(handle, engine.lora_spec(handle, f"{name}.safetensors", strength, adapter))
+    return tr.add_adapter(handle, engine.lora_spec(handle, f"{name}.safetensors", strength, adapter))
 
 
 def test_flux_lora_matches_diffusers(engine, flux_models):
@@ -91,7 +92,7 @@ def test_flux_block_weights_by_index(engine):
     for blocks, oracle in (('{"double": {"1": 0.0}}', "flux_a_no_double1"),
                            ('{"single_transformer_blocks": [0.0, 1.0]}', "flux_a_no_single0")):
         want = sample(engine, load(engine, h0, oracle, 1.0, "o"))
-        got = sample(engine, st.set_weights(h, "a", "1.0", "", blocks))
+        got = sample(engine, wt.set_weights(h, "a", "1.0", "", blocks))
         assert max_diff(got, want) <= TOL, blocks
         assert max_diff(got, sample(engine, h)) > 1e-3, "the block must matter"
 
@@ -270,7 +271,7 @@ def test_kohya_flux_final_layer_and_linear1_land(engine, flux_models):
     h0 = engine.load_pipeline("tiny-flux")
     h = load(engine, h0, "flux_kohya_final", 1.0, "k")
     assert engine.info(h)["adapters"]["k"]["algorithm"] == "lora"
-    live, warnings = engine.realize(st.fuse(h, True, True, 1.0, False, ""))
+    live, warnings = engine.realize(wt.fuse(h, True, True, 1.0, False, ""))
     assert warnings == []
     for path, w in want.items():
         got = live.pipe.transformer.get_submodule(path).get_base_layer().weight

@@ -17,8 +17,9 @@ import pytest
 import torch
 from conftest import max_diff
 from loragraph.builtin_models.tiny_flux import build_tiny_flux
-from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
+from loragraph.nodes import widget_text as wt
 
 pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
 
@@ -242,7 +243,7 @@ def sample(engine, handle, seed=1):
 
 
 def load(engine, handle, name, strength=1.0, adapter="x"):
-    return st.add_adapter(handle, engine.lora_spec(handle, f"{name}.safetensors", strength, adapter))
+    return tr.add_adapter(handle, engine.lora_spec(handle, f"{name}.safetensors", strength, adapter))
 
 
 @pytest.mark.parametrize("name", [*FILES, "bfl_mixed"])
@@ -269,9 +270,9 @@ def test_bfl_lycoris_file_matches_producer(engine, bfl_dir, name):
     assert info["adapters"]["x"]["algorithm"] == ALGORITHM.get(name, FILES.get(name, ("",))[0])
     live = engine.live(h.source)
     before = {k: v.clone() for k, v in live.pipe.transformer.state_dict().items() if "base_layer" in k}
-    hf = st.fuse(h, True, True, 1.0, False, "")  # at the last strength
+    hf = wt.fuse(h, True, True, 1.0, False, "")  # at the last strength
     assert max_diff(sample(engine, hf), want) <= TOL, (name, "fused")
-    engine.realize(st.unfuse(hf, True, True))
+    engine.realize(tr.unfuse(hf, True, True))
     after = live.pipe.transformer.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items()), "unfuse must restore the bits"
 
@@ -292,26 +293,26 @@ def test_bfl_lokr_on_fused_layers_logs_full_deltas(engine, caplog, monkeypatch):
     shares of 32): the 4 qkv and 2 linear1 modules load as full deltas, and the log says so. Those
     deltas are made when their chunk loads: in chunks of a few KiB (a full-size Flux file's are
     64 MiB) the image is the same to the bit."""
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris import build
 
     with caplog.at_level(logging.INFO, logger="loragraph.loaders.formats.lycoris"):
         whole = sample(engine, load(engine, engine.load_pipeline("builtin:tiny-flux"), "bfl_lokr"))
     said = [r.getMessage() for r in caplog.records if "loaded as full deltas" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("6 LoKr module(s) on fused Flux layers"), said
-    monkeypatch.setattr(lycoris, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(build, "_CHUNK_BYTES", 4096)
     fresh = Engine()
     assert torch.equal(sample(fresh, load(fresh, fresh.load_pipeline("builtin:tiny-flux"), "bfl_lokr")), whole)
 
 
-@pytest.mark.parametrize("name, compute", [("bfl_lokr", "_lokr_delta"), ("bfl_dora", "_dora_delta")])
+@pytest.mark.parametrize("name, compute", [("bfl_lokr", "lokr_delta"), ("bfl_dora", "dora_delta")])
 def test_bfl_fused_delta_made_once_per_module(engine, monkeypatch, name, compute):
     """A fused module's full delta (LoKr shares, DoRA) is computed once and shared by its 3-4 layers."""
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris import deltas
     from loragraph.loaders.store import read_lora
 
     calls: list[str] = []
-    real = getattr(lycoris, compute)
-    monkeypatch.setattr(lycoris, compute, lambda m, base: calls.append(m.name) or real(m, base))
+    real = getattr(deltas, compute)
+    monkeypatch.setattr(deltas, compute, lambda m, base: calls.append(m.name) or real(m, base))
     engine.realize(load(engine, engine.load_pipeline("builtin:tiny-flux"), name))
     fused = {m.name for m in read_lora(engine.lora_spec(engine.load_pipeline("builtin:tiny-flux"),
                                                          f"{name}.safetensors", 1.0, "").path).modules
@@ -324,7 +325,7 @@ def test_bfl_block_weights_by_index(engine):
     h0 = engine.load_pipeline("builtin:tiny-flux")
     h = load(engine, h0, "bfl_loha", 1.0, "a")
     want = sample(engine, load(engine, h0, "bfl_loha_part", 1.0, "o"))
-    got = sample(engine, st.set_weights(h, "a", "1.0", "", '{"double": {"1": 0.0}, "single": [0.0]}'))
+    got = sample(engine, wt.set_weights(h, "a", "1.0", "", '{"double": {"1": 0.0}, "single": [0.0]}'))
     assert max_diff(got, want) <= 1 / 255
     assert max_diff(got, sample(engine, h)) > 1e-3, "the blocks must matter"
 

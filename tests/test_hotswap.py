@@ -15,9 +15,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
-from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
+from loragraph.nodes import widget_text as wt
 
 pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
 
@@ -34,7 +35,7 @@ def sample(engine, handle):
 
 
 def load(engine, handle, name, strength=1.0, adapter=""):
-    return st.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
+    return tr.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
 
 
 def ops_for(engine, handle, then):
@@ -96,17 +97,17 @@ def test_weights_fuse_and_exact_unfuse_after_a_swap(engine, configured):
     live = engine.live(base.source)
     pristine = unet_weights(live.pipe)
     sample(engine, load(engine, base, "sd_u1.safetensors"))
-    h = st.set_weights(load(engine, base, "sd_u2.safetensors"), "sd_u2", "0.4")
+    h = wt.set_weights(load(engine, base, "sd_u2.safetensors"), "sd_u2", "0.4")
     unfused = sample(engine, h)
     assert any(op.startswith("hotswap") for op in live.ops)
     raw = raw_pipeline()
     raw.load_lora_weights(str(configured / "loras"), weight_name="sd_u2.safetensors", adapter_name="sd_u2")
     raw.set_adapters(["sd_u2"], [0.4])
     assert max_diff(unfused, render(raw)) <= TOL
-    fused = st.fuse(h, True, True, 0.5, False, "")
+    fused = wt.fuse(h, True, True, 0.5, False, "")
     raw.fuse_lora(components=["unet"], lora_scale=0.5)
     assert max_diff(sample(engine, fused), render(raw)) <= TOL
-    assert max_diff(sample(engine, st.unfuse(fused, True, True)), unfused) <= TOL
+    assert max_diff(sample(engine, tr.unfuse(fused, True, True)), unfused) <= TOL
     sample(engine, base)
     now = unet_weights(live.pipe)
     assert now.keys() == pristine.keys() and all(torch.equal(now[k], pristine[k]) for k in pristine)
@@ -151,7 +152,7 @@ def test_a_switch_between_loras_with_text_encoder_layers_hot_swaps_every_compone
         assert (a.r, a.lora_alpha, a.rank_pattern, a.alpha_pattern) == (b.r, b.lora_alpha, b.rank_pattern,
                                                                        b.alpha_pattern), comp
 
-    off = st.toggle_text_encoder(h2, False, "all")  # the text-encoder switch still works on swapped layers
+    off = tr.toggle_text_encoder(h2, False, "all")  # the text-encoder switch still works on swapped layers
     from diffusers.loaders.lora_base import disable_lora_for_text_encoder
 
     for te in ("text_encoder", "text_encoder_2"):
@@ -231,7 +232,7 @@ def test_a_name_reused_for_another_file_activates_what_the_state_says(engine, st
     def build(eng, base, pairs):
         h = base
         for name, stem in pairs:
-            h = st.add_adapter(h, eng.lora_spec(h, f"{stem}.safetensors", 1.0, name))
+            h = tr.add_adapter(h, eng.lora_spec(h, f"{stem}.safetensors", 1.0, name))
         return h
 
     base = engine.load_pipeline("builtin:tiny-sd")
@@ -257,7 +258,7 @@ def test_branches_stay_independent_across_swaps(models_dir):
             if kind == "load_as":
                 name, key = arg
                 if name not in h.state.names:
-                    h = st.add_adapter(h, engine.lora_spec(h, FILES[key], 0.8, name))
+                    h = tr.add_adapter(h, engine.lora_spec(h, FILES[key], 0.8, name))
             else:
                 h = apply(engine, h, (kind, arg))
         return h

@@ -10,8 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
-from loragraph.loaders import state as st
+from loragraph.base.errors import NodeInputError
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
+from loragraph.nodes import widget_text as wt
 from lycoris_oracle import (
     linear_image,
     make_network,
@@ -114,7 +116,7 @@ def sample(engine, handle, seed=1):
 
 
 def load(engine, handle, name, strength=1.0, adapter=""):
-    return st.add_adapter(handle, engine.lora_spec(handle, f"{name}.safetensors", strength, adapter))
+    return tr.add_adapter(handle, engine.lora_spec(handle, f"{name}.safetensors", strength, adapter))
 
 
 STRENGTHS = (1.0, 0.5)
@@ -142,9 +144,9 @@ def test_lycoris_file_matches_producer(engine, producer, base_image, name):
     live = engine.live(h.source)
     before = {k: v.clone() for c in ("unet", "text_encoder") for k, v in getattr(live.pipe, c).state_dict().items()
               if "base_layer" in k}
-    hf = st.fuse(h, True, True, 1.0, False, "")  # at the last strength, 0.5
+    hf = wt.fuse(h, True, True, 1.0, False, "")  # at the last strength, 0.5
     assert max_diff(sample(engine, hf), want) <= TOL, (name, strength, "fused")
-    engine.realize(st.unfuse(hf, True, True))
+    engine.realize(tr.unfuse(hf, True, True))
     after = {k: v for c in ("unet", "text_encoder") for k, v in getattr(live.pipe, c).state_dict().items()}
     assert all(torch.equal(v, after[k]) for k, v in before.items()), "unfuse must restore the bits"
 
@@ -202,7 +204,7 @@ def test_mixed_stack_every_node(engine, producer, lycoris_dir):
     h = h0
     for k in ("b", "c", "a"):  # the LoCon last: peft nests its conv layers over the LoHa/LoKr ones
         h = load(engine, h, files[k], 1.0, k)
-    h = st.set_weights(h, "a, b, c", "0.7, 0.5, 1.2")
+    h = wt.set_weights(h, "a, b, c", "0.7, 0.5, 1.2")
     want = oracle(weights)
     assert max_diff(sample(engine, h), want) <= TOL
 
@@ -213,15 +215,15 @@ def test_mixed_stack_every_node(engine, producer, lycoris_dir):
     # fuse all three, then unfuse: bit-exact base weights
     live = engine.live(h.source)
     before = {k: v.clone() for k, v in live.pipe.unet.state_dict().items() if "base_layer" in k}
-    hf = st.fuse(h, True, True, 1.0, False, "")
+    hf = wt.fuse(h, True, True, 1.0, False, "")
     assert max_diff(sample(engine, hf), want) <= TOL
-    hu = st.unfuse(hf, True, True)
+    hu = tr.unfuse(hf, True, True)
     assert max_diff(sample(engine, hu), want) <= TOL
     after = live.pipe.unet.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
 
     # per-component weights: the text encoders off for b
-    h2 = st.set_weights(h, "a, b, c", "0.7, 0.5, 1.2", "0.7, 0.0, 1.2")
+    h2 = wt.set_weights(h, "a, b, c", "0.7, 0.5, 1.2", "0.7, 0.0, 1.2")
     raw = raw_pipeline()
     producer_apply(raw, loras / f"{files['a']}.safetensors", 0.7)
     producer_apply(raw, loras / f"{files['b']}.safetensors", 0.5, text_encoder=False)
@@ -229,21 +231,21 @@ def test_mixed_stack_every_node(engine, producer, lycoris_dir):
     assert max_diff(sample(engine, h2), render(raw)) <= TOL
 
     # text-encoder toggle off: no adapter touches the text encoder
-    ht = st.toggle_text_encoder(h, False, "all")
+    ht = tr.toggle_text_encoder(h, False, "all")
     assert max_diff(sample(engine, ht), oracle(weights, text_encoder=False)) <= TOL
 
     # delete b, unload, and a device move (to `meta`: this machine has no second device; diffusers'
     # own set_lora_device fails on LoHa/LoKr layers, which have no lora_A)
-    hd = st.delete(h, "b")
+    hd = wt.delete(h, "b")
     assert max_diff(sample(engine, hd), oracle({"a": 0.7, "c": 1.2})) <= TOL
-    assert max_diff(sample(engine, st.unload(hd)), sample(engine, h0)) == 0
-    hm = st.set_device(hd, "c", "meta")
+    assert max_diff(sample(engine, tr.unload(hd)), sample(engine, h0)) == 0
+    hm = wt.set_device(hd, "c", "meta")
     engine.realize(hm)
     lokr = [m for _, m in live.pipe.unet.named_modules() if "c" in getattr(m, "lokr_w1", {})]
     assert lokr and all(m.lokr_w1["c"].device.type == "meta" for m in lokr)
     locon = [m for _, m in live.pipe.unet.named_modules() if "a" in getattr(m, "lora_A", {})]
     assert locon and all(m.lora_A["a"].weight.device.type == "cpu" for m in locon)
-    engine.realize(st.unload(hm))
+    engine.realize(tr.unload(hm))
 
 
 def _norm_layers(model) -> dict[str, torch.Tensor]:
@@ -276,7 +278,7 @@ def test_norm_layers_every_node(engine, lycoris_dir, tmp_path):
     live = engine.live(h0.source)
     base_norms = {c: _norm_layers(getattr(live.pipe, c)) for c in ("unet", "text_encoder")}
     h = load(engine, load(engine, h0, files["n"], 1.0, "n"), files["c"], 1.0, "c")
-    h = st.set_weights(h, "n, c", "0.7, 1.2")
+    h = wt.set_weights(h, "n, c", "0.7, 1.2")
     want = oracle({"n": 0.7, "c": 1.2})
     assert max_diff(sample(engine, h), want) <= TOL
     # the norm diffs matter: without them (LoHa part only) the image is another one
@@ -295,19 +297,19 @@ def test_norm_layers_every_node(engine, lycoris_dir, tmp_path):
     assert info["adapters"]["n"]["components"] == ["unet", "text_encoder"]
 
     # fuse, unfuse: bit-exact norm weights and biases (the affine parameters fusion changes)
-    hf = st.fuse(h, True, True, 1.0, False, "")
+    hf = wt.fuse(h, True, True, 1.0, False, "")
     assert max_diff(sample(engine, hf), want) <= TOL
     fused = _norm_layers(live.pipe.unet)
     assert any(not torch.equal(v, fused[k]) for k, v in base_norms["unet"].items()), "fusion changes the norms"
-    assert max_diff(sample(engine, st.unfuse(hf, True, True)), want) <= TOL
+    assert max_diff(sample(engine, tr.unfuse(hf, True, True)), want) <= TOL
     for c in ("unet", "text_encoder"):
         now = _norm_layers(getattr(live.pipe, c))
         assert all(torch.equal(v, now[k]) for k, v in base_norms[c].items()), c
 
     # per-component weights, then the text-encoder switch
-    h2 = st.set_weights(h, "n, c", "0.7, 1.2", "0.2, 1.2")
+    h2 = wt.set_weights(h, "n, c", "0.7, 1.2", "0.2, 1.2")
     assert max_diff(sample(engine, h2), oracle({"n": 0.7, "c": 1.2}, te_weight={"n": 0.2})) <= TOL
-    ht = st.toggle_text_encoder(h, False, "all")
+    ht = tr.toggle_text_encoder(h, False, "all")
     assert max_diff(sample(engine, ht), oracle({"n": 0.7, "c": 1.2}, text_encoder=False)) <= TOL
 
     # SaveLoRA writes the w_norm/b_norm keys; LyCORIS's loader and ours read the file back
@@ -316,20 +318,20 @@ def test_norm_layers_every_node(engine, lycoris_dir, tmp_path):
     assert saved.keys() == source.keys() and all(torch.equal(saved[k], source[k]) for k in saved)
 
     # delete, unload: the norm layers are the base's again, bit for bit
-    hd = st.delete(h, "n")
+    hd = wt.delete(h, "n")
     assert max_diff(sample(engine, hd), oracle({"c": 1.2})) <= TOL
-    assert max_diff(sample(engine, st.unload(hd)), sample(engine, h0)) == 0
+    assert max_diff(sample(engine, tr.unload(hd)), sample(engine, h0)) == 0
     for c in ("unet", "text_encoder"):
         now = _norm_layers(getattr(live.pipe, c))
         assert now.keys() == base_norms[c].keys() and all(torch.equal(v, now[k]) for k, v in base_norms[c].items())
 
     # a device move takes the norm diffs along (to `meta`: this machine has no second device)
-    hm = st.set_device(h, "n", "meta")
+    hm = wt.set_device(h, "n", "meta")
     engine.realize(hm)
     moved = [m for _, m in live.pipe.unet.named_modules() if "n" in getattr(m, "lora_norm_weight", {})]
     assert moved and all(m.lora_norm_weight["n"].device.type == "meta" for m in moved)
     assert all(m.lora_norm_bias["n"].device.type == "meta" for m in moved)
-    engine.realize(st.unload(hm))
+    engine.realize(tr.unload(hm))
 
 
 def test_norm_layers_follow_a_schedule(engine, lycoris_dir):
@@ -342,7 +344,7 @@ def test_norm_layers_follow_a_schedule(engine, lycoris_dir):
     save_file({k: v for k, v in load_file(str(lycoris_dir / "loras" / "ly_full_norm.safetensors")).items()
                if k.endswith(("w_norm", "b_norm"))}, str(path))
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "ly_norm_only", 1.0, "n")
-    ours = engine.sample(st.schedule_weights(h, "n", "0:0, 0.5:1", "hold"), PROMPT, "", 1, steps, 7.0, SIZE, SIZE)
+    ours = engine.sample(wt.schedule_weights(h, "n", "0:0, 0.5:1", "hold"), PROMPT, "", 1, steps, 7.0, SIZE, SIZE)
 
     def recipe(per_step):
         raw = raw_pipeline()
@@ -419,7 +421,7 @@ def test_save_lycoris_roundtrip(engine, producer, lycoris_dir, tmp_path):
     from safetensors.torch import load_file
 
     h0 = engine.load_pipeline("builtin:tiny-sd")
-    h = st.set_weights(load(engine, h0, "ly_mixed", 0.9, "m"), "", "0.4")  # the weight is not baked in
+    h = wt.set_weights(load(engine, h0, "ly_mixed", 0.9, "m"), "", "0.4")  # the weight is not baked in
     out = engine.save_lora(h, "m", tmp_path / "saved.safetensors", "kohya")
     keys = load_file(str(out))
     assert any(k.endswith(".hada_w1_a") for k in keys) and any(k.endswith(".lokr_w1") for k in keys)
@@ -430,7 +432,7 @@ def test_save_lycoris_roundtrip(engine, producer, lycoris_dir, tmp_path):
     assert max_diff(producer_image(build_tiny_sd, out, 1.0), want) <= TOL  # LyCORIS's loader
     (lycoris_dir / "loras" / "saved_m.safetensors").write_bytes(out.read_bytes())
     assert max_diff(sample(engine, load(engine, h0, "saved_m", 1.0, "s")), want) <= TOL  # ours
-    with pytest.raises(st.NodeInputError, match="format"):
+    with pytest.raises(NodeInputError, match="format"):
         engine.save_lora(h, "m", tmp_path / "saved_d.safetensors", "diffusers")
 
 
@@ -485,7 +487,8 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     outside the down/mid/up blocks, plain LoRA included."""
     from conftest import raw_pipeline
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris.build import load as build_adapter
+    from loragraph.loaders.formats.lycoris.parse import parse
     from loragraph.loaders.store import read_lora
 
     for algo, seed, extra in (("loha", 601, {}), ("lokr", 602, {}), ("norm", 603, {"train_norm": True})):
@@ -497,10 +500,10 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     h = load(engine, load(engine, h0, "ly_loha_blocks", 1.0, "b"), "ly_lokr_blocks", 1.0, "c")
     h = load(engine, h, "ly_norm_blocks", 1.0, "d")  # LoCon plus norm diffs (w_norm/b_norm)
     unet_blocks = __import__("json").dumps(blocks["unet"])
-    h = st.set_weights(h, "b, c, d", "1.0", "", '{"b": ' + unet_blocks + ', "d": ' + unet_blocks + "}")
+    h = wt.set_weights(h, "b, c, d", "1.0", "", '{"b": ' + unet_blocks + ', "d": ' + unet_blocks + "}")
     raw = raw_pipeline()
     for name, adapter in (("ly_loha_blocks", "b"), ("ly_lokr_blocks", "c"), ("ly_norm_blocks", "d")):
-        lycoris.load(raw, lycoris.parse(read_lora(lycoris_dir / "loras" / f"{name}.safetensors").state_dict), adapter)
+        build_adapter(raw, parse(read_lora(lycoris_dir / "loras" / f"{name}.safetensors").state_dict), adapter)
     def per_block():  # one dict per adapter: diffusers 0.41 expands a block dict in place
         return {"unet": dict(blocks["unet"]), "text_encoder": 1.0}
 
@@ -512,11 +515,11 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     assert norm_scales["down_blocks.1.attentions.0.norm"] == 0.0
     assert norm_scales["up_blocks.0.attentions.0.transformer_blocks.0.norm1"] == 0.5
 
-    with pytest.raises(st.NodeInputError, match="block_weights: transformer blocks are for transformer pipelines"):
-        st.set_weights(h, "b", "1.0", "", '{"double": [1.0]}')
+    with pytest.raises(NodeInputError, match="block_weights: transformer blocks are for transformer pipelines"):
+        wt.set_weights(h, "b", "1.0", "", '{"double": [1.0]}')
 
     # an adapter on conv_in: diffusers' block weights cannot scale it; a clear error, rolled back
-    hc = st.set_weights(load(engine, h0, "ly_loha", 1.0, "b"), "b", "1.0", "", '{"b": {"down": 0.5}}')
+    hc = wt.set_weights(load(engine, h0, "ly_loha", 1.0, "b"), "b", "1.0", "", '{"b": {"down": 0.5}}')
     with pytest.raises(Exception, match=r"block_weights: adapter 'b' adapts UNet layers outside .*conv_in"):
         engine.realize(hc)
 
@@ -548,10 +551,10 @@ def test_dora_on_the_input_axis_matches_training_network(engine, lycoris_dir, mo
     network that wrote the file, at 1.0 and, scaled as SPEC says, at 0.5. The deltas are loaded in
     chunks of a few layers here (at SD1.5 size a chunk is 64 MiB; the tiny model fits one)."""
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris import build
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(lycoris, "_CHUNK_BYTES", 16 * 1024)
+    monkeypatch.setattr(build, "_CHUNK_BYTES", 16 * 1024)
 
     pipe = build_tiny_sd()
     pipe.set_progress_bar_config(disable=True)
@@ -593,12 +596,12 @@ def test_sgm_names_map_the_same_without_diffusers_private_converters(lycoris_dir
     `lora_state_dict` fallback place every module of the SGM file on the same layer."""
     from loragraph.builtin_models.tiny_sd import build_tiny_sdxl
     from loragraph.loaders import fence
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris import place
     from loragraph.loaders.store import read_lora
 
     pipe = build_tiny_sdxl()
     names = sorted({m.name for m in read_lora(lycoris_dir / "loras" / "ly_sdxl_loha_sgm.safetensors").modules
-                    if lycoris._SGM.match(m.name)})
+                    if place._SGM.match(m.name)})
     assert len(names) > 20
     with fence.fast_paths_mode("on"):
         fast = fence.sgm_module_paths(pipe, names)

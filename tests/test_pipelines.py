@@ -8,7 +8,8 @@ import safetensors.torch
 import torch
 from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline, render
 from loragraph import host
-from loragraph.loaders import state as st
+from loragraph.base.errors import NodeInputError
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.pipelines import PipelineCache, make_source, resolve_device, resolve_dtype
 
@@ -20,7 +21,7 @@ def test_auto_dtype_and_device():
     assert resolve_dtype("auto", "cpu") == "float32"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu") or torch.backends.mps.is_available()
     if not torch.cuda.is_available():
-        with pytest.raises(st.NodeInputError) as err:
+        with pytest.raises(NodeInputError) as err:
             resolve_device("cuda")
         assert err.value.input_name == "device"
 
@@ -49,7 +50,7 @@ def test_diffusers_folder_loads_offline_and_renders_like_the_original(configured
     ],
 )
 def test_bad_model_names_fail_on_the_model_input(configured, model, message):
-    with pytest.raises(st.NodeInputError) as err:
+    with pytest.raises(NodeInputError) as err:
         make_source(model)
     assert err.value.input_name == "model"
     assert message in str(err.value)
@@ -75,7 +76,7 @@ def test_partial_landing_warns_with_what_did_not_land(configured, tmp_path):
     safetensors.torch.save_file(tensors, str(loras / "partial.safetensors"))
     engine = Engine()
     base = engine.load_pipeline("builtin:tiny-sd")
-    h = st.add_adapter(base, engine.lora_spec(base, "partial.safetensors", 1.0, "p"))
+    h = tr.add_adapter(base, engine.lora_spec(base, "partial.safetensors", 1.0, "p"))
     _, warnings = engine.realize(h)
     assert len(warnings) == 1 and "down_blocks.9" in warnings[0]
     raw = raw_pipeline()
@@ -95,7 +96,7 @@ def test_unrelated_names_that_land_nowhere_are_an_error(configured):
     from loragraph.loaders.reconcile import LoraOperationError
 
     with pytest.raises(LoraOperationError) as err:
-        engine.realize(st.add_adapter(base, engine.lora_spec(base, "nowhere.safetensors", 1.0, "n")))
+        engine.realize(tr.add_adapter(base, engine.lora_spec(base, "nowhere.safetensors", 1.0, "n")))
     assert err.value.input_name == "lora_name"
     assert not any(engine.live(base.source).pipe.get_list_adapters().values())  # nothing half-loaded
 
@@ -120,7 +121,7 @@ def test_single_file_checkpoint_loads_offline_with_its_config_and_takes_a_lora(c
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs), component
     assert max_diff(engine.sample(h, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE), render(raw)) <= 1 / 255
 
-    h2 = st.add_adapter(h, engine.lora_spec(h, "sd_a.safetensors", 0.8, "a"))
+    h2 = tr.add_adapter(h, engine.lora_spec(h, "sd_a.safetensors", 0.8, "a"))
     raw.load_lora_weights(str(configured / "loras"), weight_name="sd_a.safetensors", adapter_name="a")
     raw.set_adapters(["a"], [0.8])
     assert max_diff(engine.sample(h2, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE), render(raw)) <= 1 / 255
@@ -130,7 +131,7 @@ def test_single_file_checkpoint_without_a_config_says_where_to_put_one(configure
     bare = configured / "checkpoints" / "no_config.safetensors"
     bare.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({"model.diffusion_model.out.2.bias": torch.zeros(4)}, str(bare))
-    with pytest.raises(st.NodeInputError) as err:
+    with pytest.raises(NodeInputError) as err:
         Engine().load_pipeline("no_config.safetensors")
     assert err.value.input_name == "model"
     assert "no_config.safetensors.config" in str(err.value) and "offline" in str(err.value)

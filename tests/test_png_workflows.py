@@ -28,6 +28,7 @@ from loragraph.loaders.state import (
     ActiveSet,
     AdapterSpec,
     AdapterState,
+    ComponentWeights,
     FuseOp,
     PipelineHandle,
     PipelineSource,
@@ -244,8 +245,8 @@ def test_lora_credits_count_active_and_fused_adapters_only(configured, models_di
 
     state = AdapterState(
         adapters=(spec("a", "sd_a.safetensors"), spec("d", "sub/sd_d.safetensors"), spec("off", "sd_b.safetensors")),
-        active=ActiveSet(("a",), ('{"text_encoder":0.2,"unet":0.5}',)),
-        fused=(FuseOp(("unet",), 1.0, False, ("d",), ActiveSet(("d",), ("0.8",))),),
+        active=ActiveSet(("a",), (ComponentWeights.of({"text_encoder": 0.2, "unet": 0.5}),)),
+        fused=(FuseOp(("unet",), 1.0, False, ("d",), ActiveSet(("d",), (0.8,))),),
     )
     source = PipelineSource("builtin:tiny-sd", "builtin", "tiny-sd", "float32", "cpu", "v1",
                             ("unet", "text_encoder"))

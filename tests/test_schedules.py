@@ -15,11 +15,13 @@ import json
 import pytest
 import torch
 from conftest import PROMPT, SIZE, STEPS, max_diff, raw_load, raw_pipeline
+from loragraph.base.errors import NodeInputError
 from loragraph.graph import ExecutionInterrupted
-from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
-from loragraph.loaders.state import NodeInputError, Schedule
+from loragraph.loaders.state import Schedule
+from loragraph.nodes import widget_text as wt
 from loragraph.testing import build_tiny_sd3, write_lora_file
 from test_transformer_pipelines import sd3_models  # noqa: F401 - the tiny SD3 folder and its LoRAs (a fixture)
 
@@ -49,7 +51,7 @@ def sample(engine, handle, steps=N, seed=1, **kw):
 
 
 def load(engine, handle, name, strength=1.0, adapter=""):
-    return st.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
+    return tr.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
 
 
 def recipe(pipe, names, per_step, steps=N, seed=1, size=SIZE, cfg=7.0):
@@ -90,8 +92,8 @@ def test_strength_curve_by_hand():
 
 
 def test_parse_keyframes():
-    assert st.parse_keyframes(" 0:1.0, 0.4:1 ,0.6:-0.5") == ((0.0, 1.0), (0.4, 1.0), (0.6, -0.5))
-    assert st.parse_keyframes("1:2") == ((1.0, 2.0),)
+    assert wt.parse_keyframes(" 0:1.0, 0.4:1 ,0.6:-0.5") == ((0.0, 1.0), (0.4, 1.0), (0.6, -0.5))
+    assert wt.parse_keyframes("1:2") == ((1.0, 2.0),)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +115,7 @@ def test_parse_keyframes():
 )
 def test_bad_keyframes_name_the_input_and_the_keyframe(text, needle):
     with pytest.raises(NodeInputError) as err:
-        st.parse_keyframes(text)
+        wt.parse_keyframes(text)
     assert err.value.input_name == "keyframes"
     assert needle in str(err.value)
 
@@ -124,34 +126,34 @@ def test_bad_keyframes_name_the_input_and_the_keyframe(text, needle):
 def test_transition_rules(engine):
     h0 = engine.load_pipeline("builtin:tiny-sd")
     with pytest.raises(NodeInputError, match="pipeline: no LoRA"):
-        st.schedule_weights(h0, "a", "0:1")
+        wt.schedule_weights(h0, "a", "0:1")
     h = load(engine, load(engine, h0, "sd_a.safetensors", adapter="a"), "sd_b.safetensors", adapter="b")
     for bad, name in (("zz", "adapter_name"), ("", "adapter_name")):
         with pytest.raises(NodeInputError) as err:
-            st.schedule_weights(h, bad, "0:1")
+            wt.schedule_weights(h, bad, "0:1")
         assert err.value.input_name == name
     with pytest.raises(NodeInputError) as err:
-        st.schedule_weights(h, "a", "0:1", "cubic")
+        wt.schedule_weights(h, "a", "0:1", "cubic")
     assert err.value.input_name == "interpolation"
     with pytest.raises(NodeInputError, match="not active"):
-        st.schedule_weights(st.set_weights(h, "b", "1"), "a", "0:1")
+        wt.schedule_weights(wt.set_weights(h, "b", "1"), "a", "0:1")
 
-    s1 = st.schedule_weights(h, "b", "0:1, 1:0", "hold")
-    s2 = st.schedule_weights(s1, "a", "0:0")
+    s1 = wt.schedule_weights(h, "b", "0:1, 1:0", "hold")
+    s2 = wt.schedule_weights(s1, "a", "0:0")
     assert [s.adapter for s in s2.state.schedules] == ["a", "b"]
     assert h.state.schedules == () and len(s1.state.schedules) == 1  # values: the inputs never change
     # a later schedule on the same adapter replaces it
-    s3 = st.schedule_weights(s2, "b", "0:2", "ease")
+    s3 = wt.schedule_weights(s2, "b", "0:2", "ease")
     assert s3.state.schedule("b") == Schedule("b", ((0.0, 2.0),), "ease")
     # SetAdapterWeights naming an adapter removes its schedule; the others' stay (inactive ones do nothing)
-    assert [s.adapter for s in st.set_weights(s2, "a", "0.5").state.schedules] == ["b"]
-    assert st.set_weights(s2, "", "0.5").state.schedules == ()
+    assert [s.adapter for s in wt.set_weights(s2, "a", "0.5").state.schedules] == ["b"]
+    assert wt.set_weights(s2, "", "0.5").state.schedules == ()
     # deleting or unloading the adapter takes its schedule along
-    assert [s.adapter for s in st.delete(s2, "a").state.schedules] == ["b"]
-    assert st.unload(s2).state.schedules == ()
+    assert [s.adapter for s in wt.delete(s2, "a").state.schedules] == ["b"]
+    assert tr.unload(s2).state.schedules == ()
     # the handle's identity includes the schedule (cache keys, branches)
-    assert st.schedule_weights(h, "b", "0:1, 1:0") != st.schedule_weights(h, "b", "0:1, 1:0.5")
-    assert st.schedule_weights(h, "b", "0:1, 1:0") == st.schedule_weights(h, "b", "0:1,1:0")
+    assert wt.schedule_weights(h, "b", "0:1, 1:0") != wt.schedule_weights(h, "b", "0:1, 1:0.5")
+    assert wt.schedule_weights(h, "b", "0:1, 1:0") == wt.schedule_weights(h, "b", "0:1,1:0")
 
 
 # --- the oracle: diffusers' recipe ----------------------------------------------------------------
@@ -160,8 +162,8 @@ def test_transition_rules(engine):
 def test_constant_schedule_equals_a_plain_weight(engine, configured):
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sd_a.safetensors", 0.7, "a")
     plain = sample(engine, h)
-    assert max_diff(sample(engine, st.schedule_weights(h, "a", "0:0.7")), plain) <= TOL
-    assert max_diff(sample(engine, st.schedule_weights(h, "a", "0:0.7, 0.5:0.7, 1:0.7", "ease")), plain) <= TOL
+    assert max_diff(sample(engine, wt.schedule_weights(h, "a", "0:0.7")), plain) <= TOL
+    assert max_diff(sample(engine, wt.schedule_weights(h, "a", "0:0.7, 0.5:0.7, 1:0.7", "ease")), plain) <= TOL
     raw = raw_pipeline()
     raw_load(raw, configured, "sd_a.safetensors", "a")
     assert max_diff(plain, recipe(raw, ["a"], [[0.7]] * N)) <= TOL
@@ -172,7 +174,7 @@ def test_switch_on_at_step_k_matches_the_recipe(engine, configured):
     raw = raw_pipeline()
     raw_load(raw, configured, "sd_a.safetensors", "a")
     for k in (1, 2, 3):
-        ours = sample(engine, st.schedule_weights(h, "a", f"0:0, {k / N}:1", "hold"))
+        ours = sample(engine, wt.schedule_weights(h, "a", f"0:0, {k / N}:1", "hold"))
         # the text encoder keeps its weight (1.0): the schedule is the denoiser's only
         per_step = [[unet_te(0.0 if i < k else 1.0)] for i in range(N)]
         assert max_diff(ours, recipe(raw, ["a"], per_step)) <= TOL, k
@@ -185,9 +187,9 @@ def test_two_scheduled_and_one_static_adapter_sd(engine, configured):
     h0 = engine.load_pipeline("builtin:tiny-sd")
     h = load(engine, load(engine, load(engine, h0, "sd_a.safetensors", 1.0, "a"), "sd_b.safetensors", 1.0, "b"),
              "sd_c.safetensors", 1.0, "c")
-    h = st.set_weights(h, "a, b, c", "0.8, 0.6, 0.5", "0.3")
-    h = st.schedule_weights(h, "a", "0:1, 1:-0.5", "linear")  # negative strengths allowed
-    h = st.schedule_weights(h, "b", "0.25:0, 0.75:1", "ease")
+    h = wt.set_weights(h, "a, b, c", "0.8, 0.6, 0.5", "0.3")
+    h = wt.schedule_weights(h, "a", "0:1, 1:-0.5", "linear")  # negative strengths allowed
+    h = wt.schedule_weights(h, "b", "0.25:0, 0.75:1", "ease")
     ours = sample(engine, h)
     raw = raw_pipeline()
     for name, adapter in (("sd_a.safetensors", "a"), ("sd_b.safetensors", "b"), ("sd_c.safetensors", "c")):
@@ -198,7 +200,7 @@ def test_two_scheduled_and_one_static_adapter_sd(engine, configured):
     # sd_c is UNet-only (a bare PEFT file): its weight is a plain number, as SetAdapterWeights gives it
     assert max_diff(ours, recipe(raw, ["a", "b", "c"], per_step)) <= TOL
     # and the static weights are back afterwards
-    static = st.set_weights(h, "a, b, c", "0.8, 0.6, 0.5", "0.3")
+    static = wt.set_weights(h, "a, b, c", "0.8, 0.6, 0.5", "0.3")
     raw.set_adapters(["a", "b", "c"], [unet_te(0.8, 0.3), unet_te(0.6, 0.3), 0.5])
     assert max_diff(sample(engine, static), recipe(raw, ["a", "b", "c"], [[unet_te(0.8, 0.3),
                                                                            unet_te(0.6, 0.3), 0.5]] * N)) <= TOL
@@ -206,7 +208,7 @@ def test_two_scheduled_and_one_static_adapter_sd(engine, configured):
 
 def test_sdxl_schedule_matches_the_recipe(engine, configured):
     h = load(engine, engine.load_pipeline("builtin:tiny-sdxl"), "xl_a.safetensors", 1.0, "x")
-    ours = sample(engine, st.schedule_weights(h, "x", "0:1, 0.4:1, 0.6:0", "linear"))
+    ours = sample(engine, wt.schedule_weights(h, "x", "0:1, 0.4:1, 0.6:0", "linear"))
     raw = raw_pipeline("sdxl")
     raw_load(raw, configured, "xl_a.safetensors", "x")
     te = {"text_encoder": 1.0, "text_encoder_2": 1.0}
@@ -228,15 +230,15 @@ def test_edges(engine, configured):
     raw = raw_pipeline()
     raw_load(raw, configured, "sd_a.safetensors", "a")
     for keyframes, steps, weights in EDGES:
-        ours = sample(engine, st.schedule_weights(h, "a", keyframes), steps=steps)
+        ours = sample(engine, wt.schedule_weights(h, "a", keyframes), steps=steps)
         expected = recipe(raw, ["a"], [[unet_te(w)] for w in weights], steps=steps)
         assert max_diff(ours, expected) <= TOL, keyframes
 
 
 def test_block_weights_scale_with_the_schedule(engine, configured):
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sd_a.safetensors", 1.0, "a")
-    h = st.set_weights(h, "a", "1", "0.5", '{"down": 0.5, "mid": 1.0, "up": 0.25}')
-    ours = sample(engine, st.schedule_weights(h, "a", "0:1, 1:-1"))
+    h = wt.set_weights(h, "a", "1", "0.5", '{"down": 0.5, "mid": 1.0, "up": 0.25}')
+    ours = sample(engine, wt.schedule_weights(h, "a", "0:1, 1:-1"))
     raw = raw_pipeline()
     raw_load(raw, configured, "sd_a.safetensors", "a")
     per_step = [[{"unet": {"down": 0.5 * s, "mid": s, "up": 0.25 * s}, "text_encoder": 0.5}]
@@ -253,7 +255,7 @@ def test_transformer_denoiser_sd3(sd3_models, tmp_path):  # noqa: F811 - the imp
     host.configure(models_dir=sd3_models, output_dir=tmp_path / "output")
     engine = Engine()
     h = load(engine, engine.load_pipeline(SD3), "sd3_a.safetensors", 1.0, "a")
-    ours = engine.sample(st.schedule_weights(h, "a", "0:1, 1:-1"), PROMPT, "", 1, N, 5.0, SD3_SIZE, SD3_SIZE)
+    ours = engine.sample(wt.schedule_weights(h, "a", "0:1, 1:-1"), PROMPT, "", 1, N, 5.0, SD3_SIZE, SD3_SIZE)
     raw = build_tiny_sd3()
     raw_load(raw, sd3_models, "sd3_a.safetensors", "a")
     te = {"text_encoder": 1.0, "text_encoder_2": 1.0}
@@ -271,8 +273,8 @@ def _scales(engine, handle, name):
 
 def test_branches_never_see_each_others_schedule(engine, configured):
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sd_a.safetensors", 1.0, "a")
-    up = st.schedule_weights(h, "a", "0:0, 1:1")
-    down = st.schedule_weights(h, "a", "0:1, 1:0")
+    up = wt.schedule_weights(h, "a", "0:0, 1:1")
+    down = wt.schedule_weights(h, "a", "0:1, 1:0")
     first_up, first_down, plain = sample(engine, up), sample(engine, down), sample(engine, h)
     assert max_diff(first_up, first_down) > 4 / 255
     assert max_diff(sample(engine, up), first_up) == 0
@@ -294,7 +296,7 @@ def test_static_scales_come_back_after_an_interrupt_or_an_error(engine, configur
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sd_a.safetensors", 0.7, "a")
     plain = sample(engine, h)
     before = _scales(engine, h, "a")
-    sched = st.schedule_weights(h, "a", "0:0, 0.5:2")
+    sched = wt.schedule_weights(h, "a", "0:0, 0.5:2")
 
     def interrupt_at_step_2():
         if calls.append(1) or len(calls) == 2:
@@ -328,11 +330,11 @@ def test_scheduled_adapter_samples_unfused_while_the_others_stay_fused(engine, d
     h = engine.load_pipeline("builtin:tiny-sd")
     h = load(engine, load(engine, h, "sched_qk.safetensors", 0.8, "f"), "sched_vo.safetensors", 1.0, "s")
     if order == "fuse_then_schedule":  # both fused: the scheduled one comes out of the fusion to sample
-        fused = st.fuse(h, True, False, 1.0, False, "")
-        sched = st.schedule_weights(fused, "s", "0:0, 0.5:1", "hold")
+        fused = wt.fuse(h, True, False, 1.0, False, "")
+        sched = wt.schedule_weights(fused, "s", "0:0, 0.5:1", "hold")
     else:
-        sched = st.fuse(st.schedule_weights(h, "s", "0:0, 0.5:1", "hold"), True, False, 1.0, False, "")
-        fused = st.fuse(h, True, False, 1.0, False, "")
+        sched = wt.fuse(wt.schedule_weights(h, "s", "0:0, 0.5:1", "hold"), True, False, 1.0, False, "")
+        fused = wt.fuse(h, True, False, 1.0, False, "")
     engine.check_schedules(sched)
     fused_image = sample(engine, fused)
     ours = sample(engine, sched)
@@ -354,15 +356,15 @@ def test_scheduled_adapter_samples_unfused_while_the_others_stay_fused(engine, d
 def test_schedule_on_layers_another_adapter_is_fused_into_is_refused(engine, configured):
     h = engine.load_pipeline("builtin:tiny-sd")
     h = load(engine, load(engine, h, "sd_a.safetensors", 1.0, "f"), "sd_b.safetensors", 1.0, "s")
-    fused = st.fuse(h, True, True, 1.0, False, "f")
-    sched = st.schedule_weights(fused, "s", "0:0, 0.5:1", origin="ScheduleAdapterWeights #9")
+    fused = wt.fuse(h, True, True, 1.0, False, "f")
+    sched = wt.schedule_weights(fused, "s", "0:0, 0.5:1", origin="ScheduleAdapterWeights #9")
     for check in (lambda: engine.check_schedules(sched), lambda: sample(engine, sched)):
         with pytest.raises(LoraOperationError) as err:
             check()
         assert err.value.origin == "ScheduleAdapterWeights #9" and err.value.input_name == "adapter_name"
         assert "'s' is scheduled, but f is fused into unet layers" in str(err.value)
     # fusing only the text encoder keeps the schedule possible
-    te_only = st.schedule_weights(st.fuse(h, False, True, 1.0, False, "f"), "s", "0:0, 0.5:1", "hold")
+    te_only = wt.schedule_weights(wt.fuse(h, False, True, 1.0, False, "f"), "s", "0:0, 0.5:1", "hold")
     engine.check_schedules(te_only)
     sample(engine, te_only)
 
@@ -372,7 +374,7 @@ def test_schedule_of_a_text_encoder_only_adapter_is_refused(engine, configured, 
                     components=("text_encoder",))
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sched_te.safetensors", 1.0, "t")
     with pytest.raises(LoraOperationError, match="no layers in the unet: a schedule acts on the denoiser only"):
-        engine.check_schedules(st.schedule_weights(h, "t", "0:0"))
+        engine.check_schedules(wt.schedule_weights(h, "t", "0:0"))
 
 
 # --- through the executor -----------------------------------------------------------------------

@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import max_diff, raw_load
 from diffusers.loaders.lora_base import disable_lora_for_text_encoder
-from loragraph.loaders import state as st
+from loragraph.base.errors import NodeInputError
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
 from loragraph.loaders.reconcile import LoraOperationError
-from loragraph.loaders.state import NodeInputError
+from loragraph.nodes import widget_text as wt
 from loragraph.testing import build_tiny_sd3, write_lora_file
 
 pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft too
@@ -66,7 +67,7 @@ def sample(engine, handle, seed=1):
 
 
 def load(engine, handle, name, strength=1.0, adapter=""):
-    return st.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
+    return tr.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -108,18 +109,18 @@ def test_weights_fuse_unfuse_match_diffusers_and_unfuse_is_bit_exact(engine, sd3
     raw.set_adapters(["sd3_a", "sd3_b"], [0.7, 1.0])
     assert max_diff(sample(engine, h1), render(raw)) <= TOL
 
-    h2 = st.set_weights(h1, "sd3_a, sd3_b", "0.5, 0.9", "0.25", "")
+    h2 = wt.set_weights(h1, "sd3_a, sd3_b", "0.5, 0.9", "0.25", "")
     raw.set_adapters(["sd3_a", "sd3_b"], [{"transformer": 0.5, "text_encoder": 0.25, "text_encoder_2": 0.25},
                                           {"transformer": 0.9, "text_encoder": 0.25, "text_encoder_2": 0.25}])
     unfused = sample(engine, h2)
     assert max_diff(unfused, render(raw)) <= TOL
 
-    h3 = st.fuse(h2, True, True, 0.6, False, "")
+    h3 = wt.fuse(h2, True, True, 0.6, False, "")
     raw.fuse_lora(components=["transformer", "text_encoder", "text_encoder_2"], lora_scale=0.6,
                   adapter_names=["sd3_a", "sd3_b"])
     assert max_diff(sample(engine, h3), render(raw)) <= TOL
 
-    h4 = st.unfuse(h3, True, True)
+    h4 = tr.unfuse(h3, True, True)
     assert max_diff(sample(engine, h4), unfused) <= TOL
     sample(engine, h0)  # back to no LoRA at all: every base weight is the original, bit for bit
     for component, original in before.items():
@@ -149,7 +150,7 @@ def test_a_switch_between_same_shaped_loras_hot_swaps_the_transformer_and_both_t
 
 def test_text_encoder_switch_matches_diffusers(engine, sd3_models):
     h0 = engine.load_pipeline(MODEL)
-    h = st.toggle_text_encoder(load(engine, h0, "sd3_a.safetensors"), False, "text_encoder_2")
+    h = tr.toggle_text_encoder(load(engine, h0, "sd3_a.safetensors"), False, "text_encoder_2")
     raw = build_tiny_sd3()
     raw_load(raw, sd3_models, "sd3_a.safetensors", "sd3_a")
     disable_lora_for_text_encoder(raw.text_encoder_2)
@@ -159,7 +160,7 @@ def test_text_encoder_switch_matches_diffusers(engine, sd3_models):
 def test_branches_stay_independent(engine):
     h0 = engine.load_pipeline(MODEL)
     a = load(engine, h0, "sd3_a.safetensors", 0.9)
-    b_fused = st.fuse(load(engine, h0, "sd3_b.safetensors", 0.8), True, False, 1.0, False, "")
+    b_fused = wt.fuse(load(engine, h0, "sd3_b.safetensors", 0.8), True, False, 1.0, False, "")
     first = sample(engine, a)
     sample(engine, b_fused)
     assert torch.equal(sample(engine, a), first)
@@ -208,11 +209,11 @@ def test_transformer_block_weights_by_index(engine, sd3_models):
     raw_load(raw, sd3_models, "sd3_a.safetensors", "a")
     for blocks, w in (('{"transformer_blocks": {"0": 0.3}}', 0.3), ('{"double": [0.0]}', 0.0),
                       ('{"transformer": {"single_transformer_blocks": {"0": 0.0}}}', 1.0)):
-        h = st.set_weights(h1, "a", "0.8", "0.6", blocks)
+        h = wt.set_weights(h1, "a", "0.8", "0.6", blocks)
         raw.set_adapters(["a"], [{"transformer": w, "text_encoder": 0.6, "text_encoder_2": 0.6}])
         assert max_diff(sample(engine, h), render(raw)) <= TOL, blocks
     assert engine.info(h)["adapters"]["a"]["weights"]["transformer"] == {"single_transformer_blocks": {"0": 0.0}}
     with pytest.raises(NodeInputError, match="block_weights: transformer: unknown block kind 'down'"):
-        st.set_weights(h1, "a", "1", "", '{"transformer": {"down": 1.0}}')
+        wt.set_weights(h1, "a", "1", "", '{"transformer": {"down": 1.0}}')
     with pytest.raises(NodeInputError, match="block_weights: transformer: double: expected block index"):
-        st.set_weights(h1, "a", "1", "", '{"double": {"x": 1.0}}')
+        wt.set_weights(h1, "a", "1", "", '{"double": {"x": 1.0}}')

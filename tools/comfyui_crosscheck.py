@@ -94,9 +94,10 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     from loragraph import host
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
-    from loragraph.loaders import state as st
+    from loragraph.loaders import transitions as tr
     from loragraph.loaders.engine import Engine
-    from loragraph.loaders.formats import lycoris
+    from loragraph.loaders.formats.lycoris.place import kohya_names
+    from loragraph.nodes import widget_text as wt
     from lycoris_oracle import write_file
 
     work = args.work or Path(tempfile.mkdtemp(prefix="loragraph-xcheck-"))
@@ -108,7 +109,7 @@ def main() -> int:
     engine = Engine()
     h0 = engine.load_pipeline("builtin:tiny-sd")
     pipe0 = build_tiny_sd()
-    lookup = {c: lycoris.kohya_names(getattr(pipe0, c), c) for c in ("unet", "text_encoder")}
+    lookup = {c: kohya_names(getattr(pipe0, c), c) for c in ("unet", "text_encoder")}
     prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
 
     missed: list[str] = []
@@ -134,8 +135,8 @@ def main() -> int:
         return out
 
     def ours(name, strength):
-        h = st.add_adapter(h0, engine.lora_spec(h0, f"{name}.safetensors", strength, "x"))
-        live, _ = engine.realize(st.fuse(h, True, True, 1.0, False, ""))
+        h = tr.add_adapter(h0, engine.lora_spec(h0, f"{name}.safetensors", strength, "x"))
+        live, _ = engine.realize(wt.fuse(h, True, True, 1.0, False, ""))
         got = {(c, path, kind): getattr(m.get_base_layer(), kind).detach().clone()
                for c in ("unet", "text_encoder") for path, m in getattr(live.pipe, c).named_modules()
                if hasattr(m, "get_base_layer") and not path.endswith("base_layer")
@@ -144,7 +145,7 @@ def main() -> int:
         return got
 
     for name in SAVED:
-        h = st.add_adapter(h0, engine.lora_spec(h0, f"{name}.safetensors", 0.7, "x"))
+        h = tr.add_adapter(h0, engine.lora_spec(h0, f"{name}.safetensors", 0.7, "x"))
         engine.save_lora(h, "x", loras / f"saved_{name}.safetensors", "kohya")
         engine.realize(h0)
 

@@ -69,15 +69,16 @@ def measure() -> dict:
     import numpy as np
     from loragraph import host
     from loragraph.builtin_models import demo
-    from loragraph.loaders import state as st
+    from loragraph.loaders import transitions as tr
     from loragraph.loaders.engine import Engine
+    from loragraph.nodes import widget_text as wt
 
     host.configure(models_dir=EXAMPLES / "models", output_dir=tempfile.mkdtemp())
     engine = Engine()
     base = engine.load_pipeline("builtin:shapes", "float32", "cpu")
-    constant = st.add_adapter(base, engine.lora_spec(base, "shapes/outline.safetensors", 1.0, "outline"))
+    constant = tr.add_adapter(base, engine.lora_spec(base, "shapes/outline.safetensors", 1.0, "outline"))
     keyframes = json.loads(WORKFLOW.read_text())["3"]["inputs"]["keyframes"]
-    scheduled = st.schedule_weights(constant, "outline", keyframes, "hold")
+    scheduled = wt.schedule_weights(constant, "outline", keyframes, "hold")
     settings = {"base": base, "outline 1.0": constant, f"outline {keyframes} (hold)": scheduled}
     images: dict[str, list] = {}
     for name, handle in settings.items():

@@ -546,7 +546,7 @@ def evaluate_lora(out: Path, name: str) -> dict:
 
     from loragraph import host
     from loragraph.builtin_models.demo import EVAL_CASES, LORA_PROPERTIES, caption
-    from loragraph.loaders import state as st
+    from loragraph.loaders import transitions as tr
     from loragraph.loaders.engine import Engine
 
     measure, _ = LORA_PROPERTIES[name]
@@ -560,7 +560,7 @@ def evaluate_lora(out: Path, name: str) -> dict:
         engine = Engine()
         base = engine.load_pipeline("shapes")
         for strength in (0.0, 0.25, 0.5, 0.75, 1.0):
-            h = st.add_adapter(base, engine.lora_spec(base, f"shapes/{name}.safetensors", strength, ""))
+            h = tr.add_adapter(base, engine.lora_spec(base, f"shapes/{name}.safetensors", strength, ""))
             values = []
             for colour, shape, background, seed in EVAL_CASES:  # as tests/test_demo_model.py
                 img = engine.sample(h, caption(colour, shape, background), "", seed, 20, 7.0, SIZE, SIZE)

@@ -13,12 +13,13 @@ from typing import Any
 import torch
 
 from ..components import COMPONENTS, DENOISERS
+from ..records import LoraModule
 
 # How the "down" (A) and "up" (B) matrix of a module are spelled in each family of formats. The
 # module name is everything before the match; the marker says which family it is.
 DOWN_RE = re.compile(
     r"^(?P<module>.+?)(?P<marker>\.lora_A(?:\.[^.]+)?|\.lora_down|\.lora\.down|\.lora_linear_layer\.down"
-    r"|_lora\.down|_lora1\.down|_lora2\.down)\.weight$"  # _lora1/_lora2: XLabs Flux (#15)
+    r"|_lora\.down|_lora1\.down|_lora2\.down)\.weight$"  # _lora1/_lora2: XLabs Flux (xlabs.py)
 )
 UP_MARKERS = {
     ".lora_A": ".lora_B",
@@ -26,7 +27,7 @@ UP_MARKERS = {
     ".lora.down": ".lora.up",
     ".lora_linear_layer.down": ".lora_linear_layer.up",
     "_lora.down": "_lora.up",
-    "_lora1.down": "_lora1.up",  # XLabs Flux (#15)
+    "_lora1.down": "_lora1.up",  # XLabs Flux (xlabs.py)
     "_lora2.down": "_lora2.up",
 }
 # Key fragments that mark a tensor as belonging to some low-rank adapter (LoRA, LoHa, LoKr).
@@ -43,7 +44,7 @@ ADAPTER_KEY_MARKERS = (
     "lokr_w",
     "lora_magnitude_vector",
     "dora_scale",
-    "_lora1.",  # XLabs Flux (#15)
+    "_lora1.",  # XLabs Flux (xlabs.py)
     "_lora2.",
 )
 
@@ -68,10 +69,10 @@ def guess_unprefixed_component(key: str) -> str:
     return "unet"
 
 
-def list_modules(tensors: Mapping[str, torch.Tensor], component_of: Callable[[str], str]) -> tuple[Any, ...]:
+def list_modules(
+    tensors: Mapping[str, torch.Tensor], component_of: Callable[[str], str]
+) -> tuple[LoraModule, ...]:
     """One `LoraModule` per down matrix, its up matrix and alpha found by the shared grammar."""
-    from ..lora_file import LoraModule
-
     out = []
     for key, down in tensors.items():
         m = DOWN_RE.match(key)

@@ -24,15 +24,13 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ...base import disk
 from .. import fence
-
-if TYPE_CHECKING:
-    from ..lora_file import LoraFile, LoraModule
+from ..records import LoraFile, LoraModule
 
 logger = logging.getLogger(__name__)
 

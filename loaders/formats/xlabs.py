@@ -1,4 +1,4 @@
-"""XLabs' Flux LoRA keys (#15): `double_blocks.N.processor.qkv_lora1.down.weight`, `single_blocks.N.
+"""XLabs' Flux LoRA keys: `double_blocks.N.processor.qkv_lora1.down.weight`, `single_blocks.N.
 processor.proj_lora.up.weight`, with no component prefix.
 
 diffusers' Flux loader recognises these keys and converts them itself, so they pass unchanged; the

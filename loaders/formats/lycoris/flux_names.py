@@ -1,5 +1,5 @@
 """Flux modules in Black Forest Labs' (BFL) names, as kohya sd-scripts and LyCORIS write them when
-trained on the original Flux model, mapped to diffusers' FluxTransformer2DModel layers (#15).
+trained on the original Flux model, mapped to diffusers' FluxTransformer2DModel layers.
 
 `lora_unet_double_blocks_3_img_attn_qkv` is BFL's fused q,k,v projection of double block 3; diffusers
 has three layers there (`transformer_blocks.3.attn.to_q/to_k/to_v`). The table follows diffusers' own

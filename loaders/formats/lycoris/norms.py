@@ -26,15 +26,9 @@ import torch
 
 NORM_TYPES = (torch.nn.LayerNorm, torch.nn.GroupNorm)
 # The layer's first adapter table: how the engine tells a norm layer's diffs from other tuner layers
-# without importing peft (norm_layer.py does) when the package loads.
+# without importing peft (norm_layer.py does, and takes its table names from here) when the package
+# loads. build.py imports `NormDelta` when it first builds one.
 TABLE = "lora_norm_weight"
-
-
-def layer_class() -> type:
-    """`NormDelta` (norm_layer.py), imported on first use: it subclasses peft's LoraLayer."""
-    from .norm_layer import NormDelta
-
-    return NormDelta
 
 
 def is_norm_layer(module: Any) -> bool:

@@ -1,0 +1,142 @@
+"""The text of the LoRA nodes' STRING widgets, parsed into the typed values the transitions take.
+
+The widget names are the nodes' own, so the parsing lives here, next to them: each parser raises
+`NodeInputError` naming the widget and quoting the text the user typed. The transitions
+(loaders/transitions.py) then check the values against the handle (which adapters are loaded, how
+many weights they need). The functions at the end are the nodes' whole step from widget text to new
+handle, the same for a node run, a script or a test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from ..base import limits
+from ..base.errors import NodeInputError
+from ..loaders import transitions
+from ..loaders.state import PipelineHandle
+
+
+def parse_names(text: str, input_name: str) -> list[str]:
+    """`"a, b"` -> ["a", "b"]; empty text gives no names (the node's default applies)."""
+    names = [n.strip() for n in (text or "").split(",")]
+    names = [n for n in names if n]
+    if len(set(names)) != len(names):
+        raise NodeInputError(input_name, f"an adapter is named twice in {text!r}")
+    return names
+
+
+def parse_numbers(text: str, input_name: str) -> list[float]:
+    """`"0.8, 0.5"` -> [0.8, 0.5]: finite numbers; how many the node needs is the transition's check."""
+    parts = [p.strip() for p in (text or "").split(",") if p.strip()]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise NodeInputError(input_name, f"expected numbers separated by commas, got {text!r}") from None
+    if any(not math.isfinite(v) for v in values):
+        raise NodeInputError(input_name, f"weights must be finite numbers, got {text!r}")
+    return values
+
+
+def parse_block_weights(text: str, input_name: str = "block_weights") -> dict[str, Any] | None:
+    """The JSON object of SetAdapterWeights' `block_weights` (finite numbers only); None when empty."""
+    if not text.strip():
+        return None
+    try:
+        parsed = limits.loads(text)
+    except json.JSONDecodeError as e:
+        raise NodeInputError(input_name, f"not valid JSON ({e.msg} at char {e.pos})") from None
+    except limits.JSONLimitError as e:
+        raise NodeInputError(input_name, f"not valid: {e}") from None
+    if not isinstance(parsed, dict):
+        raise NodeInputError(input_name, "expected a JSON object")
+    return parsed
+
+
+def parse_keyframes(text: str, input_name: str = "keyframes") -> tuple[tuple[float, float], ...]:
+    """`"0:1.0, 0.4:1.0, 0.6:0.0"` -> ((0.0, 1.0), (0.4, 1.0), (0.6, 0.0)); errors name the keyframe."""
+    parts = [p.strip() for p in (text or "").split(",")]
+    if not any(parts):
+        raise NodeInputError(input_name, 'give at least one progress:strength pair, e.g. "0:1.0, 0.6:0.0"')
+    out: list[tuple[float, float]] = []
+    for i, part in enumerate(parts, 1):
+        where = f"keyframe {i} ({part!r})"
+        if not part:
+            raise NodeInputError(input_name, f"keyframe {i} is empty (two commas in a row, or a trailing comma)")
+        if part.count(":") != 1:
+            raise NodeInputError(input_name, f"{where}: expected progress:strength, e.g. 0.4:1.0")
+        p_text, s_text = (x.strip() for x in part.split(":"))
+        try:
+            progress = float(p_text)
+        except ValueError:
+            raise NodeInputError(input_name, f"{where}: progress {p_text!r} is not a number") from None
+        try:
+            strength = float(s_text)
+        except ValueError:
+            raise NodeInputError(input_name, f"{where}: strength {s_text!r} is not a number") from None
+        if not math.isfinite(progress) or not 0.0 <= progress <= 1.0:
+            raise NodeInputError(input_name, f"{where}: progress must be between 0 and 1 (a fraction of the steps)")
+        if not math.isfinite(strength):
+            raise NodeInputError(input_name, f"{where}: strength must be a finite number")
+        if out and progress <= out[-1][0]:
+            raise NodeInputError(
+                input_name, f"{where}: progress must increase strictly, but {progress:g} follows {out[-1][0]:g}"
+            )
+        out.append((progress, strength))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Widget text -> transition, one per node with STRING widgets
+
+
+def set_weights(
+    handle: PipelineHandle,
+    adapter_names: str,
+    weights: str,
+    text_encoder_weights: str = "",
+    block_weights: str = "",
+) -> PipelineHandle:
+    """SetAdapterWeights: empty `weights` is 1.0; empty `text_encoder_weights` follows `weights`."""
+    return transitions.set_weights(
+        handle,
+        parse_names(adapter_names, "adapter_names"),
+        parse_numbers(weights or "1.0", "weights"),
+        parse_numbers(text_encoder_weights, "text_encoder_weights") if text_encoder_weights.strip() else None,
+        parse_block_weights(block_weights),
+    )
+
+
+def fuse(
+    handle: PipelineHandle,
+    fuse_unet: bool,
+    fuse_text_encoder: bool,
+    lora_scale: float,
+    safe_fusing: bool,
+    adapter_names: str,
+    origin: str = "",
+) -> PipelineHandle:
+    """FuseLoRA: empty `adapter_names` fuses the active adapters."""
+    names = parse_names(adapter_names, "adapter_names")
+    return transitions.fuse(handle, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, names, origin)
+
+
+def delete(handle: PipelineHandle, adapter_names: str) -> PipelineHandle:
+    """DeleteAdapters."""
+    return transitions.delete(handle, parse_names(adapter_names, "adapter_names"))
+
+
+def set_device(handle: PipelineHandle, adapter_names: str, device: str) -> PipelineHandle:
+    """SetLoRADevice: empty `adapter_names` moves every adapter."""
+    return transitions.set_device(handle, parse_names(adapter_names, "adapter_names"), device)
+
+
+def schedule_weights(
+    handle: PipelineHandle, adapter_name: str, keyframes: str, interpolation: str = "linear", origin: str = ""
+) -> PipelineHandle:
+    """ScheduleAdapterWeights."""
+    return transitions.schedule_weights(
+        handle, (adapter_name or "").strip(), parse_keyframes(keyframes), interpolation, origin
+    )
