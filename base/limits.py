@@ -84,11 +84,11 @@ def check_prompt_length(text: Any, input_name: str) -> str | None:
 def sampling_bytes(pipe: Any, width: int, height: int, batch_size: int) -> int:
     """A floor of the memory sampling ``batch_size`` images of ``width`` x ``height`` needs.
 
-    The rule (README, "Limits"): the VAE decodes every image of the batch at full resolution at once,
-    holding at least three activations of its first block's width (input, normalized copy, conv
-    output) per pixel, in the VAE's dtype; the result is then copied twice as float32 RGB (the
-    pipeline's numpy array and the IMAGE tensor). VAE slicing decodes one image at a time, tiling one
-    512x512 tile at a time.
+    The rule (docs/server.md, "Limits before work starts"): the VAE decodes every image of the batch
+    at full resolution at once, holding at least three activations of its first block's width (input,
+    normalized copy, conv output) per pixel, in the VAE's dtype; the result is then copied twice as
+    float32 RGB (the pipeline's numpy array and the IMAGE tensor). VAE slicing decodes one image at a
+    time, tiling one 512x512 tile at a time.
     """
     import torch
 

@@ -1,1 +1,1 @@
-"""Benchmarks (not tests): `python -m benchmarks` prints markdown tables for the README."""
+"""Benchmarks (not tests): `python -m benchmarks` prints markdown tables for docs/performance.md."""

@@ -552,7 +552,7 @@ class Bench:
         self.check_exact()
 
     def lycoris_rows(self):
-        """#15: attaching a LoHa/LoKr against a plain LoRA of the same parameter count on the same
+        """Attaching a LoHa/LoKr against a plain LoRA of the same parameter count on the same
         layers (loragraph alone: diffusers cannot load these), and a weight change on each."""
         from loragraph.loaders import transitions as tr
         from loragraph.nodes import widget_text as wt
@@ -583,7 +583,7 @@ class Bench:
         self.ours_reset()
 
     def adapter_mib(self, handle, name: str) -> float:
-        """MiB of the peft tensors that hold adapter `name` (DoRA: its full delta, #15)."""
+        """MiB of the peft tensors that hold adapter `name` (DoRA: its full delta)."""
         live, _ = self.engine.realize(handle)
         total = 0
         for comp in ("unet", "text_encoder"):
@@ -799,7 +799,7 @@ def main(argv=None) -> int:
                    help="add the sampling rows (default: on with --device cuda; slow on a CPU)")
     p.add_argument("--sample-steps", type=int, default=20, help="steps per sampling call (default 20)")
     p.add_argument("--only", choices=["schedule", "lycoris"], default=None,
-                   help="run only these rows (lycoris: the LoHa/LoKr/DoRA rows, #15)")
+                   help="run only these rows (lycoris: the LoHa/LoKr/DoRA rows)")
     args = p.parse_args(argv)
     if args.sampling is None:
         args.sampling = args.device == "cuda"

@@ -1,5 +1,5 @@
 """`builtin:tiny-flux`: a tiny FluxPipeline built offline (diffusers' Flux LoRA-test shape), T5
-tokenizer included (#15). Random weights, for tests, like tiny-sd/tiny-sdxl.
+tokenizer included. Random weights, for tests, like tiny-sd/tiny-sdxl.
 
 The T5 tokenizer is a Unigram model over a generated vocabulary (`tokenizers`), wrapped as
 `T5TokenizerFast`: nothing is downloaded. Two double-stream and two single-stream blocks, so

@@ -38,7 +38,8 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
         sys.stderr.write(f"loragraph inspect: {ex}\n")
         return EXIT_INVALID
     summary = lora.summary()
-    # --- #15: the algorithm per module, and with no --model the built-in models the file fits ---
+    # The algorithm per module; with no --model, the built-in models the file fits (a file trained on
+    # a tiny built-in model matches no real base model's shapes).
     from ..loaders import fit
 
     summary["module_algorithms"] = fit.module_algorithms(lora)
@@ -49,14 +50,13 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
         if summary["fits"] and summary.get("base_model") == "other":
             summary["base_model"] = summary["fits"][0]
             summary["base_model_reason"] = f"all {len(lora.modules)} modules land on it"
-    # --- end #15 ---
 
     coverage: dict[str, Any] | None = None
     coverage_text = ""
     if model:
         engine = get_engine()
         try:
-            pipe = fit.built(model) if args.model is None else None  # #15: the guess built it already
+            pipe = fit.built(model) if args.model is None else None  # the guess built it already
             if pipe is None:
                 handle = engine.load_pipeline(model)
                 pipe = engine.live(handle.source).pipe

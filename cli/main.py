@@ -19,7 +19,7 @@ from .workflows import configure_host
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand (also used by the README's CLI section)."""
+    """The argument parser of every subcommand (the tests read the options from it too)."""
     from .. import __version__
 
     common = argparse.ArgumentParser(add_help=False)

@@ -3,10 +3,10 @@
 torch's own default is one intra-op thread per physical core, whatever else runs there. Its
 OpenMP threads spin while they wait for each other, so when another process holds one of those
 cores every parallel region waits for a descheduled thread: on a busy 2-core machine the 32x32
-quickstart ran 25-60x slower at torch's default than at one thread (issue #16). The default here
+quickstart ran 25-60x slower at torch's default than at one thread. The default here
 counts only the cores that are free now: the CPUs this process may run on minus the 1-minute load
 average (or the processes runnable now, when more), at least 1. ``benchmarks/threads.py`` measures
-the rule; the figures are in the README.
+the rule; the figures are in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -244,7 +244,7 @@ def _store(base_dir: str, folder: str, filename: str, data: bytes, overwrite: bo
     while os.path.lexists(os.path.join(folder, name_for(n))):
         taken = os.path.join(folder, name_for(n))
         if os.path.isfile(taken) and inside(taken, base_dir) and _sha256(taken) == digest:
-            return name_for(n)  # the same image again: keep the one already there (ComfyUI #3465)
+            return name_for(n)  # the same image again: keep the one already there (as ComfyUI does: https://github.com/comfyanonymous/ComfyUI/issues/3465)
         n += 1
     # The free name found is reserved exclusively: two uploads of one name at once both survive.
     saved, _ = disk.write_new(folder, name_for, n, data)

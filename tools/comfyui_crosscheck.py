@@ -1,4 +1,4 @@
-"""Cross-check loragraph's LyCORIS arithmetic against ComfyUI's weight adapters (issue #15).
+"""Cross-check loragraph's LyCORIS arithmetic against ComfyUI's weight adapters.
 
     python tools/comfyui_crosscheck.py --comfyui /path/to/ComfyUI [--work DIR]
 

@@ -1,4 +1,4 @@
-"""Run examples/workflows/demo_grid.json and tile its images into docs/demo_grid.png (for the README).
+"""Run examples/workflows/demo_grid.json and tile its images into docs/demo_grid.png (for docs/demo-model.md).
 
     python tools/make_grid.py                    # run the workflow, write docs/demo_grid.png
     python tools/make_grid.py --write-workflow   # regenerate the workflow file first
