@@ -204,7 +204,7 @@ def test_editor_routes_users_settings_userdata_round_trip(folders, fake_frontend
         answers = await asyncio.gather(*(client.post("/api/userdata/workflows%2Frace.json?overwrite=false", data=b)
                                          for b in bodies))
         assert sorted(r.status for r in answers) == [200] + [409] * 9
-        winner = next(b for b, r in zip(bodies, answers) if r.status == 200)
+        winner = next(b for b, r in zip(bodies, answers, strict=True) if r.status == 200)
         assert (user_root / "workflows" / "race.json").read_bytes() == winner
         for i in range(2):
             await client.post(f"/api/userdata/workflows%2Fsrc{i}.json", data=bodies[i])
@@ -497,7 +497,7 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     assert layout["scrolls"] and layout["panel_height"] >= 40, layout
     # LoadLoRA's summary and LoRAInfo agree on alpha: the alpha peft uses, and whether the file stores it.
     alpha_column = table["header"].index("alpha")
-    for row, name in zip(table["rows"], adapters):
+    for row, name in zip(table["rows"], adapters, strict=True):
         lora_name = next(s["lora_name"] for s in seen["summaries"] if name in s["lora_name"])
         summary_line = summaries[lora_name]["lines"][0]
         lora = read_lora(folders["models"] / "loras" / lora_name).summary()

@@ -236,7 +236,7 @@ def test_nodes_prints_object_info_in_spec_order(models_dir, capsys):
     info = json.loads(capsys.readouterr().out)
     assert list(info) == list(HEADLESS_NODE_CLASS_MAPPINGS)
     for class_type, entry in info.items():
-        assert OBJECT_INFO_KEYS <= set(entry), class_type
+        assert set(entry) >= OBJECT_INFO_KEYS, class_type
         assert entry["name"] == class_type
         assert entry["input_order"]["required"] == SPEC_INPUTS[class_type], class_type
         assert len(entry["output"]) == len(entry["output_is_list"]) == len(entry["output_name"])

@@ -84,7 +84,7 @@ op_st = hs.one_of(
     hs.tuples(hs.just("unload"), hs.none()),
 )
 # Sequences start with a load so most examples carry LoRAs; fusion needs loaded adapters.
-seq_st = hs.lists(op_st, min_size=1, max_size=5).map(lambda ops: [("load", "a")] + ops)
+seq_st = hs.lists(op_st, min_size=1, max_size=5).map(lambda ops: [("load", "a"), *ops])
 
 
 def build(engine, base, ops):

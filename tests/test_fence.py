@@ -176,7 +176,10 @@ def test_set_adapters_fallback_sets_what_the_fast_path_sets(configured):
     pipe = raw_pipeline()
     for name, adapter in (("sd_a.safetensors", "a"), ("sd_c.safetensors", "c")):
         raw_load(pipe, configured, name, adapter)
-    layers = lambda comp: list(tuner_layers(getattr(pipe, comp)))
+
+    def layers(comp):
+        return list(tuner_layers(getattr(pipe, comp)))
+
     comps = fence.loadable_components(pipe)
     names = ("a", "c")
     cases = ([0.7, 0.3], [0.5, {"unet": 0.4, "text_encoder": 0.9}], [{"text_encoder": 0.2}, 1.5])
@@ -257,7 +260,10 @@ def test_both_paths_give_raw_diffusers_images(configured, mode):
     with fence.fast_paths_mode(mode):
         engine = Engine()
         base = engine.load_pipeline("builtin:tiny-sd")
-        spec = lambda h, name, w, a: engine.lora_spec(h, name, w, a)
+
+        def spec(h, name, w, a):
+            return engine.lora_spec(h, name, w, a)
+
         both = tr.add_adapter(base, spec(base, "sub/sd_d.safetensors", 0.9, "d"))
         both = tr.add_adapter(both, spec(both, "sd_b.safetensors", 0.6, "b"))
         image = engine.sample(both, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE)

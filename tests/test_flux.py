@@ -260,7 +260,7 @@ def test_kohya_flux_final_layer_and_linear1_land(engine, flux_models):
         sd.update({f"lora_unet_{part}.lora_down.weight": down, f"lora_unet_{part}.lora_up.weight": up,
                    f"lora_unet_{part}.alpha": torch.tensor(2.0)})
         delta = 2.0 / 4 * up @ down
-        for (path, rows), layer in zip(targets, layers):
+        for (path, rows), layer in zip(targets, layers, strict=True):
             if rows == "swap":
                 piece = torch.cat(list(reversed(delta.chunk(2, dim=0))), dim=0)
             else:

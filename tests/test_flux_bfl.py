@@ -152,7 +152,7 @@ def into_flux(weights: dict[str, tuple[torch.Tensor, torch.Tensor]]):
                 w, b = _swap(w), _swap(b)
             layers = [pipe.transformer.get_submodule(p) for p in theirs]
             sizes = [la.out_features for la in layers]
-            for la, wi, bi in zip(layers, w.split(sizes), b.split(sizes)):
+            for la, wi, bi in zip(layers, w.split(sizes), b.split(sizes), strict=True):
                 la.weight.copy_(wi)
                 la.bias.copy_(bi)
     return pipe
@@ -160,7 +160,8 @@ def into_flux(weights: dict[str, tuple[torch.Tensor, torch.Tensor]]):
 
 def scaled(before: dict, after: dict, strength: float) -> dict:
     """Each layer's weights with its delta (after - before) scaled by `strength`."""
-    return {p: tuple(b0 + strength * (b1 - b0) for b0, b1 in zip(before[p], after[p])) for p in before}
+    return {p: tuple(b0 + strength * (b1 - b0) for b0, b1 in zip(before[p], after[p], strict=True))
+            for p in before}
 
 
 def producer_pipe(path, multiplier: float, whole: bool = False):

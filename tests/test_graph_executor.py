@@ -715,9 +715,9 @@ def test_apply_overrides():
     assert prompt["1"]["inputs"]["value"] == 2  # input untouched
     with pytest.raises(WorkflowError, match="no node with id '12'"):
         apply_overrides(prompt, ["12.seed=5"])
-    with pytest.raises(WorkflowError, match="NODE_ID.INPUT=VALUE"):
+    with pytest.raises(WorkflowError, match=r"NODE_ID\.INPUT=VALUE"):
         apply_overrides(prompt, ["1.value"])
-    with pytest.raises(WorkflowError, match="NODE_ID.INPUT=VALUE"):
+    with pytest.raises(WorkflowError, match=r"NODE_ID\.INPUT=VALUE"):
         apply_overrides(prompt, ["1=5"])
     with pytest.raises(WorkflowError, match="has no input 'seed'"):
         apply_overrides(prompt, ["1.seed=5"], REGISTRY)

@@ -388,7 +388,7 @@ def test_a_deep_safetensors_header_is_a_file_error(tmp_path):
     header = ('{"__metadata__": {"x": ' + "[" * 5000 + "]" * 5000 + "}}").encode()
     path = tmp_path / "deep.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
-    with pytest.raises(LoraFileError, match="deep.safetensors"):
+    with pytest.raises(LoraFileError, match=r"deep\.safetensors"):
         read_lora(path)
 
 

@@ -607,7 +607,10 @@ def test_sgm_names_map_the_same_without_diffusers_private_converters(lycoris_dir
         fast = fence.sgm_module_paths(pipe, names)
     with fence.fast_paths_mode("off"):
         public = fence.sgm_module_paths(pipe, names)
-    flat = lambda d: {k: v.replace(".", "_") for k, v in d.items()}  # kohya names compare flat
+
+    def flat(d):  # kohya names compare flat
+        return {k: v.replace(".", "_") for k, v in d.items()}
+
     assert flat(fast) == flat(public) and set(fast) == set(names)
 
 

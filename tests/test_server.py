@@ -8,6 +8,7 @@ the built-in tiny SD pipeline at 64x64 with one or two steps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -157,10 +158,8 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no matching message in {timeout} s; got {[m['type'] for m in self.messages]}")
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._new.wait(), left)
-            except asyncio.TimeoutError:
-                pass
 
     async def queue(self, prompt: dict[str, Any], **extra: Any) -> dict[str, Any]:
         status, body = await self.post("/prompt", {"prompt": prompt, "client_id": self.client_id, **extra})
@@ -301,7 +300,7 @@ def test_twenty_prompts_at_once_all_complete_in_order(server):
         _, history = await client.get("/history")
         assert set(history) == set(ids)
         by_strength = {}
-        for prompt_id, entry in history.items():
+        for _prompt_id, entry in history.items():
             assert entry["status"]["status_str"] == "success", entry["status"]
             info = json.loads(entry["outputs"]["3"]["text"][0])
             by_strength[entry["prompt"][2]["2"]["inputs"]["strength"]] = info["adapters"]["b"]["strength"]
