@@ -34,11 +34,13 @@ def _preset(**override) -> str:
 
 
 def _text_encoders(pipe):
-    tes = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) is not None else [])
+    tes = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) is not None
+                                 else [])
     return tes if len(tes) > 1 else tes[0]
 
 
-def make_network(pipe, algo: str, seed: int, dim: int = 4, alpha: float = 2, preset: dict | None = None, **kwargs):
+def make_network(pipe, algo: str, seed: int, dim: int = 4, alpha: float = 2, preset: dict | None = None,
+                 **kwargs):
     """A LyCORIS network on `pipe` (applied), its weights drawn from `seed`; `preset` overrides PRESET."""
     from lycoris.kohya import create_network
 

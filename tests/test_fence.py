@@ -84,7 +84,8 @@ def private() -> set[str]:
             elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
                   and isinstance(node.value, ast.Name) and node.value.id == "self"):
                 ours.add(node.attr)
-    known = {"_lora_loadable_modules", "_merged_adapters", "_active_adapter", "_func_optionally_disable_offloading"}
+    known = {"_lora_loadable_modules", "_merged_adapters", "_active_adapter",
+             "_func_optionally_disable_offloading"}
     assert known <= names, known - names  # the collector finds what the fence touches
     return (names - ours) | known | _TORCH_INTERNALS
 
@@ -233,7 +234,8 @@ def test_fusion_fallback_merges_and_unmerges_as_the_fast_path(configured):
             h = tr.add_adapter(base, engine.lora_spec(base, "sd_a.safetensors", 0.8, "a"))
             h = tr.add_adapter(h, engine.lora_spec(h, "sd_c.safetensors", 0.6, "c"))
             live, _ = engine.realize(h)
-            layer = next(m for _, m in tuner_layers(live.pipe.unet) if isinstance(m, Linear))  # a plain LoRA Linear
+            # a plain LoRA Linear
+            layer = next(m for _, m in tuner_layers(live.pipe.unet) if isinstance(m, Linear))
             assert fence.merges_by_gemm(layer, ["a"], layer.get_base_layer().weight) == (mode == "on")
             original = _base_weights(live.pipe)
             live, _ = engine.realize(tr.fuse(h, True, True, 0.7, False))

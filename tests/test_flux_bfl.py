@@ -53,7 +53,8 @@ def bfl_layout(transformer) -> dict[str, tuple[list[str], bool]]:
     """{BFL layer path: (diffusers layer paths, swapped)} for the diffusers Flux `transformer`."""
     out = {}
     for i in range(len(transformer.transformer_blocks)):
-        out |= {f"double_blocks.{i}.{k}": ([f"transformer_blocks.{i}.{p}" for p in v], False) for k, v in _DOUBLE.items()}
+        out |= {f"double_blocks.{i}.{k}": ([f"transformer_blocks.{i}.{p}" for p in v], False)
+                for k, v in _DOUBLE.items()}
     for i in range(len(transformer.single_transformer_blocks)):
         out |= {f"single_blocks.{i}.{k}": ([f"single_transformer_blocks.{i}.{p}" for p in v], False)
                 for k, v in _SINGLE.items()}
@@ -87,8 +88,10 @@ class BflFlux(torch.nn.Module):
         super().__init__()
         self.layout = bfl_layout(transformer)
         self.double_blocks = torch.nn.ModuleList(DoubleStreamBlock() for _ in transformer.transformer_blocks)
-        self.single_blocks = torch.nn.ModuleList(SingleStreamBlock() for _ in transformer.single_transformer_blocks)
-        self.time_in, self.vector_in, self.final_layer = torch.nn.Module(), torch.nn.Module(), torch.nn.Module()
+        self.single_blocks = torch.nn.ModuleList(SingleStreamBlock()
+                                                 for _ in transformer.single_transformer_blocks)
+        self.time_in, self.vector_in, self.final_layer = (torch.nn.Module(), torch.nn.Module(),
+                                                          torch.nn.Module())
         self.final_layer.adaLN_modulation = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Identity())
         for path, (theirs, swapped) in self.layout.items():
             layers = [transformer.get_submodule(p) for p in theirs]
@@ -226,7 +229,8 @@ def bfl_dir(tmp_path_factory):
     save_file(mixed, str(root / "loras" / "bfl_mixed.safetensors"))
     # the LoHa file without double block 1 and single block 0: the oracle of block weight 0 on them
     sd = load_file(str(root / "loras" / "bfl_loha.safetensors"))
-    save_file({k: v for k, v in sd.items() if not k.startswith(("lora_unet_double_blocks_1_", "lora_unet_single_blocks_0_"))},
+    save_file({k: v for k, v in sd.items()
+               if not k.startswith(("lora_unet_double_blocks_1_", "lora_unet_single_blocks_0_"))},
               str(root / "loras" / "bfl_loha_part.safetensors"))
     return root
 
@@ -302,7 +306,8 @@ def test_bfl_lokr_on_fused_layers_logs_full_deltas(engine, caplog, monkeypatch):
     assert len(said) == 1 and said[0].startswith("6 LoKr module(s) on fused Flux layers"), said
     monkeypatch.setattr(build, "_CHUNK_BYTES", 4096)
     fresh = Engine()
-    assert torch.equal(sample(fresh, load(fresh, fresh.load_pipeline("builtin:tiny-flux"), "bfl_lokr")), whole)
+    assert torch.equal(sample(fresh, load(fresh, fresh.load_pipeline("builtin:tiny-flux"), "bfl_lokr")),
+                       whole)
 
 
 @pytest.mark.parametrize("name, compute", [("bfl_lokr", "lokr_delta"), ("bfl_dora", "dora_delta")])

@@ -409,8 +409,8 @@ def test_coverage_wraps_conversion_errors(sd_pipe, tmp_path):
         },
     )
     # a LoHa module lacking its other matrices: the loader (#15) names the algorithm and the keys
-    with pytest.raises(LoraFileError, match=r"loha.safetensors: .*loha without hada_w1_b, hada_w2_a, hada_w2_b"
-                       r" \(e\.g\. lora_unet_mid_block_attentions_0_proj_in\.hada_w1_a"):
+    with pytest.raises(LoraFileError, match=r"loha.safetensors: .*loha without hada_w1_b, hada_w2_a, "
+                       r"hada_w2_b \(e\.g\. lora_unet_mid_block_attentions_0_proj_in\.hada_w1_a"):
         coverage(sd_pipe, read_lora(path))
 
 
@@ -449,7 +449,8 @@ def test_truncated_header_and_missing_file(tmp_path):
 def test_nan_lora_is_flagged(files):
     lf = read_lora(files["bad_nan"])  # readable (inspect describes it); LoadLoRA refuses it (check_finite)
     assert len(lf.nonfinite_keys) == 1 and lf.summary()["nonfinite_keys"] == list(lf.nonfinite_keys)
-    with pytest.raises(LoraFileError, match=f"nan_lora.safetensors: tensor '{lf.nonfinite_keys[0]}' holds NaN"):
+    with pytest.raises(LoraFileError,
+                       match=f"nan_lora.safetensors: tensor '{lf.nonfinite_keys[0]}' holds NaN"):
         lf.check_finite()
     read_lora(files["diffusers"]).check_finite()
 
