@@ -140,7 +140,8 @@ def test_fused_and_unfused_give_the_same_image(engine, base, name):
 
 
 def test_the_grid_workflow_is_what_its_tool_writes_and_validates(tmp_path):
-    """examples/workflows/demo_grid.json (the README grid) is tools/make_grid.py's, and it validates."""
+    """examples/workflows/demo_grid.json (the grid in docs/demo-model.md) is tools/make_grid.py's, and it
+    validates."""
     import importlib.util
     import json
     from pathlib import Path

@@ -89,8 +89,9 @@ DORA_FILES = {"ly_dora", "ly_doha", "ly_dokr"}
 def producer(lycoris_dir):
     """(file stem, multiplier) -> the producer's image, computed once per session.
 
-    DoRA family at a multiplier != 1: the producer's merged weight at 1, scaled as SPEC scales every
-    algorithm (the whole delta), since LyCORIS's own multiplier is not linear there (README)."""
+    DoRA family at a multiplier != 1: the producer's merged weight at 1, scaled as docs/CONTRACT.md
+    scales every algorithm (the whole delta), since LyCORIS's own multiplier is not linear there
+    (docs/formats.md, "DoRA, and where the producers disagree")."""
     from loragraph.builtin_models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 
     cache: dict[tuple, torch.Tensor] = {}
@@ -587,9 +588,9 @@ def test_dora_on_the_input_axis_matches_training_network(engine, lycoris_dir, mo
 
 @pytest.mark.parametrize("name", sorted(DORA_FILES))
 def test_dora_strength_zero_is_off(engine, producer, base_image, name):
-    """SPEC: strength scales the whole delta, so 0 is the base image and 0.5 is halfway in weight
-    space. (LyCORIS's own multiplier 0 still applies a DoRA module's low-rank update: that is the
-    difference the README states, checked here so the statement stays true.)"""
+    """docs/CONTRACT.md: strength scales the whole delta, so 0 is the base image and 0.5 is halfway in
+    weight space. (LyCORIS's own multiplier 0 still applies a DoRA module's low-rank update: that is
+    the difference docs/formats.md states, checked here so the statement stays true.)"""
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
 
     h0 = engine.load_pipeline("builtin:tiny-sd")

@@ -435,5 +435,6 @@ def test_the_schedule_example_runs(tmp_path):
     assert result.ok, result.error_lines()
     constant, scheduled = (Image.open(next(tmp_path.rglob(f"outline_{n}_*.png")))
                            for n in ("constant", "scheduled"))
-    # the README's picture: the outline LoRA hollows the triangle; off after 40% of the steps, it stays filled
+    # the picture in docs/demo-model.md: the outline LoRA hollows the triangle; off after 40% of the
+    # steps, it stays filled
     assert demo.fill_ratio(scheduled) > demo.fill_ratio(constant) + 0.1
