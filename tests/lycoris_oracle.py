@@ -120,8 +120,9 @@ def to_sgm_names(src: Path, dst: Path, pipe) -> Path:
 
 
 def scale_whole_delta(modules, multiplier: float) -> None:
-    """SPEC's strength rule on the producer's own forward pass: each adapted layer outputs
-    base + multiplier * (producer(x) - base), the producer's modules applied at multiplier 1.
+    """The contract's strength rule (docs/CONTRACT.md) on the producer's own forward pass: each adapted
+    layer outputs base + multiplier * (producer(x) - base), the producer's modules applied at
+    multiplier 1.
 
     A layer is linear in its weight, so this is W0 + multiplier * (W1 - W0) with W1 the producer's
     patched weight; for the DoRA family it is not LyCORIS's multiplier (which interpolates the

@@ -193,7 +193,7 @@ def test_inspect_prints_summary_and_coverage(models_dir, capsys):
     assert main(["inspect", str(path), "--json"]) == 0
     (line,) = json_lines(capsys)
     assert line["summary"]["base_model"] == "SDXL"
-    # no --model: checked on the built-in model it fits (#15), not reported as made for another one
+    # no --model: checked on the built-in model it fits, not reported as made for another one
     assert line["summary"]["fits"] == ["builtin:tiny-sdxl"]
     assert line["coverage"]["model"] == "builtin:tiny-sdxl" and line["coverage"]["loadable"] is True
     assert main(["inspect", str(path), "--json", "--model", "builtin:tiny-sd"]) == 0

@@ -21,7 +21,7 @@ CFG = 7.0
 SIZE = demo.NATIVE_SIZE
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # All 20 acceptance pairs: one case's curve wobbles at small strengths (sampling is chaotic), the
-# mean over the fixed set is the property the issue asks about; 3 cases were too few to tell.
+# mean over the fixed set is the property docs/demo-model.md reports; 3 cases were too few to tell.
 CURVE_CASES = demo.EVAL_CASES
 # "Moves its property measurably": over the 20 cases, the paired per-case change from strength 0 to 1
 # is at least 3 standard errors from zero (no seed noise explains it). Replaces fixed per-LoRA minima,

@@ -1,5 +1,5 @@
-"""The reconciler's guarantees (issue 2): branches are independent, unfuse is bit-exact, failures
-roll back completely, and the work done is minimal."""
+"""The reconciler's guarantees: branches are independent, unfuse is bit-exact, failures roll back
+completely, and the work done is minimal."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""What a new user meets first (issue #16): threads, serve's console, overridden inputs, run's
-summary (text outputs, error text), inspect without a models folder, serve's folders."""
+"""What a new user meets first: threads, serve's console, overridden inputs, run's summary (text
+outputs, error text), inspect without a models folder, serve's folders."""
 
 from __future__ import annotations
 

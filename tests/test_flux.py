@@ -1,4 +1,4 @@
-"""Flux through the engine (#15): a tiny FluxPipeline built offline, saved as a diffusers folder and
+"""Flux through the engine: a tiny FluxPipeline built offline, saved as a diffusers folder and
 loaded by LoadPipeline; LoRA files in diffusers form against raw diffusers; per-block weights by
 double/single block index against files with those blocks' LoRA layers zeroed. 1/255, fp32, CPU."""
 

@@ -1,4 +1,4 @@
-"""LyCORIS files on Flux in Black Forest Labs' module names (#15): `lora_unet_double_blocks_0_img_attn_qkv`
+"""LyCORIS files on Flux in Black Forest Labs' module names: `lora_unet_double_blocks_0_img_attn_qkv`
 (fused q,k,v), `lora_unet_single_blocks_0_linear1` (fused q,k,v,MLP), the final layer's swapped
 modulation, ... as kohya sd-scripts and LyCORIS write them when trained on the original Flux model.
 
@@ -170,7 +170,7 @@ def scaled(before: dict, after: dict, strength: float) -> dict:
 def producer_pipe(path, multiplier: float, whole: bool = False):
     """The tiny Flux with the BFL layers' effective weights under the producer's network rebuilt from
     `path` with `multiplier`; `whole`: at multiplier 1, each layer's delta then scaled by `multiplier`
-    (SPEC's strength for the DoRA family, whose producer keeps its low-rank update whole)."""
+    (the contract's strength for the DoRA family, whose producer keeps its low-rank update whole)."""
     from lycoris.kohya import create_network_from_weights
 
     bfl = BflFlux(build_tiny_flux().transformer)
@@ -200,7 +200,8 @@ FILES = {
 }
 # what LoRAInfo reports; a file the fixture merges: LoCon everywhere but LoHa on single block 1
 ALGORITHM = {"bfl_dora": "dora", "bfl_dora_in": "dora", "bfl_doha": "doha", "bfl_mixed": "mixed (loha, lora)"}
-# The DoRA family's strength scales its whole delta (SPEC); LyCORIS's multiplier keeps the update whole
+# The DoRA family's strength scales its whole delta (docs/CONTRACT.md); LyCORIS's multiplier keeps the
+# update whole
 WHOLE = {"bfl_dora", "bfl_dora_in", "bfl_doha"}
 # LyCORIS 4.1.3 cannot rebuild a DoRA on the input axis from weights (its rebuilt module assumes the
 # output axis): the oracle is the network that wrote the file; {name: (weights before, after)}

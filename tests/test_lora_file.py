@@ -408,7 +408,7 @@ def test_coverage_wraps_conversion_errors(sd_pipe, tmp_path):
             "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": (1, 4),
         },
     )
-    # a LoHa module lacking its other matrices: the loader (#15) names the algorithm and the keys
+    # a LoHa module lacking its other matrices: the loader names the algorithm and the keys
     with pytest.raises(LoraFileError, match=r"loha.safetensors: .*loha without hada_w1_b, hada_w2_a, "
                        r"hada_w2_b \(e\.g\. lora_unet_mid_block_attentions_0_proj_in\.hada_w1_a"):
         coverage(sd_pipe, read_lora(path))

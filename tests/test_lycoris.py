@@ -1,8 +1,8 @@
-"""LyCORIS files (LoCon with Tucker, LoHa, LoKr, DoRA, full diffs, mixed) through the engine (#15).
+"""LyCORIS files (LoCon with Tucker, LoHa, LoKr, DoRA, full diffs, mixed) through the engine.
 
 Oracle: the producer's own forward pass (tests/lycoris_oracle.py): LyCORIS's network rebuilt from
-the saved file and applied with the multiplier. Images agree within 2/255 (the issue's bound; fp32
-on the CPU they agree to ~1e-6).
+the saved file and applied with the multiplier. Images agree within 2/255 (as docs/formats.md
+states; fp32 on the CPU they agree to ~1e-6).
 """
 
 from __future__ import annotations
@@ -560,8 +560,8 @@ def test_kohya_text_model_spelling(engine, producer, lycoris_dir):
 def test_dora_on_the_input_axis_matches_training_network(engine, lycoris_dir, monkeypatch):
     """A DoRA magnitude per input column (LyCORIS `wd_on_output=False`, older files): LyCORIS 4.1.3
     cannot rebuild it from weights (its rebuilt module assumes the output axis), so the oracle is the
-    network that wrote the file, at 1.0 and, scaled as SPEC says, at 0.5. The deltas are loaded in
-    chunks of a few layers here (at SD1.5 size a chunk is 64 MiB; the tiny model fits one)."""
+    network that wrote the file, at 1.0 and, scaled as docs/CONTRACT.md says, at 0.5. The deltas are
+    loaded in chunks of a few layers here (at SD1.5 size a chunk is 64 MiB; the tiny model fits one)."""
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
     from loragraph.loaders.formats.lycoris import build
     from safetensors.torch import load_file

@@ -1,4 +1,5 @@
-"""Scale-out on Ray (SPEC: Pinned for the next features, Ray): a real local Ray cluster on 127.0.0.1.
+"""Scale-out on Ray (docs/CONTRACT.md, "Pinned for the next features": Ray): a real local Ray cluster on
+127.0.0.1.
 
 One cluster serves the session (``ray.init(num_cpus=2)``: two CPU actors of one thread each, as on
 CI's two cores); every test starts its own pool of actors in it. The model is the shipped

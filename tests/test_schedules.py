@@ -1,11 +1,11 @@
-"""LoRA schedules (SPEC: ScheduleAdapterWeights) against diffusers' own recipe.
+"""LoRA schedules (docs/CONTRACT.md: ScheduleAdapterWeights) against diffusers' own recipe.
 
 The oracle is what diffusers documents for a per-step LoRA strength: `set_adapters` before the call
 for step 0, then `callback_on_step_end` -> `set_adapters` (the callback runs at the END of step i,
 so it sets step i+1's weights). The per-step weights the recipe uses are written out by hand in each
-test from SPEC's rule "step i of N runs at strength(i / N)", not computed by the code under test.
-Tolerance: 2/255 (the issue's "max pixel difference <= 2" on 0..255); fp32 on the CPU, the images
-are in fact bit-equal.
+test from the contract's rule "step i of N runs at strength(i / N)", not computed by the code under
+test. Tolerance: 2/255 (a pixel may differ by at most 2 on 0..255); fp32 on the CPU, the images are
+in fact bit-equal.
 """
 
 from __future__ import annotations

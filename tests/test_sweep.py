@@ -1,4 +1,5 @@
-"""``loragraph run --sweep`` (SPEC: Pinned for the next features, Ray): a grid over one workflow.
+"""``loragraph run --sweep`` (docs/CONTRACT.md, "Pinned for the next features": Ray): a grid over one
+workflow.
 
 The oracle is the same workflow run once per point with ``--set``: a sweep must write the same
 images (byte for byte) under the same names, in the order the grid gives (first --sweep slowest).

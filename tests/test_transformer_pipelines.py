@@ -199,7 +199,7 @@ def test_save_lora_round_trips_through_diffusers(engine, sd3_models, tmp_path):
     assert max_diff(render(raw), sample(engine, h)) <= TOL
 
 
-# --- #15: per-block weights on a transformer denoiser (diffusers offers them on UNets only) ---------
+# --- per-block weights on a transformer denoiser (diffusers offers them on UNets only) --------------
 
 
 def test_transformer_block_weights_by_index(engine, sd3_models):

@@ -391,7 +391,7 @@ BAD_INPUTS = {
     "wrong base model": (_set("2", lora_name="bad/sdxl_lora_for_sd.safetensors"), 1, "2", "lora_name"),
     "unsafe pickle": (_set("2", lora_name="bad/unsafe_pickle.pt"), 1, "2", "lora_name"),
     "NaN lora": (_set("2", lora_name="bad/nan_lora.safetensors"), 1, "2", "lora_name"),
-    # issue 13: numbers that are not numbers, and work refused before it starts
+    # numbers that are not numbers, and work refused before it starts
     "strength NaN": (_set("2", strength="NaN"), 2, "2", "strength"),
     "cfg NaN": (_set("4", cfg="nan"), 2, "4", "cfg"),
     "steps at the maximum": (_set("4", steps=1000), 1, "4", "steps"),  # DDIM would index timestep 1000
