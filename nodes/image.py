@@ -50,7 +50,8 @@ def _save(images: torch.Tensor, folder: Path, prefix: str, kind: str, prompt: An
         img = Image.fromarray(array)
         info = _png_info(prompt, extra_pnginfo, image_credits)
         # compress_level 4: ComfyUI's choice, a fair size/speed trade.
-        path = names.save(lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info, compress_level=4))
+        path = names.save(
+            lambda tmp, img=img, info=info: img.save(tmp, format="PNG", pnginfo=info, compress_level=4))
         results.append({"filename": path.name, "subfolder": names.subfolder, "type": kind})
     return {"ui": {"images": results}}
 

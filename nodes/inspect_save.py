@@ -25,10 +25,16 @@ class SaveLoRA:
             "required": {
                 "pipeline": (PIPELINE, {}),
                 "adapter_name": ("STRING", {"default": "", "tooltip": "The adapter to save."}),
-                "filename_prefix": ("STRING", {"default": "loragraph", "tooltip": "File name prefix, may hold subfolders."}),
+                "filename_prefix": (
+                    "STRING",
+                    {"default": "loragraph", "tooltip": "File name prefix, may hold subfolders."},
+                ),
                 "format": (
                     ["kohya", "diffusers"],
-                    {"default": "kohya", "tooltip": "kohya: loads in ComfyUI/A1111/diffusers. diffusers: PEFT keys."},
+                    {
+                        "default": "kohya",
+                        "tooltip": "kohya: loads in ComfyUI/A1111/diffusers. diffusers: PEFT keys.",
+                    },
                 ),
             }
         }
@@ -45,7 +51,9 @@ class SaveLoRA:
 
 
 class LoRAInfo:
-    DESCRIPTION = "Report the LoRA state as JSON: adapters per component, active weights, fused, text-encoder switch."
+    DESCRIPTION = (
+        "Report the LoRA state as JSON: adapters per component, active weights, fused, text-encoder switch."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STRING",)
     RETURN_NAMES = ("info",)

@@ -42,7 +42,10 @@ class LoadLoRA:
                 "pipeline": (PIPELINE, {"tooltip": "The pipeline to add the LoRA to."}),
                 "lora_name": (
                     _lora_names(),
-                    {"tooltip": "A file in the loras folder (.safetensors; .ckpt/.pt/.bin load weights-only)."},
+                    {
+                        "tooltip": "A file in the loras folder (.safetensors; .ckpt/.pt/.bin load "
+                        "weights-only)."
+                    },
                 ),
                 "strength": (
                     "FLOAT",
@@ -70,11 +73,16 @@ class LoadLoRA:
 
         try:
             return store.file_sha256(host.resolve_in("loras", lora_name))
-        except Exception:  # noqa: BLE001 - validation reports the bad name; the cache key just must not crash
+        except Exception:  # validation reports the bad name; the cache key just must not crash
             return ""
 
     def run(
-        self, pipeline: PipelineHandle, lora_name: str, strength: float, adapter_name: str = "", unique_id: Any = None
+        self,
+        pipeline: PipelineHandle,
+        lora_name: str,
+        strength: float,
+        adapter_name: str = "",
+        unique_id: Any = None,
     ) -> NodeResult:
         origin = origin_of("LoadLoRA", unique_id)
         spec = engine().lora_spec(pipeline, lora_name, strength, adapter_name, origin)
@@ -92,7 +100,8 @@ class SetAdapterWeights:
     FUNCTION = "run"
     # set_adapters replaces the whole active set: every earlier strength or weight stops mattering.
     SETS: ClassVar = MappingProxyType({"adapter_names": ADAPTER_WEIGHTS, "weights": ADAPTER_WEIGHTS,
-                                       "text_encoder_weights": ADAPTER_WEIGHTS, "block_weights": ADAPTER_WEIGHTS})
+                                       "text_encoder_weights": ADAPTER_WEIGHTS,
+                                       "block_weights": ADAPTER_WEIGHTS})
     OVERRIDES: ClassVar = MappingProxyType({ADAPTER_WEIGHTS: "weights"})
 
     @classmethod
@@ -170,15 +179,30 @@ class FuseLoRA:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
-                "fuse_unet": ("BOOLEAN", {"default": True, "tooltip": "Fuse into the denoiser (unet or transformer)."}),
-                "fuse_text_encoder": ("BOOLEAN", {"default": True, "tooltip": "Fuse into the text encoder(s)."}),
+                "fuse_unet": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "Fuse into the denoiser (unet or transformer)."},
+                ),
+                "fuse_text_encoder": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "Fuse into the text encoder(s)."},
+                ),
                 "lora_scale": (
                     "FLOAT",
-                    {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01, "tooltip": "Scales the fused delta."},
+                    {
+                        "default": 1.0,
+                        "min": -100.0,
+                        "max": 100.0,
+                        "step": 0.01,
+                        "tooltip": "Scales the fused delta.",
+                    },
                 ),
                 "safe_fusing": (
                     "BOOLEAN",
-                    {"default": False, "tooltip": "Check the fused weights for NaN and refuse to fuse a broken LoRA."},
+                    {
+                        "default": False,
+                        "tooltip": "Check the fused weights for NaN and refuse to fuse a broken LoRA.",
+                    },
                 ),
                 "adapter_names": (
                     "STRING",
@@ -199,8 +223,11 @@ class FuseLoRA:
         unique_id: Any = None,
     ) -> NodeResult:
         origin = origin_of("FuseLoRA", unique_id)
-        new = widget_text.fuse(pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names, origin)
-        if new.state.schedules:  # a fusion that would hide a scheduled adapter fails here (loaders/weight_schedule.py)
+        new = widget_text.fuse(
+            pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names, origin
+        )
+        # a fusion that would hide a scheduled adapter fails here (loaders/weight_schedule.py)
+        if new.state.schedules:
             engine().check_schedules(new)
         return realize_with_ui(new)
 
@@ -218,7 +245,10 @@ class UnfuseLoRA:
             "required": {
                 "pipeline": (PIPELINE, {}),
                 "unfuse_unet": ("BOOLEAN", {"default": True, "tooltip": "Unfuse the denoiser."}),
-                "unfuse_text_encoder": ("BOOLEAN", {"default": True, "tooltip": "Unfuse the text encoder(s)."}),
+                "unfuse_text_encoder": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "Unfuse the text encoder(s)."},
+                ),
             }
         }
 
@@ -227,7 +257,9 @@ class UnfuseLoRA:
 
 
 class TextEncoderLoRAToggle:
-    DESCRIPTION = "Switch the LoRA layers of the text encoder(s) on or off (enable/disable_lora_for_text_encoder)."
+    DESCRIPTION = (
+        "Switch the LoRA layers of the text encoder(s) on or off (enable/disable_lora_for_text_encoder)."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
@@ -263,7 +295,10 @@ class DeleteAdapters:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
-                "adapter_names": ("STRING", {"default": "", "tooltip": "Comma-separated adapter names to delete."}),
+                "adapter_names": (
+                    "STRING",
+                    {"default": "", "tooltip": "Comma-separated adapter names to delete."},
+                ),
             }
         }
 
@@ -272,7 +307,9 @@ class DeleteAdapters:
 
 
 class UnloadLoRA:
-    DESCRIPTION = "Remove every LoRA, fused ones included (diffusers' unload_lora_weights): the base pipeline."
+    DESCRIPTION = (
+        "Remove every LoRA, fused ones included (diffusers' unload_lora_weights): the base pipeline."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
@@ -301,8 +338,14 @@ class SetLoRADevice:
         return {
             "required": {
                 "pipeline": (PIPELINE, {}),
-                "adapter_names": ("STRING", {"default": "", "tooltip": "Comma-separated; empty: every adapter."}),
-                "device": (["cpu", "cuda", "mps", "auto"], {"default": "cpu", "tooltip": "auto: the pipeline's device."}),
+                "adapter_names": (
+                    "STRING",
+                    {"default": "", "tooltip": "Comma-separated; empty: every adapter."},
+                ),
+                "device": (
+                    ["cpu", "cuda", "mps", "auto"],
+                    {"default": "cpu", "tooltip": "auto: the pipeline's device."},
+                ),
             }
         }
 

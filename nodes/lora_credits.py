@@ -130,7 +130,8 @@ def lora_credits(handle: Any) -> tuple[LoraCredit, ...]:
     from ..loaders.weight_schedule import active_schedules, sampling_state
 
     schedules = {s.adapter: s for s in active_schedules(handle.state)}
-    state = sampling_state(handle.state, handle.source.denoiser)  # what the Sampler ran: scheduled ones unfused
+    # what the Sampler ran: scheduled ones unfused
+    state = sampling_state(handle.state, handle.source.denoiser)
     active = state.active.as_dict()
     fused_weight: dict[str, Any] = {}
     for op in state.fused:
@@ -152,7 +153,8 @@ def lora_credits(handle: Any) -> tuple[LoraCredit, ...]:
             sha256=spec.sha256,
             short_hash=_short_hash(spec.path, spec.sha256),
             fused=spec.name in fused_weight,
-            schedule=({"keyframes": schedules[spec.name].text(), "interpolation": schedules[spec.name].interpolation}
+            schedule=({"keyframes": schedules[spec.name].text(),
+                       "interpolation": schedules[spec.name].interpolation}
                       if spec.name in schedules else None),
         ))
     return tuple(credits)

@@ -50,7 +50,8 @@ def node_info(
     }
     if hasattr(node_class, "OUTPUT_TOOLTIPS"):
         info["output_tooltips"] = node_class.OUTPUT_TOOLTIPS
-    for flag, key in (("DEPRECATED", "deprecated"), ("EXPERIMENTAL", "experimental"), ("DEV_ONLY", "dev_only")):
+    for flag, key in (("DEPRECATED", "deprecated"), ("EXPERIMENTAL", "experimental"),
+                      ("DEV_ONLY", "dev_only")):
         if getattr(node_class, flag, False):
             info[key] = True
     info["search_aliases"] = list(getattr(node_class, "SEARCH_ALIASES", []))

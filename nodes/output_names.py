@@ -1,7 +1,9 @@
-"""Output file naming, as ComfyUI's `folder_paths.get_save_image_path` does it; writes go through base/disk.py."""
+"""Output file naming, as ComfyUI's `folder_paths.get_save_image_path` does it; writes go through
+base/disk.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,8 @@ class NumberedNames:
     saving the same prefix into the same folder at the same time never overwrites a file.
     """
 
-    def __init__(self, folder: Path, filename_prefix: str, suffix: str, input_name: str = "filename_prefix") -> None:
+    def __init__(self, folder: Path, filename_prefix: str, suffix: str,
+                 input_name: str = "filename_prefix") -> None:
         folder = Path(folder).resolve()
         norm = os.path.normpath(filename_prefix or "ComfyUI")
         subfolder = os.path.dirname(norm)
@@ -37,10 +40,8 @@ class NumberedNames:
         for entry in os.listdir(self.target):
             # ComfyUI's map_filename: "<prefix>_<digits>_..." -> digits
             if entry[: len(name)].lower() == name.lower() and entry[len(name) : len(name) + 1] == "_":
-                try:
+                with contextlib.suppress(ValueError):
                     counter = max(counter, int(entry[len(name) + 1 :].split("_")[0]))
-                except ValueError:
-                    pass
         return counter
 
     def path_for(self, counter: int) -> Path:
@@ -53,7 +54,8 @@ class NumberedNames:
         return path
 
 
-def next_path(folder: Path, filename_prefix: str, suffix: str, input_name: str = "filename_prefix") -> tuple[Path, str]:
+def next_path(folder: Path, filename_prefix: str, suffix: str,
+              input_name: str = "filename_prefix") -> tuple[Path, str]:
     """The name the next save would take (a guess: `NumberedNames.save` is what reserves it)."""
     names = NumberedNames(folder, filename_prefix, suffix, input_name)
     return names.path_for(names.counter), names.subfolder

@@ -12,7 +12,8 @@ def model_choices() -> list[str]:
     from .. import host
     from ..builtin_models.catalog import BUILTIN_MODELS, DEFAULT_BUILTIN
 
-    builtin = [f"builtin:{DEFAULT_BUILTIN}"] + [f"builtin:{n}" for n in BUILTIN_MODELS if n != DEFAULT_BUILTIN]
+    builtin = [f"builtin:{DEFAULT_BUILTIN}"] + [f"builtin:{n}" for n in BUILTIN_MODELS
+                                                if n != DEFAULT_BUILTIN]
     return builtin + host.list_diffusers_folders() + host.list_checkpoints()
 
 
@@ -31,7 +32,10 @@ class LoadPipeline:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "model": (model_choices(), {"tooltip": "builtin:<name>, a diffusers folder, or a checkpoint file."}),
+                "model": (
+                    model_choices(),
+                    {"tooltip": "builtin:<name>, a diffusers folder, or a checkpoint file."},
+                ),
                 "dtype": (
                     ["auto", "float32", "float16", "bfloat16"],
                     {"default": "auto", "tooltip": "auto: float16 on CUDA, float32 elsewhere."},
@@ -50,7 +54,7 @@ class LoadPipeline:
 
         try:
             return make_source(model, dtype, device).fingerprint
-        except Exception:  # noqa: BLE001 - validation reports the bad value; the cache key just must not crash
+        except Exception:  # validation reports the bad value; the cache key just must not crash
             return ""
 
     def run(self, model: str, dtype: str = "auto", device: str = "auto") -> NodeResult:

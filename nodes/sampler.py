@@ -33,7 +33,10 @@ class Sampler:
             "required": {
                 "pipeline": (PIPELINE, {}),
                 "prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What to draw."}),
-                "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "What to avoid."}),
+                "negative_prompt": (
+                    "STRING",
+                    {"multiline": True, "default": "", "tooltip": "What to avoid."},
+                ),
                 "seed": (
                     "INT",
                     {
@@ -47,11 +50,27 @@ class Sampler:
                 "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Denoising steps."}),
                 "cfg": (
                     "FLOAT",
-                    {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "Guidance scale."},
+                    {
+                        "default": 7.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "round": 0.01,
+                        "tooltip": "Guidance scale.",
+                    },
                 ),
-                "width": ("INT", {"default": 512, "min": 8, "max": 16384, "step": 8, "tooltip": "A multiple of 8."}),
-                "height": ("INT", {"default": 512, "min": 8, "max": 16384, "step": 8, "tooltip": "A multiple of 8."}),
-                "scheduler": (list(SCHEDULERS), {"default": "default", "tooltip": "default keeps the pipeline's own."}),
+                "width": (
+                    "INT",
+                    {"default": 512, "min": 8, "max": 16384, "step": 8, "tooltip": "A multiple of 8."},
+                ),
+                "height": (
+                    "INT",
+                    {"default": 512, "min": 8, "max": 16384, "step": 8, "tooltip": "A multiple of 8."},
+                ),
+                "scheduler": (
+                    list(SCHEDULERS),
+                    {"default": "default", "tooltip": "default keeps the pipeline's own."},
+                ),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per prompt."}),
             }
         }
@@ -73,8 +92,9 @@ class Sampler:
                     return f"{name} must be a multiple of 8, got {value}"
         return True
 
-    def run(self, pipeline: PipelineHandle, prompt: str, negative_prompt: str, seed: int, steps: int, cfg: float,
-            width: int, height: int, scheduler: str = "default", batch_size: int = 1) -> NodeResult:
+    def run(self, pipeline: PipelineHandle, prompt: str, negative_prompt: str, seed: int, steps: int,
+            cfg: float, width: int, height: int, scheduler: str = "default",
+            batch_size: int = 1) -> NodeResult:
         from .. import host
 
         images = engine().sample(
@@ -91,10 +111,11 @@ class Sampler:
             progress=host.progress_reporter(steps),
             check_interrupted=host.check_interrupted,
         )
-        # SaveImage writes the LoRAs used into the PNG; the IMAGE stays a plain tensor (nodes/lora_credits.py).
+        # SaveImage writes the LoRAs used into the PNG; the IMAGE stays a plain tensor
+        # (nodes/lora_credits.py).
         try:
-            lora_credits.register(images, lora_credits.credits_for(pipeline, prompt, negative_prompt, seed, steps, cfg,
-                                                         width, height, scheduler))
+            lora_credits.register(images, lora_credits.credits_for(pipeline, prompt, negative_prompt, seed,
+                                                                   steps, cfg, width, height, scheduler))
         except Exception:  # credits are a courtesy: never fail a render over them
             logger.warning("could not record the LoRAs used by this Sampler", exc_info=True)
         warning = engine().size_warning(pipeline, width, height)

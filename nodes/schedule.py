@@ -11,15 +11,17 @@ from .common import CATEGORY, PIPELINE, NodeResult, engine, origin_of
 
 class ScheduleAdapterWeights:
     DESCRIPTION = (
-        "Give an adapter a strength that changes over the sampling steps: step i of N runs the denoiser at "
-        "strength(i / N), from keyframes. Acts on the denoiser only: text encoders run once per prompt, so "
-        "their weight stays what LoadLoRA/SetAdapterWeights set. A scheduled adapter samples unfused. A later "
-        "SetAdapterWeights naming the adapter removes the schedule; a later schedule replaces it."
+        "Give an adapter a strength that changes over the sampling steps: step i of N runs the denoiser "
+        "at strength(i / N), from keyframes. Acts on the denoiser only: text encoders run once per prompt, "
+        "so their weight stays what LoadLoRA/SetAdapterWeights set. A scheduled adapter samples unfused. A "
+        "later SetAdapterWeights naming the adapter removes the schedule; a later schedule replaces it."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = (PIPELINE,)
     RETURN_NAMES = ("pipeline",)
-    OUTPUT_TOOLTIPS = ("The pipeline with this adapter's strength scheduled; the Sampler applies it per step.",)
+    OUTPUT_TOOLTIPS = (
+        "The pipeline with this adapter's strength scheduled; the Sampler applies it per step.",
+    )
     FUNCTION = "run"
 
     @classmethod
@@ -27,15 +29,18 @@ class ScheduleAdapterWeights:
         return {
             "required": {
                 "pipeline": (PIPELINE, {"tooltip": "A pipeline with the adapter loaded and active."}),
-                "adapter_name": ("STRING", {"default": "", "tooltip": "The loaded, active adapter to schedule."}),
+                "adapter_name": (
+                    "STRING",
+                    {"default": "", "tooltip": "The loaded, active adapter to schedule."},
+                ),
                 "keyframes": (
                     "STRING",
                     {
                         "default": "0:1.0",
                         "multiline": True,  # a text box: the editor redraws the curve at every keystroke
-                        "tooltip": "progress:strength pairs, comma-separated, progress in 0..1 and increasing, "
-                        "e.g. 0:1.0, 0.4:1.0, 0.6:0.0. Before the first keyframe its strength holds, after the "
-                        "last the last. Denoiser only: text encoders run once per prompt.",
+                        "tooltip": "progress:strength pairs, comma-separated, progress in 0..1 and "
+                        "increasing, e.g. 0:1.0, 0.4:1.0, 0.6:0.0. Before the first keyframe its strength "
+                        "holds, after the last the last. Denoiser only: text encoders run once per prompt.",
                     },
                 ),
                 "interpolation": (

@@ -64,7 +64,8 @@ def parse_keyframes(text: str, input_name: str = "keyframes") -> tuple[tuple[flo
     for i, part in enumerate(parts, 1):
         where = f"keyframe {i} ({part!r})"
         if not part:
-            raise NodeInputError(input_name, f"keyframe {i} is empty (two commas in a row, or a trailing comma)")
+            raise NodeInputError(input_name,
+                                 f"keyframe {i} is empty (two commas in a row, or a trailing comma)")
         if part.count(":") != 1:
             raise NodeInputError(input_name, f"{where}: expected progress:strength, e.g. 0.4:1.0")
         p_text, s_text = (x.strip() for x in part.split(":"))
@@ -77,12 +78,14 @@ def parse_keyframes(text: str, input_name: str = "keyframes") -> tuple[tuple[flo
         except ValueError:
             raise NodeInputError(input_name, f"{where}: strength {s_text!r} is not a number") from None
         if not math.isfinite(progress) or not 0.0 <= progress <= 1.0:
-            raise NodeInputError(input_name, f"{where}: progress must be between 0 and 1 (a fraction of the steps)")
+            raise NodeInputError(input_name,
+                                 f"{where}: progress must be between 0 and 1 (a fraction of the steps)")
         if not math.isfinite(strength):
             raise NodeInputError(input_name, f"{where}: strength must be a finite number")
         if out and progress <= out[-1][0]:
             raise NodeInputError(
-                input_name, f"{where}: progress must increase strictly, but {progress:g} follows {out[-1][0]:g}"
+                input_name,
+                f"{where}: progress must increase strictly, but {progress:g} follows {out[-1][0]:g}",
             )
         out.append((progress, strength))
     return tuple(out)

@@ -37,8 +37,10 @@ def models_dir(tmp_path_factory) -> Path:
     write_lora_file(loras / "sd_old.safetensors", "sd", "diffusers-old", rank=4, seed=14)
     write_lora_file(loras / "sub" / "sd_d.safetensors", "sd", "diffusers", rank=2, alpha=1, seed=15)
     # UNet-only, same layers and rank, other alphas and formats: one can be hot-swapped into the other
-    write_lora_file(loras / "sd_u1.safetensors", "sd", "diffusers", rank=4, alpha=2, seed=16, components=("unet",))
-    write_lora_file(loras / "sd_u2.safetensors", "sd", "kohya", rank=4, alpha=8, seed=17, components=("unet",))
+    write_lora_file(loras / "sd_u1.safetensors", "sd", "diffusers", rank=4, alpha=2, seed=16,
+                    components=("unet",))
+    write_lora_file(loras / "sd_u2.safetensors", "sd", "kohya", rank=4, alpha=8, seed=17,
+                    components=("unet",))
     write_lora_file(loras / "xl_a.safetensors", "sdxl", "diffusers", rank=4, seed=21)
     write_lora_file(loras / "xl_k.safetensors", "sdxl", "kohya", rank=4, alpha=8, seed=22)
     write_bad_files(loras / "bad")

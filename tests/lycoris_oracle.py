@@ -34,11 +34,13 @@ def _preset(**override) -> str:
 
 
 def _text_encoders(pipe):
-    tes = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) is not None else [])
+    tes = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) is not None
+                                 else [])
     return tes if len(tes) > 1 else tes[0]
 
 
-def make_network(pipe, algo: str, seed: int, dim: int = 4, alpha: float = 2, preset: dict | None = None, **kwargs):
+def make_network(pipe, algo: str, seed: int, dim: int = 4, alpha: float = 2, preset: dict | None = None,
+                 **kwargs):
     """A LyCORIS network on `pipe` (applied), its weights drawn from `seed`; `preset` overrides PRESET."""
     from lycoris.kohya import create_network
 
@@ -118,8 +120,9 @@ def to_sgm_names(src: Path, dst: Path, pipe) -> Path:
 
 
 def scale_whole_delta(modules, multiplier: float) -> None:
-    """SPEC's strength rule on the producer's own forward pass: each adapted layer outputs
-    base + multiplier * (producer(x) - base), the producer's modules applied at multiplier 1.
+    """The contract's strength rule (docs/CONTRACT.md) on the producer's own forward pass: each adapted
+    layer outputs base + multiplier * (producer(x) - base), the producer's modules applied at
+    multiplier 1.
 
     A layer is linear in its weight, so this is W0 + multiplier * (W1 - W0) with W1 the producer's
     patched weight; for the DoRA family it is not LyCORIS's multiplier (which interpolates the

@@ -11,8 +11,9 @@ import pytest
 import torch
 from loragraph.benchmarks.lora_ops import base_weight_mismatches, base_weights, write_lycoris
 from loragraph.builtin_models.tiny_sd import build_tiny_sd
-from loragraph.loaders import state as st
+from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
+from loragraph.nodes import widget_text as wt
 from safetensors.torch import save_file
 
 # a parameter table of each adapter layer the engine parks: peft's LoRA, LoHa and LoKr (LyCORIS DoRA
@@ -52,9 +53,9 @@ def parked(tmp_path_factory):
     base = engine.load_pipeline("builtin:tiny-sd", "float32", "cpu")
     stack = base
     for name, file in files.items():
-        stack = st.add_adapter(stack, engine.lora_spec(stack, file, 0.7, name))
-    engine.realize(st.fuse(stack, True, True, 1.0, False, ""))
-    live, _ = engine.realize(st.unload(base))
+        stack = tr.add_adapter(stack, engine.lora_spec(stack, file, 0.7, name))
+    engine.realize(wt.fuse(stack, True, True, 1.0, False, ""))
+    live, _ = engine.realize(tr.unload(base))
     return fresh, live.pipe
 
 

@@ -43,8 +43,8 @@ INK_TRIGGERS = "inkwash, red circle"
 
 @pytest.fixture(scope="module")
 def editor_models(tmp_path_factory) -> Path:
-    """loras/: the examples' files (when present: demo_a/b and shapes/*), `ink` (diffusers, trigger words in its
-    metadata) and `styles/paper-v2` (kohya, alpha 2), all for the built-in tiny SD pipeline."""
+    """loras/: the examples' files (when present: demo_a/b and shapes/*), `ink` (diffusers, trigger words
+    in its metadata) and `styles/paper-v2` (kohya, alpha 2), all for the built-in tiny SD pipeline."""
     from loragraph.testing import write_lora_file
 
     root = tmp_path_factory.mktemp("editor-models")
@@ -106,7 +106,8 @@ def test_lora_info_route_describes_a_lora_file(folders):
             assert info["file"] == "ink.safetensors" and info["format"] == "diffusers"
             assert info["ranks"] == [4] and info["base_model"]
             assert info["trigger_words"][:2] == ["inkwash", "red circle"] and info["title"] == "Ink wash"
-        kohya = await (await client.get("/loragraph/lora_info", params={"name": "styles/paper-v2.safetensors"})).json()
+        kohya = await (await client.get("/loragraph/lora_info",
+                                        params={"name": "styles/paper-v2.safetensors"})).json()
         assert kohya["format"] == "kohya" and kohya["alphas"] == [2.0]
         assert "ink.safetensors" in await (await client.get("/loragraph/loras")).json()
 
@@ -146,8 +147,8 @@ def test_the_editor_derives_adapter_names_as_the_engine_does():
     script = (f"import {{ deriveAdapterName }} from {json.dumps((REPO / 'web/js/adapters.js').as_uri())};\n"
               f"const cases = {json.dumps(cases)};\n"
               "console.log(JSON.stringify(cases.map(([n, taken]) => deriveAdapterName(n, taken))));")
-    proc = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=30,
-                          check=False, env={**os.environ, "NODE_NO_WARNINGS": "1"})
+    proc = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True,
+                          timeout=30, check=False, env={**os.environ, "NODE_NO_WARNINGS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [derive_adapter_name(n, tuple(taken)) for n, taken in cases]
 
@@ -201,29 +202,33 @@ def test_editor_routes_users_settings_userdata_round_trip(folders, fake_frontend
         assert res.status == 409
         # overwrite=false is atomic: of ten posts of one new name at once, one writes, nine get 409
         bodies = [json.dumps({"n": i}).encode() for i in range(10)]
-        answers = await asyncio.gather(*(client.post("/api/userdata/workflows%2Frace.json?overwrite=false", data=b)
+        answers = await asyncio.gather(*(client.post("/api/userdata/workflows%2Frace.json?overwrite=false",
+                                                     data=b)
                                          for b in bodies))
         assert sorted(r.status for r in answers) == [200] + [409] * 9
-        winner = next(b for b, r in zip(bodies, answers) if r.status == 200)
+        winner = next(b for b, r in zip(bodies, answers, strict=True) if r.status == 200)
         assert (user_root / "workflows" / "race.json").read_bytes() == winner
         for i in range(2):
             await client.post(f"/api/userdata/workflows%2Fsrc{i}.json", data=bodies[i])
         moves = await asyncio.gather(*(client.post(f"/api/userdata/workflows%2Fsrc{i}.json/move/"
-                                                   "workflows%2Fdest.json?overwrite=false") for i in range(2)))
+                                                   "workflows%2Fdest.json?overwrite=false")
+                                       for i in range(2)))
         assert sorted(r.status for r in moves) == [200, 409]
         kept = next(i for i, r in enumerate(moves) if r.status == 409)  # the refused move leaves its file
         assert (user_root / "workflows" / f"src{kept}.json").read_bytes() == bodies[kept]
         assert (user_root / "workflows" / "dest.json").read_bytes() == bodies[1 - kept]
         for name in ("race.json", "dest.json", f"src{kept}.json"):
             assert (await client.delete(f"/api/userdata/workflows%2F{name}")).status == 204
-        res = await client.post("/api/userdata/workflows%2Fmine.json/move/workflows%2Fmoved.json?full_info=true")
+        res = await client.post("/api/userdata/workflows%2Fmine.json/move/workflows%2Fmoved.json"
+                                "?full_info=true")
         assert res.status == 200 and (await res.json())["path"] == "workflows/moved.json"
         assert (await client.delete("/api/userdata/workflows%2Fmoved.json")).status == 204
         assert (await client.get("/api/userdata/workflows%2Fmoved.json")).status == 404
         assert (await client.get("/api/userdata", params={"dir": "nothing"})).status == 404
         await client.post("/api/userdata/page.html", data=b"<script>alert(1)</script>")
         res = await client.get("/api/userdata/page.html")
-        assert res.headers["Content-Type"] == "application/octet-stream"  # never rendered in the editor's origin
+        # never rendered in the editor's origin
+        assert res.headers["Content-Type"] == "application/octet-stream"
         await client.post("/api/userdata/user.css", data=b"body {}")
         assert (await client.get("/api/userdata/user.css")).headers["Content-Type"].startswith("text/css")
         assert (await client.get("/api/userdata")).status == 400
@@ -246,7 +251,8 @@ def test_editor_routes_users_settings_userdata_round_trip(folders, fake_frontend
         ink = next(x for x in loras if x["name"] == "ink.safetensors")
         assert ink["pathIndex"] == 0 and ink["size"] > 0
         assert any(x["name"] == "styles/paper-v2.safetensors" for x in loras)
-        meta = await (await client.get("/api/view_metadata/loras", params={"filename": "ink.safetensors"})).json()
+        meta = await (await client.get("/api/view_metadata/loras",
+                                       params={"filename": "ink.safetensors"})).json()
         assert meta["modelspec.trigger_phrase"] == INK_TRIGGERS
         assert (await client.get("/internal/logs/raw")).status == 200
         assert (await client.get("/internal/files/output")).status == 200
@@ -314,19 +320,23 @@ def run_workflow() -> tuple[dict[str, Any], list[str]]:
         wf = json.loads(QUICKSTART.read_text())
     else:
         wf = {
-            "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"}},
+            "1": {"class_type": "LoadPipeline",
+                  "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"}},
             "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": "ink.safetensors",
                                                         "strength": 1.0, "adapter_name": "ink"}},
-            "3": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["2", 0], "lora_name": "styles/paper-v2.safetensors",
-                                                        "strength": 1.0, "adapter_name": "paper"}},
-            "4": {"class_type": "SetAdapterWeights", "inputs": {"pipeline": ["3", 0], "adapter_names": "ink, paper",
-                                                                 "weights": "0.8, 0.6", "text_encoder_weights": "",
-                                                                 "block_weights": ""}},
-            "5": {"class_type": "FuseLoRA", "inputs": {"pipeline": ["4", 0], "fuse_unet": True, "fuse_text_encoder": True,
-                                                        "lora_scale": 1.0, "safe_fusing": False, "adapter_names": ""}},
-            "6": {"class_type": "Sampler", "inputs": {"pipeline": ["5", 0], "prompt": "a red circle", "negative_prompt": "",
-                                                       "seed": 42, "steps": 20, "cfg": 7.0, "width": 64, "height": 64,
-                                                       "scheduler": "default", "batch_size": 1}},
+            "3": {"class_type": "LoadLoRA",
+                  "inputs": {"pipeline": ["2", 0], "lora_name": "styles/paper-v2.safetensors",
+                             "strength": 1.0, "adapter_name": "paper"}},
+            "4": {"class_type": "SetAdapterWeights",
+                  "inputs": {"pipeline": ["3", 0], "adapter_names": "ink, paper", "weights": "0.8, 0.6",
+                             "text_encoder_weights": "", "block_weights": ""}},
+            "5": {"class_type": "FuseLoRA",
+                  "inputs": {"pipeline": ["4", 0], "fuse_unet": True, "fuse_text_encoder": True,
+                             "lora_scale": 1.0, "safe_fusing": False, "adapter_names": ""}},
+            "6": {"class_type": "Sampler",
+                  "inputs": {"pipeline": ["5", 0], "prompt": "a red circle", "negative_prompt": "",
+                             "seed": 42, "steps": 20, "cfg": 7.0, "width": 64, "height": 64,
+                             "scheduler": "default", "batch_size": 1}},
             "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "quickstart"}},
         }
     for node in wf.values():
@@ -364,7 +374,8 @@ def names_workflow() -> dict[str, Any]:
                                                       "adapter_name": ""}}
 
     return {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"}},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"}},
         "2": lora(2, "1", "ink.safetensors"),
         "3": lora(3, "2", "styles/paper-v2.safetensors"),
         "4": lora(4, "3", "ink.safetensors"),
@@ -375,7 +386,8 @@ def names_workflow() -> dict[str, Any]:
 def schedule_workflow() -> dict[str, Any]:
     """A LoRA whose strength is scheduled: 1 until 40% of the steps, 0 from 60%."""
     return {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"}},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"}},
         "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": "ink.safetensors",
                                                     "strength": 1.0, "adapter_name": "ink"}},
         "3": {"class_type": "ScheduleAdapterWeights", "inputs": {"pipeline": ["2", 0], "adapter_name": "ink",
@@ -416,14 +428,14 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     server = LiveServer(config_for(folders))
     server.start()
     try:
-        config = {"url": f"http://127.0.0.1:{server.port}", "run_workflow": workflow, "names_workflow": names_wf,
-                  "schedule_workflow": schedule_workflow(),
+        config = {"url": f"http://127.0.0.1:{server.port}", "run_workflow": workflow,
+                  "names_workflow": names_wf, "schedule_workflow": schedule_workflow(),
                   "screenshot_dir": str(shots), "user_data_dir": str(tmp_path / "chromium-profile"),
                   "chromium": CHROMIUM, "timeout_ms": 60000}
         config_file = tmp_path / "driver.json"
         config_file.write_text(json.dumps(config))
-        proc = subprocess.run(["node", str(DRIVER), str(config_file)], cwd=REPO, capture_output=True, text=True,
-                              timeout=150, check=False)
+        proc = subprocess.run(["node", str(DRIVER), str(config_file)], cwd=REPO, capture_output=True,
+                              text=True, timeout=150, check=False)
     finally:
         server.stop()
     lines = proc.stdout.strip().splitlines()
@@ -435,8 +447,9 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # The editor booted on our server, with our nodes and our extension, and no error of ours.
-    pack = {"LoadPipeline", "LoadLoRA", "SetAdapterWeights", "ScheduleAdapterWeights", "FuseLoRA", "UnfuseLoRA", "TextEncoderLoRAToggle",
-            "DeleteAdapters", "UnloadLoRA", "SetLoRADevice", "SaveLoRA", "LoRAInfo", "Sampler", "SaveImage"}
+    pack = {"LoadPipeline", "LoadLoRA", "SetAdapterWeights", "ScheduleAdapterWeights", "FuseLoRA",
+            "UnfuseLoRA", "TextEncoderLoRAToggle", "DeleteAdapters", "UnloadLoRA", "SetLoRADevice",
+            "SaveLoRA", "LoRAInfo", "Sampler", "SaveImage"}
     assert pack <= set(seen["node_types"])
     assert seen["extension_loaded"]
     ours = [e for e in seen["page_errors"] + seen["console_errors"] if "/extensions/loragraph/" in e]
@@ -457,7 +470,8 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
         lora = read_lora(folders["models"] / "loras" / name)
         ranks = sorted({m.rank for m in lora.modules})
         assert summary["visible"]
-        assert summary["lines"][0].startswith(f"format: {lora.format} ") and f" rank {ranks[0]}" in summary["lines"][0]
+        assert (summary["lines"][0].startswith(f"format: {lora.format} ")
+                and f" rank {ranks[0]}" in summary["lines"][0])
         assert any(line.startswith("base model: ") for line in summary["lines"])
         assert any(line.startswith("trigger words: ") for line in summary["lines"])
 
@@ -471,7 +485,8 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     # FuseLoRA and the LoadLoRA nodes whose adapters it fuses carry the badge.
     badged = {key.split(":")[1]: names for key, names in seen["badges"].items()}
     assert badged["FuseLoRA"] == adapters
-    assert sorted(n for key, names in seen["badges"].items() if key.endswith("LoadLoRA") for n in names) == sorted(adapters)
+    assert sorted(n for key, names in seen["badges"].items()
+                  if key.endswith("LoadLoRA") for n in names) == sorted(adapters)
 
     # The extension's widgets are in neither the prompt nor the saved graph: the saved graph converts
     # (graph/editor_format.py) to exactly the prompt the editor queued.
@@ -493,17 +508,20 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     assert all(row[fused_column] == "unet, text_encoder" for row in table["rows"])
     # The table does not grow over the node placed right below LoRAInfo: it stops above it and scrolls.
     layout = seen["info_layout"]
-    assert layout["info_bottom"] <= layout["below_top"] and layout["panel_bottom_px"] <= layout["below_top_px"] + 1
+    assert (layout["info_bottom"] <= layout["below_top"]
+            and layout["panel_bottom_px"] <= layout["below_top_px"] + 1)
     assert layout["scrolls"] and layout["panel_height"] >= 40, layout
     # LoadLoRA's summary and LoRAInfo agree on alpha: the alpha peft uses, and whether the file stores it.
     alpha_column = table["header"].index("alpha")
-    for row, name in zip(table["rows"], adapters):
+    for row, name in zip(table["rows"], adapters, strict=True):
         lora_name = next(s["lora_name"] for s in seen["summaries"] if name in s["lora_name"])
         summary_line = summaries[lora_name]["lines"][0]
         lora = read_lora(folders["models"] / "loras" / lora_name).summary()
         (alpha,) = lora["effective_alphas"]
-        assert f"alpha {alpha:g}" in summary_line and row[alpha_column].startswith(f"{alpha:g}"), (summary_line, row)
-        assert ("not in the file" in summary_line) == (not lora["alpha_in_file"]) == ("(= rank)" in row[alpha_column])
+        assert f"alpha {alpha:g}" in summary_line and row[alpha_column].startswith(f"{alpha:g}"), (
+            summary_line, row)
+        assert (("not in the file" in summary_line) == (not lora["alpha_in_file"])
+                == ("(= rank)" in row[alpha_column]))
     for shot in seen["screenshots"]:
         assert Path(shot).is_file() and Path(shot).stat().st_size > 10_000
 

@@ -34,8 +34,8 @@ SPEC_INPUTS = {
     "SetLoRADevice": ["pipeline", "adapter_names", "device"],
     "SaveLoRA": ["pipeline", "adapter_name", "filename_prefix", "format"],
     "LoRAInfo": ["pipeline"],
-    "Sampler": ["pipeline", "prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height", "scheduler",
-                "batch_size"],
+    "Sampler": ["pipeline", "prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height",
+                "scheduler", "batch_size"],
     "SaveImage": ["images", "filename_prefix"],
     "PreviewImage": ["images"],
 }
@@ -46,10 +46,12 @@ OBJECT_INFO_KEYS = {"input", "input_order", "output", "output_is_list", "output_
 def workflow(lora: str | None = "sd_a.safetensors", seed: int = 1, prefix: str = "cli") -> dict:
     """LoadPipeline -> [LoadLoRA] -> Sampler (3 steps, 64x64) -> SaveImage, in API format."""
     wf = {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
         "3": {"class_type": "Sampler", "inputs": {
-            "pipeline": ["2", 0] if lora else ["1", 0], "prompt": PROMPT, "negative_prompt": "", "seed": seed,
-            "steps": STEPS, "cfg": 7.0, "width": SIZE, "height": SIZE, "scheduler": "default", "batch_size": 1}},
+            "pipeline": ["2", 0] if lora else ["1", 0], "prompt": PROMPT, "negative_prompt": "",
+            "seed": seed, "steps": STEPS, "cfg": 7.0, "width": SIZE, "height": SIZE, "scheduler": "default",
+            "batch_size": 1}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
     }
     if lora:
@@ -191,7 +193,7 @@ def test_inspect_prints_summary_and_coverage(models_dir, capsys):
     assert main(["inspect", str(path), "--json"]) == 0
     (line,) = json_lines(capsys)
     assert line["summary"]["base_model"] == "SDXL"
-    # no --model: checked on the built-in model it fits (#15), not reported as made for another one
+    # no --model: checked on the built-in model it fits, not reported as made for another one
     assert line["summary"]["fits"] == ["builtin:tiny-sdxl"]
     assert line["coverage"]["model"] == "builtin:tiny-sdxl" and line["coverage"]["loadable"] is True
     assert main(["inspect", str(path), "--json", "--model", "builtin:tiny-sd"]) == 0
@@ -210,7 +212,8 @@ def test_inspect_prints_summary_and_coverage(models_dir, capsys):
 
     assert main(["inspect", "no_such.safetensors", "--models-dir", str(models_dir)]) == 2
     assert main(["inspect", "bad/truncated.safetensors", "--models-dir", str(models_dir)]) == 2
-    assert main(["inspect", "sd_a.safetensors", "--models-dir", str(models_dir), "--model", "builtin:nope"]) == 2
+    assert main(["inspect", "sd_a.safetensors", "--models-dir", str(models_dir), "--model",
+                 "builtin:nope"]) == 2
     assert capsys.readouterr().out == ""
 
 
@@ -236,7 +239,7 @@ def test_nodes_prints_object_info_in_spec_order(models_dir, capsys):
     info = json.loads(capsys.readouterr().out)
     assert list(info) == list(HEADLESS_NODE_CLASS_MAPPINGS)
     for class_type, entry in info.items():
-        assert OBJECT_INFO_KEYS <= set(entry), class_type
+        assert set(entry) >= OBJECT_INFO_KEYS, class_type
         assert entry["name"] == class_type
         assert entry["input_order"]["required"] == SPEC_INPUTS[class_type], class_type
         assert len(entry["output"]) == len(entry["output_is_list"]) == len(entry["output_name"])

@@ -17,7 +17,8 @@ def test_from_env_reads_every_setting_and_names_a_bad_one():
     env = {"LORAGRAPH_LORA_CACHE_BYTES": "123", "LORAGRAPH_PARKED_BYTES": "0",
            "LORAGRAPH_PIPELINE_CACHE_BYTES": "456", "LORAGRAPH_FAST_PATHS": "OFF"}
     assert EngineConfig.from_env(env) == EngineConfig(123, 0, 456, "off")
-    assert EngineConfig.from_env({}) == EngineConfig(DEFAULT_LORA_CACHE_BYTES, DEFAULT_PARKED_BYTES, None, "auto")
+    assert EngineConfig.from_env({}) == EngineConfig(DEFAULT_LORA_CACHE_BYTES, DEFAULT_PARKED_BYTES, None,
+                                                     "auto")
     with pytest.raises(ValueError, match="LORAGRAPH_PARKED_BYTES"):
         EngineConfig.from_env({"LORAGRAPH_PARKED_BYTES": "1GB"})
     with pytest.raises(ValueError, match="LORAGRAPH_FAST_PATHS"):

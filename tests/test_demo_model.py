@@ -21,7 +21,7 @@ CFG = 7.0
 SIZE = demo.NATIVE_SIZE
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # All 20 acceptance pairs: one case's curve wobbles at small strengths (sampling is chaotic), the
-# mean over the fixed set is the property the issue asks about; 3 cases were too few to tell.
+# mean over the fixed set is the property docs/demo-model.md reports; 3 cases were too few to tell.
 CURVE_CASES = demo.EVAL_CASES
 # "Moves its property measurably": over the 20 cases, the paired per-case change from strength 0 to 1
 # is at least 3 standard errors from zero (no seed noise explains it). Replaces fixed per-LoRA minima,
@@ -83,7 +83,8 @@ def test_examples_carry_the_same_lora_files():
 
     examples = Path(__file__).resolve().parent.parent / "examples" / "models" / "loras" / "shapes"
     for name in demo.LORA_NAMES:
-        assert (examples / f"{name}.safetensors").read_bytes() == (demo.LORA_DIR / f"{name}.safetensors").read_bytes()
+        assert ((examples / f"{name}.safetensors").read_bytes()
+                == (demo.LORA_DIR / f"{name}.safetensors").read_bytes())
 
 
 def test_the_demo_words_are_single_tokens(engine, base):
@@ -122,7 +123,8 @@ def test_lora_strength_moves_its_property_monotonically(engine, base, base_image
     curve = values.mean(axis=1).tolist()
     change = direction * (values[-1] - values[0])
     t = change.mean() / (change.std(ddof=1) / np.sqrt(len(change)))
-    assert t >= MIN_T, f"{measure.__name__}: strength 1 moves it by {change.mean():.4f} (t = {t:.1f}); {curve}"
+    assert t >= MIN_T, (f"{measure.__name__}: strength 1 moves it by {change.mean():.4f} (t = {t:.1f}); "
+                        f"{curve}")
     moved = [direction * (b - a) for a, b in itertools.pairwise(curve)]
     assert all(m > 0 for m in moved), f"{measure.__name__} not monotonic over {STRENGTHS}: {curve}"
 
@@ -138,7 +140,8 @@ def test_fused_and_unfused_give_the_same_image(engine, base, name):
 
 
 def test_the_grid_workflow_is_what_its_tool_writes_and_validates(tmp_path):
-    """examples/workflows/demo_grid.json (the README grid) is tools/make_grid.py's, and it validates."""
+    """examples/workflows/demo_grid.json (the grid in docs/demo-model.md) is tools/make_grid.py's, and it
+    validates."""
     import importlib.util
     import json
     from pathlib import Path
@@ -153,7 +156,8 @@ def test_the_grid_workflow_is_what_its_tool_writes_and_validates(tmp_path):
     make_grid = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_grid)
     assert json.loads(make_grid.WORKFLOW.read_text()) == make_grid.build_workflow()
-    ok, error, outputs, node_errors = validate_prompt(load_workflow(make_grid.WORKFLOW), HEADLESS_NODE_CLASS_MAPPINGS)
+    ok, error, outputs, node_errors = validate_prompt(load_workflow(make_grid.WORKFLOW),
+                                                      HEADLESS_NODE_CLASS_MAPPINGS)
     assert ok and not node_errors, (error, node_errors)
     assert len(outputs) == len(make_grid.PROMPTS) * len(make_grid.columns())
 

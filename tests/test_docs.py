@@ -94,7 +94,8 @@ def test_every_relative_link_resolves(doc):
         file_part, _, anchor = target.partition("#")
         dest = (doc.parent / file_part).resolve() if file_part else doc
         if not dest.exists():
-            broken.append(f"{target}: no such file {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
+            broken.append(f"{target}: no such file "
+                          f"{dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
             continue
         if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{target}: no heading with anchor #{anchor} in {dest.relative_to(ROOT)}")

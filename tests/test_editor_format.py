@@ -164,7 +164,8 @@ class Forced:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"a": ("INT", {"default": 1}), "b": ("STRING", {"forceInput": True}), "c": ("FLOAT", {})}}
+        return {"required": {"a": ("INT", {"default": 1}), "b": ("STRING", {"forceInput": True}),
+                             "c": ("FLOAT", {})}}
 
 
 REGISTRY = {"Source": Source, "Step": Step, "TwoWay": TwoWay, "Sink": Sink, "Forced": Forced}
@@ -236,7 +237,8 @@ def test_chains_of_bypassed_nodes_and_reroutes_are_followed():
              n(3, "Reroute", [("", "*", 2)], outputs=[{"name": "", "type": "THING", "links": [3]}]),
              n(4, "Step", [("thing", "THING", 3)], widgets=STEP_VALUES, mode=4),
              n(5, "Sink", [("thing", "THING", 4)])]
-    links = [[1, 1, 0, 2, 0, "THING"], [2, 2, 0, 3, 0, "*"], [3, 3, 0, 4, 0, "THING"], [4, 4, 0, 5, 0, "THING"]]
+    links = [[1, 1, 0, 2, 0, "THING"], [2, 2, 0, 3, 0, "*"], [3, 3, 0, 4, 0, "THING"],
+             [4, 4, 0, 5, 0, "THING"]]
     assert convert(nodes, links)["5"]["inputs"] == {"thing": ["1", 0]}
 
 
@@ -264,7 +266,8 @@ def test_titles_come_from_the_node_then_the_display_name():
 def test_schema_1_without_links_and_string_slot_indexes():
     nodes = [n(1, "Source", widgets=[1]), n(2, "Sink", [("thing", "THING", 5)])]
     assert editor_to_api({"version": 1, "nodes": nodes[:1]}, REGISTRY)["1"]["inputs"] == {"value": 1}
-    links = [{"id": 5, "origin_id": 1, "origin_slot": "0", "target_id": 2, "target_slot": "0", "type": "THING"}]
+    links = [{"id": 5, "origin_id": 1, "origin_slot": "0", "target_id": 2, "target_slot": "0",
+              "type": "THING"}]
     assert editor_to_api({"version": 1, "nodes": nodes, "links": links}, REGISTRY)["2"]["inputs"] == {
         "thing": ["1", 0]}
 
@@ -286,7 +289,8 @@ def test_unknown_type_inside_a_subgraph_names_its_execution_id():
 
 
 def test_a_loop_of_reroutes_is_an_error():
-    nodes = [n(1, "Reroute", [("", "*", 2)]), n(2, "Reroute", [("", "*", 1)]), n(3, "Sink", [("thing", "THING", 3)])]
+    nodes = [n(1, "Reroute", [("", "*", 2)]), n(2, "Reroute", [("", "*", 1)]),
+             n(3, "Sink", [("thing", "THING", 3)])]
     links = [[1, 1, 0, 2, 0, "*"], [2, 2, 0, 1, 0, "*"], [3, 2, 0, 3, 0, "THING"]]
     with pytest.raises(WorkflowError, match="circular reference"):
         convert(nodes, links)

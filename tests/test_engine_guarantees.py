@@ -1,5 +1,5 @@
-"""The reconciler's guarantees (issue 2): branches are independent, unfuse is bit-exact, failures
-roll back completely, and the work done is minimal."""
+"""The reconciler's guarantees: branches are independent, unfuse is bit-exact, failures roll back
+completely, and the work done is minimal."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ FILES = {"a": "sd_a.safetensors", "b": "sd_b.safetensors", "c": "sd_c.safetensor
 
 @pytest.fixture(scope="module")
 def shared(models_dir):
-    """One engine and base handle for the module: the property tests share a live pipeline, as a server does."""
+    """One engine and base handle for the module: the property tests share a live pipeline, as a server
+    does."""
     from loragraph import host
 
     host.configure(models_dir=models_dir, output_dir=models_dir / "out")
@@ -84,7 +85,7 @@ op_st = hs.one_of(
     hs.tuples(hs.just("unload"), hs.none()),
 )
 # Sequences start with a load so most examples carry LoRAs; fusion needs loaded adapters.
-seq_st = hs.lists(op_st, min_size=1, max_size=5).map(lambda ops: [("load", "a")] + ops)
+seq_st = hs.lists(op_st, min_size=1, max_size=5).map(lambda ops: [("load", "a"), *ops])
 
 
 def build(engine, base, ops):
@@ -191,7 +192,8 @@ def loaded(configured):
     return engine, h
 
 
-@pytest.mark.parametrize("bad", ["bad/truncated.safetensors", "bad/unrelated_model.safetensors", "bad/empty.safetensors"])
+@pytest.mark.parametrize("bad", ["bad/truncated.safetensors", "bad/unrelated_model.safetensors",
+                                 "bad/empty.safetensors"])
 def test_unreadable_files_fail_on_the_input(loaded, bad):
     engine, h = loaded
     before = snapshot(engine, h)
@@ -276,7 +278,8 @@ def test_exception_in_the_middle_rolls_back(loaded, monkeypatch, where):
             return original(cls, *a, **k)
 
         # the unet part of the load has happened when the text-encoder part fails
-        monkeypatch.setattr(lp.StableDiffusionLoraLoaderMixin, "load_lora_into_text_encoder", classmethod(fail_once))
+        monkeypatch.setattr(lp.StableDiffusionLoraLoaderMixin, "load_lora_into_text_encoder",
+                            classmethod(fail_once))
         target = tr.add_adapter(h, engine.lora_spec(h, "sd_b.safetensors", 1.0, "b"))
     else:
         # activation is peft's set_adapter + set_scale on each tuner layer (diffusers' set_adapters

@@ -32,7 +32,8 @@ def load(engine, handle, name, strength=1.0, adapter=""):
     return tr.add_adapter(handle, engine.lora_spec(handle, name, strength, adapter))
 
 
-@pytest.mark.parametrize("name", ["sd_a.safetensors", "sd_b.safetensors", "sd_c.safetensors", "sd_old.safetensors"])
+@pytest.mark.parametrize("name", ["sd_a.safetensors", "sd_b.safetensors", "sd_c.safetensors",
+                                  "sd_old.safetensors"])
 def test_load_lora_matches_diffusers_for_every_format(engine, configured, name):
     h0 = engine.load_pipeline("builtin:tiny-sd")
     base = sample(engine, h0)
@@ -55,7 +56,8 @@ def test_load_two_then_weights_then_fuse_then_unfuse(engine, configured):
     assert max_diff(sample(engine, h1), render(raw)) <= TOL
 
     h2 = wt.set_weights(h1, "sd_a, sd_b", "0.5, 0.9", "0.25", "")
-    raw.set_adapters(["sd_a", "sd_b"], [{"unet": 0.5, "text_encoder": 0.25}, {"unet": 0.9, "text_encoder": 0.25}])
+    raw.set_adapters(["sd_a", "sd_b"], [{"unet": 0.5, "text_encoder": 0.25},
+                                        {"unet": 0.9, "text_encoder": 0.25}])
     unfused = sample(engine, h2)
     assert max_diff(unfused, render(raw)) <= TOL
 
@@ -153,7 +155,8 @@ def test_sdxl_two_text_encoders(engine, configured):
 
 def test_info_reports_state(engine, configured):
     h0 = engine.load_pipeline("builtin:tiny-sd")
-    h = wt.set_weights(load(engine, load(engine, h0, "sd_a.safetensors", 0.7), "sd_c.safetensors"), "sd_a", "0.3")
+    h = wt.set_weights(load(engine, load(engine, h0, "sd_a.safetensors", 0.7), "sd_c.safetensors"), "sd_a",
+                       "0.3")
     h = wt.fuse(h, True, False, 1.0, False, "")
     info = engine.info(h)
     assert info["active_adapters"] == ["sd_a"]
@@ -169,7 +172,8 @@ def test_info_reports_state(engine, configured):
 
 def test_save_lora_roundtrip_kohya_and_diffusers(engine, configured, tmp_path):
     h0 = engine.load_pipeline("builtin:tiny-sd")
-    h = wt.set_weights(load(engine, h0, "sd_b.safetensors", 0.9), "", "0.4")  # the weight must not be baked in
+    # the weight must not be baked in
+    h = wt.set_weights(load(engine, h0, "sd_b.safetensors", 0.9), "", "0.4")
     h = wt.fuse(h, True, True, 1.0, False, "")
     ref = raw_pipeline()
     raw_load(ref, configured, "sd_b.safetensors", "orig")

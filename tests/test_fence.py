@@ -84,7 +84,8 @@ def private() -> set[str]:
             elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
                   and isinstance(node.value, ast.Name) and node.value.id == "self"):
                 ours.add(node.attr)
-    known = {"_lora_loadable_modules", "_merged_adapters", "_active_adapter", "_func_optionally_disable_offloading"}
+    known = {"_lora_loadable_modules", "_merged_adapters", "_active_adapter",
+             "_func_optionally_disable_offloading"}
     assert known <= names, known - names  # the collector finds what the fence touches
     return (names - ours) | known | _TORCH_INTERNALS
 
@@ -176,7 +177,10 @@ def test_set_adapters_fallback_sets_what_the_fast_path_sets(configured):
     pipe = raw_pipeline()
     for name, adapter in (("sd_a.safetensors", "a"), ("sd_c.safetensors", "c")):
         raw_load(pipe, configured, name, adapter)
-    layers = lambda comp: list(tuner_layers(getattr(pipe, comp)))
+
+    def layers(comp):
+        return list(tuner_layers(getattr(pipe, comp)))
+
     comps = fence.loadable_components(pipe)
     names = ("a", "c")
     cases = ([0.7, 0.3], [0.5, {"unet": 0.4, "text_encoder": 0.9}], [{"text_encoder": 0.2}, 1.5])
@@ -230,7 +234,8 @@ def test_fusion_fallback_merges_and_unmerges_as_the_fast_path(configured):
             h = tr.add_adapter(base, engine.lora_spec(base, "sd_a.safetensors", 0.8, "a"))
             h = tr.add_adapter(h, engine.lora_spec(h, "sd_c.safetensors", 0.6, "c"))
             live, _ = engine.realize(h)
-            layer = next(m for _, m in tuner_layers(live.pipe.unet) if isinstance(m, Linear))  # a plain LoRA Linear
+            # a plain LoRA Linear
+            layer = next(m for _, m in tuner_layers(live.pipe.unet) if isinstance(m, Linear))
             assert fence.merges_by_gemm(layer, ["a"], layer.get_base_layer().weight) == (mode == "on")
             original = _base_weights(live.pipe)
             live, _ = engine.realize(tr.fuse(h, True, True, 0.7, False))
@@ -257,7 +262,10 @@ def test_both_paths_give_raw_diffusers_images(configured, mode):
     with fence.fast_paths_mode(mode):
         engine = Engine()
         base = engine.load_pipeline("builtin:tiny-sd")
-        spec = lambda h, name, w, a: engine.lora_spec(h, name, w, a)
+
+        def spec(h, name, w, a):
+            return engine.lora_spec(h, name, w, a)
+
         both = tr.add_adapter(base, spec(base, "sub/sd_d.safetensors", 0.9, "d"))
         both = tr.add_adapter(both, spec(both, "sd_b.safetensors", 0.6, "b"))
         image = engine.sample(both, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE)

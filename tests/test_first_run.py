@@ -1,5 +1,5 @@
-"""What a new user meets first (issue #16): threads, serve's console, overridden inputs, run's
-summary (text outputs, error text), inspect without a models folder, serve's folders."""
+"""What a new user meets first: threads, serve's console, overridden inputs, run's summary (text
+outputs, error text), inspect without a models folder, serve's folders."""
 
 from __future__ import annotations
 
@@ -27,11 +27,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def lora_workflow(strength: float = 0.5, names: str = "", info: bool = True, sampler: bool = False) -> dict:
-    """LoadPipeline -> LoadLoRA(sd_a, strength) -> SetAdapterWeights(names, 0.7) -> LoRAInfo [-> Sampler -> Save]."""
+    """LoadPipeline -> LoadLoRA(sd_a, strength) -> SetAdapterWeights(names, 0.7) -> LoRAInfo
+    [-> Sampler -> Save]."""
     wf = {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
         "2": {"class_type": "LoadLoRA", "_meta": {"title": "style LoRA"}, "inputs": {
-            "pipeline": ["1", 0], "lora_name": "sd_a.safetensors", "strength": strength, "adapter_name": "a"}},
+            "pipeline": ["1", 0], "lora_name": "sd_a.safetensors", "strength": strength,
+            "adapter_name": "a"}},
         "3": {"class_type": "SetAdapterWeights", "inputs": {
             "pipeline": ["2", 0], "adapter_names": names, "weights": "0.7", "text_encoder_weights": "",
             "block_weights": ""}},
@@ -40,8 +43,8 @@ def lora_workflow(strength: float = 0.5, names: str = "", info: bool = True, sam
         wf["4"] = {"class_type": "LoRAInfo", "inputs": {"pipeline": ["3", 0]}}
     if sampler:
         wf["5"] = {"class_type": "Sampler", "inputs": {
-            "pipeline": ["3", 0], "prompt": PROMPT, "negative_prompt": "", "seed": 1, "steps": STEPS, "cfg": 7.0,
-            "width": SIZE, "height": SIZE, "scheduler": "default", "batch_size": 1}}
+            "pipeline": ["3", 0], "prompt": PROMPT, "negative_prompt": "", "seed": 1, "steps": STEPS,
+            "cfg": 7.0, "width": SIZE, "height": SIZE, "scheduler": "default", "batch_size": 1}}
         wf["6"] = {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "first"}}
     return wf
 
@@ -141,7 +144,8 @@ def toy(*edges: tuple[str, str, str], level: int = 5) -> dict:
 def test_the_graph_finds_values_every_path_overrides_from_declarations_alone():
     found = overridden_inputs(toy(("2", "Pass", "1"), ("3", "Reset", "2"), ("4", "Use", "3")), TOYS)
     assert [(o.node_id, o.input_name, o.by_node, o.by_input) for o in found] == [("1", "level", "3", "to")]
-    assert "node 1 (Source), input 'level' (= 5)" in found[0].message() and "node 3 (Reset)" in found[0].message()
+    assert ("node 1 (Source), input 'level' (= 5)" in found[0].message()
+            and "node 3 (Reset)" in found[0].message())
     # A branch that uses the value before any override: it matters there.
     assert overridden_inputs(toy(("2", "Reset", "1"), ("3", "Use", "2"), ("4", "Use", "1")), TOYS) == []
     # Used on the way (a fuse at the current weights), then overridden: it mattered.
@@ -156,8 +160,8 @@ def test_validate_and_run_warn_when_a_set_strength_is_overridden(dirs, tmp_path,
     wf = write(tmp_path / "wf.json", lora_workflow(strength=0.5))
     assert main(["validate", wf, *dirs]) == 0
     text = capsys.readouterr().out
-    assert f"{wf}: valid\n  warning: node 2 (LoadLoRA \"style LoRA\"), input 'strength' (= 0.5) changes nothing: " \
-           "node 3 (SetAdapterWeights) sets the adapter weights again" in text
+    assert f"{wf}: valid\n  warning: node 2 (LoadLoRA \"style LoRA\"), input 'strength' (= 0.5) changes " \
+           "nothing: node 3 (SetAdapterWeights) sets the adapter weights again" in text
     assert main(["validate", wf, "--json", *dirs]) == 0
     (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert line["status"] == "valid" and len(line["warnings"]) == 1 and "'weights'" in line["warnings"][0]
@@ -253,7 +257,8 @@ def _free_port() -> int:
 
 
 def _post(url: str, data: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=json.dumps(data).encode(),
+                                 headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -264,7 +269,8 @@ def test_serve_says_what_it_does_on_its_console_and_makes_no_folder_it_does_not_
     err = tmp_path / "stderr.txt"
     with err.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "loragraph", "serve", "--port", str(port), "--models-dir", str(models_dir)],
+            [sys.executable, "-m", "loragraph", "serve", "--port", str(port), "--models-dir",
+             str(models_dir)],
             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -277,10 +283,12 @@ def test_serve_says_what_it_does_on_its_console_and_makes_no_folder_it_does_not_
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"server did not start: {err.read_text()[-2000:]}")
                 time.sleep(0.3)
-        good = _post(url + "/prompt", {"prompt": lora_workflow(strength=0.5, info=False, sampler=True)})["prompt_id"]
+        good = _post(url + "/prompt",
+                     {"prompt": lora_workflow(strength=0.5, info=False, sampler=True)})["prompt_id"]
         bad = _post(url + "/prompt", {"prompt": lora_workflow(names="nope", info=True)})["prompt_id"]
         for prompt_id in (good, bad):
-            while prompt_id not in json.loads(urllib.request.urlopen(f"{url}/history/{prompt_id}", timeout=5).read()):
+            while prompt_id not in json.loads(urllib.request.urlopen(f"{url}/history/{prompt_id}",
+                                                                     timeout=5).read()):
                 assert time.monotonic() < deadline, err.read_text()[-2000:]
                 time.sleep(0.2)
     finally:
@@ -293,7 +301,8 @@ def test_serve_says_what_it_does_on_its_console_and_makes_no_folder_it_does_not_
     else:
         assert "no visual editor: pip install 'loragraph[editor]'" in log
     assert f"got prompt {good} (5 nodes" in log and f"got prompt {bad} (4 nodes" in log
-    assert f"WARNING loragraph.server.routes: prompt {good}: node 2 (LoadLoRA \"style LoRA\"), input 'strength'" in log
+    assert (f"WARNING loragraph.server.routes: prompt {good}: node 2 (LoadLoRA \"style LoRA\"), "
+            "input 'strength'" in log)
     assert f"prompt {good} done in " in log and " s (5 nodes run, 0 cached)" in log
     failed = next(line for line in log.splitlines() if line.startswith(f"prompt {bad} failed in "))
     assert "node 3 (SetAdapterWeights): adapter_names: " in failed

@@ -1,4 +1,4 @@
-"""Flux through the engine (#15): a tiny FluxPipeline built offline, saved as a diffusers folder and
+"""Flux through the engine: a tiny FluxPipeline built offline, saved as a diffusers folder and
 loaded by LoadPipeline; LoRA files in diffusers form against raw diffusers; per-block weights by
 double/single block index against files with those blocks' LoRA layers zeroed. 1/255, fp32, CPU."""
 
@@ -33,7 +33,8 @@ def flux_models(tmp_path_factory):
     sd = load_file(str(loras / "flux_a.safetensors"))
     for name, zero in (("flux_a_no_double1", "transformer.transformer_blocks.1."),
                        ("flux_a_no_single0", "transformer.single_transformer_blocks.0.")):
-        save_file({k: (torch.zeros_like(v) if k.startswith(zero) and "lora_B" in k else v) for k, v in sd.items()},
+        save_file({k: (torch.zeros_like(v) if k.startswith(zero) and "lora_B" in k else v)
+                   for k, v in sd.items()},
                   str(loras / f"{name}.safetensors"), metadata={"format": "pt"})
     return root
 
@@ -73,7 +74,8 @@ def test_flux_lora_matches_diffusers(engine, flux_models):
 def sample_raw(pipe, seed=1):
     return torch.from_numpy(pipe(PROMPT, negative_prompt="", num_inference_steps=2, guidance_scale=3.5,
                                  width=SIZE, height=SIZE, num_images_per_prompt=1,
-                                 generator=torch.Generator("cpu").manual_seed(seed), output_type="np").images).float()
+                                 generator=torch.Generator("cpu").manual_seed(seed),
+                                 output_type="np").images).float()
 
 
 def test_builtin_tiny_flux_is_the_saved_folder(engine):
@@ -108,8 +110,8 @@ def _kohya_flux(path, seed: int):
     for kind, n in (("double_blocks", 2), ("single_blocks", 2)):
         for i in range(n):
             # no single-block linear1: diffusers' converter splits it at full Flux's sizes (3072, 12288)
-            for part in (("img_attn_qkv", "img_attn_proj", "txt_attn_qkv", "txt_attn_proj") if kind == "double_blocks"
-                         else ("linear2",)):
+            for part in (("img_attn_qkv", "img_attn_proj", "txt_attn_qkv", "txt_attn_proj")
+                         if kind == "double_blocks" else ("linear2",)):
                 name = f"lora_unet_{kind}_{i}_{part}"
                 d_in, d_out = dims[part]
                 out[f"{name}.lora_down.weight"] = torch.randn(4, d_in, generator=g) / d_in**0.5
@@ -260,7 +262,7 @@ def test_kohya_flux_final_layer_and_linear1_land(engine, flux_models):
         sd.update({f"lora_unet_{part}.lora_down.weight": down, f"lora_unet_{part}.lora_up.weight": up,
                    f"lora_unet_{part}.alpha": torch.tensor(2.0)})
         delta = 2.0 / 4 * up @ down
-        for (path, rows), layer in zip(targets, layers):
+        for (path, rows), layer in zip(targets, layers, strict=True):
             if rows == "swap":
                 piece = torch.cat(list(reversed(delta.chunk(2, dim=0))), dim=0)
             else:
@@ -281,6 +283,7 @@ def test_kohya_flux_final_layer_and_linear1_land(engine, flux_models):
     sd.pop("lora_unet_single_blocks_1_linear1.lora_up.weight")
     sd.pop("lora_unet_single_blocks_1_linear1.alpha")
     save_file(sd, str(flux_models / "loras" / "flux_kohya_final_raw.safetensors"))
-    raw.load_lora_weights(str(flux_models / "loras"), weight_name="flux_kohya_final_raw.safetensors", adapter_name="k")
+    raw.load_lora_weights(str(flux_models / "loras"), weight_name="flux_kohya_final_raw.safetensors",
+                          adapter_name="k")
     raw.fuse_lora(lora_scale=1.0)
     assert torch.equal(raw.transformer.proj_out.weight, proj_out)  # diffusers took nothing for it

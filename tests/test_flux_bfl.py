@@ -1,4 +1,4 @@
-"""LyCORIS files on Flux in Black Forest Labs' module names (#15): `lora_unet_double_blocks_0_img_attn_qkv`
+"""LyCORIS files on Flux in Black Forest Labs' module names: `lora_unet_double_blocks_0_img_attn_qkv`
 (fused q,k,v), `lora_unet_single_blocks_0_linear1` (fused q,k,v,MLP), the final layer's swapped
 modulation, ... as kohya sd-scripts and LyCORIS write them when trained on the original Flux model.
 
@@ -53,7 +53,8 @@ def bfl_layout(transformer) -> dict[str, tuple[list[str], bool]]:
     """{BFL layer path: (diffusers layer paths, swapped)} for the diffusers Flux `transformer`."""
     out = {}
     for i in range(len(transformer.transformer_blocks)):
-        out |= {f"double_blocks.{i}.{k}": ([f"transformer_blocks.{i}.{p}" for p in v], False) for k, v in _DOUBLE.items()}
+        out |= {f"double_blocks.{i}.{k}": ([f"transformer_blocks.{i}.{p}" for p in v], False)
+                for k, v in _DOUBLE.items()}
     for i in range(len(transformer.single_transformer_blocks)):
         out |= {f"single_blocks.{i}.{k}": ([f"single_transformer_blocks.{i}.{p}" for p in v], False)
                 for k, v in _SINGLE.items()}
@@ -87,8 +88,10 @@ class BflFlux(torch.nn.Module):
         super().__init__()
         self.layout = bfl_layout(transformer)
         self.double_blocks = torch.nn.ModuleList(DoubleStreamBlock() for _ in transformer.transformer_blocks)
-        self.single_blocks = torch.nn.ModuleList(SingleStreamBlock() for _ in transformer.single_transformer_blocks)
-        self.time_in, self.vector_in, self.final_layer = torch.nn.Module(), torch.nn.Module(), torch.nn.Module()
+        self.single_blocks = torch.nn.ModuleList(SingleStreamBlock()
+                                                 for _ in transformer.single_transformer_blocks)
+        self.time_in, self.vector_in, self.final_layer = (torch.nn.Module(), torch.nn.Module(),
+                                                          torch.nn.Module())
         self.final_layer.adaLN_modulation = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Identity())
         for path, (theirs, swapped) in self.layout.items():
             layers = [transformer.get_submodule(p) for p in theirs]
@@ -152,7 +155,7 @@ def into_flux(weights: dict[str, tuple[torch.Tensor, torch.Tensor]]):
                 w, b = _swap(w), _swap(b)
             layers = [pipe.transformer.get_submodule(p) for p in theirs]
             sizes = [la.out_features for la in layers]
-            for la, wi, bi in zip(layers, w.split(sizes), b.split(sizes)):
+            for la, wi, bi in zip(layers, w.split(sizes), b.split(sizes), strict=True):
                 la.weight.copy_(wi)
                 la.bias.copy_(bi)
     return pipe
@@ -160,13 +163,14 @@ def into_flux(weights: dict[str, tuple[torch.Tensor, torch.Tensor]]):
 
 def scaled(before: dict, after: dict, strength: float) -> dict:
     """Each layer's weights with its delta (after - before) scaled by `strength`."""
-    return {p: tuple(b0 + strength * (b1 - b0) for b0, b1 in zip(before[p], after[p])) for p in before}
+    return {p: tuple(b0 + strength * (b1 - b0) for b0, b1 in zip(before[p], after[p], strict=True))
+            for p in before}
 
 
 def producer_pipe(path, multiplier: float, whole: bool = False):
     """The tiny Flux with the BFL layers' effective weights under the producer's network rebuilt from
     `path` with `multiplier`; `whole`: at multiplier 1, each layer's delta then scaled by `multiplier`
-    (SPEC's strength for the DoRA family, whose producer keeps its low-rank update whole)."""
+    (the contract's strength for the DoRA family, whose producer keeps its low-rank update whole)."""
     from lycoris.kohya import create_network_from_weights
 
     bfl = BflFlux(build_tiny_flux().transformer)
@@ -196,7 +200,8 @@ FILES = {
 }
 # what LoRAInfo reports; a file the fixture merges: LoCon everywhere but LoHa on single block 1
 ALGORITHM = {"bfl_dora": "dora", "bfl_dora_in": "dora", "bfl_doha": "doha", "bfl_mixed": "mixed (loha, lora)"}
-# The DoRA family's strength scales its whole delta (SPEC); LyCORIS's multiplier keeps the update whole
+# The DoRA family's strength scales its whole delta (docs/CONTRACT.md); LyCORIS's multiplier keeps the
+# update whole
 WHOLE = {"bfl_dora", "bfl_dora_in", "bfl_doha"}
 # LyCORIS 4.1.3 cannot rebuild a DoRA on the input axis from weights (its rebuilt module assumes the
 # output axis): the oracle is the network that wrote the file; {name: (weights before, after)}
@@ -225,7 +230,8 @@ def bfl_dir(tmp_path_factory):
     save_file(mixed, str(root / "loras" / "bfl_mixed.safetensors"))
     # the LoHa file without double block 1 and single block 0: the oracle of block weight 0 on them
     sd = load_file(str(root / "loras" / "bfl_loha.safetensors"))
-    save_file({k: v for k, v in sd.items() if not k.startswith(("lora_unet_double_blocks_1_", "lora_unet_single_blocks_0_"))},
+    save_file({k: v for k, v in sd.items()
+               if not k.startswith(("lora_unet_double_blocks_1_", "lora_unet_single_blocks_0_"))},
               str(root / "loras" / "bfl_loha_part.safetensors"))
     return root
 
@@ -301,7 +307,8 @@ def test_bfl_lokr_on_fused_layers_logs_full_deltas(engine, caplog, monkeypatch):
     assert len(said) == 1 and said[0].startswith("6 LoKr module(s) on fused Flux layers"), said
     monkeypatch.setattr(build, "_CHUNK_BYTES", 4096)
     fresh = Engine()
-    assert torch.equal(sample(fresh, load(fresh, fresh.load_pipeline("builtin:tiny-flux"), "bfl_lokr")), whole)
+    assert torch.equal(sample(fresh, load(fresh, fresh.load_pipeline("builtin:tiny-flux"), "bfl_lokr")),
+                       whole)
 
 
 @pytest.mark.parametrize("name, compute", [("bfl_lokr", "lokr_delta"), ("bfl_dora", "dora_delta")])

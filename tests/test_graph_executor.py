@@ -225,8 +225,8 @@ class BrokenTypes:
     OUTPUT_NODE = True
 
 
-REGISTRY = {c.__name__: c for c in (Int, Add, ToText, Concat, Show, Mode, FileLike, Volatile, Steps, Fail, Even,
-                                     BrokenTypes)}
+REGISTRY = {c.__name__: c for c in (Int, Add, ToText, Concat, Show, Mode, FileLike, Volatile, Steps, Fail,
+                                     Even, BrokenTypes)}
 
 
 def chain_prompt(value=2) -> dict:
@@ -402,7 +402,8 @@ def test_node_error_payload_and_outputs_already_made_stay():
                             "exception_type", "traceback", "current_inputs", "current_outputs", "timestamp"}
     assert payload["node_id"] == "4" and payload["node_type"] == "Fail"
     assert payload["exception_type"] == "loragraph.base.errors.NodeInputError"
-    assert "lora_name" in payload["exception_message"] and "missing.safetensors" in payload["exception_message"]
+    assert ("lora_name" in payload["exception_message"]
+            and "missing.safetensors" in payload["exception_message"])
     assert payload["current_inputs"] == {"value": [4], "lora_name": ["missing.safetensors"]}
     assert payload["executed"] == ["1", "2", "3"]
     assert set(payload["current_outputs"]) == {"1", "2", "3"}
@@ -507,7 +508,8 @@ def test_unknown_class_type_is_missing_node_type():
 def test_prompt_no_outputs():
     ok, error, good, node_errors = invalid({"1": {"class_type": "Int", "inputs": {"value": 1}}})
     assert (ok, good, node_errors) == (False, [], {})
-    assert error == {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}}
+    assert error == {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "",
+                     "extra_info": {}}
 
 
 def test_required_input_missing():
@@ -566,7 +568,8 @@ def test_invalid_input_type_and_min_max():
     err = only_error(invalid(prompt)[3], "1")
     assert err["type"] == "value_bigger_than_max" and err["message"] == "Value 1001 bigger than max of 1000"
     assert err["details"] == "value"
-    assert err["extra_info"] == {"input_name": "value", "input_config": ("INT", {"default": 0, "min": -10, "max": 1000}),
+    assert err["extra_info"] == {"input_name": "value",
+                                 "input_config": ("INT", {"default": 0, "min": -10, "max": 1000}),
                                  "received_value": 1001}
 
     prompt["1"]["inputs"]["value"] = -11
@@ -585,7 +588,8 @@ def test_value_not_in_list_uses_the_live_combo():
     assert invalid(prompt)[0] is True
     Mode.options = [f"m{i}" for i in range(30)]
     err = only_error(invalid(prompt)[3], "1")
-    assert err["details"] == "mode: 'turbo' not in (list of length 30)" and err["extra_info"]["input_config"] is None
+    assert (err["details"] == "mode: 'turbo' not in (list of length 30)"
+            and err["extra_info"]["input_config"] is None)
 
 
 def test_custom_validation_failed():
@@ -619,12 +623,14 @@ def test_exception_during_inner_validation():
         FUNCTION = "run"
 
     registry = {**REGISTRY, "BrokenInner": BrokenInner}
-    prompt = {"1": {"class_type": "BrokenInner", "inputs": {}}, "2": {"class_type": "Show", "inputs": {"text": ["1", 0]}}}
+    prompt = {"1": {"class_type": "BrokenInner", "inputs": {}},
+              "2": {"class_type": "Show", "inputs": {"text": ["1", 0]}}}
     ok, _, _, node_errors = invalid(prompt, registry)
     assert not ok and set(node_errors) == {"1"}
     err = only_error(node_errors, "1")
     assert err["type"] == "exception_during_inner_validation"
-    assert err["message"] == "Exception when validating inner node" and err["details"] == "loras folder unreadable"
+    assert (err["message"] == "Exception when validating inner node"
+            and err["details"] == "loras folder unreadable")
     assert set(err["extra_info"]) == {"input_name", "input_config", "exception_message", "exception_type",
                                       "traceback", "linked_node"}
     assert err["extra_info"]["exception_type"] == "OSError" and err["extra_info"]["linked_node"] == ["1", 0]
@@ -707,7 +713,8 @@ def test_editor_format_is_refused_clearly():
 
 def test_apply_overrides():
     prompt = chain_prompt()
-    out = apply_overrides(prompt, ["1.value=5", "4.prefix=a cat", "2.value=\"7\"", "4.value=[\"2\", 0]"], REGISTRY)
+    out = apply_overrides(prompt, ["1.value=5", "4.prefix=a cat", "2.value=\"7\"", "4.value=[\"2\", 0]"],
+                          REGISTRY)
     assert out["1"]["inputs"]["value"] == 5
     assert out["4"]["inputs"]["prefix"] == "a cat"
     assert out["2"]["inputs"]["value"] == "7"
@@ -715,9 +722,9 @@ def test_apply_overrides():
     assert prompt["1"]["inputs"]["value"] == 2  # input untouched
     with pytest.raises(WorkflowError, match="no node with id '12'"):
         apply_overrides(prompt, ["12.seed=5"])
-    with pytest.raises(WorkflowError, match="NODE_ID.INPUT=VALUE"):
+    with pytest.raises(WorkflowError, match=r"NODE_ID\.INPUT=VALUE"):
         apply_overrides(prompt, ["1.value"])
-    with pytest.raises(WorkflowError, match="NODE_ID.INPUT=VALUE"):
+    with pytest.raises(WorkflowError, match=r"NODE_ID\.INPUT=VALUE"):
         apply_overrides(prompt, ["1=5"])
     with pytest.raises(WorkflowError, match="has no input 'seed'"):
         apply_overrides(prompt, ["1.seed=5"], REGISTRY)

@@ -49,7 +49,8 @@ def live(tmp_path_factory):
     host.configure(models_dir=before[0], output_dir=before[1])
 
 
-def raw_http(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict, bytes]:
+def raw_http(port: int, method: str, path: str, headers: dict[str, str],
+             body: bytes = b"") -> tuple[int, dict, bytes]:
     """One request over a plain socket: every header exactly as given (Host included), nothing added."""
     lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items()),
              f"Content-Length: {len(body)}", "Connection: close", "", ""]
@@ -103,7 +104,8 @@ def _origin_cases(port: int) -> list[tuple[str, dict[str, str], int]]:
         ("another port on localhost", {"Host": own, "Origin": "http://127.0.0.1:1"}, 403),
         ("localhost page posting to 127.0.0.1", {"Host": own, "Origin": f"http://localhost:{port}"}, 403),
         ("Host 0.0.0.0", {"Host": f"0.0.0.0:{port}"}, 403),
-        ("Host 0.0.0.0 with its own Origin", {"Host": f"0.0.0.0:{port}", "Origin": f"http://0.0.0.0:{port}"}, 403),
+        ("Host 0.0.0.0 with its own Origin",
+         {"Host": f"0.0.0.0:{port}", "Origin": f"http://0.0.0.0:{port}"}, 403),
         ("rebinding: attacker's name as Host",
          {"Host": f"rebind.evil.example:{port}", "Origin": f"http://rebind.evil.example:{port}"}, 403),
         ("LAN address as Host", {"Host": f"192.168.1.5:{port}"}, 403),
@@ -177,7 +179,8 @@ def test_allow_remote_warns_that_the_api_is_unauthenticated(caplog, tmp_path):
 def _png(width: int, height: int) -> bytes:
     """A valid grayscale PNG of zeros, compressed as it streams (a 4100x4100 one is 17 KB)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
     packer = zlib.compressobj(9)
     row = b"\0" * (width + 1)
@@ -190,9 +193,11 @@ def _upload(live, name: str, data: bytes, raw_body: bytes | None = None) -> tupl
     boundary = "b" + uuid.uuid4().hex
     body = raw_body if raw_body is not None else (
         f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-        f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + (
+        f"\r\n--{boundary}--\r\n".encode())
     return raw_http(live.port, "POST", "/upload/image",
-                    {"Host": f"127.0.0.1:{live.port}", "Content-Type": f"multipart/form-data; boundary={boundary}"},
+                    {"Host": f"127.0.0.1:{live.port}",
+                     "Content-Type": f"multipart/form-data; boundary={boundary}"},
                     body)
 
 
@@ -205,9 +210,11 @@ def test_view_shows_only_media_inline_with_nosniff_and_a_csp(live):
     for name, inline in (("evil.xml", False), ("notes.txt", False), ("fine.png", True)):
         status, headers, _ = raw_http(live.port, "GET", f"/view?type=input&filename={name}", own)
         assert status == 200
-        assert headers["content-disposition"].startswith("inline" if inline else "attachment"), (name, headers)
+        assert headers["content-disposition"].startswith("inline" if inline else "attachment"), (
+            name, headers)
         assert headers["x-content-type-options"] == "nosniff"
-        assert "default-src 'none'" in headers["content-security-policy"] and "sandbox" in headers["content-security-policy"]
+        assert ("default-src 'none'" in headers["content-security-policy"]
+                and "sandbox" in headers["content-security-policy"])
 
 
 def test_view_preview_is_capped_and_bad_requests_are_400_not_500(live):
@@ -221,7 +228,8 @@ def test_view_preview_is_capped_and_bad_requests_are_400_not_500(live):
     assert raw_http(live.port, "GET", "/view?type=input&filename=huge.png", own)[0] == 200  # served whole
     assert raw_http(live.port, "GET", "/view?type=input&filename=fine.png&preview=jpeg;80", own)[0] == 200
     for preview in ("webp;1000", "webp;99999999999999999999"):
-        assert raw_http(live.port, "GET", f"/view?type=input&filename=fine.png&preview={preview}", own)[0] == 400
+        assert raw_http(live.port, "GET", f"/view?type=input&filename=fine.png&preview={preview}",
+                        own)[0] == 400
     assert raw_http(live.port, "GET", "/view?type=input&filename=fine.png&channel=zz", own)[0] == 400
     assert _upload(live, "a" * 300 + ".png", b"x")[0] == 400
     assert raw_http(live.port, "GET", f"/view?type=input&filename={'a' * 300}.png", own)[0] == 400
@@ -370,7 +378,8 @@ def test_deep_json_is_invalid_input_everywhere(live, tmp_path, capsys):
     assert status == 400 and "nested deeper" in json.loads(body)["error"]["details"]
     medium = '{"prompt": {"1": {"class_type": "LoRAInfo", "inputs": {"x": ' + "[" * 150 + "]" * 150 + "}}}}"
     status, _, body = raw_http(live.port, "POST", "/prompt",
-                               {"Host": f"127.0.0.1:{live.port}", "Content-Type": "application/json"}, medium.encode())
+                               {"Host": f"127.0.0.1:{live.port}", "Content-Type": "application/json"},
+                               medium.encode())
     assert status == 400 and "nested deeper" in body.decode()
     for i, text in enumerate((deep, '{"1": ' + "{" * 10_000 + "}" * 10_001, '{"1": {"x": NaN}}')):
         path = tmp_path / f"deep{i}.json"
@@ -388,7 +397,7 @@ def test_a_deep_safetensors_header_is_a_file_error(tmp_path):
     header = ('{"__metadata__": {"x": ' + "[" * 5000 + "]" * 5000 + "}}").encode()
     path = tmp_path / "deep.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
-    with pytest.raises(LoraFileError, match="deep.safetensors"):
+    with pytest.raises(LoraFileError, match=r"deep\.safetensors"):
         read_lora(path)
 
 
@@ -398,7 +407,8 @@ def test_weights_that_are_not_finite_are_refused_in_validation(configured):
 
     def prompt(**weights):
         return {
-            "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
+            "1": {"class_type": "LoadPipeline",
+                  "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
             "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": "sd_a.safetensors",
                                                         "strength": 1.0, "adapter_name": ""}},
             "3": {"class_type": "SetAdapterWeights", "inputs": {"pipeline": ["2", 0], "adapter_names": "",
@@ -410,7 +420,8 @@ def test_weights_that_are_not_finite_are_refused_in_validation(configured):
     assert validate_prompt(prompt(), HEADLESS_NODE_CLASS_MAPPINGS)[0] is True
     for name, value in (("weights", "nan"), ("weights", "0.5, inf"), ("text_encoder_weights", "-Infinity"),
                         ("weights", float("nan"))):
-        ok, _error, _outputs, node_errors = validate_prompt(prompt(**{name: value}), HEADLESS_NODE_CLASS_MAPPINGS)
+        ok, _error, _outputs, node_errors = validate_prompt(prompt(**{name: value}),
+                                                            HEADLESS_NODE_CLASS_MAPPINGS)
         assert ok is False
         details = " ".join(e["details"] for e in node_errors["3"]["errors"])
         assert f"{name}: " in details and "finite" in details, details

@@ -46,7 +46,8 @@ def ops_for(engine, handle, then):
 
 
 def unet_weights(pipe) -> dict[str, torch.Tensor]:
-    return {k.replace(".base_layer", ""): v.clone() for k, v in pipe.unet.state_dict().items() if "lora_" not in k}
+    return {k.replace(".base_layer", ""): v.clone() for k, v in pipe.unet.state_dict().items()
+            if "lora_" not in k}
 
 
 def test_a_switch_between_same_shaped_unet_loras_hot_swaps_and_gives_the_loaded_image(engine, configured):
@@ -83,7 +84,8 @@ def test_a_swap_into_a_short_named_slot_leaves_the_other_adapters_alone(engine, 
     base = engine.load_pipeline("builtin:tiny-sd")
     with_a = load(engine, base, "sd_a.safetensors", 0.9, "a")
     sample(engine, load(engine, with_a, "sd_u1.safetensors", 1.0, "d"))
-    image, ops = ops_for(engine, base, lambda: sample(engine, load(engine, with_a, "sd_u2.safetensors", 0.6, "e")))
+    image, ops = ops_for(engine, base,
+                         lambda: sample(engine, load(engine, with_a, "sd_u2.safetensors", 0.6, "e")))
     assert "hotswap" in ops
     raw = raw_pipeline()
     raw.load_lora_weights(str(configured / "loras"), weight_name="sd_a.safetensors", adapter_name="a")
@@ -129,8 +131,8 @@ def test_save_lora_after_a_swap_writes_the_new_adapter_with_its_alpha(engine, co
     ("kind", "first", "second"),
     [("sd", "sd_a.safetensors", "sd_b.safetensors"), ("sdxl", "xl_a.safetensors", "xl_k.safetensors")],
 )
-def test_a_switch_between_loras_with_text_encoder_layers_hot_swaps_every_component(engine, configured, tmp_path,
-                                                                                   monkeypatch, kind, first, second):
+def test_a_switch_between_loras_with_text_encoder_layers_hot_swaps_every_component(
+        engine, configured, tmp_path, monkeypatch, kind, first, second):
     from peft.utils import get_peft_model_state_dict
 
     base = engine.load_pipeline("builtin:tiny-sd" if kind == "sd" else "builtin:tiny-sdxl")
@@ -146,7 +148,8 @@ def test_a_switch_between_loras_with_text_encoder_layers_hot_swaps_every_compone
     live = engine.live(base.source)
     assert live.pipe.get_list_adapters() == raw.get_list_adapters()
     for comp in raw.get_list_adapters():  # every LoRA tensor and alpha as diffusers loads them
-        ours, theirs = (get_peft_model_state_dict(getattr(p, comp), adapter_name="two") for p in (live.pipe, raw))
+        ours, theirs = (get_peft_model_state_dict(getattr(p, comp), adapter_name="two")
+                        for p in (live.pipe, raw))
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), comp
         a, b = getattr(live.pipe, comp).peft_config["two"], getattr(raw, comp).peft_config["two"]
         assert (a.r, a.lora_alpha, a.rank_pattern, a.alpha_pattern) == (b.r, b.lora_alpha, b.rank_pattern,
@@ -175,9 +178,11 @@ def test_a_switch_between_loras_with_text_encoder_layers_hot_swaps_every_compone
     assert "hotswap" in ops and "load_lora_weights" not in ops and list(live.swap_inputs) == [key]
     assert max_diff(swapped, image) <= TOL
     for comp in raw.get_list_adapters():
-        ours, theirs = (get_peft_model_state_dict(getattr(p, comp), adapter_name="two") for p in (live.pipe, raw))
+        ours, theirs = (get_peft_model_state_dict(getattr(p, comp), adapter_name="two")
+                        for p in (live.pipe, raw))
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), comp
-        assert getattr(live.pipe, comp).peft_config["two"].alpha_pattern == getattr(raw, comp).peft_config["two"].alpha_pattern
+        assert (getattr(live.pipe, comp).peft_config["two"].alpha_pattern
+                == getattr(raw, comp).peft_config["two"].alpha_pattern)
 
 
 @pytest.mark.parametrize("other", ["sd_a.safetensors", "sd_c.safetensors"])
@@ -240,7 +245,8 @@ def test_a_name_reused_for_another_file_activates_what_the_state_says(engine, st
         image, ops = ops_for(engine, base, lambda pairs=pairs: sample(engine, build(engine, base, pairs)))
     assert ("hotswap" in ops) == swaps  # the path each case is about
     fresh = Engine()
-    assert max_diff(image, sample(fresh, build(fresh, fresh.load_pipeline("builtin:tiny-sd"), states[-1]))) <= TOL
+    assert max_diff(image,
+                    sample(fresh, build(fresh, fresh.load_pipeline("builtin:tiny-sd"), states[-1]))) <= TOL
 
 
 def test_branches_stay_independent_across_swaps(models_dir):
@@ -269,14 +275,16 @@ def test_branches_stay_independent_across_swaps(models_dir):
     swappable = ["d", "e"]
     op = hs.one_of(
         hs.tuples(hs.just("load"), hs.sampled_from(swappable)),
-        hs.tuples(hs.just("load_as"), hs.tuples(hs.sampled_from(swappable), hs.sampled_from([*swappable, "c"]))),
+        hs.tuples(hs.just("load_as"),
+                  hs.tuples(hs.sampled_from(swappable), hs.sampled_from([*swappable, "c"]))),
         hs.tuples(hs.just("weights"), hs.tuples(hs.lists(hs.sampled_from(swappable), min_size=1, unique=True),
                                                  hs.sampled_from([0.3, 1.0]))),
         hs.tuples(hs.just("fuse"), hs.tuples(hs.just(True), hs.booleans(), hs.sampled_from([1.0, 0.5]))),
         hs.tuples(hs.just("unfuse"), hs.tuples(hs.booleans(), hs.booleans())),
         hs.tuples(hs.just("delete"), hs.sampled_from(swappable)),
     )
-    seq = hs.tuples(hs.sampled_from(swappable), hs.lists(op, max_size=3)).map(lambda t: [("load", t[0])] + t[1])
+    seq = hs.tuples(hs.sampled_from(swappable),
+                    hs.lists(op, max_size=3)).map(lambda t: [("load", t[0])] + t[1])
     swaps = []
 
     # derandomize: the same 8 examples everywhere (CI's hypothesis profile does this already), so the

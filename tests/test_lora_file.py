@@ -384,7 +384,7 @@ def test_coverage_none(sd_pipe, tmp_path):
     )
     cov = coverage(sd_pipe, read_lora(path))
     assert cov.matched == 0 and cov.landed_fraction == 0 and not cov.loadable
-    with pytest.raises(LoraFileError, match="te2_only.safetensors: none of its 20"):
+    with pytest.raises(LoraFileError, match=r"te2_only\.safetensors: none of its 20"):
         cov.require()
 
 
@@ -393,7 +393,7 @@ def test_coverage_wrong_base_shape_mismatch(sd_pipe, files):
     cov = coverage(sd_pipe, lf)
     assert cov.shape_mismatches and not cov.loadable
     assert any("lora expects (in,out)=(64,64), layer has (32,64)" in u.reason for u in cov.shape_mismatches)
-    with pytest.raises(LoraFileError, match="sdxl_lora_for_sd.safetensors.*another base model"):
+    with pytest.raises(LoraFileError, match=r"sdxl_lora_for_sd\.safetensors.*another base model"):
         cov.require()
     with pytest.raises(RuntimeError, match="size mismatch"):  # what coverage predicts, diffusers does
         build_tiny_sd().load_lora_weights(formats.pipeline_state_dict(sd_pipe, lf)[0], adapter_name="x")
@@ -408,9 +408,9 @@ def test_coverage_wraps_conversion_errors(sd_pipe, tmp_path):
             "lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": (1, 4),
         },
     )
-    # a LoHa module lacking its other matrices: the loader (#15) names the algorithm and the keys
-    with pytest.raises(LoraFileError, match=r"loha.safetensors: .*loha without hada_w1_b, hada_w2_a, hada_w2_b"
-                       r" \(e\.g\. lora_unet_mid_block_attentions_0_proj_in\.hada_w1_a"):
+    # a LoHa module lacking its other matrices: the loader names the algorithm and the keys
+    with pytest.raises(LoraFileError, match=r"loha.safetensors: .*loha without hada_w1_b, hada_w2_a, "
+                       r"hada_w2_b \(e\.g\. lora_unet_mid_block_attentions_0_proj_in\.hada_w1_a"):
         coverage(sd_pipe, read_lora(path))
 
 
@@ -442,14 +442,15 @@ def test_truncated_header_and_missing_file(tmp_path):
     bad.write_bytes((10_000).to_bytes(8, "little") + b'{"a": ')
     with pytest.raises(LoraFileError, match=r"cut_header.safetensors: truncated or not a safetensors file"):
         read_lora(bad)
-    with pytest.raises(LoraFileError, match="nothing_here.safetensors: cannot open"):
+    with pytest.raises(LoraFileError, match=r"nothing_here\.safetensors: cannot open"):
         read_lora(tmp_path / "nothing_here.safetensors")
 
 
 def test_nan_lora_is_flagged(files):
     lf = read_lora(files["bad_nan"])  # readable (inspect describes it); LoadLoRA refuses it (check_finite)
     assert len(lf.nonfinite_keys) == 1 and lf.summary()["nonfinite_keys"] == list(lf.nonfinite_keys)
-    with pytest.raises(LoraFileError, match=f"nan_lora.safetensors: tensor '{lf.nonfinite_keys[0]}' holds NaN"):
+    with pytest.raises(LoraFileError,
+                       match=f"nan_lora.safetensors: tensor '{lf.nonfinite_keys[0]}' holds NaN"):
         lf.check_finite()
     read_lora(files["diffusers"]).check_finite()
 

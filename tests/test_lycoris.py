@@ -1,8 +1,8 @@
-"""LyCORIS files (LoCon with Tucker, LoHa, LoKr, DoRA, full diffs, mixed) through the engine (#15).
+"""LyCORIS files (LoCon with Tucker, LoHa, LoKr, DoRA, full diffs, mixed) through the engine.
 
 Oracle: the producer's own forward pass (tests/lycoris_oracle.py): LyCORIS's network rebuilt from
-the saved file and applied with the multiplier. Images agree within 2/255 (the issue's bound; fp32
-on the CPU they agree to ~1e-6).
+the saved file and applied with the multiplier. Images agree within 2/255 (as docs/formats.md
+states; fp32 on the CPU they agree to ~1e-6).
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ SD_FILES = {
     "ly_full": ("full", {}),
     # norm-layer diffs (w_norm/b_norm): the UNet's GroupNorms/LayerNorms and, with whole encoder layers
     # as targets, the text encoder's LayerNorms; with full diffs, and with LoHa on the other layers
-    "ly_full_norm": ("full", {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
-    "ly_loha_norm": ("loha", {"train_norm": True, "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
+    "ly_full_norm": ("full", {"train_norm": True,
+                              "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
+    "ly_loha_norm": ("loha", {"train_norm": True,
+                              "preset": {"text_encoder_target_module": ["CLIPEncoderLayer"]}}),
 }
 
 
@@ -68,13 +70,15 @@ def lycoris_dir(tmp_path_factory):
     write_file(loras / "ly_sdxl_lokr.safetensors", build_tiny_sdxl, "lokr", 301)
     write_file(loras / "ly_sdxl_loha.safetensors", build_tiny_sdxl, "loha", 302)
     # the same tensors under kohya sd-scripts' SDXL (SGM) UNet names: input_blocks_4_1_...
-    to_sgm_names(loras / "ly_sdxl_loha.safetensors", loras / "ly_sdxl_loha_sgm.safetensors", build_tiny_sdxl())
+    to_sgm_names(loras / "ly_sdxl_loha.safetensors", loras / "ly_sdxl_loha_sgm.safetensors",
+                 build_tiny_sdxl())
     # LoCon with norm diffs on SDXL: resnet GroupNorms (SGM in_layers_0/out_layers_0), the last GroupNorm
     # and conv_out (SGM out_0/out_2), both text encoders' LayerNorms
     write_file(loras / "ly_sdxl_norm.safetensors", build_tiny_sdxl, "lora", 303, train_norm=True,
                preset={"unet_target_name": ["conv_in", "conv_norm_out", "conv_out"],
                        "text_encoder_target_module": ["CLIPEncoderLayer"]})
-    to_sgm_names(loras / "ly_sdxl_norm.safetensors", loras / "ly_sdxl_norm_sgm.safetensors", build_tiny_sdxl())
+    to_sgm_names(loras / "ly_sdxl_norm.safetensors", loras / "ly_sdxl_norm_sgm.safetensors",
+                 build_tiny_sdxl())
     return root
 
 
@@ -85,8 +89,9 @@ DORA_FILES = {"ly_dora", "ly_doha", "ly_dokr"}
 def producer(lycoris_dir):
     """(file stem, multiplier) -> the producer's image, computed once per session.
 
-    DoRA family at a multiplier != 1: the producer's merged weight at 1, scaled as SPEC scales every
-    algorithm (the whole delta), since LyCORIS's own multiplier is not linear there (README)."""
+    DoRA family at a multiplier != 1: the producer's merged weight at 1, scaled as docs/CONTRACT.md
+    scales every algorithm (the whole delta), since LyCORIS's own multiplier is not linear there
+    (docs/formats.md, "DoRA, and where the producers disagree")."""
     from loragraph.builtin_models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 
     cache: dict[tuple, torch.Tensor] = {}
@@ -142,8 +147,8 @@ def test_lycoris_file_matches_producer(engine, producer, base_image, name):
         h = load(engine, h0, name, strength, "x")
         assert max_diff(sample(engine, h), want) <= TOL, (name, strength, "unfused")
     live = engine.live(h.source)
-    before = {k: v.clone() for c in ("unet", "text_encoder") for k, v in getattr(live.pipe, c).state_dict().items()
-              if "base_layer" in k}
+    before = {k: v.clone() for c in ("unet", "text_encoder")
+              for k, v in getattr(live.pipe, c).state_dict().items() if "base_layer" in k}
     hf = wt.fuse(h, True, True, 1.0, False, "")  # at the last strength, 0.5
     assert max_diff(sample(engine, hf), want) <= TOL, (name, strength, "fused")
     engine.realize(tr.unfuse(hf, True, True))
@@ -209,7 +214,8 @@ def test_mixed_stack_every_node(engine, producer, lycoris_dir):
     assert max_diff(sample(engine, h), want) <= TOL
 
     info = engine.info(h)
-    assert {n: a["algorithm"] for n, a in info["adapters"].items()} == {"b": "loha", "c": "lokr", "a": "locon"}
+    assert ({n: a["algorithm"] for n, a in info["adapters"].items()}
+            == {"b": "loha", "c": "lokr", "a": "locon"})
     assert info["adapters"]["b"]["rank"] == {"unet": 4, "text_encoder": 4}
 
     # fuse all three, then unfuse: bit-exact base weights
@@ -300,7 +306,8 @@ def test_norm_layers_every_node(engine, lycoris_dir, tmp_path):
     hf = wt.fuse(h, True, True, 1.0, False, "")
     assert max_diff(sample(engine, hf), want) <= TOL
     fused = _norm_layers(live.pipe.unet)
-    assert any(not torch.equal(v, fused[k]) for k, v in base_norms["unet"].items()), "fusion changes the norms"
+    assert any(not torch.equal(v, fused[k]) for k, v in base_norms["unet"].items()), (
+        "fusion changes the norms")
     assert max_diff(sample(engine, tr.unfuse(hf, True, True)), want) <= TOL
     for c in ("unet", "text_encoder"):
         now = _norm_layers(getattr(live.pipe, c))
@@ -323,7 +330,8 @@ def test_norm_layers_every_node(engine, lycoris_dir, tmp_path):
     assert max_diff(sample(engine, tr.unload(hd)), sample(engine, h0)) == 0
     for c in ("unet", "text_encoder"):
         now = _norm_layers(getattr(live.pipe, c))
-        assert now.keys() == base_norms[c].keys() and all(torch.equal(v, now[k]) for k, v in base_norms[c].items())
+        assert now.keys() == base_norms[c].keys() and all(torch.equal(v, now[k])
+                                                          for k, v in base_norms[c].items())
 
     # a device move takes the norm diffs along (to `meta`: this machine has no second device)
     hm = wt.set_device(h, "n", "meta")
@@ -344,7 +352,8 @@ def test_norm_layers_follow_a_schedule(engine, lycoris_dir):
     save_file({k: v for k, v in load_file(str(lycoris_dir / "loras" / "ly_full_norm.safetensors")).items()
                if k.endswith(("w_norm", "b_norm"))}, str(path))
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "ly_norm_only", 1.0, "n")
-    ours = engine.sample(wt.schedule_weights(h, "n", "0:0, 0.5:1", "hold"), PROMPT, "", 1, steps, 7.0, SIZE, SIZE)
+    ours = engine.sample(wt.schedule_weights(h, "n", "0:0, 0.5:1", "hold"), PROMPT, "", 1, steps, 7.0,
+                         SIZE, SIZE)
 
     def recipe(per_step):
         raw = raw_pipeline()
@@ -394,8 +403,8 @@ def test_norm_diffs_that_do_not_fit_are_reported(engine, lycoris_dir):
     assert any("lora_unet_conv_out" in w for w in warnings)
 
     write("ly_norm_size", **{"lora_unet_down_blocks_0_resnets_0_norm1.w_norm": torch.ones(7)})
-    with pytest.raises(Exception, match=r"lora_name: .*norm1: shape mismatch: w_norm has 7 values, the layer's "
-                                        r"weight 32\) — it is made for another base model"):
+    with pytest.raises(Exception, match=r"lora_name: .*norm1: shape mismatch: w_norm has 7 values, "
+                                        r"the layer's weight 32\) — it is made for another base model"):
         engine.realize(load(engine, h0, "ly_norm_size", 1.0, "y"))
 
     lf = write("ly_norm_and_diff", **{"lora_unet_conv_in.w_norm": torch.ones(32)})
@@ -455,7 +464,8 @@ def test_unsupported_algorithm_is_an_error_naming_it(engine, lycoris_dir, algo, 
     from loragraph.loaders.lora_file import LoraFileError
     from loragraph.loaders.store import read_lora
 
-    path = write_file(lycoris_dir / "loras" / f"ly_bad_{algo}.safetensors", build_tiny_sd, algo, 501, **options)
+    path = write_file(lycoris_dir / "loras" / f"ly_bad_{algo}.safetensors", build_tiny_sd, algo, 501,
+                      **options)
     h0 = engine.load_pipeline("builtin:tiny-sd")
     pipe = engine.live(h0.source).pipe
     with pytest.raises(LoraFileError, match=named + r" \(e\.g\. lora_"):
@@ -503,7 +513,8 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     h = wt.set_weights(h, "b, c, d", "1.0", "", '{"b": ' + unet_blocks + ', "d": ' + unet_blocks + "}")
     raw = raw_pipeline()
     for name, adapter in (("ly_loha_blocks", "b"), ("ly_lokr_blocks", "c"), ("ly_norm_blocks", "d")):
-        build_adapter(raw, parse(read_lora(lycoris_dir / "loras" / f"{name}.safetensors").state_dict), adapter)
+        build_adapter(raw, parse(read_lora(lycoris_dir / "loras" / f"{name}.safetensors").state_dict),
+                      adapter)
     def per_block():  # one dict per adapter: diffusers 0.41 expands a block dict in place
         return {"unet": dict(blocks["unet"]), "text_encoder": 1.0}
 
@@ -515,7 +526,8 @@ def test_block_weights_and_hotswap_routing(engine, lycoris_dir):
     assert norm_scales["down_blocks.1.attentions.0.norm"] == 0.0
     assert norm_scales["up_blocks.0.attentions.0.transformer_blocks.0.norm1"] == 0.5
 
-    with pytest.raises(NodeInputError, match="block_weights: transformer blocks are for transformer pipelines"):
+    with pytest.raises(NodeInputError,
+                       match="block_weights: transformer blocks are for transformer pipelines"):
         wt.set_weights(h, "b", "1.0", "", '{"double": [1.0]}')
 
     # an adapter on conv_in: diffusers' block weights cannot scale it; a clear error, rolled back
@@ -548,8 +560,8 @@ def test_kohya_text_model_spelling(engine, producer, lycoris_dir):
 def test_dora_on_the_input_axis_matches_training_network(engine, lycoris_dir, monkeypatch):
     """A DoRA magnitude per input column (LyCORIS `wd_on_output=False`, older files): LyCORIS 4.1.3
     cannot rebuild it from weights (its rebuilt module assumes the output axis), so the oracle is the
-    network that wrote the file, at 1.0 and, scaled as SPEC says, at 0.5. The deltas are loaded in
-    chunks of a few layers here (at SD1.5 size a chunk is 64 MiB; the tiny model fits one)."""
+    network that wrote the file, at 1.0 and, scaled as docs/CONTRACT.md says, at 0.5. The deltas are
+    loaded in chunks of a few layers here (at SD1.5 size a chunk is 64 MiB; the tiny model fits one)."""
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
     from loragraph.loaders.formats.lycoris import build
     from safetensors.torch import load_file
@@ -576,9 +588,9 @@ def test_dora_on_the_input_axis_matches_training_network(engine, lycoris_dir, mo
 
 @pytest.mark.parametrize("name", sorted(DORA_FILES))
 def test_dora_strength_zero_is_off(engine, producer, base_image, name):
-    """SPEC: strength scales the whole delta, so 0 is the base image and 0.5 is halfway in weight
-    space. (LyCORIS's own multiplier 0 still applies a DoRA module's low-rank update: that is the
-    difference the README states, checked here so the statement stays true.)"""
+    """docs/CONTRACT.md: strength scales the whole delta, so 0 is the base image and 0.5 is halfway in
+    weight space. (LyCORIS's own multiplier 0 still applies a DoRA module's low-rank update: that is
+    the difference docs/formats.md states, checked here so the statement stays true.)"""
     from loragraph.builtin_models.tiny_sd import build_tiny_sd
 
     h0 = engine.load_pipeline("builtin:tiny-sd")
@@ -607,7 +619,10 @@ def test_sgm_names_map_the_same_without_diffusers_private_converters(lycoris_dir
         fast = fence.sgm_module_paths(pipe, names)
     with fence.fast_paths_mode("off"):
         public = fence.sgm_module_paths(pipe, names)
-    flat = lambda d: {k: v.replace(".", "_") for k, v in d.items()}  # kohya names compare flat
+
+    def flat(d):  # kohya names compare flat
+        return {k: v.replace(".", "_") for k, v in d.items()}
+
     assert flat(fast) == flat(public) and set(fast) == set(names)
 
 
@@ -621,7 +636,8 @@ def test_lycoris_refused_with_versions_outside_the_verified_ones(engine, monkeyp
     monkeypatch.setattr(fence, "installed_versions", lambda: {"diffusers": "0.40.0", "peft": "0.19.0"})
     fence.versions_verified.cache_clear()
     try:
-        with fence.fast_paths_mode("auto"), pytest.raises(Exception, match=r"LyCORIS .* need diffusers 0\.41/0\.42"):
+        with fence.fast_paths_mode("auto"), pytest.raises(Exception,
+                                                          match=r"LyCORIS .* need diffusers 0\.41/0\.42"):
             engine.realize(load(engine, h0, "ly_loha", 1.0, "x"))
         assert max_diff(sample(engine, h0), before) == 0
     finally:

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.lowend  # in .ci/run's run on the lowest diffusers/peft
 def test_auto_dtype_and_device():
     assert resolve_dtype("auto", "cuda") == "float16"
     assert resolve_dtype("auto", "cpu") == "float32"
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu") or torch.backends.mps.is_available()
+    assert (resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+            or torch.backends.mps.is_available())
     if not torch.cuda.is_available():
         with pytest.raises(NodeInputError) as err:
             resolve_device("cuda")
@@ -118,7 +119,8 @@ def test_single_file_checkpoint_loads_offline_with_its_config_and_takes_a_lora(c
     assert h.source.components == ("unet", "text_encoder")
     for component in ("unet", "vae", "text_encoder"):
         ours, theirs = getattr(pipe, component).state_dict(), getattr(raw, component).state_dict()
-        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs), component
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs), (
+            component)
     assert max_diff(engine.sample(h, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE), render(raw)) <= 1 / 255
 
     h2 = tr.add_adapter(h, engine.lora_spec(h, "sd_a.safetensors", 0.8, "a"))

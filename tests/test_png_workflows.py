@@ -77,7 +77,8 @@ def test_png_carries_prompt_workflow_and_the_loras(first_png, models_dir):
     text = chunks(png)
     assert list(text) == ["prompt", "workflow", "loras", "parameters"]
     prompt = json.loads(text["prompt"])
-    assert {k: v["class_type"] for k, v in prompt.items()} == {k: v["class_type"] for k, v in doc.prompt.items()}
+    assert ({k: v["class_type"] for k, v in prompt.items()}
+            == {k: v["class_type"] for k, v in doc.prompt.items()})
     assert prompt["5"]["inputs"]["seed"] == 7
     assert json.loads(text["workflow"]) == json.loads((EDITOR / "plain_v04.json").read_text())
 
@@ -102,7 +103,8 @@ def test_rerunning_the_png_gives_the_same_image_and_set_changes_it(first_png):
     doc, png = first_png
     again = load_workflow_document(png, REGISTRY)
     assert again.workflow == doc.workflow  # carried over, so the new PNG opens in the editor too
-    assert {k: v["inputs"] for k, v in again.prompt.items()} == {k: v["inputs"] for k, v in doc.prompt.items()}
+    assert ({k: v["inputs"] for k, v in again.prompt.items()}
+            == {k: v["inputs"] for k, v in doc.prompt.items()})
     rerun = run(again)
     assert np.array_equal(pixels(rerun), pixels(png))
     assert json.loads(chunks(rerun)["workflow"]) == doc.workflow
@@ -175,7 +177,8 @@ def test_pngs_without_a_workflow_or_broken_ones_get_clear_errors(tmp_path):
     info = PngInfo()
     info.add_text("workflow", json.dumps({"nodes": [{"id": 3, "type": "KSampler", "mode": 0}], "links": []}))
     Image.new("RGB", (8, 8)).save(unknown, pnginfo=info)
-    with pytest.raises(WorkflowError, match=r"unknown_node\.png \('workflow' chunk\): node 3: unknown node type"):
+    with pytest.raises(WorkflowError,
+                       match=r"unknown_node\.png \('workflow' chunk\): node 3: unknown node type"):
         load_workflow_document(unknown, REGISTRY)
 
 
@@ -198,7 +201,8 @@ def test_a_broken_workflow_chunk_next_to_a_good_prompt_is_only_dropped(tmp_path)
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
 
 
 def test_compressed_and_international_text_chunks_are_read(tmp_path):
@@ -244,7 +248,8 @@ def test_lora_credits_count_active_and_fused_adapters_only(configured, models_di
         return AdapterSpec(name, str(loras / file), store.file_sha256(loras / file), 1.0)
 
     state = AdapterState(
-        adapters=(spec("a", "sd_a.safetensors"), spec("d", "sub/sd_d.safetensors"), spec("off", "sd_b.safetensors")),
+        adapters=(spec("a", "sd_a.safetensors"), spec("d", "sub/sd_d.safetensors"),
+                  spec("off", "sd_b.safetensors")),
         active=ActiveSet(("a",), (ComponentWeights.of({"text_encoder": 0.2, "unet": 0.5}),)),
         fused=(FuseOp(("unet",), 1.0, False, ("d",), ActiveSet(("d",), (0.8,))),),
     )

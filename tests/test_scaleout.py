@@ -1,4 +1,5 @@
-"""Scale-out on Ray (SPEC: Pinned for the next features, Ray): a real local Ray cluster on 127.0.0.1.
+"""Scale-out on Ray (docs/CONTRACT.md, "Pinned for the next features": Ray): a real local Ray cluster on
+127.0.0.1.
 
 One cluster serves the session (``ray.init(num_cpus=2)``: two CPU actors of one thread each, as on
 CI's two cores); every test starts its own pool of actors in it. The model is the shipped
@@ -26,7 +27,8 @@ LORAS = ["shapes/palette.safetensors", "shapes/outline.safetensors", "shapes/tex
 
 def workflow(lora: str = LORAS[0], seed: int = 1, prefix: str = "ray") -> dict:
     wf = {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:shapes", "dtype": "float32", "device": "cpu"}},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:shapes", "dtype": "float32", "device": "cpu"}},
         "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": lora, "strength": 1.0,
                                                   "adapter_name": ""}},
         "3": {"class_type": "Sampler", "inputs": {
@@ -35,7 +37,8 @@ def workflow(lora: str = LORAS[0], seed: int = 1, prefix: str = "ray") -> dict:
             "batch_size": 1}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
     }
-    for node in wf.values():  # titles, as an exported workflow has them (comfy-api-simplified finds nodes by title)
+    # titles, as an exported workflow has them (comfy-api-simplified finds nodes by title)
+    for node in wf.values():
         node["_meta"] = {"title": {"SaveImage": "Save Image"}.get(node["class_type"], node["class_type"])}
     return wf
 
@@ -60,8 +63,8 @@ def shapes_models(tmp_path_factory) -> Path:
 
 def _sweep_args(file: Path, models: Path, output: Path) -> list[str]:
     # the LoRA varies fastest: the order that makes round-robin switch LoRAs on every job
-    return ["run", "--json", "--threads", "1", str(file), "--models-dir", str(models), "--output-dir", str(output),
-            "--sweep", "3.seed=1-4", "--sweep", "2.lora_name=" + ",".join(LORAS)]
+    return ["run", "--json", "--threads", "1", str(file), "--models-dir", str(models), "--output-dir",
+            str(output), "--sweep", "3.seed=1-4", "--sweep", "2.lora_name=" + ",".join(LORAS)]
 
 
 def _lines(text: str) -> list[dict]:
@@ -164,7 +167,8 @@ def test_run_ray_without_ray_names_the_extra(tmp_path, capsys, monkeypatch):
 # --- faults --------------------------------------------------------------------------------------
 
 
-def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, shapes_models, tmp_path, capsys):
+def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, shapes_models, tmp_path,
+                                                                    capsys):
     from loragraph import host
     from loragraph.graph import apply_overrides
     from loragraph.scaleout.needs import job_needs
@@ -265,14 +269,16 @@ def test_serve_ray_fronts_the_pool_for_an_existing_client(ray_cluster, shapes_mo
         got = [next(iter(batch.items())) for batch in images]
         assert [name for name, _ in got] == ["srv_00001_.png", "srv_00002_.png"]
         # /interrupt names the long prompt: its actor stops it at the next step
-        request = urllib.request.Request(f"{server.url}/interrupt", data=json.dumps({"prompt_id": long_id}).encode(),
+        request = urllib.request.Request(f"{server.url}/interrupt",
+                                         data=json.dumps({"prompt_id": long_id}).encode(),
                                          headers={"Content-Type": "application/json"}, method="POST")
         urllib.request.urlopen(request, timeout=30).read()
         while long_id not in api.get_history(long_id) and time.monotonic() < deadline:
             time.sleep(0.2)
         entry = api.get_history(long_id)[long_id]
         assert entry["status"]["status_str"] == "error"
-        assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"]), entry["status"]
+        assert any(kind == "execution_interrupted" for kind, _ in entry["status"]["messages"]), (
+            entry["status"])
         assert api.get_queue() == {"queue_running": [], "queue_pending": []}
     finally:
         server.stop()
@@ -306,8 +312,8 @@ def test_interrupted_driver_stops_its_actors_and_respects_ray_address(ray_cluste
     file.write_text(json.dumps(wf))
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loragraph", "run", "--ray", "--json", str(file), "--models-dir", str(shapes_models),
-         "--output-dir", str(tmp_path / "out"), "--sweep", "3.seed=1-40"],
+        [sys.executable, "-m", "loragraph", "run", "--ray", "--json", str(file), "--models-dir",
+         str(shapes_models), "--output-dir", str(tmp_path / "out"), "--sweep", "3.seed=1-40"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, env=env, cwd=tmp_path)
     # Unbuffered: a buffered readline() may read the next lines too, and communicate() reads the pipe
     # itself, past that buffer: a run reported right after the first was lost to this test (a flake).

@@ -1,11 +1,11 @@
-"""LoRA schedules (SPEC: ScheduleAdapterWeights) against diffusers' own recipe.
+"""LoRA schedules (docs/CONTRACT.md: ScheduleAdapterWeights) against diffusers' own recipe.
 
 The oracle is what diffusers documents for a per-step LoRA strength: `set_adapters` before the call
 for step 0, then `callback_on_step_end` -> `set_adapters` (the callback runs at the END of step i,
 so it sets step i+1's weights). The per-step weights the recipe uses are written out by hand in each
-test from SPEC's rule "step i of N runs at strength(i / N)", not computed by the code under test.
-Tolerance: 2/255 (the issue's "max pixel difference <= 2" on 0..255); fp32 on the CPU, the images
-are in fact bit-equal.
+test from the contract's rule "step i of N runs at strength(i / N)", not computed by the code under
+test. Tolerance: 2/255 (a pixel may differ by at most 2 on 0..255); fp32 on the CPU, the images are
+in fact bit-equal.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def recipe(pipe, names, per_step, steps=N, seed=1, size=SIZE, cfg=7.0):
             p.set_adapters(names, per_step[i + 1])
         return {}
 
-    out = pipe(PROMPT, negative_prompt="", num_inference_steps=steps, guidance_scale=cfg, width=size, height=size,
-               num_images_per_prompt=1, generator=torch.Generator("cpu").manual_seed(seed), output_type="np",
-               callback_on_step_end=on_step_end)
+    out = pipe(PROMPT, negative_prompt="", num_inference_steps=steps, guidance_scale=cfg, width=size,
+               height=size, num_images_per_prompt=1, generator=torch.Generator("cpu").manual_seed(seed),
+               output_type="np", callback_on_step_end=on_step_end)
     assert len(pipe.scheduler.timesteps) == steps  # the tiny pipelines' scheduler: one loop per step
     return torch.from_numpy(out.images).float()
 
@@ -163,7 +163,8 @@ def test_constant_schedule_equals_a_plain_weight(engine, configured):
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sd_a.safetensors", 0.7, "a")
     plain = sample(engine, h)
     assert max_diff(sample(engine, wt.schedule_weights(h, "a", "0:0.7")), plain) <= TOL
-    assert max_diff(sample(engine, wt.schedule_weights(h, "a", "0:0.7, 0.5:0.7, 1:0.7", "ease")), plain) <= TOL
+    assert max_diff(sample(engine, wt.schedule_weights(h, "a", "0:0.7, 0.5:0.7, 1:0.7", "ease")),
+                    plain) <= TOL
     raw = raw_pipeline()
     raw_load(raw, configured, "sd_a.safetensors", "a")
     assert max_diff(plain, recipe(raw, ["a"], [[0.7]] * N)) <= TOL
@@ -185,7 +186,8 @@ def test_switch_on_at_step_k_matches_the_recipe(engine, configured):
 
 def test_two_scheduled_and_one_static_adapter_sd(engine, configured):
     h0 = engine.load_pipeline("builtin:tiny-sd")
-    h = load(engine, load(engine, load(engine, h0, "sd_a.safetensors", 1.0, "a"), "sd_b.safetensors", 1.0, "b"),
+    h = load(engine, load(engine, load(engine, h0, "sd_a.safetensors", 1.0, "a"),
+                          "sd_b.safetensors", 1.0, "b"),
              "sd_c.safetensors", 1.0, "c")
     h = wt.set_weights(h, "a, b, c", "0.8, 0.6, 0.5", "0.3")
     h = wt.schedule_weights(h, "a", "0:1, 1:-0.5", "linear")  # negative strengths allowed
@@ -202,8 +204,8 @@ def test_two_scheduled_and_one_static_adapter_sd(engine, configured):
     # and the static weights are back afterwards
     static = wt.set_weights(h, "a, b, c", "0.8, 0.6, 0.5", "0.3")
     raw.set_adapters(["a", "b", "c"], [unet_te(0.8, 0.3), unet_te(0.6, 0.3), 0.5])
-    assert max_diff(sample(engine, static), recipe(raw, ["a", "b", "c"], [[unet_te(0.8, 0.3),
-                                                                           unet_te(0.6, 0.3), 0.5]] * N)) <= TOL
+    assert max_diff(sample(engine, static),
+                    recipe(raw, ["a", "b", "c"], [[unet_te(0.8, 0.3), unet_te(0.6, 0.3), 0.5]] * N)) <= TOL
 
 
 def test_sdxl_schedule_matches_the_recipe(engine, configured):
@@ -268,7 +270,8 @@ def test_transformer_denoiser_sd3(sd3_models, tmp_path):  # noqa: F811 - the imp
 
 def _scales(engine, handle, name):
     live = engine.live(handle.source)
-    return [m.scaling[name] for _, m in live.pipe.unet.named_modules() if name in (getattr(m, "scaling", None) or {})]
+    return [m.scaling[name] for _, m in live.pipe.unet.named_modules()
+            if name in (getattr(m, "scaling", None) or {})]
 
 
 def test_branches_never_see_each_others_schedule(engine, configured):
@@ -281,14 +284,17 @@ def test_branches_never_see_each_others_schedule(engine, configured):
     assert max_diff(sample(engine, h), plain) == 0
     assert max_diff(sample(engine, down), first_down) == 0
     # LoRAInfo shows the handle's own schedule
-    assert engine.info(up)["schedules"] == {"a": {"keyframes": "0:0, 1:1", "interpolation": "linear", "active": True}}
+    assert engine.info(up)["schedules"] == {"a": {"keyframes": "0:0, 1:1", "interpolation": "linear",
+                                                  "active": True}}
     assert engine.info(h)["schedules"] == {}
     # the PNG's credits say the weight followed a schedule (and only where one did)
     from loragraph.nodes import lora_credits
 
-    (scheduled,) = json.loads(lora_credits.png_chunks(lora_credits.credits_for(up, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
+    (scheduled,) = json.loads(
+        lora_credits.png_chunks(lora_credits.credits_for(up, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
     assert scheduled["schedule"] == {"keyframes": "0:0, 1:1", "interpolation": "linear"}
-    (plain_credit,) = json.loads(lora_credits.png_chunks(lora_credits.credits_for(h, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
+    (plain_credit,) = json.loads(
+        lora_credits.png_chunks(lora_credits.credits_for(h, PROMPT, "", 1, N, 7, SIZE, SIZE))["loras"])
     assert "schedule" not in plain_credit
 
 
@@ -373,7 +379,8 @@ def test_schedule_of_a_text_encoder_only_adapter_is_refused(engine, configured, 
     write_lora_file(models_dir / "loras" / "sched_te.safetensors", "sd", "diffusers", rank=4, seed=33,
                     components=("text_encoder",))
     h = load(engine, engine.load_pipeline("builtin:tiny-sd"), "sched_te.safetensors", 1.0, "t")
-    with pytest.raises(LoraOperationError, match="no layers in the unet: a schedule acts on the denoiser only"):
+    with pytest.raises(LoraOperationError,
+                       match="no layers in the unet: a schedule acts on the denoiser only"):
         engine.check_schedules(wt.schedule_weights(h, "t", "0:0"))
 
 
@@ -387,8 +394,8 @@ def test_workflow_branches_and_errors_on_the_node(configured):
     executor = Executor(REGISTRY)
     wf = Workflow()
     loaded = wf.lora(wf.pipeline(), "sd_a.safetensors", 1.0, "a")
-    off_late = wf.add("ScheduleAdapterWeights", pipeline=loaded, adapter_name="a", keyframes="0:1, 0.4:1, 0.6:0",
-                      interpolation="hold")
+    off_late = wf.add("ScheduleAdapterWeights", pipeline=loaded, adapter_name="a",
+                      keyframes="0:1, 0.4:1, 0.6:0", interpolation="hold")
     on_late = wf.add("ScheduleAdapterWeights", pipeline=loaded, adapter_name="a", keyframes="0:0, 0.5:1",
                      interpolation="hold")
     plain, first, second = wf.sample(loaded), wf.sample(off_late), wf.sample(on_late)
@@ -404,7 +411,8 @@ def test_workflow_branches_and_errors_on_the_node(configured):
     wf.nodes[off_late[0]]["inputs"]["keyframes"] = "0:1, 0.4:one"
     result = executor.execute(wf.nodes)
     assert result.status == "error" and result.error["node_type"] == "ScheduleAdapterWeights"
-    assert "keyframes: keyframe 2 ('0.4:one'): strength 'one' is not a number" in " ".join(result.error_lines())
+    assert ("keyframes: keyframe 2 ('0.4:one'): strength 'one' is not a number"
+            in " ".join(result.error_lines()))
 
 
 def test_the_schedule_example_runs(tmp_path):
@@ -420,9 +428,13 @@ def test_the_schedule_example_runs(tmp_path):
     examples = Path(__file__).resolve().parent.parent / "examples"
     host.configure(models_dir=examples / "models", output_dir=tmp_path)
     prompt = load_workflow(examples / "workflows" / "schedule_outline.json")
-    assert prompt["3"]["inputs"]["keyframes"] == "0:1.0, 0.4:0.0" and prompt["3"]["inputs"]["interpolation"] == "hold"
-    result = Executor(HEADLESS_NODE_CLASS_MAPPINGS).execute(apply_overrides(prompt, ["4.steps=10", "6.steps=10"]))
+    assert (prompt["3"]["inputs"]["keyframes"] == "0:1.0, 0.4:0.0"
+            and prompt["3"]["inputs"]["interpolation"] == "hold")
+    result = Executor(HEADLESS_NODE_CLASS_MAPPINGS).execute(
+        apply_overrides(prompt, ["4.steps=10", "6.steps=10"]))
     assert result.ok, result.error_lines()
-    constant, scheduled = (Image.open(next(tmp_path.rglob(f"outline_{n}_*.png"))) for n in ("constant", "scheduled"))
-    # the README's picture: the outline LoRA hollows the triangle; off after 40% of the steps, it stays filled
+    constant, scheduled = (Image.open(next(tmp_path.rglob(f"outline_{n}_*.png")))
+                           for n in ("constant", "scheduled"))
+    # the picture in docs/demo-model.md: the outline LoRA hollows the triangle; off after 40% of the
+    # steps, it stays filled
     assert demo.fill_ratio(scheduled) > demo.fill_ratio(constant) + 0.1

@@ -8,6 +8,7 @@ the built-in tiny SD pipeline at 64x64 with one or two steps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -87,7 +88,8 @@ def _host_folders(request, folders):
 
 def sd_workflow(steps: int = 2, seed: int = 1, prefix: str = "srv") -> dict[str, Any]:
     return {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"},
               "_meta": {"title": "Load Pipeline"}},
         "2": {"class_type": "Sampler", "_meta": {"title": "Sampler"},
               "inputs": {"pipeline": ["1", 0], "prompt": "a red circle", "negative_prompt": "", "seed": seed,
@@ -111,7 +113,8 @@ def lora_workflow(weights: str = "0.5", steps: int = 1) -> dict[str, Any]:
 
 def info_workflow(strength: float) -> dict[str, Any]:
     return {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"}},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-sd", "dtype": "auto", "device": "auto"}},
         "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": "sd_b.safetensors",
                                                     "strength": strength, "adapter_name": "b"}},
         "3": {"class_type": "LoRAInfo", "inputs": {"pipeline": ["2", 0]}},
@@ -156,11 +159,10 @@ class Client:
             self._new.clear()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no matching message in {timeout} s; got {[m['type'] for m in self.messages]}")
-            try:
+                raise AssertionError(f"no matching message in {timeout} s; "
+                                     f"got {[m['type'] for m in self.messages]}")
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._new.wait(), left)
-            except asyncio.TimeoutError:
-                pass
 
     async def queue(self, prompt: dict[str, Any], **extra: Any) -> dict[str, Any]:
         status, body = await self.post("/prompt", {"prompt": prompt, "client_id": self.client_id, **extra})
@@ -171,7 +173,8 @@ class Client:
         """Wait for ``executing {node: None}`` of the prompt; returns the prompt's messages."""
         await self.wait_for(lambda m: m["type"] == "executing" and m["data"]["node"] is None
                             and m["data"].get("prompt_id") == prompt_id, timeout)
-        return [m for m in self.messages if isinstance(m.get("data"), dict) and m["data"].get("prompt_id") == prompt_id]
+        return [m for m in self.messages
+                if isinstance(m.get("data"), dict) and m["data"].get("prompt_id") == prompt_id]
 
     async def post(self, path: str, body: Any, **kw: Any) -> tuple[int, Any]:
         data = body if isinstance(body, (bytes, str)) else json.dumps(body)
@@ -245,7 +248,8 @@ def test_queue_workflow_streams_events_and_serves_the_image(server):
         with Image.open(io.BytesIO(png)) as img:
             assert img.size == (64, 64)
             assert json.loads(img.text["prompt"])["2"]["class_type"] == "Sampler"
-        for extra, content_type in (({"preview": "webp;50"}, "image/webp"), ({"preview": "jpeg;80"}, "image/jpeg"),
+        for extra, content_type in (({"preview": "webp;50"}, "image/webp"),
+                                    ({"preview": "jpeg;80"}, "image/jpeg"),
                                     ({"channel": "rgb"}, "image/png"), ({"channel": "a"}, "image/png")):
             async with client.session.get(client.url + "/view", params={**image, **extra}) as resp:
                 assert resp.status == 200 and resp.content_type == content_type, extra
@@ -301,13 +305,14 @@ def test_twenty_prompts_at_once_all_complete_in_order(server):
         _, history = await client.get("/history")
         assert set(history) == set(ids)
         by_strength = {}
-        for prompt_id, entry in history.items():
+        for _prompt_id, entry in history.items():
             assert entry["status"]["status_str"] == "success", entry["status"]
             info = json.loads(entry["outputs"]["3"]["text"][0])
             by_strength[entry["prompt"][2]["2"]["inputs"]["strength"]] = info["adapters"]["b"]["strength"]
         assert by_strength == {s: s for s in strengths}
         # Run order follows queue numbers.
-        order = [p for p in (m["data"].get("prompt_id") for m in client.messages if m["type"] == "execution_start")]
+        order = [p for p in (m["data"].get("prompt_id") for m in client.messages
+                             if m["type"] == "execution_start")]
         numbers = {a["prompt_id"]: a["number"] for a in answers}
         assert [numbers[p] for p in order if p in numbers] == sorted(numbers.values())
         assert (await client.get("/queue"))[1] == {"queue_running": [], "queue_pending": []}
@@ -391,7 +396,8 @@ def test_validation_errors_have_comfyui_shapes(server):
 
 def test_malformed_json_oversized_bodies_unknown_routes_and_cross_site_posts(server):
     async def body(client: Client):
-        status, answer = await client.post("/prompt", b'{"prompt": {', headers={"Content-Type": "application/json"})
+        status, answer = await client.post("/prompt", b'{"prompt": {',
+                                           headers={"Content-Type": "application/json"})
         assert status == 400 and answer["error"]["type"] == "invalid_json"
         assert "not valid JSON" in answer["error"]["message"]
         status, answer = await client.post("/queue", b"[1, 2]")
@@ -433,7 +439,8 @@ def test_view_is_confined_to_its_folders(server, folders):
     async def body(client: Client):
         ok = await client.get("/view", params={"filename": "ok.png", "subfolder": "sub", "type": "output"})
         assert ok == (200, b"fake png")
-        assert (await client.get("/view", params={"filename": "ok.png [output]", "subfolder": "sub"}))[0] == 200
+        assert (await client.get("/view",
+                                 params={"filename": "ok.png [output]", "subfolder": "sub"}))[0] == 200
         cases = [
             ({"filename": "../secret.txt"}, 400),
             ({"filename": "/etc/passwd"}, 400),
@@ -478,7 +485,8 @@ def test_upload_image_saves_into_the_input_folder_only(server, folders):
             return resp.status, (await resp.json() if resp.content_type == "application/json" else None)
 
     async def body(client: Client):
-        assert await upload(client, "a.png", b"one") == (200, {"name": "a.png", "subfolder": "", "type": "input"})
+        assert await upload(client, "a.png", b"one") == (200, {"name": "a.png", "subfolder": "",
+                                                                "type": "input"})
         assert (inp / "a.png").read_bytes() == b"one"
         assert (await upload(client, "a.png", b"one"))[1]["name"] == "a.png"  # the same bytes: kept
         assert (await upload(client, "a.png", b"two"))[1]["name"] == "a (1).png"
@@ -551,8 +559,8 @@ def test_an_existing_comfyui_client_library_works_unchanged(server):
     """comfy-api-simplified (PyPI): requests for HTTP, websockets for events, /history + /view for images."""
     simplified = pytest.importorskip("comfy_api_simplified")
     api = simplified.ComfyApiWrapper(server.url)
-    images = api.queue_and_wait_images(simplified.ComfyWorkflowWrapper(sd_workflow(steps=1, seed=3, prefix="lib")),
-                                       "Save Image")
+    images = api.queue_and_wait_images(
+        simplified.ComfyWorkflowWrapper(sd_workflow(steps=1, seed=3, prefix="lib")), "Save Image")
     assert len(images) == 1
     name, data = next(iter(images.items()))
     assert name.startswith("lib_") and data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,5 @@
-"""``loragraph run --sweep`` (SPEC: Pinned for the next features, Ray): a grid over one workflow.
+"""``loragraph run --sweep`` (docs/CONTRACT.md, "Pinned for the next features": Ray): a grid over one
+workflow.
 
 The oracle is the same workflow run once per point with ``--set``: a sweep must write the same
 images (byte for byte) under the same names, in the order the grid gives (first --sweep slowest).
@@ -17,7 +18,8 @@ from loragraph.graph import WorkflowError
 
 def workflow(prefix: str = "sw") -> dict:
     return {
-        "1": {"class_type": "LoadPipeline", "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-sd", "dtype": "float32", "device": "cpu"}},
         "2": {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": "sd_a.safetensors",
                                                   "strength": 1.0, "adapter_name": "a"}},
         "3": {"class_type": "Sampler", "inputs": {
@@ -91,7 +93,8 @@ def test_sweep_errors(configured, tmp_path, capsys):
     assert code == 2 and len(lines) == 2
     assert all("exactly one workflow" in line["error"]["message"] for line in lines)
     code, (line,) = _run(capsys, str(file), *models, "--sweep", "9.seed=1,2")
-    assert code == 2 and "--sweep '9.seed=1'" in line["error"]["message"] and "no node" in line["error"]["message"]
+    assert (code == 2 and "--sweep '9.seed=1'" in line["error"]["message"]
+            and "no node" in line["error"]["message"])
     code, (line,) = _run(capsys, str(file), *models, "--sweep", "3.sed=1,2")
     assert code == 2 and "no input 'sed'" in line["error"]["message"]
     assert not Path(tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

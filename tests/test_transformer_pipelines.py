@@ -37,8 +37,8 @@ def sd3_models(tmp_path_factory):
     loras = root / "loras"
     comps = ("transformer", "text_encoder", "text_encoder_2")
     # scale 1.5: one transformer layer carries the whole effect, so the deltas are made larger.
-    write_lora_file(loras / "sd3_a.safetensors", fmt="diffusers", rank=4, seed=31, pipe=pipe, components=comps,
-                    scale=1.5)
+    write_lora_file(loras / "sd3_a.safetensors", fmt="diffusers", rank=4, seed=31, pipe=pipe,
+                    components=comps, scale=1.5)
     write_lora_file(loras / "sd3_b.safetensors", fmt="diffusers", rank=8, alpha=16, seed=32, pipe=pipe,
                     components=("transformer",), scale=1.5)
     write_lora_file(loras / "sd3_p.safetensors", fmt="peft", rank=4, seed=33, pipe=pipe, scale=1.5)
@@ -129,7 +129,8 @@ def test_weights_fuse_unfuse_match_diffusers_and_unfuse_is_bit_exact(engine, sd3
         assert all(torch.equal(now[k], original[k]) for k in original), component
 
 
-def test_a_switch_between_same_shaped_loras_hot_swaps_the_transformer_and_both_text_encoders(engine, sd3_models):
+def test_a_switch_between_same_shaped_loras_hot_swaps_the_transformer_and_both_text_encoders(
+        engine, sd3_models):
     from peft.utils import get_peft_model_state_dict
 
     h0 = engine.load_pipeline(MODEL)
@@ -143,9 +144,11 @@ def test_a_switch_between_same_shaped_loras_hot_swaps_the_transformer_and_both_t
     raw.set_adapters(["y"], [0.9])
     assert max_diff(image, render(raw)) <= TOL
     for comp in ("transformer", "text_encoder", "text_encoder_2"):
-        ours, theirs = (get_peft_model_state_dict(getattr(p, comp), adapter_name="y") for p in (live.pipe, raw))
+        ours, theirs = (get_peft_model_state_dict(getattr(p, comp), adapter_name="y")
+                        for p in (live.pipe, raw))
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), comp
-        assert getattr(live.pipe, comp).peft_config["y"].lora_alpha == getattr(raw, comp).peft_config["y"].lora_alpha
+        assert (getattr(live.pipe, comp).peft_config["y"].lora_alpha
+                == getattr(raw, comp).peft_config["y"].lora_alpha)
 
 
 def test_text_encoder_switch_matches_diffusers(engine, sd3_models):
@@ -196,7 +199,7 @@ def test_save_lora_round_trips_through_diffusers(engine, sd3_models, tmp_path):
     assert max_diff(render(raw), sample(engine, h)) <= TOL
 
 
-# --- #15: per-block weights on a transformer denoiser (diffusers offers them on UNets only) ---------
+# --- per-block weights on a transformer denoiser (diffusers offers them on UNets only) --------------
 
 
 def test_transformer_block_weights_by_index(engine, sd3_models):
@@ -212,7 +215,8 @@ def test_transformer_block_weights_by_index(engine, sd3_models):
         h = wt.set_weights(h1, "a", "0.8", "0.6", blocks)
         raw.set_adapters(["a"], [{"transformer": w, "text_encoder": 0.6, "text_encoder_2": 0.6}])
         assert max_diff(sample(engine, h), render(raw)) <= TOL, blocks
-    assert engine.info(h)["adapters"]["a"]["weights"]["transformer"] == {"single_transformer_blocks": {"0": 0.0}}
+    assert engine.info(h)["adapters"]["a"]["weights"]["transformer"] == {
+        "single_transformer_blocks": {"0": 0.0}}
     with pytest.raises(NodeInputError, match="block_weights: transformer: unknown block kind 'down'"):
         wt.set_weights(h1, "a", "1", "", '{"transformer": {"down": 1.0}}')
     with pytest.raises(NodeInputError, match="block_weights: transformer: double: expected block index"):

@@ -224,7 +224,8 @@ def test_save_lora_writes_a_file_diffusers_loads_to_the_same_image(executor, con
         wf.add("SaveLoRA", pipeline=fused, adapter_name="sd_b", filename_prefix=f"saved/{fmt}", format=fmt)
     result = executor.execute(wf.nodes)
     assert result.ok, result.error_lines()
-    shown = sorted((ui["loras"][0]["subfolder"], ui["loras"][0]["filename"]) for ui in result.outputs.values())
+    shown = sorted((ui["loras"][0]["subfolder"], ui["loras"][0]["filename"])
+                   for ui in result.outputs.values())
     assert shown == [("saved", "diffusers_00001_.safetensors"), ("saved", "kohya_00001_.safetensors")]
     saved = sorted((host.output_dir() / "loras" / "saved").glob("*.safetensors"))
     assert [p.name for p in saved] == [name for _, name in shown]
@@ -261,7 +262,8 @@ def test_lora_info_reports_loaded_active_and_fused_state(executor, configured):
 def test_sampler_is_the_pipeline_call_with_a_cpu_generator(executor, configured):
     wf = Workflow()
     p = wf.pipeline()
-    settings = {"prompt": "a blue square", "negative_prompt": "blurry", "seed": 9, "cfg": 4.5, "batch_size": 2}
+    settings = {"prompt": "a blue square", "negative_prompt": "blurry", "seed": 9, "cfg": 4.5,
+                "batch_size": 2}
     default = wf.sample(p, **settings)
     euler = wf.sample(p, **{**settings, "scheduler": "euler"})
     images = run(executor, wf)
@@ -274,7 +276,7 @@ def test_sampler_is_the_pipeline_call_with_a_cpu_generator(executor, configured)
 
     image = images[default]
     assert image.dtype == torch.float32 and tuple(image.shape) == (2, SIZE, SIZE, 3)  # ComfyUI's IMAGE
-    assert 0 <= image.min() and image.max() <= 1
+    assert image.min() >= 0 and image.max() <= 1
     raw = raw_pipeline()
     assert max_diff(image, call(raw)) <= TOL
     from diffusers import EulerDiscreteScheduler
@@ -355,8 +357,8 @@ def _base_prompt() -> dict:
     pipe = wf.lora(wf.pipeline(), "sd_a.safetensors")  # node 2
     fused = wf.add("FuseLoRA", pipeline=pipe, fuse_unet=True, fuse_text_encoder=True, lora_scale=1.0,
                    safe_fusing=False, adapter_names="")  # node 3
-    images = wf.add("Sampler", pipeline=fused, prompt=PROMPT, negative_prompt="", seed=1, steps=STEPS, cfg=7.0,
-                    width=SIZE, height=SIZE, scheduler="default", batch_size=1)  # node 4
+    images = wf.add("Sampler", pipeline=fused, prompt=PROMPT, negative_prompt="", seed=1, steps=STEPS,
+                    cfg=7.0, width=SIZE, height=SIZE, scheduler="default", batch_size=1)  # node 4
     wf.add("SaveImage", images=images, filename_prefix="bad")  # node 5
     return wf.nodes
 
@@ -389,7 +391,7 @@ BAD_INPUTS = {
     "wrong base model": (_set("2", lora_name="bad/sdxl_lora_for_sd.safetensors"), 1, "2", "lora_name"),
     "unsafe pickle": (_set("2", lora_name="bad/unsafe_pickle.pt"), 1, "2", "lora_name"),
     "NaN lora": (_set("2", lora_name="bad/nan_lora.safetensors"), 1, "2", "lora_name"),
-    # issue 13: numbers that are not numbers, and work refused before it starts
+    # numbers that are not numbers, and work refused before it starts
     "strength NaN": (_set("2", strength="NaN"), 2, "2", "strength"),
     "cfg NaN": (_set("4", cfg="nan"), 2, "4", "cfg"),
     "steps at the maximum": (_set("4", steps=1000), 1, "4", "steps"),  # DDIM would index timestep 1000
@@ -408,7 +410,8 @@ def test_bad_input_fails_naming_node_and_input_and_writes_no_image(case, models_
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(prompt))
     out = tmp_path / "output"
-    assert main(["run", str(path), "--json", "--models-dir", str(models_dir), "--output-dir", str(out)]) == code
+    assert main(["run", str(path), "--json", "--models-dir", str(models_dir), "--output-dir",
+                 str(out)]) == code
     line = json.loads(capsys.readouterr().out)
     error = line["error"]
     if code == 2:
@@ -448,7 +451,8 @@ def test_examples_run_and_reruns_execute_only_what_changed(tmp_path):
         prompts[name] = prompt = apply_overrides(prompt, [f"{i}.steps={STEPS}" for i in samplers])
         result = executor.execute(prompt)
         assert result.ok, (name, result.error_lines())
-    written = sorted(p.relative_to(tmp_path / "output").as_posix() for p in (tmp_path / "output").rglob("*.*"))
+    written = sorted(p.relative_to(tmp_path / "output").as_posix()
+                     for p in (tmp_path / "output").rglob("*.*"))
     assert written == ["all_nodes/base_00001_.png", "branches/base_00001_.png", "branches/lora_00001_.png",
                        "loras/all_nodes/demo_b_00001_.safetensors", "quickstart_00001_.png"]
 
