@@ -109,7 +109,8 @@ def _alphas(lora: ParsedFile) -> list[float | None]:
 
 
 def effective_alphas(lora: ParsedFile) -> list[float]:
-    """Distinct alphas as loaded: a module with no alpha in the file (nor in its metadata) has alpha = rank."""
+    """Distinct alphas as loaded: a module with no alpha in the file (nor in its metadata) has
+    alpha = rank."""
     stored = _alphas(lora)
     found = {a for a in stored if a is not None}
     if None in stored:
