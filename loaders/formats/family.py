@@ -145,9 +145,9 @@ class DiffusersFamily(Family):
             try:
                 peft_keys = _converted_for_component(pipe, component, part)
             except ValueError as e:
+                cannot = f"keys diffusers cannot convert: {e}"
                 for module in sorted({module_of(k) for k in part}):
-                    reason = f"keys diffusers cannot convert: {e}"
-                    unmatched.append(UnmatchedModule(component, module, reason))
+                    unmatched.append(UnmatchedModule(component, module, cannot))
                     counts["unmatched"] += 1
                 continue
             model = getattr(pipe, component)
