@@ -296,7 +296,7 @@ def hotswap_through_diffusers(
 
     with DIFFUSERS_PATCH_LOCK:
         original = peft_hotswap.hotswap_adapter_from_state_dict  # what `recording` calls
-        # cast: the stand-in takes peft's keywords through **kwargs, which its stub does not spell out
+        # cast: `recording` takes peft's optional parameters as keywords only, as diffusers passes them
         peft_hotswap.hotswap_adapter_from_state_dict = cast(Any, recording)
         if te_loader is not None:
             pipe.load_lora_into_text_encoder = load_te
