@@ -4,6 +4,7 @@ text-encoder LoRA switch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from . import fence
@@ -16,7 +17,7 @@ def _adapter_weights_for_call(live: LivePipeline, active: ActiveSet) -> list[Any
     """Per-adapter weights in set_adapters' form, with components the adapter lacks left out."""
     present = live.pipe.get_list_adapters()
     out = []
-    for name, weight in zip(active.names, active.weights):
+    for name, weight in zip(active.names, active.weights, strict=True):
         value = plain_weight(weight)
         if isinstance(value, dict):
             value = {c: v for c, v in value.items() if name in present.get(c, ())}
@@ -54,10 +55,13 @@ def set_active(live: LivePipeline, active: ActiveSet) -> None:
         # transformer block weights (SD3/Flux), which diffusers refuses: 1.0 to diffusers, then each
         # transformer layer's scale set from its block (loaders/blocks.py)
         per_block = {
-            n: w["transformer"] for n, w in zip(active.names, weights)
+            n: w["transformer"] for n, w in zip(active.names, weights, strict=True)
             if isinstance(w, dict) and isinstance(w.get("transformer"), dict)
         }
-        weights = [{**w, "transformer": 1.0} if n in per_block else w for n, w in zip(active.names, weights)]
+        weights = [
+            {**w, "transformer": 1.0} if n in per_block else w
+            for n, w in zip(active.names, weights, strict=True)
+        ]
         with timed(live, "set_adapters", ",".join(active.names)):
             pipe.set_adapters(list(active.names), weights)
             if per_block:
@@ -91,19 +95,20 @@ def set_lora_device(live: LivePipeline, name: str, device: str) -> None:
         live.pipe.set_lora_device([name], device)
 
 
-def _check_block_layers(live: LivePipeline, names, weights) -> None:
+def _check_block_layers(live: LivePipeline, names: Sequence[str], weights: Sequence[Any]) -> None:
     """diffusers' per-block UNet weights index every adapter layer as `<blocks>.<i>.<kind>.<j>` and
     fail (IndexError) on layers outside the down/mid/up blocks (conv_in, time_embedding, conv_out),
     which LoCon/LyCORIS files adapt: say so, naming the input, instead of a bare IndexError."""
-    for name, value in zip(names, weights):
+    for name, value in zip(names, weights, strict=True):
         blocks = value.get("unet") if isinstance(value, dict) else None
         if not isinstance(blocks, dict) or getattr(live.pipe, "unet", None) is None:
             continue
         outside = [n for n, m in layers(live, "unet") if len(n.split(".")) < 4 and adapter_in_layer(m, name)]
         if outside:
             raise LoraOperationError(
-                f"adapter {name!r} adapts UNet layers outside the down/mid/up blocks ({', '.join(outside[:3])}), "
-                "which diffusers' per-block weights cannot scale; give it a plain weight instead",
+                f"adapter {name!r} adapts UNet layers outside the down/mid/up blocks "
+                f"({', '.join(outside[:3])}), which diffusers' per-block weights cannot scale; give it a "
+                "plain weight instead",
                 "block_weights",
             )
 

@@ -1,5 +1,6 @@
 """Per-block weights for transformer denoisers (SD3, Flux): diffusers offers block scales only on
-UNets (its maintainers declined the rest, diffusers #4017), so here they are set per peft layer (#15).
+UNets (its maintainers declined the rest: https://github.com/huggingface/diffusers/issues/4017), so
+here they are set per peft layer.
 
 Form (SetAdapterWeights' `block_weights`, per adapter): `{"transformer": {"transformer_blocks":
 {"0": 0.5, "3": 1.2} | [w0, w1, ...], "single_transformer_blocks": {...}}}`; Flux's names `double`
@@ -30,8 +31,8 @@ def normalise(value: Mapping[str, Any]) -> dict[str, dict[str, float]]:
             raise ValueError(f"unknown block kind {kind!r}; transformer blocks are {sorted(KINDS)}")
         if isinstance(per, list):
             per = {str(i): w for i, w in enumerate(per)}
-        if not isinstance(per, dict):
-            raise ValueError(f"{kind}: expected {{index: weight}} or a list of weights, got {per!r}")  # noqa: TRY004 - one error type for bad JSON input
+        if not isinstance(per, dict):  # ValueError, not TypeError: one error type for bad JSON input
+            raise ValueError(f"{kind}: expected {{index: weight}} or a list of weights, got {per!r}")
         for i, w in per.items():
             if not str(i).isdigit() or isinstance(w, bool) or not isinstance(w, (int, float)):
                 raise ValueError(f"{kind}: expected block index -> number, got {i!r}: {w!r}")

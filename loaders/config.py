@@ -12,9 +12,10 @@ import dataclasses
 import os
 import threading
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, TypeVar
 
 FastPaths = Literal["auto", "on", "off"]
+_Default = TypeVar("_Default", bound=int | None)  # an unset variable's value: a number, or None
 
 # The parsed-file cache is bounded by the files' total size: parsed LoRAs live in RAM as CPU
 # tensors, and 2 GiB holds dozens of typical (10-300 MB) LoRAs without crowding out the models.
@@ -46,7 +47,7 @@ class EngineConfig:
         """The configuration the environment asks for; unset variables keep the defaults."""
         env = os.environ if env is None else env
 
-        def integer(name: str, default: int | None) -> int | None:
+        def integer(name: str, default: _Default) -> int | _Default:
             raw = env.get(name, "").strip()
             if not raw:
                 return default

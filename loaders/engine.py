@@ -119,7 +119,9 @@ class Engine:
             raise NodeInputError("lora_name", str(e)) from None
         name = adapter_name.strip() or derive_adapter_name(lora_name, handle.state.names)
         if "." in name or "/" in name:
-            raise NodeInputError("adapter_name", f"{name!r}: adapter names cannot hold '.' or '/' (peft keys)")
+            raise NodeInputError(
+                "adapter_name", f"{name!r}: adapter names cannot hold '.' or '/' (peft keys)"
+            )
         return AdapterSpec(name, str(path), lf.sha256, float(strength), None, origin)
 
     # --- sampling -----------------------------------------------------------------------------
@@ -135,8 +137,8 @@ class Engine:
         # 4x each way is 16x the pixels: past that a render is mostly wasted time on these tiny models.
         if max(width, height) <= 4 * native:
             return None
-        return (f"{handle.source.model} was made for {native}x{native} images; {width}x{height} is slow on it "
-                f"and will not look like its training: set width and height to {native}")
+        return (f"{handle.source.model} was made for {native}x{native} images; {width}x{height} is slow "
+                f"on it and will not look like its training: set width and height to {native}")
 
     def sample(
         self,
@@ -167,14 +169,16 @@ class Engine:
             scheduled = weight_schedule.active_schedules(handle.state)
             denoiser = handle.source.denoiser
             if scheduled:  # scheduled adapters sample unfused in the denoiser; the rest stays as it is
-                live, _ = self.realize(handle.with_state(weight_schedule.sampling_state(handle.state, denoiser)))
+                sampling = weight_schedule.sampling_state(handle.state, denoiser)
+                live, _ = self.realize(handle.with_state(sampling))
             else:
                 live, _ = self.realize(handle)
             # checks before anything changes; raises naming the ScheduleAdapterWeights node
             weights = weight_schedule.StepWeights(live, handle.state, denoiser) if scheduled else None
             pipe = live.pipe
             original = pipe.scheduler
-            if SCHEDULERS[scheduler] and "FlowMatch" in type(original).__name__:
+            scheduler_class = SCHEDULERS[scheduler]  # None: the pipeline's own
+            if scheduler_class and "FlowMatch" in type(original).__name__:
                 # The offered schedulers are DDPM-family: on a flow-matching model they sample garbage.
                 raise NodeInputError(
                     "scheduler",
@@ -182,10 +186,10 @@ class Engine:
                     f"{scheduler!r} is a noise-prediction scheduler and does not apply: use 'default'",
                 )
             chosen = original
-            if SCHEDULERS[scheduler]:
+            if scheduler_class:
                 import diffusers
 
-                chosen = getattr(diffusers, SCHEDULERS[scheduler]).from_config(original.config)
+                chosen = getattr(diffusers, scheduler_class).from_config(original.config)
             # Limits before any work (base/limits.py): the scheduler can do the steps, and the
             # images can fit the device's free memory.
             if (refusal := limits.steps_refusal(chosen, steps)) is not None:
@@ -242,9 +246,8 @@ class Engine:
             pipe, state = live.pipe, handle.state
             # parked adapters (loaded, in no state) are the engine's business, not the handle's
             names = set(state.names)
-            listed = {
-                c: [n for n in ns if n in names] for c, ns in (pipe.get_list_adapters() if names else {}).items()
-            }
+            in_peft = pipe.get_list_adapters() if names else {}
+            listed = {c: [n for n in ns if n in names] for c, ns in in_peft.items()}
             listed = {c: ns for c, ns in listed.items() if ns}
             active = state.active.as_dict()
             fused_names: dict[str, list[str]] = {}
@@ -252,7 +255,7 @@ class Engine:
                 for n in op.adapter_names:
                     fused_names.setdefault(n, [])
                     fused_names[n] += [c for c in op.components if c not in fused_names[n]]
-            adapters = {}
+            adapters: dict[str, dict[str, Any]] = {}
             for spec in state.adapters:
                 comps = [c for c, names in listed.items() if spec.name in names]
                 ranks, alphas = {}, {}
@@ -260,7 +263,8 @@ class Engine:
                 for c in comps:
                     cfg = getattr(pipe, c).peft_config[spec.name]
                     ranks[c], alphas[c] = cfg.r, getattr(cfg, "lora_alpha", getattr(cfg, "alpha", None))
-                if algorithm != "lora":  # built per module group (one peft config each): the file has the numbers
+                if algorithm != "lora":
+                    # built per module group (one peft config each): the file has the numbers
                     ranks, alphas = _file_ranks_alphas(spec, comps)
                 weight = active.get(spec.name)
                 adapters[spec.name] = {
@@ -283,7 +287,9 @@ class Engine:
                 "adapters": adapters,
                 "list_adapters": listed,
                 "active_adapters": list(state.active.names),
-                "active_weights": {n: _per_component(w, adapters[n]["components"]) for n, w in active.items()},
+                "active_weights": {
+                    n: _per_component(w, adapters[n]["components"]) for n, w in active.items()
+                },
                 "fused": [
                     {
                         "components": list(op.components),
@@ -295,7 +301,9 @@ class Engine:
                 ],
                 "text_encoder_lora": {te: te not in state.te_disabled for te in handle.source.text_encoders},
                 "schedules": {
-                    s.adapter: {"keyframes": s.text(), "interpolation": s.interpolation, "active": s.adapter in active}
+                    s.adapter: {
+                        "keyframes": s.text(), "interpolation": s.interpolation, "active": s.adapter in active
+                    }
                     for s in state.schedules
                 },
                 "warnings": list(live.warnings),
@@ -312,12 +320,14 @@ class Engine:
         ``path`` is the file to write, or a saver that takes the writer and returns where it saved
         (SaveLoRA's numbered names, which never overwrite a file another process just saved).
         """
-        if handle.state.adapter(adapter_name) is None:
+        spec = handle.state.adapter(adapter_name)
+        if spec is None:
             loaded = ", ".join(handle.state.names) or "none"
-            raise NodeInputError("adapter_name", f"no adapter named {adapter_name!r} is loaded (loaded: {loaded})")
+            raise NodeInputError(
+                "adapter_name", f"no adapter named {adapter_name!r} is loaded (loaded: {loaded})"
+            )
         if fmt not in ("kohya", "diffusers"):
             raise NodeInputError("format", f"unknown format {fmt!r}")
-        spec = handle.state.adapter(adapter_name)
         lf = store.read_lora(spec.path)
         fam = family(lf.format)  # what the adapter is made of is its file's family's business
         refusal = fam.save_refusal(lf, adapter_name, fmt)

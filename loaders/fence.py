@@ -24,7 +24,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -62,9 +62,7 @@ def versions_verified() -> bool:
         logger.info(
             "diffusers %s / peft %s are outside the versions loragraph's fast paths were verified on "
             "(%s): using the plain public diffusers/peft paths",
-            found["diffusers"],
-            found["peft"],
-            ", ".join(f"{n} {'/'.join(m)}" for n, m in VERIFIED.items()),
+            found["diffusers"], found["peft"], ", ".join(f"{n} {'/'.join(m)}" for n, m in VERIFIED.items()),
         )
     return ok
 
@@ -123,11 +121,8 @@ def loadable_components(pipe: Any) -> tuple[str, ...]:
 
 
 def load_lora_weights(
-    pipe: Any,
-    state_dict: dict[str, torch.Tensor],
-    metadata: dict[str, Any] | None,
-    adapter_name: str,
-    hotswap: bool = False,
+    pipe: Any, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None,
+    adapter_name: str, hotswap: bool = False,
 ) -> None:
     """`pipe.load_lora_weights(state_dict)` that keeps the file's `lora_adapter_metadata`.
 
@@ -276,7 +271,9 @@ def hotswap_through_diffusers(
 
     def recording(model, state_dict, adapter_name, config, **kwargs):
         captured[models[id(model)]] = (state_dict, config)
-        return original(model=model, state_dict=state_dict, adapter_name=adapter_name, config=config, **kwargs)
+        return original(
+            model=model, state_dict=state_dict, adapter_name=adapter_name, config=config, **kwargs
+        )
 
     def te_swapper(te):
         def load_adapter(adapter_name=None, adapter_state_dict=None, peft_config=None, **_):
@@ -285,7 +282,8 @@ def hotswap_through_diffusers(
 
         return load_adapter
 
-    te_loader = type(pipe).load_lora_into_text_encoder if hasattr(pipe, "load_lora_into_text_encoder") else None
+    has_te_loader = hasattr(pipe, "load_lora_into_text_encoder")
+    te_loader = type(pipe).load_lora_into_text_encoder if has_te_loader else None
 
     def load_te(*args, **kwargs):
         te = kwargs["text_encoder"]
@@ -298,7 +296,8 @@ def hotswap_through_diffusers(
 
     with DIFFUSERS_PATCH_LOCK:
         original = peft_hotswap.hotswap_adapter_from_state_dict  # what `recording` calls
-        peft_hotswap.hotswap_adapter_from_state_dict = recording
+        # cast: `recording` takes peft's optional parameters as keywords only, as diffusers passes them
+        peft_hotswap.hotswap_adapter_from_state_dict = cast(Any, recording)
         if te_loader is not None:
             pipe.load_lora_into_text_encoder = load_te
         try:
@@ -352,7 +351,8 @@ def rename_adapter(layers: list, configs: list[dict], old: str, new: str) -> Non
 
 def _adapter_tables(module, name: str) -> list[str]:
     """The attributes of a peft layer keyed by adapter name: its declared ones and any other dict."""
-    attrs = [a for a in (*module.adapter_layer_names, *module.other_param_names) if getattr(module, a, None) is not None]
+    declared = (*module.adapter_layer_names, *module.other_param_names)
+    attrs = [a for a in declared if getattr(module, a, None) is not None]
     attrs += [
         a for a, t in vars(module).items()
         if not a.startswith("_") and a not in attrs and isinstance(t, dict) and name in t
@@ -393,7 +393,8 @@ def mark_peft_loaded(model: torch.nn.Module) -> None:
     take LoHa/LoKr layers or several peft configs under one adapter name.
     Fallback: none runs; outside the verified versions `lycoris_refusal` refuses the file first.
     """
-    model._hf_peft_config_loaded = True
+    flagged: Any = model  # torch types an attribute it does not know as Tensor | Module
+    flagged._hf_peft_config_loaded = True
 
 
 def register_norm_layers(config: Any, layer_cls: type, norm_types: tuple[type, ...]) -> None:
@@ -417,9 +418,10 @@ def forward_conv_attributes(layer: torch.nn.Module) -> None:
     Stands in for: peft nesting tuner layers of two families on one conv, which it does not support.
     Fallback: the same (the attribute is public torch Conv2d's); nothing version-specific.
     """
-    base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+    peft_layer: Any = layer  # torch types the attributes peft adds as Tensor | Module
+    base = peft_layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
     if isinstance(base, torch.nn.Conv2d) and not hasattr(layer, "groups"):
-        layer.groups = base.groups
+        peft_layer.groups = base.groups
 
 
 def move_adapter(module: Any, adapter_name: str, device: str | torch.device) -> None:
@@ -436,7 +438,7 @@ def move_adapter(module: Any, adapter_name: str, device: str | torch.device) -> 
         if table is not None and adapter_name in table:
             item = table[adapter_name]
             if isinstance(item, torch.nn.Parameter):  # a ParameterDict entry: replaced, as diffusers does
-                table[adapter_name] = torch.nn.Parameter(item.data.to(device), requires_grad=item.requires_grad)
+                table[adapter_name] = torch.nn.Parameter(item.data.to(device), item.requires_grad)
             else:
                 item.to(device)
 
@@ -461,10 +463,11 @@ def sgm_module_paths(pipe: Any, names: list[str]) -> dict[str, str]:
         except ImportError:
             pass
         else:
-            carried = {f"{n}.alpha": n for n in names}  # the values carry the original name through the renames
+            carried = {f"{n}.alpha": n for n in names}  # the values carry each name through the renames
             mapped = _maybe_map_sgm_blocks_to_diffusers(dict(carried), unet_config)
             return {
-                orig: _convert_unet_lora_key(k.split(".")[0]).replace(".processor", "") for k, orig in mapped.items()
+                orig: _convert_unet_lora_key(k.split(".")[0]).replace(".processor", "")
+                for k, orig in mapped.items()
             }
     return _sgm_paths_public(pipe, names)
 
@@ -478,7 +481,7 @@ def _sgm_paths_public(pipe: Any, names: list[str]) -> dict[str, str]:
         stand_in[f"{n}.lora_up.weight"] = torch.zeros(1, i + 1)
     try:
         out = StableDiffusionXLLoraLoaderMixin.lora_state_dict(stand_in, unet_config=pipe.unet.config)
-    except Exception as e:  # noqa: BLE001 - the converter's refusal leaves these names unmatched
+    except Exception as e:  # the converter's refusal leaves these names unmatched
         logger.info("diffusers could not convert kohya SGM names (%s): they stay unmatched", e)
         return {}
     converted = out[0] if isinstance(out, tuple) else out
@@ -488,7 +491,8 @@ def _sgm_paths_public(pipe: Any, names: list[str]) -> dict[str, str]:
         # projections `<block>.processor.to_k_lora.down.weight` (its old processor form)
         m = re.match(r"^unet\.(.+?)(?:\.lora_A|\.lora\.down|_lora\.down)\.weight$", key)
         if m is not None and t.ndim == 2:
-            path = m.group(1) + (".0" if m.group(1).endswith(".processor.to_out") else "")  # to_out_lora: to_out.0
+            # to_out_lora: to_out.0
+            path = m.group(1) + (".0" if m.group(1).endswith(".processor.to_out") else "")
             paths[names[int(t.shape[0]) - 1]] = path.replace(".processor.", ".")
     return paths
 
@@ -554,18 +558,15 @@ def record_unmerged(module: Any) -> None:
 
 def _plain_weights(weights: Sequence[Any]) -> bool:
     return all(
-        isinstance(w, (int, float)) or (isinstance(w, Mapping) and all(isinstance(x, (int, float)) for x in w.values()))
+        isinstance(w, (int, float))
+        or (isinstance(w, Mapping) and all(isinstance(x, (int, float)) for x in w.values()))
         for w in weights
     )
 
 
 def set_adapters(
-    pipe: Any,
-    layers: Callable[[str], Iterable[tuple[str, Any]]],
-    components: Sequence[str],
-    names: Sequence[str],
-    weights: Sequence[Any],
-    same_names: bool = False,
+    pipe: Any, layers: Callable[[str], Iterable[tuple[str, Any]]], components: Sequence[str],
+    names: Sequence[str], weights: Sequence[Any], same_names: bool = False,
 ) -> None:
     """`pipe.set_adapters(names, weights)`, straight on the tuner layers the engine lists once per
     load (`layers(component)`), for plain weights: a number per adapter, or a number per component.
@@ -586,12 +587,12 @@ def set_adapters(
             for _, module in layers(comp):
                 if not same_names:
                     module.set_adapter(list(names))
-                for name, value in zip(names, weights):
+                for name, value in zip(names, weights, strict=True):
                     module.set_scale(name, value.get(comp, 1.0) if isinstance(value, Mapping) else value)
         return
     present = pipe.get_list_adapters()
     call = [
         {c: v for c, v in w.items() if name in present.get(c, ())} if isinstance(w, Mapping) else w
-        for name, w in zip(names, weights)
+        for name, w in zip(names, weights, strict=True)
     ]
     pipe.set_adapters(list(names), call)

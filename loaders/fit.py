@@ -1,4 +1,4 @@
-"""Which built-in model a LoRA file fits, for `loragraph inspect` without `--model` (#15).
+"""Which built-in model a LoRA file fits, for `loragraph inspect` without `--model`.
 
 `guess_base_model` reads shapes against SD1/SD2/SDXL; a file made for one of the built-in tiny
 models (the demo LoRAs, tests, anything trained on them) matches none of those. So the built-in

@@ -67,7 +67,9 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
     with timed(live, "fuse_lora", f"{comp} scale={op.lora_scale}"):
         for name, module in layers(live, comp):
             # any peft tuner layer (LoRA, LoHa, LoKr, norm diff) holding the adapter
-            todo = [a for a in op.adapter_names if adapter_in_layer(module, a) and a not in module.merged_adapters]
+            todo = [
+                a for a in op.adapter_names if adapter_in_layer(module, a) and a not in module.merged_adapters
+            ]
             if not todo:
                 continue
             base = module.get_base_layer()
@@ -99,6 +101,7 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
                     else:
                         with torch.no_grad():
                             new.addmm_(up, down, alpha=alpha)
+                assert new is not None  # `todo` is not empty: the loop made it
                 if op.safe_fusing and not torch.isfinite(new).all():
                     raise LoraOperationError(
                         f"safe_fusing found NaN/inf in {comp}.{name} after merging {', '.join(todo)}: the "

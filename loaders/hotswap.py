@@ -32,7 +32,8 @@ def slot_for(live: LivePipeline, cov, slots: list[str]) -> str | None:
     for slot in slots:  # the oldest parked first: the most recent is the likeliest to be toggled back to
         if live.live_devices.get(slot) is not None:
             continue
-        if {c for c, m in models.items() if slot in (getattr(m, "peft_config", None) or {})} != set(cov.layout):
+        holding = {c for c, m in models.items() if slot in (getattr(m, "peft_config", None) or {})}
+        if holding != set(cov.layout):
             continue
         if all(_slot_fits(live, c, slot, cov.layout[c]) for c in cov.layout):
             return slot

@@ -41,10 +41,12 @@ class LivePipeline:
     """A diffusers pipeline plus what the reconciler knows about it."""
 
     pipe: Any
-    state: AdapterState | None = field(default_factory=AdapterState)  # None: unknown (a rollback failed) -> reset first
+    # None: unknown (a rollback failed) -> reset first
+    state: AdapterState | None = field(default_factory=AdapterState)
     # component -> module name -> (weight, bias or None) as they were before the first fusion
     backups: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = field(default_factory=dict)
-    live_active: ActiveSet | None = field(default_factory=ActiveSet)  # last set_adapters call; None = unknown scaling
+    # the last set_adapters call; None = unknown scaling
+    live_active: ActiveSet | None = field(default_factory=ActiveSet)
     live_te_disabled: tuple[str, ...] = ()
     live_devices: dict[str, str | None] = field(default_factory=dict)
     ops: list[str] = field(default_factory=list)  # every diffusers/peft call made, for tests and logs

@@ -59,6 +59,7 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
     try:
         if slot is not None:
             hotswap.swap(live, lf, slot, spec.name, tuple(cov.layout))
+            assert slots is not None  # the slot was picked from them
             slots.remove(slot)
         else:
             live.layer_cache.clear()  # peft adds layers (a swap keeps them)

@@ -3,7 +3,8 @@
 `load` reads the tensors (safetensors, or a pickle loaded with `weights_only`) and the header
 metadata; `build` makes them a `LoraFile` (records.py), with the key format and the modules its
 family (formats/) reads. A truncated, damaged or non-LoRA file is a `LoraFileError` with a sentence
-naming the file. Hashing and the shared cache of parsed files are store.py's (`read_lora`); the human summary is summary.py's.
+naming the file. Hashing and the shared cache of parsed files are store.py's (`read_lora`); the
+human summary is summary.py's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Scheduler names offered by the Sampler: "default" keeps the pipeline's own; the rest are diffusers classes."""
+"""Scheduler names offered by the Sampler: "default" keeps the pipeline's own; the rest are diffusers
+classes."""
 
 SCHEDULERS: dict[str, str | None] = {
     "default": None,

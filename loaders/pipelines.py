@@ -77,7 +77,9 @@ def make_source(model: str, dtype: str = "auto", device: str = "auto") -> Pipeli
     if model.startswith(BUILTIN_PREFIX):
         name = model[len(BUILTIN_PREFIX):]
         if name not in BUILTIN_MODELS:
-            raise NodeInputError("model", f"no built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)}")
+            raise NodeInputError(
+                "model", f"no built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)}"
+            )
         comps = BUILTIN_COMPONENTS[name]
         return PipelineSource(model, "builtin", name, dt, dev, f"builtin:{name}:{BUILTIN_VERSION}", comps)
     if model.lower().endswith((".safetensors", ".ckpt")):
@@ -113,7 +115,9 @@ def _absent_components(folder: str) -> dict[str, None]:
     folder says, so a pipeline saved without its optional encoder loads back as it was saved.
     """
     info = json.loads((Path(folder) / "model_index.json").read_text())
-    return {k: None for k, v in info.items() if not k.startswith("_") and isinstance(v, list) and not _saved(v)}
+    return {
+        k: None for k, v in info.items() if not k.startswith("_") and isinstance(v, list) and not _saved(v)
+    }
 
 
 def build_pipeline(source: PipelineSource):

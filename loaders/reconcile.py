@@ -129,7 +129,7 @@ def _transition(live: LivePipeline, target: AdapterState, lora_reader) -> None:
         if live.live_devices.get(spec.name) != spec.device:
             device = spec.device or str(live.device)
             with timed(live, "set_lora_device", f"{spec.name}->{device}"):
-                activation.set_lora_device(live, spec.name, device)  # #15: LoHa/LoKr layers too
+                activation.set_lora_device(live, spec.name, device)  # LoHa/LoKr layers too
             live.live_devices[spec.name] = spec.device
 
     # 4-6. activation, text-encoder switch, fusion

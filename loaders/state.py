@@ -135,20 +135,21 @@ def plain_weight(weight: Weight) -> Any:
 
 @dataclass(frozen=True)
 class ActiveSet:
-    """What one `set_adapters` call sets: the active adapters and their weights, in order."""
+    """What one `set_adapters` call sets: the active adapters and their weights, in order (one
+    weight per name: the transitions build both together)."""
 
     names: tuple[str, ...] = ()
     weights: tuple[Weight, ...] = ()
 
     def weight(self, name: str) -> Weight | None:
-        for n, w in zip(self.names, self.weights):
+        for n, w in zip(self.names, self.weights, strict=True):
             if n == name:
                 return w
         return None
 
     def as_dict(self) -> dict[str, Any]:
         """{name: weight} with plain weights, for reports (LoRAInfo, image credits)."""
-        return {n: plain_weight(w) for n, w in zip(self.names, self.weights)}
+        return {n: plain_weight(w) for n, w in zip(self.names, self.weights, strict=True)}
 
     def without(self, gone: set[str]) -> ActiveSet:
         keep = [i for i, n in enumerate(self.names) if n not in gone]
@@ -229,7 +230,8 @@ class AdapterState:
         return tuple(a.name for a in self.adapters)
 
     def fuse_ops_for(self, component: str) -> tuple[FuseOp, ...]:
-        return tuple(op.restricted(component) for op in self.fused if component in op.components)
+        restricted = (op.restricted(component) for op in self.fused)
+        return tuple(op for op in restricted if op is not None)  # None: the op leaves `component` alone
 
     @property
     def fused_components(self) -> tuple[str, ...]:

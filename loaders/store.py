@@ -42,7 +42,7 @@ class _Cache:
         )
         self.by_hash: collections.OrderedDict[str, LoraFile] = collections.OrderedDict()
         self.bytes = 0
-        self.stats = collections.Counter()
+        self.stats: collections.Counter[str] = collections.Counter()
 
     def remember_hash(self, key: tuple[str, int, int], hashes: tuple[str, str | None]) -> None:
         self.by_stat[key] = hashes
@@ -254,7 +254,7 @@ def _beside(background, foreground):
     def run():
         try:
             out["value"] = background()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as e:  # re-raised in the caller's thread
             out["error"] = e
 
     worker = threading.Thread(target=run, name="loragraph-read", daemon=True)

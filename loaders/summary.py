@@ -16,15 +16,29 @@ from typing import Any, Protocol
 
 class ParsedFile(Protocol):
     """What a summary reads of a parsed file (records.LoraFile). Named here, not imported: the record's
-    own `summary()` calls this module, which therefore sits below it."""
+    own `summary()` calls this module, which therefore sits below it. Read-only, as the frozen record
+    is."""
 
-    path: str
-    sha256: str
-    size: int
-    format: str
-    metadata: Mapping[str, str]
-    modules: Sequence[Any]  # records.LoraModule
-    nonfinite_keys: Sequence[str]
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def metadata(self) -> Mapping[str, str]: ...
+
+    @property
+    def modules(self) -> Sequence[Any]: ...  # records.LoraModule
+
+    @property
+    def nonfinite_keys(self) -> Sequence[str]: ...
 
     @property
     def name(self) -> str: ...
@@ -109,7 +123,8 @@ def _alphas(lora: ParsedFile) -> list[float | None]:
 
 
 def effective_alphas(lora: ParsedFile) -> list[float]:
-    """Distinct alphas as loaded: a module with no alpha in the file (nor in its metadata) has alpha = rank."""
+    """Distinct alphas as loaded: a module with no alpha in the file (nor in its metadata) has
+    alpha = rank."""
     stored = _alphas(lora)
     found = {a for a in stored if a is not None}
     if None in stored:

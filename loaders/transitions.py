@@ -47,7 +47,9 @@ def check_known(state: AdapterState, names: Sequence[str], input_name: str) -> N
     unknown = [n for n in names if state.adapter(n) is None]
     if unknown:
         loaded = ", ".join(state.names) or "none"
-        raise NodeInputError(input_name, f"no adapter named {', '.join(unknown)} is loaded (loaded: {loaded})")
+        raise NodeInputError(
+            input_name, f"no adapter named {', '.join(unknown)} is loaded (loaded: {loaded})"
+        )
 
 
 def _check_unique(names: Sequence[str], input_name: str) -> None:
@@ -78,7 +80,7 @@ def add_adapter(handle: PipelineHandle, spec: AdapterSpec) -> PipelineHandle:
     state = handle.state
     if state.adapter(spec.name) is not None:
         raise NodeInputError("adapter_name", f"an adapter named {spec.name!r} is already loaded")
-    adapters = state.adapters + (spec,)
+    adapters = (*state.adapters, spec)
     names = tuple(a.name for a in adapters)
     current = state.active
     weights = tuple(
@@ -94,8 +96,10 @@ def _normalise_block_dict(value: Any, source: PipelineSource, input_name: str) -
     from . import blocks as transformer_blocks
 
     if transformer_blocks.is_transformer_blocks(value) and source.denoiser != "transformer":
-        raise NodeInputError(input_name, "transformer blocks are for transformer pipelines; a UNet takes down/mid/up")
-    if value and set(value) <= {"down", "mid", "up"} or transformer_blocks.is_transformer_blocks(value):
+        raise NodeInputError(
+            input_name, "transformer blocks are for transformer pipelines; a UNet takes down/mid/up"
+        )
+    if (value and set(value) <= {"down", "mid", "up"}) or transformer_blocks.is_transformer_blocks(value):
         value = {source.denoiser: value}  # a bare block dict means the denoiser, UNet or transformer
     if source.denoiser == "transformer" and isinstance(value.get("transformer"), dict):
         try:
@@ -139,12 +143,16 @@ def set_weights(
     """
     state, source = handle.state, handle.source
     if not state.adapters:
-        raise NodeInputError("pipeline", "no LoRA is loaded on this pipeline; add a LoadLoRA before this node")
+        raise NodeInputError(
+            "pipeline", "no LoRA is loaded on this pipeline; add a LoadLoRA before this node"
+        )
     names = list(adapter_names) or list(state.names)
     _check_unique(names, "adapter_names")
     check_known(state, names, "adapter_names")
     unet_w = _per_adapter(weights, len(names), "weights")
-    te_w = _per_adapter(text_encoder_weights, len(names), "text_encoder_weights") if text_encoder_weights is not None else None
+    te_w: list[float] | None = None
+    if text_encoder_weights is not None:
+        te_w = _per_adapter(text_encoder_weights, len(names), "text_encoder_weights")
     blocks: dict[str, dict[str, Any]] = {}
     if block_weights is not None:
         if not isinstance(block_weights, Mapping):
@@ -203,7 +211,7 @@ def fuse(
     if not components:
         raise NodeInputError("fuse_unet", "nothing to fuse: both fuse_unet and fuse_text_encoder are off")
     op = FuseOp(tuple(components), float(lora_scale), bool(safe_fusing), tuple(names), state.active, origin)
-    return handle.with_state(replace(state, fused=state.fused + (op,)))
+    return handle.with_state(replace(state, fused=(*state.fused, op)))
 
 
 def _drop_components(fused: tuple[FuseOp, ...], drop: set[str]) -> tuple[FuseOp, ...]:
@@ -235,7 +243,8 @@ def toggle_text_encoder(handle: PipelineHandle, enabled: bool, text_encoder: str
         targets = {text_encoder}
     else:
         raise NodeInputError(
-            "text_encoder", f"this pipeline has no {text_encoder} (it has {', '.join(source.text_encoders) or 'none'})"
+            "text_encoder",
+            f"this pipeline has no {text_encoder} (it has {', '.join(source.text_encoders) or 'none'})",
         )
     disabled = set(state.te_disabled)
     fused = state.fused
@@ -265,7 +274,8 @@ def delete(handle: PipelineHandle, adapter_names: Sequence[str]) -> PipelineHand
     if not adapters:
         return handle.with_state(AdapterState())
     state = state.without_schedules(gone)
-    return handle.with_state(replace(state, adapters=adapters, active=state.active.without(gone), fused=tuple(fused)))
+    active = state.active.without(gone)
+    return handle.with_state(replace(state, adapters=adapters, active=active, fused=tuple(fused)))
 
 
 def unload(handle: PipelineHandle) -> PipelineHandle:
@@ -295,7 +305,9 @@ def check_keyframes(keyframes: Sequence[tuple[float, float]], input_name: str = 
     for i, (progress, strength) in enumerate(keyframes, 1):
         where = f"keyframe {i} ({progress:g}:{strength:g})"
         if not math.isfinite(progress) or not 0.0 <= progress <= 1.0:
-            raise NodeInputError(input_name, f"{where}: progress must be between 0 and 1 (a fraction of the steps)")
+            raise NodeInputError(
+                input_name, f"{where}: progress must be between 0 and 1 (a fraction of the steps)"
+            )
         if not math.isfinite(strength):
             raise NodeInputError(input_name, f"{where}: strength must be a finite number")
         if previous is not None and progress <= previous:
@@ -319,10 +331,14 @@ def schedule_weights(
     """
     state = handle.state
     if not state.adapters:
-        raise NodeInputError("pipeline", "no LoRA is loaded on this pipeline; add a LoadLoRA before this node")
+        raise NodeInputError(
+            "pipeline", "no LoRA is loaded on this pipeline; add a LoadLoRA before this node"
+        )
     name = adapter_name
     if not name:
-        raise NodeInputError("adapter_name", f"name the adapter to schedule (loaded: {', '.join(state.names)})")
+        raise NodeInputError(
+            "adapter_name", f"name the adapter to schedule (loaded: {', '.join(state.names)})"
+        )
     check_known(state, [name], "adapter_name")
     if name not in state.active.names:
         raise NodeInputError(
@@ -331,10 +347,12 @@ def schedule_weights(
             "be scheduled",
         )
     if interpolation not in INTERPOLATIONS:
-        raise NodeInputError("interpolation", f"expected one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        raise NodeInputError(
+            "interpolation", f"expected one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}"
+        )
     check_keyframes(keyframes)
     points = tuple((float(p), float(s)) for p, s in keyframes)
     schedule = Schedule(name, points, interpolation, origin)
     rest = state.without_schedules({name}).schedules
-    schedules = tuple(sorted(rest + (schedule,), key=lambda s: s.adapter))
+    schedules = tuple(sorted((*rest, schedule), key=lambda s: s.adapter))
     return handle.with_state(replace(state, schedules=schedules))

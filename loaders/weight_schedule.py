@@ -52,10 +52,10 @@ def sampling_state(state: AdapterState, denoiser: str) -> AdapterState:
 
 def _cannot_hold(name: str, fused: list[str], denoiser: str, origin: str) -> LoraOperationError:
     return LoraOperationError(
-        f"adapter {name!r} is scheduled, but {', '.join(fused)} is fused into {denoiser} layers that {name!r} "
-        f"adapts too; peft runs a layer holding a fused adapter from its fused weight alone and would skip "
-        f"{name!r} there. Unfuse the {denoiser} (UnfuseLoRA, or FuseLoRA with fuse_unet off) or fuse only "
-        "adapters on other layers",
+        f"adapter {name!r} is scheduled, but {', '.join(fused)} is fused into {denoiser} layers that "
+        f"{name!r} adapts too; peft runs a layer holding a fused adapter from its fused weight alone and "
+        f"would skip {name!r} there. Unfuse the {denoiser} (UnfuseLoRA, or FuseLoRA with fuse_unet off) "
+        "or fuse only adapters on other layers",
         "adapter_name",
         origin,
     )
@@ -122,7 +122,9 @@ class StepWeights:
                     mult = static / unit if unit else 0.0
                 pairs.append((m, mult))
             self.targets.append((sch, pairs))
-        self.saved = [(m, sch.adapter, m.scaling[sch.adapter]) for sch, pairs in self.targets for m, _ in pairs]
+        self.saved = [
+            (m, sch.adapter, m.scaling[sch.adapter]) for sch, pairs in self.targets for m, _ in pairs
+        ]
         self.applied: list[tuple[float, ...]] = []  # per step: the strengths set, one per schedule (logs)
 
     def apply(self, step: int, total: int) -> None:

@@ -27,7 +27,7 @@ its keys.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -64,7 +64,7 @@ def register(family: Family, *, before: str | None = None) -> None:
 def family(name: LoraFormat) -> Family:
     """The family of a format name."""
     for f in FORMATS:
-        if f.NAME == name:
+        if name == f.NAME:
             return f
     raise KeyError(f"unknown LoRA format {name!r}")
 
@@ -107,7 +107,9 @@ def pipeline_state_dict(
     `copy=True` clones the tensors (diffusers may adopt them as parameters; the cache's must stay
     untouched); `copy=False` is for read-only uses such as `coverage`.
     """
-    return family(lora.format).pipeline_state_dict(pipe, lora, copy=copy)
+    # cast: only the families diffusers loads have this dict; another family's file fails on the attribute
+    plain = cast(DiffusersFamily, family(lora.format))
+    return plain.pipeline_state_dict(pipe, lora, copy=copy)
 
 
 __all__ = [

@@ -14,7 +14,7 @@ import re
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -118,7 +118,8 @@ class DiffusersFamily(Family):
         source, _ = self.pipeline_state_dict(pipe, lora, copy=False)
         kwargs = {}
         if isinstance(pipe, StableDiffusionXLLoraLoaderMixin):
-            kwargs["unet_config"] = pipe.unet.config  # as its load_lora_weights does
+            # as its load_lora_weights does; cast: the mixin declares no `unet`, its pipelines have one
+            kwargs["unet_config"] = cast(Any, pipe).unet.config
         try:
             out = cls.lora_state_dict(source, **kwargs)
         except Exception as e:  # diffusers raises ValueError/KeyError/... on keys it cannot convert
@@ -144,8 +145,9 @@ class DiffusersFamily(Family):
             try:
                 peft_keys = _converted_for_component(pipe, component, part)
             except ValueError as e:
+                cannot = f"keys diffusers cannot convert: {e}"
                 for module in sorted({module_of(k) for k in part}):
-                    unmatched.append(UnmatchedModule(component, module, f"keys diffusers cannot convert: {e}"))
+                    unmatched.append(UnmatchedModule(component, module, cannot))
                     counts["unmatched"] += 1
                 continue
             model = getattr(pipe, component)
@@ -238,7 +240,8 @@ def _converted_for_component(
 
 def _layer_fits(layer: torch.nn.Module, a: torch.Tensor, b: torch.Tensor | None) -> str | None:
     """None when lora_A/lora_B fit the layer, else the reason they don't."""
-    base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+    peft_layer: Any = layer  # torch types the attributes peft adds as Tensor | Module
+    base = peft_layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
     n_in = getattr(base, "in_features", None) or getattr(base, "in_channels", None)
     n_out = getattr(base, "out_features", None) or getattr(base, "out_channels", None)
     if n_in is None or n_out is None:
@@ -254,7 +257,7 @@ def _layer_fits(layer: torch.nn.Module, a: torch.Tensor, b: torch.Tensor | None)
     return None
 
 
-def _save_diffusers(pipe_cls: type, layers: dict, configs: dict, path: Path) -> None:
+def _save_diffusers(pipe_cls: type[Any], layers: dict, configs: dict, path: Path) -> None:
     """diffusers' own `save_lora_weights`, with `lora_adapter_metadata` so alpha != rank survives."""
     params = inspect.signature(pipe_cls.save_lora_weights).parameters
     kwargs: dict[str, Any] = {}

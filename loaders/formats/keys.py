@@ -64,7 +64,9 @@ def guess_unprefixed_component(key: str) -> str:
     key = key.removeprefix("base_model.model.")
     if key.startswith(("text_model.", "encoder.layers.", "embeddings.", "text_projection")):
         return "text_encoder"
-    if key.startswith(("transformer_blocks.", "single_transformer_blocks.", "double_blocks.", "single_blocks.")):
+    if key.startswith(
+        ("transformer_blocks.", "single_transformer_blocks.", "double_blocks.", "single_blocks.")
+    ):
         return "transformer"
     return "unet"
 

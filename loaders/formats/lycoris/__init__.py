@@ -27,7 +27,8 @@ _weights` + `apply_to`; tests/test_lycoris.py checks the images):
   `lora_bias`. Exact, and every node (weights, fuse, device, delete) works on it as on any adapter.
 - Norm layers (`w_norm`/`b_norm`, LyCORIS `train_norm`): diffs of a LayerNorm's or GroupNorm's affine
   weight and bias, in a LoRA-family layer peft builds through its custom-module registration
-  (norms.py, norm_layer.py), since peft has no tuner for them; scaled by the adapter's weight like every delta.
+  (norms.py, norm_layer.py), since peft has no tuner for them; scaled by the adapter's weight like
+  every delta.
 Anything else (OFT, BOFT, GLoRA, IA3) is an error naming the algorithm and some keys: nothing is
 skipped silently.
 

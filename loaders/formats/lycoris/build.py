@@ -12,7 +12,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import torch
 
@@ -30,7 +30,7 @@ from .deltas import (
     rank_scale,
     take_rows,
 )
-from .module import DORA, KEYS_SHOWN, LycorisError, Module, base_layer
+from .module import DORA, KEYS_SHOWN, BaseLayer, LycorisError, Module, base_layer
 from .norms import NORM_TYPES
 from .parse import unsupported, unsupported_message
 from .place import place
@@ -38,16 +38,21 @@ from .place import place
 logger = logging.getLogger(__name__)
 
 
-def _entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+# One module's peft tensors by parameter name; a Deferred is made when its chunk loads (`load`).
+Entries: TypeAlias = dict[str, torch.Tensor | Deferred]
+
+
+def _entries(m: Module, base: BaseLayer) -> tuple[str, dict[str, Any], Entries]:
     """(config family, config options for this module, peft tensors by parameter name)."""
     t = m.tensors
     if m.algorithm in DORA:
         # computed when its chunk is loaded (load()), so a file's deltas never all exist at once
-        return _full_entries(Deferred(tuple(base.weight.shape), base.weight.dtype, lambda: dora_delta(m, base)), None)
+        delta = Deferred(tuple(base.weight.shape), base.weight.dtype, lambda: dora_delta(m, base))
+        return _full_entries(delta, None)
     if m.algorithm in ("lora", "locon"):
         down = fold_mid(t) if "lora_mid.weight" in t else t["lora_down.weight"]
         r = int(down.shape[0])
-        tensors = {"lora_A.weight": down, "lora_B.weight": t["lora_up.weight"]}
+        tensors: Entries = {"lora_A.weight": down, "lora_B.weight": t["lora_up.weight"]}
         return "lora", {"r": r, "alpha": rank_scale(m) * r, "use_dora": False}, tensors
     if m.algorithm == "full":
         return _full_entries(t["diff"], t.get("diff_b"))
@@ -64,7 +69,7 @@ def _entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dic
 
 def _full_entries(
     diff: torch.Tensor | Deferred, diff_b: torch.Tensor | None
-) -> tuple[str, dict[str, Any], dict[str, torch.Tensor | Deferred]]:
+) -> tuple[str, dict[str, Any], Entries]:
     """A full delta as a peft tuner whose weight delta is exactly `diff` (and bias delta `diff_b`).
 
     Without a bias: a LoKr with a 1x1 first factor, kron([[1]], diff) = diff, at the memory of the
@@ -90,14 +95,16 @@ def _full_entries(
     return "lora", {"r": r, "alpha": float(r), "use_dora": False, "lora_bias": True}, tensors
 
 
-def _lokr_entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+def _lokr_entries(m: Module, base: BaseLayer) -> tuple[str, dict[str, Any], Entries]:
     from peft.tuners.lokr.layer import factorization
 
     t = m.tensors
     w1 = lokr_w1(t).to(next(iter(t.values())).dtype)
-    conv = isinstance(base, torch.nn.Conv2d)
-    in_dim = base.in_channels // base.groups if conv else base.in_features
-    out_dim = base.out_channels if conv else base.out_features
+    if isinstance(base, torch.nn.Conv2d):
+        in_dim, out_dim = base.in_channels // base.groups, base.out_channels
+    else:  # cast: a LoKr module lands on a Linear or a Conv2d only (place._misfit refuses norms)
+        linear = cast(torch.nn.Linear, base)
+        in_dim, out_dim = linear.in_features, linear.out_features
     factor = None
     for f in dict.fromkeys((-1, *w1.shape, out_dim // w1.shape[0], in_dim // w1.shape[1])):
         if factorization(out_dim, f)[0] == w1.shape[0] and factorization(in_dim, f)[0] == w1.shape[1]:
@@ -112,7 +119,7 @@ def _lokr_entries(m: Module, base: torch.nn.Module) -> tuple[str, dict[str, Any]
         logger.info("LoKr module %s: factors %s have no peft LoKr layout; loaded as its full delta",
                     m.name, tuple(w1.shape))
         return _full_entries(lokr_delta(m, base).to(w1.dtype), None)
-    tensors = {"lokr_w1": w1}
+    tensors: Entries = {"lokr_w1": w1}
     tucker = "lokr_t2" in t
     low = max(out_k, in_n) / 2  # peft keeps lokr_w2 low-rank exactly when r < this
     if "lokr_w2" in t:
@@ -171,7 +178,8 @@ _CHUNK_BYTES = 64 * 2**20
 
 def _chunks(items: list[tuple[str, Any]]) -> Iterable[list[tuple[str, Any]]]:
     """The (key, tensor) list in runs whose deferred tensors add up to at most _CHUNK_BYTES."""
-    chunk, size = [], 0
+    chunk: list[tuple[str, Any]] = []
+    size = 0
     for key, value in items:
         cost = value.nbytes if isinstance(value, Deferred) else 0
         if chunk and size + cost > _CHUNK_BYTES:
@@ -202,15 +210,16 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
     as_full: set[str] = set()
     for comp, items in placement.landed.items():
         model = getattr(pipe, comp)
-        groups: dict[tuple, list[tuple[str, dict[str, Any], dict[str, torch.Tensor]]]] = collections.defaultdict(list)
+        groups: dict[tuple, list[tuple[str, dict[str, Any], Entries]]] = collections.defaultdict(list)
         shares: dict[str, list] = collections.defaultdict(list)  # module -> [(rows, path)] (Flux BFL names)
         for m, path in items:
             if m.rows is not None:
                 shares[m.name].append((m.rows, path))
         memo = LastDelta()
         for m, path in items:
-            share, whole = take_rows(m, lambda m=m, model=model, shares=shares: fused_weight(model, shares[m.name]),
-                                     memo)
+            share, whole = take_rows(
+                m, lambda m=m, model=model, shares=shares: fused_weight(model, shares[m.name]), memo
+            )
             if whole:
                 as_full.add(m.name)
             family, opts, tensors = _entries(share, base_layer(model.get_submodule(path)))
@@ -218,13 +227,14 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
             groups[key].append((path, opts, tensors))
         for key, group in groups.items():
             family = key[0]
-            shared = dict(zip(_SHARED[family], key[1:]))
+            shared = dict(zip(_SHARED[family], key[1:], strict=True))  # the key holds one value per option
             config = _config(family, shared, [(p, o) for p, o, _ in group])
             dtype = base_layer(model.get_submodule(group[0][0])).weight.dtype
             inject_adapter_in_model(config, model, adapter_name=adapter_name)
             if family == "norm":
                 for path, _, tensors in group:
-                    model.get_submodule(path).set_diffs(adapter_name, tensors["w_norm"], tensors.get("b_norm"))
+                    layer = model.get_submodule(path)
+                    layer.set_diffs(adapter_name, tensors["w_norm"], tensors.get("b_norm"))
                 continue
             items_ = [(f"{path}.{name}", v) for path, _, tensors in group for name, v in tensors.items()]
             for chunk in _chunks(items_):
@@ -233,18 +243,25 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
                 del state
                 unexpected = [k for k in getattr(result, "unexpected_keys", ()) if adapter_name in k]
                 if unexpected:
-                    raise LycorisError(f"peft did not take {len(unexpected)} tensors, e.g. {unexpected[:KEYS_SHOWN]}")
+                    raise LycorisError(
+                        f"peft did not take {len(unexpected)} tensors, e.g. {unexpected[:KEYS_SHOWN]}"
+                    )
             if family != "lora":
                 for path, _, _ in group:
                     fence.forward_conv_attributes(model.get_submodule(path))
         fence.mark_peft_loaded(model)
         counts[comp] = len({m.name for m, _ in items})  # a module split across fused layers counts once
     if as_full:
-        logger.info("%d LoKr module(s) on fused Flux layers (e.g. %s) loaded as full deltas: their rows do not "
-                    "split into LoKr factors per layer", len(as_full), ", ".join(sorted(as_full)[:3]))
-    dora = [(m, path, comp) for comp, items in placement.landed.items() for m, path in items if m.algorithm in DORA]
+        logger.info("%d LoKr module(s) on fused Flux layers (e.g. %s) loaded as full deltas: their rows do "
+                    "not split into LoKr factors per layer", len(as_full), ", ".join(sorted(as_full)[:3]))
+    dora = [
+        (m, path, comp)
+        for comp, items in placement.landed.items()
+        for m, path in items
+        if m.algorithm in DORA
+    ]
     if dora:
         size = sum(base_layer(getattr(pipe, c).get_submodule(p)).weight.nbytes for _, p, c in dora)
-        logger.info("adapter %s: %d DoRA-family modules loaded as full deltas (%.1f MiB; README: DoRA at "
-                    "strength != 1)", adapter_name, len({m.name for m, _, _ in dora}), size / 2**20)
+        logger.info("adapter %s: %d DoRA-family modules loaded as full deltas (%.1f MiB; docs/formats.md: "
+                    "DoRA at strength != 1)", adapter_name, len({m.name for m, _, _ in dora}), size / 2**20)
     return counts

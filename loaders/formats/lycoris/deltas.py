@@ -1,7 +1,7 @@
-"""Per-algorithm delta math, as the producer computes it (LyCORIS 4.1 `make_weight`/`get_diff_weight`):
-the shape of a module's weight delta, its exact delta where a module is built as one (DoRA family,
-LoKr layouts peft cannot hold), and the share of a fused module's delta one diffusers layer takes
-(Flux in BFL's names, flux_names.py).
+"""Per-algorithm delta math, as the producer computes it (LyCORIS 4.1 `make_weight`/
+`get_diff_weight`): the shape of a module's weight delta, its exact delta where a module is built as
+one (DoRA family, LoKr layouts peft cannot hold), and the share of a fused module's delta one
+diffusers layer takes (Flux in BFL's names, flux_names.py).
 
 A delta that is layer-sized is `Deferred`: made when its chunk loads (build.py), so a file's full
 deltas never all exist at once.
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from .module import DORA, LycorisError, Module, base_layer
+from .module import DORA, Layer, LycorisError, Module, base_layer
 
 
 def delta_shape(m: Module) -> tuple[int, int]:
@@ -24,11 +24,12 @@ def delta_shape(m: Module) -> tuple[int, int]:
     t = m.tensors
     if m.algorithm in ("lora", "locon", "dora"):
         down, up = t["lora_down.weight"], t["lora_up.weight"]
-        k = math.prod(t["lora_mid.weight"].shape[2:]) if "lora_mid.weight" in t else math.prod(down.shape[2:])
+        k = math.prod(t.get("lora_mid.weight", down).shape[2:])
         return int(up.shape[0]), int(down.shape[1]) * k
     if m.algorithm in ("loha", "doha"):
         if "hada_t1" in t:
-            return int(t["hada_w1_a"].shape[1]), int(t["hada_w1_b"].shape[1]) * math.prod(t["hada_t1"].shape[2:])
+            k = math.prod(t["hada_t1"].shape[2:])
+            return int(t["hada_w1_a"].shape[1]), int(t["hada_w1_b"].shape[1]) * k
         return int(t["hada_w1_a"].shape[0]), int(t["hada_w1_b"].shape[1])
     if m.algorithm in ("lokr", "dokr"):
         w1 = lokr_w1(t)
@@ -54,11 +55,12 @@ def _lokr_w2_dims(t: Mapping[str, torch.Tensor]) -> tuple[int, int]:
         w2 = t["lokr_w2"]
         return int(w2.shape[0]), int(w2[0].numel())
     if "lokr_t2" in t:
-        return int(t["lokr_w2_a"].shape[1]), int(t["lokr_w2_b"].shape[1]) * math.prod(t["lokr_t2"].shape[2:])
+        k = math.prod(t["lokr_t2"].shape[2:])
+        return int(t["lokr_w2_a"].shape[1]), int(t["lokr_w2_b"].shape[1]) * k
     return int(t["lokr_w2_a"].shape[0]), int(t["lokr_w2_b"].shape[1])
 
 
-def lokr_w2_full(t: Mapping[str, torch.Tensor], out_k: int, in_n: int, base: torch.nn.Module) -> torch.Tensor:
+def lokr_w2_full(t: Mapping[str, torch.Tensor], out_k: int, in_n: int, base: Layer) -> torch.Tensor:
     if "lokr_w2" in t:
         return t["lokr_w2"]
     a, b = t["lokr_w2_a"].float(), t["lokr_w2_b"].float()
@@ -79,7 +81,8 @@ def dora_axis(m: Module) -> str | None:
     out, inner = delta_shape(m)
     if scale.ndim >= 1 and scale.shape[0] == out and scale.numel() == out:
         return "out"
-    if scale.ndim >= 2 and scale.shape[0] == 1 and scale.numel() == scale.shape[1] and inner % scale.shape[1] == 0:
+    per_column = scale.ndim >= 2 and scale.shape[0] == 1 and scale.numel() == scale.shape[1]
+    if per_column and inner % scale.shape[1] == 0:
         return "in"
     return None
 
@@ -93,7 +96,7 @@ def lokr_scale(t: Mapping[str, torch.Tensor], alpha: float | None) -> float:
         rank = int(t["lokr_t2"].shape[0]) if "lokr_t2" in t else int(t["lokr_w2_a"].shape[1])
     else:
         return 1.0
-    a = rank if not alpha else alpha
+    a = alpha if alpha else rank
     return a / rank
 
 
@@ -109,12 +112,14 @@ def fold_mid(t: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.einsum("jkhw,ki->jihw", mid.float(), down.float().flatten(1)).to(down.dtype)
 
 
-def _low_rank_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
-    """The module's exact weight delta at multiplier 1 (alpha/rank applied), float32, the layer's shape.
+def _low_rank_delta(m: Module, base: Layer) -> torch.Tensor:
+    """The module's exact weight delta at multiplier 1 (alpha/rank applied), float32, the layer's
+    shape.
 
-    The producer's arithmetic (LyCORIS 4.1 `make_weight`/`get_diff_weight`): LoRA up @ down (a Tucker
-    mid folded into down), LoHa (w1a @ w1b) * (w2a @ w2b) (Tucker: each factor through its core),
-    LoKr kron(w1, w2). Only the DoRA family needs it: its normalisation is over the patched weight.
+    The producer's arithmetic (LyCORIS 4.1 `make_weight`/`get_diff_weight`): LoRA up @ down (a
+    Tucker mid folded into down), LoHa (w1a @ w1b) * (w2a @ w2b) (Tucker: each factor through its
+    core), LoKr kron(w1, w2). Only the DoRA family needs it: its normalisation is over the patched
+    weight.
     """
     t = {k: v.float() for k, v in m.tensors.items()}
     shape = base.weight.shape
@@ -135,7 +140,7 @@ def _low_rank_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
     raise LycorisError(f"{m.name}: {m.algorithm} has no low-rank delta")
 
 
-def lokr_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
+def lokr_delta(m: Module, base: Layer) -> torch.Tensor:
     """kron(w1, w2) * LyCORIS's LoKr scale, float32, in the layer's weight shape."""
     t = m.tensors
     w1 = lokr_w1(t).float()
@@ -145,12 +150,13 @@ def lokr_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
     return (torch.kron(w1_nd, w2) * lokr_scale(t, m.alpha)).reshape(shape)
 
 
-def dora_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
-    """A DoRA-family module as one full delta: W0 + strength * (W_dora - W0) is docs/CONTRACT.md's "scale
-    the whole delta" at every strength (peft's DoRA rescales inside the norm instead, so it cannot).
+def dora_delta(m: Module, base: Layer) -> torch.Tensor:
+    """A DoRA-family module as one full delta: W0 + strength * (W_dora - W0) is docs/CONTRACT.md's
+    "scale the whole delta" at every strength (peft's DoRA rescales inside the norm instead, so it
+    cannot).
 
-    W_dora is the producer's (LyCORIS `weight_decompose`): the patched weight W0 + dW, normalised per
-    output row (or per input column, by the file's `dora_scale` shape) plus float eps, times
+    W_dora is the producer's (LyCORIS `weight_decompose`): the patched weight W0 + dW, normalised
+    per output row (or per input column, by the file's `dora_scale` shape) plus float eps, times
     `dora_scale`. W0 is the layer's weight at load time: the engine loads only onto unfused weights.
     """
     w0 = base.weight.detach().float()
@@ -160,7 +166,8 @@ def dora_delta(m: Module, base: torch.nn.Module) -> torch.Tensor:
     if dora_axis(m) == "out":
         norm = patched.reshape(patched.shape[0], -1).norm(dim=1).reshape(patched.shape[0], *rest)
     else:
-        norm = patched.transpose(0, 1).reshape(patched.shape[1], -1).norm(dim=1).reshape(patched.shape[1], *rest)
+        columns = patched.transpose(0, 1)
+        norm = columns.reshape(patched.shape[1], -1).norm(dim=1).reshape(patched.shape[1], *rest)
         norm = norm.transpose(0, 1)
     norm = norm + torch.finfo(patched.dtype).eps
     return (patched * (magnitude.reshape(norm.shape) / norm) - w0).to(base.weight.dtype)
@@ -191,10 +198,11 @@ class LastDelta:
         self.name: str | None = None
         self.delta: torch.Tensor | None = None
 
-    def get(self, name: str, compute: Any) -> torch.Tensor:
+    def get(self, name: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if self.name != name:
             self.name, self.delta = None, None  # the previous one goes before the next is made
             self.delta, self.name = compute(), name
+        assert self.delta is not None  # made with its name
         return self.delta
 
 
@@ -215,10 +223,11 @@ def take_rows(m: Module, fused: Any = None, memo: LastDelta | None = None) -> tu
       dora_scale's shape, per input column, which spans every share), so its exact full delta is
       computed on the fused weight, put back together from the layers (`fused`), and split.
     """
-    if m.rows is None:
+    rows = m.rows
+    if rows is None:
         return m, False
     t = dict(m.tensors)
-    index = _rows_index(m.rows)
+    index = _rows_index(rows)
     memo = memo or LastDelta()
     if m.algorithm in DORA:
         shape = (len(index), delta_shape(m)[1])
@@ -226,11 +235,12 @@ def take_rows(m: Module, fused: Any = None, memo: LastDelta | None = None) -> tu
         def make() -> torch.Tensor:  # when its chunk loads (build.load), as every DoRA delta
             return memo.get(m.name, lambda: dora_delta(m, _FusedLayer(fused())))[index]
 
-        diff = Deferred(shape, next(iter(t.values())).dtype, make)
+        # the Deferred stands in for the diff tensor until its chunk loads
+        diff: Any = Deferred(shape, next(iter(t.values())).dtype, make)
         return dataclasses.replace(m, algorithm="full", tensors={"diff": diff}, rows=None), False
 
     def pick(x: torch.Tensor, unit: int = 1) -> torch.Tensor:
-        return torch.cat([x[a // unit : b // unit] for a, b in m.rows])
+        return torch.cat([x[a // unit : b // unit] for a, b in rows])
 
     if m.algorithm in ("lora", "locon"):
         t["lora_up.weight"] = pick(t["lora_up.weight"])
@@ -242,18 +252,19 @@ def take_rows(m: Module, fused: Any = None, memo: LastDelta | None = None) -> tu
             t["diff_b"] = pick(t["diff_b"])
     elif m.algorithm == "lokr":
         unit = _lokr_w2_dims(t)[0]
-        if all(a % unit == 0 and b % unit == 0 for a, b in m.rows):
+        if all(a % unit == 0 and b % unit == 0 for a, b in rows):
             w1 = "lokr_w1" if "lokr_w1" in t else "lokr_w1_a"
             t[w1] = pick(t[w1], unit)
         else:
             out, inner = delta_shape(m)
             dtype = next(iter(t.values())).dtype
 
-            def make() -> torch.Tensor:  # when its chunk loads (build.load): a full-size Flux file's shares
+            # made when its chunk loads (build.load): a full-size Flux file's shares
+            def make() -> torch.Tensor:
                 stand_in = _FusedLayer(torch.empty(out, inner, device="meta"))
                 return pick(memo.get(m.name, lambda: lokr_delta(m, stand_in)))  # never all at once
 
-            w2 = Deferred((len(index), inner), dtype, make)
+            w2: Any = Deferred((len(index), inner), dtype, make)  # stands in for lokr_w2 until it loads
             whole = {"lokr_w1": torch.ones(1, 1, dtype=dtype), "lokr_w2": w2}  # no alpha: scale 1
             return dataclasses.replace(m, tensors=whole, rows=None), True
     else:
@@ -272,9 +283,14 @@ def _rows_index(rows: tuple[tuple[int, int], ...]) -> torch.Tensor:
     return torch.cat([torch.arange(a, b) for a, b in rows])
 
 
-def fused_weight(model: torch.nn.Module, shares: list[tuple[tuple[tuple[int, int], ...], str]]) -> torch.Tensor:
-    """The weight of the fused layer whose rows `shares` [(rows, diffusers path)] put in diffusers' layers."""
-    weights = [(_rows_index(rows), base_layer(model.get_submodule(p)).weight.detach()) for rows, p in shares]
+def fused_weight(
+    model: torch.nn.Module, shares: list[tuple[tuple[tuple[int, int], ...], str]]
+) -> torch.Tensor:
+    """The weight of the fused layer whose rows `shares` [(rows, diffusers path)] put in diffusers'
+    layers."""
+    weights = [
+        (_rows_index(rows), base_layer(model.get_submodule(p)).weight.detach()) for rows, p in shares
+    ]
     w0 = weights[0][1]
     fused = torch.empty(sum(len(i) for i, _ in weights), *w0.shape[1:], dtype=w0.dtype, device=w0.device)
     for index, w in weights:

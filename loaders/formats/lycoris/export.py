@@ -48,7 +48,9 @@ def writer(pipe: Any, lora: LoraFile) -> Callable[[str], None]:
     placement = place(pipe, modules)
     keep = {m.name for items in placement.landed.values() for m, _ in items}
     tensors = kohya_tensors(modules, keep)
-    meta = {"format": "pt", "ss_network_module": "lycoris.kohya", "loragraph_algorithm": file_algorithm(modules)}
+    meta = {
+        "format": "pt", "ss_network_module": "lycoris.kohya", "loragraph_algorithm": file_algorithm(modules)
+    }
 
     def write(tmp: str) -> None:
         save_file(tensors, tmp, metadata=meta)

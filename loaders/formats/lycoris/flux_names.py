@@ -52,7 +52,8 @@ TOP = {
     "time_in_out_layer": "time_text_embed.timestep_embedder.linear_2",
     "vector_in_in_layer": "time_text_embed.text_embedder.linear_1",
     "vector_in_out_layer": "time_text_embed.text_embedder.linear_2",
-    "guidance_in_in_layer": "time_text_embed.guidance_embedder.linear_1",  # guidance-distilled models only (dev)
+    # guidance-distilled models only (dev)
+    "guidance_in_in_layer": "time_text_embed.guidance_embedder.linear_1",
     "guidance_in_out_layer": "time_text_embed.guidance_embedder.linear_2",
     "final_layer_linear": "proj_out",
     "final_layer_adaLN_modulation_1": "norm_out.linear",
@@ -91,7 +92,8 @@ def targets(name: str, model: Any) -> list[Target] | None:
     m = _BLOCK.match(name)
     if m is not None:
         kind, index, part = m.groups()
-        table, block = (DOUBLE, "transformer_blocks") if kind == "double" else (SINGLE, "single_transformer_blocks")
+        is_double = kind == "double"
+        table, block = (DOUBLE, "transformer_blocks") if is_double else (SINGLE, "single_transformer_blocks")
         if part not in table:
             return None
         paths = [f"{block}.{index}.{p}" for p in table[part]]
@@ -99,8 +101,9 @@ def targets(name: str, model: Any) -> list[Target] | None:
         paths = [TOP[name]]
     else:
         return None
-    sizes = [_out_features(model, p) for p in paths]
-    if any(s is None for s in sizes):
+    found = [_out_features(model, p) for p in paths]
+    sizes = [s for s in found if s is not None]
+    if len(sizes) != len(found):
         return None
     if name in _SWAPPED:
         half = sizes[0] // 2
@@ -108,7 +111,7 @@ def targets(name: str, model: Any) -> list[Target] | None:
     if len(paths) == 1:
         return [Target(paths[0], None)]
     out, start = [], 0
-    for path, size in zip(paths, sizes):
+    for path, size in zip(paths, sizes, strict=True):  # one size per path
         out.append(Target(path, ((start, start + size),)))
         start += size
     return out

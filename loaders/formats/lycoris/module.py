@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Any, Protocol, TypeAlias
 
 import torch
 
@@ -37,6 +38,7 @@ class Module:
     name: str  # kohya name, e.g. lora_unet_down_blocks_0_attentions_0_proj_in
     component: str
     algorithm: str  # lora | locon | dora | loha | lokr | full | norm | an unsupported one (oft, glora, ...)
+    # in a share, a tensor may be a deltas.Deferred until it loads (deltas.take_rows)
     tensors: Mapping[str, torch.Tensor] = dataclasses.field(repr=False)
     # A share of a fused module (Flux's BFL names, flux_names.py): the [start, stop) ranges of its
     # delta's rows, in order, that one layer takes; None: the whole module. See `take_rows`.
@@ -64,6 +66,21 @@ class Module:
         return [f"{self.name}.{s}" for s in self.tensors]
 
 
-def base_layer(layer: torch.nn.Module) -> torch.nn.Module:
+# The layers a module lands on (place.kohya_names lists no other kind).
+BaseLayer: TypeAlias = torch.nn.Linear | torch.nn.Conv2d | torch.nn.LayerNorm | torch.nn.GroupNorm
+
+
+class Layer(Protocol):
+    """What the delta math reads of a layer: its weight. Every BaseLayer is one, and so is the
+    stand-in for a fused layer (deltas.take_rows)."""
+
+    @property
+    def weight(self) -> torch.Tensor: ...
+
+
+def base_layer(layer: torch.nn.Module) -> BaseLayer:
     """The layer a peft tuner layer wraps, or the layer itself."""
-    return layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
+    # Any: placement finds only BaseLayer kinds (or peft layers wrapping one), which torch types as
+    # a Module, and its get_base_layer as Tensor | Module
+    found: Any = layer
+    return found.get_base_layer() if hasattr(found, "get_base_layer") else found

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,15 +29,21 @@ class NormDelta(torch.nn.Module, LoraLayer):
         self.update_layer(adapter_name)
         self.set_adapter(adapter_name)
 
+    def _norm(self) -> torch.nn.LayerNorm | torch.nn.GroupNorm:
+        """The norm layer this one wraps."""
+        # cast: peft builds this layer for NORM_TYPES only (fence.register_norm_layers)
+        return cast("torch.nn.LayerNorm | torch.nn.GroupNorm", self.get_base_layer())
+
     # --- peft's layer API ----------------------------------------------------------------------------
 
     def update_layer(self, adapter_name: str, *args: Any, **kwargs: Any) -> None:
         """A new adapter, its diffs zero (filled by `set_diffs`); r = alpha = 1, so scaling = weight."""
-        base = self.get_base_layer()
+        base = self._norm()
         w = base.weight
         self.lora_norm_weight[adapter_name] = torch.nn.Parameter(torch.zeros_like(w), requires_grad=False)
         if getattr(base, "bias", None) is not None:
-            self.lora_norm_bias[adapter_name] = torch.nn.Parameter(torch.zeros_like(base.bias), requires_grad=False)
+            zeros = torch.zeros_like(base.bias)
+            self.lora_norm_bias[adapter_name] = torch.nn.Parameter(zeros, requires_grad=False)
         self.r[adapter_name] = 1
         self.lora_alpha[adapter_name] = 1
         self.scaling[adapter_name] = 1.0
@@ -78,14 +84,16 @@ class NormDelta(torch.nn.Module, LoraLayer):
         return w, b
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        base = self.get_base_layer()
+        base = self._norm()
         for a in check_adapters_to_merge(self, adapter_names):
             if a not in self.lora_norm_weight:
                 continue
             dw, db = self._diffs([a], torch.float32, base.weight.device)
             weight = (base.weight.data.float() + dw).to(base.weight.dtype)
             bias = None if db is None else (base.bias.data.float() + db).to(base.bias.dtype)
-            if safe_merge and not (torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())):
+            if safe_merge and not (
+                torch.isfinite(weight).all() and (bias is None or torch.isfinite(bias).all())
+            ):
                 raise ValueError(f"NaNs detected in the merged weights. The adapter {a} seems to be broken")
             base.weight.data = weight  # new tensors: the engine's backup keeps the originals untouched
             if bias is not None:
@@ -93,7 +101,7 @@ class NormDelta(torch.nn.Module, LoraLayer):
             self.merged_adapters.append(a)
 
     def unmerge(self) -> None:
-        base = self.get_base_layer()
+        base = self._norm()
         while self.merged_adapters:
             a = self.merged_adapters.pop()
             dw, db = self._diffs([a], torch.float32, base.weight.device)
@@ -112,7 +120,7 @@ class NormDelta(torch.nn.Module, LoraLayer):
         w, b = self._diffs(list(self.active_adapters), x.dtype, x.device)
         if w is None:
             return result
-        base = self.get_base_layer()
+        base = self._norm()
         if isinstance(base, torch.nn.GroupNorm):
             return result + F.group_norm(x, base.num_groups, w, b, base.eps)
         return result + F.layer_norm(x, base.normalized_shape, w, b, base.eps)

@@ -42,7 +42,9 @@ def fits(layer: torch.nn.Module, w_norm: torch.Tensor, b_norm: torch.Tensor | No
     if getattr(layer, "weight", None) is None:
         return f"the {type(layer).__name__} has no affine weight to add w_norm to"
     if w_norm.numel() != layer.weight.numel():
-        return f"shape mismatch: w_norm has {w_norm.numel()} values, the layer's weight {layer.weight.numel()}"
+        return (
+            f"shape mismatch: w_norm has {w_norm.numel()} values, the layer's weight {layer.weight.numel()}"
+        )
     if b_norm is not None and getattr(layer, "bias", None) is None:
         return f"the {type(layer).__name__} has no bias to add b_norm to"
     if b_norm is not None and b_norm.numel() != layer.bias.numel():

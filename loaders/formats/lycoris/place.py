@@ -20,7 +20,7 @@ from ... import fence
 from ...records import Coverage, LoraFile, LoraFileError, UnmatchedModule
 from .deltas import delta_shape
 from .flux_names import Target, targets
-from .module import PREFIXES, Module, base_layer
+from .module import PREFIXES, BaseLayer, Module, base_layer
 from .norms import NORM_TYPES, fits
 from .parse import parse, unsupported, unsupported_message
 
@@ -73,12 +73,13 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
     has_unet = getattr(pipe, "unet", None) is not None
     sgm_paths = _sgm_paths(pipe, sgm) if sgm and has_unet else {}
     for m in modules:
-        if m.component == "unet" and getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+        if m.component == "unet" and not has_unet and getattr(pipe, "transformer", None) is not None:
             # LyCORIS names a transformer denoiser lora_unet_ too (its `unet` argument)
             m = dataclasses.replace(m, component="transformer")
         model = getattr(pipe, m.component, None)
         if model is None:
-            unmatched.append((m.component, m.name, f"no such component: {type(pipe).__name__} has no {m.component}"))
+            missing = f"no such component: {type(pipe).__name__} has no {m.component}"
+            unmatched.append((m.component, m.name, missing))
             continue
         if m.component not in lookups:
             lookups[m.component] = kohya_names(model, m.component)
@@ -111,8 +112,12 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
 
 # SGM norm layers (train_norm files), which diffusers' SGM converter does not name (no diffusers LoRA
 # adapts a norm): a resnet's GroupNorms by the conv beside them (`in_layers` = norm, SiLU, conv1;
-# `out_layers` = norm, SiLU, dropout, conv2), and the UNet's last GroupNorm (`out` = norm, SiLU, conv_out).
-_SGM_NORMS = (("_in_layers_0", "_in_layers_2", ".conv1", ".norm1"), ("_out_layers_0", "_out_layers_3", ".conv2", ".norm2"))
+# `out_layers` = norm, SiLU, dropout, conv2), and the UNet's last GroupNorm (`out` = norm, SiLU,
+# conv_out).
+_SGM_NORMS = (
+    ("_in_layers_0", "_in_layers_2", ".conv1", ".norm1"),
+    ("_out_layers_0", "_out_layers_3", ".conv2", ".norm2"),
+)
 
 
 _SGM_OUT_NORM = ("lora_unet_out_0", "conv_norm_out")
@@ -136,7 +141,7 @@ def _sgm_paths(pipe: Any, names: list[str]) -> dict[str, str]:
     return out
 
 
-def _misfit(m: Module, base: torch.nn.Module) -> str | None:
+def _misfit(m: Module, base: BaseLayer) -> str | None:
     """None when the module fits the layer its name found, else why not (coverage's unmatched list)."""
     if m.algorithm == "norm":
         return fits(base, m.tensors["w_norm"], m.tensors.get("b_norm"))
