@@ -122,7 +122,7 @@ def loadable_components(pipe: Any) -> tuple[str, ...]:
 
 def load_lora_weights(
     pipe: Any, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None,
-    adapter_name: str, hotswap: bool = False,
+    adapter_name: str, hotswap: bool = False, placement: Mapping[str, Any] | None = None,
 ) -> None:
     """`pipe.load_lora_weights(state_dict)` that keeps the file's `lora_adapter_metadata`.
 
@@ -135,7 +135,8 @@ def load_lora_weights(
     Fallback: exactly that: the prepared state dict and metadata are written to a temporary
     safetensors file and loaded from its path (one extra write and read of the LoRA).
     """
-    kwargs = {"hotswap": True} if hotswap else {}  # into the existing adapter `adapter_name`'s layers
+    kwargs: dict[str, Any] = {"hotswap": True} if hotswap else {}  # into adapter `adapter_name`'s layers
+    kwargs.update(placement or {})  # public keywords of the mixin (load_into_transformer_2)
     if metadata is None:
         with DIFFUSERS_PATCH_LOCK, offloading_checked_once():
             pipe.load_lora_weights(state_dict, adapter_name=adapter_name, **kwargs)
