@@ -95,13 +95,25 @@ QWEN_WORDS = (
 )
 
 
-def qwen_tokenizer(chat_template: str | None = None):
+# ChatML, as Qwen's tokenizers render it (Qwen3's thinking switch included): for pipelines that build
+# their prompt with `apply_chat_template` (Z-Image).
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def qwen_tokenizer():
     """A Qwen2Tokenizer (what Qwen-Image, Z-Image and the other Qwen-encoded pipelines load), built in memory.
 
     Byte-level BPE as Qwen's, with its pre-tokenizer: the 256 byte symbols, so any prompt tokenizes,
     plus one token per word of `QWEN_LINE_WORDS` and `QWEN_WORDS` (a chain of merges each) and the
-    special tokens: 385 tokens. `chat_template`: the Jinja template `apply_chat_template` renders, for
-    the pipelines that ask for one.
+    special tokens: 385 tokens. Its chat template is Qwen's ChatML (`QWEN_CHAT_TEMPLATE`).
     """
     from transformers import Qwen2Tokenizer
 
@@ -124,6 +136,5 @@ def qwen_tokenizer(chat_template: str | None = None):
         add(token)
     specials = list(QWEN_SPECIAL_TOKENS[1:])  # the first is the pad/unk/eos token Qwen2Tokenizer adds itself
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, additional_special_tokens=specials)
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     return tokenizer
