@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from .tiny_flux import t5_encoder
-from .tiny_parts import clip_config
+from .tiny_parts import clip_config, t5_encoder
 from .tokenizers import make_tokenizer, t5_tokenizer
 
 KONTEXT_SIZE = 1024  # FluxKontextPipeline's default max_area is 1024**2

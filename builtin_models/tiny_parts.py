@@ -1,6 +1,8 @@
-"""The pieces every tiny built-in pipeline shares: the seed, the scheduler, the VAE, the CLIP config."""
+"""The pieces the tiny built-in pipelines share: the seed, the scheduler, the VAE, the CLIP config, the T5."""
 
 from __future__ import annotations
+
+from typing import Any
 
 # A fixed seed: the built-in pipelines must be bit-identical on every machine and every run.
 BUILTIN_SEED = 0
@@ -51,3 +53,12 @@ def clip_config(**extra):
         **extra,
     )
 
+
+def t5_encoder() -> Any:
+    """A 2-layer, 32-wide T5 encoder over the built-in T5 tokenizer's 65 tokens (Flux, Chroma, LTX), in eval
+    mode as from_pretrained leaves it: T5's dropout (0.1) would otherwise draw at random."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=65, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1)).eval()

@@ -17,7 +17,7 @@ from loragraph.loaders.pipelines import BUILTIN_COMPONENTS
 from PIL import Image
 
 FAMILIES = ["tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage", "tiny-chroma",
-            "tiny-kontext"]
+            "tiny-kontext", "tiny-ltx"]
 PROMPT = "a red circle on a white background"
 
 _built: dict[str, object] = {}
