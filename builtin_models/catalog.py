@@ -15,6 +15,7 @@ from typing import Any
 
 from .tiny_chroma import build_tiny_chroma
 from .tiny_flux import build_tiny_flux
+from .tiny_flux2 import build_tiny_flux2
 from .tiny_kontext import KONTEXT_SIZE, build_tiny_kontext
 from .tiny_ltx import LTX_FRAMES, build_tiny_ltx
 from .tiny_qwenimage import build_tiny_qwenimage
@@ -64,6 +65,7 @@ BUILTINS: dict[str, Builtin] = {
     # Kontext renders at its max_area (1024**2 by default) whatever size is asked for
     "tiny-kontext": Builtin(build_tiny_kontext, KONTEXT_SIZE, "FluxKontextPipeline"),
     "tiny-ltx": Builtin(build_tiny_ltx, 32, "LTXPipeline", frames=LTX_FRAMES),
+    "tiny-flux2": Builtin(build_tiny_flux2, 32, "Flux2KleinPipeline"),
 }
 # name -> (builder, native size), the shape LoadPipeline, `inspect` and the benchmarks read.
 BUILTIN_MODELS = {name: (b.builder, b.native_size) for name, b in BUILTINS.items()}

@@ -17,8 +17,11 @@ from loragraph.loaders.pipelines import BUILTIN_COMPONENTS
 from PIL import Image
 
 FAMILIES = ["tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage", "tiny-chroma",
-            "tiny-kontext", "tiny-ltx"]
+            "tiny-kontext", "tiny-ltx", "tiny-flux2"]
 PROMPT = "a red circle on a white background"
+# Families called with an input image: Kontext edits one. (Klein takes optional reference images too,
+# of 64 px or more; it is rendered from the prompt alone, as text-to-image.)
+EDITS_AN_IMAGE = {"tiny-kontext"}
 
 _built: dict[str, object] = {}
 
@@ -48,6 +51,8 @@ def call_arguments(pipe, name: str, steps: int = 2) -> dict:
         "generator": torch.Generator("cpu").manual_seed(0),
         "output_type": "np",
     }
+    if name not in EDITS_AN_IMAGE:
+        del wanted["image"]
     accepted = inspect.signature(type(pipe).__call__).parameters
     return {k: v for k, v in wanted.items() if k in accepted}
 
