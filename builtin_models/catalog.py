@@ -18,7 +18,9 @@ from .tiny_flux import build_tiny_flux
 from .tiny_flux2 import build_tiny_flux2
 from .tiny_kontext import KONTEXT_SIZE, build_tiny_kontext
 from .tiny_ltx import LTX_FRAMES, build_tiny_ltx
+from .tiny_lumina2 import build_tiny_lumina2
 from .tiny_qwenimage import build_tiny_qwenimage
+from .tiny_sana import SANA_SIZE, build_tiny_sana
 from .tiny_sd import build_tiny_sd, build_tiny_sdxl
 from .tiny_wan import WAN_FRAMES, build_tiny_wan, build_tiny_wan22
 from .tiny_zimage import build_tiny_zimage
@@ -66,6 +68,9 @@ BUILTINS: dict[str, Builtin] = {
     "tiny-kontext": Builtin(build_tiny_kontext, KONTEXT_SIZE, "FluxKontextPipeline"),
     "tiny-ltx": Builtin(build_tiny_ltx, 32, "LTXPipeline", frames=LTX_FRAMES),
     "tiny-flux2": Builtin(build_tiny_flux2, 32, "Flux2KleinPipeline"),
+    "tiny-lumina2": Builtin(build_tiny_lumina2, 64, "Lumina2Pipeline"),
+    # Sana renders at its resolution bin (512 px for this transformer) whatever size is asked for
+    "tiny-sana": Builtin(build_tiny_sana, SANA_SIZE, "SanaPipeline"),
 }
 # name -> (builder, native size), the shape LoadPipeline, `inspect` and the benchmarks read.
 BUILTIN_MODELS = {name: (b.builder, b.native_size) for name, b in BUILTINS.items()}

@@ -138,3 +138,20 @@ def qwen_tokenizer():
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, additional_special_tokens=specials)
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     return tokenizer
+
+
+def gemma_tokenizer():
+    """A GemmaTokenizer (Lumina 2's and Sana's Gemma 2 encoders load one), built in memory: Gemma's
+    special tokens, its 256 byte-fallback tokens `<0x00>`..`<0xFF>` (so any prompt tokenizes), then
+    the word boundary `▁` and the ASCII letters and digits as tokens of their own; no merges. 324 tokens.
+    """
+    from transformers import GemmaTokenizer
+
+    vocab: dict[str, int] = {}
+    for token in ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>"):
+        vocab[token] = len(vocab)
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for char in "\u2581" + string.ascii_letters + string.digits:
+        vocab[char] = len(vocab)
+    return GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True)
