@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .tiny_chroma import build_tiny_chroma
+from .tiny_cogview4 import build_tiny_cogview4
 from .tiny_flux import build_tiny_flux
 from .tiny_flux2 import build_tiny_flux2
 from .tiny_kontext import KONTEXT_SIZE, build_tiny_kontext
@@ -71,6 +72,7 @@ BUILTINS: dict[str, Builtin] = {
     "tiny-lumina2": Builtin(build_tiny_lumina2, 64, "Lumina2Pipeline"),
     # Sana renders at its resolution bin (512 px for this transformer) whatever size is asked for
     "tiny-sana": Builtin(build_tiny_sana, SANA_SIZE, "SanaPipeline"),
+    "tiny-cogview4": Builtin(build_tiny_cogview4, 32, "CogView4Pipeline"),
 }
 # name -> (builder, native size), the shape LoadPipeline, `inspect` and the benchmarks read.
 BUILTIN_MODELS = {name: (b.builder, b.native_size) for name, b in BUILTINS.items()}

@@ -155,3 +155,26 @@ def gemma_tokenizer():
     for char in "\u2581" + string.ascii_letters + string.digits:
         vocab[char] = len(vocab)
     return GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True)
+
+
+def glm_tokenizer():
+    """The tokenizer CogView4's GLM-4 encoder loads, built in memory: a byte-level BPE over the 256 byte
+    symbols (no merges, so any prompt tokenizes) with GLM's special tokens, every text starting with
+    `[gMASK]<sop>` as GLM-4's does, padded on the left as CogView4's is. 261 tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
+    specials = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>"]
+    for token in specials:
+        vocab[token] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B",
+        special_tokens=[("[gMASK]", vocab["[gMASK]"]), ("<sop>", vocab["<sop>"])],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   additional_special_tokens=specials[1:], padding_side="left")

@@ -17,7 +17,7 @@ from loragraph.loaders.pipelines import BUILTIN_COMPONENTS
 from PIL import Image
 
 FAMILIES = ["tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage", "tiny-chroma",
-            "tiny-kontext", "tiny-ltx", "tiny-flux2", "tiny-lumina2", "tiny-sana"]
+            "tiny-kontext", "tiny-ltx", "tiny-flux2", "tiny-lumina2", "tiny-sana", "tiny-cogview4"]
 PROMPT = "a red circle on a white background"
 # Families called with an input image: Kontext edits one. (Klein takes optional reference images too,
 # of 64 px or more; it is rendered from the prompt alone, as text-to-image.)
