@@ -3,9 +3,8 @@ Wan 2.2 (two experts) and Qwen-Image, each with a diffusers-form LoRA and one in
 common layout (Wan: the original repository's and musubi-tuner's keys; Qwen-Image: `diffusion_model.`
 keys with alphas).
 
-The pipelines are diffusers' test shapes built in code (denoisers only: the text encoder and VAE are
-saved absent), saved as diffusers folders and loaded by LoadPipeline like any local model. The
-oracle is a fresh copy driven by the pipeline's own LoRA API (`load_lora_weights`, `set_adapters`,
+The pipelines are the built-in tiny ones (`builtin:tiny-wan`, `tiny-wan22`, `tiny-qwenimage`). The
+oracle is a fresh build driven by the pipeline's own LoRA API (`load_lora_weights`, `set_adapters`,
 `fuse_lora`, Wan's `load_into_transformer_2`). What is compared is each denoiser's output for fixed,
 seeded inputs and, fused, its weights; fp32 on the CPU.
 """
@@ -26,72 +25,36 @@ TOL = 1e-4  # the denoisers' outputs are O(1); engine and diffusers run the same
 CHANGE = 1e-2  # a loaded LoRA moves the output at least this much (a silent no-op cannot pass)
 
 
-def wan_transformer(seed: int):
-    """The denoiser of diffusers' Wan tests: 2 blocks, 2 heads of 12, patches of 1x2x2."""
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(seed)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-    ).eval()
-
-
-def qwen_transformer(seed: int):
-    """The denoiser of diffusers' Qwen-Image tests: 2 layers, 3 heads of 16."""
-    from diffusers import QwenImageTransformer2DModel
-
-    torch.manual_seed(seed)
-    return QwenImageTransformer2DModel(
-        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
-        num_attention_heads=3, joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
-    ).eval()
-
-
 def build(model: str):
-    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, WanPipeline
+    """A fresh built-in pipeline (`tiny-wan`, `tiny-wan22`, `tiny-qwenimage`): the same bits each time."""
+    from loragraph.builtin_models.catalog import BUILTIN_MODELS
 
-    parts = {"tokenizer": None, "text_encoder": None, "vae": None}
-    if model == "wan21":
-        return WanPipeline(
-            transformer=wan_transformer(1), scheduler=FlowMatchEulerDiscreteScheduler(), **parts
-        )
-    if model == "wan22":
-        return WanPipeline(
-            transformer=wan_transformer(1), transformer_2=wan_transformer(2), boundary_ratio=0.875,
-            scheduler=FlowMatchEulerDiscreteScheduler(), **parts,
-        )
-    return QwenImagePipeline(
-        transformer=qwen_transformer(3), scheduler=FlowMatchEulerDiscreteScheduler(), **parts
-    )
+    return BUILTIN_MODELS[model][0]()
 
 
 QWEN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_v_proj", "img_mlp.net.2")
 # file stem -> (model, layout): the Wan files of one seed are one adapter in three spellings
 FILES = {
-    "wan_d": ("wan21", "diffusers"),
-    "wan_o": ("wan21", "wan-original"),
-    "wan_m": ("wan21", "wan-musubi"),
-    "qwen_d": ("qwen", "diffusers"),
-    "qwen_dm": ("qwen", "diffusion-model"),
+    "wan_d": ("tiny-wan", "diffusers"),
+    "wan_o": ("tiny-wan", "wan-original"),
+    "wan_m": ("tiny-wan", "wan-musubi"),
+    "qwen_d": ("tiny-qwenimage", "diffusers"),
+    "qwen_dm": ("tiny-qwenimage", "diffusion-model"),
 }
 
 
 @pytest.fixture(scope="module")
 def fam_models(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("family-models")
-    for model in ("wan21", "wan22", "qwen"):
-        build(model).save_pretrained(root / "diffusers" / model)
     loras = root / "loras"
     for stem, (model, fmt) in FILES.items():
         pipe = build(model)
-        targets = WAN_TARGETS if model.startswith("wan") else QWEN_TARGETS
+        targets = WAN_TARGETS if model.startswith("tiny-wan") else QWEN_TARGETS
         # alpha 2 at rank 4: each layout must carry alpha / rank (diffusers' metadata, or `.alpha` keys)
         write_lora_file(loras / f"{stem}.safetensors", fmt=fmt, rank=4, alpha=2, seed=7, pipe=pipe,
                         components=("transformer",), targets=targets, scale=1.5)
     # a second Wan adapter (another seed): the low-noise expert's file in the Wan 2.2 tests
-    write_lora_file(loras / "wan_low.safetensors", fmt="diffusers", rank=4, seed=8, pipe=build("wan22"),
+    write_lora_file(loras / "wan_low.safetensors", fmt="diffusers", rank=4, seed=8, pipe=build("tiny-wan22"),
                     components=("transformer",), targets=WAN_TARGETS, scale=1.5)
     return root
 
@@ -105,13 +68,8 @@ def engine(fam_models, tmp_path):
 
 
 def raw(fam_models: Path, model: str):
-    """A fresh pipeline from the same folder, for diffusers' own LoRA API."""
-    from diffusers import DiffusionPipeline
-
-    folder = fam_models / "diffusers" / model
-    info = json.loads((folder / "model_index.json").read_text())
-    absent = {k: None for k, v in info.items() if isinstance(v, list) and v[0] is None}
-    return DiffusionPipeline.from_pretrained(folder, local_files_only=True, **absent)
+    """A fresh built-in pipeline, for diffusers' own LoRA API."""
+    return build(model)
 
 
 def raw_load(pipe, fam_models: Path, stem: str, name: str, **kwargs) -> None:
@@ -148,7 +106,7 @@ def max_weight_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 
 
 def kind(model: str) -> str:
-    return "qwen" if model == "qwen" else "wan"
+    return "qwen" if model == "tiny-qwenimage" else "wan"
 
 
 def load(engine, handle, stem, strength=1.0, target="auto", name=""):
@@ -163,7 +121,7 @@ def load(engine, handle, stem, strength=1.0, target="auto", name=""):
 @pytest.mark.parametrize("strength", [1.0, 0.5])
 def test_a_lora_matches_diffusers_unfused_fused_and_unfused_again(engine, fam_models, stem, strength):
     model = FILES[stem][0]
-    h0 = engine.load_pipeline(model)
+    h0 = engine.load_pipeline(f"builtin:{model}")
     assert h0.source.denoisers == ("transformer",) and h0.source.text_encoders == ()
     live, _ = engine.realize(h0)
     base_out = denoise(live.pipe.transformer, kind(model))
@@ -194,7 +152,7 @@ def test_a_lora_matches_diffusers_unfused_fused_and_unfused_again(engine, fam_mo
 
 def test_the_wan_layouts_are_one_adapter(engine):
     """The same adapter written three ways (alpha in metadata or in `.alpha` keys) acts the same."""
-    h0 = engine.load_pipeline("wan21")
+    h0 = engine.load_pipeline("builtin:tiny-wan")
     outs = []
     for stem in ("wan_d", "wan_o", "wan_m"):
         live, _ = engine.realize(load(engine, h0, stem))
@@ -206,7 +164,7 @@ def test_coverage_places_the_family_layouts_diffusers_converts(engine, fam_model
     from loragraph.loaders import store
     from loragraph.loaders.coverage import coverage
 
-    live = engine.live(engine.load_pipeline("wan21").source)
+    live = engine.live(engine.load_pipeline("builtin:tiny-wan").source)
     for stem in ("wan_o", "wan_m"):
         cov = coverage(live.pipe, store.read_lora(str(fam_models / "loras" / f"{stem}.safetensors")))
         assert cov.complete and cov.matched == 20 and dict(cov.per_component) == {
@@ -218,19 +176,19 @@ def test_coverage_places_the_family_layouts_diffusers_converts(engine, fam_model
 
 
 def test_wan22_lists_both_experts_as_denoisers(engine):
-    h = engine.load_pipeline("wan22")
+    h = engine.load_pipeline("builtin:tiny-wan22")
     assert h.source.components == ("transformer", "transformer_2")
     assert h.source.denoisers == ("transformer", "transformer_2")
     assert h.source.text_encoders == ()
 
 
 def test_wan22_a_file_on_transformer_2_changes_only_transformer_2(engine, fam_models):
-    h0 = engine.load_pipeline("wan22")
+    h0 = engine.load_pipeline("builtin:tiny-wan22")
     live, _ = engine.realize(h0)
     base1, base2 = denoise(live.pipe.transformer, "wan"), denoise(live.pipe.transformer_2, "wan")
     base_w1 = base_weights(live.pipe.transformer)
 
-    oracle = raw(fam_models, "wan22")
+    oracle = raw(fam_models, "tiny-wan22")
     raw_load(oracle, fam_models, "wan_low", "low", load_into_transformer_2=True)
     want2 = denoise(oracle.transformer_2, "wan")
 
@@ -254,8 +212,8 @@ def test_wan22_a_file_on_transformer_2_changes_only_transformer_2(engine, fam_mo
 
 
 def test_wan22_a_high_and_a_low_noise_file_match_diffusers(engine, fam_models):
-    h0 = engine.load_pipeline("wan22")
-    oracle = raw(fam_models, "wan22")
+    h0 = engine.load_pipeline("builtin:tiny-wan22")
+    oracle = raw(fam_models, "tiny-wan22")
     raw_load(oracle, fam_models, "wan_d", "high")
     raw_load(oracle, fam_models, "wan_low", "low", load_into_transformer_2=True)
     oracle.set_adapters(["high", "low"], [0.5, 0.5])
@@ -269,7 +227,7 @@ def test_wan22_a_high_and_a_low_noise_file_match_diffusers(engine, fam_models):
 
 
 def test_wan22_the_same_file_on_another_target_is_another_adapter(engine):
-    h0 = engine.load_pipeline("wan22")
+    h0 = engine.load_pipeline("builtin:tiny-wan22")
     a = engine.lora_spec(h0, "wan_low.safetensors", 1.0, "x")
     b = engine.lora_spec(h0, "wan_low.safetensors", 1.0, "x", target="transformer_2")
     assert a != b and a == engine.lora_spec(h0, "wan_low.safetensors", 1.0, "x", target="auto")
@@ -277,7 +235,7 @@ def test_wan22_the_same_file_on_another_target_is_another_adapter(engine):
 
 
 def test_a_target_the_pipeline_lacks_is_an_error_naming_target(engine):
-    h = engine.load_pipeline("wan21")
+    h = engine.load_pipeline("builtin:tiny-wan")
     with pytest.raises(NodeInputError) as e:
         engine.lora_spec(h, "wan_d.safetensors", 1.0, "", target="transformer_2")
     assert e.value.input_name == "target"
@@ -289,7 +247,7 @@ def test_a_target_the_pipeline_lacks_is_an_error_naming_target(engine):
 def test_inspect_names_the_family_a_file_fits(fam_models, capsys):
     from loragraph.cli import main
 
-    args = ["--json", "--models-dir", str(fam_models), "--model", "wan21"]
+    args = ["--json", "--models-dir", str(fam_models), "--model", "builtin:tiny-wan"]
     for stem in ("wan_o", "wan_m"):
         assert main(["inspect", str(fam_models / "loras" / f"{stem}.safetensors"), *args]) == 0
         line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -298,3 +256,54 @@ def test_inspect_names_the_family_a_file_fits(fam_models, capsys):
     assert main(["inspect", str(fam_models / "loras" / "qwen_d.safetensors"), *args]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "family" not in line["summary"]
+
+
+# --- the shipped Wan 2.2 example: a high-noise and a low-noise file ---------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_the_wan22_example_validates_runs_and_matches_diffusers(tmp_path):
+    from diffusers.loaders import WanLoraLoaderMixin
+    from loragraph import host
+    from loragraph.builtin_models.catalog import BUILTIN_MODELS
+    from loragraph.cli import main
+    from loragraph.graph.executor import Executor
+    from loragraph.graph.workflow import load_workflow
+    from loragraph.loaders.engine import get_engine
+    from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
+
+    workflow = EXAMPLES / "workflows" / "wan22_lora_pair.json"
+    assert main(["validate", str(workflow), "--models-dir", str(EXAMPLES / "models")]) == 0
+    host.configure(models_dir=EXAMPLES / "models", output_dir=tmp_path / "output")
+    prompt = load_workflow(workflow)
+    result = Executor(HEADLESS_NODE_CLASS_MAPPINGS).execute(prompt)
+    assert result.ok, result.error_lines()
+    info = json.loads(result.outputs["4"]["text"][0])
+    assert info["list_adapters"] == {"transformer": ["high"], "transformer_2": ["low"]}
+
+    # the live pipeline the run left, against diffusers' own loader on a fresh tiny-wan22
+    engine = get_engine()
+    h = engine.load_pipeline("builtin:tiny-wan22", "float32")
+    h = tr.add_adapter(h, engine.lora_spec(h, "wan22/high_noise.safetensors", 1.0, "high"))
+    low = engine.lora_spec(h, "wan22/low_noise.safetensors", 1.0, "low", target="transformer_2")
+    h = tr.add_adapter(h, low)
+    live, _ = engine.realize(h)
+    oracle = BUILTIN_MODELS["tiny-wan22"][0]()
+    base = {c: denoise(getattr(oracle, c), "wan") for c in ("transformer", "transformer_2")}
+    loras = str(EXAMPLES / "models" / "loras" / "wan22")
+    assert isinstance(oracle, WanLoraLoaderMixin)
+    oracle.load_lora_weights(loras, weight_name="high_noise.safetensors", adapter_name="high")
+    oracle.load_lora_weights(loras, weight_name="low_noise.safetensors", adapter_name="low",
+                             load_into_transformer_2=True)
+    for comp in ("transformer", "transformer_2"):
+        got, want = denoise(getattr(live.pipe, comp), "wan"), denoise(getattr(oracle, comp), "wan")
+        assert float((got - want).abs().max()) <= TOL
+        assert float((got - base[comp]).abs().max()) > CHANGE
+
+
+def test_the_example_lora_files_are_the_tools(tmp_path):
+    import runpy
+
+    tool = runpy.run_path(str(EXAMPLES.parent / "tools" / "make_family_loras.py"))
+    assert tool["main"](["--check", "--out", str(EXAMPLES / "models" / "loras")]) == 0
