@@ -307,3 +307,22 @@ def test_the_example_lora_files_are_the_tools(tmp_path):
 
     tool = runpy.run_path(str(EXAMPLES.parent / "tools" / "make_family_loras.py"))
     assert tool["main"](["--check", "--out", str(EXAMPLES / "models" / "loras")]) == 0
+
+
+def test_wan22_a_switch_on_transformer_2_hot_swaps_and_matches_diffusers(engine, fam_models):
+    """Two files of one layout on the low-noise expert: the second is copied into the first's layers."""
+    h0 = engine.load_pipeline("builtin:tiny-wan22")
+    live = engine.live(h0.source)
+    engine.realize(load(engine, h0, "wan_low", target="transformer_2"))
+    live.ops.clear()
+    live, _ = engine.realize(load(engine, h0, "wan_d", 0.7, target="transformer_2"))
+    ops = [op.split(" ")[0] for op in live.ops]
+    assert "hotswap" in ops and "load_lora_weights" not in ops
+    assert live.pipe.get_list_adapters() == {"transformer_2": ["wan_d"]}
+
+    oracle = raw(fam_models, "tiny-wan22")
+    raw_load(oracle, fam_models, "wan_d", "d", load_into_transformer_2=True)
+    oracle.set_adapters(["d"], [0.7])
+    for comp in ("transformer", "transformer_2"):
+        got, want = denoise(getattr(live.pipe, comp), "wan"), denoise(getattr(oracle, comp), "wan")
+        assert float((got - want).abs().max()) <= TOL
