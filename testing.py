@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from .builtin_models.tiny_sd3 import build_tiny_sd3
-from .loaders.components import DENOISERS
+from .loaders.components import is_denoiser
 from .loaders.formats.kohya import peft_to_kohya
 from .loaders.lora_file import PICKLE_SUFFIXES
 
@@ -33,7 +33,9 @@ TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 DEFAULT_SCALE = 0.5
 
 PipeKind = Literal["sd", "sdxl", "sd3"]
-FileFormat = Literal["diffusers", "peft", "kohya", "diffusers-old"]
+FileFormat = Literal[
+    "diffusers", "peft", "kohya", "diffusers-old", "wan-original", "wan-musubi", "diffusion-model"
+]
 
 _PIPES: dict[str, Any] = {}
 
@@ -74,7 +76,7 @@ def _make_adapters(
         config = LoraConfig(
             r=rank,
             lora_alpha=rank if alpha is None else alpha,
-            target_modules=list(targets if component in DENOISERS else text_encoder_targets),
+            target_modules=list(targets if is_denoiser(component) else text_encoder_targets),
         )
         throwaway = copy.deepcopy(model)  # the caller's pipeline must stay untouched
         throwaway.add_adapter(config)
@@ -133,7 +135,7 @@ def _fold_alpha(sd: Mapping[str, torch.Tensor], rank: int, alpha: float | None) 
 
 def _old_module_name(component: str, module: str) -> str:
     """A PEFT module path in the pre-PEFT attention-processor spelling (diffusers <= 0.20)."""
-    if component in DENOISERS:
+    if is_denoiser(component):
         for proj, old in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out.0", "to_out")):
             if module.endswith("." + proj):
                 return f"{module[: -len(proj) - 1]}.processor.{old}_lora"
@@ -144,6 +146,38 @@ def _old_module_name(component: str, module: str) -> str:
                 stem = stem if stem.startswith("text_model.") else "text_model." + stem
                 return f"{stem}.{old}_lora"
     raise ValueError(f"the diffusers-old format only holds attention projections, not {component}.{module}")
+
+
+# Wan's own module names (the original checkpoint's, which musubi-tuner keeps) for diffusers' ones.
+_WAN_MODULES = {
+    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o", "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k",
+    "attn2.to_v": "cross_attn.v", "attn2.to_out.0": "cross_attn.o", "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
+}
+# Every module both Wan converters read per block (musubi's requires all of them).
+WAN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
+
+
+def _wan_layout(sd: Mapping[str, torch.Tensor], alpha: float, fmt: str) -> dict[str, torch.Tensor]:
+    """A transformer's PEFT keys as the families' trainers write them, with `.alpha` per module:
+    wan-original `diffusion_model.blocks.N.self_attn.q.lora_down.weight` (the Wan repository's
+    names), wan-musubi `lora_unet_blocks_N_self_attn_q.lora_down.weight` (musubi-tuner's),
+    diffusion-model `diffusion_model.<diffusers module>.lora_down.weight` (ComfyUI-style trainers
+    for Qwen-Image and others whose models keep diffusers' module names)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        module, which = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+        if fmt == "diffusion-model":
+            stem = f"diffusion_model.{module}"
+        else:
+            block, rest = module.split(".", 2)[1], module.split(".", 2)[2]
+            name = f"blocks.{block}.{_WAN_MODULES[rest]}"
+            musubi = "lora_unet_" + name.replace(".", "_")
+            stem = f"diffusion_model.{name}" if fmt == "wan-original" else musubi
+        out[f"{stem}.{'lora_down' if which == 'lora_A' else 'lora_up'}.weight"] = value
+        out[f"{stem}.alpha"] = torch.tensor(alpha)
+    return out
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: Mapping[str, str] | None) -> None:
@@ -232,6 +266,10 @@ def write_lora_file(
                 direction = "down" if which == "lora_A" else "up"
                 tensors[f"{c}.{_old_module_name(c, module)}.{direction}.weight"] = v
         _save(path, tensors, extra)
+    elif fmt in ("wan-original", "wan-musubi", "diffusion-model"):
+        if set(sds) != {"transformer"}:
+            raise ValueError(f"a {fmt} file holds the transformer only; got components {sorted(sds)}")
+        _save(path, _wan_layout(sds["transformer"], float(rank if alpha is None else alpha), fmt), extra)
     else:
         raise ValueError(f"unknown LoRA file format {fmt!r}")
     logger.debug("wrote %s LoRA %s (rank %d, alpha %s, seed %d)", fmt, path, rank, alpha, seed)

@@ -619,7 +619,7 @@ class Bench:
             for i in range(count):
                 handle = wt.schedule_weights(handle, f"s{i}", "0:1, 1:0")
             live, _ = self.engine.realize(handle)
-            weights = weight_schedule.StepWeights(live, handle.state, "unet")
+            weights = weight_schedule.StepWeights(live, handle.state, ("unet",))
             step = [0]
 
             def apply(w=weights, step=step):
@@ -639,7 +639,7 @@ class Bench:
             weights.restore()
 
             def setup_restore(h=handle, lv=live):
-                weight_schedule.StepWeights(lv, h.state, "unet").restore()
+                weight_schedule.StepWeights(lv, h.state, ("unet",)).restore()
 
             self.row(f"schedule: setup + restore per sampling call, {count} scheduled", lambda: None,
                      setup_restore, lambda: None, None, note="once per Sampler call, not per step")

@@ -76,3 +76,105 @@ def t5_tokenizer():
     tok.decoder = decoders.Metaspace()
     return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                            extra_ids=0)
+
+
+# Qwen's special tokens (Qwen2/2.5-VL/3 share them): padding, the ChatML turn markers, the vision
+# placeholders a Qwen-VL encoder's config points at, and Qwen3's thinking markers.
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+    "<|video_pad|>", "<think>", "</think>",
+)
+# Words that get a token of their own: the chat roles and Qwen-Image's system prompt, which start a line
+# (no space before them), then the prompt's words and a few more (a space before them, as mid-line).
+# With whole-word tokens that template prefix is 34 tokens long, as on Qwen's own vocabulary, so the
+# pipeline's drop index (its length in tokens) cuts exactly the system prompt off.
+QWEN_LINE_WORDS = ("system", "user", "assistant", "Describe")
+QWEN_WORDS = (
+    "the image by detailing color shape size texture quantity text spatial relationships of objects and "
+    "background a red circle on white"
+)
+
+
+# ChatML, as Qwen's tokenizers render it (Qwen3's thinking switch included): for pipelines that build
+# their prompt with `apply_chat_template` (Z-Image).
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def qwen_tokenizer():
+    """A Qwen2Tokenizer (what Qwen-Image, Z-Image and the other Qwen-encoded pipelines load), built in memory.
+
+    Byte-level BPE as Qwen's, with its pre-tokenizer: the 256 byte symbols, so any prompt tokenizes,
+    plus one token per word of `QWEN_LINE_WORDS` and `QWEN_WORDS` (a chain of merges each) and the
+    special tokens: 385 tokens. Its chat template is Qwen's ChatML (`QWEN_CHAT_TEMPLATE`).
+    """
+    from transformers import Qwen2Tokenizer
+
+    bytes_map = bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    merges: list[tuple[str, str]] = []
+
+    def add(token: str) -> None:
+        vocab.setdefault(token, len(vocab))
+
+    for symbol in bytes_map.values():
+        add(symbol)
+    for word in QWEN_LINE_WORDS + tuple(" " + w for w in QWEN_WORDS.split()):
+        symbols = "".join(bytes_map[b] for b in word.encode())
+        for end in range(2, len(symbols) + 1):
+            if symbols[:end] not in vocab:
+                merges.append((symbols[:end - 1], symbols[end - 1]))
+                add(symbols[:end])
+    for token in QWEN_SPECIAL_TOKENS:
+        add(token)
+    specials = list(QWEN_SPECIAL_TOKENS[1:])  # the first is the pad/unk/eos token Qwen2Tokenizer adds itself
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, additional_special_tokens=specials)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def gemma_tokenizer():
+    """A GemmaTokenizer (Lumina 2's and Sana's Gemma 2 encoders load one), built in memory: Gemma's
+    special tokens, its 256 byte-fallback tokens `<0x00>`..`<0xFF>` (so any prompt tokenizes), then
+    the word boundary `▁` and the ASCII letters and digits as tokens of their own; no merges. 324 tokens.
+    """
+    from transformers import GemmaTokenizer
+
+    vocab: dict[str, int] = {}
+    for token in ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>"):
+        vocab[token] = len(vocab)
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for char in "\u2581" + string.ascii_letters + string.digits:
+        vocab[char] = len(vocab)
+    return GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True)
+
+
+def glm_tokenizer():
+    """The tokenizer CogView4's GLM-4 encoder loads, built in memory: a byte-level BPE over the 256 byte
+    symbols (no merges, so any prompt tokenizes) with GLM's special tokens, every text starting with
+    `[gMASK]<sop>` as GLM-4's does, padded on the left as CogView4's is. 261 tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
+    specials = ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>"]
+    for token in specials:
+        vocab[token] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B",
+        special_tokens=[("[gMASK]", vocab["[gMASK]"]), ("<sop>", vocab["<sop>"])],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   additional_special_tokens=specials[1:], padding_side="left")

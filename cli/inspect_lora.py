@@ -67,6 +67,9 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
             cov = lora_coverage(pipe, lora)
             coverage = {**cov.to_dict(), "model": model, "loadable": cov.loadable, "message": cov.message()}
             coverage_text = cov.message()
+            if cov.complete:
+                # every module lands (after the pipeline's own converters): the file is that family's
+                summary["family"] = cov.pipeline
         except LoraFileError as ex:
             coverage = {"model": model, "loadable": False, "message": str(ex)}
             coverage_text = str(ex)
@@ -105,6 +108,7 @@ def _format_summary(summary: Mapping[str, Any]) -> str:
                       else " (= rank: the file stores none)")),
         ("base model", f"{summary.get('base_model')} ({summary.get('base_model_reason')})"),
         *([("fits", summary["fits"])] if "fits" in summary else []),
+        *([("family", summary["family"])] if "family" in summary else []),
         ("trigger words", summary.get("trigger_words")),
         ("training", summary.get("training")),
         ("non-finite", summary.get("nonfinite_keys")),

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import fence
-from .components import TEXT_ENCODERS
+from .components import is_denoiser
 from .live import LivePipeline, LoraOperationError, adapter_in_layer, has_lora, is_lora_layer, layers, timed
 from .state import ActiveSet, ComponentWeights, plain_weight
 
@@ -117,7 +117,7 @@ def apply_text_encoder_switch(live: LivePipeline, disabled: tuple[str, ...], for
     from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder
 
     for te in live.components:
-        if te not in TEXT_ENCODERS:
+        if is_denoiser(te):
             continue
         model = getattr(live.pipe, te)
         if not has_lora(model):

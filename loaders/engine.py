@@ -20,6 +20,7 @@ import torch
 from ..base import disk, limits
 from ..base.errors import NodeInputError
 from . import fence, store
+from .components import PLACEMENT_KEYWORDS
 from .config import EngineConfig, get_config
 from .formats import family
 from .live import LivePipeline
@@ -96,15 +97,17 @@ class Engine:
 
         with self.lock:
             live, warnings = self.realize(handle)
-            weight_schedule.check_layers(live, handle.state, handle.source.denoiser)
+            weight_schedule.check_layers(live, handle.state, handle.source.denoisers)
             return warnings
 
     # --- LoRA files ---------------------------------------------------------------------------
 
     def lora_spec(
-        self, handle: PipelineHandle, lora_name: str, strength: float, adapter_name: str, origin: str = ""
+        self, handle: PipelineHandle, lora_name: str, strength: float, adapter_name: str, origin: str = "",
+        target: str = "auto",
     ) -> AdapterSpec:
-        """Resolve a LoadLoRA's inputs to an AdapterSpec; reads (and caches) the file."""
+        """Resolve a LoadLoRA's inputs to an AdapterSpec; reads (and caches) the file. `target`:
+        "auto" (where the file's keys say) or a denoising component of the pipeline."""
         from .. import host
         from .transitions import derive_adapter_name
 
@@ -117,12 +120,19 @@ class Engine:
             lf.check_finite()  # NaN/inf/absurd values: refused here, before the pipeline is touched
         except LoraFileError as e:
             raise NodeInputError("lora_name", str(e)) from None
+        denoisers = handle.source.denoisers
+        if target != "auto" and target not in denoisers:
+            raise NodeInputError(
+                "target", f"this pipeline has no {target} (its denoising components: {', '.join(denoisers)})"
+            )
+        if target not in ("auto", denoisers[0]) and target not in PLACEMENT_KEYWORDS:
+            raise NodeInputError("target", f"diffusers cannot place a single-expert file on {target}")
         name = adapter_name.strip() or derive_adapter_name(lora_name, handle.state.names)
         if "." in name or "/" in name:
             raise NodeInputError(
                 "adapter_name", f"{name!r}: adapter names cannot hold '.' or '/' (peft keys)"
             )
-        return AdapterSpec(name, str(path), lf.sha256, float(strength), None, origin)
+        return AdapterSpec(name, str(path), lf.sha256, float(strength), None, origin, target)
 
     # --- sampling -----------------------------------------------------------------------------
 
@@ -167,14 +177,14 @@ class Engine:
 
         with self.lock:
             scheduled = weight_schedule.active_schedules(handle.state)
-            denoiser = handle.source.denoiser
+            denoisers = handle.source.denoisers
             if scheduled:  # scheduled adapters sample unfused in the denoiser; the rest stays as it is
-                sampling = weight_schedule.sampling_state(handle.state, denoiser)
+                sampling = weight_schedule.sampling_state(handle.state, denoisers)
                 live, _ = self.realize(handle.with_state(sampling))
             else:
                 live, _ = self.realize(handle)
             # checks before anything changes; raises naming the ScheduleAdapterWeights node
-            weights = weight_schedule.StepWeights(live, handle.state, denoiser) if scheduled else None
+            weights = weight_schedule.StepWeights(live, handle.state, denoisers) if scheduled else None
             pipe = live.pipe
             original = pipe.scheduler
             scheduler_class = SCHEDULERS[scheduler]  # None: the pipeline's own

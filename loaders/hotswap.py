@@ -59,7 +59,7 @@ def _slot_fits(live: LivePipeline, comp: str, slot: str, wanted) -> bool:
 _SWAP_NAME = "loragraph_hotswap_slot_5f1c"
 
 
-def swap(live: LivePipeline, lf, slot: str, name: str, comps) -> None:
+def swap(live: LivePipeline, lf, slot: str, name: str, comps, target: str = "auto") -> None:
     """Load `lf` into the layers of parked adapter `slot` (peft's hotswap), then call it `name`.
 
     The first swap of a file goes through diffusers' own loader, so its key conversion and
@@ -76,7 +76,7 @@ def swap(live: LivePipeline, lf, slot: str, name: str, comps) -> None:
     import peft.utils.hotswap as peft_hotswap
 
     pipe = live.pipe
-    key = (lf.sha256, lf.path)
+    key = (lf.sha256, lf.path, target)
     inputs = live.swap_inputs.get(key)
     _rename_adapter(live, slot, _SWAP_NAME, comps)
     if inputs is not None and set(inputs) == set(comps):
@@ -89,7 +89,7 @@ def swap(live: LivePipeline, lf, slot: str, name: str, comps) -> None:
                     model=model, state_dict=state_dict, adapter_name=_SWAP_NAME, config=config
                 )
     else:
-        inputs = _hotswap_through_diffusers(live, lf, comps, f"{name} into {slot}")
+        inputs = _hotswap_through_diffusers(live, lf, comps, f"{name} into {slot}", target)
         live.swap_inputs[key] = inputs
         while len(live.swap_inputs) > _SWAP_INPUTS_KEPT:
             live.swap_inputs.popitem(last=False)
@@ -115,13 +115,15 @@ _SWAPPED_OUT_KEPT = 256
 _SWAP_INPUTS_KEPT = 8
 
 
-def _hotswap_through_diffusers(live: LivePipeline, lf, comps, detail: str) -> dict[str, tuple[dict, Any]]:
+def _hotswap_through_diffusers(
+    live: LivePipeline, lf, comps, detail: str, target: str = "auto"
+) -> dict[str, tuple[dict, Any]]:
     """Hot-swap `lf` into adapter `_SWAP_NAME` through diffusers' loader (see `swap`); returns
     {component: (state dict, LoraConfig)} as diffusers handed them to peft."""
 
     def load() -> None:
         with timed(live, "hotswap", detail), quiet_loading():
-            load_lora_file(live.pipe, lf, _SWAP_NAME, hotswap=True)
+            load_lora_file(live.pipe, lf, _SWAP_NAME, hotswap=True, target=target)
 
     return fence.hotswap_through_diffusers(live.pipe, comps, load)
 

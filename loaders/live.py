@@ -56,8 +56,8 @@ class LivePipeline:
     # component -> its peft tuner layers as (name, layer); walking a UNet's modules costs ~10 ms, so
     # it is done once per load/delete/unload instead of once per operation
     layer_cache: dict[str, list] = field(default_factory=dict)
-    # (file sha256, path) -> where its keys land on this pipeline (shapes only: adapters don't change it)
-    coverage_cache: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # (file sha256, path, LoadLoRA target) -> where its keys land on this pipeline (shapes only)
+    coverage_cache: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     # sha256 of the files whose adapters a hotswap overwrote, most recent last (see loading.load_adapter)
     swapped_out: dict[str, None] = field(default_factory=dict)
     # (file sha256, path) -> {component: (state dict, LoraConfig)} diffusers handed peft's hotswap

@@ -34,10 +34,10 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
         lf = lora_reader(spec.path)
     except Exception as e:
         raise LoraOperationError(str(e), "lora_name", spec.origin) from e
-    key = (lf.sha256, lf.path)
+    key = (lf.sha256, lf.path, spec.target)
     cov = live.coverage_cache.get(key)
     if cov is None:
-        cov = live.coverage_cache[key] = coverage(live.pipe, lf)
+        cov = live.coverage_cache[key] = coverage(live.pipe, lf, spec.target)
     mismatched = cov.shape_mismatches
     if mismatched:
         shown = "; ".join(f"{m.module}: {m.reason}" for m in mismatched[:3])
@@ -58,13 +58,13 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
     slot = None if lf.sha256 in live.swapped_out else hotswap.slot_for(live, cov, slots or [])
     try:
         if slot is not None:
-            hotswap.swap(live, lf, slot, spec.name, tuple(cov.layout))
+            hotswap.swap(live, lf, slot, spec.name, tuple(cov.layout), spec.target)
             assert slots is not None  # the slot was picked from them
             slots.remove(slot)
         else:
             live.layer_cache.clear()  # peft adds layers (a swap keeps them)
             with timed(live, "load_lora_weights", spec.name), quiet_loading():
-                load_lora_file(pipe, lf, spec.name)
+                load_lora_file(pipe, lf, spec.name, target=spec.target)
     except Exception as e:
         raise LoraOperationError(f"diffusers could not load {lf.name}: {e}", "lora_name", spec.origin) from e
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):

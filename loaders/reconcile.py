@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 def _same_file(a: AdapterSpec, b: AdapterSpec | None) -> bool:
-    return b is not None and a.path == b.path and a.sha256 == b.sha256
+    return b is not None and a.path == b.path and a.sha256 == b.sha256 and a.target == b.target
 
 
 def _size_of(spec: AdapterSpec) -> int:

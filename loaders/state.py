@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from typing import Any, TypeAlias
 
-from .components import TEXT_ENCODERS
+from .components import denoisers, non_denoisers
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,21 @@ class PipelineSource:
     components: tuple[str, ...] = ()  # LoRA-loadable components the pipeline has, in diffusers' order
 
     @property
+    def denoisers(self) -> tuple[str, ...]:
+        """Every denoising component (components.is_denoiser), in diffusers' order: the ones
+        `fuse_unet`, hotswaps and weight schedules act on (Wan 2.2: both experts)."""
+        return denoisers(self.components) or ("unet",)
+
+    @property
     def denoiser(self) -> str:
-        return "transformer" if "transformer" in self.components else "unet"
+        """The first denoiser: the one a bare per-block weight dict means."""
+        return self.denoisers[0]
 
     @property
     def text_encoders(self) -> tuple[str, ...]:
-        return tuple(c for c in self.components if c in TEXT_ENCODERS)
+        """Every non-denoising component: what `fuse_text_encoder`, `text_encoder_weights` and
+        TextEncoderLoRAToggle act on (text encoders, and e.g. LTX-2's connectors)."""
+        return non_denoisers(self.components)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,9 @@ class AdapterSpec:
     strength: float
     device: str | None = None  # None: the pipeline's own device
     origin: str = field(default="", compare=False)  # "LoadLoRA #5", for error messages only
+    # LoadLoRA's `target`: "auto" (where the keys say) or the denoising component a single-expert
+    # file goes on (Wan 2.2's low-noise LoRA on transformer_2); the same file elsewhere is another adapter
+    target: str = "auto"
 
 
 def _freeze(value: Any) -> Any:

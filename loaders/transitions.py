@@ -164,7 +164,7 @@ def set_weights(
         if te_w is None and name not in blocks:
             values.append(unet_w[i])
             continue
-        per: dict[str, Any] = {source.denoiser: unet_w[i]}
+        per: dict[str, Any] = {d: unet_w[i] for d in source.denoisers}
         for te in source.text_encoders:
             per[te] = te_w[i] if te_w is not None else unet_w[i]
         per.update(blocks.get(name, {}))
@@ -205,7 +205,7 @@ def fuse(
             raise NodeInputError("adapter_names", "no adapter is active; name the adapters to fuse")
     components: list[str] = []
     if fuse_unet:
-        components.append(source.denoiser)
+        components += source.denoisers  # fusion skips the layers that do not hold the adapters
     if fuse_text_encoder:
         components += [te for te in source.text_encoders if te not in state.te_disabled]
     if not components:
@@ -228,7 +228,7 @@ def unfuse(handle: PipelineHandle, unfuse_unet: bool, unfuse_text_encoder: bool)
     source = handle.source
     drop: set[str] = set()
     if unfuse_unet:
-        drop.add(source.denoiser)
+        drop.update(source.denoisers)
     if unfuse_text_encoder:
         drop.update(source.text_encoders)
     return handle.with_state(replace(handle.state, fused=_drop_components(handle.state.fused, drop)))

@@ -32,25 +32,27 @@ def active_schedules(state: AdapterState) -> tuple[Schedule, ...]:
     return tuple(s for s in state.schedules if s.adapter in active)
 
 
-def sampling_state(state: AdapterState, denoiser: str) -> AdapterState:
-    """The state to realize for a Sampler: no schedules, scheduled adapters unfused in the denoiser."""
+def sampling_state(state: AdapterState, denoisers: tuple[str, ...]) -> AdapterState:
+    """The state to realize for a Sampler: no schedules, scheduled adapters unfused in the denoisers."""
     scheduled = {s.adapter for s in active_schedules(state)}
     fused: list[FuseOp] = []
     for op in state.fused:
-        if denoiser not in op.components or not scheduled & set(op.adapter_names):
+        inside = tuple(c for c in op.components if c in denoisers)
+        if not inside or not scheduled & set(op.adapter_names):
             fused.append(op)
             continue
         # one op split in two keeps every component's sequence of fusions (fuse_ops_for) as it was
-        others = tuple(c for c in op.components if c != denoiser)
+        others = tuple(c for c in op.components if c not in denoisers)
         if others:
             fused.append(replace(op, components=others))
         names = tuple(n for n in op.adapter_names if n not in scheduled)
         if names:
-            fused.append(replace(op, components=(denoiser,), adapter_names=names))
+            fused.append(replace(op, components=inside, adapter_names=names))
     return replace(state, schedules=(), fused=tuple(fused))
 
 
-def _cannot_hold(name: str, fused: list[str], denoiser: str, origin: str) -> LoraOperationError:
+def _cannot_hold(name: str, fused: list[str], denoisers: tuple[str, ...], origin: str) -> LoraOperationError:
+    denoiser = " / ".join(denoisers)
     return LoraOperationError(
         f"adapter {name!r} is scheduled, but {', '.join(fused)} is fused into {denoiser} layers that "
         f"{name!r} adapts too; peft runs a layer holding a fused adapter from its fused weight alone and "
@@ -61,9 +63,12 @@ def _cannot_hold(name: str, fused: list[str], denoiser: str, origin: str) -> Lor
     )
 
 
-def _scheduled_layers(live: LivePipeline, sch: Schedule, denoiser: str) -> list[Any]:
-    mods = [m for _, m in layers(live, denoiser) if sch.adapter in (getattr(m, "scaling", None) or {})]
+def _scheduled_layers(live: LivePipeline, sch: Schedule, denoisers: tuple[str, ...]) -> list[Any]:
+    mods = [
+        m for d in denoisers for _, m in layers(live, d) if sch.adapter in (getattr(m, "scaling", None) or {})
+    ]
     if not mods:
+        denoiser = " / ".join(denoisers)
         raise LoraOperationError(
             f"adapter {sch.adapter!r} has no layers in the {denoiser}: a schedule acts on the denoiser only "
             "(text encoders run once per prompt)",
@@ -73,20 +78,24 @@ def _scheduled_layers(live: LivePipeline, sch: Schedule, denoiser: str) -> list[
     return mods
 
 
-def check_layers(live: LivePipeline, state: AdapterState, denoiser: str) -> None:
+def check_layers(live: LivePipeline, state: AdapterState, denoisers: tuple[str, ...]) -> None:
     """What StepWeights checks, from which adapters the layers hold (the adapters are loaded, the
     scheduled ones need not be unfused yet): for the node that makes or fuses a schedule."""
-    sampled = sampling_state(state, denoiser)
-    fused = {n for op in sampled.fused if denoiser in op.components for n in op.adapter_names}
+    sampled = sampling_state(state, denoisers)
+    fused = {
+        n for op in sampled.fused if set(denoisers) & set(op.components) for n in op.adapter_names
+    }
     for sch in active_schedules(state):
-        mods = _scheduled_layers(live, sch, denoiser)
+        mods = _scheduled_layers(live, sch, denoisers)
         clash = sorted({a for m in mods for a in m.scaling if a in fused})
         if clash:
-            raise _cannot_hold(sch.adapter, clash, denoiser, sch.origin)
+            raise _cannot_hold(sch.adapter, clash, denoisers, sch.origin)
 
 
-def _has_block_weights(weight: Weight | None, denoiser: str) -> bool:
-    return isinstance(weight, ComponentWeights) and isinstance(weight.get(denoiser, 1.0), BlockWeights)
+def _has_block_weights(weight: Weight | None, denoisers: tuple[str, ...]) -> bool:
+    return isinstance(weight, ComponentWeights) and any(
+        isinstance(weight.get(d, 1.0), BlockWeights) for d in denoisers
+    )
 
 
 class StepWeights:
@@ -97,7 +106,7 @@ class StepWeights:
     from its fused weight alone and would skip the scheduled one there).
     """
 
-    def __init__(self, live: LivePipeline, state: AdapterState, denoiser: str):
+    def __init__(self, live: LivePipeline, state: AdapterState, denoisers: tuple[str, ...]):
         self.live = live
         self.schedules = active_schedules(state)
         # per schedule: [(layer, multiplier)]; the multiplier is the layer's block weight (1.0 unless
@@ -106,11 +115,11 @@ class StepWeights:
         self.saved: list[tuple[Any, str, Any]] = []
         for sch in self.schedules:
             name = sch.adapter
-            mods = _scheduled_layers(live, sch, denoiser)
+            mods = _scheduled_layers(live, sch, denoisers)
             merged = sorted({a for m in mods for a in m.merged_adapters})
             if merged:
-                raise _cannot_hold(name, merged, denoiser, sch.origin)
-            blocks = _has_block_weights(state.active.weight(name), denoiser)
+                raise _cannot_hold(name, merged, denoisers, sch.origin)
+            blocks = _has_block_weights(state.active.weight(name), denoisers)
             pairs = []
             for m in mods:
                 static = m.scaling[name]

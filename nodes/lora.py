@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from ..loaders import transitions
-from ..loaders.components import TEXT_ENCODERS
+from ..loaders.components import DENOISERS, OTHER_COMPONENTS, TEXT_ENCODERS
 from ..loaders.state import PipelineHandle
 from . import widget_text
 from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, NodeResult, engine, origin_of, realize_with_ui
@@ -62,6 +62,17 @@ class LoadLoRA:
                     {"default": "", "tooltip": "Name for the adapter; empty: derived from the file name."},
                 ),
             },
+            "optional": {
+                "target": (
+                    # the denoising components diffusers' mixins name; the run checks the pipeline's own
+                    ["auto", *DENOISERS],
+                    {
+                        "default": "auto",
+                        "tooltip": "Where the file goes. auto: where its keys say (diffusers' default). A "
+                        "denoiser: a single-expert file on it (Wan 2.2's low-noise LoRA on transformer_2).",
+                    },
+                ),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
@@ -83,9 +94,10 @@ class LoadLoRA:
         strength: float,
         adapter_name: str = "",
         unique_id: Any = None,
+        target: str = "auto",
     ) -> NodeResult:
         origin = origin_of("LoadLoRA", unique_id)
-        spec = engine().lora_spec(pipeline, lora_name, strength, adapter_name, origin)
+        spec = engine().lora_spec(pipeline, lora_name, strength, adapter_name, origin, target)
         return realize_with_ui(transitions.add_adapter(pipeline, spec))
 
 
@@ -272,9 +284,11 @@ class TextEncoderLoRAToggle:
                 "pipeline": (PIPELINE, {}),
                 "enabled": ("BOOLEAN", {"default": True, "tooltip": "On: LoRA applies to the text encoder."}),
                 "text_encoder": (
-                    # text_encoder_3 (SD3's T5) is in no diffusers pipeline's LoRA-loadable components
-                    ["all", *(te for te in TEXT_ENCODERS if te != "text_encoder_3")],
-                    {"default": "all", "tooltip": "Which text encoder; SDXL has two."},
+                    # Every non-denoising adapter component of diffusers' mixins (text_encoder_3, SD3's
+                    # T5, is in none); the run checks the name against the pipeline's own.
+                    ["all", *(te for te in TEXT_ENCODERS if te != "text_encoder_3"), *OTHER_COMPONENTS],
+                    {"default": "all", "tooltip": "Which text encoder (any non-denoising LoRA component); "
+                     "SDXL has two."},
                 ),
             }
         }

@@ -131,7 +131,7 @@ def lora_credits(handle: Any) -> tuple[LoraCredit, ...]:
 
     schedules = {s.adapter: s for s in active_schedules(handle.state)}
     # what the Sampler ran: scheduled ones unfused
-    state = sampling_state(handle.state, handle.source.denoiser)
+    state = sampling_state(handle.state, handle.source.denoisers)
     active = state.active.as_dict()
     fused_weight: dict[str, Any] = {}
     for op in state.fused:

@@ -84,13 +84,16 @@ def modules_of(tensors: Mapping[str, torch.Tensor], fmt: LoraFormat) -> tuple[Lo
     return family(fmt).modules(tensors)
 
 
-def load_lora_file(pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool = False) -> None:
+def load_lora_file(
+    pipe: Any, lora: LoraFile, adapter_name: str, hotswap: bool = False, target: str = "auto"
+) -> None:
     """Load a cached LoraFile onto `pipe` as its family does: diffusers' `load_lora_weights` exactly as
     from the file's path for the plain families, peft's tuners built per module for LyCORIS.
+    `target`: LoadLoRA's ("auto", or the denoiser a single-expert file goes on).
 
     Not transactional: callers roll back on error.
     """
-    family(lora.format).load(pipe, lora, adapter_name, hotswap=hotswap)
+    family(lora.format).load(pipe, lora, adapter_name, hotswap=hotswap, target=target)
 
 
 def pipeline_state_dict(

@@ -19,9 +19,10 @@ from typing import Any, cast
 import torch
 
 from .. import fence
-from ..components import COMPONENTS, DENOISERS
+from ..components import COMPONENTS, is_denoiser, placement
 from ..live import LoraOperationError
 from ..records import Coverage, LoraFile, LoraFileError, LoraModule, UnmatchedModule
+from .keys import denoiser_name as first_denoiser
 from .keys import is_adapter_key, list_modules, module_of
 from .kohya import save_kohya
 
@@ -47,8 +48,11 @@ class Family(abc.ABC):
         """Which of the file's modules would land on `pipe`, and why the others would not; changes nothing."""
 
     @abc.abstractmethod
-    def load(self, pipe: Any, lora: LoraFile, adapter_name: str, *, hotswap: bool = False) -> None:
-        """Load the file onto `pipe` as adapter `adapter_name` (`hotswap`: into that adapter's layers).
+    def load(
+        self, pipe: Any, lora: LoraFile, adapter_name: str, *, hotswap: bool = False, target: str = "auto"
+    ) -> None:
+        """Load the file onto `pipe` as adapter `adapter_name` (`hotswap`: into that adapter's layers;
+        `target`: LoadLoRA's, "auto" or the denoiser a single-expert file goes on).
         Not transactional: the caller rolls back."""
 
     def algorithm(self, lora: LoraFile) -> str:
@@ -95,39 +99,44 @@ class DiffusersFamily(Family):
     def pipeline_state_dict(
         self, pipe: Any, lora: LoraFile, *, copy: bool = True
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-        """See formats.pipeline_state_dict."""
+        """See formats.pipeline_state_dict. A file the pipeline's own LoRA mixin converts as it is (Wan's
+        original and musubi keys, LTX's, ...), which the family's fixes would make unreadable to it,
+        goes to diffusers unchanged, as from its path (`_read_by_mixin`), and always as a copy: those
+        converters scale some tensors in place (Wan's cross-attention and FFN alphas)."""
+        if _read_by_mixin(pipe, lora, self.rules):
+            return lora.state_dict_copy(), lora.adapter_metadata
         source = lora.state_dict_copy() if copy else dict(lora.state_dict)
         return self.rules.to_pipeline(pipe, lora, source, lora.adapter_metadata)
 
-    def load(self, pipe: Any, lora: LoraFile, adapter_name: str, *, hotswap: bool = False) -> None:
+    def load(
+        self, pipe: Any, lora: LoraFile, adapter_name: str, *, hotswap: bool = False, target: str = "auto"
+    ) -> None:
         """diffusers' `load_lora_weights`, as from the file's path, without re-reading the file where the
         fence allows (fence.load_lora_weights): diffusers reads `lora_adapter_metadata` (alpha != rank)
         only from a path; with an in-memory dict it is lost. Everything else is diffusers' own code
-        path, for every pipeline class that has `load_lora_weights`."""
+        path, for every pipeline class that has `load_lora_weights`; a `target` other than the first
+        denoiser is the mixin's own keyword (`load_into_transformer_2`)."""
+        try:
+            where = placement(target, first_denoiser(pipe))
+        except ValueError as e:
+            raise LoraFileError(f"{lora.path}: {e}") from None
         # A hotswap copies into the existing adapter's tensors (never adopts ours): no clone needed.
         state_dict, metadata = self.pipeline_state_dict(pipe, lora, copy=not hotswap)
-        fence.load_lora_weights(pipe, state_dict, metadata, adapter_name, hotswap=hotswap)
+        fence.load_lora_weights(pipe, state_dict, metadata, adapter_name, hotswap=hotswap, placement=where)
 
     def coverage(self, pipe: Any, lora: LoraFile) -> Coverage:
         """Predicted with diffusers' own `lora_state_dict` (kohya and old-format conversion) and the
         same key converters as `load_lora_into_unet` / `_load_lora_into_text_encoder`; then each
         `<module>.lora_A.weight` is checked against the live module and its shapes."""
-        from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
-
         cls = type(pipe)
         source, _ = self.pipeline_state_dict(pipe, lora, copy=False)
-        kwargs = {}
-        if isinstance(pipe, StableDiffusionXLLoraLoaderMixin):
-            # as its load_lora_weights does; cast: the mixin declares no `unet`, its pipelines have one
-            kwargs["unet_config"] = cast(Any, pipe).unet.config
         try:
-            out = cls.lora_state_dict(source, **kwargs)
+            converted = _mixin_state_dict(pipe, source)
         except Exception as e:  # diffusers raises ValueError/KeyError/... on keys it cannot convert
             raise LoraFileError(
                 f"{lora.path}: diffusers cannot convert this {lora.format} LoRA for {cls.__name__} "
                 f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else e!r})"
             ) from e
-        converted = out[0] if isinstance(out, tuple) else out
         loadable = fence.loadable_components(pipe)
 
         unmatched: list[UnmatchedModule] = []
@@ -215,6 +224,63 @@ class DiffusersFamily(Family):
         return write
 
 
+def _mixin_state_dict(pipe: Any, source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The pipeline mixin's own `lora_state_dict` of `source`: the keys its loader places, each
+    prefixed with its component (diffusers' converters for kohya, old and per-family layouts)."""
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+    kwargs = {}
+    if isinstance(pipe, StableDiffusionXLLoraLoaderMixin):
+        # as its load_lora_weights does; cast: the mixin declares no `unet`, its pipelines have one
+        kwargs["unet_config"] = cast(Any, pipe).unet.config
+    out = type(pipe).lora_state_dict(source, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _lands(pipe: Any, source: dict[str, torch.Tensor]) -> bool:
+    """Whether the mixin converts `source` to some LoRA module the pipeline has."""
+    try:
+        converted = _mixin_state_dict(pipe, source)
+        for component in fence.loadable_components(pipe):
+            part = {k[len(component) + 1 :]: v for k, v in converted.items() if k.startswith(f"{component}.")}
+            model = getattr(pipe, component)
+            for key in _converted_for_component(pipe, component, part):
+                m = re.match(r"^(.+)\.lora_A(?:\.[^.]+)?\.weight$", key)
+                if m is not None and _has_submodule(model, m.group(1)):
+                    return True
+    except Exception:  # diffusers raises ValueError/KeyError/... on keys it cannot convert
+        return False
+    return False
+
+
+def _has_submodule(model: torch.nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+# (pipeline class, file sha256, path) -> whether the mixin reads the file as it is (`_read_by_mixin`)
+_READ_BY_MIXIN: dict[tuple[str, str, str], bool] = {}
+
+
+def _read_by_mixin(pipe: Any, lora: LoraFile, rules: Any) -> bool:
+    """Whether the file goes to diffusers unchanged: the family's fixes (`to_pipeline`) leave nothing
+    the pipeline's mixin places, while the file as it is converts (the family's own layouts, which
+    the engine's key rules do not know: Wan's `diffusion_model.` keys read as old attention-processor
+    keys get a `unet.` prefix). Never true for a file the fixed keys place, so what loaded before
+    loads exactly as before."""
+    key = (f"{type(pipe).__module__}.{type(pipe).__qualname__}", lora.sha256, lora.path)
+    if key not in _READ_BY_MIXIN:
+        fixed, _ = rules.to_pipeline(pipe, lora, dict(lora.state_dict), lora.adapter_metadata)
+        # a copy: the family's converter may scale the file's tensors in place
+        _READ_BY_MIXIN[key] = not _lands(pipe, fixed) and _lands(pipe, lora.state_dict_copy())
+        while len(_READ_BY_MIXIN) > 1024:
+            _READ_BY_MIXIN.pop(next(iter(_READ_BY_MIXIN)))
+    return _READ_BY_MIXIN[key]
+
+
 def _converted_for_component(
     pipe: Any, component: str, state_dict: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -227,7 +293,7 @@ def _converted_for_component(
 
     if not state_dict:
         return state_dict
-    if component in DENOISERS:
+    if is_denoiser(component):
         # As ModelMixin.load_lora_adapter: convert unless the first key is already PEFT.
         first = next(iter(state_dict))
         return state_dict if "lora_A" in first else convert_unet_state_dict_to_peft(state_dict)

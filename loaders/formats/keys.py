@@ -115,7 +115,12 @@ def module_of(key: str) -> str:
 
 
 def denoiser_name(pipe: Any) -> str:
-    return "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    """The pipeline's first denoiser: where diffusers puts a file's unprefixed denoiser keys."""
+    from .. import fence
+    from ..components import is_denoiser
+
+    first = next((c for c in fence.loadable_components(pipe) if is_denoiser(c)), None)
+    return first or ("unet" if getattr(pipe, "unet", None) is not None else "transformer")
 
 
 def prefix_components(

@@ -52,6 +52,7 @@ import torch
 
 from ...records import Coverage, LoraFile, LoraFileError, LoraModule
 from ..family import Family, Writer
+from ..keys import denoiser_name
 from . import build, export, parse, place
 from .module import LycorisError, Module
 
@@ -70,8 +71,15 @@ class Lycoris(Family):
     def coverage(self, pipe: Any, lora: LoraFile) -> Coverage:
         return place.coverage(pipe, lora)
 
-    def load(self, pipe: Any, lora: LoraFile, adapter_name: str, *, hotswap: bool = False) -> None:
-        """peft's LoRA/LoHa/LoKr tuners, built per module. Never a hotswap: its coverage is not `plain`."""
+    def load(
+        self, pipe: Any, lora: LoraFile, adapter_name: str, *, hotswap: bool = False, target: str = "auto"
+    ) -> None:
+        """peft's LoRA/LoHa/LoKr tuners, built per module. Never a hotswap: its coverage is not `plain`.
+        Placed where the kohya names say: a `target` other than the first denoiser is refused."""
+        if target not in ("auto", denoiser_name(pipe)):
+            raise LoraFileError(
+                f"{lora.path}: a LyCORIS file goes where its keys say; it cannot target {target}"
+            )
         try:
             build.load(pipe, parse.parse(lora.state_dict), adapter_name)
         except LycorisError as e:
