@@ -1,0 +1,303 @@
+"""The Sampler on other model families (docs/CONTRACT.md, Sampler): video and image-conditioned
+pipelines through the executor, checked against the raw pipeline called with exactly the contract's
+keyword arguments, offline on the CPU.
+
+Video pipelines return [videos x frames, H, W, 3]; SaveImage writes one PNG per frame and
+SaveAnimation one animated WebP. The tiny pipelines are built here in diffusers' own test shapes
+(Wan: its pipeline tests; Flux Kontext: the built-in tiny Flux with a VAE that downsamples 8x, since
+Kontext resizes its input image to about one megapixel) and saved as diffusers folders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import max_diff
+from loragraph import host
+from loragraph.base.errors import NodeInputError
+from loragraph.graph import Executor
+from loragraph.loaders.engine import Engine
+from loragraph.testing import write_lora_file
+from PIL import Image
+from test_workflows import REGISTRY, CaptureImage, Workflow, run
+
+TOL = 2 / 255
+PROMPT = "a red circle on a white background"
+STEPS = 2
+WAN = "tiny-wan"
+WAN_SIZE = 32  # a multiple of 16: the Wan VAE's 8x times the transformer's 2x2 patches
+WAN_FRAMES = 5  # the first frame, then one latent frame per 4 (the VAE's temporal factor)
+KONTEXT = "tiny-kontext"
+FLUX = "tiny-flux"
+FLUX_SIZE = 32
+
+
+def build_wan() -> Any:
+    """A WanPipeline (Wan 2.1 text-to-video) in the shape of diffusers' Wan pipeline tests."""
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+    from loragraph.builtin_models.tokenizers import t5_tokenizer
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    ).eval()
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    torch.manual_seed(0)
+    text_encoder = UMT5EncoderModel(UMT5Config(
+        vocab_size=65, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )).eval()
+    pipe = WanPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), vae=vae,
+                       text_encoder=text_encoder, tokenizer=t5_tokenizer())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_kontext() -> Any:
+    """A FluxKontextPipeline: the built-in tiny Flux's transformer and encoders, a 4-level VAE (8x)."""
+    from diffusers import AutoencoderKL, FluxKontextPipeline
+    from loragraph.builtin_models.tiny_flux import build_tiny_flux
+
+    flux = build_tiny_flux()
+    torch.manual_seed(2)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(4, 4, 4, 4), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    ).eval()
+    unused = ("vae", "image_encoder", "feature_extractor")
+    parts = {k: v for k, v in flux.components.items() if k not in unused}
+    pipe = FluxKontextPipeline(vae=vae, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def family_models(tmp_path_factory) -> Path:
+    """DIR/diffusers/{tiny-wan, tiny-kontext, tiny-flux} and loras/wan_t.safetensors (a peft-made
+    LoRA on the Wan transformer, saved by WanPipeline.save_lora_weights)."""
+    from loragraph.builtin_models.tiny_flux import build_tiny_flux
+
+    root = tmp_path_factory.mktemp("family-models")
+    wan = build_wan()
+    wan.save_pretrained(root / "diffusers" / WAN)
+    build_kontext().save_pretrained(root / "diffusers" / KONTEXT)
+    build_tiny_flux().save_pretrained(root / "diffusers" / FLUX)
+    write_lora_file(root / "loras" / "wan_t.safetensors", fmt="diffusers", rank=4, seed=41, pipe=wan,
+                    components=("transformer",), scale=1.5)
+    return root
+
+
+@pytest.fixture()
+def executor(family_models, tmp_path) -> Executor:
+    host.configure(models_dir=family_models, output_dir=tmp_path / "output")
+    return Executor(REGISTRY)
+
+
+def raw(models: Path, name: str) -> Any:
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(models / "diffusers" / name, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def raw_call(pipe: Any, seed: int = 1, **kwargs: Any) -> torch.Tensor:
+    """The pipeline called by keyword, np output, CPU generator: IMAGE, videos flattened to frames."""
+    out = pipe(generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **kwargs)
+    array = np.asarray(out.frames if hasattr(out, "frames") else out.images)
+    return torch.from_numpy(array.reshape(-1, *array.shape[-3:])).float()
+
+
+def wan_sampler(wf: Workflow, pipe: list, **overrides: Any) -> list:
+    inputs = {"pipeline": pipe, "prompt": PROMPT, "negative_prompt": "", "seed": 1, "steps": STEPS,
+              "cfg": 5.0, "width": WAN_SIZE, "height": WAN_SIZE, "scheduler": "default", "batch_size": 2,
+              "frames": WAN_FRAMES}
+    return wf.add("Sampler", **{**inputs, **overrides})
+
+
+def wan_raw_kwargs(batch_size: int = 2) -> dict[str, Any]:
+    """What the contract says WanPipeline receives: no num_images_per_prompt, no true_cfg_scale."""
+    return {"prompt": PROMPT, "negative_prompt": "", "num_inference_steps": STEPS, "guidance_scale": 5.0,
+            "width": WAN_SIZE, "height": WAN_SIZE, "num_frames": WAN_FRAMES,
+            "num_videos_per_prompt": batch_size}
+
+
+def capture(wf: Workflow, images: list) -> str:
+    return wf.add("CaptureImage", images=images)[0]
+
+
+# --- video: Wan 2.1 ---------------------------------------------------------------------------------
+
+
+def test_wan_returns_videos_x_frames_that_match_the_raw_pipeline(executor, family_models):
+    wf = Workflow()
+    out = capture(wf, wan_sampler(wf, wf.add("LoadPipeline", model=WAN, dtype="float32", device="cpu")))
+    images = run(executor, wf)[out]
+    reference = raw_call(raw(family_models, WAN), **wan_raw_kwargs())
+    assert images.shape == (2 * WAN_FRAMES, WAN_SIZE, WAN_SIZE, 3) and images.dtype == torch.float32
+    assert max_diff(images, reference) <= TOL
+    # each video's frames in order: the frames of one video differ from each other and from the other's
+    assert max_diff(images[0], images[1]) > 0.01 and max_diff(images[0], images[WAN_FRAMES]) > 0.01
+
+
+def test_save_image_writes_one_png_per_frame_and_save_animation_one_webp(executor, tmp_path):
+    wf = Workflow()
+    frames = wan_sampler(wf, wf.add("LoadPipeline", model=WAN, dtype="float32", device="cpu"), batch_size=1)
+    wf.add("SaveImage", images=frames, filename_prefix="wan")
+    wf.add("SaveAnimation", images=frames, filename_prefix="wan_anim", fps=8)
+    out = capture(wf, frames)
+    result = executor.execute(wf.nodes, extra_data={"extra_pnginfo": {"workflow": {"w": 1}}})
+    assert result.ok, result.error_lines()
+    images = CaptureImage.captured[out]
+    folder = tmp_path / "output"
+    pngs = sorted(folder.glob("wan_*.png"))
+    assert [p.name for p in pngs] == [f"wan_{i:05}_.png" for i in range(1, WAN_FRAMES + 1)]
+    for png, frame in zip(pngs, images, strict=True):
+        saved = torch.from_numpy(np.array(Image.open(png).convert("RGB"))).float() / 255
+        assert max_diff(saved, frame) <= 1 / 255
+    (webp,) = folder.glob("*.webp")
+    assert webp.name == "wan_anim_00001_.webp"
+    animation = Image.open(webp)
+    assert animation.format == "WEBP" and animation.n_frames == WAN_FRAMES
+    for i, frame in enumerate(images):
+        animation.seek(i)
+        animation.load()
+        assert animation.info["duration"] == 1000 // 8
+        saved = torch.from_numpy(np.array(animation.convert("RGB"))).float() / 255
+        assert max_diff(saved, frame) <= 1 / 255  # lossless: the frame as SaveImage quantizes it
+    assert animation.info["loop"] == 0
+    exif = animation.getexif()
+    assert exif[0x0110].startswith("prompt:") and json.loads(exif[0x0110][len("prompt:"):]) == wf.nodes
+    assert exif[0x010F] == 'workflow:{"w": 1}'
+    save_node = next(k for k, v in wf.nodes.items() if v["class_type"] == "SaveAnimation")
+    assert result.outputs[save_node] == {
+        "images": [{"filename": webp.name, "subfolder": "", "type": "output"}], "animated": (True,)}
+
+
+def test_an_image_on_a_pipeline_that_takes_none_is_an_error_naming_image(family_models, tmp_path):
+    host.configure(models_dir=family_models, output_dir=tmp_path / "output")
+    engine = Engine()
+    handle = engine.load_pipeline(WAN)
+    with pytest.raises(NodeInputError) as refused:
+        engine.sample(handle, PROMPT, "", 1, STEPS, 5.0, WAN_SIZE, WAN_SIZE, frames=WAN_FRAMES,
+                      image=torch.zeros(1, WAN_SIZE, WAN_SIZE, 3))
+    assert refused.value.input_name == "image" and "image" in str(refused.value)
+
+
+def test_progress_per_step_and_cancel_between_steps_on_a_video_pipeline(executor):
+    wf = Workflow()
+    sampler = wan_sampler(wf, wf.add("LoadPipeline", model=WAN, dtype="float32", device="cpu"), steps=3)
+    capture(wf, sampler)
+    events: list[tuple[str, dict]] = []
+    executor.bus.subscribe(lambda event, data: events.append((event, data)))
+    result = executor.execute(wf.nodes, prompt_id="whole")
+    assert result.ok, result.error_lines()
+    progress = [(d["value"], d["max"]) for e, d in events if e == "progress" and d["node"] == sampler[0]]
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+
+    def cancel_at_step_2(event: str, data: dict) -> None:
+        if event == "progress" and data["node"] == sampler[0] and data["value"] == 2:
+            executor.interrupt()
+
+    events.clear()
+    executor.bus.subscribe(cancel_at_step_2)
+    reseeded = {**wf.nodes[sampler[0]], "inputs": {**wf.nodes[sampler[0]]["inputs"], "seed": 2}}
+    result = executor.execute({**wf.nodes, sampler[0]: reseeded}, prompt_id="cancelled")
+    executor.bus.unsubscribe(cancel_at_step_2)
+    assert result.interrupted and result.error["node_type"] == "Sampler"
+    assert [d["value"] for e, d in events if e == "progress" and d["node"] == sampler[0]] == [1, 2]
+
+
+# --- image input and true CFG: Flux Kontext, Flux ---------------------------------------------------
+
+
+def flux_sampler(wf: Workflow, pipe: list, **overrides: Any) -> list:
+    inputs = {"pipeline": pipe, "prompt": PROMPT, "negative_prompt": "", "seed": 1, "steps": STEPS,
+              "cfg": 3.5, "width": FLUX_SIZE, "height": FLUX_SIZE, "scheduler": "default", "batch_size": 1}
+    return wf.add("Sampler", **{**inputs, **overrides})
+
+
+def flux_raw_kwargs(**extra: Any) -> dict[str, Any]:
+    """What FluxPipeline / FluxKontextPipeline receive: true_cfg_scale too, no num_frames."""
+    return {"prompt": PROMPT, "negative_prompt": "", "num_inference_steps": STEPS, "guidance_scale": 3.5,
+            "true_cfg_scale": 1.0, "width": FLUX_SIZE, "height": FLUX_SIZE, "num_images_per_prompt": 1,
+            **extra}
+
+
+def as_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray(np.clip(255.0 * image.numpy(), 0, 255).astype(np.uint8))
+
+
+def test_kontext_takes_the_first_image_of_the_batch_by_keyword(executor, family_models):
+    wf = Workflow()
+    pipe = wf.add("LoadPipeline", model=KONTEXT, dtype="float32", device="cpu")
+    first = flux_sampler(wf, pipe, batch_size=2)
+    edited = capture(wf, flux_sampler(wf, pipe, seed=3, image=first))
+    plain = capture(wf, flux_sampler(wf, pipe, seed=3))
+    made = capture(wf, first)
+    images = run(executor, wf)
+    kontext = raw(family_models, KONTEXT)
+    assert max_diff(images[made], raw_call(kontext, **flux_raw_kwargs(num_images_per_prompt=2))) <= TOL
+    reference = raw_call(kontext, seed=3, **flux_raw_kwargs(image=as_pil(images[made][0])))
+    assert max_diff(images[edited], reference) <= TOL
+    assert max_diff(images[edited], images[plain]) > 0.01  # the image conditions the render
+
+
+def test_true_cfg_reaches_a_pipeline_that_takes_it(executor, family_models):
+    wf = Workflow()
+    pipe = wf.add("LoadPipeline", model=FLUX, dtype="float32", device="cpu")
+    plain = capture(wf, flux_sampler(wf, pipe, negative_prompt="blue"))
+    guided = capture(wf, flux_sampler(wf, pipe, negative_prompt="blue", true_cfg=4.0))
+    images = run(executor, wf)
+    flux = raw(family_models, FLUX)
+    assert max_diff(images[plain], raw_call(flux, **flux_raw_kwargs(negative_prompt="blue"))) <= TOL
+    reference = raw_call(flux, **flux_raw_kwargs(negative_prompt="blue", true_cfg_scale=4.0))
+    assert max_diff(images[guided], reference) <= TOL
+    assert max_diff(images[guided], images[plain]) > 0.01
+
+
+# --- a LoRA on a video pipeline -----------------------------------------------------------------------
+
+
+def test_a_lora_on_the_wan_transformer_matches_diffusers_and_unfuses_to_the_base_bits(executor,
+                                                                                       family_models):
+    wf = Workflow()
+    base_pipe = wf.add("LoadPipeline", model=WAN, dtype="float32", device="cpu")
+    base = capture(wf, wan_sampler(wf, base_pipe))
+    lora = wf.add("LoadLoRA", pipeline=base_pipe, lora_name="wan_t.safetensors", strength=0.8,
+                  adapter_name="t")
+    with_lora = capture(wf, wan_sampler(wf, lora))
+    fused = wf.add("FuseLoRA", pipeline=lora, fuse_unet=True, fuse_text_encoder=True, lora_scale=1.0,
+                   safe_fusing=False, adapter_names="")
+    fused_out = capture(wf, wan_sampler(wf, fused))
+    unfused = wf.add("UnfuseLoRA", pipeline=fused, unfuse_unet=True, unfuse_text_encoder=True)
+    back = capture(wf, wan_sampler(wf, wf.add("UnloadLoRA", pipeline=unfused)))
+    images = run(executor, wf)
+
+    wan = raw(family_models, WAN)
+    assert max_diff(images[base], raw_call(wan, **wan_raw_kwargs())) <= TOL
+    wan.load_lora_weights(str(family_models / "loras"), weight_name="wan_t.safetensors", adapter_name="t")
+    wan.set_adapters(["t"], [0.8])
+    reference = raw_call(wan, **wan_raw_kwargs())
+    assert max_diff(images[with_lora], reference) <= TOL
+    assert max_diff(images[with_lora], images[base]) > 0.01  # the LoRA is no silent no-op
+    wan.fuse_lora(components=["transformer"], lora_scale=1.0)
+    assert max_diff(images[fused_out], raw_call(wan, **wan_raw_kwargs())) <= TOL
+    assert torch.equal(images[back], images[base])
