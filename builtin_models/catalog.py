@@ -1,11 +1,21 @@
-"""The `builtin:` models LoadPipeline offers: name -> builder and native size, made in code so that
-nothing is downloaded. tiny-*: random weights, for tests; shapes: trained, for people (demo.py).
+"""The `builtin:` models LoadPipeline offers, made in code so that nothing is downloaded. tiny-*: random
+weights, for tests, one per model family diffusers puts LoRAs on; shapes: trained, for people (demo.py).
+
+Each entry names the diffusers pipeline class its builder returns. Which components take LoRA layers
+is that class's LoRA mixin's business, so it is read from the class, not written down here: reading it
+names a private diffusers attribute, which only loaders/fence.py may do, so loaders/pipelines.py asks
+the fence and holds the result (`BUILTIN_COMPONENTS`); `Builtin.lora_components` is the rule it applies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
 from .tiny_flux import build_tiny_flux
 from .tiny_sd import build_tiny_sd, build_tiny_sdxl
+from .tiny_wan import WAN_FRAMES, build_tiny_wan, build_tiny_wan22
 
 
 def build_shapes():
@@ -15,18 +25,35 @@ def build_shapes():
     return build()
 
 
-# name -> (builder, native size). tiny-*: random weights, for tests; shapes: trained, for people.
-BUILTIN_MODELS = {
-    "tiny-sd": (build_tiny_sd, 64),
-    "tiny-sdxl": (build_tiny_sdxl, 64),
-    "tiny-flux": (build_tiny_flux, 32),
-    "shapes": (build_shapes, 32),
+@dataclass(frozen=True)
+class Builtin:
+    """One built-in model: how to build it and what it is, known without building it."""
+
+    builder: Callable[[], Any]
+    native_size: int  # width and height it renders at
+    pipeline_class: str  # the diffusers class `builder` returns: its LoRA mixin names the LoRA components
+    frames: int | None = None  # video families: the native frame count (one the VAE's time stride allows)
+    absent: tuple[str, ...] = ()  # components the mixin lists that `builder` leaves None
+
+    def pipeline_type(self) -> type:
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class)
+
+    def lora_components(self, loadable_names: Callable[[type], Iterable[str]]) -> tuple[str, ...]:
+        """The components the built pipeline can carry LoRA layers on: those `loadable_names` reads from
+        the pipeline class's LoRA mixin, in its order, less the ones the builder leaves None."""
+        return tuple(c for c in loadable_names(self.pipeline_type()) if c not in self.absent)
+
+
+BUILTINS: dict[str, Builtin] = {
+    "tiny-sd": Builtin(build_tiny_sd, 64, "StableDiffusionPipeline"),
+    "tiny-sdxl": Builtin(build_tiny_sdxl, 64, "StableDiffusionXLPipeline"),
+    "tiny-flux": Builtin(build_tiny_flux, 32, "FluxPipeline"),  # FluxLoraLoaderMixin loads no LoRA on T5
+    "shapes": Builtin(build_shapes, 32, "StableDiffusionPipeline"),
+    "tiny-wan": Builtin(build_tiny_wan, 32, "WanPipeline", frames=WAN_FRAMES, absent=("transformer_2",)),
+    "tiny-wan22": Builtin(build_tiny_wan22, 32, "WanPipeline", frames=WAN_FRAMES),
 }
-# The components each built-in pipeline can carry LoRA layers on (LoadPipeline's source, before building).
-BUILTIN_COMPONENTS = {
-    "tiny-sd": ("unet", "text_encoder"),
-    "tiny-sdxl": ("unet", "text_encoder", "text_encoder_2"),
-    "tiny-flux": ("transformer", "text_encoder"),  # FluxLoraLoaderMixin loads no LoRA on T5
-    "shapes": ("unet", "text_encoder"),
-}
+# name -> (builder, native size), the shape LoadPipeline, `inspect` and the benchmarks read.
+BUILTIN_MODELS = {name: (b.builder, b.native_size) for name, b in BUILTINS.items()}
 DEFAULT_BUILTIN = "shapes"  # the first choice a newcomer sees: real images (tiny-sd is random noise)

@@ -99,22 +99,29 @@ def fast_paths() -> bool:
 # --- 1. which components take LoRAs -----------------------------------------------------------------
 
 
-def loadable_components(pipe: Any) -> tuple[str, ...]:
-    """The components of `pipe` diffusers' LoRA loader loads into, in diffusers' order.
+def loadable_names(pipeline_class: type) -> tuple[str, ...]:
+    """The components `pipeline_class`'s LoRA loader loads into, in diffusers' order, whether or not a
+    given pipeline has them: read from the class, so a built-in source knows them before building.
 
     Private name: the pipeline class's `_lora_loadable_modules` (diffusers 0.41, 0.42).
     Stands in for: no public API lists them.
     Fallback: the components whose `<component>_lora_layers` the public `save_lora_weights` takes
-    (the same list on every pipeline verified), present on the pipeline.
+    (the same list on every pipeline verified but Wan's, whose saver takes no `transformer_2`).
     """
     names: Any = None
     if fast_paths():
-        names = getattr(type(pipe), "_lora_loadable_modules", None)
+        names = getattr(pipeline_class, "_lora_loadable_modules", None)
     if names is None:
-        saver = getattr(type(pipe), "save_lora_weights", None)
+        saver = getattr(pipeline_class, "save_lora_weights", None)
         params = inspect.signature(saver).parameters if saver is not None else {}
         names = [c for c in COMPONENTS if f"{c}_lora_layers" in params]
-    return tuple(c for c in names if getattr(pipe, c, None) is not None)
+    return tuple(names)
+
+
+def loadable_components(pipe: Any) -> tuple[str, ...]:
+    """The components of `pipe` diffusers' LoRA loader loads into, in diffusers' order: its class's
+    `loadable_names` that `pipe` has (a pipeline may leave one None, as Wan 2.1 its `transformer_2`)."""
+    return tuple(c for c in loadable_names(type(pipe)) if getattr(pipe, c, None) is not None)
 
 
 # --- 2. loading a parsed file with its adapter metadata ---------------------------------------------

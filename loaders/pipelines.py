@@ -13,13 +13,14 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 
 from ..base.errors import NodeInputError
-from ..builtin_models.catalog import BUILTIN_COMPONENTS, BUILTIN_MODELS
+from ..builtin_models.catalog import BUILTIN_MODELS, BUILTINS
+from . import fence
 from .components import COMPONENTS
 from .config import get_config
 from .state import PipelineSource
@@ -30,6 +31,23 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 BUILTIN_PREFIX = "builtin:"
 # Bump when a built-in model's code changes, so cached outputs made with the old one are not reused.
 BUILTIN_VERSION = "1"
+
+
+class BuiltinComponents(Mapping[str, tuple[str, ...]]):
+    """name -> the components a built-in pipeline can carry LoRA layers on (a source's, before building):
+    its pipeline class's LoRA mixin's list, read through the fence, less those its builder leaves None."""
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        return BUILTINS[name].lora_components(fence.loadable_names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(BUILTINS)
+
+    def __len__(self) -> int:
+        return len(BUILTINS)
+
+
+BUILTIN_COMPONENTS: Mapping[str, tuple[str, ...]] = BuiltinComponents()
 
 
 def resolve_device(device: str) -> str:
