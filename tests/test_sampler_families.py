@@ -3,9 +3,9 @@ pipelines through the executor, checked against the raw pipeline called with exa
 keyword arguments, offline on the CPU.
 
 Video pipelines return [videos x frames, H, W, 3]; SaveImage writes one PNG per frame and
-SaveAnimation one animated WebP. The tiny pipelines are built here in diffusers' own test shapes
-(Wan: its pipeline tests; Flux Kontext: the built-in tiny Flux with a VAE that downsamples 8x, since
-Kontext resizes its input image to about one megapixel) and saved as diffusers folders.
+SaveAnimation one animated WebP. Wan is the built-in tiny-wan / tiny-wan22; Flux Kontext is built
+here (the built-in tiny Flux with a VAE that downsamples 8x, since Kontext resizes its input image
+to about one megapixel) and saved as a diffusers folder, with the tiny Flux beside it.
 """
 
 from __future__ import annotations
@@ -20,52 +20,24 @@ import torch
 from conftest import max_diff
 from loragraph import host
 from loragraph.base.errors import NodeInputError
-from loragraph.graph import Executor
+from loragraph.builtin_models.catalog import BUILTIN_MODELS
+from loragraph.builtin_models.tiny_wan import build_tiny_wan
+from loragraph.graph import Executor, load_workflow
 from loragraph.loaders.engine import Engine
 from loragraph.testing import write_lora_file
 from PIL import Image
-from test_workflows import REGISTRY, CaptureImage, Workflow, run
+from test_workflows import EXAMPLES, REGISTRY, CaptureImage, Workflow, run
 
 TOL = 2 / 255
 PROMPT = "a red circle on a white background"
 STEPS = 2
-WAN = "tiny-wan"
+WAN = "builtin:tiny-wan"
+WAN22 = "builtin:tiny-wan22"
 WAN_SIZE = 32  # a multiple of 16: the Wan VAE's 8x times the transformer's 2x2 patches
 WAN_FRAMES = 5  # the first frame, then one latent frame per 4 (the VAE's temporal factor)
 KONTEXT = "tiny-kontext"
 FLUX = "tiny-flux"
 FLUX_SIZE = 32
-
-
-def build_wan() -> Any:
-    """A WanPipeline (Wan 2.1 text-to-video) in the shape of diffusers' Wan pipeline tests."""
-    from diffusers import (
-        AutoencoderKLWan,
-        FlowMatchEulerDiscreteScheduler,
-        WanPipeline,
-        WanTransformer3DModel,
-    )
-    from loragraph.builtin_models.tokenizers import t5_tokenizer
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    torch.manual_seed(0)
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-    ).eval()
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
-    torch.manual_seed(0)
-    text_encoder = UMT5EncoderModel(UMT5Config(
-        vocab_size=65, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    )).eval()
-    pipe = WanPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), vae=vae,
-                       text_encoder=text_encoder, tokenizer=t5_tokenizer())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def build_kontext() -> Any:
@@ -90,13 +62,12 @@ def build_kontext() -> Any:
 
 @pytest.fixture(scope="module")
 def family_models(tmp_path_factory) -> Path:
-    """DIR/diffusers/{tiny-wan, tiny-kontext, tiny-flux} and loras/wan_t.safetensors (a peft-made
-    LoRA on the Wan transformer, saved by WanPipeline.save_lora_weights)."""
+    """DIR/diffusers/{tiny-kontext, tiny-flux} and loras/wan_t.safetensors (a peft-made LoRA on the
+    tiny Wan's transformer, saved by WanPipeline.save_lora_weights)."""
     from loragraph.builtin_models.tiny_flux import build_tiny_flux
 
     root = tmp_path_factory.mktemp("family-models")
-    wan = build_wan()
-    wan.save_pretrained(root / "diffusers" / WAN)
+    wan = build_tiny_wan()
     build_kontext().save_pretrained(root / "diffusers" / KONTEXT)
     build_tiny_flux().save_pretrained(root / "diffusers" / FLUX)
     write_lora_file(root / "loras" / "wan_t.safetensors", fmt="diffusers", rank=4, seed=41, pipe=wan,
@@ -111,6 +82,9 @@ def executor(family_models, tmp_path) -> Executor:
 
 
 def raw(models: Path, name: str) -> Any:
+    """A fresh raw pipeline: a built-in's own builder, else the saved folder."""
+    if name.startswith("builtin:"):
+        return BUILTIN_MODELS[name.removeprefix("builtin:")][0]()
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(models / "diffusers" / name, local_files_only=True)
@@ -143,14 +117,15 @@ def capture(wf: Workflow, images: list) -> str:
     return wf.add("CaptureImage", images=images)[0]
 
 
-# --- video: Wan 2.1 ---------------------------------------------------------------------------------
+# --- video: Wan 2.1 and Wan 2.2 ------------------------------------------------------------------------
 
 
-def test_wan_returns_videos_x_frames_that_match_the_raw_pipeline(executor, family_models):
+@pytest.mark.parametrize("model", [WAN, WAN22])
+def test_wan_returns_videos_x_frames_that_match_the_raw_pipeline(executor, family_models, model):
     wf = Workflow()
-    out = capture(wf, wan_sampler(wf, wf.add("LoadPipeline", model=WAN, dtype="float32", device="cpu")))
+    out = capture(wf, wan_sampler(wf, wf.add("LoadPipeline", model=model, dtype="float32", device="cpu")))
     images = run(executor, wf)[out]
-    reference = raw_call(raw(family_models, WAN), **wan_raw_kwargs())
+    reference = raw_call(raw(family_models, model), **wan_raw_kwargs())
     assert images.shape == (2 * WAN_FRAMES, WAN_SIZE, WAN_SIZE, 3) and images.dtype == torch.float32
     assert max_diff(images, reference) <= TOL
     # each video's frames in order: the frames of one video differ from each other and from the other's
@@ -194,7 +169,7 @@ def test_save_image_writes_one_png_per_frame_and_save_animation_one_webp(executo
 def test_an_image_on_a_pipeline_that_takes_none_is_an_error_naming_image(family_models, tmp_path):
     host.configure(models_dir=family_models, output_dir=tmp_path / "output")
     engine = Engine()
-    handle = engine.load_pipeline(WAN)
+    handle = engine.load_pipeline(WAN, device="cpu")
     with pytest.raises(NodeInputError) as refused:
         engine.sample(handle, PROMPT, "", 1, STEPS, 5.0, WAN_SIZE, WAN_SIZE, frames=WAN_FRAMES,
                       image=torch.zeros(1, WAN_SIZE, WAN_SIZE, 3))
@@ -301,3 +276,13 @@ def test_a_lora_on_the_wan_transformer_matches_diffusers_and_unfuses_to_the_base
     wan.fuse_lora(components=["transformer"], lora_scale=1.0)
     assert max_diff(images[fused_out], raw_call(wan, **wan_raw_kwargs())) <= TOL
     assert torch.equal(images[back], images[base])
+
+
+def test_the_wan_example_workflow_writes_its_frames_and_one_animation(tmp_path):
+    host.configure(models_dir=EXAMPLES / "models", output_dir=tmp_path / "output")
+    result = Executor(REGISTRY).execute(load_workflow(EXAMPLES / "workflows" / "wan_video.json"))
+    assert result.ok, result.error_lines()
+    output = tmp_path / "output"
+    written = sorted(p.relative_to(output).as_posix() for p in output.rglob("*.*"))
+    assert written == [*(f"wan_video/frame_{i:05}_.png" for i in range(1, 6)), "wan_video/video_00001_.webp"]
+    assert Image.open(tmp_path / "output" / "wan_video" / "video_00001_.webp").n_frames == 5
