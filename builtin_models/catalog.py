@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .tiny_flux import build_tiny_flux
+from .tiny_qwenimage import build_tiny_qwenimage
 from .tiny_sd import build_tiny_sd, build_tiny_sdxl
 from .tiny_wan import WAN_FRAMES, build_tiny_wan, build_tiny_wan22
+from .tiny_zimage import build_tiny_zimage
 
 
 def build_shapes():
@@ -53,6 +55,8 @@ BUILTINS: dict[str, Builtin] = {
     "shapes": Builtin(build_shapes, 32, "StableDiffusionPipeline"),
     "tiny-wan": Builtin(build_tiny_wan, 32, "WanPipeline", frames=WAN_FRAMES, absent=("transformer_2",)),
     "tiny-wan22": Builtin(build_tiny_wan22, 32, "WanPipeline", frames=WAN_FRAMES),
+    "tiny-qwenimage": Builtin(build_tiny_qwenimage, 32, "QwenImagePipeline"),
+    "tiny-zimage": Builtin(build_tiny_zimage, 32, "ZImagePipeline"),
 }
 # name -> (builder, native size), the shape LoadPipeline, `inspect` and the benchmarks read.
 BUILTIN_MODELS = {name: (b.builder, b.native_size) for name, b in BUILTINS.items()}

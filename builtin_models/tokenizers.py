@@ -76,3 +76,65 @@ def t5_tokenizer():
     tok.decoder = decoders.Metaspace()
     return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
                            extra_ids=0)
+
+
+# Qwen's special tokens (Qwen2/2.5-VL/3 share them): padding, the ChatML turn markers, the vision
+# placeholders a Qwen-VL encoder's config points at, and Qwen3's thinking markers.
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+    "<|video_pad|>", "<think>", "</think>",
+)
+# Words that get a token of their own: the chat roles and Qwen-Image's system prompt, which start a line
+# (no space before them), then the prompt's words and a few more (a space before them, as mid-line).
+# With whole-word tokens that template prefix is 34 tokens long, as on Qwen's own vocabulary, so the
+# pipeline's drop index (its length in tokens) cuts exactly the system prompt off.
+QWEN_LINE_WORDS = ("system", "user", "assistant", "Describe")
+QWEN_WORDS = (
+    "the image by detailing color shape size texture quantity text spatial relationships of objects and "
+    "background a red circle on white"
+)
+
+
+# ChatML, as Qwen's tokenizers render it (Qwen3's thinking switch included): for pipelines that build
+# their prompt with `apply_chat_template` (Z-Image).
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def qwen_tokenizer():
+    """A Qwen2Tokenizer (what Qwen-Image, Z-Image and the other Qwen-encoded pipelines load), built in memory.
+
+    Byte-level BPE as Qwen's, with its pre-tokenizer: the 256 byte symbols, so any prompt tokenizes,
+    plus one token per word of `QWEN_LINE_WORDS` and `QWEN_WORDS` (a chain of merges each) and the
+    special tokens: 385 tokens. Its chat template is Qwen's ChatML (`QWEN_CHAT_TEMPLATE`).
+    """
+    from transformers import Qwen2Tokenizer
+
+    bytes_map = bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    merges: list[tuple[str, str]] = []
+
+    def add(token: str) -> None:
+        vocab.setdefault(token, len(vocab))
+
+    for symbol in bytes_map.values():
+        add(symbol)
+    for word in QWEN_LINE_WORDS + tuple(" " + w for w in QWEN_WORDS.split()):
+        symbols = "".join(bytes_map[b] for b in word.encode())
+        for end in range(2, len(symbols) + 1):
+            if symbols[:end] not in vocab:
+                merges.append((symbols[:end - 1], symbols[end - 1]))
+                add(symbols[:end])
+    for token in QWEN_SPECIAL_TOKENS:
+        add(token)
+    specials = list(QWEN_SPECIAL_TOKENS[1:])  # the first is the pad/unk/eos token Qwen2Tokenizer adds itself
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, additional_special_tokens=specials)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer

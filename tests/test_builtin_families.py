@@ -16,7 +16,7 @@ from loragraph.builtin_models.catalog import BUILTIN_MODELS, BUILTINS
 from loragraph.loaders.pipelines import BUILTIN_COMPONENTS
 from PIL import Image
 
-FAMILIES = ["tiny-wan", "tiny-wan22"]
+FAMILIES = ["tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage"]
 PROMPT = "a red circle on a white background"
 
 _built: dict[str, object] = {}
@@ -111,3 +111,11 @@ def test_wan22_has_two_different_experts_and_samples_with_both():
     assert np.isfinite(out).all()
     assert calls["transformer"] > 0 and calls["transformer_2"] > 0, calls
 
+
+
+def test_qwenimage_drop_index_cuts_exactly_the_system_prompt():
+    """Qwen-Image drops its template's first tokens (a count made on Qwen's vocabulary): the built-in
+    tokenizer's whole-word tokens give the same count, so what the transformer sees starts at the prompt."""
+    pipe = built("tiny-qwenimage")
+    system = pipe.prompt_template_encode.split("{}")[0]
+    assert len(pipe.tokenizer(system).input_ids) == pipe.prompt_template_encode_start_idx
