@@ -20,10 +20,10 @@ import torch
 from conftest import max_diff
 from loragraph import host
 from loragraph.base.errors import NodeInputError
-from loragraph.builtin_models.catalog import BUILTIN_MODELS
+from loragraph.builtin_models.catalog import BUILTIN_MODELS, BUILTINS
 from loragraph.builtin_models.tiny_wan import build_tiny_wan
 from loragraph.graph import Executor, load_workflow
-from loragraph.loaders.engine import Engine
+from loragraph.loaders.engine import Engine, call_parameters
 from loragraph.testing import write_lora_file
 from PIL import Image
 from test_workflows import EXAMPLES, REGISTRY, CaptureImage, Workflow, run
@@ -286,3 +286,94 @@ def test_the_wan_example_workflow_writes_its_frames_and_one_animation(tmp_path):
     written = sorted(p.relative_to(output).as_posix() for p in output.rglob("*.*"))
     assert written == [*(f"wan_video/frame_{i:05}_.png" for i in range(1, 6)), "wan_video/video_00001_.webp"]
     assert Image.open(tmp_path / "output" / "wan_video" / "video_00001_.webp").n_frames == 5
+
+
+# --- what each family's pipeline receives --------------------------------------------------------------
+
+COMMON = ("prompt", "num_inference_steps", "guidance_scale", "width", "height", "generator", "output_type",
+          "callback_on_step_end")
+IMAGES = (*COMMON, "negative_prompt", "num_images_per_prompt")
+VIDEOS = (*COMMON, "negative_prompt", "num_frames", "num_videos_per_prompt")
+# The contract's list, read against each class's own __call__ (diffusers 0.42): SD 1.x/SDXL/SD3 get
+# what they always got, Flux true_cfg_scale at its default too, Flux2 klein no negative_prompt.
+RECEIVES = {
+    "StableDiffusionPipeline": IMAGES,
+    "StableDiffusionXLPipeline": IMAGES,
+    "StableDiffusion3Pipeline": IMAGES,
+    "FluxPipeline": (*IMAGES, "true_cfg_scale"),
+    "FluxKontextPipeline": (*IMAGES, "true_cfg_scale", "image"),
+    "QwenImagePipeline": (*IMAGES, "true_cfg_scale"),
+    "ZImagePipeline": IMAGES,
+    "ChromaPipeline": IMAGES,
+    "WanPipeline": VIDEOS,
+    "LTXPipeline": VIDEOS,
+    "HunyuanVideoPipeline": (*VIDEOS, "true_cfg_scale"),
+    "Flux2KleinPipeline": (*COMMON, "num_images_per_prompt", "image"),
+}
+OFFERED = {"prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "true_cfg_scale", "width",
+           "height", "num_frames", "num_images_per_prompt", "num_videos_per_prompt", "image", "generator",
+           "output_type", "callback_on_step_end"}
+
+
+@pytest.mark.parametrize("pipeline_class", sorted(RECEIVES))
+def test_each_family_is_offered_exactly_the_contract_arguments_its_call_takes(pipeline_class):
+    import diffusers
+
+    cls = getattr(diffusers, pipeline_class, None)
+    if cls is None:
+        pytest.skip(f"diffusers {diffusers.__version__} has no {pipeline_class}")
+    assert call_parameters(cls) & OFFERED == set(RECEIVES[pipeline_class])
+
+
+# Each built-in family the contract widens to, as it lands in the catalog.
+FAMILIES = ("tiny-qwenimage", "tiny-zimage", "tiny-chroma", "tiny-kontext", "tiny-ltx")
+
+
+def builtin_or_skip(name: str) -> Any:
+    if name not in BUILTINS:
+        pytest.skip(f"no builtin:{name} yet")
+    return BUILTINS[name]
+
+
+def family_inputs(name: str, **overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the Sampler's inputs, the raw call's keyword arguments): the contract's list, of what the
+    family's class takes (RECEIVES), at the builtin's native size and frame count."""
+    builtin = builtin_or_skip(name)
+    size, frames = builtin.native_size, builtin.frames or 1
+    inputs = {"prompt": PROMPT, "negative_prompt": "", "seed": 1, "steps": STEPS, "cfg": 4.0, "width": size,
+              "height": size, "scheduler": "default", "batch_size": 2, "true_cfg": 1.0, "frames": frames,
+              **overrides}
+    values = {"prompt": inputs["prompt"], "negative_prompt": inputs["negative_prompt"],
+              "num_inference_steps": inputs["steps"], "guidance_scale": inputs["cfg"],
+              "true_cfg_scale": inputs["true_cfg"], "width": size, "height": size, "num_frames": frames,
+              "num_images_per_prompt": inputs["batch_size"], "num_videos_per_prompt": inputs["batch_size"]}
+    receives = RECEIVES[builtin.pipeline_class]
+    return inputs, {k: v for k, v in values.items() if k in receives}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_family_samples_as_its_raw_pipeline_called_with_the_contract_arguments(executor, name):
+    inputs, kwargs = family_inputs(name)
+    wf = Workflow()
+    out = capture(wf, wf.add("Sampler", pipeline=wf.add("LoadPipeline", model=f"builtin:{name}",
+                                                         dtype="float32", device="cpu"), **inputs))
+    images = run(executor, wf)[out]
+    reference = raw_call(BUILTIN_MODELS[name][0](), **kwargs)
+    frames = inputs["frames"] if "num_frames" in kwargs else 1
+    assert images.shape == (2 * frames, inputs["height"], inputs["width"], 3)
+    assert max_diff(images, reference) <= TOL
+    assert max_diff(images[0], images[frames]) > 0.01  # two different renders (or videos), not one twice
+
+
+def test_qwen_image_gets_true_cfg_and_it_changes_the_image(executor):
+    guided_inputs, guided_kwargs = family_inputs("tiny-qwenimage", negative_prompt="blue", true_cfg=4.0)
+    plain_inputs, _ = family_inputs("tiny-qwenimage", negative_prompt="blue")
+    wf = Workflow()
+    pipe = wf.add("LoadPipeline", model="builtin:tiny-qwenimage", dtype="float32", device="cpu")
+    guided = capture(wf, wf.add("Sampler", pipeline=pipe, **guided_inputs))
+    plain = capture(wf, wf.add("Sampler", pipeline=pipe, **plain_inputs))
+    images = run(executor, wf)
+    assert guided_kwargs["true_cfg_scale"] == 4.0
+    reference = raw_call(BUILTIN_MODELS["tiny-qwenimage"][0](), **guided_kwargs)
+    assert max_diff(images[guided], reference) <= TOL
+    assert max_diff(images[guided], images[plain]) > 0.01
