@@ -377,3 +377,29 @@ def test_qwen_image_gets_true_cfg_and_it_changes_the_image(executor):
     reference = raw_call(BUILTIN_MODELS["tiny-qwenimage"][0](), **guided_kwargs)
     assert max_diff(images[guided], reference) <= TOL
     assert max_diff(images[guided], images[plain]) > 0.01
+
+
+def test_a_weight_schedule_on_a_video_pipeline_is_diffusers_step_callback_recipe(executor, family_models):
+    steps, per_step = 4, [1.0, 1.0, 0.0, 0.0]  # hold: strength 1 until half the steps, then 0
+    wf = Workflow()
+    lora = wf.add("LoadLoRA", pipeline=wf.add("LoadPipeline", model=WAN, dtype="float32", device="cpu"),
+                  lora_name="wan_t.safetensors", strength=1.0, adapter_name="t")
+    scheduled = wf.add("ScheduleAdapterWeights", pipeline=lora, adapter_name="t", keyframes="0:1, 0.5:0",
+                       interpolation="hold")
+    out = capture(wf, wan_sampler(wf, scheduled, steps=steps))
+    constant = capture(wf, wan_sampler(wf, lora, steps=steps))
+    images = run(executor, wf)
+
+    wan = raw(family_models, WAN)
+    wan.load_lora_weights(str(family_models / "loras"), weight_name="wan_t.safetensors", adapter_name="t")
+    wan.set_adapters(["t"], [per_step[0]])
+
+    def on_step_end(pipe: Any, i: int, _t: Any, _kwargs: dict) -> dict:
+        if i + 1 < steps:
+            pipe.set_adapters(["t"], [per_step[i + 1]])
+        return {}
+
+    reference = raw_call(wan, **{**wan_raw_kwargs(), "num_inference_steps": steps},
+                         callback_on_step_end=on_step_end)
+    assert max_diff(images[out], reference) <= TOL
+    assert max_diff(images[out], images[constant]) > 0.01
