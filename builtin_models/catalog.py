@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .tiny_chroma import build_tiny_chroma
 from .tiny_flux import build_tiny_flux
 from .tiny_qwenimage import build_tiny_qwenimage
 from .tiny_sd import build_tiny_sd, build_tiny_sdxl
@@ -57,6 +58,7 @@ BUILTINS: dict[str, Builtin] = {
     "tiny-wan22": Builtin(build_tiny_wan22, 32, "WanPipeline", frames=WAN_FRAMES),
     "tiny-qwenimage": Builtin(build_tiny_qwenimage, 32, "QwenImagePipeline"),
     "tiny-zimage": Builtin(build_tiny_zimage, 32, "ZImagePipeline"),
+    "tiny-chroma": Builtin(build_tiny_chroma, 32, "ChromaPipeline"),  # its text_encoder is a T5
 }
 # name -> (builder, native size), the shape LoadPipeline, `inspect` and the benchmarks read.
 BUILTIN_MODELS = {name: (b.builder, b.native_size) for name, b in BUILTINS.items()}

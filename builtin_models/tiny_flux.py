@@ -14,31 +14,44 @@ from .tiny_parts import clip_config
 from .tokenizers import make_tokenizer, t5_tokenizer
 
 
+def t5_encoder():
+    """A 2-layer, 32-wide T5 encoder over the built-in T5 tokenizer's 65 tokens (Flux's, Chroma's), in eval
+    mode as from_pretrained leaves it: T5's dropout (0.1) would otherwise draw at random."""
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=65, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
+                                   eos_token_id=1)).eval()
+
+
+def flux_vae():
+    """One level, 4 channels, 1 latent channel: no downsampling, so a 32x32 image is 32x32 latents."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
+        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    ).eval()
+
+
 def build_tiny_flux():
     """A FluxPipeline: 2 double- and 2 single-stream blocks, 32 wide; CLIP and a 2-layer T5; native 32x32."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-    )
+    ).eval()
     torch.manual_seed(1)
-    text_encoder = CLIPTextModel(clip_config())
-    t5 = T5EncoderModel(T5Config(vocab_size=65, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-                                 eos_token_id=1))
+    text_encoder = CLIPTextModel(clip_config()).eval()
+    t5 = t5_encoder()
     torch.manual_seed(2)
-    vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,
-        latent_channels=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035,
-    )
+    vae = flux_vae()
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder,
                         tokenizer=make_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tokenizer(),
                         transformer=transformer)
-    for model in (transformer, text_encoder, t5, vae):
-        model.eval()  # as from_pretrained leaves them: T5's dropout (0.1) would otherwise draw at random
     pipe.set_progress_bar_config(disable=True)
     return pipe

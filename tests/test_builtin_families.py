@@ -16,7 +16,7 @@ from loragraph.builtin_models.catalog import BUILTIN_MODELS, BUILTINS
 from loragraph.loaders.pipelines import BUILTIN_COMPONENTS
 from PIL import Image
 
-FAMILIES = ["tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage"]
+FAMILIES = ["tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage", "tiny-chroma"]
 PROMPT = "a red circle on a white background"
 
 _built: dict[str, object] = {}
