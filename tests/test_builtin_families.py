@@ -16,8 +16,10 @@ from loragraph.builtin_models.catalog import BUILTIN_MODELS, BUILTINS
 from loragraph.loaders.pipelines import BUILTIN_COMPONENTS
 from PIL import Image
 
-FAMILIES = ["tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage", "tiny-chroma",
-            "tiny-kontext", "tiny-ltx", "tiny-flux2", "tiny-lumina2", "tiny-sana", "tiny-cogview4"]
+FAMILIES = [
+    "tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage", "tiny-chroma", "tiny-kontext", "tiny-ltx",
+    "tiny-flux2", "tiny-lumina2", "tiny-sana", "tiny-cogview4", "tiny-hunyuanvideo",
+]
 PROMPT = "a red circle on a white background"
 # Families called with an input image: Kontext edits one. (Klein takes optional reference images too,
 # of 64 px or more; it is rendered from the prompt alone, as text-to-image.)
@@ -125,3 +127,13 @@ def test_qwenimage_drop_index_cuts_exactly_the_system_prompt():
     pipe = built("tiny-qwenimage")
     system = pipe.prompt_template_encode.split("{}")[0]
     assert len(pipe.tokenizer(system).input_ids) == pipe.prompt_template_encode_start_idx
+
+
+def test_hunyuanvideo_crop_start_cuts_exactly_the_system_prompt():
+    """HunyuanVideo crops its template's first tokens (95, counted on Llama 3's vocabulary) off the
+    encoder's output: the built-in tokenizer's whole-word tokens give the same count."""
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+    pipe = built("tiny-hunyuanvideo")
+    system = DEFAULT_PROMPT_TEMPLATE["template"].split("{}")[0]
+    assert len(pipe.tokenizer(system).input_ids) == DEFAULT_PROMPT_TEMPLATE["crop_start"]
