@@ -71,7 +71,7 @@ BUILTINS: dict[str, Builtin] = {
     "tiny-ltx": Builtin(build_tiny_ltx, 32, "LTXPipeline", frames=LTX_FRAMES),
     "tiny-flux2": Builtin(build_tiny_flux2, 32, "Flux2KleinPipeline"),
     "tiny-lumina2": Builtin(build_tiny_lumina2, 64, "Lumina2Pipeline"),
-    # Sana renders at its resolution bin (512 px for this transformer) whatever size is asked for
+    # Sana computes at its resolution bin nearest the size asked for (512 px bins for this transformer)
     "tiny-sana": Builtin(build_tiny_sana, SANA_SIZE, "SanaPipeline"),
     "tiny-cogview4": Builtin(build_tiny_cogview4, 32, "CogView4Pipeline"),
     "tiny-hunyuanvideo": Builtin(build_tiny_hunyuanvideo, 32, "HunyuanVideoPipeline", frames=HUNYUAN_FRAMES),
