@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from .tiny_chroma import build_tiny_chroma
+from .tiny_cogview4 import build_tiny_cogview4
 from .tiny_flux import build_tiny_flux
+from .tiny_flux2 import build_tiny_flux2
+from .tiny_hunyuanvideo import HUNYUAN_FRAMES, build_tiny_hunyuanvideo
+from .tiny_kontext import KONTEXT_SIZE, build_tiny_kontext
+from .tiny_ltx import LTX_FRAMES, build_tiny_ltx
+from .tiny_lumina2 import build_tiny_lumina2
 from .tiny_qwenimage import build_tiny_qwenimage
+from .tiny_sana import SANA_SIZE, build_tiny_sana
 from .tiny_sd import build_tiny_sd, build_tiny_sdxl
 from .tiny_wan import WAN_FRAMES, build_tiny_wan, build_tiny_wan22
 from .tiny_zimage import build_tiny_zimage
@@ -59,6 +66,15 @@ BUILTINS: dict[str, Builtin] = {
     "tiny-qwenimage": Builtin(build_tiny_qwenimage, 32, "QwenImagePipeline"),
     "tiny-zimage": Builtin(build_tiny_zimage, 32, "ZImagePipeline"),
     "tiny-chroma": Builtin(build_tiny_chroma, 32, "ChromaPipeline"),  # its text_encoder is a T5
+    # Kontext renders at its max_area (1024**2 by default) whatever size is asked for
+    "tiny-kontext": Builtin(build_tiny_kontext, KONTEXT_SIZE, "FluxKontextPipeline"),
+    "tiny-ltx": Builtin(build_tiny_ltx, 32, "LTXPipeline", frames=LTX_FRAMES),
+    "tiny-flux2": Builtin(build_tiny_flux2, 32, "Flux2KleinPipeline"),
+    "tiny-lumina2": Builtin(build_tiny_lumina2, 64, "Lumina2Pipeline"),
+    # Sana computes at its resolution bin nearest the size asked for (512 px bins for this transformer)
+    "tiny-sana": Builtin(build_tiny_sana, SANA_SIZE, "SanaPipeline"),
+    "tiny-cogview4": Builtin(build_tiny_cogview4, 32, "CogView4Pipeline"),
+    "tiny-hunyuanvideo": Builtin(build_tiny_hunyuanvideo, 32, "HunyuanVideoPipeline", frames=HUNYUAN_FRAMES),
 }
 # name -> (builder, native size), the shape LoadPipeline, `inspect` and the benchmarks read.
 BUILTIN_MODELS = {name: (b.builder, b.native_size) for name, b in BUILTINS.items()}

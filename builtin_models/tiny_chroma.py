@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from .tiny_flux import flux_vae, t5_encoder
-from .tiny_parts import BUILTIN_SEED
+from .tiny_flux import flux_vae
+from .tiny_parts import BUILTIN_SEED, t5_encoder
 from .tokenizers import t5_tokenizer
 
 

@@ -8,23 +8,15 @@ per-block weights have blocks of both kinds to address. Native size 32x32 (laten
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .tiny_parts import clip_config
+from .tiny_parts import clip_config, t5_encoder
 from .tokenizers import make_tokenizer, t5_tokenizer
 
 
-def t5_encoder():
-    """A 2-layer, 32-wide T5 encoder over the built-in T5 tokenizer's 65 tokens (Flux's, Chroma's), in eval
-    mode as from_pretrained leaves it: T5's dropout (0.1) would otherwise draw at random."""
-    from transformers import T5Config, T5EncoderModel
-
-    return T5EncoderModel(T5Config(vocab_size=65, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-                                   relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-                                   eos_token_id=1)).eval()
-
-
-def flux_vae():
+def flux_vae() -> Any:
     """One level, 4 channels, 1 latent channel: no downsampling, so a 32x32 image is 32x32 latents."""
     from diffusers import AutoencoderKL
 
