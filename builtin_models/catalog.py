@@ -17,6 +17,7 @@ from .tiny_chroma import build_tiny_chroma
 from .tiny_cogview4 import build_tiny_cogview4
 from .tiny_flux import build_tiny_flux
 from .tiny_flux2 import build_tiny_flux2
+from .tiny_hunyuanvideo import HUNYUAN_FRAMES, build_tiny_hunyuanvideo
 from .tiny_kontext import KONTEXT_SIZE, build_tiny_kontext
 from .tiny_ltx import LTX_FRAMES, build_tiny_ltx
 from .tiny_lumina2 import build_tiny_lumina2
@@ -70,9 +71,10 @@ BUILTINS: dict[str, Builtin] = {
     "tiny-ltx": Builtin(build_tiny_ltx, 32, "LTXPipeline", frames=LTX_FRAMES),
     "tiny-flux2": Builtin(build_tiny_flux2, 32, "Flux2KleinPipeline"),
     "tiny-lumina2": Builtin(build_tiny_lumina2, 64, "Lumina2Pipeline"),
-    # Sana renders at its resolution bin (512 px for this transformer) whatever size is asked for
+    # Sana computes at its resolution bin nearest the size asked for (512 px bins for this transformer)
     "tiny-sana": Builtin(build_tiny_sana, SANA_SIZE, "SanaPipeline"),
     "tiny-cogview4": Builtin(build_tiny_cogview4, 32, "CogView4Pipeline"),
+    "tiny-hunyuanvideo": Builtin(build_tiny_hunyuanvideo, 32, "HunyuanVideoPipeline", frames=HUNYUAN_FRAMES),
 }
 # name -> (builder, native size), the shape LoadPipeline, `inspect` and the benchmarks read.
 BUILTIN_MODELS = {name: (b.builder, b.native_size) for name, b in BUILTINS.items()}

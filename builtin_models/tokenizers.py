@@ -10,6 +10,7 @@ import json
 import os
 import string
 import tempfile
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -78,6 +79,34 @@ def t5_tokenizer():
                            extra_ids=0)
 
 
+def whole_word_bpe(
+    words: Iterable[str], specials: Iterable[str],
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges of a byte-level BPE (GPT-2's byte symbols): the 256 byte symbols, so any
+    text tokenizes; one token per word of `words` (each spelled by a chain of merges, one byte more
+    each); then `specials`. A word is what the pre-tokenizer makes a piece (" the", ",", "\\n\\n"), so a
+    template made of those words tokenizes to as many tokens as on the real, larger vocabulary.
+    """
+    bytes_map = bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    merges: list[tuple[str, str]] = []
+
+    def add(token: str) -> None:
+        vocab.setdefault(token, len(vocab))
+
+    for symbol in bytes_map.values():
+        add(symbol)
+    for word in words:
+        symbols = "".join(bytes_map[b] for b in word.encode())
+        for end in range(2, len(symbols) + 1):
+            if symbols[:end] not in vocab:
+                merges.append((symbols[:end - 1], symbols[end - 1]))
+                add(symbols[:end])
+    for token in specials:
+        add(token)
+    return vocab, merges
+
+
 # Qwen's special tokens (Qwen2/2.5-VL/3 share them): padding, the ChatML turn markers, the vision
 # placeholders a Qwen-VL encoder's config points at, and Qwen3's thinking markers.
 QWEN_SPECIAL_TOKENS = (
@@ -117,23 +146,8 @@ def qwen_tokenizer():
     """
     from transformers import Qwen2Tokenizer
 
-    bytes_map = bytes_to_unicode()
-    vocab: dict[str, int] = {}
-    merges: list[tuple[str, str]] = []
-
-    def add(token: str) -> None:
-        vocab.setdefault(token, len(vocab))
-
-    for symbol in bytes_map.values():
-        add(symbol)
-    for word in QWEN_LINE_WORDS + tuple(" " + w for w in QWEN_WORDS.split()):
-        symbols = "".join(bytes_map[b] for b in word.encode())
-        for end in range(2, len(symbols) + 1):
-            if symbols[:end] not in vocab:
-                merges.append((symbols[:end - 1], symbols[end - 1]))
-                add(symbols[:end])
-    for token in QWEN_SPECIAL_TOKENS:
-        add(token)
+    words = QWEN_LINE_WORDS + tuple(" " + w for w in QWEN_WORDS.split())
+    vocab, merges = whole_word_bpe(words, QWEN_SPECIAL_TOKENS)
     specials = list(QWEN_SPECIAL_TOKENS[1:])  # the first is the pad/unk/eos token Qwen2Tokenizer adds itself
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, additional_special_tokens=specials)
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
@@ -178,3 +192,45 @@ def glm_tokenizer():
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|endoftext|>",
                                    additional_special_tokens=specials[1:], padding_side="left")
+
+
+# Llama 3's pre-tokenizer pattern (Qwen's, but digits in runs of up to three).
+LLAMA3_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+LLAMA3_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                         "<|eot_id|>", "<pad>")
+
+
+def llama3_tokenizer(template: str):
+    """A LlamaTokenizerFast as HunyuanVideo's (Llama 3's byte-level BPE), built in memory.
+
+    The 256 byte symbols, Llama 3's special tokens, and one token per piece Llama 3's pre-tokenizer
+    makes of `template` (the pipeline's prompt template, special tokens aside): so the template
+    tokenizes to as many tokens as on Llama 3's vocabulary, and the pipeline's `crop_start` (that
+    count, made on the real vocabulary) cuts exactly the template's system part off. Every text starts
+    with `<|begin_of_text|>`, as Llama 3's. 496 tokens with HunyuanVideo's template.
+    """
+    import re
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import LlamaTokenizerFast
+
+    split = pre_tokenizers.Split(Regex(LLAMA3_PRETOKENIZE_REGEX), behavior="isolated", invert=False)
+    specials = re.compile("|".join(re.escape(t) for t in LLAMA3_SPECIAL_TOKENS))
+    words = [piece for text in specials.split(template) for piece, _ in split.pre_tokenize_str(text)]
+    vocab, merges = whole_word_bpe(words, LLAMA3_SPECIAL_TOKENS)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    bos = LLAMA3_SPECIAL_TOKENS[0]
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                       special_tokens=[(bos, vocab[bos])])
+    # Padded on the right: the pipeline crops the template off the front of the padded sequence.
+    return LlamaTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token="<|eot_id|>", pad_token="<pad>",
+        additional_special_tokens=list(LLAMA3_SPECIAL_TOKENS[1:4]), padding_side="right",
+    )

@@ -7,6 +7,8 @@ to `realize` them when real weights are needed.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -43,6 +45,41 @@ def _alpha_in_file(path: str) -> bool | None:
 
 def _cache_key(source: PipelineSource) -> PipelineSource:
     return replace(source, model="", components=())
+
+
+@functools.cache
+def call_parameters(pipeline_class: type) -> frozenset[str]:
+    """The names a pipeline class's `__call__` takes, read once per class.
+
+    Only named parameters count: a `**kwargs` catch-all is no promise that an argument is used.
+    """
+    parameters = inspect.signature(pipeline_class.__call__).parameters.values()
+    return frozenset(p.name for p in parameters
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self")
+
+
+def first_image_as_pil(images: torch.Tensor) -> Any:
+    """The first image of an IMAGE batch ([batch, H, W, 3], 0..1) as the PIL image pipelines take.
+
+    Quantized as SaveImage writes it, so a saved-and-reloaded image conditions the same way.
+    """
+    import numpy as np
+    from PIL import Image
+
+    array = np.clip(255.0 * images[0].detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def output_as_image(out: Any) -> torch.Tensor:
+    """A pipeline's np output as IMAGE: images as they are, videos [videos, frames, H, W, 3]
+    flattened to [videos x frames, H, W, 3] with each video's frames in order."""
+    images = getattr(out, "images", None)
+    if images is None:
+        import numpy as np
+
+        videos = np.asarray(out.frames)
+        images = videos.reshape(-1, *videos.shape[-3:])
+    return torch.from_numpy(images).float().contiguous()
 
 
 class Engine:
@@ -164,10 +201,20 @@ class Engine:
         batch_size: int = 1,
         progress: Callable[[int, int], None] | None = None,
         check_interrupted: Callable[[], None] | None = None,
+        true_cfg: float = 1.0,
+        frames: int = 1,
+        image: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The Sampler: `pipe(...)` with a CPU generator; returns IMAGE [batch, H, W, 3] float32 0..1."""
+        """The Sampler: `pipe(...)` with a CPU generator; returns IMAGE [batch, H, W, 3] float32 0..1.
+
+        A video pipeline's IMAGE is [videos x frames, H, W, 3], each video's frames in order
+        (ComfyUI's convention). The call passes only the arguments the pipeline's `__call__` takes
+        (docs/CONTRACT.md, Sampler), so every family gets its own defaults for the rest.
+        """
         if width % 8 or height % 8:
             raise NodeInputError("width" if width % 8 else "height", "must be a multiple of 8")
+        if frames < 1:
+            raise NodeInputError("frames", f"must be at least 1, got {frames}")
         if scheduler not in SCHEDULERS:
             raise NodeInputError("scheduler", f"unknown scheduler {scheduler!r}")
         for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
@@ -186,6 +233,11 @@ class Engine:
             # checks before anything changes; raises naming the ScheduleAdapterWeights node
             weights = weight_schedule.StepWeights(live, handle.state, denoisers) if scheduled else None
             pipe = live.pipe
+            accepted = call_parameters(type(pipe))
+            if image is not None and "image" not in accepted:
+                raise NodeInputError(
+                    "image", f"{type(pipe).__name__} takes no input image: disconnect `image`"
+                )
             original = pipe.scheduler
             scheduler_class = SCHEDULERS[scheduler]  # None: the pipeline's own
             if scheduler_class and "FlowMatch" in type(original).__name__:
@@ -228,24 +280,33 @@ class Engine:
             try:
                 if weights is not None:
                     weights.apply(0, steps)  # step 0 runs at strength(0) whatever the step count
-                out = pipe(
-                    prompt,
-                    negative_prompt=negative_prompt,
-                    num_inference_steps=steps,
-                    guidance_scale=cfg,
-                    width=width,
-                    height=height,
-                    num_images_per_prompt=batch_size,
-                    generator=torch.Generator("cpu").manual_seed(seed),
-                    output_type="np",
-                    callback_on_step_end=on_step,
-                )
+                offered: dict[str, Any] = {
+                    "prompt": prompt,
+                    "negative_prompt": negative_prompt,
+                    "num_inference_steps": steps,
+                    "guidance_scale": cfg,
+                    "true_cfg_scale": true_cfg,
+                    "width": width,
+                    "height": height,
+                    "num_frames": frames,
+                    "num_images_per_prompt": batch_size,
+                    "num_videos_per_prompt": batch_size,
+                    "generator": torch.Generator("cpu").manual_seed(seed),
+                    "output_type": "np",
+                    "callback_on_step_end": on_step,
+                }
+                if "num_videos_per_prompt" in accepted:  # one batch size: a video pipeline's is videos
+                    del offered["num_images_per_prompt"]
+                if image is not None:
+                    offered["image"] = first_image_as_pil(image)
+                # by keyword only: Flux Kontext's first positional parameter is `image`, not `prompt`
+                out = pipe(**{k: v for k, v in offered.items() if k in accepted})
             finally:
                 pipe.scheduler = original
                 if weights is not None:
                     _restore_static_weights(live, weights)
             logger.debug("sampled %d steps in %.2f s", steps, time.perf_counter() - t0)
-            return torch.from_numpy(out.images).float().contiguous()
+            return output_as_image(out)
 
     # --- inspection ---------------------------------------------------------------------------
 

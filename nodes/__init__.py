@@ -1,6 +1,7 @@
-"""Node classes. NODE_CLASS_MAPPINGS is what ComfyUI loads; headless runs add SaveImage/PreviewImage."""
+"""Node classes. NODE_CLASS_MAPPINGS is what ComfyUI loads; headless runs add SaveImage/PreviewImage
+and SaveAnimation (inside ComfyUI its own SaveAnimatedWEBP writes the same file)."""
 
-from .image import PreviewImage, SaveImage
+from .image import PreviewImage, SaveAnimation, SaveImage
 from .inspect_save import LoRAInfo, SaveLoRA
 from .lora import (
     DeleteAdapters,
@@ -48,7 +49,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "Sampler": "Sampler (diffusers)",
 }
 
-# Headless only: inside ComfyUI its own SaveImage/PreviewImage are used.
-HEADLESS_NODE_CLASS_MAPPINGS = {**NODE_CLASS_MAPPINGS, "SaveImage": SaveImage, "PreviewImage": PreviewImage}
+# Headless only: inside ComfyUI its own SaveImage/PreviewImage are used, and SaveAnimatedWEBP for
+# SaveAnimation (every node the pack adds there is in the loragraph category; this one is an image
+# output like SaveImage, so it stays with them).
+HEADLESS_NODE_CLASS_MAPPINGS = {**NODE_CLASS_MAPPINGS, "SaveImage": SaveImage, "PreviewImage": PreviewImage,
+                                "SaveAnimation": SaveAnimation}
 
 __all__ = ["HEADLESS_NODE_CLASS_MAPPINGS", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

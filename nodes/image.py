@@ -1,4 +1,6 @@
-"""SaveImage and PreviewImage for headless runs (inside ComfyUI, ComfyUI's own nodes are used).
+"""SaveImage, PreviewImage and SaveAnimation for headless runs (inside ComfyUI, ComfyUI's own
+SaveImage, PreviewImage and SaveAnimatedWEBP are used). SaveAnimation writes a video's frames as one
+animated WebP, in the file layout and ui shape of ComfyUI's SaveAnimatedWEBP.
 
 Same inputs, file naming and PNG text chunks as ComfyUI's (``prompt``, and each ``extra_pnginfo``
 entry such as ``workflow``), so one workflow file runs in both and the PNGs open in ComfyUI's
@@ -101,3 +103,65 @@ class PreviewImage:
         # ComfyUI's temp prefix: a random suffix so previews of concurrent prompts do not collide.
         prefix = "ComfyUI_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
         return _save(images, host.temp_dir(), prefix, "temp", prompt, extra_pnginfo)
+
+
+# EXIF tags ComfyUI's SaveAnimatedWEBP writes the prompt and each extra_pnginfo entry into
+# (0x0110 Model, then 0x010F Make counting down), so its editor reads our files' workflows too.
+_EXIF_PROMPT_TAG = 0x0110
+_EXIF_FIRST_EXTRA_TAG = 0x010F
+
+
+def _webp_exif(first: Any, prompt: Any, extra_pnginfo: Mapping[str, Any] | None) -> Any:
+    exif = first.getexif()
+    if prompt is not None:
+        exif[_EXIF_PROMPT_TAG] = f"prompt:{json.dumps(prompt)}"
+    for offset, (key, value) in enumerate((extra_pnginfo or {}).items()):
+        exif[_EXIF_FIRST_EXTRA_TAG - offset] = f"{key}:{json.dumps(value)}"
+    return exif
+
+
+class SaveAnimation:
+    DESCRIPTION = (
+        "Save an IMAGE batch (e.g. a video Sampler's frames) as ONE animated WebP, lossless, looping, "
+        "with the workflow in its EXIF as ComfyUI's SaveAnimatedWEBP writes it."
+    )
+    CATEGORY = "image"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save_animation"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The frames, in order."}),
+                "filename_prefix": ("STRING", {"default": "loragraph", "tooltip": "File name prefix."}),
+                "fps": ("INT", {"default": 16, "min": 1, "max": 1000, "tooltip": "Frames per second."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+        }
+
+    def save_animation(self, images: torch.Tensor, filename_prefix: str = "loragraph", fps: int = 16,
+                       prompt: Any = None, extra_pnginfo: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        import numpy as np
+        from PIL import Image
+
+        from .. import host
+        from ..base.errors import NodeInputError
+
+        if not 1 <= fps <= 1000:
+            raise NodeInputError("fps", f"must be between 1 and 1000, got {fps}")
+        frames = [Image.fromarray(np.clip(255.0 * t.cpu().numpy(), 0, 255).astype(np.uint8)) for t in images]
+        if not frames:
+            raise NodeInputError("images", "no frames to save")
+        names = NumberedNames(host.output_dir(), filename_prefix, ".webp")
+        exif = _webp_exif(frames[0], prompt, extra_pnginfo)
+
+        def write(tmp: str) -> None:
+            # duration in whole ms, as ComfyUI's; loop 0: forever
+            frames[0].save(tmp, format="WEBP", save_all=True, append_images=frames[1:],
+                           duration=int(1000 / fps), loop=0, lossless=True, exif=exif)
+
+        path = names.save(write)
+        result = {"filename": path.name, "subfolder": names.subfolder, "type": "output"}
+        return {"ui": {"images": [result], "animated": (len(frames) != 1,)}}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..base import limits
 from ..loaders.noise_schedulers import SCHEDULERS
 from ..loaders.state import PipelineHandle
 from . import lora_credits
 from .common import ADAPTER_WEIGHTS, CATEGORY, PIPELINE, NodeResult, engine
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +27,10 @@ class Sampler:
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
     READS = (ADAPTER_WEIGHTS,)
-    OUTPUT_TOOLTIPS = ("Images as ComfyUI's IMAGE: float32 [batch, height, width, 3] in 0..1.",)
+    OUTPUT_TOOLTIPS = (
+        "Images as ComfyUI's IMAGE: float32 [batch, height, width, 3] in 0..1; a video pipeline's "
+        "videos as [videos x frames, height, width, 3], each video's frames in order.",
+    )
     FUNCTION = "run"
 
     @classmethod
@@ -72,7 +78,33 @@ class Sampler:
                     {"default": "default", "tooltip": "default keeps the pipeline's own."},
                 ),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per prompt."}),
-            }
+            },
+            # Optional, so workflows saved before them load unchanged; a pipeline whose __call__
+            # does not take one of them never receives it.
+            "optional": {
+                "true_cfg": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "round": 0.01,
+                        "tooltip": "True classifier-free guidance (Qwen-Image, Flux): above 1 with a "
+                                   "negative prompt. Pipelines without it ignore it.",
+                    },
+                ),
+                "frames": (
+                    "INT",
+                    {"default": 1, "min": 1, "max": 4096,
+                     "tooltip": "Frames per video (video pipelines; image pipelines ignore it)."},
+                ),
+                "image": (
+                    "IMAGE",
+                    {"tooltip": "Input image for pipelines that take one (e.g. Flux Kontext): the "
+                                "batch's first image."},
+                ),
+            },
         }
 
     @classmethod
@@ -94,7 +126,8 @@ class Sampler:
 
     def run(self, pipeline: PipelineHandle, prompt: str, negative_prompt: str, seed: int, steps: int,
             cfg: float, width: int, height: int, scheduler: str = "default",
-            batch_size: int = 1) -> NodeResult:
+            batch_size: int = 1, true_cfg: float = 1.0, frames: int = 1,
+            image: torch.Tensor | None = None) -> NodeResult:
         from .. import host
 
         images = engine().sample(
@@ -110,6 +143,9 @@ class Sampler:
             batch_size,
             progress=host.progress_reporter(steps),
             check_interrupted=host.check_interrupted,
+            true_cfg=true_cfg,
+            frames=frames,
+            image=image,
         )
         # SaveImage writes the LoRAs used into the PNG; the IMAGE stays a plain tensor
         # (nodes/lora_credits.py).

@@ -16,8 +16,9 @@ from loragraph.builtin_models.catalog import BUILTIN_MODELS, BUILTINS
 from loragraph.loaders.pipelines import BUILTIN_COMPONENTS
 from PIL import Image
 
-FAMILIES = ["tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage", "tiny-chroma",
-            "tiny-kontext", "tiny-ltx", "tiny-flux2", "tiny-lumina2", "tiny-sana", "tiny-cogview4"]
+# Every built-in but the first four (SD1, SDXL, Flux, the demo model), which their own tests cover.
+FIRST_BUILTINS = ("tiny-sd", "tiny-sdxl", "tiny-flux", "shapes")
+FAMILIES = [name for name in BUILTINS if name not in FIRST_BUILTINS]
 PROMPT = "a red circle on a white background"
 # Families called with an input image: Kontext edits one. (Klein takes optional reference images too,
 # of 64 px or more; it is rendered from the prompt alone, as text-to-image.)
@@ -92,6 +93,14 @@ def test_catalog_components_are_the_mixins_that_the_pipeline_has(name):
     assert BUILTIN_COMPONENTS[name] == tuple(c for c in mixin if getattr(pipe, c, None) is not None)
 
 
+def test_every_family_is_offered_by_load_pipeline():
+    from loragraph.nodes.pipeline import model_choices
+
+    assert set(FAMILIES) >= {"tiny-wan", "tiny-wan22", "tiny-qwenimage", "tiny-zimage", "tiny-chroma",
+                             "tiny-kontext", "tiny-ltx"}
+    assert {f"builtin:{name}" for name in FAMILIES} <= set(model_choices())
+
+
 def test_the_first_builtins_keep_their_components():
     assert BUILTIN_COMPONENTS["tiny-sd"] == ("unet", "text_encoder")
     assert BUILTIN_COMPONENTS["tiny-sdxl"] == ("unet", "text_encoder", "text_encoder_2")
@@ -118,10 +127,19 @@ def test_wan22_has_two_different_experts_and_samples_with_both():
     assert calls["transformer"] > 0 and calls["transformer_2"] > 0, calls
 
 
-
 def test_qwenimage_drop_index_cuts_exactly_the_system_prompt():
     """Qwen-Image drops its template's first tokens (a count made on Qwen's vocabulary): the built-in
     tokenizer's whole-word tokens give the same count, so what the transformer sees starts at the prompt."""
     pipe = built("tiny-qwenimage")
     system = pipe.prompt_template_encode.split("{}")[0]
     assert len(pipe.tokenizer(system).input_ids) == pipe.prompt_template_encode_start_idx
+
+
+def test_hunyuanvideo_crop_start_cuts_exactly_the_system_prompt():
+    """HunyuanVideo crops its template's first tokens (95, counted on Llama 3's vocabulary) off the
+    encoder's output: the built-in tokenizer's whole-word tokens give the same count."""
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+    pipe = built("tiny-hunyuanvideo")
+    system = DEFAULT_PROMPT_TEMPLATE["template"].split("{}")[0]
+    assert len(pipe.tokenizer(system).input_ids) == DEFAULT_PROMPT_TEMPLATE["crop_start"]

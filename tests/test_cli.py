@@ -38,6 +38,7 @@ SPEC_INPUTS = {
                 "scheduler", "batch_size"],
     "SaveImage": ["images", "filename_prefix"],
     "PreviewImage": ["images"],
+    "SaveAnimation": ["images", "filename_prefix", "fps"],
 }
 OBJECT_INFO_KEYS = {"input", "input_order", "output", "output_is_list", "output_name", "name", "display_name",
                     "description", "python_module", "category", "output_node"}
