@@ -233,7 +233,7 @@ class Engine:
             # checks before anything changes; raises naming the ScheduleAdapterWeights node
             weights = weight_schedule.StepWeights(live, handle.state, denoisers) if scheduled else None
             pipe = live.pipe
-            accepted = call_parameters(type(pipe))
+            accepted = call_parameters(pipe.__class__)  # Any: a diffusers pipeline class
             if image is not None and "image" not in accepted:
                 raise NodeInputError(
                     "image", f"{type(pipe).__name__} takes no input image: disconnect `image`"

@@ -100,8 +100,8 @@ def fast_paths() -> bool:
 
 
 def loadable_names(pipeline_class: type) -> tuple[str, ...]:
-    """The components `pipeline_class`'s LoRA loader loads into, in diffusers' order, whether or not a
-    given pipeline has them: read from the class, so a built-in source knows them before building.
+    """The components `pipeline_class`'s LoRA loader loads into, in diffusers' order, read from the
+    class (a built-in source knows them before building); `loadable_components`: those a pipe has.
 
     Private name: the pipeline class's `_lora_loadable_modules` (diffusers 0.41, 0.42).
     Stands in for: no public API lists them.
@@ -119,8 +119,7 @@ def loadable_names(pipeline_class: type) -> tuple[str, ...]:
 
 
 def loadable_components(pipe: Any) -> tuple[str, ...]:
-    """The components of `pipe` diffusers' LoRA loader loads into, in diffusers' order: its class's
-    `loadable_names` that `pipe` has (a pipeline may leave one None, as Wan 2.1 its `transformer_2`)."""
+    """Its class's `loadable_names` that `pipe` has (Wan 2.1 leaves `transformer_2` None)."""
     return tuple(c for c in loadable_names(type(pipe)) if getattr(pipe, c, None) is not None)
 
 
@@ -514,9 +513,8 @@ def merges_by_gemm(module: Any, adapters: Sequence[str], weight: torch.Tensor) -
 
     That is peft's own merge for its LoRA Linear without DoRA, bias, variant or fan_in_fan_out:
     exactly W + scaling * B @ A, in a dtype/device where one GEMM is accurate: fp32, or any dtype on
-    CUDA (peft itself computes CPU fp16 deltas in fp32, so those take peft's path). Out of place, the
-    original weight stays untouched as the exact-unfuse backup: fusing is ~3x faster than peft's
-    `merge()` on a copy, and unfusing on the CPU a pointer swap.
+    CUDA (peft itself computes CPU fp16 deltas in fp32, so those take peft's path); why out of place:
+    `fusion.fuse`.
     Relies on (peft 0.20, 0.21): that formula; the layer's `use_dora`, `lora_bias`, `lora_variant`
     and `fan_in_fan_out` saying when it holds; `merged_adapters` being all the record a merge keeps
     (peft's forward runs the base layer alone for a merged adapter).
@@ -539,8 +537,7 @@ def merges_by_gemm(module: Any, adapters: Sequence[str], weight: torch.Tensor) -
 
 
 def record_merged(module: Any, adapters: Sequence[str]) -> None:
-    """Record in peft's bookkeeping that `adapters` are merged into `module`'s base weight, as its
-    `merge()` does; only after `merges_by_gemm` allowed the merge (entry 6)."""
+    """Record `adapters` as merged into `module`, as peft's `merge()` does (after `merges_by_gemm`)."""
     module.merged_adapters.extend(adapters)
 
 
@@ -565,11 +562,8 @@ def record_unmerged(module: Any) -> None:
 
 
 def _plain_weights(weights: Sequence[Any]) -> bool:
-    return all(
-        isinstance(w, (int, float))
-        or (isinstance(w, Mapping) and all(isinstance(x, (int, float)) for x in w.values()))
-        for w in weights
-    )
+    values = [x for w in weights for x in (w.values() if isinstance(w, Mapping) else [w])]
+    return all(isinstance(x, (int, float)) for x in values)
 
 
 def set_adapters(
