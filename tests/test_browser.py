@@ -491,7 +491,9 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     # The extension's widgets are in neither the prompt nor the saved graph: the saved graph converts
     # (graph/editor_format.py) to exactly the prompt the editor queued.
     prompt = seen["prompt"]
-    assert set(prompt["2"]["inputs"]) == {"pipeline", "lora_name", "strength", "adapter_name"}
+    declared = HEADLESS_NODE_CLASS_MAPPINGS["LoadLoRA"].INPUT_TYPES()
+    assert set(prompt["2"]["inputs"]) == {*declared["required"], *declared.get("optional", {})}
+    assert set(prompt["2"]["inputs"]) == {"pipeline", "lora_name", "strength", "adapter_name", "target"}
     converted = editor_to_api(seen["saved_graph"], HEADLESS_NODE_CLASS_MAPPINGS)
     assert without_meta(converted) == without_meta(prompt)
 
