@@ -198,13 +198,16 @@ def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, 
     pool = Pool(str(shapes_models), actors=2, on_done=on_done)
 
     def on_event(job, actor, event):
-        # kill a0 in the middle of its second job (its first carries the pipeline build)
-        if actor == "a0" and event[0] == "progress" and event[1]["value"] == 2 and not killed:
-            with lock:
-                a0_jobs = sum(1 for outs in done.values() for _, o in outs if o.actor == "a0")
-            if a0_jobs >= 1:
-                killed.append(job.id)
-                ray_cluster.kill(pool.actors["a0"].handle, no_restart=True)
+        # Kill an actor in the middle of a job after its first (which carries the pipeline build).
+        # Either actor: the router decides which one gets a second job, and of 9 jobs on 2 actors one
+        # always does (waiting for a0 alone failed whenever a1 took every later job).
+        if event[0] != "progress" or event[1]["value"] != 2:
+            return
+        with lock:
+            if killed or not any(o.actor == actor for outs in done.values() for _, o in outs):
+                return
+            killed.append((job.id, actor))
+        ray_cluster.kill(pool.actors[actor].handle, no_restart=True)
 
     pool.on_event = on_event
     pool.start()
@@ -219,12 +222,14 @@ def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, 
     assert killed, "the actor was never killed mid-job"
     assert sorted(done) == list(range(len(prompts)))
     assert all(len(outs) == 1 for outs in done.values()), done  # every job reported exactly once
-    attempts, outcome = done[killed[0]][0]
-    assert attempts == 2 and outcome.actor == "a1" and outcome.result["result"].ok  # retried elsewhere
+    (killed_job, victim), = killed
+    survivor = "a1" if victim == "a0" else "a0"
+    attempts, outcome = done[killed_job][0]
+    assert attempts == 2 and outcome.actor == survivor and outcome.result["result"].ok  # retried elsewhere
     bad_attempts, bad = done[3][0]
     assert bad_attempts == 1 and bad.result["result"].status == "error"  # its own fault: not retried
     assert "bad.safetensors" in json.dumps(bad.result["result"].error)
-    assert not pool.actors["a0"].alive and pool.retried == 1
+    assert not pool.actors[victim].alive and pool.retried == 1
     for i in range(len(prompts)):  # the driver commits in run order, as the CLI does
         result = done[i][0][1].result["result"]
         commit_files(done[i][0][1].result["files"], result.outputs)
