@@ -199,7 +199,7 @@ def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, 
 
     def on_event(job, actor, event):
         # Kill an actor in the middle of a job after its first (which carries the pipeline build).
-        # Either actor: the router decides which one gets a second job, and of 9 jobs on 2 actors one
+        # Either actor: the router decides which one gets a second job, and of 6 rendering jobs on 2 one
         # always does (waiting for a0 alone failed whenever a1 took every later job).
         if event[0] != "progress" or event[1]["value"] != 2:
             return
