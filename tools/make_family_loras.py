@@ -49,6 +49,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _same_lora(fresh: Path, kept: Path) -> bool:
+    """Same keys, metadata and tensors, to float32 rounding: the deltas' size is read from a layer's
+    spread, whose last bit depends on how many threads summed it (the bytes then differ)."""
+    import torch
+    from safetensors import safe_open
+
+    if not kept.is_file():
+        return False
+    with safe_open(str(fresh), "pt") as a, safe_open(str(kept), "pt") as b:
+        names = a.keys()
+        if a.metadata() != b.metadata() or sorted(names) != sorted(b.keys()):
+            return False
+        return all(torch.allclose(a.get_tensor(k), b.get_tensor(k), rtol=1e-5, atol=1e-7) for k in names)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -63,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = write_family_loras(Path(tmp))
-        stale = [n for n, p in fresh.items()
-                 if not (args.out / n).is_file() or _sha256(p) != _sha256(args.out / n)]
+        stale = [n for n, p in fresh.items() if not _same_lora(p, args.out / n)]
     for name in FAMILY_LORAS:
         sys.stdout.write(f"{name}: {'differs or missing' if name in stale else 'ok'}\n")
     return 1 if stale else 0
