@@ -15,7 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 # The README is for users; design notes, tables and format details live in docs/ (CONTRIBUTING.md).
-README_MAX_LINES = 360
+# 430: the user sections (own models, troubleshooting, LoRA habits, quantized bases) each stay short.
+README_MAX_LINES = 430
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
