@@ -70,6 +70,30 @@ def first_image_as_pil(images: torch.Tensor) -> Any:
     return Image.fromarray(array)
 
 
+def check_input_image(images: torch.Tensor) -> None:
+    """Refuse what is not an IMAGE batch before anything runs (its first image is the one used)."""
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise NodeInputError("image", f"must be an IMAGE batch [batch, height, width, channels], "
+                                      f"got shape {tuple(images.shape)}")
+
+
+def small_image_refusal(pipe: Any, images: torch.Tensor) -> str | None:
+    """Why the pipeline failed on this input image, when it is too small for it; else None.
+
+    Flux Kontext rounds each side of its input image down to its image processor's multiple (twice
+    the VAE's factor) and fails with a bare ZeroDivisionError when that leaves nothing. Asked only
+    after such a failure: Qwen-Image-Edit resizes any image by its aspect ratio and takes small ones.
+    """
+    config = getattr(getattr(pipe, "image_processor", None), "config", None)
+    multiple = getattr(config, "vae_scale_factor", None)
+    height, width = int(images.shape[1]), int(images.shape[2])
+    if not isinstance(multiple, int) or min(height, width) >= multiple:
+        return None
+    return (f"{type(pipe).__name__} cannot take a {width}x{height} input image: it rounds each side "
+            f"down to a multiple of {multiple}, which leaves nothing; give it one of at least "
+            f"{multiple}x{multiple}")
+
+
 def output_as_image(out: Any) -> torch.Tensor:
     """A pipeline's np output as IMAGE: images as they are, videos [videos, frames, H, W, 3]
     flattened to [videos x frames, H, W, 3] with each video's frames in order."""
@@ -238,6 +262,8 @@ class Engine:
                 raise NodeInputError(
                     "image", f"{type(pipe).__name__} takes no input image: disconnect `image`"
                 )
+            if image is not None:
+                check_input_image(image)
             original = pipe.scheduler
             scheduler_class = SCHEDULERS[scheduler]  # None: the pipeline's own
             if scheduler_class and "FlowMatch" in type(original).__name__:
@@ -300,7 +326,12 @@ class Engine:
                 if image is not None:
                     offered["image"] = first_image_as_pil(image)
                 # by keyword only: Flux Kontext's first positional parameter is `image`, not `prompt`
-                out = pipe(**{k: v for k, v in offered.items() if k in accepted})
+                try:
+                    out = pipe(**{k: v for k, v in offered.items() if k in accepted})
+                except ZeroDivisionError as exc:
+                    if image is not None and (refusal := small_image_refusal(pipe, image)) is not None:
+                        raise NodeInputError("image", refusal) from exc
+                    raise
             finally:
                 pipe.scheduler = original
                 if weights is not None:

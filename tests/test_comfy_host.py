@@ -230,6 +230,9 @@ def test_pipeline_combo_lists_builtins_diffusers_folders_and_checkpoints(comfyui
     choices = nodes(comfyui)["LoadPipeline"].INPUT_TYPES()["required"]["model"][0]
     builtins = [c for c in choices if c.startswith("builtin:")]
     assert choices[: len(builtins)] == builtins and "builtin:tiny-sd" in builtins
+    from loragraph.builtin_models.catalog import BUILTINS
+
+    assert sorted(builtins) == sorted(f"builtin:{name}" for name in BUILTINS)  # every family's tiny model
     assert choices[len(builtins) :] == ["other-folder", "tiny-folder", "sd15/x.safetensors", "y.ckpt"]
 
 
@@ -271,6 +274,40 @@ def test_cancel_stops_the_sampler_between_steps_with_comfyuis_exception(comfyui)
         calls.clear()
         (images,) = n["Sampler"]().run(pipe, "a red circle", "", 1, 1, 7.0, 64, 64)  # usable afterwards
     assert calls == [(1, 1)] and images.shape == (1, 64, 64, 3)
+
+
+def load_image_like_comfyui(path: Path) -> torch.Tensor:
+    """What ComfyUI's LoadImage returns for an RGB PNG: [1, H, W, 3] float32 in 0..1."""
+    import numpy as np
+    from PIL import Image
+
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).astype(np.float32) / 255.0)[None]
+
+
+def test_an_input_image_the_pipeline_cannot_take_fails_on_image(comfyui, tmp_path):
+    """Flux Kontext rounds the input image's sides down to its image processor's multiple (64 on the
+    tiny one): a smaller image ends in diffusers' bare ZeroDivisionError, which the Sampler turns into
+    an error on `image`. An empty batch, or an image on a pipeline that takes none, is refused too."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "small.png")
+    small = load_image_like_comfyui(tmp_path / "small.png")
+    n = nodes(comfyui)
+    with torch.inference_mode():
+        (kontext,) = n["LoadPipeline"]().run("builtin:tiny-kontext", "float32", "cpu")
+        with pytest.raises(ValueError) as err:
+            n["Sampler"]().run(kontext, "a red circle", "", 1, 2, 3.5, 64, 64, image=small)
+        assert str(err.value) == ("image: FluxKontextPipeline cannot take a 32x32 input image: it rounds "
+                                  "each side down to a multiple of 64, which leaves nothing; give it one of "
+                                  "at least 64x64")
+        with pytest.raises(ValueError) as err:
+            n["Sampler"]().run(kontext, "a red circle", "", 1, 2, 3.5, 64, 64, image=small[:0])
+        message = str(err.value)
+        assert message.startswith("image: must be an IMAGE batch") and "(0, 32, 32, 3)" in message
+        (sd,) = n["LoadPipeline"]().run("builtin:tiny-sd", "auto", "cpu")
+        with pytest.raises(ValueError) as err:
+            n["Sampler"]().run(sd, "a red circle", "", 1, 1, 7.0, 64, 64, image=small)
+        assert str(err.value).startswith("image: StableDiffusionPipeline takes no input image")
 
 
 def test_a_bad_lora_fails_on_its_node_naming_the_input(comfyui):
