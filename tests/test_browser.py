@@ -411,6 +411,80 @@ def check_curve(plot: dict[str, Any], keyframes: list[tuple[float, float]]) -> N
     assert all(alpha == 0 for alpha in plot["off_alpha"]), plot["off_alpha"]
 
 
+FAMILY_EDITS = {"2": {"target": "transformer_2"}, "3": {"true_cfg": 2.5, "frames": 5}, "6": {"true_cfg": 3.0}}
+FAMILY_FRAMES = 5
+
+
+def family_workflow() -> dict[str, Any]:
+    """Wan 2.2 with its low-noise LoRA, a video Sampler into SaveImage, and a Flux Kontext Sampler whose
+    `image` is the video's frames. The Kontext Sampler feeds no output node, so the server never runs
+    it (as ComfyUI, it runs what output nodes need): it is there for the queued prompt only."""
+    def sampler(pipe: str, **extra: Any) -> dict[str, Any]:
+        return {"class_type": "Sampler",
+                "inputs": {"pipeline": [pipe, 0], "prompt": "a red circle", "negative_prompt": "", "seed": 3,
+                           "steps": STEPS, "cfg": 5.0, "width": 32, "height": 32, "scheduler": "default",
+                           "batch_size": 1, "true_cfg": 1.0, "frames": 1, **extra}}
+
+    return {
+        "1": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-wan22", "dtype": "float32", "device": "cpu"}},
+        "2": {"class_type": "LoadLoRA",
+              "inputs": {"pipeline": ["1", 0], "lora_name": "wan22/low_noise.safetensors", "strength": 1.0,
+                         "adapter_name": "low", "target": "auto"}},
+        "3": sampler("2"),
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "family"}},
+        "5": {"class_type": "LoadPipeline",
+              "inputs": {"model": "builtin:tiny-kontext", "dtype": "float32", "device": "cpu"}},
+        "6": sampler("5", image=["3", 0]),
+    }
+
+
+def declared_inputs(class_type: str) -> tuple[list[str], list[str]]:
+    from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
+
+    spec = HEADLESS_NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+    return list(spec["required"]), list(spec.get("optional", {}))
+
+
+def check_family(family: dict[str, Any], folders: dict[str, Path]) -> None:
+    """The editor shows the Sampler's optional inputs and LoadLoRA's target; what it queues is exactly
+    the declared inputs (an unconnected `image` left out) with the values set through the widgets."""
+    from loragraph.loaders.components import DENOISERS
+
+    shown = family["shown"]
+    required, optional = declared_inputs("Sampler")
+    assert optional == ["true_cfg", "frames", "image"]
+    for node in ("3", "6"):
+        widgets = {w["name"]: w for w in shown[node]["widgets"]}
+        assert {"true_cfg", "frames"} <= set(widgets) and "image" not in widgets
+        assert widgets["true_cfg"]["value"] == 1.0 and widgets["frames"]["value"] == 1
+        (image,) = [i for i in shown[node]["inputs"] if i["name"] == "image"]
+        # a socket, not a widget; drawn hollow (the frontend's RenderShape.HollowCircle = 7) as optional
+        assert image["type"] == "IMAGE" and image["widget"] is None and image["shape"] == 7, image
+        assert image["linked"] == (node == "6")
+        assert shown[node]["optional"] == optional
+    target = next(w for w in shown["2"]["widgets"] if w["name"] == "target")
+    assert target["type"] == "combo" and target["value"] == "auto"
+    assert target["values"] == ["auto", *DENOISERS]
+
+    (queued,) = family["queued"]
+    wanted = family_workflow()
+    for node, values in FAMILY_EDITS.items():
+        wanted[node]["inputs"].update(values)
+    assert without_meta(queued) == wanted
+    lora_required, lora_optional = declared_inputs("LoadLoRA")
+    assert set(queued["2"]["inputs"]) == {*lora_required, *lora_optional}
+    assert set(queued["6"]["inputs"]) == {*required, *optional}
+    assert set(queued["3"]["inputs"]) == {*required, *optional} - {"image"}
+
+    # It ran: one PNG per frame from the video Sampler, the Kontext Sampler left out.
+    assert not family["errors"], family["errors"]
+    (saved,) = [d for d in family["executed"] if d["node"] == "4"]
+    assert len(saved["output"]["images"]) == FAMILY_FRAMES
+    assert len(list(folders["output"].glob("family_*.png"))) == FAMILY_FRAMES
+    assert not [d for d in family["executed"] if d["node"] == "6"]
+
+
 def without_meta(prompt: dict[str, Any]) -> dict[str, Any]:
     return {i: {"class_type": n["class_type"], "inputs": n["inputs"]} for i, n in prompt.items()}
 
@@ -430,6 +504,7 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
     try:
         config = {"url": f"http://127.0.0.1:{server.port}", "run_workflow": workflow,
                   "names_workflow": names_wf, "schedule_workflow": schedule_workflow(),
+                  "family_workflow": family_workflow(), "family_edits": FAMILY_EDITS,
                   "screenshot_dir": str(shots), "user_data_dir": str(tmp_path / "chromium-profile"),
                   "chromium": CHROMIUM, "timeout_ms": 60000}
         config_file = tmp_path / "driver.json"
@@ -550,3 +625,6 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
                                    "keyframes": "0:0, 0.5:1, 1:-1", "interpolation": "linear"}
     assert without_meta(editor_to_api(schedule["saved_graph"], HEADLESS_NODE_CLASS_MAPPINGS)) == \
         without_meta(schedule["prompt"])
+
+    # Model families: the Sampler's true_cfg, frames and image, LoadLoRA's target.
+    check_family(seen["family"], folders)

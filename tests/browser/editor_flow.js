@@ -2,12 +2,14 @@
 //
 //   node tests/browser/editor_flow.js <config.json>
 //
-// config: {url, run_workflow, names_workflow, screenshot_dir, user_data_dir, chromium, timeout_ms}
+// config: {url, run_workflow, names_workflow, schedule_workflow, family_workflow, family_edits,
+//          screenshot_dir, user_data_dir, chromium, timeout_ms}
 // It opens the editor, checks the pack's nodes and the starting graph, loads `run_workflow` (API
 // format), checks the extension's widgets (LoadLoRA summaries, the adapter picker, fused badges),
 // queues it, waits for the image and the LoRAInfo table, takes screenshots, then loads
 // `names_workflow` to check adapter names derived from file names, and `schedule_workflow` to check
-// ScheduleAdapterWeights' curve while keyframes are typed. It prints one JSON object (the
+// ScheduleAdapterWeights' curve while keyframes are typed, and `family_workflow` to check the
+// Sampler's optional inputs and LoadLoRA's target as shown, set and queued. It prints one JSON object (the
 // observations) as its last line; the Python test asserts on it. Exit status 0 unless the browser
 // could not be driven at all.
 
@@ -301,6 +303,11 @@ async function main() {
       await page.screenshot({ path: out.screenshots.at(-1) });
       step("schedule curve");
     }
+    // -- model families: the Sampler's optional inputs and LoadLoRA's target, set in the editor -----
+    if (config.family_workflow) {
+      out.family = await familyFlow(page, config, timeout);
+      step("family inputs");
+    }
   } catch (e) {
     out.failure = String(e.stack || e);
     try {
@@ -314,6 +321,60 @@ async function main() {
   }
   out.elapsed_ms = Date.now() - t0;
   console.log(JSON.stringify(out));
+}
+
+/** Loads `family_workflow`, reads how the editor shows the Sampler's optional inputs and LoadLoRA's
+ * target, sets `family_edits` ({node id: {widget: value}}) through the widgets, queues it, and keeps
+ * the prompt the browser POSTed to /prompt and what the run returned. */
+async function familyFlow(page, config, timeout) {
+  await page.evaluate((wf) => window.app.loadApiJson(wf, "families"), config.family_workflow);
+  await page.waitForFunction((n) => window.app.graph._nodes.length === n,
+    Object.keys(config.family_workflow).length);
+  const family = {};
+  family.shown = await page.evaluate(() => Object.fromEntries(window.app.graph._nodes.map((n) => [String(n.id), {
+    class_type: n.comfyClass,
+    widgets: (n.widgets ?? []).filter((w) => w.name && !w.name.startsWith("$$") && w.type !== "button"
+      && w.type !== "DOM" && w.options).map((w) => ({ name: w.name, type: w.type, value: w.value,
+      values: Array.isArray(w.options?.values) ? w.options.values : null })),
+    // socket inputs; a widget's own socket carries `widget`. An optional socket is drawn hollow
+    inputs: (n.inputs ?? []).map((i) => ({ name: i.name, type: i.type, widget: i.widget?.name ?? null,
+      shape: i.shape ?? null, linked: i.link != null })),
+    optional: Object.keys(n.constructor.nodeData?.input?.optional ?? {}),
+  }])));
+  // set each value as the widget's own handler does when a user picks or types it
+  await page.evaluate((edits) => {
+    for (const [id, values] of Object.entries(edits)) {
+      const node = window.app.graph.getNodeById(Number(id));
+      for (const [name, value] of Object.entries(values)) {
+        const w = node.widgets.find((x) => x.name === name);
+        w.value = value;
+        w.callback?.(w.value, window.app.canvas, node);
+      }
+    }
+    window.app.graph.setDirtyCanvas(true, true);
+  }, config.family_edits);
+  await fitView(page);
+  const posted = [];
+  const onRequest = (r) => {
+    if (r.method() === "POST" && new URL(r.url()).pathname.endsWith("/prompt")) posted.push(r.postDataJSON());
+  };
+  page.on("request", onRequest);
+  await page.evaluate(async () => {
+    const { api } = await import("/scripts/api.js");
+    window.__lgFamily = { executed: [], errors: [], done: false };
+    api.addEventListener("executed", (e) => window.__lgFamily.executed.push(e.detail));
+    api.addEventListener("execution_error", (e) => { window.__lgFamily.errors.push(e.detail); window.__lgFamily.done = true; });
+    api.addEventListener("execution_success", () => { window.__lgFamily.done = true; });
+    await window.app.queuePrompt(0, 1);
+  });
+  await page.waitForFunction(() => window.__lgFamily.done, null, { timeout, polling: 250 });
+  page.off("request", onRequest);
+  family.queued = posted.map((body) => body.prompt);
+  family.executed = await page.evaluate(() => window.__lgFamily.executed);
+  family.errors = await page.evaluate(() => window.__lgFamily.errors);
+  family.screenshot = path.join(config.screenshot_dir, "editor-families.png");
+  await page.screenshot({ path: family.screenshot });
+  return family;
 }
 
 async function waitForSummaries(page) {
