@@ -283,6 +283,16 @@ async def family_checks(session, ws, url: str, client_id: str, comfyui: Path, ch
           min(levels(got, other), levels(got, plain)) > 3 * TOLERANCE,
           f"max {levels(got, other)}/255 against another input image, {levels(got, plain)}/255 against none")
 
+    # One smaller than Kontext's image processor rounds to (64 on the tiny one): an error on `image`.
+    small_name = f"loragraph_check_{stamp}_small.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(inputs / small_name)
+    small = {**prompt, "20": {"class_type": "LoadImage", "inputs": {"image": small_name}}}
+    last, _, _ = await comfy_outputs(session, ws, url, client_id, comfyui, small)
+    check("tiny-kontext: a 32x32 LoadImage fails on the Sampler naming image",
+          last[0] == "execution_error" and last[1]["node_id"] == "2"
+          and last[1]["exception_message"].startswith("image:"),
+          last[1].get("exception_message", last[0])[:200])
+
 
 async def main() -> int:
     ap = argparse.ArgumentParser()
