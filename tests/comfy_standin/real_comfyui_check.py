@@ -6,7 +6,15 @@ Writes two LoRA files into ComfyUI's models/loras (a good one and a truncated on
 LoadLoRA combo shows them without a restart; a workflow mixing our nodes with ComfyUI's SaveImage and
 PreviewImage runs through /prompt with `progress` messages on /ws; POST /interrupt stops a 300-step
 Sampler between steps; the truncated LoRA fails with an execution_error on its LoadLoRA node naming
-`lora_name`. Prints one line per check and exits non-zero if one fails.
+`lora_name`.
+
+Then the model families (docs/architecture.md, "The real-ComfyUI check"): the LoadPipeline combo
+lists every built-in; tiny Wan 2.1 (bare, and with the example Wan LoRA) and Wan 2.2 (bare, and with
+its LoRA pair, the low-noise file placed by `target`) render 5 frames into ComfyUI's SaveImage (one
+PNG per frame) and SaveAnimatedWEBP, compared with the same workflow run by loragraph's executor in
+this process (so run it with an interpreter that imports loragraph); every built-in renders one step
+as it does headless; tiny Kontext takes ComfyUI's LoadImage as `image`, and a 32x32 one fails on
+`image`. Prints one line per check and exits non-zero if one fails.
 """
 
 from __future__ import annotations
@@ -252,6 +260,21 @@ async def family_checks(session, ws, url: str, client_id: str, comfyui: Path, ch
             moved = levels(frames[label], frames[base])
             check(f"{label}: the LoRA changes the frames", moved > 3 * TOLERANCE,
                   f"max {moved}/255 from the base")
+
+    # Every built-in family renders inside ComfyUI as it does headless (one step, its native size and
+    # frame count: the other inputs are checked above; this is whether each pipeline runs there at all).
+    for name, builtin in BUILTINS.items():
+        count = builtin.frames or 1
+        prompt = family_prompt(f"builtin:{name}", [], {}, f"loragraph_check_{stamp}/all/{name}", count,
+                               builtin.native_size, 1)
+        last, files, _ = await comfy_outputs(session, ws, url, client_id, comfyui, prompt)
+        if last[0] != "execution_success":
+            check(f"{name}: renders in ComfyUI", False, last[1].get("exception_message", last)[:300])
+            continue
+        got, ours = frames_of(files["3"]), frames_of(headless.run(prompt)["3"])
+        check(f"{name}: renders in ComfyUI as in `loragraph run`",
+              len(got) == count and levels(got, ours) <= TOLERANCE,
+              f"{len(got)} image(s) of {builtin.native_size}px, max {levels(got, ours)}/255")
 
     # An editing pipeline gets ComfyUI's LoadImage output as `image`.
     size = BUILTINS["tiny-kontext"].native_size
