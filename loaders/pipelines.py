@@ -189,40 +189,76 @@ def _quiet_loading() -> Iterator[None]:
 
 
 def _from_single_file(source: PipelineSource):
-    """Single-file checkpoints need a local config: a diffusers folder named in a sidecar or by type.
-
-    diffusers reads the model config from the Hub unless `config=` points to a local folder; with no
-    network we look for `<checkpoint>.config/` (a diffusers folder without weights) next to the file,
-    or a `.yaml` original config with the same stem.
+    """A single-file checkpoint, offline: its config is, first found, a diffusers folder without weights
+    at `<checkpoint>.config/`, an original `.yaml` with the same stem, or the package's own config for
+    the family its keys show (loaders/single_file.py; docs/single-files.md).
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from . import single_file
 
     path = Path(source.path)
     sidecar = path.with_suffix(path.suffix + ".config")
     yaml = path.with_suffix(".yaml")
     kwargs: dict = {"local_files_only": True, "dtype": DTYPES[source.dtype]}
-    if sidecar.is_dir():
-        kwargs["config"] = str(sidecar)
-    elif yaml.is_file():
-        kwargs["original_config"] = str(yaml)
+    if sidecar.is_dir() or yaml.is_file():
+        cls = _sidecar_pipeline_class(path, sidecar)
+        if sidecar.is_dir():
+            kwargs["config"] = str(sidecar)
+        else:
+            kwargs["original_config"] = str(yaml)
+        family = "its own config"
     else:
-        raise NodeInputError(
-            "model",
-            f"{source.model}: a single-file checkpoint needs a local config offline: put a diffusers folder "
-            f"(model_index.json and component configs, no weights) at {sidecar.name} next to it",
-        )
-    cls = StableDiffusionXLPipeline if "xl" in path.name.lower() else StableDiffusionPipeline
-    index = sidecar / "model_index.json"
-    if index.is_file():  # the sidecar says which pipeline it describes; the file name is only a guess
-        import diffusers
-
-        named = getattr(diffusers, str(json.loads(index.read_text()).get("_class_name")), None)
-        if named is not None and hasattr(named, "from_single_file"):
-            cls = named
+        family, cls = _shipped_family(source, path, single_file, sidecar)
+        kwargs.update(single_file.load_kwargs(family, single_file.read_header(path)))
+        family = single_file.FAMILIES[family]
     try:
         return cls.from_single_file(str(path), **kwargs)
     except Exception as e:  # diffusers raises many types here; the user needs the file named
-        raise NodeInputError("model", f"{source.model}: could not load the checkpoint: {e}") from e
+        raise NodeInputError(
+            "model", f"{source.model}: could not load the checkpoint with {family}: {e}"
+        ) from e
+
+
+def _sidecar_pipeline_class(path: Path, sidecar: Path):
+    """The class a sidecar's model_index.json names; without one, a guess from the file name."""
+    import diffusers
+
+    xl = "xl" in path.name.lower()
+    cls = diffusers.StableDiffusionXLPipeline if xl else diffusers.StableDiffusionPipeline
+    index = sidecar / "model_index.json"
+    if index.is_file():  # the sidecar says which pipeline it describes; the file name is only a guess
+        named = getattr(diffusers, str(json.loads(index.read_text()).get("_class_name")), None)
+        if named is not None and hasattr(named, "from_single_file"):
+            cls = named
+    return cls
+
+
+def _shipped_family(source: PipelineSource, path: Path, single_file, sidecar: Path):
+    """(model type, pipeline class) of a checkpoint the package has a config for, read from its header;
+    anything else is an error on `model` saying what would make it load."""
+    import diffusers
+
+    own_config = (f"put a diffusers folder (model_index.json and component configs, no weights) at "
+                  f"{sidecar.name} next to it, or use the model as a diffusers folder under diffusers/; "
+                  "loragraph reads single files offline")
+    try:
+        header = single_file.read_header(path)
+    except single_file.UnreadableCheckpoint as e:
+        raise NodeInputError("model", f"{source.model}: {e}") from None
+    family = single_file.detect_family(header)
+    shipped = ", ".join(single_file.FAMILIES.values())
+    if family is None:
+        raise NodeInputError("model", f"{source.model}: its keys are no model family diffusers knows "
+                                      f"(configs ship for {shipped}): {own_config}")
+    if family not in single_file.FAMILIES:
+        raise NodeInputError("model", f"{source.model}: diffusers reads it as {family!r}, a family with no "
+                                      f"config shipped (those are {shipped}): {own_config}")
+    required, _ = single_file.missing_parts(family, header)
+    if required:
+        name = single_file.FAMILIES[family]
+        raise NodeInputError("model", f"{source.model}: a {name} checkpoint without {', '.join(required)}: "
+                                      "a denoiser-only file goes in diffusion_models/, or "
+                                      f"{own_config}")
+    return family, getattr(diffusers, single_file.pipeline_class_name(family))
 
 
 def param_bytes(pipe) -> int:

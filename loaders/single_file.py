@@ -1,0 +1,166 @@
+"""Single-file checkpoints (ComfyUI's and A1111's `models/checkpoints/`) read offline.
+
+diffusers' `from_single_file` needs a diffusers config next to the weights and fetches it from the Hub
+unless `config=` names a local folder. The package ships those folders for the families most
+checkpoints belong to (single_file_configs/, see docs/single-files.md): the family is diffusers' own
+reading of the checkpoint's keys (`infer_diffusers_model_type`), done on the file's header, so no
+weight is read before the family is known.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+
+CONFIGS = Path(__file__).with_name("single_file_configs")
+# The model types (diffusers' names) a config folder ships for, and what users call them.
+FAMILIES = {
+    "v1": "SD 1.x", "xl_base": "SDXL", "sd3": "SD3 Medium", "sd35_medium": "SD3.5 Medium",
+    "sd35_large": "SD3.5 Large", "flux-dev": "Flux.1 dev", "flux-schnell": "Flux.1 schnell",
+}
+# Where each component's weights sit in the original layouts, per family group: a component whose
+# prefix no key has is absent from the file. SD3's T5 is optional there (diffusers runs SD3 without it).
+UNET_PREFIXES = ("model.diffusion_model.",)
+DIT_PREFIXES = ("model.diffusion_model.", "joint_blocks.", "double_blocks.")
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+PARTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "v1": {"unet": UNET_PREFIXES, "vae": VAE_PREFIXES, "text_encoder": ("cond_stage_model.transformer.",)},
+    "xl_base": {"unet": UNET_PREFIXES, "vae": VAE_PREFIXES,
+                "text_encoder": ("conditioner.embedders.0.transformer.",),
+                "text_encoder_2": ("conditioner.embedders.1.model.",)},
+    "sd3": {"transformer": DIT_PREFIXES, "vae": VAE_PREFIXES, "text_encoder": ("text_encoders.clip_l.",),
+            "text_encoder_2": ("text_encoders.clip_g.",), "text_encoder_3": ("text_encoders.t5xxl.",)},
+    "flux": {"transformer": DIT_PREFIXES, "vae": VAE_PREFIXES, "text_encoder": ("text_encoders.clip_l.",),
+             "text_encoder_2": ("text_encoders.t5xxl.",)},
+}
+OPTIONAL = {"sd3": {"text_encoder_3": "tokenizer_3"}}
+HEADER_LIMIT = 100 << 20  # safetensors' own cap on a header: a bigger one is not a checkpoint
+
+
+class UnreadableCheckpoint(ValueError):
+    """The file's tensor names cannot be read (not a safetensors file, or a damaged one)."""
+
+
+class TensorShape:
+    """A header entry as diffusers' detection reads it: `.shape` only, no data."""
+
+    def __init__(self, shape: list[int]):
+        self.shape = torch.Size(shape)
+
+
+class HeaderView(Mapping[str, TensorShape]):
+    """A checkpoint's tensor names and shapes, read without reading a weight."""
+
+    def __init__(self, shapes: dict[str, list[int]]):
+        self.shapes = shapes
+
+    def __getitem__(self, key: str) -> TensorShape:
+        return TensorShape(self.shapes[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def read_header(path: Path) -> HeaderView:
+    """Names and shapes: a safetensors file's JSON header, or a pickle's tensors memory-mapped (read
+    with `weights_only`, so no code in it runs, and no weight is paged in for the shapes)."""
+    if path.suffix.lower() == ".safetensors":
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise UnreadableCheckpoint("not a safetensors file (shorter than its 8-byte header size)")
+            (n,) = struct.unpack("<Q", head)
+            if n > HEADER_LIMIT:
+                raise UnreadableCheckpoint(f"not a safetensors file (its header claims {n} bytes)")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError as e:
+                raise UnreadableCheckpoint(f"not a safetensors file: its header is not JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise UnreadableCheckpoint("not a safetensors file: its header is not a JSON object")
+        return HeaderView({k: list(v.get("shape", [])) for k, v in header.items()
+                           if k != "__metadata__" and isinstance(v, dict)})
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch raises many types for a file it cannot read
+        raise UnreadableCheckpoint(f"not a readable checkpoint ({type(e).__name__})") from None
+    while isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UnreadableCheckpoint("the file holds no state dict")
+    return HeaderView({k: list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)})
+
+
+def detect_family(header: Mapping) -> str | None:
+    """diffusers' model type for the checkpoint (`v1`, `xl_base`, `sd3`, `flux-dev`, ...), or None when
+    its keys are no model diffusers knows: diffusers' detection falls back to `v1` for any file, so `v1`
+    also needs SD 1.x's own marker key."""
+    from diffusers.loaders.single_file_utils import CHECKPOINT_KEY_NAMES, infer_diffusers_model_type
+
+    try:
+        model_type = infer_diffusers_model_type(header)
+    except (KeyError, IndexError, AttributeError):  # a key one test reads is absent: not that family
+        return None
+    if model_type == "v1" and CHECKPOINT_KEY_NAMES["v1"] not in header:
+        return None
+    return model_type
+
+
+def parts_group(family: str) -> str:
+    return "sd3" if family.startswith("sd3") else "flux" if family.startswith("flux") else family
+
+
+def missing_parts(family: str, header: Mapping) -> tuple[list[str], list[str]]:
+    """(required components the file lacks, optional ones it lacks), by key prefix."""
+    group = parts_group(family)
+    optional = OPTIONAL.get(group, {})
+    required, absent = [], []
+    for component, prefixes in PARTS[group].items():
+        if not any(k.startswith(prefixes) for k in header):
+            (absent if component in optional else required).append(component)
+    return required, absent
+
+
+def config_folder(family: str) -> Path:
+    return CONFIGS / family
+
+
+def pipeline_class_name(family: str) -> str:
+    return json.loads((config_folder(family) / "model_index.json").read_text())["_class_name"]
+
+
+def tokenizers(family: str, skip: tuple[str, ...] = ()) -> dict[str, object]:
+    """The family's tokenizers, built from the shared files under single_file_configs/tokenizers/."""
+    import transformers
+
+    folder = config_folder(family)
+    index = json.loads((folder / "model_index.json").read_text())
+    out: dict[str, object] = {}
+    for component, spec in json.loads((folder / "tokenizers.json").read_text()).items():
+        if component in skip:
+            continue
+        kwargs = {k: v for k, v in spec.items() if k != "files"}
+        cls = getattr(transformers, index[component][1])
+        files = CONFIGS / "tokenizers" / spec["files"]
+        out[component] = cls.from_pretrained(str(files), local_files_only=True, **kwargs)
+    return out
+
+
+def load_kwargs(family: str, header: Mapping) -> dict[str, object]:
+    """What `from_single_file` gets besides the path: the shipped config folder, the tokenizers, and
+    None for each optional component the file lacks (diffusers would look for its weights in the
+    config folder and fail)."""
+    _, absent = missing_parts(family, header)
+    optional = OPTIONAL.get(parts_group(family), {})
+    skipped = {c: None for c in absent} | {optional[c]: None for c in absent}
+    kwargs: dict[str, object] = {"config": str(config_folder(family))}
+    kwargs.update(tokenizers(family, skip=tuple(skipped)))
+    kwargs.update(skipped)
+    return kwargs
