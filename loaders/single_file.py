@@ -121,7 +121,8 @@ def missing_parts(family: str, header: Mapping) -> tuple[list[str], list[str]]:
     """(required components the file lacks, optional ones it lacks), by key prefix."""
     group = parts_group(family)
     optional = OPTIONAL.get(group, {})
-    required, absent = [], []
+    required: list[str] = []
+    absent: list[str] = []
     for component, prefixes in PARTS[group].items():
         if not any(k.startswith(prefixes) for k in header):
             (absent if component in optional else required).append(component)
