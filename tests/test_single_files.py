@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from conftest import PROMPT, SIZE, STEPS, max_diff
 from loragraph import host
 from loragraph.base.errors import NodeInputError
 from loragraph.loaders import single_file as sf
@@ -258,3 +259,146 @@ def test_detection_reads_sd3_and_flux_variants_from_header_shapes():
     assert sf.detect_family(sf.HeaderView(flux)) == "flux-schnell"
     guidance = {"model.diffusion_model.guidance_in.in_layer.bias": [3072]}
     assert sf.detect_family(sf.HeaderView({**flux, **guidance})) == "flux-dev"
+
+
+# --- SDXL: the original (SGM) layout, at full size on the meta device and as a tiny pipeline ----------
+
+class StateOf:
+    """What testing's LDM writers read of a module: its config and a state dict (meta tensors are fine)."""
+
+    def __init__(self, config, state: dict):
+        self.config, self.state = config, state
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
+def open_clip_layout(encoder, prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIPTextModelWithProjection in OpenCLIP's names: fused q/k/v `in_proj`, `ln_1`,
+    `c_fc`, the projection as a matrix applied on the right (the transpose of the Linear's weight)."""
+    state = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    out = {prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+           prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+           prefix + "text_projection": state.pop("text_projection.weight").T.contiguous()}
+    for part in ("weight", "bias"):
+        out[prefix + f"ln_final.{part}"] = state.pop(f"final_layer_norm.{part}")
+    names = {"self_attn.out_proj.": "attn.out_proj.", "layer_norm1.": "ln_1.", "layer_norm2.": "ln_2.",
+             "mlp.fc1.": "mlp.c_fc.", "mlp.fc2.": "mlp.c_proj."}
+    for i in range(encoder.config.num_hidden_layers):
+        layer, block = f"encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+        for part in ("weight", "bias"):
+            out[block + f"attn.in_proj_{part}"] = torch.cat(
+                [state.pop(f"{layer}self_attn.{x}_proj.{part}") for x in "qkv"])
+        for ours, theirs in names.items():
+            for part in ("weight", "bias"):
+                out[block + theirs + part] = state.pop(layer + ours + part)
+    assert not state, sorted(state)  # every tensor placed
+    return out
+
+
+def sdxl_checkpoint(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """An SDXL pipeline's modules in the layout of sd_xl_base_1.0.safetensors."""
+    state = dict(unet.state_dict())
+    label = {"add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}
+    out = {}
+    for ours, theirs in label.items():
+        for part in ("weight", "bias"):
+            out[f"model.diffusion_model.{theirs}{part}"] = state.pop(ours + part)
+    out.update(ldm_resnet_names(_ldm_unet(StateOf(unet.config, state))))
+    out.update(_ldm_vae(vae))
+    for key, value in text_encoder.state_dict().items():
+        key = key if key.startswith("text_model.") else "text_model." + key
+        out["conditioner.embedders.0.transformer." + key] = value
+    out.update(open_clip_layout(text_encoder_2, "conditioner.embedders.1.model."))
+    return out
+
+
+def shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def test_a_full_size_sdxl_checkpoint_reads_as_sdxl_and_fits_the_shipped_config():
+    """SDXL base at full size on the meta device (no memory): its layout is detected as `xl_base`,
+    holds every part, and diffusers' own converters turn it into exactly the tensors the shipped
+    configs' UNet, VAE and both text encoders have."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+        convert_open_clip_checkpoint,
+    )
+
+    parts = {c: meta_component("xl_base", c) for c in ("unet", "vae", "text_encoder", "text_encoder_2")}
+    ckpt = sdxl_checkpoint(**parts)
+    assert sf.detect_family(ckpt) == "xl_base"
+    assert sf.missing_parts("xl_base", ckpt) == ([], [])
+    unet = convert_ldm_unet_checkpoint(dict(ckpt), dict(parts["unet"].config))
+    assert shapes(unet) == shapes(parts["unet"].state_dict())
+    vae = convert_ldm_vae_checkpoint(dict(ckpt), dict(parts["vae"].config))
+    assert shapes(vae) == shapes(parts["vae"].state_dict())
+    clip_l = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(dict(ckpt)).items()
+              if k.startswith("text_model.")}
+    assert shapes(clip_l) == shapes(parts["text_encoder"].state_dict())
+    clip_g = convert_open_clip_checkpoint(parts["text_encoder_2"], dict(ckpt),
+                                          prefix="conditioner.embedders.1.model.")
+    assert shapes(clip_g) == shapes(parts["text_encoder_2"].state_dict())
+
+
+def build_tiny_sdxl_two_widths():
+    """builtin tiny-sdxl's shape, but its second text encoder 64 wide: diffusers tells a single file's
+    two CLIP encoders apart by width, so the built-in one (both 32) cannot round-trip."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from loragraph.builtin_models.tiny_parts import BUILTIN_SEED, clip_config, ddim_scheduler, tiny_vae
+    from loragraph.builtin_models.tokenizers import make_tokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(BUILTIN_SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 time ids * 8 + the 32-wide pooled projection
+        cross_attention_dim=96, norm_num_groups=32)  # the two encoders' hidden states side by side: 32 + 64
+    torch.manual_seed(BUILTIN_SEED)
+    vae = tiny_vae()
+    torch.manual_seed(BUILTIN_SEED)
+    text_encoder = CLIPTextModel(clip_config())
+    torch.manual_seed(BUILTIN_SEED + 1)
+    wide = clip_config(projection_dim=32)
+    wide.hidden_size = 64
+    text_encoder_2 = CLIPTextModelWithProjection(wide)
+    return StableDiffusionXLPipeline(
+        unet=unet, scheduler=ddim_scheduler(), vae=vae, text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2, tokenizer=make_tokenizer(), tokenizer_2=make_tokenizer(),
+        force_zeros_for_empty_prompt=False)
+
+
+def save_as_diffusers_and_single_file(pipe, models: Path, name: str, checkpoint: dict) -> None:
+    """The same weights twice: `diffusers/<name>/` and `checkpoints/<name>.safetensors` with its
+    `.config/` (the folder without weights: tiny shapes are no shipped family's)."""
+    folder = models / "diffusers" / name
+    pipe.save_pretrained(folder)
+    tensors = {k: v.contiguous() for k, v in checkpoint.items()}
+    ckpt = write(models / "checkpoints" / f"{name}.safetensors", tensors)
+    sidecar = ckpt.with_name(ckpt.name + ".config")
+    pipe.save_pretrained(sidecar)
+    for weights in sidecar.rglob("*"):
+        if weights.suffix in (".safetensors", ".bin"):
+            weights.unlink()
+
+
+def test_a_tiny_sdxl_single_file_renders_as_its_diffusers_folder(checkpoints):
+    pipe = build_tiny_sdxl_two_widths()
+    models = checkpoints.parent
+    save_as_diffusers_and_single_file(
+        pipe, models, "tiny_xl", sdxl_checkpoint(pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2))
+    engine = Engine()
+    folder, single = engine.load_pipeline("tiny_xl"), engine.load_pipeline("tiny_xl.safetensors")
+    assert type(engine.live(single.source).pipe).__name__ == "StableDiffusionXLPipeline"
+    assert single.source.components == folder.source.components
+    images = [engine.sample(h, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE) for h in (folder, single)]
+    assert max_diff(*images) <= 2 / 255
+    other = engine.sample(folder, "a blue square", "", 1, STEPS, 7.0, SIZE, SIZE)
+    assert max_diff(images[0], other) > 2 / 255  # the comparison can fail: the prompt reaches the image
