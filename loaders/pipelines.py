@@ -203,6 +203,8 @@ def _from_single_file(source: PipelineSource):
         cls = _sidecar_pipeline_class(path, sidecar)
         if sidecar.is_dir():
             kwargs["config"] = str(sidecar)
+            if (sidecar / "model_index.json").is_file():  # saved without e.g. SD3's T5: pass it as None
+                kwargs.update(_absent_components(str(sidecar)))
         else:
             kwargs["original_config"] = str(yaml)
         family = "its own config"

@@ -402,3 +402,164 @@ def test_a_tiny_sdxl_single_file_renders_as_its_diffusers_folder(checkpoints):
     assert max_diff(*images) <= 2 / 255
     other = engine.sample(folder, "a blue square", "", 1, STEPS, 7.0, SIZE, SIZE)
     assert max_diff(images[0], other) > 2 / 255  # the comparison can fail: the prompt reaches the image
+
+
+# --- SD3: MMDiT in its original names, the text encoders under text_encoders.* ------------------------
+
+def swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """(shift, scale) <-> (scale, shift): SD3's final modulations are stored the other way round."""
+    first, second = t.chunk(2, dim=0)
+    return torch.cat([second, first])
+
+
+def mmdit_layout(transformer, prefix: str = "model.diffusion_model.") -> dict[str, torch.Tensor]:
+    """An SD3Transformer2DModel in the original MMDiT names (sd3_medium.safetensors): fused q/k/v per
+    stream, `adaLN_modulation.1`, the last block's context modulation and the final layer's halves
+    swapped. The inverse of diffusers' convert_sd3_transformer_checkpoint_to_diffusers."""
+    s = dict(transformer.state_dict())
+    out: dict[str, torch.Tensor] = {}
+
+    def move(ours: str, theirs: str, swap: bool = False) -> None:
+        for part in ("weight", "bias"):
+            if f"{ours}.{part}" in s:
+                value = s.pop(f"{ours}.{part}")
+                out[f"{prefix}{theirs}.{part}"] = swap_halves(value) if swap else value
+
+    def fuse(ours: str, names: tuple[str, ...], theirs: str) -> None:
+        for part in ("weight", "bias"):
+            out[f"{prefix}{theirs}.{part}"] = torch.cat([s.pop(f"{ours}.{n}.{part}") for n in names])
+
+    out[prefix + "pos_embed"] = s.pop("pos_embed.pos_embed")
+    move("pos_embed.proj", "x_embedder.proj")
+    move("time_text_embed.timestep_embedder.linear_1", "t_embedder.mlp.0")
+    move("time_text_embed.timestep_embedder.linear_2", "t_embedder.mlp.2")
+    move("time_text_embed.text_embedder.linear_1", "y_embedder.mlp.0")
+    move("time_text_embed.text_embedder.linear_2", "y_embedder.mlp.2")
+    move("context_embedder", "context_embedder")
+    last = transformer.config.num_layers - 1
+    for i in range(transformer.config.num_layers):
+        b, j = f"transformer_blocks.{i}", f"joint_blocks.{i}"
+        fuse(f"{b}.attn", ("to_q", "to_k", "to_v"), f"{j}.x_block.attn.qkv")
+        fuse(f"{b}.attn", ("add_q_proj", "add_k_proj", "add_v_proj"), f"{j}.context_block.attn.qkv")
+        for ours, theirs in (("attn.norm_q", "x_block.attn.ln_q"), ("attn.norm_k", "x_block.attn.ln_k"),
+                             ("attn.norm_added_q", "context_block.attn.ln_q"),
+                             ("attn.norm_added_k", "context_block.attn.ln_k"),
+                             ("attn2.norm_q", "x_block.attn2.ln_q"), ("attn2.norm_k", "x_block.attn2.ln_k"),
+                             ("attn.to_out.0", "x_block.attn.proj"),
+                             ("attn.to_add_out", "context_block.attn.proj"),
+                             ("attn2.to_out.0", "x_block.attn2.proj"),
+                             ("norm1.linear", "x_block.adaLN_modulation.1"),
+                             ("ff.net.0.proj", "x_block.mlp.fc1"), ("ff.net.2", "x_block.mlp.fc2"),
+                             ("ff_context.net.0.proj", "context_block.mlp.fc1"),
+                             ("ff_context.net.2", "context_block.mlp.fc2")):
+            move(f"{b}.{ours}", f"{j}.{theirs}")
+        if f"{b}.attn2.to_q.weight" in s:
+            fuse(f"{b}.attn2", ("to_q", "to_k", "to_v"), f"{j}.x_block.attn2.qkv")
+        move(f"{b}.norm1_context.linear", f"{j}.context_block.adaLN_modulation.1", swap=i == last)
+    move("proj_out", "final_layer.linear")
+    move("norm_out.linear", "final_layer.adaLN_modulation.1", swap=True)
+    assert not s, sorted(s)  # every tensor placed
+    return out
+
+
+def sd3_checkpoint(transformer, vae, text_encoder, text_encoder_2, text_encoder_3=None) -> dict:
+    """An SD3 pipeline in the layout of sd3_medium_incl_clips(_t5xxlfp8).safetensors."""
+    out = {**mmdit_layout(transformer), **_ldm_vae(vae)}
+    encoders = {"clip_l": text_encoder, "clip_g": text_encoder_2, "t5xxl": text_encoder_3}
+    for name, encoder in encoders.items():
+        if encoder is None:
+            continue
+        for key, value in encoder.state_dict().items():
+            if name == "clip_l" and key == "text_projection.weight":
+                continue  # SD3 files carry no CLIP-L projection (diffusers puts the identity there)
+            if name == "t5xxl" and key == "encoder.embed_tokens.weight":
+                continue  # tied to `shared`
+            out[f"text_encoders.{name}.transformer.{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd35_medium", "sd35_large"])
+def test_a_full_size_sd3_checkpoint_reads_as_its_family_and_fits_the_shipped_config(family):
+    """SD3 Medium, SD3.5 Medium (dual attention, qk norms, 384 positions) and SD3.5 Large at full size
+    on the meta device: detected as their own family, every part present, and diffusers' converters
+    give exactly the shipped configs' tensors."""
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_vae_checkpoint,
+        convert_sd3_t5_checkpoint_to_diffusers,
+        convert_sd3_transformer_checkpoint_to_diffusers,
+    )
+
+    parts = {c: meta_component(family, c)
+             for c in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")}
+    ckpt = sd3_checkpoint(**parts)
+    assert sf.detect_family(ckpt) == family
+    assert sf.missing_parts(family, ckpt) == ([], [])
+    transformer = convert_sd3_transformer_checkpoint_to_diffusers(dict(ckpt))
+    assert shapes(transformer) == shapes(parts["transformer"].state_dict())
+    assert shapes(convert_ldm_vae_checkpoint(dict(ckpt), dict(parts["vae"].config))) == shapes(
+        parts["vae"].state_dict())
+    for component, prefix in (("text_encoder", "text_encoders.clip_l.transformer."),
+                              ("text_encoder_2", "text_encoders.clip_g.transformer.")):
+        converted = convert_ldm_clip_checkpoint(dict(ckpt), prefix)
+        expected = shapes(parts[component].state_dict())
+        if component == "text_encoder":
+            expected.pop("text_projection.weight")  # diffusers sets it to the identity
+        assert shapes(converted) == expected, component
+    t5 = shapes(parts["text_encoder_3"].state_dict())
+    t5.pop("encoder.embed_tokens.weight")
+    assert shapes(convert_sd3_t5_checkpoint_to_diffusers(dict(ckpt))) == t5
+    no_t5 = {k: v for k, v in ckpt.items() if not k.startswith("text_encoders.t5xxl.")}
+    assert sf.missing_parts(family, no_t5) == ([], ["text_encoder_3"])  # loads with text_encoder_3=None
+
+
+def build_tiny_sd3_for_single_files():
+    """builtin tiny-sd3's shape, fit for SD3's single-file reader: CLIP-L's projection the identity
+    (SD3 files carry none), the two CLIP encoders of different widths (32, 64: diffusers tells them
+    apart by width), so the transformer's context is 96 wide (both encoders' states side by side)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from loragraph.builtin_models.tiny_parts import BUILTIN_SEED, clip_config
+    from loragraph.builtin_models.tokenizers import make_tokenizer
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(BUILTIN_SEED)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=1, in_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=96, pooled_projection_dim=64, out_channels=4)
+    torch.manual_seed(BUILTIN_SEED)
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,),
+                        layers_per_block=1, latent_channels=4, norm_num_groups=1, use_quant_conv=False,
+                        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    torch.manual_seed(BUILTIN_SEED)
+    text_encoder = CLIPTextModelWithProjection(clip_config(projection_dim=32))
+    with torch.no_grad():
+        text_encoder.text_projection.weight.copy_(torch.eye(32))
+    torch.manual_seed(BUILTIN_SEED + 1)
+    wide = clip_config(projection_dim=32)
+    wide.hidden_size = 64
+    text_encoder_2 = CLIPTextModelWithProjection(wide)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+        text_encoder=text_encoder, tokenizer=make_tokenizer(), text_encoder_2=text_encoder_2,
+        tokenizer_2=make_tokenizer(), text_encoder_3=None, tokenizer_3=None)
+
+
+def test_a_tiny_sd3_single_file_renders_as_its_diffusers_folder(checkpoints):
+    pipe = build_tiny_sd3_for_single_files()
+    save_as_diffusers_and_single_file(
+        pipe, checkpoints.parent, "tiny_sd3",
+        sd3_checkpoint(pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2))
+    engine = Engine()
+    folder, single = engine.load_pipeline("tiny_sd3"), engine.load_pipeline("tiny_sd3.safetensors")
+    assert type(engine.live(single.source).pipe).__name__ == "StableDiffusion3Pipeline"
+    assert single.source.components == folder.source.components
+    images = [engine.sample(h, PROMPT, "", 1, STEPS, 7.0, 32, 32) for h in (folder, single)]
+    assert max_diff(*images) <= 2 / 255
+    other = engine.sample(folder, "a blue square", "", 1, STEPS, 7.0, 32, 32)
+    assert max_diff(images[0], other) > 2 / 255  # the comparison can fail: the prompt reaches the image
