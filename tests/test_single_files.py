@@ -563,3 +563,104 @@ def test_a_tiny_sd3_single_file_renders_as_its_diffusers_folder(checkpoints):
     assert max_diff(*images) <= 2 / 255
     other = engine.sample(folder, "a blue square", "", 1, STEPS, 7.0, 32, 32)
     assert max_diff(images[0], other) > 2 / 255  # the comparison can fail: the prompt reaches the image
+
+
+# --- Flux: BFL's transformer names, the text encoders under text_encoders.* ---------------------------
+
+def flux_layout(transformer, prefix: str = "model.diffusion_model.") -> dict[str, torch.Tensor]:
+    """A FluxTransformer2DModel in BFL's names (flux1-dev.safetensors): fused q/k/v per stream, the
+    single blocks' q/k/v/MLP fused into linear1, the final modulation's halves swapped. The inverse of
+    diffusers' convert_flux_transformer_checkpoint_to_diffusers."""
+    s = dict(transformer.state_dict())
+    out: dict[str, torch.Tensor] = {}
+
+    def move(ours: str, theirs: str, swap: bool = False) -> None:
+        for part in ("weight", "bias"):
+            value = s.pop(f"{ours}.{part}")
+            out[f"{prefix}{theirs}.{part}"] = swap_halves(value) if swap else value
+
+    def move_norm(ours: str, theirs: str) -> None:  # BFL's RMSNorm calls its weight `scale`
+        out[f"{prefix}{theirs}.scale"] = s.pop(f"{ours}.weight")
+
+    def fuse(ours: str, names: tuple[str, ...], theirs: str) -> None:
+        for part in ("weight", "bias"):
+            out[f"{prefix}{theirs}.{part}"] = torch.cat([s.pop(f"{ours}.{n}.{part}") for n in names])
+
+    for ours, theirs in (("time_text_embed.timestep_embedder", "time_in"),
+                         ("time_text_embed.text_embedder", "vector_in"),
+                         ("time_text_embed.guidance_embedder", "guidance_in")):
+        if f"{ours}.linear_1.weight" in s:
+            move(f"{ours}.linear_1", f"{theirs}.in_layer")
+            move(f"{ours}.linear_2", f"{theirs}.out_layer")
+    move("context_embedder", "txt_in")
+    move("x_embedder", "img_in")
+    for i in range(transformer.config.num_layers):
+        b, d = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        move(f"{b}.norm1.linear", f"{d}.img_mod.lin")
+        move(f"{b}.norm1_context.linear", f"{d}.txt_mod.lin")
+        fuse(f"{b}.attn", ("to_q", "to_k", "to_v"), f"{d}.img_attn.qkv")
+        fuse(f"{b}.attn", ("add_q_proj", "add_k_proj", "add_v_proj"), f"{d}.txt_attn.qkv")
+        for ours, theirs in (("norm_q", "img_attn.norm.query_norm"), ("norm_k", "img_attn.norm.key_norm"),
+                             ("norm_added_q", "txt_attn.norm.query_norm"),
+                             ("norm_added_k", "txt_attn.norm.key_norm")):
+            move_norm(f"{b}.attn.{ours}", f"{d}.{theirs}")
+        move(f"{b}.ff.net.0.proj", f"{d}.img_mlp.0")
+        move(f"{b}.ff.net.2", f"{d}.img_mlp.2")
+        move(f"{b}.ff_context.net.0.proj", f"{d}.txt_mlp.0")
+        move(f"{b}.ff_context.net.2", f"{d}.txt_mlp.2")
+        move(f"{b}.attn.to_out.0", f"{d}.img_attn.proj")
+        move(f"{b}.attn.to_add_out", f"{d}.txt_attn.proj")
+    for i in range(transformer.config.num_single_layers):
+        b, g = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        move(f"{b}.norm.linear", f"{g}.modulation.lin")
+        for part in ("weight", "bias"):
+            out[f"{prefix}{g}.linear1.{part}"] = torch.cat(
+                [s.pop(f"{b}.attn.to_{x}.{part}") for x in "qkv"] + [s.pop(f"{b}.proj_mlp.{part}")])
+        move_norm(f"{b}.attn.norm_q", f"{g}.norm.query_norm")
+        move_norm(f"{b}.attn.norm_k", f"{g}.norm.key_norm")
+        move(f"{b}.proj_out", f"{g}.linear2")
+    move("proj_out", "final_layer.linear")
+    move("norm_out.linear", "final_layer.adaLN_modulation.1", swap=True)
+    assert not s, sorted(s)  # every tensor placed
+    return out
+
+
+def flux_checkpoint(transformer, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """A Flux pipeline as ComfyUI's all-in-one checkpoints hold it (flux1-dev-fp8.safetensors)."""
+    out = {**flux_layout(transformer), **{"vae." + k.removeprefix("first_stage_model."): v
+                                          for k, v in _ldm_vae(vae).items()}}
+    for name, encoder in (("clip_l", text_encoder), ("t5xxl", text_encoder_2)):
+        for key, value in encoder.state_dict().items():
+            if key != "encoder.embed_tokens.weight":  # tied to T5's `shared`
+                out[f"text_encoders.{name}.transformer.{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("family", ["flux-dev", "flux-schnell"])
+def test_a_full_size_flux_checkpoint_reads_as_its_family_and_fits_the_shipped_config(family):
+    """Flux.1 dev and schnell at full size on the meta device, ComfyUI's all-in-one layout: detected
+    (the guidance embedder tells them apart), every part present, diffusers' converters give exactly
+    the shipped configs' tensors; the bare transformer is refused as no whole pipeline."""
+    from diffusers.loaders.single_file_utils import (
+        convert_flux_transformer_checkpoint_to_diffusers,
+        convert_ldm_clip_checkpoint,
+        convert_ldm_vae_checkpoint,
+        convert_sd3_t5_checkpoint_to_diffusers,
+    )
+
+    parts = {c: meta_component(family, c) for c in ("transformer", "vae", "text_encoder", "text_encoder_2")}
+    ckpt = flux_checkpoint(**parts)
+    assert sf.detect_family(ckpt) == family
+    assert sf.missing_parts(family, ckpt) == ([], [])
+    transformer = convert_flux_transformer_checkpoint_to_diffusers(dict(ckpt))
+    assert shapes(transformer) == shapes(parts["transformer"].state_dict())
+    assert shapes(convert_ldm_vae_checkpoint(dict(ckpt), dict(parts["vae"].config))) == shapes(
+        parts["vae"].state_dict())
+    clip = {k.removeprefix("text_model."): v
+            for k, v in convert_ldm_clip_checkpoint(dict(ckpt), "text_encoders.clip_l.transformer.").items()}
+    assert shapes(clip) == shapes(parts["text_encoder"].state_dict())
+    t5 = shapes(parts["text_encoder_2"].state_dict())
+    t5.pop("encoder.embed_tokens.weight")
+    assert shapes(convert_sd3_t5_checkpoint_to_diffusers(dict(ckpt))) == t5
+    bare = {k: v for k, v in ckpt.items() if k.startswith("model.diffusion_model.")}
+    assert sf.missing_parts(family, bare) == (["vae", "text_encoder", "text_encoder_2"], [])
