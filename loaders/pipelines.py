@@ -209,8 +209,14 @@ def _from_single_file(source: PipelineSource):
             kwargs["original_config"] = str(yaml)
         family = "its own config"
     else:
-        family, cls = _shipped_family(source, path, single_file, sidecar)
-        kwargs.update(single_file.load_kwargs(family, single_file.read_header(path)))
+        import diffusers
+
+        try:
+            family, header = single_file.shipped_family(path, source.model)
+        except single_file.SingleFileError as e:
+            raise NodeInputError("model", str(e)) from None
+        cls = getattr(diffusers, single_file.pipeline_class_name(family))
+        kwargs.update(single_file.load_kwargs(family, header))
         family = single_file.FAMILIES[family]
     try:
         return cls.from_single_file(str(path), **kwargs)
@@ -232,35 +238,6 @@ def _sidecar_pipeline_class(path: Path, sidecar: Path):
         if named is not None and hasattr(named, "from_single_file"):
             cls = named
     return cls
-
-
-def _shipped_family(source: PipelineSource, path: Path, single_file, sidecar: Path):
-    """(model type, pipeline class) of a checkpoint the package has a config for, read from its header;
-    anything else is an error on `model` saying what would make it load."""
-    import diffusers
-
-    own_config = (f"put a diffusers folder (model_index.json and component configs, no weights) at "
-                  f"{sidecar.name} next to it, or use the model as a diffusers folder under diffusers/; "
-                  "loragraph reads single files offline")
-    try:
-        header = single_file.read_header(path)
-    except single_file.UnreadableCheckpoint as e:
-        raise NodeInputError("model", f"{source.model}: {e}") from None
-    family = single_file.detect_family(header)
-    shipped = ", ".join(single_file.FAMILIES.values())
-    if family is None:
-        raise NodeInputError("model", f"{source.model}: its keys are no model family diffusers knows "
-                                      f"(configs ship for {shipped}): {own_config}")
-    if family not in single_file.FAMILIES:
-        raise NodeInputError("model", f"{source.model}: diffusers reads it as {family!r}, a family with no "
-                                      f"config shipped (those are {shipped}): {own_config}")
-    required, _ = single_file.missing_parts(family, header)
-    if required:
-        name = single_file.FAMILIES[family]
-        raise NodeInputError("model", f"{source.model}: a {name} checkpoint without {', '.join(required)}: "
-                                      "a denoiser-only file goes in diffusion_models/, or "
-                                      f"{own_config}")
-    return family, getattr(diffusers, single_file.pipeline_class_name(family))
 
 
 def param_bytes(pipe) -> int:

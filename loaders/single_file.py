@@ -41,7 +41,11 @@ OPTIONAL = {"sd3": {"text_encoder_3": "tokenizer_3"}}
 HEADER_LIMIT = 100 << 20  # safetensors' own cap on a header: a bigger one is not a checkpoint
 
 
-class UnreadableCheckpoint(ValueError):
+class SingleFileError(ValueError):
+    """A checkpoint that cannot load offline; the message names the file and what it needs."""
+
+
+class UnreadableCheckpoint(SingleFileError):
     """The file's tensor names cannot be read (not a safetensors file, or a damaged one)."""
 
 
@@ -165,3 +169,43 @@ def load_kwargs(family: str, header: Mapping) -> dict[str, object]:
     kwargs.update(tokenizers(family, skip=tuple(skipped)))
     kwargs.update(skipped)
     return kwargs
+
+
+def own_config_advice(path: Path) -> str:
+    return (f"put a diffusers folder (model_index.json and component configs, no weights) at "
+            f"{path.name}.config next to it, or use the model as a diffusers folder under diffusers/; "
+            "loragraph reads single files offline")
+
+
+def shipped_family(path: Path, shown: str) -> tuple[str, HeaderView]:
+    """The family of a checkpoint the package has a config for, and its header, read without a weight;
+    anything else raises SingleFileError saying what would make it load."""
+    try:
+        header = read_header(path)
+    except UnreadableCheckpoint as e:
+        raise UnreadableCheckpoint(f"{shown}: {e}") from None
+    family = detect_family(header)
+    shipped = ", ".join(FAMILIES.values())
+    if family is None:
+        raise SingleFileError(f"{shown}: its keys are no model family diffusers knows (configs ship for "
+                              f"{shipped}): {own_config_advice(path)}")
+    if family not in FAMILIES:
+        raise SingleFileError(f"{shown}: diffusers reads it as {family!r}, a family with no config shipped "
+                              f"(those are {shipped}): {own_config_advice(path)}")
+    required, _ = missing_parts(family, header)
+    if required:
+        raise SingleFileError(f"{shown}: a {FAMILIES[family]} checkpoint without {', '.join(required)}: "
+                              f"a denoiser-only file goes in diffusion_models/, or {own_config_advice(path)}")
+    return family, header
+
+
+def config_problem(path: Path, shown: str) -> str | None:
+    """Why the checkpoint at `path` cannot load offline, or None: for validation, which must not read
+    weights. A `<file>.config/` folder or `<stem>.yaml` beside it is taken on trust (diffusers reads it)."""
+    if path.with_suffix(path.suffix + ".config").is_dir() or path.with_suffix(".yaml").is_file():
+        return None
+    try:
+        shipped_family(path, shown)
+    except SingleFileError as e:
+        return str(e)
+    return None

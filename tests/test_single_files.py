@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import PROMPT, SIZE, STEPS, max_diff
+from conftest import PROMPT, SIZE, STEPS, max_diff, raw_pipeline
 from loragraph import host
 from loragraph.base.errors import NodeInputError
 from loragraph.loaders import single_file as sf
@@ -664,3 +664,51 @@ def test_a_full_size_flux_checkpoint_reads_as_its_family_and_fits_the_shipped_co
     assert shapes(convert_sd3_t5_checkpoint_to_diffusers(dict(ckpt))) == t5
     bare = {k: v for k, v in ckpt.items() if k.startswith("model.diffusion_model.")}
     assert sf.missing_parts(family, bare) == (["vae", "text_encoder", "text_encoder_2"], [])
+
+
+# --- tiny SD 1.x in the real LDM names; validation's header-only check --------------------------------
+
+def sd1_checkpoint(unet, vae, text_encoder) -> dict[str, torch.Tensor]:
+    """An SD 1.x pipeline in the layout of v1-5-pruned-emaonly.safetensors."""
+    out = {**ldm_resnet_names(_ldm_unet(unet)), **_ldm_vae(vae)}
+    for key, value in text_encoder.state_dict().items():
+        key = key if key.startswith("text_model.") else "text_model." + key  # transformers 5 drops it
+        out["cond_stage_model.transformer." + key] = value
+    return out
+
+
+def test_a_tiny_sd1_single_file_renders_as_its_diffusers_folder(checkpoints):
+    """builtin tiny-sd in the LDM names real SD 1.x files use (in_layers, skip_connection, ...), loaded
+    with its `.config/` (tiny shapes): the same image as the diffusers folder of the same weights."""
+    pipe = raw_pipeline()
+    layout = sd1_checkpoint(pipe.unet, pipe.vae, pipe.text_encoder)
+    assert sf.detect_family(layout) is None  # two UNet levels, not SD 1.x's four: no shipped config fits
+    save_as_diffusers_and_single_file(pipe, checkpoints.parent, "tiny_sd1", layout)
+    engine = Engine()
+    folder, single = engine.load_pipeline("tiny_sd1"), engine.load_pipeline("tiny_sd1.safetensors")
+    assert single.source.components == folder.source.components == ("unet", "text_encoder")
+    images = [engine.sample(h, PROMPT, "", 1, STEPS, 7.0, SIZE, SIZE) for h in (folder, single)]
+    assert max_diff(*images) <= 2 / 255
+    other = engine.sample(folder, "a blue square", "", 1, STEPS, 7.0, SIZE, SIZE)
+    assert max_diff(images[0], other) > 2 / 255  # the comparison can fail: the prompt reaches the image
+
+
+def test_config_problem_answers_from_the_header_alone(checkpoints):
+    """What validation can ask before any model loads: None for a loadable file (a shipped family with
+    every part, or any file with its own config beside it), the load error's sentence otherwise."""
+    mystery = write(checkpoints / "mystery.safetensors", {"encoder.layers.0.weight": torch.zeros(2, 2)})
+    problem = sf.config_problem(mystery, "mystery.safetensors")
+    assert problem is not None and "no model family diffusers knows" in problem
+    (checkpoints / "mystery.safetensors.config").mkdir()
+    assert sf.config_problem(mystery, "mystery.safetensors") is None
+    bare_flux = write(checkpoints / "flux.safetensors",
+                      {"double_blocks.0.img_attn.norm.key_norm.scale": torch.ones(128)})
+    assert "without vae, text_encoder, text_encoder_2" in sf.config_problem(bare_flux, "flux.safetensors")
+    # an SD 1.x header with all three parts passes (shapes are not checked here: diffusers does that)
+    sd1 = {"model.diffusion_model.output_blocks.11.0.skip_connection.weight": torch.zeros(1),
+           "first_stage_model.decoder.conv_in.weight": torch.zeros(1),
+           "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(1)}
+    assert sf.config_problem(write(checkpoints / "sd1.safetensors", sd1), "sd1.safetensors") is None
+    del sd1["first_stage_model.decoder.conv_in.weight"]
+    assert "SD 1.x checkpoint without vae" in sf.config_problem(
+        write(checkpoints / "sd1_novae.safetensors", sd1), "sd1_novae.safetensors")
