@@ -92,14 +92,26 @@ def read_header(path: Path) -> HeaderView:
         return HeaderView({k: list(v.get("shape", [])) for k, v in header.items()
                            if k != "__metadata__" and isinstance(v, dict)})
     try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as e:  # torch raises many types for a file it cannot read
-        raise UnreadableCheckpoint(f"not a readable checkpoint ({type(e).__name__})") from None
+        state = _load_pickle(path)
+    except Exception as e:  # torch raises many types; its text would suggest weights_only=False
+        raise UnreadableCheckpoint(f"not a readable checkpoint ({type(e).__name__}): a .ckpt loads only as "
+                                   "plain tensors (torch.load with weights_only)") from None
     while isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UnreadableCheckpoint("the file holds no state dict")
     return HeaderView({k: list(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)})
+
+
+def _load_pickle(path: Path):
+    """Memory-mapped when the file is torch's zip format; a legacy (pre-1.6) pickle cannot be mapped
+    and is read whole."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def detect_family(header: Mapping) -> str | None:

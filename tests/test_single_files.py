@@ -711,3 +711,21 @@ def test_config_problem_answers_from_the_header_alone(checkpoints):
     del sd1["first_stage_model.decoder.conv_in.weight"]
     assert "SD 1.x checkpoint without vae" in sf.config_problem(
         write(checkpoints / "sd1_novae.safetensors", sd1), "sd1_novae.safetensors")
+
+
+def test_a_ckpt_is_read_as_plain_tensors_only(checkpoints):
+    """A `.ckpt` (A1111's older checkpoints, a `state_dict` inside) is read with torch.load's
+    `weights_only` for its names; a pickle that would run code is refused, without torch's advice."""
+    sd1 = {"model.diffusion_model.output_blocks.11.0.skip_connection.weight": torch.zeros(1),
+           "first_stage_model.decoder.conv_in.weight": torch.zeros(1)}
+    checkpoints.mkdir(parents=True)
+    torch.save({"state_dict": sd1, "global_step": 1}, checkpoints / "old.ckpt")
+    assert sf.detect_family(sf.read_header(checkpoints / "old.ckpt")) == "v1"
+    # torch's pre-1.6 format cannot be memory-mapped: read whole
+    torch.save({"state_dict": sd1}, checkpoints / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    assert sf.detect_family(sf.read_header(checkpoints / "legacy.ckpt")) == "v1"
+    assert "SD 1.x checkpoint without text_encoder" in load_error("old.ckpt")
+    # a Path is a global weights_only refuses, as it would any class a pickle names
+    torch.save({"state_dict": sd1, "hook": Path("x")}, checkpoints / "code.ckpt")
+    message = load_error("code.ckpt")
+    assert "not a readable checkpoint (UnpicklingError)" in message and "weights_only=False" not in message
