@@ -218,6 +218,7 @@ def _from_single_file(source: PipelineSource):
         cls = getattr(diffusers, single_file.pipeline_class_name(family))
         kwargs.update(single_file.load_kwargs(family, header))
         family = single_file.FAMILIES[family]
+        logger.info("%s: a %s checkpoint, read with the package's offline config", source.model, family)
     try:
         return cls.from_single_file(str(path), **kwargs)
     except Exception as e:  # diffusers raises many types here; the user needs the file named
