@@ -207,7 +207,7 @@ def _from_single_file(source: PipelineSource):
                 kwargs.update(_absent_components(str(sidecar)))
         else:
             kwargs["original_config"] = str(yaml)
-        family = "its own config"
+        family, advice = "its own config", ""
     else:
         import diffusers
 
@@ -219,11 +219,13 @@ def _from_single_file(source: PipelineSource):
         kwargs.update(single_file.load_kwargs(family, header))
         family = single_file.FAMILIES[family]
         logger.info("%s: a %s checkpoint, read with the package's offline config", source.model, family)
+        advice = f"; a model of other shapes needs its own config: {single_file.own_config_advice(path)}"
+        family = f"{family}'s config"
     try:
         return cls.from_single_file(str(path), **kwargs)
     except Exception as e:  # diffusers raises many types here; the user needs the file named
         raise NodeInputError(
-            "model", f"{source.model}: could not load the checkpoint with {family}: {e}"
+            "model", f"{source.model}: could not load the checkpoint with {family}: {e}{advice}"
         ) from e
 
 

@@ -730,3 +730,15 @@ def test_a_ckpt_is_read_as_plain_tensors_only(checkpoints):
     torch.save({"state_dict": sd1, "hook": Path("x")}, checkpoints / "code.ckpt")
     message = load_error("code.ckpt")
     assert "not a readable checkpoint (UnpicklingError)" in message and "weights_only=False" not in message
+
+
+def test_a_file_that_does_not_fit_its_family_config_says_so(checkpoints):
+    """SD 1.x's keys, every part present, but not SD 1.x's tensors (a pruned or resized model): the
+    error is diffusers', prefixed with the file and the family tried, and says what would load it."""
+    sd1 = {"model.diffusion_model.output_blocks.11.0.skip_connection.weight": torch.zeros(1),
+           "first_stage_model.decoder.conv_in.weight": torch.zeros(1),
+           "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(1)}
+    write(checkpoints / "odd.safetensors", sd1)
+    message = load_error("odd.safetensors")
+    assert message.startswith("model: odd.safetensors: could not load the checkpoint with SD 1.x's config: ")
+    assert "a model of other shapes needs its own config" in message and "odd.safetensors.config" in message
