@@ -221,3 +221,20 @@ def config_problem(path: Path, shown: str) -> str | None:
     except SingleFileError as e:
         return str(e)
     return None
+
+
+def checkpoint_pipeline_class(path: Path) -> str | None:
+    """The diffusers pipeline class a checkpoint will load as, read without a weight: its `.config/`
+    folder's, else its shipped family's; None when neither says (a `.yaml` only, or no family). For
+    checks that need the base model's family before loading (which LoRAs fit)."""
+    index = path.with_suffix(path.suffix + ".config") / "model_index.json"
+    if index.is_file():
+        try:
+            return str(json.loads(index.read_text())["_class_name"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    try:
+        family, _ = shipped_family(path, path.name)
+    except SingleFileError:
+        return None
+    return pipeline_class_name(family)

@@ -381,7 +381,8 @@ def test_a_tiny_sd1_single_file_renders_as_its_diffusers_folder(checkpoints):
 
 def test_config_problem_answers_from_the_header_alone(checkpoints):
     """What validation can ask before any model loads: None for a loadable file (a shipped family with
-    every part, or any file with its own config beside it), the load error's sentence otherwise."""
+    every part, or any file with its own config beside it), the load error's sentence otherwise; and
+    the pipeline class it will be."""
     mystery = write(checkpoints / "mystery.safetensors", {"encoder.layers.0.weight": torch.zeros(2, 2)})
     problem = sf.config_problem(mystery, "mystery.safetensors")
     assert problem is not None and "no model family diffusers knows" in problem
@@ -395,6 +396,11 @@ def test_config_problem_answers_from_the_header_alone(checkpoints):
            "first_stage_model.decoder.conv_in.weight": torch.zeros(1),
            "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(1)}
     assert sf.config_problem(write(checkpoints / "sd1.safetensors", sd1), "sd1.safetensors") is None
+    assert sf.checkpoint_pipeline_class(checkpoints / "sd1.safetensors") == "StableDiffusionPipeline"
+    assert sf.checkpoint_pipeline_class(mystery) is None  # its .config/ has no model_index.json
+    (checkpoints / "mystery.safetensors.config" / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusionXLPipeline"}')
+    assert sf.checkpoint_pipeline_class(mystery) == "StableDiffusionXLPipeline"
     del sd1["first_stage_model.decoder.conv_in.weight"]
     assert "SD 1.x checkpoint without vae" in sf.config_problem(
         write(checkpoints / "sd1_novae.safetensors", sd1), "sd1_novae.safetensors")
