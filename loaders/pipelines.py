@@ -189,40 +189,58 @@ def _quiet_loading() -> Iterator[None]:
 
 
 def _from_single_file(source: PipelineSource):
-    """Single-file checkpoints need a local config: a diffusers folder named in a sidecar or by type.
-
-    diffusers reads the model config from the Hub unless `config=` points to a local folder; with no
-    network we look for `<checkpoint>.config/` (a diffusers folder without weights) next to the file,
-    or a `.yaml` original config with the same stem.
+    """A single-file checkpoint, offline: its config is, first found, a diffusers folder without weights
+    at `<checkpoint>.config/`, an original `.yaml` with the same stem, or the package's own config for
+    the family its keys show (loaders/single_file.py; docs/single-files.md).
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from . import single_file
 
     path = Path(source.path)
     sidecar = path.with_suffix(path.suffix + ".config")
     yaml = path.with_suffix(".yaml")
     kwargs: dict = {"local_files_only": True, "dtype": DTYPES[source.dtype]}
-    if sidecar.is_dir():
-        kwargs["config"] = str(sidecar)
-    elif yaml.is_file():
-        kwargs["original_config"] = str(yaml)
+    if sidecar.is_dir() or yaml.is_file():
+        cls = _sidecar_pipeline_class(path, sidecar)
+        if sidecar.is_dir():
+            kwargs["config"] = str(sidecar)
+            if (sidecar / "model_index.json").is_file():  # saved without e.g. SD3's T5: pass it as None
+                kwargs.update(_absent_components(str(sidecar)))
+        else:
+            kwargs["original_config"] = str(yaml)
+        family, advice = "its own config", ""
     else:
-        raise NodeInputError(
-            "model",
-            f"{source.model}: a single-file checkpoint needs a local config offline: put a diffusers folder "
-            f"(model_index.json and component configs, no weights) at {sidecar.name} next to it",
-        )
-    cls = StableDiffusionXLPipeline if "xl" in path.name.lower() else StableDiffusionPipeline
-    index = sidecar / "model_index.json"
-    if index.is_file():  # the sidecar says which pipeline it describes; the file name is only a guess
         import diffusers
 
-        named = getattr(diffusers, str(json.loads(index.read_text()).get("_class_name")), None)
-        if named is not None and hasattr(named, "from_single_file"):
-            cls = named
+        try:
+            family, header = single_file.shipped_family(path, source.model)
+        except single_file.SingleFileError as e:
+            raise NodeInputError("model", str(e)) from None
+        cls = getattr(diffusers, single_file.pipeline_class_name(family))
+        kwargs.update(single_file.load_kwargs(family, header))
+        family = single_file.FAMILIES[family]
+        logger.info("%s: a %s checkpoint, read with the package's offline config", source.model, family)
+        advice = f"; a model of other shapes needs its own config: {single_file.own_config_advice(path)}"
+        family = f"{family}'s config"
     try:
         return cls.from_single_file(str(path), **kwargs)
     except Exception as e:  # diffusers raises many types here; the user needs the file named
-        raise NodeInputError("model", f"{source.model}: could not load the checkpoint: {e}") from e
+        raise NodeInputError(
+            "model", f"{source.model}: could not load the checkpoint with {family}: {e}{advice}"
+        ) from e
+
+
+def _sidecar_pipeline_class(path: Path, sidecar: Path):
+    """The class a sidecar's model_index.json names; without one, a guess from the file name."""
+    import diffusers
+
+    xl = "xl" in path.name.lower()
+    cls = diffusers.StableDiffusionXLPipeline if xl else diffusers.StableDiffusionPipeline
+    index = sidecar / "model_index.json"
+    if index.is_file():  # the sidecar says which pipeline it describes; the file name is only a guess
+        named = getattr(diffusers, str(json.loads(index.read_text()).get("_class_name")), None)
+        if named is not None and hasattr(named, "from_single_file"):
+            cls = named
+    return cls
 
 
 def param_bytes(pipe) -> int:
