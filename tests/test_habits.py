@@ -158,3 +158,26 @@ def test_prompt_loras_names(base, tmp_path):
         assert h.state.adapters[0].path.endswith("two/twin.safetensors")
     finally:
         host.configure(models_dir=before[0], output_dir=before[1])
+
+
+@pytest.mark.parametrize("name", ["lora_stack", "prompt_loras", "block_weights"])
+def test_examples_run(name, tmp_path):
+    """examples/workflows/ for these nodes run on examples/models, in 2 steps."""
+    from pathlib import Path
+
+    from loragraph import host
+    from loragraph.graph import Executor, apply_overrides, load_workflow
+    from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    before = host.folder_roots("loras")[0].parent, host.output_dir()
+    host.configure(models_dir=examples / "models", output_dir=tmp_path)
+    try:
+        prompt = load_workflow(examples / "workflows" / f"{name}.json")
+        samplers = [i for i, n in prompt.items() if n["class_type"] == "Sampler"]
+        result = Executor(HEADLESS_NODE_CLASS_MAPPINGS).execute(
+            apply_overrides(prompt, [f"{i}.steps=2" for i in samplers]))
+        assert result.ok, result.error_lines()
+        assert list(tmp_path.rglob("*.png"))
+    finally:
+        host.configure(models_dir=before[0], output_dir=before[1])
