@@ -159,9 +159,12 @@ def set_weights(
     numbers = parse_numbers(weights or "1.0", "weights")
     te_numbers = (parse_numbers(text_encoder_weights, "text_encoder_weights")
                   if text_encoder_weights.strip() else None)
-    blocks = parse_block_weights(block_weights)
-    if blocks is not None and handle.state.adapters:  # no adapter: the transition says so
-        blocks = expand_block_vectors(handle, names, numbers, te_numbers, blocks)
+    parsed = parse_block_weights(block_weights)
+    blocks: dict[str, Any] | None = None
+    if parsed is not None and handle.state.adapters:  # no adapter loaded: the transition says so
+        blocks = expand_block_vectors(handle, names, numbers, te_numbers, parsed)
+    elif parsed is not None:
+        blocks = {}
     return transitions.set_weights(handle, names, numbers, te_numbers, blocks)
 
 
