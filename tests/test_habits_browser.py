@@ -40,6 +40,15 @@ def workflow(loras: str) -> dict:
     }
 
 
+def editor_workflow() -> dict:
+    """The API workflow with an empty stack, and a LoadLoRA off to the side (no output reads it) whose
+    combo menu the driver hovers."""
+    wf = workflow("")
+    wf["9"] = {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": "sub/dots.safetensors",
+                                                     "strength": 1.0, "adapter_name": ""}}
+    return wf
+
+
 @pytest.fixture()
 def folders(tmp_path):
     loras = tmp_path / "models" / "loras"
@@ -70,7 +79,7 @@ def test_stack_rows_in_the_editor_save_reload_queue(folders, tmp_path):
     server = LiveServer(config_for(folders))
     server.start()
     try:
-        config = {"url": f"http://127.0.0.1:{server.port}", "workflow": workflow(""), "rows": ROWS,
+        config = {"url": f"http://127.0.0.1:{server.port}", "workflow": editor_workflow(), "rows": ROWS,
                   "screenshot_dir": str(ARTIFACTS / "browser"), "user_data_dir": str(tmp_path / "profile"),
                   "chromium": CHROMIUM, "timeout_ms": 60000}
         (tmp_path / "driver.json").write_text(json.dumps(config))
@@ -94,6 +103,8 @@ def test_stack_rows_in_the_editor_save_reload_queue(folders, tmp_path):
     assert seen["card"]["shown"] and seen["card"]["name"] == "ink.safetensors"
     assert seen["card"]["words"] == "trigger words: inkwash, red circle"
     assert seen["card"]["preview_width"] == 8
+    assert seen["combo_card"] == {"shown": True, "name": "ink.safetensors",
+                                  "words": "trigger words: inkwash, red circle"}
     assert seen["execution_errors"] == []
     stack = next(n for n in seen["prompt"].values() if n["class_type"] == "LoRAStack")
     assert stack["inputs"]["loras"] == EXPECTED

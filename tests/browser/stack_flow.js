@@ -124,6 +124,34 @@ async function main() {
     });
     await shot("stack-rows");
     await page.mouse.move(5, 5);
+
+    // ... and so does hovering a LoRA in a LoRA combo's menu (LoadLoRA's lora_name)
+    const combo = await page.evaluate(() => {
+      const canvas = window.app.canvas;
+      const node = window.app.graph._nodes.find((n) => n.comfyClass === "LoadLoRA");
+      if (!node) return null;
+      const widget = node.widgets.find((w) => w.name === "lora_name");
+      const y = widget.y ?? widget.last_y;
+      const [cx, cy] = canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0] / 2, node.pos[1] + y + 10]);
+      const rect = canvas.canvas.getBoundingClientRect();
+      return { x: rect.left + cx, y: rect.top + cy };
+    });
+    if (combo) {
+      await page.mouse.click(combo.x, combo.y);
+      const entry = page.locator(".litecontextmenu .litemenu-entry", { hasText: "ink.safetensors" }).first();
+      await entry.waitFor({ timeout: 10000 });
+      await entry.hover();
+      await page.waitForFunction(() => document.querySelector('[data-loragraph="lora-card"]')?.style.display === "block"
+        && document.querySelector('[data-loragraph="trigger-words"]'), null, { timeout: 10000 }).catch(() => {});
+      out.combo_card = await page.evaluate(() => {
+        const card = document.querySelector('[data-loragraph="lora-card"]');
+        return { shown: card?.style.display === "block", name: card?.dataset.name ?? null,
+          words: card?.querySelector('[data-loragraph="trigger-words"]')?.textContent ?? null };
+      });
+      await shot("combo-hover");
+      await page.keyboard.press("Escape");
+      await page.mouse.click(5, 500);
+    }
     step("hover");
 
     // -- save, reload, open the saved workflow -----------------------------------------------------
