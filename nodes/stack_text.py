@@ -106,10 +106,15 @@ def resolve_tag_name(name: str, files: Sequence[str], input_name: str, where: st
         example = _without_suffix(exact[0])
         raise NodeInputError(input_name, f"{where}: {name!r} fits {len(exact)} files: {', '.join(exact)}; "
                              f"write the path, e.g. <lora:{example}:1>")
-    stems = {_without_suffix(f) for f in files}
-    shown = sorted(stems | {s.rsplit("/", 1)[-1] for s in stems})
-    raise NodeInputError(input_name,
-                         f"{where}: no LoRA named {name!r} in the loras folder" + closest(name, shown))
+    # the closest file names, found by their paths and stems without the extension
+    by_key: dict[str, str] = {}
+    for f in files:
+        by_key.setdefault(_without_suffix(f), f)
+        by_key.setdefault(_without_suffix(f).rsplit("/", 1)[-1], f)
+    near = difflib.get_close_matches(name, list(by_key), n=_SUGGESTIONS * 2, cutoff=0.4)
+    found = list(dict.fromkeys(by_key[k] for k in near))[:_SUGGESTIONS]
+    hint = "; closest: " + ", ".join(found) if found else closest(name, files)
+    raise NodeInputError(input_name, f"{where}: no LoRA named {name!r} in the loras folder" + hint)
 
 
 def parse_tags(text: str, files: Sequence[str], input_name: str = "text") -> list[StackLine]:

@@ -137,8 +137,9 @@ def test_prompt_loras_names(base, tmp_path):
     assert [a.name for a in h.state.adapters] == ["sd_d"] and text == "x y"
     with pytest.raises(NodeInputError) as e:
         PromptLoRAs().run(base, "cat <lora:sd_aa:1>")
-    assert e.value.input_name == "text" and "tag 1" in str(e.value) and "closest: sd_a" in str(e.value)
-    assert "closest: sd_a" in PromptLoRAs.VALIDATE_INPUTS("cat <lora:sd_aa:1>")
+    assert e.value.input_name == "text" and "tag 1" in str(e.value)
+    assert "closest: sd_a.safetensors" in str(e.value)  # file names
+    assert "closest: sd_a.safetensors" in PromptLoRAs.VALIDATE_INPUTS("cat <lora:sd_aa:1>")
     with pytest.raises(NodeInputError, match="weight 'x' is not a number"):
         PromptLoRAs().run(base, "<lora:sd_a:x>")
 
