@@ -1,11 +1,13 @@
 """Cross-check block-weight vectors against ComfyUI-Inspire-Pack's LoRA Block Weight in real ComfyUI.
 
-    PYTHONPATH=/path/to/parent-of-loragraph:tests \\
+    PYTHONPATH=/path/to/folder-holding-loragraph \\
     /path/to/comfyui-venv/bin/python tools/lbw_crosscheck.py --comfyui /path/to/ComfyUI \\
         --inspire /path/to/ComfyUI-Inspire-Pack [--work DIR] [--write-fixture tests/fixtures/lbw_inspire.json]
 
 Needs a ComfyUI checkout and an Inspire-Pack checkout (neither is a dependency; nothing of them is
-copied here). ComfyUI is imported on the CPU (`--cpu`), as tools/comfyui_crosscheck.py does.
+copied here). ComfyUI is imported on the CPU (`--cpu`), as tools/comfyui_crosscheck.py does; without
+OpenCV, an empty `cv2` module stands in (Inspire's libs/utils imports it for image nodes only).
+The committed fixture was made with ComfyUI a125cd84 (v0.3.64) and Inspire-Pack 1aef2c57 (V1.21).
 
 For tiny pipelines with the block layout of SD 1.x and SDXL (tests/block_shapes.py) and a kohya LoRA
 on every attention layer, each case (vector or preset, strength, text-encoder strength) is applied
