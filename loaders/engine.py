@@ -31,6 +31,7 @@ from .noise_schedulers import SCHEDULERS
 from .pipelines import PipelineCache, build_pipeline, make_source, param_bytes
 from .reconcile import realize
 from .state import AdapterSpec, PipelineHandle, PipelineSource
+from .trigger_words import trigger_words
 
 logger = logging.getLogger(__name__)
 
@@ -382,6 +383,7 @@ class Engine:
                     "weights": _per_component(weight, comps),
                     "fused": fused_names.get(spec.name, []),
                     "device": spec.device or handle.source.device,
+                    "trigger_words": trigger_words(spec.path, store.read_lora(spec.path).metadata),
                 }
             return {
                 "pipeline": handle.source.model,

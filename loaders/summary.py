@@ -7,11 +7,12 @@ words and kohya's training metadata; all from the parsed file, without a pipelin
 from __future__ import annotations
 
 import collections
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from .trigger_words import tag_frequency, trigger_words
 
 
 class ParsedFile(Protocol):
@@ -50,8 +51,7 @@ class ParsedFile(Protocol):
     def adapter_metadata(self) -> dict[str, Any] | None: ...
 
 
-# Summary: how many tags count as trigger words, and how many tag frequencies to list.
-_TRIGGER_WORDS = 5
+# Summary: how many tag frequencies to list.
 _TOP_TAGS = 20
 
 
@@ -61,12 +61,7 @@ def summary(lora: ParsedFile) -> dict[str, Any]:
     alphas = _alphas(lora)
     components = dict(collections.Counter(m.component for m in lora.modules))
     base, reason = guess_base_model(lora)
-    tags = _tag_frequency(md.get("ss_tag_frequency"))
-    triggers: list[str] = []
-    for phrase in (md.get("modelspec.trigger_phrase"), md.get("ss_trigger_words")):
-        if phrase:
-            triggers += [t.strip() for t in phrase.split(",") if t.strip()]
-    triggers += [t for t, _ in tags[:_TRIGGER_WORDS]]
+    tags = tag_frequency(md.get("ss_tag_frequency"), lora.path)
     training = {
         k: md[k]
         for k in (
@@ -100,7 +95,7 @@ def summary(lora: ParsedFile) -> dict[str, Any]:
         "base_model": base,
         "base_model_reason": reason,
         "title": md.get("modelspec.title") or md.get("ss_output_name") or Path(lora.path).stem,
-        "trigger_words": list(dict.fromkeys(triggers)),
+        "trigger_words": trigger_words(lora.path, md),
         "tag_frequency": dict(tags[:_TOP_TAGS]),
         "training": training,
         "nonfinite_keys": list(lora.nonfinite_keys),
@@ -130,25 +125,6 @@ def effective_alphas(lora: ParsedFile) -> list[float]:
     if None in stored:
         found |= {float(m.rank) for m in lora.modules if m.alpha is None and m.rank}
     return sorted(found)
-
-
-def _tag_frequency(raw: str | None) -> list[tuple[str, int]]:
-    """kohya's ss_tag_frequency ({dataset dir: {tag: count}}) merged, most frequent first."""
-    if not raw:
-        return []
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
-        return []
-    counts: collections.Counter[str] = collections.Counter()
-    for per_dir in data.values() if isinstance(data, dict) else []:
-        if not isinstance(per_dir, dict):
-            continue
-        for tag, n in per_dir.items():
-            tag = str(tag).strip()
-            if tag and isinstance(n, (int, float)):
-                counts[tag] += int(n)
-    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 # Cross-attention context width (attn2.to_k/to_v input) and text-encoder width per base model.

@@ -16,6 +16,7 @@ from .lora import (
 from .pipeline import LoadPipeline
 from .sampler import Sampler
 from .schedule import ScheduleAdapterWeights
+from .stack import LoRAStack, PromptLoRAs
 
 NODE_CLASS_MAPPINGS = {
     "LoadPipeline": LoadPipeline,
@@ -30,6 +31,8 @@ NODE_CLASS_MAPPINGS = {
     "SetLoRADevice": SetLoRADevice,
     "SaveLoRA": SaveLoRA,
     "LoRAInfo": LoRAInfo,
+    "LoRAStack": LoRAStack,
+    "PromptLoRAs": PromptLoRAs,
     "Sampler": Sampler,
 }
 
@@ -46,6 +49,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "SetLoRADevice": "Set LoRA Device",
     "SaveLoRA": "Save LoRA",
     "LoRAInfo": "LoRA Info",
+    "LoRAStack": "LoRA Stack",
+    "PromptLoRAs": "Prompt LoRAs (<lora:name:w>)",
     "Sampler": "Sampler (diffusers)",
 }
 

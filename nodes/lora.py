@@ -139,7 +139,8 @@ class SetAdapterWeights:
                         "default": "",
                         "multiline": True,
                         "tooltip": 'Optional JSON, diffusers\' per-block form, e.g. {"unet": {"down": 0.5, '
-                        '"mid": 1, "up": 0}}, or {adapter_name: {...}} per adapter.',
+                        '"mid": 1, "up": 0}}, or {adapter_name: {...}} per adapter; or a LoRA Block Weight '
+                        'vector (1,0,0,0,0,0,0,0,1,1,1,1,1,1,1,1,1 on SD 1.x) or preset (MIDD, OUTALL, ...).',
                     },
                 ),
             },

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..base import limits
 from ..base.errors import NodeInputError
-from ..loaders import transitions
+from ..loaders import block_vectors, transitions
 from ..loaders.state import PipelineHandle
 
 
@@ -40,10 +40,13 @@ def parse_numbers(text: str, input_name: str) -> list[float]:
     return values
 
 
-def parse_block_weights(text: str, input_name: str = "block_weights") -> dict[str, Any] | None:
-    """The JSON object of SetAdapterWeights' `block_weights` (finite numbers only); None when empty."""
+def parse_block_weights(text: str, input_name: str = "block_weights") -> dict[str, Any] | str | None:
+    """The JSON object of SetAdapterWeights' `block_weights` (finite numbers only); None when empty. A
+    LoRA Block Weight vector or preset name for every adapter comes back as its text (block_vectors.py)."""
     if not text.strip():
         return None
+    if block_vectors.looks_like_vector(text):
+        return text.strip()
     try:
         parsed = limits.loads(text)
     except json.JSONDecodeError as e:
@@ -53,6 +56,55 @@ def parse_block_weights(text: str, input_name: str = "block_weights") -> dict[st
     if not isinstance(parsed, dict):
         raise NodeInputError(input_name, "expected a JSON object")
     return parsed
+
+
+def expand_block_vectors(
+    handle: PipelineHandle,
+    names: list[str],
+    weights: list[float],
+    te_weights: list[float] | None,
+    blocks: dict[str, Any] | str,
+    input_name: str = "block_weights",
+) -> dict[str, Any]:
+    """Vectors (one for all adapters, or {adapter: vector}) as diffusers' per-block dicts, each block
+    at the adapter's weight x its value and the text encoders at their weight x BASE."""
+    from ..loaders import store
+    from .common import engine
+
+    names = names or list(handle.state.names)
+    per = {n: blocks for n in names} if isinstance(blocks, str) else blocks
+    if not any(isinstance(v, str) for v in per.values()):
+        return per
+    source = handle.source
+    unet = getattr(engine().live(source).pipe, "unet", None)
+    if unet is None:
+        raise NodeInputError(input_name, "block vectors are for UNet pipelines (SD 1.x, SDXL); "
+                             "use the transformer block JSON here")
+    family = "SDXL" if "text_encoder_2" in source.components else "SD"
+    try:
+        slots = block_vectors.layout(unet.config)
+    except block_vectors.VectorError as e:
+        raise NodeInputError(input_name, str(e)) from None
+    out: dict[str, Any] = {}
+    for name, value in per.items():
+        if not isinstance(value, str):
+            out[name] = value
+            continue
+        if name not in names:
+            raise NodeInputError(input_name, f"adapter {name!r} is not in adapter_names")
+        i = names.index(name)
+        w = weights[0] if len(weights) == 1 else weights[i] if i < len(weights) else weights[0]
+        te = w if te_weights is None else te_weights[0] if len(te_weights) == 1 else te_weights[i]
+        spec = handle.state.adapter(name)
+        try:
+            if spec is not None:
+                lora = store.read_lora(spec.path)
+                block_vectors.check_attention_only([m.name for m in lora.modules if m.component == "unet"])
+            out[name] = block_vectors.to_block_dicts(value, slots, family, w, te, source.text_encoders,
+                                                     source.denoiser)
+        except block_vectors.VectorError as e:
+            raise NodeInputError(input_name, f"{name}: {e}") from None
+    return out
 
 
 def parse_keyframes(text: str, input_name: str = "keyframes") -> tuple[tuple[float, float], ...]:
@@ -103,13 +155,17 @@ def set_weights(
     block_weights: str = "",
 ) -> PipelineHandle:
     """SetAdapterWeights: empty `weights` is 1.0; empty `text_encoder_weights` follows `weights`."""
-    return transitions.set_weights(
-        handle,
-        parse_names(adapter_names, "adapter_names"),
-        parse_numbers(weights or "1.0", "weights"),
-        parse_numbers(text_encoder_weights, "text_encoder_weights") if text_encoder_weights.strip() else None,
-        parse_block_weights(block_weights),
-    )
+    names = parse_names(adapter_names, "adapter_names")
+    numbers = parse_numbers(weights or "1.0", "weights")
+    te_numbers = (parse_numbers(text_encoder_weights, "text_encoder_weights")
+                  if text_encoder_weights.strip() else None)
+    parsed = parse_block_weights(block_weights)
+    blocks: dict[str, Any] | None = None
+    if parsed is not None and handle.state.adapters:  # no adapter loaded: the transition says so
+        blocks = expand_block_vectors(handle, names, numbers, te_numbers, parsed)
+    elif parsed is not None:
+        blocks = {}
+    return transitions.set_weights(handle, names, numbers, te_numbers, blocks)
 
 
 def fuse(

@@ -132,7 +132,7 @@ def test_pack_routes_register_on_comfyuis_prompt_server(monkeypatch):
     assert pack_routes.register_in_comfyui() is True
     assert pack_routes.register_in_comfyui() is True  # the pack imported twice adds nothing twice
     paths = [r.path for r in routes]
-    assert sorted(paths) == ["/loragraph/lora_info", "/loragraph/loras"]
+    assert sorted(paths) == ["/loragraph/lora_info", "/loragraph/lora_preview", "/loragraph/loras"]
 
 
 def test_the_editor_derives_adapter_names_as_the_engine_does():

@@ -34,6 +34,8 @@ SPEC_INPUTS = {
     "SetLoRADevice": ["pipeline", "adapter_names", "device"],
     "SaveLoRA": ["pipeline", "adapter_name", "filename_prefix", "format"],
     "LoRAInfo": ["pipeline"],
+    "LoRAStack": ["pipeline", "loras"],
+    "PromptLoRAs": ["pipeline", "text"],
     "Sampler": ["pipeline", "prompt", "negative_prompt", "seed", "steps", "cfg", "width", "height",
                 "scheduler", "batch_size"],
     "SaveImage": ["images", "filename_prefix"],

@@ -39,6 +39,8 @@ PACK_NODES = [
     "SetLoRADevice",
     "SaveLoRA",
     "LoRAInfo",
+    "LoRAStack",
+    "PromptLoRAs",
     "Sampler",
 ]
 

@@ -10,6 +10,7 @@
 // - LoRAInfo shows its JSON as a table once it has run; LoRA nodes show the warnings they report;
 // - FuseLoRA nodes, and the LoadLoRA nodes whose adapters they fuse, carry a "fused" badge;
 // - ScheduleAdapterWeights shows its strength curve as a small plot, redrawn as the keyframes are typed;
+// - LoRAStack edits its `loras` text as rows, and hovering a LoRA name shows its preview (stack.js);
 // - under `loragraph serve` an empty editor starts from a small working graph, not ComfyUI's
 //   default one (whose core nodes the headless server does not have).
 //
@@ -20,12 +21,13 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import { fusedBadges, splitNames, upstreamAdapters, widgetValue } from "./adapters.js";
 import { drawCurve } from "./curve.js";
+import { installComboHover, setupStack } from "./stack.js";
 import { installStyle, panel, renderInfo, renderSummary, renderWarnings } from "./view.js";
 
 const EXTENSION = "loragraph.editor";
 const PACK_NODES = new Set([
   "LoadPipeline", "LoadLoRA", "SetAdapterWeights", "ScheduleAdapterWeights", "FuseLoRA", "UnfuseLoRA", "TextEncoderLoRAToggle",
-  "DeleteAdapters", "UnloadLoRA", "SetLoRADevice", "SaveLoRA", "LoRAInfo", "Sampler",
+  "DeleteAdapters", "UnloadLoRA", "SetLoRADevice", "SaveLoRA", "LoRAInfo", "Sampler", "LoRAStack", "PromptLoRAs",
 ]);
 // node class -> the widget the adapter picker fills, and whether it takes a list
 // (and what an empty value means there, for the "clear" entry)
@@ -385,6 +387,7 @@ app.registerExtension({
 
   async setup() {
     installStyle();
+    installComboHover();
     await useStarterGraphWhenHeadless();
   },
 
@@ -403,6 +406,7 @@ app.registerExtension({
     proto.onDrawForeground = function (ctx) {
       const r = draw?.apply(this, arguments);
       if (this.comfyClass === "ScheduleAdapterWeights") redrawCurve(this); // undo, paste, loaded values
+      if (this.comfyClass === "LoRAStack") this.loragraph?.syncRows?.();
       if (this.comfyClass === "LoadLoRA" || this.comfyClass === "FuseLoRA") {
         drawBadge(this, ctx);
         // Catches every way lora_name can change (loading a workflow, undo, paste), not only the combo.
@@ -422,6 +426,11 @@ app.registerExtension({
       if (kind === "LoadLoRA") setupLoadLoRA(node);
       if (kind === "LoRAInfo") setupLoRAInfo(node);
       if (kind === "ScheduleAdapterWeights") setupSchedule(node);
+      if (kind === "LoRAStack") {
+        const loras = node.widgets?.find((w) => w.name === "loras");
+        if (loras) setupStack(node, loras, addPanel, (element) => grow(node, element, 420));
+        setTimeout(() => node.loragraph.syncRows?.(), 0); // values loaded from a workflow arrive after creation
+      }
       if (PICKERS[kind]) setupPicker(node, PICKERS[kind]);
     } catch (e) {
       console.error(`[loragraph] could not add the editor widgets to ${kind}`, e);
