@@ -54,18 +54,27 @@ def unknown_input_errors(inputs: Mapping[str, Any], class_inputs: Mapping[str, A
 
 def custom_validation_errors(result: Any, names: Iterable[str]) -> list[dict[str, Any]]:
     """``VALIDATE_INPUTS``' return value as errors: none for True, else one error, on the input
-    whose name its message starts with (``"width must be ..."``, ``"weights: ..."``)."""
+    whose name its message starts with (``"width must be ..."``, ``"weights: ..."``), or on the only
+    input the method takes (then in ComfyUI's ``"value - message"`` form)."""
     if result is True:
         return []
+    names = list(names)
     message = "" if result is False else str(result)
     about = next((n for n in sorted(names, key=len, reverse=True)
                   if message.startswith((f"{n}:", f"{n} "))), None)
     if about is not None and message.startswith(f"{about}:"):
-        message = message[len(about) + 1:].strip()  # the line names the input already
+        details = message[len(about) + 1:].strip()  # the error names the input already
+    elif about is not None:
+        details = message
+    elif len(names) == 1:
+        about = names[0]
+        details = f"{about} - {message}" if message else about
+    else:
+        details = message
     return [{
         "type": "custom_validation_failed",
         "message": "Custom validation failed for node",
-        "details": message,
+        "details": details,
         "extra_info": {"input_name": about} if about is not None else {},
     }]
 
