@@ -62,9 +62,7 @@ def custom_validation_errors(result: Any, names: Iterable[str]) -> list[dict[str
     message = "" if result is False else str(result)
     about = next((n for n in sorted(names, key=len, reverse=True)
                   if message.startswith((f"{n}:", f"{n} "))), None)
-    if about is not None and message.startswith(f"{about}:"):
-        details = message[len(about) + 1:].strip()  # the error names the input already
-    elif about is not None:
+    if about is not None:
         details = message
     elif len(names) == 1:
         about = names[0]

@@ -536,7 +536,8 @@ def format_node_errors(node_errors: Mapping[str, Mapping[str, Any]],
             details = err.get("details")
             message = f"{err.get('message')}: {details}" if details else str(err.get("message"))
             if details and err.get("type") in _SELF_EXPLAINING:
-                message = str(details)
+                # the line names the input already: "input 'weights': expected numbers ..."
+                message = str(details).removeprefix(f"{input_name}:").strip() if input_name else str(details)
             lines.append(f"{where}: {message}")
     return lines
 
