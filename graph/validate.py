@@ -334,9 +334,9 @@ class _Validator:
             for name, value in inputs.items():
                 if isinstance(value, list) and len(value) == 2:
                     upstream = self.stand_ins.get(value[0])
-                    ok_slot = isinstance(upstream, tuple) and isinstance(value[1], int) \
-                        and 0 <= value[1] < len(upstream)
-                    linked[name] = upstream[value[1]] if ok_slot else None
+                    slot = value[1]
+                    fits = isinstance(upstream, tuple) and isinstance(slot, int) and 0 <= slot < len(upstream)
+                    linked[name] = upstream[slot] if fits else None  # type: ignore[index]
             stand_in, problems = preflight(obj_class, class_inputs, inputs, linked, unique_id)
             self.stand_ins[unique_id] = stand_in
             errors.extend(problems)

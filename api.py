@@ -4,6 +4,9 @@ It does what the command does for one workflow (read it, apply ``--set`` items, 
 anything loads, run) and returns the outputs instead of printing them. One executor per process
 is kept between calls, so, as between the files of one ``loragraph run``, loaded pipelines, parsed
 LoRA files and cached node outputs carry over and a second call re-runs only what changed.
+
+It sits beside the layers (pyproject's import contract), importing only graph/, nodes/ and host, so
+the package's root can offer it without importing the command line.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ def run_workflow(
     ``WorkflowFailed`` when the workflow is invalid or a node fails.
     """
     global _executor
-    from .. import host
-    from ..graph import Executor, apply_overrides, load_workflow_document
-    from ..nodes import HEADLESS_NODE_CLASS_MAPPINGS
+    from . import host
+    from .graph import Executor, apply_overrides, load_workflow_document
+    from .nodes import HEADLESS_NODE_CLASS_MAPPINGS
 
     registry = HEADLESS_NODE_CLASS_MAPPINGS
     items = [f"{k}={_as_text(v)}" for k, v in set.items()] if isinstance(set, Mapping) else list(set)
@@ -64,7 +67,7 @@ def _as_text(value: Any) -> str:
     """A value as ``--set`` text that parses back to it (strings stay strings)."""
     import json
 
-    from ..graph import parse_override_value
+    from .graph import parse_override_value
 
     if isinstance(value, str) and parse_override_value(value) == value:
         return value
