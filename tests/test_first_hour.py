@@ -315,3 +315,17 @@ def test_pickle_refusal_gives_no_advice_to_turn_safety_off(models):
     assert "\x1b[" not in text and "weights_only` set to `False`" not in text and "False" not in text
     assert "NotATensor" in text or "GLOBAL" in text, text
     assert torch.load is not None
+
+
+def test_inspect_names_the_same_base_model_with_and_without_model_and_draws_no_loading_bars(capsys):
+    import subprocess
+    import sys
+
+    lora = EXAMPLES / "models" / "loras" / "shapes" / "outline.safetensors"
+    proc = subprocess.run([sys.executable, "-m", "loragraph", "inspect", str(lora)], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "base model:    builtin:shapes" in proc.stdout
+    assert "Loading pipeline components" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr
+    assert main(["inspect", str(lora), "--model", "builtin:shapes"]) == 0
+    assert "base model:    builtin:shapes (all 79 modules land on it)" in capsys.readouterr().out
