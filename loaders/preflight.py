@@ -10,6 +10,7 @@ file land, schedules on fused layers, memory) is checked when the node runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -100,7 +101,8 @@ def read_lora_header(path: Path, shown: str) -> LoraFile:
     """The file as far as its header tells: format, modules (with shape-only tensors) and metadata.
 
     Pickles (.ckpt/.pt/.bin) have no header: they are read whole, with weights_only, through the
-    store's cache, so the run reuses the read.
+    store's cache, so the run reuses the read. Headers are cached by the file's size and mtime, so
+    validating the same workflow again (every run, every queued prompt) reads nothing.
     """
     if path.name.lower().endswith(PICKLE_SUFFIXES):
         from . import store
@@ -108,6 +110,14 @@ def read_lora_header(path: Path, shown: str) -> LoraFile:
         return store.read_lora(path)
     if not path.name.lower().endswith(SAFETENSORS_SUFFIXES):
         raise LoraFileError(f"{shown}: unsupported file type {path.suffix or '(no suffix)'!r}")
+    st = os.stat(path)
+    return _cached_header(str(path), shown, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+# Parsed headers kept: a workflow's LoRAs and then some; each is a few KB of names and shapes.
+@functools.lru_cache(maxsize=256)
+def _cached_header(real: str, shown: str, size: int, mtime_ns: int, inode: int) -> LoraFile:
+    path = Path(real)
     metadata = check_safetensors_layout(str(path), shown)
     header = _header(path)
     keys = [k for k in header if k != "__metadata__"]
