@@ -190,7 +190,8 @@ def test_a_mistake_is_refused_before_any_model_loads(models, tmp_path, monkeypat
     assert not [p for p in counted.reads if p.endswith(".safetensors")], "a LoRA's weights were read"
     lines = [line for line in out.splitlines() if "error:" in line]
     assert lines, out
-    line = next((x for x in lines if f"node {node} (" in x), "")
+    line = next((x for x in lines if f"node {node} (" in x and (f"input '{input_name}'" in x
+                                                               or f"{node}.{input_name}" in x)), "")
     assert f"input '{input_name}'" in line or f"{node}.{input_name}" in line, lines
     assert words in line, line
     assert "Traceback" not in out + err
