@@ -28,6 +28,10 @@ from .node_defs import NodeClass, function_params, get_input_info
 
 logger = logging.getLogger(__name__)
 
+# Inputs that are widgets unless linked: a linked one without a stand-in has no value before the run.
+_WIDGET_TYPES = frozenset({"STRING", "INT", "FLOAT", "BOOLEAN"})
+
+
 def declared_inputs(class_inputs: Mapping[str, Any]) -> list[str]:
     return [name for section in ("required", "optional", "hidden")
             for name in (class_inputs.get(section) or {})]
@@ -89,7 +93,10 @@ def preflight(obj_class: NodeClass, class_inputs: Mapping[str, Any], inputs: Map
     params, takes_kwargs = function_params(check)
     kwargs: dict[str, Any] = {}
     for name, value in inputs.items():
-        _, category, _ = get_input_info(class_inputs, name)
+        input_type, category, _ = get_input_info(class_inputs, name)
+        if name in linked and linked[name] is None and (isinstance(input_type, (list, tuple))
+                                                         or input_type in _WIDGET_TYPES):
+            return None, []  # a widget value computed by another node: known only when the run gets there
         if category in ("required", "optional") and (takes_kwargs or name in params):
             kwargs[name] = linked.get(name) if name in linked else value
     if "unique_id" in params:

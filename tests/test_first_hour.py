@@ -330,3 +330,22 @@ def test_inspect_names_the_same_base_model_with_and_without_model_and_draws_no_l
     assert "Loading pipeline components" not in proc.stderr and "it/s" not in proc.stderr, proc.stderr
     assert main(["inspect", str(lora), "--model", "builtin:shapes"]) == 0
     assert "base model:    builtin:shapes (all 79 modules land on it)" in capsys.readouterr().out
+
+
+def test_a_widget_fed_by_another_node_is_checked_when_the_run_gets_there(models):
+    # adapter_names comes from a node with no stand-in: validation cannot know it, so it does not guess
+    # ("all adapters" against two weights would be a false error); the run then checks it for real.
+    from loragraph import host
+    from loragraph.graph import validate_prompt
+    from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS
+
+    host.configure(models_dir=models)
+    wf = json.loads(QUICKSTART.read_text())
+    wf["8"] = {"class_type": "LoRAInfo", "inputs": {"pipeline": ["3", 0]}}  # its STRING output feeds node 4
+    wf["4"]["inputs"]["adapter_names"] = ["8", 0]
+    wf["4"]["inputs"]["weights"] = "1.0, 0.8, 0.5"
+    ok, _, _, node_errors = validate_prompt(wf, HEADLESS_NODE_CLASS_MAPPINGS)
+    assert ok and not node_errors, node_errors
+    wf["4"]["inputs"]["adapter_names"] = "palette, outline"  # the same mistake, knowable now
+    _, _, _, node_errors = validate_prompt(wf, HEADLESS_NODE_CLASS_MAPPINGS)  # LoRAInfo (8) stays good
+    assert node_errors["4"]["errors"][0]["extra_info"]["input_name"] == "weights"
