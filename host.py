@@ -65,6 +65,13 @@ def folder_roots(kind: str) -> list[Path]:
     return _folders.roots(kind)
 
 
+def describe_folders(kind: str) -> str:
+    """Where the files of a combo were looked for, for an error about a name not found there."""
+    roots = folder_roots(kind)
+    shown = ", ".join(f"{r}{'' if r.is_dir() else ' (does not exist)'}" for r in roots)
+    return f"searched {shown or 'no ' + kind + ' folder'}"
+
+
 def temp_dir() -> Path:
     """Where PreviewImage writes; ComfyUI's temp folder inside ComfyUI."""
     if inside_comfyui():

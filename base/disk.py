@@ -20,10 +20,12 @@ folder once, so a ``loop -> .`` link cannot make them run forever.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -205,3 +207,34 @@ def clean_stale_temps(folders: Iterable[str | os.PathLike], older_than_s: float 
     if removed:
         logger.info("removed %d temp file(s) left by an interrupted save", removed)
     return removed
+
+
+def writable_folder_problem(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into ``folder`` (created if missing), or None when they can.
+
+    Tried for real: folders are created, a probe file written and removed, and the folders this made
+    removed again, so a check before a run leaves the disk as it was (permission bits say nothing
+    for root, nor on /proc or a read-only mount).
+    """
+    path = Path(os.path.abspath(folder))
+    missing: list[Path] = []
+    probe_root = path
+    while not probe_root.exists():
+        missing.append(probe_root)
+        if probe_root.parent == probe_root:
+            break
+        probe_root = probe_root.parent
+    if probe_root.exists() and not probe_root.is_dir():
+        return f"{probe_root} is a file, not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".probe", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"cannot write into {path}: {e.strerror or e}"
+    finally:
+        for created in missing:
+            with contextlib.suppress(OSError):
+                created.rmdir()
+    return None

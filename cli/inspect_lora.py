@@ -20,6 +20,7 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
     from ..loaders.coverage import coverage as lora_coverage
     from ..loaders.engine import get_engine
     from ..loaders.lora_file import LoraFileError
+    from ..loaders.pipelines import quiet_loading
 
     path = Path(args.lora)
     # A file given by its path needs no models folder (the default --model is built in).
@@ -45,7 +46,8 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
     summary["module_algorithms"] = fit.module_algorithms(lora)
     model = args.model
     if model is None:
-        summary["fits"] = fit.builtin_fits(lora)
+        with quiet_loading():  # no "Loading pipeline components" bars in a report
+            summary["fits"] = fit.builtin_fits(lora)
         model = summary["fits"][0] if summary["fits"] else DEFAULT_MODEL
         if summary["fits"] and summary.get("base_model") == "other":
             summary["base_model"] = summary["fits"][0]
@@ -58,7 +60,8 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
         try:
             pipe = fit.built(model) if args.model is None else None  # the guess built it already
             if pipe is None:
-                handle = engine.load_pipeline(model)
+                with quiet_loading():  # no "Loading pipeline components" bars in a report
+                    handle = engine.load_pipeline(model)
                 pipe = engine.live(handle.source).pipe
         except Exception as ex:  # any reason the model cannot be built is a usage error here
             sys.stderr.write(f"loragraph inspect: --model {model}: {ex}\n")
@@ -70,6 +73,10 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
             if cov.complete:
                 # every module lands (after the pipeline's own converters): the file is that family's
                 summary["family"] = cov.pipeline
+                if summary.get("base_model") == "other" and model.startswith("builtin:"):
+                    # the same answer as without --model: a file for a built-in model names it
+                    summary["base_model"] = model
+                    summary["base_model_reason"] = f"all {len(lora.modules)} modules land on it"
         except LoraFileError as ex:
             coverage = {"model": model, "loadable": False, "message": str(ex)}
             coverage_text = str(ex)

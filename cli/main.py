@@ -152,7 +152,8 @@ def _add_scaleout_arguments(parser: argparse.ArgumentParser, sweep: bool) -> Non
         parser.add_argument(
             "--sweep", action="append", default=[], metavar="NODE_ID.INPUT=V1,V2,...",
             help="run the one WORKFLOW once per value, e.g. --sweep 6.seed=1-8 (A-B: an inclusive integer "
-            "range); repeatable: the runs are the cartesian product, the first --sweep varying slowest")
+            "range), or per element of a JSON array: --sweep '4.weights=[\"1.0, 0.8\", \"0.5, 0.8\"]'; "
+            "repeatable: the runs are the cartesian product, the first --sweep varying slowest")
     parser.add_argument("--ray", action="store_true",
                         help='spread the work over a Ray cluster, one engine per GPU or CPU slot '
                         '(needs pip install "loragraph[ray]")')

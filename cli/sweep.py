@@ -1,5 +1,8 @@
 """``--sweep NODE_ID.INPUT=V1,V2,...``: one workflow run over a grid of input values.
 
+A value list that starts with ``[`` is a JSON array instead, one run per element, for values that
+hold commas themselves (``--sweep '4.weights=["1.0, 0.8", "0.5, 0.8"]'``).
+
 Each ``--sweep`` names one input and its values; the runs are the cartesian product, the first
 ``--sweep`` varying slowest (as nested loops written in the order given). A value is parsed as
 ``--set`` parses one (JSON, else the string), and ``A-B`` with two integers is the inclusive range.
@@ -10,11 +13,13 @@ makes (the node exists, the class declares the input) applies to a sweep too.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..base import limits
 from ..graph import WorkflowError, apply_overrides, parse_override_value
 
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
@@ -36,6 +41,8 @@ def parse_sweep(item: str) -> Axis:
     node_id, dot, input_name = target.strip().partition(".")
     if not sep or not dot or not node_id or not input_name:
         raise WorkflowError(f"--sweep {item!r}: expected NODE_ID.INPUT=V1,V2,... (e.g. 6.seed=1-8)")
+    if raw.lstrip().startswith("["):
+        return Axis(f"{node_id.strip()}.{input_name.strip()}", _json_values(item, raw))
     values: list[str] = []
     for part in raw.split(","):
         text = part.strip()
@@ -52,6 +59,22 @@ def parse_sweep(item: str) -> Axis:
         else:
             values.append(text)
     return Axis(f"{node_id.strip()}.{input_name.strip()}", tuple(values))
+
+
+def _json_values(item: str, raw: str) -> tuple[str, ...]:
+    """``[...]``: a JSON array, one run per element; each element becomes the ``--set`` text that
+    parses back to it (a string stays a string: "1.0, 0.8" is one value, commas and all)."""
+    try:
+        parsed = limits.loads(raw)
+    except ValueError as e:
+        raise WorkflowError(
+            f"--sweep {item!r}: a value list starting with '[' must be a JSON array ({e})") from None
+    if not isinstance(parsed, list) or not parsed:
+        raise WorkflowError(f"--sweep {item!r}: the JSON array holds no values")
+    if len(parsed) > MAX_RUNS:
+        raise WorkflowError(f"--sweep {item!r}: over {MAX_RUNS} values")
+    # a string that would parse as JSON ("5") must stay a string: give it JSON-quoted
+    return tuple(v if isinstance(v, str) and parse_override_value(v) == v else json.dumps(v) for v in parsed)
 
 
 def parse_sweeps(items: Sequence[str]) -> list[Axis]:

@@ -1,14 +1,18 @@
 """The workflow executor: load, validate, order, cache, run, and emit ComfyUI's events.
 
 It runs ComfyUI-style node classes from a registry ``{class_type: class}`` and knows nothing
-about LoRA or diffusers. Typical use::
+about LoRA or diffusers. Typical use, with loragraph's headless registry (its nodes plus SaveImage,
+PreviewImage and SaveAnimation) and the folders set first, as the README's "Python" section runs it::
 
+    from loragraph import host
     from loragraph.graph import Executor, apply_overrides, load_workflow_document
+    from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS as NODES
 
-    executor = Executor(NODE_CLASS_MAPPINGS)
+    host.configure(models_dir="examples/models", output_dir="output")
+    executor = Executor(NODES)
     executor.bus.subscribe(lambda event, data: ...)
-    loaded = load_workflow_document("wf.json", NODE_CLASS_MAPPINGS)  # API or editor JSON, or a PNG
-    prompt = apply_overrides(loaded.prompt, ["3.seed=5"], NODE_CLASS_MAPPINGS)
+    loaded = load_workflow_document("examples/workflows/quickstart.json", NODES)  # JSON or a PNG
+    prompt = apply_overrides(loaded.prompt, ["6.seed=5"], NODES)
     result = executor.execute(prompt, extra_data=loaded.extra_data())  # SaveImage embeds the workflow
 
 Node code reports progress and honours interrupts through ``report_progress`` /

@@ -19,7 +19,9 @@ import traceback
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any
 
+from ..base.suggest import did_you_mean
 from .errors import full_type_name
+from .input_checks import custom_validation_errors, preflight, unknown_input_errors
 from .node_defs import NodeClass, function_params, get_input_info, hidden_values
 from .workflow import node_sort_key
 
@@ -61,6 +63,8 @@ class _Validator:
         self.registry = registry
         self.input_types = input_types
         self.validated: dict[str, NodeResult] = {}
+        # What each node's PREFLIGHT returned (input_checks.py): stand-ins for its outputs, or None.
+        self.stand_ins: dict[str, Any] = {}
 
     def class_inputs(self, class_type: str) -> dict[str, Any]:
         # One INPUT_TYPES() call per class per pass: combos listing files stay live for each run
@@ -142,7 +146,7 @@ class _Validator:
         obj_class = self.registry[class_type]
         class_inputs = self.class_inputs(class_type)
 
-        errors: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = unknown_input_errors(inputs, class_inputs, class_type)
         valid = True
 
         validate_function = getattr(obj_class, "VALIDATE_INPUTS", None)
@@ -299,11 +303,15 @@ class _Validator:
                                 input_config = None
                             else:
                                 list_info = str(combo_options)
+                            hint = did_you_mean(val, combo_options)
+                            describe = getattr(obj_class, "DESCRIBE_CHOICES", None)
+                            if describe is not None and (where := describe(x)):
+                                hint += f" ({where})"
                             errors.append(
                                 {
                                     "type": "value_not_in_list",
                                     "message": "Value not in list",
-                                    "details": f"{x}: {val!r} not in {list_info}",
+                                    "details": f"{x}: {val!r} not in {list_info}{hint}",
                                     "extra_info": {
                                         "input_name": x,
                                         "input_config": input_config,
@@ -320,6 +328,18 @@ class _Validator:
                     validate_has_kwargs, received_types,
                 )
             )
+
+        if valid is True and not errors:
+            linked = {}
+            for name, value in inputs.items():
+                if isinstance(value, list) and len(value) == 2:
+                    upstream = self.stand_ins.get(value[0])
+                    slot = value[1]
+                    fits = isinstance(upstream, tuple) and isinstance(slot, int) and 0 <= slot < len(upstream)
+                    linked[name] = upstream[slot] if fits else None  # type: ignore[index]
+            stand_in, problems = preflight(obj_class, class_inputs, inputs, linked, unique_id)
+            self.stand_ins[unique_id] = stand_in
+            errors.extend(problems)
 
         ret = self.validated.get(unique_id, (True, [], unique_id))
         # A cycle found below us may already have put an error on this node; join it.
@@ -383,21 +403,7 @@ class _Validator:
             input_filtered["input_types"] = received_types
 
         r = obj_class.VALIDATE_INPUTS(**input_filtered)
-        errors = []
-        if r is not True:
-            for x in input_filtered or (None,):
-                details = x if x is not None else ""
-                if r is not False:
-                    details = f"{x} - {r}" if x is not None else str(r)
-                errors.append(
-                    {
-                        "type": "custom_validation_failed",
-                        "message": "Custom validation failed for node",
-                        "details": details,
-                        "extra_info": {"input_name": x} if x is not None else {},
-                    }
-                )
-        return errors
+        return custom_validation_errors(r, input_filtered)
 
 
 def validate_prompt(
@@ -504,6 +510,10 @@ def validate_prompt(
     return (True, None, good_outputs, node_errors)
 
 
+# Error types whose details are a whole sentence: the line shows it without the generic message.
+_SELF_EXPLAINING = frozenset({"custom_validation_failed", "unknown_input"})
+
+
 def format_node_errors(node_errors: Mapping[str, Mapping[str, Any]],
                        prompt: Mapping[str, Any] | None = None) -> list[str]:
     """One human-readable line per validation error, naming node id, class_type and input.
@@ -525,6 +535,9 @@ def format_node_errors(node_errors: Mapping[str, Mapping[str, Any]],
             where = f"{label}, input '{input_name}'" if input_name else label
             details = err.get("details")
             message = f"{err.get('message')}: {details}" if details else str(err.get("message"))
+            if details and err.get("type") in _SELF_EXPLAINING:
+                # the line names the input already: "input 'weights': expected numbers ..."
+                message = str(details).removeprefix(f"{input_name}:").strip() if input_name else str(details)
             lines.append(f"{where}: {message}")
     return lines
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Union
 
 from ..base import limits
+from ..base.suggest import did_you_mean
 from .errors import WorkflowError
 from .node_defs import NodeClass
 
@@ -261,7 +262,8 @@ def apply_overrides(prompt: Mapping[str, Any], overrides: Iterable[str],
                 if input_name not in declared:
                     raise WorkflowError(
                         f"--set {item!r}: node {node_id} ({node.get('class_type')}) has no input "
-                        f"{input_name!r} (inputs: {', '.join(declared) or 'none'})"
+                        f"{input_name!r}{did_you_mean(input_name, declared)} "
+                        f"(inputs: {', '.join(declared) or 'none'})"
                     )
         value = parse_override_value(raw_value)
         logger.debug("override %s.%s = %r", node_id, input_name, value)

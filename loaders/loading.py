@@ -14,7 +14,9 @@ from . import hotswap
 from .coverage import coverage
 from .formats import load_lora_file
 from .live import LivePipeline, LoraOperationError, quiet_loading, timed
+from .records import LoraFile
 from .state import AdapterSpec
+from .summary import guess_base_model
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
         shown = "; ".join(f"{m.module}: {m.reason}" for m in mismatched[:3])
         raise LoraOperationError(
             f"{len(mismatched)} of the LoRA's layers have the wrong shape for this pipeline ({shown}) "
-            "— it is made for another base model",
+            f"— it is made for another base model{_which_base(lf)}",
             "lora_name",
             spec.origin,
         )
@@ -70,3 +72,9 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):
         raise LoraOperationError("diffusers loaded no layer from this file", "lora_name", spec.origin)
     live.swapped_out.pop(lf.sha256, None)
+
+
+def _which_base(lf: LoraFile) -> str:
+    """The base the file's keys or metadata name, as inspect says: " (SDXL: has a second text encoder)"."""
+    base, why = guess_base_model(lf)
+    return f" ({base}: {why})" if base != "other" else ""

@@ -10,6 +10,7 @@ human summary is summary.py's.
 from __future__ import annotations
 
 import os
+import re
 import types
 
 import torch
@@ -101,9 +102,11 @@ def _load_pickle(real: str, shown: str) -> tuple[dict[str, torch.Tensor], dict[s
         obj = torch.load(real, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise LoraFileError(
-            f"{shown}: refused: the pickle holds objects other than tensors and plain values, and "
-            f"pickled LoRAs are only loaded with torch.load(weights_only=True) ({str(e).splitlines()[0]})"
-        ) from e
+            f"{shown}: refused: the pickle holds objects other than tensors and plain values"
+            f"{_what_was_refused(e)}, and pickled LoRAs are only loaded as data (torch.load with "
+            "weights_only=True), because unpickling anything else can run code; ask for a .safetensors "
+            "version of the file"
+        ) from None
     except Exception as e:  # torch raises RuntimeError/EOFError/zipfile errors for damaged files
         raise LoraFileError(f"{shown}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -120,6 +123,20 @@ def _load_pickle(real: str, shown: str) -> tuple[dict[str, torch.Tensor], dict[s
         else:
             raise LoraFileError(f"{shown}: entry {k!r} is a {type(v).__name__}, not a tensor")
     return tensors, metadata
+
+
+# Terminal colour codes torch puts into its messages.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _what_was_refused(error: Exception) -> str:
+    """The one line of torch's refusal that says which object it met ("unsupported GLOBAL
+    posix.getcwd"), without its colour codes and without its advice to turn the safety off."""
+    for line in _ANSI.sub("", str(error)).splitlines():
+        line = line.strip()
+        if "GLOBAL" in line or line.lower().startswith("unsupported"):
+            return f" ({line.rstrip('.')})"
+    return ""
 
 
 def build(

@@ -142,7 +142,7 @@ def build_pipeline(source: PipelineSource):
     """Build the diffusers pipeline a source names, offline, in its dtype and on its device."""
     t0 = time.perf_counter()
     torch_dtype = DTYPES[source.dtype]
-    with _quiet_loading():
+    with quiet_loading():
         pipe = _build(source, torch_dtype)
     # diffusers warns on every .to(dtype=...), even a no-op: cast only when a component differs.
     modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
@@ -170,7 +170,7 @@ def _build(source: PipelineSource, torch_dtype: torch.dtype):
 
 
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """No "Loading pipeline components" / "Loading weights" bars: the node's own line says it ran,
     and a server's console shows one bar only, the Sampler's (as ComfyUI's)."""
     from diffusers.utils import logging as diffusers_logging

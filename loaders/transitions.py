@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..base.errors import NodeInputError
+from ..base.suggest import did_you_mean
 from .state import (
     INTERPOLATIONS,
     ActiveSet,
@@ -47,8 +48,9 @@ def check_known(state: AdapterState, names: Sequence[str], input_name: str) -> N
     unknown = [n for n in names if state.adapter(n) is None]
     if unknown:
         loaded = ", ".join(state.names) or "none"
+        hint = did_you_mean(unknown[0], state.names) if len(unknown) == 1 else ""
         raise NodeInputError(
-            input_name, f"no adapter named {', '.join(unknown)} is loaded (loaded: {loaded})"
+            input_name, f"no adapter named {', '.join(unknown)} is loaded (loaded: {loaded}){hint}"
         )
 
 

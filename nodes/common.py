@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
@@ -25,6 +27,20 @@ def engine() -> Engine:
 
 def origin_of(class_type: str, unique_id: Any) -> str:
     return f"{class_type} #{unique_id}" if unique_id is not None else class_type
+
+
+def check_output_folder(folder: Path, filename_prefix: str) -> None:
+    """Before the run: the folder a save node writes into (with the prefix's subfolders) can be written."""
+    from ..base import disk
+    from ..base.errors import NodeInputError
+
+    norm = os.path.normpath(filename_prefix or "ComfyUI")
+    if os.path.isabs(norm) or norm.split(os.sep)[0] == "..":
+        raise NodeInputError("filename_prefix", f"{filename_prefix!r} would save outside the output folder")
+    problem = disk.writable_folder_problem(folder / os.path.dirname(norm))
+    if problem is not None:
+        raise NodeInputError("filename_prefix", f"the output folder cannot be written: {problem} "
+                                                "(choose another with --output-dir)")
 
 
 def realize_with_ui(handle: Any) -> NodeResult:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import lora_credits
+from .common import check_output_folder
 from .output_names import NumberedNames
 
 if TYPE_CHECKING:
@@ -74,6 +75,13 @@ class SaveImage:
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
+
+    @classmethod
+    def PREFLIGHT(cls, images: Any = None, filename_prefix: str = "ComfyUI") -> tuple[Any, ...]:
+        from .. import host
+
+        check_output_folder(host.output_dir(), filename_prefix)
+        return ()
 
     def save_images(self, images: torch.Tensor, filename_prefix: str = "ComfyUI", prompt: Any = None,
                     extra_pnginfo: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -140,6 +148,14 @@ class SaveAnimation:
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
+
+    @classmethod
+    def PREFLIGHT(cls, images: Any = None, filename_prefix: str = "loragraph",
+                  fps: int = 16) -> tuple[Any, ...]:
+        from .. import host
+
+        check_output_folder(host.output_dir(), filename_prefix)
+        return ()
 
     def save_animation(self, images: torch.Tensor, filename_prefix: str = "loragraph", fps: int = 16,
                        prompt: Any = None, extra_pnginfo: Mapping[str, Any] | None = None) -> dict[str, Any]:

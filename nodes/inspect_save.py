@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from ..loaders.state import PipelineHandle
-from .common import CATEGORY, PIPELINE, NodeResult, engine
+from .common import CATEGORY, PIPELINE, NodeResult, check_output_folder, engine
 
 
 class SaveLoRA:
@@ -38,6 +38,17 @@ class SaveLoRA:
                 ),
             }
         }
+
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, adapter_name: str = "",
+                  filename_prefix: str = "loragraph", format: str = "kohya") -> tuple[Any, ...]:
+        from .. import host
+        from ..loaders.transitions import check_known
+
+        if pipeline is not None and adapter_name.strip():
+            check_known(pipeline.state, [adapter_name.strip()], "adapter_name")
+        check_output_folder(host.output_dir() / "loras", filename_prefix)
+        return ()
 
     def run(self, pipeline: PipelineHandle, adapter_name: str, filename_prefix: str = "loragraph",
             format: str = "kohya") -> NodeResult:

@@ -87,6 +87,21 @@ class LoadLoRA:
         except Exception:  # validation reports the bad name; the cache key just must not crash
             return ""
 
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, lora_name: str, strength: float = 1.0,
+                  adapter_name: str = "", target: str = "auto", unique_id: Any = None) -> tuple[Any]:
+        from ..loaders import preflight
+
+        spec = preflight.lora_spec(pipeline, lora_name, strength, adapter_name or "", target,
+                                   origin_of("LoadLoRA", unique_id))
+        return (transitions.add_adapter(pipeline, spec) if pipeline is not None else None,)
+
+    @classmethod
+    def DESCRIBE_CHOICES(cls, input_name: str) -> str | None:
+        from .. import host
+
+        return f"LoRA files, {host.describe_folders('loras')}" if input_name == "lora_name" else None
+
     def run(
         self,
         pipeline: PipelineHandle,
@@ -162,6 +177,16 @@ class SetAdapterWeights:
                 return f"{name}: weights must be finite numbers, got {str(value)[:80]!r}"
         return True
 
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, adapter_names: str = "", weights: str = "1.0",
+                  text_encoder_weights: str = "", block_weights: str = "") -> tuple[Any]:
+        if pipeline is None:  # the text still has to parse
+            widget_text.parse_names(adapter_names, "adapter_names")
+            widget_text.parse_block_weights(block_weights)
+            return (None,)
+        new = widget_text.set_weights(pipeline, adapter_names, weights, text_encoder_weights, block_weights)
+        return (new,)
+
     def run(
         self,
         pipeline: PipelineHandle,
@@ -225,6 +250,16 @@ class FuseLoRA:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, fuse_unet: bool = True,
+                  fuse_text_encoder: bool = True,
+                  lora_scale: float = 1.0, safe_fusing: bool = False, adapter_names: str = "") -> tuple[Any]:
+        if pipeline is None:
+            widget_text.parse_names(adapter_names, "adapter_names")
+            return (None,)
+        new = widget_text.fuse(pipeline, fuse_unet, fuse_text_encoder, lora_scale, safe_fusing, adapter_names)
+        return (new,)
+
     def run(
         self,
         pipeline: PipelineHandle,
@@ -265,6 +300,11 @@ class UnfuseLoRA:
             }
         }
 
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, unfuse_unet: bool = True,
+                  unfuse_text_encoder: bool = True) -> tuple[Any]:
+        return (transitions.unfuse(pipeline, unfuse_unet, unfuse_text_encoder) if pipeline else None,)
+
     def run(self, pipeline: PipelineHandle, unfuse_unet: bool, unfuse_text_encoder: bool) -> NodeResult:
         return realize_with_ui(transitions.unfuse(pipeline, unfuse_unet, unfuse_text_encoder))
 
@@ -294,6 +334,11 @@ class TextEncoderLoRAToggle:
             }
         }
 
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, enabled: bool = True,
+                  text_encoder: str = "all") -> tuple[Any]:
+        return (transitions.toggle_text_encoder(pipeline, enabled, text_encoder) if pipeline else None,)
+
     def run(self, pipeline: PipelineHandle, enabled: bool, text_encoder: str = "all") -> NodeResult:
         return realize_with_ui(transitions.toggle_text_encoder(pipeline, enabled, text_encoder))
 
@@ -317,6 +362,13 @@ class DeleteAdapters:
             }
         }
 
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, adapter_names: str = "") -> tuple[Any]:
+        if pipeline is None:
+            widget_text.parse_names(adapter_names, "adapter_names")
+            return (None,)
+        return (widget_text.delete(pipeline, adapter_names),)
+
     def run(self, pipeline: PipelineHandle, adapter_names: str) -> NodeResult:
         return realize_with_ui(widget_text.delete(pipeline, adapter_names))
 
@@ -333,6 +385,10 @@ class UnloadLoRA:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"pipeline": (PIPELINE, {})}}
+
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None) -> tuple[Any]:
+        return (transitions.unload(pipeline) if pipeline else None,)
 
     def run(self, pipeline: PipelineHandle) -> NodeResult:
         return realize_with_ui(transitions.unload(pipeline))
@@ -363,6 +419,18 @@ class SetLoRADevice:
                 ),
             }
         }
+
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, adapter_names: str = "",
+                  device: str = "cpu") -> tuple[Any]:
+        if device not in ("cpu", "auto"):
+            from ..loaders.pipelines import resolve_device
+
+            resolve_device(device)
+        if pipeline is None:
+            widget_text.parse_names(adapter_names, "adapter_names")
+            return (None,)
+        return (widget_text.set_device(pipeline, adapter_names, device),)
 
     def run(self, pipeline: PipelineHandle, adapter_names: str, device: str) -> NodeResult:
         if device not in ("cpu", "auto"):

@@ -57,5 +57,23 @@ class LoadPipeline:
         except Exception:  # validation reports the bad value; the cache key just must not crash
             return ""
 
+    @classmethod
+    def PREFLIGHT(cls, model: str, dtype: str = "auto", device: str = "auto", **_: Any) -> tuple[Any]:
+        # The stand-in handle, from the model's config alone (graph/input_checks.py, loaders/preflight.py).
+        from ..loaders.preflight import pipeline_source
+        from ..loaders.state import PipelineHandle
+
+        source = pipeline_source(model, dtype, device)
+        return (PipelineHandle(source) if source is not None else None,)
+
+    @classmethod
+    def DESCRIBE_CHOICES(cls, input_name: str) -> str | None:
+        from .. import host
+
+        if input_name != "model":
+            return None
+        return (f"built-in models, diffusers folders ({host.describe_folders('diffusers')}) and checkpoints "
+                f"({host.describe_folders('checkpoints')}); --models-dir sets the root")
+
     def run(self, model: str, dtype: str = "auto", device: str = "auto") -> NodeResult:
         return (engine().load_pipeline(model, dtype, device),)

@@ -55,6 +55,14 @@ class ScheduleAdapterWeights:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, adapter_name: str = "", keyframes: str = "0:1.0",
+                  interpolation: str = "linear") -> tuple[Any]:
+        widget_text.parse_keyframes(keyframes)
+        if pipeline is None:
+            return (None,)
+        return (widget_text.schedule_weights(pipeline, adapter_name, keyframes, interpolation),)
+
     def run(
         self,
         pipeline: PipelineHandle,

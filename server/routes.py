@@ -23,8 +23,10 @@ from ..base import limits
 from ..graph import (
     WorkflowError,
     format_validation_error,
+    is_editor_format,
     normalize_prompt,
     overridden_inputs,
+    to_api_format,
     validate_prompt,
 )
 from . import file_routes
@@ -199,6 +201,12 @@ def build_routes(server: Server) -> web.RouteTableDef:
             return error_response(400, "invalid_request",
                                   "partial_execution_targets must be a list of node ids")
         prompt_id = str(data.get("prompt_id") or uuid.uuid4())
+        if is_editor_format(prompt):  # a saved editor workflow: queue what the editor would (graphToPrompt)
+            try:
+                editor_json, prompt = prompt, to_api_format(prompt, server.registry)
+            except WorkflowError as ex:
+                return error_response(400, "invalid_prompt", str(ex))
+            extra_data.setdefault("extra_pnginfo", {"workflow": editor_json})
         try:
             normalized = normalize_prompt(prompt)
         except WorkflowError as ex:

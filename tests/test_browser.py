@@ -628,3 +628,42 @@ def test_the_editor_in_a_browser_runs_the_quickstart(folders, tmp_path):
 
     # Model families: the Sampler's true_cfg, frames and image, LoadLoRA's target.
     check_family(seen["family"], folders)
+
+SCREENSHOT_DRIVER = REPO / "tests" / "browser" / "editor_screenshot.js"
+README_PICTURE = REPO / "docs" / "editor.png"
+
+
+def test_the_readme_picture_of_the_editor(folders, tmp_path):
+    """The README's docs/editor.png: the quickstart graph in the served editor, taken here. The picture
+    is written again with LORAGRAPH_UPDATE_DOCS=1; otherwise the fresh one must match its size."""
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    workflow = json.loads(QUICKSTART.read_text())
+    shot = ARTIFACTS / "browser" / "editor_quickstart.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    server = LiveServer(config_for(folders))
+    server.start()
+    try:
+        config = {"url": f"http://127.0.0.1:{server.port}", "workflow": workflow, "screenshot": str(shot),
+                  "user_data_dir": str(tmp_path / "chromium-profile"), "chromium": CHROMIUM,
+                  "timeout_ms": 60000}
+        (tmp_path / "shot.json").write_text(json.dumps(config))
+        proc = subprocess.run(["node", str(SCREENSHOT_DRIVER), str(tmp_path / "shot.json")], cwd=REPO,
+                              capture_output=True, text=True, timeout=150, check=False)
+    finally:
+        server.stop()
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"the driver printed nothing (exit {proc.returncode}): {proc.stderr[-3000:]}"
+    seen = json.loads(lines[-1])
+    assert "failure" not in seen, seen["failure"]
+    assert sorted(seen["nodes"]) == sorted(n["class_type"] for n in workflow.values())
+    assert len(seen["summaries"]) == 2 and all("format:" in s for s in seen["summaries"]), seen["summaries"]
+    from PIL import Image
+
+    with Image.open(shot) as fresh:
+        assert fresh.size == (1600, 900) and shot.stat().st_size > 20_000
+        if os.environ.get("LORAGRAPH_UPDATE_DOCS") == "1":
+            shutil.copy(shot, README_PICTURE)
+        with Image.open(README_PICTURE) as committed:
+            assert committed.size == fresh.size

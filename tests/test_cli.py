@@ -118,7 +118,8 @@ def test_set_overrides_inputs_and_bad_overrides_are_invalid(dirs, tmp_path, caps
 def test_a_failing_file_does_not_stop_the_next_and_the_worst_status_wins(dirs, tmp_path, capsys):
     args, out = dirs
     good = write(tmp_path / "good.json", workflow(prefix="good"))
-    broken = write(tmp_path / "broken.json", workflow("bad/truncated.safetensors", prefix="broken"))
+    # NaN weights are found only when the file is read whole, so the run fails, not the validation.
+    broken = write(tmp_path / "broken.json", workflow("bad/nan_lora.safetensors", prefix="broken"))
     invalid = write(tmp_path / "invalid.json", workflow("../sd_a.safetensors", prefix="invalid"))
     unreadable = tmp_path / "unreadable.json"
     unreadable.write_text("{ not json")
@@ -141,7 +142,7 @@ def test_a_failing_file_does_not_stop_the_next_and_the_worst_status_wins(dirs, t
 def test_run_summary_names_nodes_times_files_and_errors(dirs, tmp_path, capsys):
     args, _ = dirs
     good = write(tmp_path / "good.json", workflow())
-    broken = write(tmp_path / "broken.json", workflow("bad/unrelated_model.safetensors"))
+    broken = write(tmp_path / "broken.json", workflow("bad/nan_lora.safetensors"))
     assert main(["run", good, good, broken, *args]) == 1
     text = capsys.readouterr().out
     first, second, third = re.split(rf"^{re.escape(str(tmp_path))}/", text, flags=re.MULTILINE)[1:]

@@ -57,7 +57,14 @@ def ray_cluster():
 def shapes_models(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ray-models")
     shutil.copytree(EXAMPLES, root / "loras" / "shapes")
-    (root / "loras" / "bad.safetensors").write_bytes(b"not a safetensors file at all")
+    # A LoRA holding NaN: refused when the node reads it whole, an execution error (a damaged header
+    # would be refused before the run, as an invalid workflow)
+    import safetensors.torch
+
+    tensors = safetensors.torch.load_file(str(root / "loras" / "shapes" / "outline.safetensors"))
+    first = min(k for k in tensors if k.endswith("weight"))
+    tensors[first][0, 0] = float("nan")
+    safetensors.torch.save_file(tensors, str(root / "loras" / "bad.safetensors"))
     return root
 
 

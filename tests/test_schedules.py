@@ -409,9 +409,10 @@ def test_workflow_branches_and_errors_on_the_node(configured):
     assert max_diff(images[second], recipe(raw, ["a"], [[unet_te(w)] for w in (0, 0, 1)], steps=steps)) <= TOL
 
     wf.nodes[off_late[0]]["inputs"]["keyframes"] = "0:1, 0.4:one"
-    result = executor.execute(wf.nodes)
-    assert result.status == "error" and result.error["node_type"] == "ScheduleAdapterWeights"
-    assert ("keyframes: keyframe 2 ('0.4:one'): strength 'one' is not a number"
+    result = executor.execute(wf.nodes)  # refused before anything runs (docs/CONTRACT.md)
+    assert result.status == "invalid"
+    assert result.node_errors[off_late[0]]["class_type"] == "ScheduleAdapterWeights"
+    assert ("input 'keyframes': keyframe 2 ('0.4:one'): strength 'one' is not a number"
             in " ".join(result.error_lines()))
 
 

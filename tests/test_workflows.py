@@ -336,15 +336,18 @@ def test_a_failed_lora_operation_leaves_the_pipeline_as_it_was(executor, configu
     loaded = Workflow()
     good = loaded.sample(loaded.lora(loaded.pipeline(), "sd_a.safetensors"))
     reference = run(executor, loaded)[good]
-    for bad_name, safe in (("bad/nan_lora.safetensors", True), ("bad/truncated.safetensors", False)):
+    # A NaN file is refused when loaded (safe_fusing's own rollback is tested in test_engine_guarantees
+    # with a spec made past that check); a truncated one before anything runs, from its header.
+    for bad_name, safe, status in (("bad/nan_lora.safetensors", True, "error"),
+                                   ("bad/truncated.safetensors", False, "invalid")):
         wf = Workflow()
         both = wf.lora(wf.lora(wf.pipeline(), "sd_a.safetensors"), bad_name)
         wf.sample(wf.add("FuseLoRA", pipeline=both, fuse_unet=True, fuse_text_encoder=True, lora_scale=1.0,
                          safe_fusing=safe, adapter_names=""))
         result = executor.execute(wf.nodes)
-        # Both stop at LoadLoRA: a NaN file is refused when loaded (safe_fusing's own rollback is
-        # tested in test_engine_guarantees with a spec made past that check).
-        assert result.status == "error" and result.error["node_type"] == "LoadLoRA"
+        assert result.status == status
+        failed = result.error["node_type"] if status == "error" else result.node_errors["3"]["class_type"]
+        assert failed == "LoadLoRA"
     # A new executor: nothing cached, the Sampler runs on whatever the live pipeline holds now.
     assert max_diff(run(Executor(REGISTRY), loaded)[good], reference) == 0
 
@@ -386,10 +389,11 @@ BAD_INPUTS = {
     "steps out of range": (_set("4", steps=0), 2, "4", "steps"),
     "strength out of range": (_set("2", strength=1000.0), 2, "2", "strength"),
     "width not a multiple of 8": (_set("4", width=60), 2, "4", "width"),
-    "corrupt file": (_set("2", lora_name="bad/truncated.safetensors"), 1, "2", "lora_name"),
-    "unrelated keys": (_set("2", lora_name="bad/unrelated_model.safetensors"), 1, "2", "lora_name"),
-    "wrong base model": (_set("2", lora_name="bad/sdxl_lora_for_sd.safetensors"), 1, "2", "lora_name"),
-    "unsafe pickle": (_set("2", lora_name="bad/unsafe_pickle.pt"), 1, "2", "lora_name"),
+    # files: refused from their header before anything loads (docs/CONTRACT.md: Validation before loading)
+    "corrupt file": (_set("2", lora_name="bad/truncated.safetensors"), 2, "2", "lora_name"),
+    "unrelated keys": (_set("2", lora_name="bad/unrelated_model.safetensors"), 2, "2", "lora_name"),
+    "wrong base model": (_set("2", lora_name="bad/sdxl_lora_for_sd.safetensors"), 2, "2", "lora_name"),
+    "unsafe pickle": (_set("2", lora_name="bad/unsafe_pickle.pt"), 2, "2", "lora_name"),
     "NaN lora": (_set("2", lora_name="bad/nan_lora.safetensors"), 1, "2", "lora_name"),
     # numbers that are not numbers, and work refused before it starts
     "strength NaN": (_set("2", strength="NaN"), 2, "2", "strength"),
