@@ -42,18 +42,37 @@ _CONTEXT_FAMILY = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 
 def pipeline_source(model: str, dtype: str = "auto", device: str = "auto") -> PipelineSource | None:
     """LoadPipeline's source without building it: components from the pipeline class the config
-    names. None for a single-file checkpoint, whose class and components only its loader knows."""
+    names. A single-file checkpoint that cannot load offline is refused here from its header; one
+    of a shipped family stands in as that family's pipeline; None when only its loader can tell."""
     from .pipelines import make_source
 
     source = make_source(model, dtype, device)
     if source.kind == "builtin":
         return source
+    if source.kind == "single_file":
+        return _single_file_source(source, model)
     if source.kind != "diffusers":
         return None
     cls = pipeline_class(source)
     if cls is None:
         return None
     return replace(source, components=tuple(c for c in fence.loadable_names(cls) if c in source.components))
+
+
+def _single_file_source(source: PipelineSource, model: str) -> PipelineSource | None:
+    import diffusers
+
+    from .single_file import checkpoint_pipeline_class, config_problem
+
+    path = Path(source.path)
+    problem = config_problem(path, model)
+    if problem is not None:
+        raise NodeInputError("model", problem)
+    if path.with_suffix(path.suffix + ".config").is_dir() or path.with_suffix(".yaml").is_file():
+        return None  # its own config decides which components it has: the run tells
+    name = checkpoint_pipeline_class(path)
+    cls = getattr(diffusers, name, None) if name else None
+    return replace(source, components=fence.loadable_names(cls)) if cls is not None else None
 
 
 def _model_index(source: PipelineSource) -> dict[str, Any]:
@@ -72,7 +91,12 @@ def pipeline_class(source: PipelineSource) -> type | None:
         from ..builtin_models.catalog import BUILTINS
 
         return BUILTINS[source.path].pipeline_type()
-    name = _model_index(source).get("_class_name")
+    if source.kind == "single_file":
+        from .single_file import checkpoint_pipeline_class
+
+        name = checkpoint_pipeline_class(Path(source.path))
+    else:
+        name = _model_index(source).get("_class_name")
     return getattr(diffusers, name, None) if isinstance(name, str) else None
 
 

@@ -52,6 +52,32 @@ def apply_lines(
     return new, ", ".join(dict.fromkeys(words))
 
 
+def preflight_lines(handle: PipelineHandle | None, lines: Sequence[StackLine], input_name: str,
+                    origin: str = "") -> PipelineHandle | None:
+    """The stack's stand-in handle from the files' headers alone (loaders/preflight.py): the same
+    chain as apply_lines, so a bad file or a family mismatch is refused before anything loads."""
+    from ..loaders import preflight
+
+    if not lines or handle is None:
+        for line in lines:  # still read each header: a text file named .safetensors is caught here too
+            try:
+                preflight.lora_spec(None, line.lora_name, line.strength, "", "auto", origin)
+            except NodeInputError as e:
+                raise NodeInputError(input_name, f"{line.where}: {e.bare_message}") from None
+        return handle
+    new, names = handle, []
+    for line in lines:
+        try:
+            spec = preflight.lora_spec(new, line.lora_name, line.strength, "", "auto", origin)
+        except NodeInputError as e:
+            raise NodeInputError(input_name, f"{line.where}: {e.bare_message}") from None
+        new = transitions.add_adapter(new, spec)
+        names.append(spec.name)
+    return transitions.set_weights(
+        new, names, [line.strength for line in lines], [line.text_encoder_strength for line in lines]
+    )
+
+
 def _realized(handle: PipelineHandle, *more: Any) -> NodeResult:
     _, warnings = engine().realize(handle)
     result = (handle, *more)
@@ -114,6 +140,12 @@ class LoRAStack:
         except Exception:  # validation reports the bad line; the cache key just must not crash
             return ""
 
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, loras: str = "",
+                  unique_id: Any = None) -> tuple[Any, ...]:
+        lines = stack_text.parse_stack(str(loras), _files())
+        return (preflight_lines(pipeline, lines, "loras", origin_of("LoRAStack", unique_id)), None)
+
     def run(self, pipeline: PipelineHandle, loras: str, unique_id: Any = None) -> NodeResult:
         lines = stack_text.parse_stack(loras, _files())
         new, words = apply_lines(pipeline, lines, "loras", origin_of("LoRAStack", unique_id))
@@ -169,6 +201,13 @@ class PromptLoRAs:
             return _files_hash(stack_text.parse_tags(text, _files()))
         except Exception:
             return ""
+
+    @classmethod
+    def PREFLIGHT(cls, pipeline: PipelineHandle | None, text: str = "",
+                  unique_id: Any = None) -> tuple[Any, ...]:
+        lines = stack_text.parse_tags(str(text), _files())
+        new = preflight_lines(pipeline, lines, "text", origin_of("PromptLoRAs", unique_id))
+        return (new, stack_text.strip_tags(str(text)), None)
 
     def run(self, pipeline: PipelineHandle, text: str, unique_id: Any = None) -> NodeResult:
         if (too_long := limits.check_prompt_length(text, "text")) is not None:

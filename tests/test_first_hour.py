@@ -26,6 +26,8 @@ EXAMPLES = REPO / "examples"
 QUICKSTART = EXAMPLES / "workflows" / "quickstart.json"
 SCHEDULE = EXAMPLES / "workflows" / "schedule_outline.json"
 ALL_NODES = EXAMPLES / "workflows" / "all_nodes.json"
+LORA_STACK = EXAMPLES / "workflows" / "lora_stack.json"
+PROMPT_LORAS = EXAMPLES / "workflows" / "prompt_loras.json"
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,17 @@ def models(tmp_path_factory) -> Path:
     shutil.copytree(EXAMPLES / "models", root, dirs_exist_ok=True)
     write_bad_files(root / "loras" / "bad")
     (root / "loras" / "bad" / "notes.safetensors").write_text("my favourite LoRAs: palette, outline\n")
+    # Checkpoints whose headers alone decide: a family no one knows, and an SD 1.x file (weights unread).
+    import safetensors.torch
+    import torch
+
+    (root / "checkpoints").mkdir(exist_ok=True)
+    safetensors.torch.save_file({"encoder.layers.0.weight": torch.zeros(2, 2)},
+                                str(root / "checkpoints" / "mystery.safetensors"))
+    sd1 = ("model.diffusion_model.output_blocks.11.0.skip_connection.weight",
+           "first_stage_model.decoder.conv_in.weight",
+           "cond_stage_model.transformer.text_model.final_layer_norm.weight")
+    safetensors.torch.save_file({k: torch.zeros(1) for k in sd1}, str(root / "checkpoints" / "sd15.safetensors"))
     return root
 
 
@@ -82,6 +95,14 @@ def _block_weights_for_demo_c(wf):
     wf["4"]["inputs"]["block_weights"] = json.dumps({"demo_c": {"unet": 1}})
 
 
+def _weights_after_the_stack_name_a_typo(wf):
+    # SetAdapterWeights after a LoRAStack: the stack's adapters are known before anything loads.
+    wf["9"] = {"class_type": "SetAdapterWeights",
+               "inputs": {"pipeline": ["2", 0], "adapter_names": "palete", "weights": "1.0",
+                          "text_encoder_weights": "", "block_weights": ""}}
+    wf["5"]["inputs"]["pipeline"] = ["9", 0]
+
+
 def _link_to_nowhere(wf):
     wf["6"]["inputs"]["pipeline"] = ["9", 0]
 
@@ -100,9 +121,23 @@ MISTAKES = [
      "2", "lora_name", "refused"),
     ("SDXL LoRA on an SD 1.x model", QUICKSTART, ["2.lora_name=bad/sdxl_lora_for_sd.safetensors"], None,
      "2", "lora_name", "made for SDXL"),
+    ("a checkpoint of no known family", QUICKSTART, ["1.model=mystery.safetensors"], None,
+     "1", "model", "no model family diffusers knows"),
+    ("an SDXL LoRA on an SD 1.x checkpoint", QUICKSTART,
+     ["1.model=sd15.safetensors", "2.lora_name=bad/sdxl_lora_for_sd.safetensors"], None,
+     "2", "lora_name", "made for SDXL"),
     ("a LoRA chosen as the model", QUICKSTART, ["1.model=shapes/palette.safetensors"], None,
      "1", "model", "not in"),
+    ("a stack line that is a text file", LORA_STACK, ["2.loras=bad/notes.safetensors:1.0"], None,
+     "2", "loras", "not a safetensors file"),
+    ("an SDXL LoRA in a stack on an SD 1.x model", LORA_STACK,
+     ["2.loras=shapes/palette.safetensors\nbad/sdxl_lora_for_sd.safetensors:0.5"], None,
+     "2", "loras", "made for SDXL"),
+    ("a prompt tag naming a truncated file", PROMPT_LORAS, ["2.text=a circle <lora:bad/truncated:0.5>"], None,
+     "2", "text", "truncated"),
     # names
+    ("an adapter typo after a LoRAStack", LORA_STACK, [], _weights_after_the_stack_name_a_typo,
+     "9", "adapter_names", "did you mean 'palette'"),
     ("adapter-name typo", QUICKSTART, ["4.adapter_names=palette, outlien"], None,
      "4", "adapter_names", "did you mean 'outline'"),
     ("duplicate adapter_name", QUICKSTART, ["3.adapter_name=palette"], None,
