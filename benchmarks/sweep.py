@@ -169,6 +169,7 @@ class Costs:
     job: float
     source: str
     parked_max: int = 20  # LORAGRAPH_PARKED_BYTES (1 GiB) / an SD1.5 rank-32 LoRA (~50 MB): ~20
+    gap: float = 0.0  # an actor's time between two jobs (result back, next job in); measured by farm.py
 
 
 def load_costs(steps: int, step_ms: float | None) -> Costs:
@@ -234,25 +235,50 @@ class EngineModel:
 
 
 class ServeReplica:
-    """Ray Serve multiplexing: an LRU of ``size`` loaded models; a miss is a cold attach."""
+    """Ray Serve multiplexing: the replica's LRU of ``size`` model ids, as Serve's router sees it.
 
-    def __init__(self, costs: Costs, size: int = 3) -> None:
-        self.c, self.size = costs, size
+    Without ``engine``, a model not in the LRU is a cold attach when it runs (a replica loading LoRAs
+    itself, evicting the least recently used). With ``engine`` (benchmarks/farm.py: the deployment runs
+    loragraph's engine), the LRU only steers the routing; the engine's own policy prices the switch.
+    Serve updates the LRU when a request reaches the replica (``get_model`` at the top of the handler).
+    """
+
+    def __init__(self, costs: Costs, size: int = 3, engine: EngineModel | None = None) -> None:
+        self.c, self.size, self.engine = costs, size, engine
         self.lru: OrderedDict[int, None] = OrderedDict()
         self.read: set[int] = set()
-        self.loads = self.swaps = 0
+        self._loads = 0
+
+    @property
+    def loads(self) -> int:
+        return self.engine.loads if self.engine is not None else self._loads
+
+    @property
+    def swaps(self) -> int:
+        return self.engine.swaps if self.engine is not None else 0
 
     def held(self) -> set[int]:
         return set(self.lru)
 
+    def touch(self, lora: int) -> None:
+        """A request for ``lora`` reached the replica (engine mode: Serve's LRU moves now)."""
+        if self.engine is None:
+            return
+        self.lru[lora] = None
+        self.lru.move_to_end(lora)
+        if len(self.lru) > self.size:
+            self.lru.popitem(last=False)
+
     def switch(self, lora: int) -> float:
+        if self.engine is not None:
+            return self.engine.switch(lora)
         if lora in self.lru:
             self.lru.move_to_end(lora)
             return self.c.reattach_parked  # set_adapters to it
         self.lru[lora] = None
         if len(self.lru) > self.size:
             self.lru.popitem(last=False)
-        self.loads += 1
+        self._loads += 1
         cost = self.c.attach if lora in self.read else self.c.attach_cold
         self.read.add(lora)
         return cost
@@ -296,20 +322,23 @@ def zipf_trace(jobs: int, loras: int, s: float, rate: float | None, seed: int) -
 
 
 def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Costs,
-             seed: int = 0) -> SimResult:
-    """Discrete events: arrivals and completions; an idle GPU takes its next job at once."""
+             seed: int = 0, serve_engine: bool = False) -> SimResult:
+    """Discrete events: arrivals and completions; an idle GPU takes its next job at once.
+
+    ``serve_engine``: the Ray Serve replicas run loragraph's engine (see ServeReplica)."""
     from loragraph.scaleout.needs import Needs
     from loragraph.scaleout.router import STEAL_MIN_WAITING, Job, Router
 
     rng = random.Random(seed)
     names = [f"g{i}" for i in range(gpus)]
     serve = policy == "ray-serve"
-    engines = {n: (ServeReplica(costs) if serve else EngineModel(costs)) for n in names}
+    engines = {n: (ServeReplica(costs, engine=EngineModel(costs) if serve_engine else None) if serve
+                   else EngineModel(costs)) for n in names}
     central = policy == "affinity-free"  # serve --ray: a FIFO queue, each job to the best *free* actor
     steal_min_waiting = 2 if policy == "affinity-steal2" else STEAL_MIN_WAITING
     router = None if serve else Router(names, "round-robin" if policy == "round-robin" else "affinity",
                                        steal_min_waiting=steal_min_waiting)
-    fifo: list[Job] = []
+    fifo: list[Job] = []  # affinity-free: the server's queue; ray-serve: requests not yet on a replica
     queues: dict[str, list[Job]] = {n: [] for n in names}  # ray-serve: FIFO per replica
     running: dict[str, Job | None] = dict.fromkeys(names)
     events: list[tuple[float, int, str, Any]] = []
@@ -324,8 +353,30 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
     def load(n: str) -> int:
         return len(queues[n]) + (running[n] is not None) if serve else router.actors[n].load
 
+    def serve_assign() -> None:
+        """Serve's router: a request goes to a replica below max_ongoing_requests, one listing its model
+        if there is one (else any: with every replica's LRU full, "fewest models" is all of them), the
+        less loaded of two random ones; a replica with room takes first a waiting request for a model it
+        lists (Serve matches pending requests by model id), else the oldest."""
+        while fifo:
+            room = [n for n in names if load(n) < SERVE_MAX_ONGOING]
+            if not room:
+                return
+            head = int(next(iter(fifo[0].needs.adapters)))
+            having = [n for n in room if head in engines[n].held()]
+            pick = having if having else room
+            a, b = rng.choice(pick), rng.choice(pick)  # power of two choices
+            n = min(a, b, key=load)
+            index = next((i for i, j in enumerate(fifo)
+                          if int(next(iter(j.needs.adapters))) in engines[n].held()), 0) if not having else 0
+            job = fifo.pop(index)
+            engines[n].touch(int(next(iter(job.needs.adapters))))
+            queues[n].append(job)
+
     def start_idle() -> None:
         nonlocal order, busy, compute
+        if serve:
+            serve_assign()
         while central and fifo:
             free = [n for n in names if running[n] is None and not router.actors[n].queue]
             if not free:
@@ -341,9 +392,9 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
             if job is None:
                 continue
             running[n] = job
-            took = engines[n].switch(int(next(iter(job.needs.adapters)))) + costs.job
+            took = engines[n].switch(int(next(iter(job.needs.adapters)))) + costs.job + costs.gap
             busy += took
-            compute += costs.job
+            compute += costs.job + costs.gap
             heapq.heappush(events, (now + took, order, "done", (n, job)))
             order += 1
 
@@ -351,13 +402,7 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
         now, _, kind, data = heapq.heappop(events)
         if kind == "arrive":
             if serve:
-                lora = int(next(iter(data.needs.adapters)))
-                # Serve's multiplexed routing: a replica that has the model and is below
-                # max_ongoing_requests (5), else the less loaded of two random replicas
-                having = [n for n in names if lora in engines[n].held() and load(n) < SERVE_MAX_ONGOING]
-                pool = having if having else names
-                a, b = rng.choice(pool), rng.choice(pool)  # power of two choices
-                queues[min(a, b, key=load)].append(data)
+                fifo.append(data)  # placed by serve_assign as replicas have room
             elif central:
                 fifo.append(data)
             else:

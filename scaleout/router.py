@@ -18,6 +18,7 @@ ComfyUI-Distributed and SwarmUI do): the baseline of the benchmark and the tests
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class Job:
     payload: Any = None
     attempts: int = 0  # times it was started; bounded by the pool's retry limit
     last_actor: str | None = None
+    queued_at: float = 0.0  # time.monotonic() when the pool took it: how long it has waited
+    started_at: float = 0.0  # time.monotonic() when its actor started it: how long until it ends
 
 
 @dataclass
@@ -91,6 +94,33 @@ class Router:
     def alive(self) -> list[ActorSlot]:
         return [a for a in self.actors.values() if a.alive]
 
+    def join(self, name: str) -> None:
+        """A new actor (the pool grew): it holds nothing yet; an idle actor steals, so it gets work."""
+        self.actors[name] = ActorSlot(name)
+
+    def retire(self, name: str) -> bool:
+        """Take an idle actor out (the pool shrinks); False, and nothing changes, if it has work."""
+        slot = self.actors[name]
+        if slot.load:
+            return False
+        slot.alive = False
+        return True
+
+    def best(self, needs: Needs, among: Iterable[str] | None = None) -> ActorSlot | None:
+        """The actor affinity would pick for a job with these needs (None: no actor alive)."""
+        choices = [a for a in self.alive() if among is None or a.name in set(among)]
+        return max(choices, key=lambda a: self._rank(a, needs)) if choices else None
+
+    @staticmethod
+    def wait_s(slot: ActorSlot, job_s: float, now: float) -> float:
+        """How long a job queued now on this actor waits: the running job's rest, then the queue's."""
+        rest = max(0.0, job_s - (now - slot.running.started_at)) if slot.running is not None else 0.0
+        return rest + len(slot.queue) * job_s
+
+    def holds(self, slot: ActorSlot, needs: Needs) -> bool:
+        """The actor holds, or will hold, every LoRA of the job (and it has some)."""
+        return bool(needs.adapters) and self._score(slot, needs)[0] == len(needs.adapters)
+
     # --- placing ------------------------------------------------------------------------------
 
     def add(self, job: Job, among: Iterable[str] | None = None) -> str:
@@ -134,6 +164,7 @@ class Router:
             job = self._pick(slot, slot.queue) if slot.queue else self._steal(slot)
         if job is not None:
             slot.running = job
+            job.started_at = time.monotonic()
             job.attempts += 1
             job.last_actor = name
         return job
