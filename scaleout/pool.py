@@ -15,8 +15,10 @@ its executor events, then the result) and reports back. Faults:
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -97,7 +99,8 @@ class Pool:
         self._bounds = (1, 1)
         self._starting = 0
         self._names = itertools.count()
-        self.job_s: float | None = None  # mean time of a finished job (the pool's sizing unit)
+        self.job_s: float | None = None  # a finished job's time, median of the last 10 (the sizing unit)
+        self._recent: collections.deque[float] = collections.deque(maxlen=10)
         self.started_at = 0.0
         self.ended_at: float | None = None
         self.retried = 0
@@ -211,8 +214,8 @@ class Pool:
                 return
             self._join(info, ready)
             logger.info("pool: %s started (a job waited longer than %.2f s)", info.name, self.job_s or 0)
-        except Exception:  # no room after all, a node gone: the next check tries again
-            logger.warning("pool: a new actor did not start", exc_info=True)
+        except BaseException:  # no room after all, a node gone, Ray shut down: the next check tries again
+            logger.warning("pool: a new actor did not start", exc_info=not self._stopping)
             if info is not None:
                 self._end(info)
         finally:
@@ -368,9 +371,10 @@ class Pool:
             info.idle_since = time.monotonic()
             if job.id in self.moved:
                 self.moved_to[job.id] = info.name
-            took = result.get("busy_s", 0.0)
-            # a running mean over the last ~10 jobs: the sizing unit follows the work as it changes
-            self.job_s = took if self.job_s is None else 0.9 * self.job_s + 0.1 * took
+            # the median of the last 10 jobs: the sizing unit follows the work, and an actor's first job
+            # (which builds the pipeline, seconds) does not count for ten
+            self._recent.append(result.get("busy_s", 0.0))
+            self.job_s = statistics.median(self._recent)
             self.cond.notify_all()
         self._done(job, Outcome(info.name, result=result))
         return True

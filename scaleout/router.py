@@ -1,8 +1,9 @@
 """Which actor runs which job, and in what order. Pure Python: the pool and the simulator share it.
 
 Affinity routing (``policy="affinity"``):
-- a job goes to the actor that holds (or will hold, counting the jobs already queued to it) the
-  most of its LoRA files, then its base pipeline; ties and misses go to the least-loaded actor;
+- a job goes to an actor that has built its base pipeline, then to the one that holds (or will hold,
+  counting the jobs already queued to it) the most of its LoRA files; ties and misses go to the
+  least-loaded actor;
 - an actor runs next, from its own queue, a job with the LoRA set it has just used, else the one
   sharing the most LoRAs with what it holds, else the oldest: jobs group by LoRA set, so an
   actor switches LoRAs once per group instead of once per job;
@@ -138,11 +139,13 @@ class Router:
 
     @classmethod
     def _rank(cls, slot: ActorSlot, needs: Needs) -> tuple[int, int, int, int]:
-        """Most LoRAs held, then the base; a job none of whose LoRAs any actor holds (a miss) goes to
-        the least loaded, the base breaking ties (else every miss would pile on the first actor that
-        built the base)."""
-        adapters, base = cls._score(slot, needs)
-        return adapters, base if adapters else 0, -slot.load, base
+        """Its base built there (a pipeline build costs seconds), then most LoRAs held or coming, then the
+        least loaded. Only a base already built counts first: before any actor has reported one, a job
+        queued to an actor "brings" the base there, and ranking that first would pile every job of a
+        batch on the first actor; the base coming with queued jobs only breaks the last ties."""
+        adapters, bases = cls._score(slot, needs)
+        built = sum(1 for b in needs.bases if b in slot.bases)
+        return built, adapters, -slot.load, bases
 
     @staticmethod
     def _score(slot: ActorSlot, needs: Needs) -> tuple[int, int]:

@@ -31,10 +31,10 @@ class PoolSize:
     def parse(cls, text: str) -> PoolSize:
         """``N`` (exactly N) or ``MIN-MAX``; ValueError names what is wrong."""
         raw = text.strip()
-        lo_text, _, hi_text = raw.partition("-")
+        lo_text, dash, hi_text = raw.partition("-")
         try:
             lo = int(lo_text)
-            hi = int(hi_text) if hi_text else lo
+            hi = int(hi_text) if dash else lo
         except ValueError:
             raise ValueError(f"--ray-actors: expected N or MIN-MAX (e.g. 1-4), got {text!r}") from None
         if lo < 1 or hi < lo:

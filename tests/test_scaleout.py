@@ -419,10 +419,9 @@ def test_serve_ray_routes_by_affinity_and_reaches_the_right_actors(ray_cluster, 
             entry = history[prompt_id]
             assert entry["status"]["status_str"] == "success"
             ran.setdefault(lora, []).append(entry["prompt"][3][ACTOR_KEY])
-        # each LoRA stays on the actor that loaded it first (both actors idle at each prompt: the holder
-        # wins), so the two LoRAs are loaded once each
-        assert all(len(set(actors)) == 1 for actors in ran.values()), ran
-        assert sum(row["loads"] + row["swaps"] for row in pool.summary()) == 2, pool.summary()
+        # both actors are idle at each prompt: the one that built the base wins, and holds the LoRAs
+        # from then on (a pipeline build costs seconds, a LoRA load here tens of ms)
+        assert len({a for actors in ran.values() for a in actors}) == 1, ran
         # /queue shows a running prompt's actor: a long one, read while it runs
         long = workflow(LORAS[2], 9, "long")
         long["3"]["inputs"].update(steps=400, width=96, height=96)
@@ -474,7 +473,9 @@ def test_pool_grows_with_the_queue_and_shrinks_when_idle(ray_cluster, shapes_mod
     try:
         pool.start()
         assert pool.bounds == (1, 2) and pool.alive_count() == 1
-        prompts = [workflow(LORAS[i % 3], i, "grow") for i in range(8)]
+        prompts = [workflow(LORAS[i % 3], i, "grow") for i in range(12)]
+        for prompt in prompts:
+            prompt["3"]["inputs"]["steps"] = 30  # the queue outlasts a second actor's start
         for i, prompt in enumerate(prompts):
             pool.submit(routing.Job(i, job_needs(prompt), {"prompt": prompt}))
         deadline = time.monotonic() + 300
