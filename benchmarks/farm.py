@@ -12,7 +12,9 @@ Ray cluster of this machine, in one run:
 
 Each engine may park 2 LoRAs besides the active one (``LORAGRAPH_PARKED_BYTES`` = 2.5 files): it holds
 3 of the 30, as a Serve replica's LRU does. The model is ``builtin:shapes`` (32x32) and the 30 LoRA files
-are its three demo LoRAs scaled 30 ways (same layers and ranks: a switch may be a hot-swap). Reported
+are its texture LoRA scaled 30 ways (same layers and ranks: a switch may be a hot-swap). Serve's
+router asks each replica its queue length with a 0.1 s deadline by default; on this shared machine
+that deadline was missed often (its routing then falls back), so the run gives it 1 s. Reported
 per router: LoRA loads (+ hot-swaps) per job, throughput, p50/p95 latency (from the common start).
 
 Then the simulator (``benchmarks/sweep.py``) runs exactly this configuration with the costs measured
@@ -40,22 +42,24 @@ TOLERANCE = 0.15  # the simulator must land within this of the measured loads/jo
 
 
 def make_loras(root: Path) -> list[str]:
-    """30 LoRA files: the demo LoRAs, their up-weights scaled by 0.5..1.47 (distinct files, one shape)."""
+    """30 LoRA files of one shape: the demo's texture LoRA, its B (up) weights scaled by 0.5..1.47.
+
+    One source file: any switch between two of them may be a hot-swap, as the simulator assumes.
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    src = MODELS / "loras" / LORAS[2]
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(src))
     names = []
-    folder = root / "loras" / "farm"
-    folder.mkdir(parents=True, exist_ok=True)
+    (root / "loras" / "farm").mkdir(parents=True, exist_ok=True)
     for i in range(N_LORAS):
-        src = MODELS / "loras" / LORAS[i % 3]
-        with safe_open(str(src), "pt") as f:
-            meta = f.metadata()
-        tensors = load_file(str(src))
         scale = 0.5 + i / N_LORAS
-        tensors = {k: (v * scale if "lora_up" in k else v).contiguous() for k, v in tensors.items()}
+        scaled = {k: (v * scale if ".lora_B." in k else v).contiguous() for k, v in tensors.items()}
         name = f"farm/lora_{i:02d}.safetensors"
-        save_file(tensors, str(root / "loras" / name), metadata=meta)
+        save_file(scaled, str(root / "loras" / name), metadata=meta)
         names.append(name)
     return names
 
@@ -193,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from loragraph import host
+    from loragraph.loaders import store
 
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="loragraph-farm-"))
     names = make_loras(work)
+    assert len({store.file_sha256(work / "loras" / n) for n in names}) == N_LORAS, "30 distinct files"
     file_bytes = (work / "loras" / names[0]).stat().st_size
     parked_bytes = int((HELD - 1 + 0.5) * file_bytes)  # 2 parked files fit, a third does not
     os.environ["LORAGRAPH_PARKED_BYTES"] = str(parked_bytes)  # the pool's actors inherit it
