@@ -34,7 +34,7 @@ import os
 import random
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -235,53 +235,38 @@ class EngineModel:
 
 
 class ServeReplica:
-    """Ray Serve multiplexing: the replica's LRU of ``size`` model ids, as Serve's router sees it.
-
-    Without ``engine``, a model not in the LRU is a cold attach when it runs (a replica loading LoRAs
-    itself, evicting the least recently used). With ``engine`` (benchmarks/farm.py: the deployment runs
-    loragraph's engine), the LRU only steers the routing; the engine's own policy prices the switch.
-    Serve updates the LRU when a request reaches the replica (``get_model`` at the top of the handler).
+    """A Ray Serve replica with model multiplexing: its LRU of ``size`` model ids, as Serve's router sees
+    it, over loragraph's engine holding as many LoRAs (one active, ``size - 1`` parked), as
+    benchmarks/serve_app.py deploys it. The LRU steers the routing; the engine's policy prices the switch.
+    Serve moves the LRU when a request reaches the replica (``get_model`` at the top of the handler).
+    benchmarks/farm.py checks this model against a real deployment.
     """
 
-    def __init__(self, costs: Costs, size: int = 3, engine: EngineModel | None = None) -> None:
-        self.c, self.size, self.engine = costs, size, engine
+    def __init__(self, costs: Costs, size: int = 3) -> None:
+        self.size = size
+        self.engine = EngineModel(replace(costs, parked_max=size - 1))
         self.lru: OrderedDict[int, None] = OrderedDict()
-        self.read: set[int] = set()
-        self._loads = 0
 
     @property
     def loads(self) -> int:
-        return self.engine.loads if self.engine is not None else self._loads
+        return self.engine.loads
 
     @property
     def swaps(self) -> int:
-        return self.engine.swaps if self.engine is not None else 0
+        return self.engine.swaps
 
     def held(self) -> set[int]:
         return set(self.lru)
 
     def touch(self, lora: int) -> None:
-        """A request for ``lora`` reached the replica (engine mode: Serve's LRU moves now)."""
-        if self.engine is None:
-            return
+        """A request for ``lora`` reached the replica."""
         self.lru[lora] = None
         self.lru.move_to_end(lora)
         if len(self.lru) > self.size:
             self.lru.popitem(last=False)
 
     def switch(self, lora: int) -> float:
-        if self.engine is not None:
-            return self.engine.switch(lora)
-        if lora in self.lru:
-            self.lru.move_to_end(lora)
-            return self.c.reattach_parked  # set_adapters to it
-        self.lru[lora] = None
-        if len(self.lru) > self.size:
-            self.lru.popitem(last=False)
-        self._loads += 1
-        cost = self.c.attach if lora in self.read else self.c.attach_cold
-        self.read.add(lora)
-        return cost
+        return self.engine.switch(lora)
 
 
 @dataclass
@@ -322,18 +307,15 @@ def zipf_trace(jobs: int, loras: int, s: float, rate: float | None, seed: int) -
 
 
 def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Costs,
-             seed: int = 0, serve_engine: bool = False) -> SimResult:
-    """Discrete events: arrivals and completions; an idle GPU takes its next job at once.
-
-    ``serve_engine``: the Ray Serve replicas run loragraph's engine (see ServeReplica)."""
+             seed: int = 0) -> SimResult:
+    """Discrete events: arrivals and completions; an idle GPU takes its next job at once."""
     from loragraph.scaleout.needs import Needs
     from loragraph.scaleout.router import STEAL_MIN_WAITING, Job, Router
 
     rng = random.Random(seed)
     names = [f"g{i}" for i in range(gpus)]
     serve = policy == "ray-serve"
-    engines = {n: (ServeReplica(costs, engine=EngineModel(costs) if serve_engine else None) if serve
-                   else EngineModel(costs)) for n in names}
+    engines = {n: (ServeReplica(costs) if serve else EngineModel(costs)) for n in names}
     central = policy == "affinity-free"  # serve --ray: a FIFO queue, each job to the best *free* actor
     steal_min_waiting = 2 if policy == "affinity-steal2" else STEAL_MIN_WAITING
     router = None if serve else Router(names, "round-robin" if policy == "round-robin" else "affinity",
@@ -354,10 +336,9 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
         return len(queues[n]) + (running[n] is not None) if serve else router.actors[n].load
 
     def serve_assign() -> None:
-        """Serve's router: a request goes to a replica below max_ongoing_requests, one listing its model
-        if there is one (else any: with every replica's LRU full, "fewest models" is all of them), the
-        less loaded of two random ones; a replica with room takes first a waiting request for a model it
-        lists (Serve matches pending requests by model id), else the oldest."""
+        """Serve's router: the oldest waiting request goes to a replica below max_ongoing_requests, one
+        listing its model if there is one (else any: with every replica's LRU full, "fewest models" is
+        all of them), the less loaded of two random ones."""
         while fifo:
             room = [n for n in names if load(n) < SERVE_MAX_ONGOING]
             if not room:
@@ -367,9 +348,7 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
             pick = having if having else room
             a, b = rng.choice(pick), rng.choice(pick)  # power of two choices
             n = min(a, b, key=load)
-            index = next((i for i, j in enumerate(fifo)
-                          if int(next(iter(j.needs.adapters))) in engines[n].held()), 0) if not having else 0
-            job = fifo.pop(index)
+            job = fifo.pop(0)
             engines[n].touch(int(next(iter(job.needs.adapters))))
             queues[n].append(job)
 

@@ -98,9 +98,9 @@ def test_sweep_over_two_nodes_is_bit_identical_and_survives_a_lost_node(two_node
     wf = workflow(prefix="node")
     wf["3"]["inputs"]["steps"] = 12  # long enough that the node leaves in the middle of the sweep
     file.write_text(json.dumps(wf))
-    sweep = ("3.seed=1-4", "2.lora_name=" + ",".join(LORAS))
+    sweep = ("3.seed=1-6", "2.lora_name=" + ",".join(LORAS))
     one = _one_process(file, models, tmp_path / "one", *sweep, capsys=capsys)
-    assert len(one) == 12
+    assert len(one) == 18
 
     # both nodes, nothing lost: the one-process files, and one actor on each node
     proc = _driver(two_nodes, file, models, tmp_path / "both", *sweep)
