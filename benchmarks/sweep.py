@@ -16,11 +16,12 @@ operation are the measured ones (benchmarks/results/lora_ops_cuda.json when it e
 CPU table lora_ops_cpu.json); the router is ``scaleout.router.Router`` itself, and each engine
 replays the reconciler's policy (parked adapters, hot-swap into the oldest parked slot, a file
 overwritten by a swap is loaded when it comes back). Compared: this router with per-actor queues
-(``affinity``, as ``run --ray`` uses it), the same rule over one FIFO queue placing each job on the
-best *free* actor (``affinity-free``, as ``serve --ray`` uses it), round-robin (the same engines),
-and Ray Serve's model multiplexing (each replica keeps an LRU of 3 models, a request
-goes to a replica that has its model and fewer than max_ongoing_requests (5), else the less loaded of
-two random replicas; a model not loaded is a cold attach).
+(``affinity``, as ``run --ray`` uses it), the same rule over one FIFO queue (``serve-ray``, as
+``serve --ray`` places: the holder if idle or done within the affinity wait, else an idle actor),
+round-robin (the same engines), and Ray Serve's model multiplexing over the same engine holding 3
+LoRAs (requests wait at Serve's router until a replica is under max_ongoing_requests (5); one whose
+LRU of 3 lists the model first, else any, the less loaded of two random ones). benchmarks/farm.py
+checks this simulator against a measured run of the router, round-robin and a real Serve deployment.
 """
 
 from __future__ import annotations
@@ -311,18 +312,20 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
     """Discrete events: arrivals and completions; an idle GPU takes its next job at once."""
     from loragraph.scaleout.needs import Needs
     from loragraph.scaleout.router import STEAL_MIN_WAITING, Job, Router
+    from loragraph.scaleout.serve import DEFAULT_AFFINITY_WAIT_S
 
     rng = random.Random(seed)
     names = [f"g{i}" for i in range(gpus)]
     serve = policy == "ray-serve"
     engines = {n: (ServeReplica(costs) if serve else EngineModel(costs)) for n in names}
-    central = policy == "affinity-free"  # serve --ray: a FIFO queue, each job to the best *free* actor
+    central = policy == "serve-ray"  # serve --ray: a FIFO queue, placed by scaleout/serve.py's rule
     steal_min_waiting = 2 if policy == "affinity-steal2" else STEAL_MIN_WAITING
     router = None if serve else Router(names, "round-robin" if policy == "round-robin" else "affinity",
                                        steal_min_waiting=steal_min_waiting)
-    fifo: list[Job] = []  # affinity-free: the server's queue; ray-serve: requests not yet on a replica
+    fifo: list[Job] = []  # serve-ray: the server's queue; ray-serve: requests not yet on a replica
     queues: dict[str, list[Job]] = {n: [] for n in names}  # ray-serve: FIFO per replica
     running: dict[str, Job | None] = dict.fromkeys(names)
+    ends: dict[str, float] = dict.fromkeys(names, 0.0)  # when the running job ends
     events: list[tuple[float, int, str, Any]] = []
     order = 0
     for i, (t, lora) in enumerate(trace):
@@ -352,15 +355,27 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
             engines[n].touch(int(next(iter(job.needs.adapters))))
             queues[n].append(job)
 
+    def serve_ray_place(needs: Needs) -> str | None:
+        """scaleout/serve.py's PoolWorker._place, on simulated time: the best actor if idle, or if it
+        holds the LoRAs and its work ends within the bound; else the best idle actor; else wait."""
+        best = router.best(needs)
+        if best.load == 0:
+            return best.name
+        wait = max(0.0, ends[best.name] - now) + len(best.queue) * (costs.job + costs.gap)
+        if router.holds(best, needs) and wait <= DEFAULT_AFFINITY_WAIT_S:
+            return best.name
+        idle = [a.name for a in router.alive() if a.load == 0]
+        return router.best(needs, among=idle).name if idle else None
+
     def start_idle() -> None:
         nonlocal order, busy, compute
         if serve:
             serve_assign()
         while central and fifo:
-            free = [n for n in names if running[n] is None and not router.actors[n].queue]
-            if not free:
+            target = serve_ray_place(fifo[0].needs)
+            if target is None:
                 break
-            router.add(fifo.pop(0), among=free)
+            router.add(fifo.pop(0), among=[target])
         for n in names:
             if running[n] is not None:
                 continue
@@ -374,6 +389,7 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
             took = engines[n].switch(int(next(iter(job.needs.adapters)))) + costs.job + costs.gap
             busy += took
             compute += costs.job + costs.gap
+            ends[n] = now + took
             heapq.heappush(events, (now + took, order, "done", (n, job)))
             order += 1
 
@@ -397,7 +413,7 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
                      sum(e.swaps for e in engines.values()), now, busy, compute, latencies)
 
 
-POLICIES = ("affinity", "affinity-free", "round-robin", "ray-serve")
+POLICIES = ("affinity", "serve-ray", "round-robin", "ray-serve")
 SERVE_MAX_ONGOING = 5  # Ray Serve's default max_ongoing_requests per replica
 
 
@@ -464,7 +480,7 @@ def _plot_pillow(rows: list[dict[str, Any]], path: Path) -> Path:
         d.line([(m - 4, y), (m, y)], fill="black")
     d.text((w // 2 - 60, h - 20), "GPUs (all jobs queued at once)", fill="black")
     d.text((m, 10), "simulated throughput, jobs/s", fill="black")
-    colours = {"affinity": (31, 119, 180), "affinity-free": (148, 103, 189), "round-robin": (214, 39, 40),
+    colours = {"affinity": (31, 119, 180), "serve-ray": (148, 103, 189), "round-robin": (214, 39, 40),
                "ray-serve": (44, 160, 44)}
     for k, p in enumerate(POLICIES):
         pts = [at(r["gpus"], r["jobs_per_s"]) for r in rows if r["policy"] == p]

@@ -32,11 +32,12 @@ def two_nodes():
 
     # a lost node is declared dead after 2 missed health checks of 0.5 s (Ray's default waits ~15 s)
     system = {"health_check_period_ms": 500, "health_check_failure_threshold": 2}
+    # The nodes take this machine's own address, not 127.0.0.1: a driver's ray.init maps a loopback
+    # address to the machine's, and would wait for a GCS listening on loopback only.
     cluster = Cluster(initialize_head=True, connect=False,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False, "_system_config": system,
-                                      "node_ip_address": "127.0.0.1"})
+                      head_node_args={"num_cpus": 1, "include_dashboard": False, "_system_config": system})
     try:
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         yield cluster
     finally:
@@ -122,7 +123,7 @@ def test_sweep_over_two_nodes_is_bit_identical_and_survives_a_lost_node(two_node
     try:
         out, err = (b.decode() for b in proc.communicate(timeout=600))
     finally:
-        two_nodes.add_node(num_cpus=1, node_ip_address="127.0.0.1")  # the next test has two nodes again
+        two_nodes.add_node(num_cpus=1)  # the next test has two nodes again
         two_nodes.wait_for_nodes()
     assert proc.returncode == 0, err
     lines = _lines(first + out)
