@@ -1,6 +1,8 @@
 """The farm case, measured: 30 LoRAs, Zipf(1) popularity, 120 jobs, engines that cannot park them all.
 
+    pip install -e ".[bench]"            # Ray Serve, for the anchor deployment
     python -m benchmarks.farm            # writes benchmarks/results/farm_measured.json
+    python -m benchmarks.farm --resimulate   # the simulator check again on that file
 
 Three routers run the same 120 jobs (all queued at once) on 2 engines of one thread each, on a local
 Ray cluster of this machine, in one run:

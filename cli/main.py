@@ -162,7 +162,7 @@ def _add_scaleout_arguments(parser: argparse.ArgumentParser, sweep: bool) -> Non
                         help="actors: N, or MIN-MAX to follow the queue (default 1-the cluster's GPUs, "
                         "else CPU slots; docs/scale-out.md)")
     if not sweep:
-        parser.add_argument("--ray-affinity-wait", default=None, type=float, metavar="SECONDS",
+        parser.add_argument("--ray-affinity-wait", default=None, type=_seconds, metavar="SECONDS",
                             help="a prompt may wait this long for a busy actor holding its LoRAs rather "
                             "than go to an idle one (default: one LoRA load's time; docs/scale-out.md)")
 
@@ -172,8 +172,18 @@ def _pool_size(text: str) -> Any:
 
     try:
         return PoolSize.parse(text)
-    except ValueError as ex:
-        raise argparse.ArgumentTypeError(str(ex)) from None
+    except ValueError as ex:  # argparse names the option itself
+        raise argparse.ArgumentTypeError(str(ex).removeprefix("--ray-actors: ")) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

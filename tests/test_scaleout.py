@@ -53,6 +53,24 @@ def ray_cluster():
     ray.shutdown()
 
 
+KILLED_ACTOR_DIRS: list[str] = []  # work folders of actors a test killed (their process could not clean up)
+
+
+@pytest.fixture(autouse=True)
+def no_actor_dir_left():
+    """Every actor a test started and stopped has removed its work folder by the test's end."""
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("loragraph-actor-*"))
+    yield
+    killed = {Path(d) for d in KILLED_ACTOR_DIRS}
+    for path in killed:
+        shutil.rmtree(path, ignore_errors=True)
+    KILLED_ACTOR_DIRS.clear()
+    left = set(Path(tempfile.gettempdir()).glob("loragraph-actor-*")) - before - killed
+    assert not left, f"actor work folders left behind: {sorted(map(str, left))}"
+
+
 @pytest.fixture(scope="module")
 def shapes_models(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ray-models")
@@ -272,6 +290,7 @@ def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, 
     finally:
         pool.shutdown()
     assert killed, "the actor was never killed mid-job"
+    KILLED_ACTOR_DIRS.append(pool.actors[killed[0][1]].work_dir)
     assert sorted(done) == list(range(len(prompts)))
     assert all(len(outs) == 1 for outs in done.values()), done  # every job reported exactly once
     (killed_job, victim), = killed
