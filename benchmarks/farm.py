@@ -175,6 +175,13 @@ def measured_costs(rows: list[dict[str, Any]]) -> Costs:
                  parked_max=HELD - 1)
 
 
+def plain_job_of(row: dict[str, Any], default: float) -> float:
+    """This router's own job time without a switch (median): a Serve replica runs the same engine
+    slower than a pool actor here (its event loop and threads share the actor's one CPU)."""
+    plain = [j["busy_s"] for j in row["per_job"] if j["loads"] == j["swaps"] == 0]
+    return statistics.median(plain) if plain else default
+
+
 def gap_of(row: dict[str, Any]) -> float:
     """An actor's time between two jobs in this router's run: the wall not spent in jobs, per job
     (result back, next job in; Serve's routing and handle calls for Serve)."""
@@ -185,20 +192,21 @@ SEEDS = 5  # Serve picks among replicas at random (power of two choices): its me
 
 
 def check(measured: list[dict[str, Any]], costs: Costs, loras: list[int]) -> list[dict[str, Any]]:
-    """Each router simulated with the costs and its own measured gap. The gap and the job time pin
+    """Each router simulated with the switch costs and its own measured job time and gap. These pin
     the throughput largely; loads per job comes from the routing alone (the independent check)."""
     trace = [(0.0, lora) for lora in loras]
     policy = {"router": "affinity", "round-robin": "round-robin", "ray-serve": "ray-serve"}
     rows = []
     for m in measured:
-        mine = Costs(**{**costs.__dict__, "gap": gap_of(m)})
+        mine = Costs(**{**costs.__dict__, "gap": gap_of(m), "job": plain_job_of(m, costs.job)})
         sims = [simulate(policy[m["router"]], ACTORS, trace, mine, seed).row()
                 for seed in range(SEEDS)]
         loads = statistics.mean(s["loads_per_job"] for s in sims)
         tput = statistics.mean(s["jobs_per_s"] for s in sims)
         d_loads = loads / m["loads_per_job"] - 1 if m["loads_per_job"] else 0.0
         d_tput = tput / m["jobs_per_s"] - 1
-        rows.append({"router": m["router"], "gap_s": mine.gap, "measured_loads_per_job": m["loads_per_job"],
+        rows.append({"router": m["router"], "gap_s": mine.gap, "job_s": mine.job,
+                     "measured_loads_per_job": m["loads_per_job"],
                      "simulated_loads_per_job": loads, "loads_diff": d_loads,
                      "measured_jobs_per_s": m["jobs_per_s"], "simulated_jobs_per_s": tput,
                      "jobs_per_s_diff": d_tput,
@@ -219,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="the Zipf trace's seed")
     parser.add_argument("--skip-serve", action="store_true", help="without Ray Serve (not installed)")
-    parser.add_argument("--resimulate", action="store_true",
-                        help="only rerun the simulator check on results/farm_measured.json")
+    parser.add_argument("--resimulate", default=None, metavar="JSON", nargs="?",
+                        const=str(RESULTS / "farm_measured.json"),
+                        help="only rerun the simulator check on a saved run "
+                        "(default: results/farm_measured.json)")
     args = parser.parse_args(argv)
     if args.resimulate:
-        res = resimulate(RESULTS / "farm_measured.json")
-        (RESULTS / "farm_measured.json").write_text(json.dumps(res, indent=1))
+        res = resimulate(Path(args.resimulate))
+        Path(args.resimulate).write_text(json.dumps(res, indent=1))
         print(markdown(res))
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -288,10 +298,11 @@ def markdown(res: dict[str, Any]) -> str:
                      f"(target >= 1); loads per job Ray Serve / router: "
                      f"{rs['loads_per_job'] / router['loads_per_job']:.2f}x")
     c = res["costs"]
-    gaps = ", ".join(f"{s['router']} {1e3 * s['gap_s']:.0f}" for s in res["simulator"])
-    lines.append(f"\ncosts measured in this run: job {1e3 * c['job']:.0f} ms, "
-                 f"load +{1e3 * c['attach']:.0f} ms, "
-                 f"hot-swap +{1e3 * c['swap_first']:.0f} ms, gap between jobs (ms) {gaps}; "
+    own = ", ".join(f"{s['router']} {1e3 * s.get('job_s', c['job']):.0f} + {1e3 * s['gap_s']:.0f}"
+                    for s in res["simulator"])
+    lines.append(f"\ncosts measured in this run: load +{1e3 * c['attach']:.0f} ms, "
+                 f"hot-swap +{1e3 * c['swap_first']:.0f} ms; job without a switch + gap between jobs "
+                 f"(ms): {own}; "
                  f"load {res['load_before']} before, {res['load_after']} after")
     lines += ["", "| router | loads/job measured | simulated | diff | jobs/s measured | simulated | diff | "
               "within 15% |", "|---|---|---|---|---|---|---|---|"]

@@ -114,11 +114,17 @@ class PoolWorker:
             if self.error is not None:  # every prompt fails, saying why
                 got = self.queue.get(timeout=1.0)
                 if got is not None:
-                    self._submit(*got, None)
+                    self._submit(*got, None, f"the Ray pool did not start: {self.error}")
                 continue
             _running, pending = self.queue.current_queue()
             now = time.monotonic()
             self._seen = {item[1]: self._seen.get(item[1], now) for item in pending}
+            self._needs = {k: v for k, v in self._needs.items() if k in self._seen}  # deleted ones go
+            if pending and self._pool_gone():
+                got = self.queue.get(timeout=0)
+                if got is not None:
+                    self._submit(*got, None, "every actor of the Ray pool is gone")
+                continue
             actor = self._place(self._needs_of(pending[0])) if pending else None
             if actor is None:
                 time.sleep(0.05)
@@ -159,7 +165,12 @@ class PoolWorker:
         seen = list(self._seen.values())
         return time.monotonic() - min(seen) if seen else 0.0
 
-    def _submit(self, item: Any, task_id: int, actor: str | None) -> None:
+    def _pool_gone(self) -> bool:
+        """No actor alive, and the pool cannot start one (a fixed size): prompts would wait forever."""
+        lo, hi = self.pool.bounds
+        return self.pool.router is not None and self.pool.alive_count() == 0 and lo == hi
+
+    def _submit(self, item: Any, task_id: int, actor: str | None, why: str = "") -> None:
         _number, prompt_id, prompt, extra_data, outputs = item
         job = Job(next(self._ids), self._needs.pop(prompt_id, None) or job_needs(prompt), {
             "prompt": prompt, "extra_data": dict(extra_data or {}), "prompt_id": prompt_id,
@@ -167,8 +178,8 @@ class PoolWorker:
         self._seen.pop(prompt_id, None)
         with self._lock:
             self._tasks[job.id] = (item, task_id, time.perf_counter())
-        if self.error is not None or actor is None:
-            self._done(job, Outcome(None, error=f"the Ray pool did not start: {self.error}"))
+        if actor is None:
+            self._done(job, Outcome(None, error=why))
             return
         self._show_actor(item, actor)
         job.queued_at = time.monotonic()
