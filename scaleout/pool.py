@@ -225,7 +225,7 @@ class Pool:
     def _end(self, info: ActorInfo) -> None:
         """Remove the actor's work folder, then end it."""
         try:
-            self._ray.get(info.handle.close.remote(), timeout=10)
+            self._ray.get(info.handle.close.remote(), timeout=30)  # a loaded machine answers late
         except Exception:  # lost already: its folder went with it, or stays on a node that left
             logger.debug("could not close actor %s", info.name, exc_info=True)
         try:
