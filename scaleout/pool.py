@@ -222,11 +222,12 @@ class Pool:
             with self.cond:
                 self._starting -= 1
 
-    def _end(self, info: ActorInfo) -> None:
-        """Remove the actor's work folder, then end it."""
+    def _end(self, info: ActorInfo, close: bool = True) -> None:
+        """Remove the actor's work folder (``close``: it is alive to do it), then end it."""
         try:
-            self._ray.get(info.handle.close.remote(), timeout=30)  # a loaded machine answers late
-        except Exception:  # lost already: its folder went with it, or stays on a node that left
+            if close:
+                self._ray.get(info.handle.close.remote(), timeout=30)  # a loaded machine answers late
+        except Exception:  # lost meanwhile: its folder stays on its node
             logger.debug("could not close actor %s", info.name, exc_info=True)
         try:
             self._ray.kill(info.handle)
@@ -245,7 +246,7 @@ class Pool:
         if self._ray is not None and kill:
             for info in list(self.actors.values()):
                 if not info.retired:
-                    self._end(info)
+                    self._end(info, close=info.alive)
             if self._started_ray:
                 self._ray.shutdown()
         self.ended_at = self.ended_at or time.perf_counter()
