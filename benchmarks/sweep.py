@@ -16,11 +16,12 @@ operation are the measured ones (benchmarks/results/lora_ops_cuda.json when it e
 CPU table lora_ops_cpu.json); the router is ``scaleout.router.Router`` itself, and each engine
 replays the reconciler's policy (parked adapters, hot-swap into the oldest parked slot, a file
 overwritten by a swap is loaded when it comes back). Compared: this router with per-actor queues
-(``affinity``, as ``run --ray`` uses it), the same rule over one FIFO queue placing each job on the
-best *free* actor (``affinity-free``, as ``serve --ray`` uses it), round-robin (the same engines),
-and Ray Serve's model multiplexing (each replica keeps an LRU of 3 models, a request
-goes to a replica that has its model and fewer than max_ongoing_requests (5), else the less loaded of
-two random replicas; a model not loaded is a cold attach).
+(``affinity``, as ``run --ray`` uses it), the same rule over one FIFO queue (``serve-ray``, as
+``serve --ray`` places: the holder if idle or done within the affinity wait, else an idle actor),
+round-robin (the same engines), and Ray Serve's model multiplexing over the same engine holding 3
+LoRAs (requests wait at Serve's router until a replica is under max_ongoing_requests (5); one whose
+LRU of 3 lists the model first, else any, the less loaded of two random ones). benchmarks/farm.py
+checks this simulator against a measured run of the router, round-robin and a real Serve deployment.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import os
 import random
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ class Costs:
     job: float
     source: str
     parked_max: int = 20  # LORAGRAPH_PARKED_BYTES (1 GiB) / an SD1.5 rank-32 LoRA (~50 MB): ~20
+    gap: float = 0.0  # an actor's time between two jobs (result back, next job in); measured by farm.py
 
 
 def load_costs(steps: int, step_ms: float | None) -> Costs:
@@ -234,28 +236,38 @@ class EngineModel:
 
 
 class ServeReplica:
-    """Ray Serve multiplexing: an LRU of ``size`` loaded models; a miss is a cold attach."""
+    """A Ray Serve replica with model multiplexing: its LRU of ``size`` model ids, as Serve's router sees
+    it, over loragraph's engine holding as many LoRAs (one active, ``size - 1`` parked), as
+    benchmarks/serve_app.py deploys it. The LRU steers the routing; the engine's policy prices the switch.
+    Serve moves the LRU when a request reaches the replica (``get_model`` at the top of the handler).
+    benchmarks/farm.py checks this model against a real deployment.
+    """
 
     def __init__(self, costs: Costs, size: int = 3) -> None:
-        self.c, self.size = costs, size
+        self.size = size
+        self.engine = EngineModel(replace(costs, parked_max=size - 1))
         self.lru: OrderedDict[int, None] = OrderedDict()
-        self.read: set[int] = set()
-        self.loads = self.swaps = 0
+
+    @property
+    def loads(self) -> int:
+        return self.engine.loads
+
+    @property
+    def swaps(self) -> int:
+        return self.engine.swaps
 
     def held(self) -> set[int]:
         return set(self.lru)
 
-    def switch(self, lora: int) -> float:
-        if lora in self.lru:
-            self.lru.move_to_end(lora)
-            return self.c.reattach_parked  # set_adapters to it
+    def touch(self, lora: int) -> None:
+        """A request for ``lora`` reached the replica."""
         self.lru[lora] = None
+        self.lru.move_to_end(lora)
         if len(self.lru) > self.size:
             self.lru.popitem(last=False)
-        self.loads += 1
-        cost = self.c.attach if lora in self.read else self.c.attach_cold
-        self.read.add(lora)
-        return cost
+
+    def switch(self, lora: int) -> float:
+        return self.engine.switch(lora)
 
 
 @dataclass
@@ -300,18 +312,20 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
     """Discrete events: arrivals and completions; an idle GPU takes its next job at once."""
     from loragraph.scaleout.needs import Needs
     from loragraph.scaleout.router import STEAL_MIN_WAITING, Job, Router
+    from loragraph.scaleout.serve import DEFAULT_AFFINITY_WAIT_S
 
     rng = random.Random(seed)
     names = [f"g{i}" for i in range(gpus)]
     serve = policy == "ray-serve"
     engines = {n: (ServeReplica(costs) if serve else EngineModel(costs)) for n in names}
-    central = policy == "affinity-free"  # serve --ray: a FIFO queue, each job to the best *free* actor
+    central = policy == "serve-ray"  # serve --ray: a FIFO queue, placed by scaleout/serve.py's rule
     steal_min_waiting = 2 if policy == "affinity-steal2" else STEAL_MIN_WAITING
     router = None if serve else Router(names, "round-robin" if policy == "round-robin" else "affinity",
                                        steal_min_waiting=steal_min_waiting)
-    fifo: list[Job] = []
+    fifo: list[Job] = []  # serve-ray: the server's queue; ray-serve: requests not yet on a replica
     queues: dict[str, list[Job]] = {n: [] for n in names}  # ray-serve: FIFO per replica
     running: dict[str, Job | None] = dict.fromkeys(names)
+    ends: dict[str, float] = dict.fromkeys(names, 0.0)  # when the running job ends
     events: list[tuple[float, int, str, Any]] = []
     order = 0
     for i, (t, lora) in enumerate(trace):
@@ -324,13 +338,44 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
     def load(n: str) -> int:
         return len(queues[n]) + (running[n] is not None) if serve else router.actors[n].load
 
+    def serve_assign() -> None:
+        """Serve's router: the oldest waiting request goes to a replica below max_ongoing_requests, one
+        listing its model if there is one (else any: with every replica's LRU full, "fewest models" is
+        all of them), the less loaded of two random ones."""
+        while fifo:
+            room = [n for n in names if load(n) < SERVE_MAX_ONGOING]
+            if not room:
+                return
+            head = int(next(iter(fifo[0].needs.adapters)))
+            having = [n for n in room if head in engines[n].held()]
+            pick = having if having else room
+            a, b = rng.choice(pick), rng.choice(pick)  # power of two choices
+            n = min(a, b, key=load)
+            job = fifo.pop(0)
+            engines[n].touch(int(next(iter(job.needs.adapters))))
+            queues[n].append(job)
+
+    def serve_ray_place(needs: Needs) -> str | None:
+        """scaleout/serve.py's PoolWorker._place, on simulated time: the best actor if idle, or if it
+        holds the LoRAs and its work ends within the bound; else the best idle actor; else wait."""
+        best = router.best(needs)
+        if best.load == 0:
+            return best.name
+        wait = max(0.0, ends[best.name] - now) + len(best.queue) * (costs.job + costs.gap)
+        if router.holds(best, needs) and wait <= DEFAULT_AFFINITY_WAIT_S:
+            return best.name
+        idle = [a.name for a in router.alive() if a.load == 0]
+        return router.best(needs, among=idle).name if idle else None
+
     def start_idle() -> None:
         nonlocal order, busy, compute
+        if serve:
+            serve_assign()
         while central and fifo:
-            free = [n for n in names if running[n] is None and not router.actors[n].queue]
-            if not free:
+            target = serve_ray_place(fifo[0].needs)
+            if target is None:
                 break
-            router.add(fifo.pop(0), among=free)
+            router.add(fifo.pop(0), among=[target])
         for n in names:
             if running[n] is not None:
                 continue
@@ -341,9 +386,10 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
             if job is None:
                 continue
             running[n] = job
-            took = engines[n].switch(int(next(iter(job.needs.adapters)))) + costs.job
+            took = engines[n].switch(int(next(iter(job.needs.adapters)))) + costs.job + costs.gap
             busy += took
-            compute += costs.job
+            compute += costs.job + costs.gap
+            ends[n] = now + took
             heapq.heappush(events, (now + took, order, "done", (n, job)))
             order += 1
 
@@ -351,13 +397,7 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
         now, _, kind, data = heapq.heappop(events)
         if kind == "arrive":
             if serve:
-                lora = int(next(iter(data.needs.adapters)))
-                # Serve's multiplexed routing: a replica that has the model and is below
-                # max_ongoing_requests (5), else the less loaded of two random replicas
-                having = [n for n in names if lora in engines[n].held() and load(n) < SERVE_MAX_ONGOING]
-                pool = having if having else names
-                a, b = rng.choice(pool), rng.choice(pool)  # power of two choices
-                queues[min(a, b, key=load)].append(data)
+                fifo.append(data)  # placed by serve_assign as replicas have room
             elif central:
                 fifo.append(data)
             else:
@@ -373,7 +413,7 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
                      sum(e.swaps for e in engines.values()), now, busy, compute, latencies)
 
 
-POLICIES = ("affinity", "affinity-free", "round-robin", "ray-serve")
+POLICIES = ("affinity", "serve-ray", "round-robin", "ray-serve")
 SERVE_MAX_ONGOING = 5  # Ray Serve's default max_ongoing_requests per replica
 
 
@@ -440,7 +480,7 @@ def _plot_pillow(rows: list[dict[str, Any]], path: Path) -> Path:
         d.line([(m - 4, y), (m, y)], fill="black")
     d.text((w // 2 - 60, h - 20), "GPUs (all jobs queued at once)", fill="black")
     d.text((m, 10), "simulated throughput, jobs/s", fill="black")
-    colours = {"affinity": (31, 119, 180), "affinity-free": (148, 103, 189), "round-robin": (214, 39, 40),
+    colours = {"affinity": (31, 119, 180), "serve-ray": (148, 103, 189), "round-robin": (214, 39, 40),
                "ray-serve": (44, 160, 44)}
     for k, p in enumerate(POLICIES):
         pts = [at(r["gpus"], r["jobs_per_s"]) for r in rows if r["policy"] == p]

@@ -159,6 +159,32 @@ def _add_scaleout_arguments(parser: argparse.ArgumentParser, sweep: bool) -> Non
                         '(needs pip install "loragraph[ray]")')
     parser.add_argument("--ray-address", default=None, metavar="ADDRESS",
                         help="an existing Ray cluster (default: $RAY_ADDRESS, else start a local one)")
+    parser.add_argument("--ray-actors", default=None, metavar="MIN-MAX", type=_pool_size,
+                        help="actors: N, or MIN-MAX to follow the queue (default 1-the cluster's GPUs, "
+                        "else CPU slots; docs/scale-out.md)")
+    if not sweep:
+        parser.add_argument("--ray-affinity-wait", default=None, type=_seconds, metavar="SECONDS",
+                            help="a prompt may wait this long for a busy actor holding its LoRAs rather "
+                            "than go to an idle one (default: one LoRA load's time; docs/scale-out.md)")
+
+
+def _pool_size(text: str) -> Any:
+    from ..scaleout.sizing import PoolSize
+
+    try:
+        return PoolSize.parse(text)
+    except ValueError as ex:  # argparse names the option itself
+        raise argparse.ArgumentTypeError(str(ex).removeprefix("--ray-actors: ")) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -187,7 +213,8 @@ def _cmd_serve(args: argparse.Namespace, out: IO[str]) -> int:
             sys.stderr.write(f"loragraph serve: {ex}\n")
             return EXIT_INVALID
         extra["worker_factory"] = worker_factory(args.models_dir, args.ray_address,
-                                                 threads=args.threads or 1)
+                                                 threads=args.threads or 1, size=args.ray_actors,
+                                                 affinity_wait_s=args.ray_affinity_wait)
     try:
         run(host=args.listen, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir,
             input_dir=args.input_dir, allow_remote=args.allow_remote, user_dir=args.user_dir,

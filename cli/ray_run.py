@@ -22,15 +22,10 @@ from ..scaleout.needs import job_needs
 from ..scaleout.output_commit import commit_files
 from ..scaleout.pool import Outcome, Pool
 from ..scaleout.router import Job
+from ..scaleout.sizing import size_from_env
 from . import reports
 
 logger = logging.getLogger(__name__)
-
-
-def _actor_count() -> int | None:
-    """LORAGRAPH_RAY_ACTORS caps the actors (default: one per GPU, else one per CPU slot)."""
-    raw = os.environ.get("LORAGRAPH_RAY_ACTORS", "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else None
 
 
 def run_on_ray(args: argparse.Namespace, workflows: list[Any], out: IO[str]) -> int:
@@ -49,8 +44,12 @@ def run_on_ray(args: argparse.Namespace, workflows: list[Any], out: IO[str]) -> 
             worst = max(worst, reports.report_invalid(out, wf, args.json))
         return worst
     threads = args.threads or 1  # per actor: one CPU slot of one thread unless --threads says more
-    pool = Pool(args.models_dir, address=args.ray_address, actors=_actor_count(), limit=len(runnable),
-                threads=threads, on_done=on_done, policy=os.environ.get("LORAGRAPH_RAY_ROUTING", "affinity"))
+    # a run queues every job at once: the pool starts at the size that queue asks for (MAX, at most
+    # one actor per job) rather than growing one actor per job time
+    size = getattr(args, "ray_actors", None) or size_from_env()
+    pool = Pool(args.models_dir, address=args.ray_address, size=size, limit=len(runnable),
+                start_actors=len(runnable), threads=threads, on_done=on_done,
+                policy=os.environ.get("LORAGRAPH_RAY_ROUTING", "affinity"))
     try:
         pool.start()
     except RayUnavailable as ex:
@@ -156,9 +155,13 @@ def _print_actor_summary(out: IO[str], pool: Pool) -> None:
     retried = f", {pool.retried} retried after an actor was lost" if pool.retried else ""
     out.write(f"ray: {len(rows)} actor{'s' * (len(rows) != 1)}, {jobs} job{'s' * (jobs != 1)} "
               f"in {wall:.2f} s, {pool.policy} routing{retried}\n")
-    out.write(f"  {'actor':<6}{'jobs':>6}{'loads':>7}{'swaps':>7}{'busy s':>9}{'idle s':>9}\n")
+    out.write(f"  {'actor':<6}{'jobs':>6}{'loads':>7}{'swaps':>7}{'busy s':>9}{'idle s':>9}  node\n")
     for r in rows:
-        gone = "  (lost)" if not r["alive"] else ""
+        gone = "  (stopped idle)" if r["retired"] else "  (lost)" if not r["alive"] else ""
         out.write(f"  {r['actor']:<6}{r['jobs']:>6}{r['loads']:>7}{r['swaps']:>7}{r['busy_s']:>9.2f}"
-                  f"{r['idle_s']:>9.2f}{gone}\n")
+                  f"{r['idle_s']:>9.2f}  {(r['node'] or '?')[:8]}{gone}\n")
+    for job_id, lost_with in sorted(pool.moved.items()):
+        ran = pool.moved_to.get(job_id)
+        out.write(f"  moved: run {job_id + 1}, lost with {', '.join(lost_with)}, "
+                  f"{'ran on ' + ran if ran else 'did not run'}\n")
     out.flush()

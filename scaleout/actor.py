@@ -13,6 +13,7 @@ Plain Python: ``pool.py`` wraps the class with ``ray.remote``. The engine and ex
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -42,6 +43,9 @@ class EngineActor:
         # so the bits of a result depend on it.
         torch.set_num_threads(max(1, int(threads)))
         self.work_dir = Path(tempfile.mkdtemp(prefix="loragraph-actor-"))
+        # close() removes it when the pool stops the actor; atexit covers a worker that exits on its own
+        # (a killed process runs neither: its node's /tmp keeps the folder, empty between jobs).
+        atexit.register(self.close)
         host.configure(models_dir=models_dir or "models", output_dir=self.work_dir / "output")
         from ..graph import Executor
         from ..loaders import engine  # noqa: F401 - import torch and diffusers before the first job
@@ -53,7 +57,14 @@ class EngineActor:
         self.stats = {"jobs": 0, "loads": 0, "swaps": 0, "busy_s": 0.0, "pid": os.getpid()}
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "node": os.uname().nodename}
+        import ray
+
+        return {"pid": os.getpid(), "node": os.uname().nodename, "work_dir": str(self.work_dir),
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    def close(self) -> None:
+        """Remove the private work folder (the pool calls this before it ends the actor)."""
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def interrupt(self) -> None:
         """Stop the running job at its next step (called on a second thread: max_concurrency=2)."""

@@ -15,7 +15,10 @@ its executor events, then the result) and reports back. Faults:
 
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
+import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +28,7 @@ from typing import Any
 from . import require_ray
 from .actor import EngineActor
 from .router import Job, Router
+from .sizing import IDLE_STOP_S, PoolSize, idle_to_stop, want_more
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +53,15 @@ class ActorInfo:
     name: str
     handle: Any
     alive: bool = True
+    retired: bool = False  # stopped by the pool (idle), not lost
+    node: str = ""  # the Ray node id it runs on
+    work_dir: str = ""
     jobs: int = 0
     loads: int = 0
     swaps: int = 0
     busy_s: float = 0.0
     lost_jobs: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
     thread: threading.Thread | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -63,17 +71,22 @@ class Pool:
                  limit: int | None = None, threads: int = 1, policy: str = "affinity",
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  on_done: DoneFn | None = None, on_event: EventFn | None = None,
-                 memory_budget: int | None = None) -> None:
+                 memory_budget: int | None = None, size: PoolSize | None = None,
+                 start_actors: int | None = None, idle_stop_s: float = IDLE_STOP_S) -> None:
         self.models_dir = models_dir
         self.address = address
-        self.wanted = actors
+        # actors=N: exactly N (the tests, the benchmark); else size MIN-MAX, default 1-the cluster's slots
+        self.size = PoolSize(actors, actors) if actors else (size or PoolSize())
+        self.start_actors = start_actors  # a batch knows its queue: start this many (within MIN-MAX)
         self.limit = limit  # never more actors than this (the number of jobs of a run)
+        self.idle_stop_s = idle_stop_s
         self.threads = max(1, int(threads))
         self.policy = policy
         self.max_attempts = max_attempts
         self.on_done = on_done
         self.on_event = on_event
         self.memory_budget = memory_budget
+        self.waiting_outside: Callable[[], float] | None = None  # serve: the oldest prompt's wait, s
         self.actors: dict[str, ActorInfo] = {}
         self.router: Router | None = None
         self.cond = threading.Condition()
@@ -81,9 +94,18 @@ class Pool:
         self._stopping = False  # take no new job (interrupted, shutting down)
         self._started_ray = False
         self._ray: Any = None
+        self._remote: Any = None
+        self._options: dict[str, Any] = {}
+        self._bounds = (1, 1)
+        self._starting = 0
+        self._names = itertools.count()
+        self.job_s: float | None = None  # a finished job's time, median of the last 10 (the sizing unit)
+        self._recent: collections.deque[float] = collections.deque(maxlen=10)
         self.started_at = 0.0
         self.ended_at: float | None = None
         self.retried = 0
+        self.moved: dict[int, list[str]] = {}  # job id -> the actors it was lost with, in order
+        self.moved_to: dict[int, str] = {}  # job id (moved) -> the actor that finished it
 
     # --- life ---------------------------------------------------------------------------------
 
@@ -94,34 +116,123 @@ class Pool:
             ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING,
                      log_to_driver=logger.isEnabledFor(logging.DEBUG), namespace="loragraph")
             self._started_ray = True
-        count, options = self._placement(ray.cluster_resources())
-        remote = ray.remote(EngineActor)
-        handles = [remote.options(max_concurrency=2, max_restarts=0, **options).remote(
-            self.models_dir, self.threads, self.memory_budget) for _ in range(count)]
-        ray.get([h.ready.remote() for h in handles])
-        for i, handle in enumerate(handles):
-            self.actors[f"a{i}"] = ActorInfo(f"a{i}", handle)
-        self.router = Router(self.actors, self.policy)
+        slots, self._options = self._placement(ray.cluster_resources())
+        lo, hi = self.size.bounds(slots)
+        if self.limit:
+            lo, hi = min(lo, self.limit), min(hi, self.limit)
+        self._bounds = (lo, hi)
+        count = max(lo, min(hi, self.start_actors or lo))
+        self._remote = ray.remote(EngineActor)
+        self.router = Router([], self.policy)
         self.started_at = time.perf_counter()
-        for info in self.actors.values():
-            info.thread = threading.Thread(target=self._loop, args=(info,), name=f"loragraph-{info.name}",
-                                           daemon=True)
-            info.thread.start()
-        logger.info("pool: %d actors (%s), %s routing", count, options, self.policy)
+        infos = [self._create() for _ in range(count)]
+        readies = ray.get([info.handle.ready.remote() for info in infos])
+        for info, ready in zip(infos, readies, strict=True):
+            self._join(info, ready)
+        if lo < hi:
+            threading.Thread(target=self._size_loop, name="loragraph-pool-size", daemon=True).start()
+        logger.info("pool: %d actors (%d-%d, %s), %s routing", count, lo, hi, self._options, self.policy)
         return self
 
     def _placement(self, resources: Mapping[str, float]) -> tuple[int, dict[str, Any]]:
-        """One actor per GPU; without GPUs, one per ``threads`` CPUs. ``actors`` caps the count."""
+        """Actor slots and options: one actor per GPU; without GPUs, one per ``threads`` CPUs."""
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         if gpus:
-            count, options = gpus, {"num_gpus": 1, "num_cpus": max(0, min(self.threads, cpus // gpus))}
-        else:
-            count, options = max(1, cpus // self.threads), {"num_cpus": self.threads}
-        if self.wanted:
-            count = self.wanted
-        if self.limit:
-            count = min(count, self.limit)
-        return count, options
+            return gpus, {"num_gpus": 1, "num_cpus": max(0, min(self.threads, cpus // gpus))}
+        return max(1, cpus // self.threads), {"num_cpus": self.threads}
+
+    def _create(self) -> ActorInfo:
+        name = f"a{next(self._names)}"
+        handle = self._remote.options(max_concurrency=2, max_restarts=0, **self._options).remote(
+            self.models_dir, self.threads, self.memory_budget)
+        return ActorInfo(name, handle)
+
+    def _join(self, info: ActorInfo, ready: Mapping[str, Any]) -> None:
+        info.node, info.work_dir = ready.get("node_id", ""), ready.get("work_dir", "")
+        with self.cond:
+            self.actors[info.name] = info
+            self.router.join(info.name)
+            info.thread = threading.Thread(target=self._loop, args=(info,), name=f"loragraph-{info.name}",
+                                           daemon=True)
+            info.thread.start()
+            self.cond.notify_all()
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """(MIN, MAX) actors on this cluster."""
+        return self._bounds
+
+    def alive_count(self) -> int:
+        return sum(info.alive for info in self.actors.values())
+
+    # --- size ---------------------------------------------------------------------------------
+
+    def _size_loop(self) -> None:
+        """Grow when a job waits longer than one job's time; shrink after an idle spell (sizing.py)."""
+        lo, hi = self._bounds
+        while not self._stopping:
+            time.sleep(0.25)
+            now = time.monotonic()
+            with self.cond:
+                if self._stopping:
+                    return
+                queued = [j for slot in self.router.alive() for j in slot.queue]
+                wait = max((now - j.queued_at for j in queued), default=0.0)
+                if self.waiting_outside is not None:
+                    wait = max(wait, self.waiting_outside())
+                alive = self.alive_count()
+                grow = want_more(wait, self.job_s, alive, self._starting, hi) and self._has_room()
+                if grow:
+                    self._starting += 1
+                idle = {i.name: now - i.idle_since for i in self.actors.values()
+                        if i.alive and self.router.actors[i.name].load == 0}
+                victim = None if grow else idle_to_stop(idle, alive, lo, self.idle_stop_s)
+                if victim is not None and self.router.retire(victim):
+                    info = self.actors[victim]
+                    info.alive, info.retired = False, True
+                    self.cond.notify_all()
+                else:
+                    victim = None
+            if grow:
+                threading.Thread(target=self._grow, name="loragraph-pool-grow", daemon=True).start()
+            if victim is not None:
+                logger.info("pool: %s idle for %.0f s, stopped", victim, idle[victim])
+                self._end(self.actors[victim])
+
+    def _has_room(self) -> bool:
+        free = self._ray.available_resources()
+        need = {"CPU": self._options.get("num_cpus", 0), "GPU": self._options.get("num_gpus", 0)}
+        return all(free.get(k, 0) >= v for k, v in need.items() if v)
+
+    def _grow(self) -> None:
+        info = None
+        try:
+            info = self._create()
+            ready = self._ray.get(info.handle.ready.remote(), timeout=300)
+            if self._stopping:
+                self._end(info)
+                return
+            self._join(info, ready)
+            logger.info("pool: %s started (a job waited longer than %.2f s)", info.name, self.job_s or 0)
+        except BaseException:  # no room after all, a node gone, Ray shut down: the next check tries again
+            logger.warning("pool: a new actor did not start", exc_info=not self._stopping)
+            if info is not None:
+                self._end(info)
+        finally:
+            with self.cond:
+                self._starting -= 1
+
+    def _end(self, info: ActorInfo, close: bool = True) -> None:
+        """Remove the actor's work folder (``close``: it is alive to do it), then end it."""
+        try:
+            if close:
+                self._ray.get(info.handle.close.remote(), timeout=30)  # a loaded machine answers late
+        except Exception:  # lost meanwhile: its folder stays on its node
+            logger.debug("could not close actor %s", info.name, exc_info=True)
+        try:
+            self._ray.kill(info.handle)
+        except Exception:  # already gone
+            logger.debug("could not kill actor %s", info.name, exc_info=True)
 
     def shutdown(self, kill: bool = True) -> None:
         """Stop taking jobs, interrupt the running ones, end the threads and the actors."""
@@ -129,15 +240,13 @@ class Pool:
             self._stopping = self._closed = True
             self.cond.notify_all()
         self.interrupt()
-        for info in self.actors.values():
+        for info in list(self.actors.values()):
             if info.thread is not None and info.thread is not threading.current_thread():
                 info.thread.join(timeout=30 if not kill else 5)
         if self._ray is not None and kill:
-            for info in self.actors.values():
-                try:
-                    self._ray.kill(info.handle)
-                except Exception:  # already gone
-                    logger.debug("could not kill actor %s", info.name, exc_info=True)
+            for info in list(self.actors.values()):
+                if not info.retired:
+                    self._end(info, close=info.alive)
             if self._started_ray:
                 self._ray.shutdown()
         self.ended_at = self.ended_at or time.perf_counter()
@@ -147,6 +256,7 @@ class Pool:
     def submit(self, job: Job) -> None:
         with self.cond:
             assert self.router is not None, "start() the pool first"
+            job.queued_at = job.queued_at or time.monotonic()
             try:
                 self.router.add(job)
             except LookupError:
@@ -199,7 +309,8 @@ class Pool:
 
     def broadcast(self, method: str, *args: Any) -> None:
         """Call ``method`` on every live actor and wait (``/free``)."""
-        handles = [info.handle for info in self.actors.values() if info.alive]
+        with self.cond:
+            handles = [info.handle for info in self.actors.values() if info.alive]
         self._ray.get([getattr(h, method).remote(*args) for h in handles])
 
     # --- the threads --------------------------------------------------------------------------
@@ -240,6 +351,9 @@ class Pool:
             self._actor_lost(info, job, ex)
             return False
         except Exception as ex:  # the job's own failure (a bug, a bad payload): once
+            if not self._responds(info):  # unless the actor itself is gone (its node left)
+                self._actor_lost(info, job, ex)
+                return False
             logger.warning("job %d failed on %s: %s", job.id, info.name, ex)
             with self.cond:
                 self.router.finished(info.name, job)
@@ -255,9 +369,23 @@ class Pool:
             info.loads += result.get("loads", 0)
             info.swaps += result.get("swaps", 0)
             info.busy_s += result.get("busy_s", 0.0)
+            info.idle_since = time.monotonic()
+            if job.id in self.moved:
+                self.moved_to[job.id] = info.name
+            # the median of the last 10 jobs: the sizing unit follows the work, and an actor's first job
+            # (which builds the pipeline, seconds) does not count for ten
+            self._recent.append(result.get("busy_s", 0.0))
+            self.job_s = statistics.median(self._recent)
             self.cond.notify_all()
         self._done(job, Outcome(info.name, result=result))
         return True
+
+    def _responds(self, info: ActorInfo) -> bool:
+        try:
+            self._ray.get(info.handle.ready.remote(), timeout=30)
+            return True
+        except Exception:  # dead, or its node is gone
+            return False
 
     def _actor_lost(self, info: ActorInfo, job: Job, ex: BaseException) -> None:
         logger.warning("actor %s is gone (%s); its jobs go to the others", info.name, type(ex).__name__)
@@ -267,6 +395,7 @@ class Pool:
             jobs = self.router.lost(info.name)
             info.lost_jobs += len(jobs)
             for lost in jobs:
+                self.moved.setdefault(lost.id, []).append(info.name)
                 if lost.attempts >= self.max_attempts:
                     failed.append((lost, f"lost {lost.attempts} times with its actor (last: {info.name})"))
                     continue
@@ -294,5 +423,6 @@ class Pool:
     def summary(self) -> list[dict[str, Any]]:
         """Per actor: jobs, LoRA loads, hot-swaps, busy and idle seconds (since the pool started)."""
         wall = (self.ended_at or time.perf_counter()) - self.started_at
-        return [{"actor": i.name, "alive": i.alive, "jobs": i.jobs, "loads": i.loads, "swaps": i.swaps,
-                 "busy_s": i.busy_s, "idle_s": max(0.0, wall - i.busy_s)} for i in self.actors.values()]
+        return [{"actor": i.name, "alive": i.alive, "retired": i.retired, "node": i.node, "jobs": i.jobs,
+                 "loads": i.loads, "swaps": i.swaps, "busy_s": i.busy_s, "idle_s": max(0.0, wall - i.busy_s)}
+                for i in self.actors.values()]

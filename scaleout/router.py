@@ -1,8 +1,9 @@
 """Which actor runs which job, and in what order. Pure Python: the pool and the simulator share it.
 
 Affinity routing (``policy="affinity"``):
-- a job goes to the actor that holds (or will hold, counting the jobs already queued to it) the
-  most of its LoRA files, then its base pipeline; ties and misses go to the least-loaded actor;
+- a job goes to an actor that has built its base pipeline, then to the one that holds (or will hold,
+  counting the jobs already queued to it) the most of its LoRA files; ties and misses go to the
+  least-loaded actor;
 - an actor runs next, from its own queue, a job with the LoRA set it has just used, else the one
   sharing the most LoRAs with what it holds, else the oldest: jobs group by LoRA set, so an
   actor switches LoRAs once per group instead of once per job;
@@ -18,6 +19,7 @@ ComfyUI-Distributed and SwarmUI do): the baseline of the benchmark and the tests
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +37,8 @@ class Job:
     payload: Any = None
     attempts: int = 0  # times it was started; bounded by the pool's retry limit
     last_actor: str | None = None
+    queued_at: float = 0.0  # time.monotonic() when the pool took it: how long it has waited
+    started_at: float = 0.0  # time.monotonic() when its actor started it: how long until it ends
 
 
 @dataclass
@@ -91,6 +95,33 @@ class Router:
     def alive(self) -> list[ActorSlot]:
         return [a for a in self.actors.values() if a.alive]
 
+    def join(self, name: str) -> None:
+        """A new actor (the pool grew): it holds nothing yet; an idle actor steals, so it gets work."""
+        self.actors[name] = ActorSlot(name)
+
+    def retire(self, name: str) -> bool:
+        """Take an idle actor out (the pool shrinks); False, and nothing changes, if it has work."""
+        slot = self.actors[name]
+        if slot.load:
+            return False
+        slot.alive = False
+        return True
+
+    def best(self, needs: Needs, among: Iterable[str] | None = None) -> ActorSlot | None:
+        """The actor affinity would pick for a job with these needs (None: no actor alive)."""
+        choices = [a for a in self.alive() if among is None or a.name in set(among)]
+        return max(choices, key=lambda a: self._rank(a, needs)) if choices else None
+
+    @staticmethod
+    def wait_s(slot: ActorSlot, job_s: float, now: float) -> float:
+        """How long a job queued now on this actor waits: the running job's rest, then the queue's."""
+        rest = max(0.0, job_s - (now - slot.running.started_at)) if slot.running is not None else 0.0
+        return rest + len(slot.queue) * job_s
+
+    def holds(self, slot: ActorSlot, needs: Needs) -> bool:
+        """The actor holds, or will hold, every LoRA of the job (and it has some)."""
+        return bool(needs.adapters) and self._score(slot, needs)[0] == len(needs.adapters)
+
     # --- placing ------------------------------------------------------------------------------
 
     def add(self, job: Job, among: Iterable[str] | None = None) -> str:
@@ -108,11 +139,13 @@ class Router:
 
     @classmethod
     def _rank(cls, slot: ActorSlot, needs: Needs) -> tuple[int, int, int, int]:
-        """Most LoRAs held, then the base; a job none of whose LoRAs any actor holds (a miss) goes to
-        the least loaded, the base breaking ties (else every miss would pile on the first actor that
-        built the base)."""
-        adapters, base = cls._score(slot, needs)
-        return adapters, base if adapters else 0, -slot.load, base
+        """Its base built there (a pipeline build costs seconds), then most LoRAs held or coming, then the
+        least loaded. Only a base already built counts first: before any actor has reported one, a job
+        queued to an actor "brings" the base there, and ranking that first would pile every job of a
+        batch on the first actor; the base coming with queued jobs only breaks the last ties."""
+        adapters, bases = cls._score(slot, needs)
+        built = sum(1 for b in needs.bases if b in slot.bases)
+        return built, adapters, -slot.load, bases
 
     @staticmethod
     def _score(slot: ActorSlot, needs: Needs) -> tuple[int, int]:
@@ -134,6 +167,7 @@ class Router:
             job = self._pick(slot, slot.queue) if slot.queue else self._steal(slot)
         if job is not None:
             slot.running = job
+            job.started_at = time.monotonic()
             job.attempts += 1
             job.last_actor = name
         return job

@@ -53,6 +53,24 @@ def ray_cluster():
     ray.shutdown()
 
 
+KILLED_ACTOR_DIRS: list[str] = []  # work folders of actors a test killed (their process could not clean up)
+
+
+@pytest.fixture(autouse=True)
+def no_actor_dir_left():
+    """Every actor a test started and stopped has removed its work folder by the test's end."""
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("loragraph-actor-*"))
+    yield
+    killed = {Path(d) for d in KILLED_ACTOR_DIRS}
+    for path in killed:
+        shutil.rmtree(path, ignore_errors=True)
+    KILLED_ACTOR_DIRS.clear()
+    left = set(Path(tempfile.gettempdir()).glob("loragraph-actor-*")) - before - killed
+    assert not left, f"actor work folders left behind: {sorted(map(str, left))}"
+
+
 @pytest.fixture(scope="module")
 def shapes_models(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ray-models")
@@ -112,6 +130,58 @@ def test_router_prefers_the_actor_holding_the_loras_and_breaks_ties_by_load():
     lost = router.lost("y")
     assert [j.id for j in lost] == [0]
     assert router.add(lost[0]) == "z"  # the next best holder still alive
+
+
+def test_pool_size_parses_min_max_and_follows_the_queue():
+    from loragraph.scaleout.sizing import PoolSize, idle_to_stop, want_more
+
+    assert PoolSize.parse("2") == PoolSize(2, 2) and PoolSize.parse("1-4") == PoolSize(1, 4)
+    for bad in ("0-2", "3-1", "x", "1-"):
+        with pytest.raises(ValueError, match="--ray-actors"):
+            PoolSize.parse(bad)
+    assert PoolSize().bounds(slots=3) == (1, 3) and PoolSize(2, None).bounds(slots=1) == (1, 1)
+    # start one when a job has waited longer than one job's time, one at a time, up to MAX
+    assert not want_more(0.4, 0.5, alive=1, starting=0, hi=2)
+    assert want_more(0.6, 0.5, alive=1, starting=0, hi=2)
+    assert not want_more(0.6, 0.5, alive=1, starting=1, hi=3)  # one is starting already
+    assert not want_more(0.6, 0.5, alive=2, starting=0, hi=2)
+    assert not want_more(9.0, None, alive=1, starting=0, hi=2)  # no job finished: no unit yet
+    # stop the longest idle past the idle period, never below MIN
+    assert idle_to_stop({"a0": 70.0, "a1": 61.0}, alive=2, lo=1, idle_stop_s=60) == "a0"
+    assert idle_to_stop({"a0": 59.0}, alive=2, lo=1, idle_stop_s=60) is None
+    assert idle_to_stop({"a0": 70.0}, alive=1, lo=1, idle_stop_s=60) is None
+
+
+def test_pool_places_one_actor_per_gpu_else_per_cpu_slot():
+    from loragraph.scaleout.pool import Pool
+
+    assert Pool(None, threads=1)._placement({"CPU": 16.0, "GPU": 2.0}) == (2, {"num_gpus": 1, "num_cpus": 1})
+    assert Pool(None, threads=2)._placement({"CPU": 5.0}) == (2, {"num_cpus": 2})
+
+
+def test_serve_placement_waits_for_the_holder_up_to_the_bound():
+    """serve --ray's rule on a router with real jobs: idle holder first; a busy holder whose work ends
+    within the bound; else the best idle actor; with none idle the prompt stays in the queue."""
+    from loragraph.scaleout.pool import Pool
+    from loragraph.scaleout.serve import PoolWorker
+
+    pool = Pool(None, actors=3)
+    pool.router = routing.Router(["x", "y", "z"])
+    pool.job_s = 1.0
+    worker = PoolWorker(queue=None, hub=None, pool=pool, affinity_wait_s=0.5)
+    lora_a = Needs(frozenset({"base"}), frozenset({"a"}))
+    pool.router.actors["x"].adapters = {"a"}
+    assert worker._place(lora_a) == "x"  # idle and holding it
+    pool.router.add(routing.Job(0, lora_a), among=["x"])
+    running = pool.router.next_job("x")  # x is busy, its job has just started: 1 s to go
+    assert worker._place(lora_a) in ("y", "z")  # 1 s > the 0.5 s bound: an idle actor, cold
+    running.started_at -= 0.7  # 0.3 s to go
+    assert worker._place(lora_a) == "x"  # waits for the holder: no load
+    assert worker._place(Needs(frozenset({"base"}), frozenset({"b"}))) in ("y", "z")  # a miss: idle
+    for name in ("y", "z"):
+        pool.router.add(routing.Job(1, lora_a), among=[name])
+    running.started_at += 0.7
+    assert worker._place(lora_a) is None  # none idle, the holder too far off: stays pending
 
 
 def test_an_output_served_from_an_actors_cache_is_run_again():
@@ -227,6 +297,7 @@ def test_killed_actor_loses_nothing_and_a_bad_job_is_reported_once(ray_cluster, 
     finally:
         pool.shutdown()
     assert killed, "the actor was never killed mid-job"
+    KILLED_ACTOR_DIRS.append(pool.actors[killed[0][1]].work_dir)
     assert sorted(done) == list(range(len(prompts)))
     assert all(len(outs) == 1 for outs in done.values()), done  # every job reported exactly once
     (killed_job, victim), = killed
@@ -345,3 +416,134 @@ def test_interrupted_driver_stops_its_actors_and_respects_ray_address(ray_cluste
     while ray_cluster.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert ray_cluster.available_resources().get("CPU", 0) == 2  # the CLI's actors are gone
+
+
+def test_serve_ray_routes_by_affinity_and_reaches_the_right_actors(ray_cluster, shapes_models, tmp_path):
+    """A prompt goes to the actor holding its LoRA, /queue and /history name the actor, /ws progress
+    comes from the actor running the prompt, and /free unloads every actor."""
+    from loragraph import host
+    from loragraph.scaleout.serve import ACTOR_KEY, worker_factory
+    from loragraph.server import ServerConfig
+    from loragraph.server.app import SERVER_KEY
+    from test_server import LiveServer, with_client
+
+    before = host.folder_roots("loras")[0].parent, host.output_dir()
+    host.configure(models_dir=shapes_models, output_dir=tmp_path / "served")
+    config = ServerConfig(input_dir=tmp_path / "input", editor=False,
+                          worker_factory=worker_factory(str(shapes_models), actors=2))
+    server = LiveServer(config).start()
+    pool = server.app[SERVER_KEY].worker.pool
+
+    async def body(client):
+        ran = {}
+        for lora, seed in ((LORAS[0], 1), (LORAS[1], 1), (LORAS[0], 2), (LORAS[1], 2), (LORAS[0], 3)):
+            prompt_id = (await client.queue(workflow(lora, seed, "aff")))["prompt_id"]
+            messages = await client.finished(prompt_id, timeout=300)
+            steps = [m["data"]["value"] for m in messages if m["type"] == "progress"]
+            assert steps == [1, 2, 3, 4], messages  # this prompt's progress, each step once
+            _, history = await client.get(f"/history/{prompt_id}")
+            entry = history[prompt_id]
+            assert entry["status"]["status_str"] == "success"
+            ran.setdefault(lora, []).append(entry["prompt"][3][ACTOR_KEY])
+        # both actors are idle at each prompt: the one that built the base wins, and holds the LoRAs
+        # from then on (a pipeline build costs seconds, a LoRA load here tens of ms)
+        assert len({a for actors in ran.values() for a in actors}) == 1, ran
+        # /queue shows a running prompt's actor: a long one, read while it runs
+        long = workflow(LORAS[2], 9, "long")
+        long["3"]["inputs"].update(steps=400, width=96, height=96)
+        long_id = (await client.queue(long))["prompt_id"]
+        await client.wait_for(lambda m: m["type"] == "progress" and m["data"].get("prompt_id") == long_id,
+                              timeout=300)
+        _, queue = await client.get("/queue")
+        assert [item[1] for item in queue["queue_running"]] == [long_id]
+        assert queue["queue_running"][0][3][ACTOR_KEY] in pool.actors
+        status, _ = await client.post("/interrupt", {"prompt_id": long_id})
+        assert status == 200
+        await client.finished(long_id, timeout=300)
+        # /free reaches every actor: none holds a pipeline or a LoRA afterwards
+        status, _ = await client.post("/free", {"unload_models": True, "free_memory": True})
+        assert status == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            held = ray_cluster.get([info.handle.report.remote() for info in pool.actors.values()])
+            if not any(r["bases"] or r["adapters"] for r in held):
+                break
+            await asyncio.sleep(0.2)
+        assert not any(r["bases"] or r["adapters"] for r in held), held
+        return ran
+
+    import asyncio
+
+    try:
+        with_client(server, body)
+        dirs = [info.work_dir for info in pool.actors.values()]
+    finally:
+        server.stop()
+        host.configure(models_dir=before[0], output_dir=before[1])
+    assert dirs and not any(Path(d).exists() for d in dirs)  # each actor removed its work folder
+
+
+def test_pool_grows_with_the_queue_and_shrinks_when_idle(ray_cluster, shapes_models, tmp_path):
+    """MIN-MAX 1-2: one actor at first; a second once a job has waited longer than one job's time; back
+    to one after the idle period, the stopped actor's work folder removed."""
+    from loragraph import host
+    from loragraph.scaleout.needs import job_needs
+    from loragraph.scaleout.pool import Pool
+    from loragraph.scaleout.sizing import PoolSize
+
+    host.configure(models_dir=shapes_models, output_dir=tmp_path / "out")
+    done = []
+    pool = Pool(str(shapes_models), size=PoolSize(1, 2), idle_stop_s=2.0,
+                on_done=lambda job, outcome: done.append((job.id, outcome.actor)))
+    sizes = []
+    try:
+        pool.start()
+        assert pool.bounds == (1, 2) and pool.alive_count() == 1
+        prompts = [workflow(LORAS[i % 3], i, "grow") for i in range(12)]
+        for prompt in prompts:
+            prompt["3"]["inputs"]["steps"] = 30  # the queue outlasts a second actor's start
+        for i, prompt in enumerate(prompts):
+            pool.submit(routing.Job(i, job_needs(prompt), {"prompt": prompt}))
+        deadline = time.monotonic() + 300
+        while len(done) < len(prompts) and time.monotonic() < deadline:
+            sizes.append(pool.alive_count())
+            time.sleep(0.1)
+        assert sorted(i for i, _ in done) == list(range(len(prompts)))
+        assert max(sizes) == 2, sizes  # it grew
+        assert {actor for _, actor in done} == {"a0", "a1"}  # and the new actor took work
+        while pool.alive_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert pool.alive_count() == 1  # idle for 2 s: back to MIN
+        stopped = [info for info in pool.actors.values() if info.retired]
+        assert len(stopped) == 1 and not Path(stopped[0].work_dir).exists()
+    finally:
+        pool.shutdown()
+    assert not any(Path(info.work_dir).exists() for info in pool.actors.values())
+
+
+def test_gpu_placement_one_actor_per_gpu(shapes_models, tmp_path):
+    """Where a GPU exists: the pool's actors take one GPU each (num_gpus=1) and render on it."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here: GPU placement (num_gpus=1 per actor) is checked where one exists")
+    ray = pytest.importorskip("ray")
+    from loragraph import host
+    from loragraph.scaleout.needs import job_needs
+    from loragraph.scaleout.pool import Pool
+
+    host.configure(models_dir=shapes_models, output_dir=tmp_path / "out")
+    done = []
+    pool = Pool(str(shapes_models), on_done=lambda job, outcome: done.append(outcome))
+    pool.start()
+    try:
+        assert pool._options["num_gpus"] == 1 and len(pool.actors) == int(ray.cluster_resources()["GPU"])
+        prompt = workflow()
+        prompt["1"]["inputs"]["device"] = "cuda"
+        pool.submit(routing.Job(0, job_needs(prompt), {"prompt": prompt}))
+        pool.close()
+        for info in pool.actors.values():
+            info.thread.join(300)
+    finally:
+        pool.shutdown()
+    assert done and done[0].result["result"].ok, done
