@@ -245,6 +245,22 @@ class Bench:
         self.copy_floor = self.addmm_floor = self.inject_floor = self.exact = None  # set as the run goes
         self.touched = self._touched_weights()
 
+    @classmethod
+    def without_sd15(cls, args) -> Bench:
+        """A Bench for rows that bring their own pipelines (--only families): no SD1.5 build."""
+        from loragraph import host
+        from loragraph.loaders.engine import Engine
+
+        self = cls.__new__(cls)
+        self.args, self.device = args, args.device
+        self.root = Path(args.work or tempfile.mkdtemp(prefix="loragraph-bench-"))
+        (self.root / "loras").mkdir(parents=True, exist_ok=True)
+        host.configure(models_dir=self.root, output_dir=self.root / "out")
+        self.engine = Engine()
+        self.rows = []
+        self.copy_floor = self.addmm_floor = self.inject_floor = self.exact = None
+        return self
+
     # --- helpers --------------------------------------------------------------------------------
 
     def _touched_weights(self) -> list[torch.Tensor]:
@@ -814,9 +830,9 @@ def main(argv=None) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     if args.only == "families":
-        from .lora_ops_families import LightBench, family_rows
+        from .lora_ops_families import family_rows
 
-        bench = LightBench(args)
+        bench = Bench.without_sd15(args)
         print(HEADER, flush=True)
         bench.exact = family_rows(bench, args.families.split(",") if args.families else None)
     else:

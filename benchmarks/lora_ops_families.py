@@ -196,8 +196,8 @@ class FamilyBench:
 
 
 def family_rows(bench: Any, families: list[str] | None = None) -> bool:
-    """Run every family's rows on `bench` (lora_ops.Bench-like: root, engine, args, row()); True when
-    every engine pipeline ended bit-identical to a fresh build."""
+    """Run every family's rows on `bench` (lora_ops.Bench.without_sd15: root, engine, args, row()); True
+    when every engine pipeline ended bit-identical to a fresh build."""
     exact = True
     for family in families or list(SCALE):
         t0 = time.perf_counter()
@@ -207,37 +207,3 @@ def family_rows(bench: Any, families: list[str] | None = None) -> bool:
         print(f"{family}: {time.perf_counter() - t0:.0f} s", flush=True)
         del fb
     return exact
-
-
-class LightBench:
-    """What `family_rows` needs of lora_ops.Bench without building its SD1.5 pipeline."""
-
-    def __init__(self, args: Any) -> None:
-        import tempfile
-
-        from loragraph import host
-        from loragraph.loaders.engine import Engine
-
-        self.args = args
-        self.device = args.device
-        self.root = Path(args.work or tempfile.mkdtemp(prefix="loragraph-bench-"))
-        (self.root / "loras").mkdir(parents=True, exist_ok=True)
-        host.configure(models_dir=self.root, output_dir=self.root / "out")
-        self.engine = Engine()
-        self.rows: list[dict] = []
-        self.copy_floor = self.addmm_floor = self.inject_floor = self.exact = None
-
-    def row(self, *args: Any, **kwargs: Any) -> dict:
-        from .lora_ops import Bench
-
-        return Bench.row(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    def _add(self, row: dict) -> None:
-        from .lora_ops import Bench
-
-        Bench._add(self, row)  # type: ignore[arg-type]
-
-    def save(self, complete: bool) -> None:
-        from .lora_ops import Bench
-
-        Bench.save(self, complete)  # type: ignore[arg-type]

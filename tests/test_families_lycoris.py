@@ -116,12 +116,9 @@ def test_a_lycoris_file_on_a_family_transformer_renders_as_its_producer(engine, 
     assert torch.equal(engine.sample(h0, **inputs), base)
 
 
-def test_a_lycoris_file_in_wans_original_names_is_refused_naming_the_file_and_the_names(engine, models):
-    """musubi-tuner's LyCORIS files on Wan name the original model's modules (`blocks_0_self_attn_q`),
-    which diffusers' WanTransformer3DModel does not have (`blocks.0.attn1.to_q`); diffusers has no
-    converter for LyCORIS keys either. The refusal names the file and modules that did not match."""
-    from loragraph.base.errors import NodeInputError
-    from loragraph.loaders.live import LoraOperationError
+def wan_original_names(src: Path, dst: Path) -> Path:
+    """The file with its modules under the Wan repository's names, as musubi-tuner writes LyCORIS
+    networks trained on the original model (`lora_unet_blocks_0_self_attn_q`); tensors unchanged."""
     from safetensors.torch import load_file, save_file
 
     renames = {"attn1_to_q": "self_attn_q", "attn1_to_k": "self_attn_k", "attn1_to_v": "self_attn_v",
@@ -129,19 +126,45 @@ def test_a_lycoris_file_in_wans_original_names_is_refused_naming_the_file_and_th
                "attn2_to_v": "cross_attn_v", "attn2_to_out_0": "cross_attn_o", "ffn_net_0_proj": "ffn_0",
                "ffn_net_2": "ffn_2"}
     tensors = {}
-    for key, value in load_file(str(models / "loras" / "tiny-wan_lokr.safetensors")).items():
+    for key, value in load_file(str(src)).items():
         module, _, suffix = key.partition(".")
         for ours, theirs in renames.items():
             module = module.replace(ours, theirs)
         tensors[f"{module}.{suffix}"] = value
-    path = models / "loras" / "wan_musubi_lokr.safetensors"
-    save_file(tensors, str(path))
+    assert not any("attn1" in k or "ffn_net" in k for k in tensors)
+    save_file(tensors, str(dst))
+    return dst
 
-    h0 = engine.load_pipeline("builtin:tiny-wan", "float32", "cpu")
-    with pytest.raises((NodeInputError, LoraOperationError)) as refused:
+
+def test_a_lycoris_file_in_wans_original_names_lands_on_the_same_layers(engine, models):
+    """musubi-tuner's LyCORIS files on Wan name the original model's modules, which diffusers'
+    WanTransformer3DModel calls otherwise (`blocks.0.attn1.to_q`); diffusers has no converter for
+    LyCORIS keys, so the route maps them itself (loaders/formats/lycoris/wan_names.py)."""
+    family = "tiny-wan"
+    inputs, _ = family_inputs(family, batch_size=1)
+    src = models / "loras" / "tiny-wan_lokr.safetensors"
+    path = wan_original_names(src, models / "loras" / "wan_original_lokr.safetensors")
+    h0 = engine.load_pipeline(f"builtin:{family}", "float32", "cpu")
+    for strength in (1.0, 0.5):
+        h = tr.add_adapter(h0, engine.lora_spec(h0, path.name, strength, "ly"))
+        assert engine.realize(h)[1] == []  # no warnings: every module landed
+        got = engine.sample(h, **inputs)
+        assert max_diff(got, producer_image(family, src, strength)) <= TOL, strength
+        assert max_diff(got, engine.sample(h0, **inputs)) > 0.01
+
+
+def test_a_lycoris_file_whose_names_do_not_map_is_refused_naming_the_file_and_the_modules(engine, models):
+    """Wan's original names on another family's transformer (LTX) map to no layer: the refusal names
+    the file, how many modules did not land and some of their names, and leaves nothing loaded."""
+    from loragraph.loaders.live import LoraOperationError
+
+    src = models / "loras" / "tiny-wan_lokr.safetensors"
+    path = wan_original_names(src, models / "loras" / "wan_original_lokr_2.safetensors")
+    h0 = engine.load_pipeline("builtin:tiny-ltx", "float32", "cpu")
+    with pytest.raises(LoraOperationError) as refused:
         engine.realize(tr.add_adapter(h0, engine.lora_spec(h0, path.name, 1.0, "ly")))
     message = str(refused.value)
     assert refused.value.input_name == "lora_name"
-    assert "wan_musubi_lokr.safetensors" in message and "none of its 20" in message, message
+    assert "wan_original_lokr_2.safetensors" in message and "none of its 20" in message, message
     assert "no such module" in message and "lora_unet_blocks_0_cross_attn_k" in message, message
     assert engine.info(h0)["adapters"] == {}
