@@ -9,7 +9,7 @@ converters split them (`lora_conversion_utils.py`). Shapes are read off the live
 same table fits any size of the model.
 
 Which layouts diffusers 0.42.1 converts per pipeline, and the ones it cannot at the tiny sizes, are in
-docs/formats.md ("Families").
+docs/formats.md ("Model families beyond SD and Flux").
 """
 
 from __future__ import annotations
@@ -83,6 +83,21 @@ def ltx_original_table(transformer: Any) -> Table:
             for i in range(len(transformer.transformer_blocks)) for p in _LTX_BLOCK}
 
 
+def lumina2_original_table(transformer: Any) -> Table:
+    """`diffusion_model.layers.N.attention.qkv`, ...: Lumina-Image-2.0's own names, every module
+    diffusers' converter pops per block (it raises on a missing one)."""
+    block = {"attention.qkv": ["attn.to_q", "attn.to_k", "attn.to_v"], "attention.out": ["attn.to_out.0"],
+             "feed_forward.w1": ["feed_forward.linear_1"], "feed_forward.w2": ["feed_forward.linear_2"],
+             "feed_forward.w3": ["feed_forward.linear_3"]}
+    table: Table = {}
+    for stack, modulated in (("noise_refiner", True), ("context_refiner", False), ("layers", True)):
+        parts = block | ({"adaLN_modulation.1": ["norm1.linear"]} if modulated else {})
+        for i in range(len(getattr(transformer, stack))):
+            table |= {f"diffusion_model.{stack}.{i}.{k}": [f"{stack}.{i}.{p}" for p in v]
+                      for k, v in parts.items()}
+    return table
+
+
 def write_table_file(path: str | Path, transformer: Any, table: Table, *, kohya: bool, rank: int = 4,
                      alpha: float | None = None, seed: int = 0, scale: float = 1.5) -> Path:
     """A seeded LoRA in the table's names. kohya: `lora_down`/`lora_up` with `.alpha` per module (alpha
@@ -115,4 +130,5 @@ TABLE_LAYOUTS: dict[str, tuple[Callable[[Any], Table], bool]] = {
     "hunyuan-original": (hunyuan_original_table, False),
     "flux2-ai-toolkit": (flux2_ai_toolkit_table, False),
     "ltx-original": (ltx_original_table, False),
+    "lumina2-original": (lumina2_original_table, False),
 }

@@ -3,8 +3,9 @@ the engine, image for image against raw diffusers on the same built-in tiny pipe
 
 Per family: a diffusers-form file (the pipeline's own `save_lora_weights`) and the family's most
 common other layout wherever diffusers 0.42.1's `load_lora_weights` converts one for that pipeline
-(docs/formats.md, "Families": Lumina2's converter splits at the full model's sizes and Sana's and
-CogView4's mixins convert none). At strengths 1.0 and 0.5, unfused, fused, and fused then unfused:
+(docs/formats.md, "Model families beyond SD and Flux": Lumina2's converter splits at the full
+model's sizes, so diffusers refuses its original layout on any smaller model, as the engine does;
+Sana's and CogView4's mixins convert none). At strengths 1.0 and 0.5, unfused, fused, and fused then unfused:
 the oracle is a fresh build driven by `load_lora_weights`, `set_adapters`, `fuse_lora` and the
 pipeline called as the Sampler calls it (test_sampler_families.family_inputs); every image and frame
 within 2/255, fp32 on the CPU.
@@ -19,6 +20,7 @@ import pytest
 import torch
 from conftest import max_diff
 from family_layouts import TABLE_LAYOUTS, write_table_file
+from loragraph.base.errors import NodeInputError
 from loragraph.builtin_models.catalog import BUILTINS
 from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
@@ -159,3 +161,20 @@ def test_every_module_of_a_family_layout_lands_in_the_engine_and_in_diffusers(en
     assert adapted_layers(live.pipe.transformer) == layers
     cov = coverage(live.pipe, store.read_lora(str(path)))
     assert cov.complete and cov.unmatched == ()
+
+
+def test_lumina2s_original_layout_is_refused_as_diffusers_refuses_it_below_full_size(engine, models):
+    """diffusers splits Lumina2's fused `attention.qkv` at Lumina-Image-2.0's 2304/768/768, so on any
+    other size its converter raises; the engine refuses the file too, naming `lora_name`, and loads
+    nothing."""
+    from loragraph.loaders.live import LoraOperationError
+
+    path = write_family_file(models / "loras" / "lumina2_original.safetensors", "tiny-lumina2",
+                             "lumina2-original")
+    with pytest.raises(RuntimeError, match="split"):
+        raw("tiny-lumina2").load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="x")
+    h0 = engine.load_pipeline("builtin:tiny-lumina2", "float32", "cpu")
+    with pytest.raises((NodeInputError, LoraOperationError)) as refused:
+        engine.realize(tr.add_adapter(h0, engine.lora_spec(h0, path.name, 1.0, "x")))
+    assert refused.value.input_name == "lora_name" and "lumina2_original" in str(refused.value)
+    assert engine.info(h0)["adapters"] == {}
