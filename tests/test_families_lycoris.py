@@ -30,8 +30,7 @@ BLOCKS = {
     "tiny-kontext": ["FluxTransformerBlock", "FluxSingleTransformerBlock"],
     "tiny-wan": ["WanTransformerBlock"],
 }
-CASES = [("tiny-chroma", "lokr"), ("tiny-chroma", "loha"), ("tiny-kontext", "lokr"), ("tiny-wan", "lokr"),
-         ("tiny-wan", "loha")]
+CASES = [(family, algo) for family in BLOCKS for algo in ("lokr", "loha")]
 
 
 def build(family: str) -> Any:
