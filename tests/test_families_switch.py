@@ -1,5 +1,5 @@
-"""Hotswap and weight schedules on the denoisers of every family beyond SD/SDXL/SD3/Flux, against raw
-diffusers on the same built-in tiny pipeline, image for image (2/255, fp32, CPU).
+"""Hotswap and weight schedules on the denoisers of every family beyond SD/SDXL/SD3 (Flux included),
+against raw diffusers on the same built-in tiny pipeline, image for image (2/255, fp32, CPU).
 
 Hotswap: a second file of the same layers and rank replaces the first in its layers (the engine's
 ops say `hotswap`, no new `load_lora_weights`); the oracle is a fresh diffusers load of the second
@@ -29,6 +29,7 @@ TARGETS = {family: targets for family, (targets, _) in FAMILIES.items()} | {
     "tiny-wan": WAN_TARGETS,
     "tiny-wan22": WAN_TARGETS,
     "tiny-qwenimage": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "img_mlp.net.2"),
+    "tiny-flux": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "ff.net.0.proj"),
 }
 STEPS = 4
 PER_STEP = [1.0, 1.0, 0.0, 0.0]  # "0:1, 0.5:0" held: strength 1 for the first half of the steps, then 0
