@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 # Targets on the ratio to diffusers (ours / theirs), as at SD1.5 size (docs/performance.md).
-TARGETS = {"switch": 0.25, "unfuse": 0.15}
+RATIO_TARGETS = {"switch": 0.25, "unfuse": 0.15}
 
 # family -> transformer config overrides: heads up at the tiny model's head size (its rope axes sum to
 # the head size, so the head size stays), layers up; about 25-60 M parameters each.
@@ -173,7 +173,7 @@ class FamilyBench:
 
     def flag(self, op: str, how: str = "") -> Any:
         """The row's note: the target on its ratio to diffusers, met or MISSED (and how ours does it)."""
-        target = TARGETS[op]
+        target = RATIO_TARGETS[op]
 
         def note(row: dict) -> str:
             ratio = row["ratio_to_diffusers"]
