@@ -245,6 +245,22 @@ class Bench:
         self.copy_floor = self.addmm_floor = self.inject_floor = self.exact = None  # set as the run goes
         self.touched = self._touched_weights()
 
+    @classmethod
+    def without_sd15(cls, args) -> Bench:
+        """A Bench for rows that bring their own pipelines (--only families): no SD1.5 build."""
+        from loragraph import host
+        from loragraph.loaders.engine import Engine
+
+        self = cls.__new__(cls)
+        self.args, self.device = args, args.device
+        self.root = Path(args.work or tempfile.mkdtemp(prefix="loragraph-bench-"))
+        (self.root / "loras").mkdir(parents=True, exist_ok=True)
+        host.configure(models_dir=self.root, output_dir=self.root / "out")
+        self.engine = Engine()
+        self.rows = []
+        self.copy_floor = self.addmm_floor = self.inject_floor = self.exact = None
+        return self
+
     # --- helpers --------------------------------------------------------------------------------
 
     def _touched_weights(self) -> list[torch.Tensor]:
@@ -794,27 +810,40 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--work", default=None, help="folder for the generated LoRA files (kept between runs)")
-    p.add_argument("--json", default="benchmarks/results/lora_ops.json")
+    p.add_argument("--json", default=None,
+                   help="default benchmarks/results/lora_ops.json (--only families: lora_ops_families.json)")
     p.add_argument("--sampling", action=argparse.BooleanOptionalAction, default=None,
                    help="add the sampling rows (default: on with --device cuda; slow on a CPU)")
     p.add_argument("--sample-steps", type=int, default=20, help="steps per sampling call (default 20)")
-    p.add_argument("--only", choices=["schedule", "lycoris"], default=None,
-                   help="run only these rows (lycoris: the LoHa/LoKr/DoRA rows)")
+    p.add_argument("--only", choices=["schedule", "lycoris", "families"], default=None,
+                   help="run only these rows (lycoris: the LoHa/LoKr/DoRA rows; families: "
+                        "benchmarks/lora_ops_families.py, without the SD1.5 pipeline)")
+    p.add_argument("--families", default=None, help="with --only families: a comma-separated subset")
     args = p.parse_args(argv)
+    if args.json is None:
+        stem = "lora_ops_families" if args.only == "families" else "lora_ops"
+        args.json = f"benchmarks/results/{stem}.json"
     if args.sampling is None:
         args.sampling = args.device == "cuda"
     torch.set_num_threads(args.threads)
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    bench = Bench(args)
-    print(HEADER, flush=True)
-    if args.only == "schedule":
-        bench.schedule_rows()
-    elif args.only == "lycoris":
-        bench.lycoris_rows()
+    if args.only == "families":
+        from .lora_ops_families import family_rows
+
+        bench = Bench.without_sd15(args)
+        print(HEADER, flush=True)
+        bench.exact = family_rows(bench, args.families.split(",") if args.families else None)
     else:
-        bench.run()
+        bench = Bench(args)
+        print(HEADER, flush=True)
+        if args.only == "schedule":
+            bench.schedule_rows()
+        elif args.only == "lycoris":
+            bench.lycoris_rows()
+        else:
+            bench.run()
     print("\n" + HEADER)
     for r in bench.rows:
         print(_fmt_row(r))

@@ -375,6 +375,7 @@ class Engine:
                     "sha256": spec.sha256,
                     "strength": spec.strength,
                     "components": comps,
+                    "target": spec.target,  # LoadLoRA's: "auto", or the denoiser it was put on
                     "rank": ranks,
                     "alpha": alphas,
                     "algorithm": algorithm,

@@ -226,6 +226,15 @@ def test_wan22_a_high_and_a_low_noise_file_match_diffusers(engine, fam_models):
         assert float((got - want).abs().max()) <= TOL
 
 
+def test_lora_info_names_the_component_each_adapter_sits_on_and_its_target(engine):
+    h0 = engine.load_pipeline("builtin:tiny-wan22")
+    h = load(engine, h0, "wan_d", name="high")
+    h = load(engine, h, "wan_low", target="transformer_2", name="low")
+    adapters = engine.info(h)["adapters"]
+    assert (adapters["high"]["target"], adapters["high"]["components"]) == ("auto", ["transformer"])
+    assert (adapters["low"]["target"], adapters["low"]["components"]) == ("transformer_2", ["transformer_2"])
+
+
 def test_wan22_the_same_file_on_another_target_is_another_adapter(engine):
     h0 = engine.load_pipeline("builtin:tiny-wan22")
     a = engine.lora_spec(h0, "wan_low.safetensors", 1.0, "x")
@@ -326,3 +335,41 @@ def test_wan22_a_switch_on_transformer_2_hot_swaps_and_matches_diffusers(engine,
     for comp in ("transformer", "transformer_2"):
         got, want = denoise(getattr(live.pipe, comp), "wan"), denoise(getattr(oracle, comp), "wan")
         assert float((got - want).abs().max()) <= TOL
+
+
+def test_wan_auto_follows_diffusers_which_ignores_transformer_2_keys(engine, fam_models):
+    """diffusers 0.42.1's Wan loader puts every file on `transformer` (`load_into_transformer_2` is the
+    only way onto the low-noise expert) and drops `transformer_2.` keys: `auto` does the same
+    (docs/CONTRACT.md, Model families). A file of `transformer_2.` keys alone loads nothing in
+    diffusers; the engine says so instead of loading a no-op."""
+    import safetensors.torch
+    from loragraph.loaders.live import LoraOperationError
+
+    high = safetensors.torch.load_file(str(fam_models / "loras" / "wan_d.safetensors"))
+    low = safetensors.torch.load_file(str(fam_models / "loras" / "wan_low.safetensors"))
+    second = {k.replace("transformer.", "transformer_2.", 1): v for k, v in low.items()}
+    safetensors.torch.save_file({**high, **second}, str(fam_models / "loras" / "wan_both.safetensors"))
+    safetensors.torch.save_file(second, str(fam_models / "loras" / "wan_t2only.safetensors"))
+
+    oracle = raw(fam_models, "tiny-wan22")
+    base2 = denoise(oracle.transformer_2, "wan")
+    raw_load(oracle, fam_models, "wan_both", "x")
+    assert oracle.get_list_adapters() == {"transformer": ["x"]}
+    h0 = engine.load_pipeline("builtin:tiny-wan22")
+    live, _ = engine.realize(load(engine, h0, "wan_both", name="x"))
+    assert live.pipe.get_list_adapters() == {"transformer": ["x"]}
+    for comp in ("transformer", "transformer_2"):
+        got, want = denoise(getattr(live.pipe, comp), "wan"), denoise(getattr(oracle, comp), "wan")
+        assert float((got - want).abs().max()) <= TOL
+    assert torch.equal(denoise(live.pipe.transformer_2, "wan"), base2)
+
+    oracle = raw(fam_models, "tiny-wan22")
+    raw_load(oracle, fam_models, "wan_t2only", "y")
+    assert oracle.get_list_adapters() == {}
+    with pytest.raises(LoraOperationError) as refused:
+        engine.realize(load(engine, h0, "wan_t2only", name="y"))
+    assert refused.value.input_name == "lora_name" and "no layer" in str(refused.value)
+    live, _ = engine.realize(h0)  # nothing half-done: the base renders as a fresh build
+    assert engine.info(h0)["adapters"] == {}
+    assert torch.equal(denoise(live.pipe.transformer_2, "wan"), base2)
+    assert torch.equal(denoise(live.pipe.transformer, "wan"), denoise(oracle.transformer, "wan"))

@@ -3,7 +3,8 @@
 Each module is matched to the pipeline's layer of the same kohya name (LyCORIS's own rule: the module
 path with "." replaced by "_"); kohya's SDXL (SGM) UNet names through diffusers' converter (fence);
 Flux in Black Forest Labs' names through flux_names.py, a fused module split by rows across
-diffusers' layers. A module lands when its delta's shape is the layer's (a norm diff: the norm's).
+diffusers' layers; Wan in its original names through wan_names.py. A module lands when its delta's
+shape is the layer's (a norm diff: the norm's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .flux_names import Target, targets
 from .module import PREFIXES, BaseLayer, Module, base_layer
 from .norms import NORM_TYPES, fits
 from .parse import parse, unsupported, unsupported_message
+from .wan_names import targets as wan_targets
 
 # kohya sd-scripts' own (SGM/LDM) names of SDXL UNet modules: lora_unet_input_blocks_4_1_...
 _SGM = re.compile(r"^lora_unet_((input_blocks|middle_block|output_blocks|time_embed|label_emb)_|out_[02]$)")
@@ -88,7 +90,9 @@ def place(pipe: Any, modules: Iterable[Module]) -> Placement:
         if path is None and m.name in sgm_paths:
             path = lookups[m.component].get(sgm_paths[m.name].replace(".", "_"))
         if path is None and m.component == "transformer":
-            shares = targets(m.name[len(prefix) :], model)  # Flux in BFL's names (fused qkv, ...)
+            # Flux in BFL's names (fused qkv, ...), Wan in the original repository's (self_attn_q, ...)
+            bare = m.name[len(prefix) :]
+            shares = targets(bare, model) or wan_targets(bare, model)
             if shares is not None:
                 reason = _shares_misfit(m, model, shares)
                 if reason is not None:
