@@ -238,10 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(res))
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import ray
     from loragraph import host
     from loragraph.loaders import store
-
-    import ray
 
     work = Path(tempfile.mkdtemp(prefix="loragraph-farm-"))
     names = make_loras(work)
