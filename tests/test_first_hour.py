@@ -49,7 +49,8 @@ def models(tmp_path_factory) -> Path:
     sd1 = ("model.diffusion_model.output_blocks.11.0.skip_connection.weight",
            "first_stage_model.decoder.conv_in.weight",
            "cond_stage_model.transformer.text_model.final_layer_norm.weight")
-    safetensors.torch.save_file({k: torch.zeros(1) for k in sd1}, str(root / "checkpoints" / "sd15.safetensors"))
+    safetensors.torch.save_file({k: torch.zeros(1) for k in sd1},
+                                str(root / "checkpoints" / "sd15.safetensors"))
     return root
 
 
