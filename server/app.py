@@ -43,7 +43,7 @@ from ..graph.interrupt import ProgressHookFactory
 from . import frontend, pack_routes
 from .queue import DEFAULT_HISTORY_SIZE, PromptQueue
 from .routes import build_routes
-from .sockets import SocketHub
+from .sockets import CLIENT_QUEUE_BOUND, SEND_TIMEOUT_S, SocketHub
 from .worker import PromptWorker
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ class ServerConfig:
     max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE
     max_json_size: int = DEFAULT_MAX_JSON_SIZE
     history_size: int = DEFAULT_HISTORY_SIZE
+    ws_send_timeout_s: float = SEND_TIMEOUT_S  # a websocket client slower than this is dropped
+    ws_queue_bound: int = CLIENT_QUEUE_BOUND  # messages waiting for one client before it is dropped
     registry: Mapping[str, type] | None = None  # default: the headless nodes (SaveImage included)
     web_dir: Path | None = field(default_factory=lambda: PACKAGE_WEB_DIR)
     extension_name: str = "loragraph"
@@ -99,7 +101,7 @@ class PromptServer:
         self.config = config
         self.registry: Mapping[str, type] = config.registry or HEADLESS_NODE_CLASS_MAPPINGS
         self.input_dir = Path(config.input_dir).resolve()
-        self.hub = SocketHub()
+        self.hub = SocketHub(config.ws_send_timeout_s, config.ws_queue_bound)
         self.queue = PromptQueue(on_change=self.queue_updated, history_size=config.history_size)
         self.executor = Executor(self.registry, progress_hook_factory=config.progress_hook_factory)
         self.worker = (config.worker_factory(self) if config.worker_factory is not None

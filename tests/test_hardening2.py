@@ -1,0 +1,134 @@
+"""Hostile clients and inputs, second round: each case keeps the well-behaved clients served.
+
+A real server (aiohttp on 127.0.0.1, a free port) with three real websocket clients that each queue
+a real prompt (the built-in tiny SD pipeline, 64x64, one step) and must hear its completion while
+one bad actor misbehaves; real files on disk for the cache, PNG and metadata cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+from loragraph import host
+from loragraph.server import ServerConfig
+from loragraph.server.app import SERVER_KEY
+from test_server import Client, LiveServer, sd_workflow
+
+SEND_TIMEOUT_S = 2.0  # short here so a stalled client is dropped within the test's patience
+GOOD_WAIT_S = 90.0  # three one-step prompts on a shared 2-core machine
+
+
+@pytest.fixture(scope="module")
+def live(models_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hardening2")
+    before = host.folder_roots("loras")[0].parent, host.output_dir()
+    config = ServerConfig(models_dir=models_dir, output_dir=root / "output", input_dir=root / "input",
+                          user_dir=root / "user", editor=False, ws_send_timeout_s=SEND_TIMEOUT_S,
+                          ws_queue_bound=1024)
+    server = LiveServer(config).start()
+    server.root = root
+    yield server
+    server.stop()
+    host.configure(models_dir=before[0], output_dir=before[1])
+
+
+@pytest.fixture(autouse=True)
+def _host_folders(live, models_dir):
+    host.configure(models_dir=models_dir, output_dir=live.root / "output")
+
+
+def hub(live: LiveServer):
+    return live.app[SERVER_KEY].hub
+
+
+async def good_clients_are_served(live: LiveServer, bad_actor, n: int = 3) -> Any:
+    """Connect ``n`` good clients, start ``bad_actor()`` beside them, then each good client queues a
+    prompt and must hear its completion; returns what the bad actor returned."""
+    async with aiohttp.ClientSession() as session:
+        clients = [Client(session, live.url) for _ in range(n)]
+        for c in clients:
+            await c.connect()
+        try:
+            bad = asyncio.create_task(bad_actor())
+            await asyncio.sleep(0.2)
+            queued = [await c.queue(sd_workflow(steps=1, seed=i, prefix=f"good{i}"))
+                      for i, c in enumerate(clients)]
+            for c, q in zip(clients, queued, strict=True):
+                messages = await c.finished(q["prompt_id"], timeout=GOOD_WAIT_S)
+                assert "executed" in [m["type"] for m in messages]
+            return await asyncio.wait_for(bad, GOOD_WAIT_S)
+        finally:
+            for c in clients:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(c.close(), 5)
+
+
+def ws_upgrade(port: int, client_id: str, rcvbuf: int = 4096) -> socket.socket:
+    """A websocket that completes the handshake and then never reads (a tiny receive buffer)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert sock.recv(12).startswith(b"HTTP/1.1 101")
+    return sock
+
+
+# -- websocket fan-out --------------------------------------------------------------------------
+
+
+def test_a_client_id_that_is_not_a_string_is_refused_and_silences_nobody(live):
+    async def bad_actor() -> int:
+        async with aiohttp.ClientSession() as session, session.post(
+                live.url + "/prompt", json={"prompt": sd_workflow(steps=1), "client_id": {"x": 1}}) as resp:
+            body = await resp.json()
+            assert "client_id" in body["error"]["message"]
+            return resp.status
+
+    assert asyncio.run(good_clients_are_served(live, bad_actor)) == 400
+
+
+def test_a_client_that_never_reads_is_dropped_and_the_others_keep_their_events(live):
+    bad_id = "stalled-" + uuid.uuid4().hex[:8]
+    sock = ws_upgrade(live.port, bad_id)
+    try:
+        async def bad_actor() -> float:
+            # 24 MB of broadcasts, the way the worker thread sends them: far past the stalled
+            # client's socket buffers, so its sends block; the good clients read every one.
+            blob = "x" * 64_000
+            started = time.monotonic()
+            for i in range(384):
+                hub(live).send_sync("progress", {"value": i, "max": 384, "pad": blob})
+                if i % 32 == 0:
+                    await asyncio.sleep(0.01)
+            while bad_id in hub(live).sockets:
+                assert time.monotonic() - started < 30, "the stalled client was never dropped"
+                await asyncio.sleep(0.1)
+            return time.monotonic() - started
+
+        dropped_after = asyncio.run(good_clients_are_served(live, bad_actor))
+        assert dropped_after < SEND_TIMEOUT_S + 20
+    finally:
+        sock.close()
+
+    # A client connecting after the drop hears its events at once: no backlog is left to drain.
+    async def newcomer() -> None:
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, live.url)
+            started = time.monotonic()
+            await client.connect()
+            queued = await client.queue(sd_workflow(steps=1, seed=9, prefix="late"))
+            await client.finished(queued["prompt_id"], timeout=GOOD_WAIT_S)
+            assert time.monotonic() - started < GOOD_WAIT_S
+            await client.close()
+
+    asyncio.run(newcomer())
