@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from loragraph import host
 from loragraph.server import ServerConfig
@@ -132,3 +136,64 @@ def test_a_client_that_never_reads_is_dropped_and_the_others_keep_their_events(l
             await client.close()
 
     asyncio.run(newcomer())
+
+
+# -- the LoRA cache key -------------------------------------------------------------------------
+
+
+def _png_loras(path: Path) -> list[dict[str, Any]]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return json.loads(image.text["loras"])
+
+
+def _run_lora(tmp_path: Path, models: Path, lora_name: str, prefix: str) -> tuple[Path, np.ndarray]:
+    from loragraph.cli import main
+
+    wf = sd_workflow(steps=1, seed=3, prefix=prefix)
+    wf["4"] = {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": lora_name,
+                                                     "strength": 1.0, "adapter_name": ""}}
+    wf["2"]["inputs"]["pipeline"] = ["4", 0]
+    path = tmp_path / f"{prefix}.json"
+    path.write_text(json.dumps(wf))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--models-dir", str(models), "--output-dir", str(out), "--quiet"]) == 0
+    png = max(out.glob(f"{prefix}_*.png"), key=lambda p: p.stat().st_mtime_ns)
+    from PIL import Image
+
+    with Image.open(png) as image:
+        return png, np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_a_lora_replaced_with_its_size_and_mtime_kept_is_read_again(tmp_path):
+    """``cp -p``, rsync and restores keep the mtime; new bytes of the same size must still be read."""
+    from loragraph.loaders import store
+    from loragraph.testing import write_lora_file
+
+    models = tmp_path / "models"
+    (models / "loras").mkdir(parents=True)
+    live_file = models / "loras" / "x.safetensors"
+    write_lora_file(live_file, "sd", "diffusers", rank=4, seed=31)
+    newer = write_lora_file(models / "loras" / "y.safetensors", "sd", "diffusers", rank=4, seed=32)
+    assert live_file.stat().st_size == newer.stat().st_size
+    old_sha, new_sha = store.file_sha256(live_file), store.file_sha256(newer)
+    assert old_sha != new_sha
+
+    first_png, first = _run_lora(tmp_path, models, "x.safetensors", "before")
+    assert _png_loras(first_png)[0]["sha256"] == old_sha
+    _, oracle = _run_lora(tmp_path, models, "y.safetensors", "oracle")
+    assert np.abs(first - oracle).max() > 0  # the two LoRAs give different pictures
+
+    st = live_file.stat()
+    time.sleep(0.05)  # past the file system's timestamp tick
+    live_file.write_bytes(newer.read_bytes())  # in place, same inode, as cp -p does
+
+    os.utime(live_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (live_file.stat().st_size, live_file.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+    assert store.file_sha256(live_file) == new_sha
+    assert store.read_lora(live_file).sha256 == new_sha
+    again_png, again = _run_lora(tmp_path, models, "x.safetensors", "after")
+    assert _png_loras(again_png)[0]["sha256"] == new_sha
+    assert np.array_equal(again, oracle)
