@@ -197,3 +197,38 @@ def test_a_lora_replaced_with_its_size_and_mtime_kept_is_read_again(tmp_path):
     again_png, again = _run_lora(tmp_path, models, "x.safetensors", "after")
     assert _png_loras(again_png)[0]["sha256"] == new_sha
     assert np.array_equal(again, oracle)
+
+
+# -- request bodies -----------------------------------------------------------------------------
+
+
+def test_json_bombs_are_refused_before_parsing_and_off_the_event_loop(live):
+    flat = b"[" + b"[]," * 3_300_000 + b"[]]"  # 9.9 MB, 3.3 million lists: under the size cap
+    deep = b"[" * 4_950_000 + b"]" * 4_950_000
+
+    async def bad_actor() -> tuple[list[int], float]:
+        async with aiohttp.ClientSession() as session:
+            async def post(body: bytes) -> int:
+                async with session.post(live.url + "/prompt", data=body,
+                                        headers={"Content-Type": "application/json"}) as resp:
+                    answer = await resp.json()
+                    assert answer["error"]["type"] == "invalid_json", answer
+                    return resp.status
+
+            async def queue_latency() -> float:
+                worst = 0.0
+                for _ in range(20):
+                    started = time.monotonic()
+                    async with session.get(live.url + "/queue") as resp:
+                        assert resp.status == 200
+                    worst = max(worst, time.monotonic() - started)
+                    await asyncio.sleep(0.05)
+                return worst
+
+            posts = asyncio.gather(*(post(flat if i % 2 else deep) for i in range(10)))
+            worst = await queue_latency()
+            return list(await posts), worst
+
+    statuses, worst = asyncio.run(good_clients_are_served(live, bad_actor))
+    assert statuses == [400] * 10
+    assert worst < 3.0, f"GET /queue took {worst:.1f} s while the bodies were parsed"
