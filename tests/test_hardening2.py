@@ -232,3 +232,66 @@ def test_json_bombs_are_refused_before_parsing_and_off_the_event_loop(live):
     statuses, worst = asyncio.run(good_clients_are_served(live, bad_actor))
     assert statuses == [400] * 10
     assert worst < 3.0, f"GET /queue took {worst:.1f} s while the bodies were parsed"
+
+
+# -- PNG text bombs -----------------------------------------------------------------------------
+
+
+def write_png(path: Path, texts: list[tuple[bytes, bytes, bytes]]) -> Path:
+    """A 1x1 grey PNG with ``(chunk type, keyword, payload)`` text chunks before its pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    body = [chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))]
+    for kind, keyword, payload in texts:
+        if kind == b"zTXt":
+            body.append(chunk(kind, keyword + b"\0\0" + zlib.compress(payload, 9)))
+        elif kind == b"iTXt":
+            body.append(chunk(kind, keyword + b"\0\1\0\0\0" + zlib.compress(payload, 9)))
+        else:
+            body.append(chunk(kind, keyword + b"\0" + payload))
+    body += [chunk(b"IDAT", zlib.compress(b"\0\x80")), chunk(b"IEND", b"")]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(body))
+    return path
+
+
+def cli_json(*argv: str) -> tuple[int, list[dict[str, Any]], str]:
+    """``loragraph ARGV --json`` in this process: (exit code, its JSON lines, everything printed)."""
+    import io
+    from contextlib import redirect_stdout
+
+    from loragraph.cli import main
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = main([*argv, "--json"])
+    text = out.getvalue()
+    return code, [json.loads(line) for line in text.splitlines() if line.startswith("{")], text
+
+
+@pytest.mark.parametrize("texts", [
+    [(b"zTXt", b"prompt", b" " * (40 << 20))],  # one chunk, 40 MiB inflated
+    [(b"iTXt", b"workflow", b" " * (40 << 20))],
+    [(b"zTXt", f"k{i}".encode(), b"\0" * (8 << 20)) for i in range(40)],  # 40 x 8 MiB
+], ids=["zTXt", "iTXt", "many-chunks"])
+def test_png_text_bombs_are_refused_before_they_inflate(tmp_path, texts):
+    from loragraph.graph.png import MAX_PNG_TEXT_BYTES
+
+    bomb = write_png(tmp_path / "bomb.png", texts)
+    assert bomb.stat().st_size < 2 << 20
+    code, lines, _ = cli_json("validate", str(bomb))
+    assert code == 2 and lines[-1]["status"] == "invalid"
+    assert f"more than {MAX_PNG_TEXT_BYTES} bytes" in json.dumps(lines[-1])
+
+
+def test_png_text_under_the_cap_still_reads(tmp_path):
+    """The cap counts every text chunk; a workflow a little under it is read whole."""
+    from loragraph.graph.png import MAX_PNG_TEXT_BYTES, read_png_text
+
+    padding = b" " * (MAX_PNG_TEXT_BYTES - 1000)
+    png = write_png(tmp_path / "ok.png", [(b"zTXt", b"prompt", b"{}" + padding), (b"tEXt", b"x", b"y" * 900)])
+    texts = read_png_text(png)
+    assert len(texts["prompt"]) == MAX_PNG_TEXT_BYTES - 998 and texts["x"] == "y" * 900
