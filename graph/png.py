@@ -67,9 +67,9 @@ def read_png_text(path: str | Path) -> dict[str, str]:
         if zlib.crc32(chunk_type + body) & 0xFFFFFFFF != crc:
             raise WorkflowError(f"{path}: the PNG file is damaged "
                                 f"(bad CRC in chunk {chunk_type!r} at byte {pos})")
-        if chunk_type in TEXT_CHUNK_TYPES and body.partition(b"\0")[0].decode("latin-1") not in texts:
+        if chunk_type in TEXT_CHUNK_TYPES:
             keyword, text = _decode_text_chunk(path, chunk_type, body, budget)
-            texts[keyword] = text
+            texts.setdefault(keyword, text)
         if chunk_type == b"IEND":
             return texts
         pos = end
