@@ -295,3 +295,34 @@ def test_png_text_under_the_cap_still_reads(tmp_path):
     png = write_png(tmp_path / "ok.png", [(b"zTXt", b"prompt", b"{}" + padding), (b"tEXt", b"x", b"y" * 900)])
     texts = read_png_text(png)
     assert len(texts["prompt"]) == MAX_PNG_TEXT_BYTES - 998 and texts["x"] == "y" * 900
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+
+
+def test_a_large_sweep_builds_each_run_only_when_it_is_taken(tmp_path):
+    """``--sweep 6.seed=1-5000`` over a 200-node workflow: the first run comes at once, with one
+    workflow copy in memory, not 5,000 of them."""
+    import itertools
+    import tracemalloc
+
+    from loragraph.cli.workflows import load_workflows, sweep_workflows
+    from loragraph.nodes import HEADLESS_NODE_CLASS_MAPPINGS as registry
+
+    wf = sd_workflow(steps=1)
+    for i in range(10, 207):  # 197 more SaveImage nodes, each reading the one Sampler
+        wf[str(i)] = {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": f"p{i}"}}
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(wf))
+    (loaded,) = load_workflows([str(path)], [], registry)
+    tracemalloc.start()
+    try:
+        runs = sweep_workflows([loaded], ["2.seed=1-5000"], registry)
+        first_three = list(itertools.islice(runs, 3))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r.prompt["2"]["inputs"]["seed"] for r in first_three] == [1, 2, 3]
+    assert [r.sweep.label() for r in first_three] == ["2.seed=1", "2.seed=2", "2.seed=3"]
+    assert peak < 20 * 2**20, f"taking three runs of the sweep peaked at {peak / 2**20:.0f} MiB"
+    assert next(runs).prompt["2"]["inputs"]["seed"] == 4  # the rest follow, in order
