@@ -60,6 +60,12 @@ def loads(text: str | bytes) -> Any:
         value = json.loads(text, parse_constant=_finite_constant, parse_float=_finite_float)
     except RecursionError:
         raise JSONLimitError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as ex:  # int(): more digits than Python converts (sys.get_int_max_str_digits)
+        if isinstance(ex, JSONLimitError):
+            raise
+        raise JSONLimitError(f"a number is too long ({str(ex).partition(';')[0]})") from None
     check_depth(value)
     return value
 

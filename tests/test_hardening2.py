@@ -326,3 +326,21 @@ def test_a_large_sweep_builds_each_run_only_when_it_is_taken(tmp_path):
     assert [r.sweep.label() for r in first_three] == ["2.seed=1", "2.seed=2", "2.seed=3"]
     assert peak < 20 * 2**20, f"taking three runs of the sweep peaked at {peak / 2**20:.0f} MiB"
     assert next(runs).prompt["2"]["inputs"]["seed"] == 4  # the rest follow, in order
+
+
+# -- numbers past Python's limits -----------------------------------------------------------------
+
+
+def test_a_5000_digit_integer_is_an_invalid_file_and_the_next_file_still_runs(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(sd_workflow(steps=1)))
+    long_int = json.dumps(sd_workflow(steps=1)).replace('"seed": 1', '"seed": ' + "7" * 5000)
+    bad = tmp_path / "long.json"
+    bad.write_text(long_int)
+    png = write_png(tmp_path / "long.png", [(b"tEXt", b"prompt", long_int.encode())])
+    code, lines, printed = cli_json("validate", str(bad), str(png), str(good))
+    assert code == 2 and "Traceback" not in printed
+    assert [(line["file"], line["status"]) for line in lines] == [
+        (str(bad), "invalid"), (str(png), "invalid"), (str(good), "valid")]
+    for line in lines[:2]:
+        assert "4300 digits" in line["error"]["message"]
