@@ -344,3 +344,37 @@ def test_a_5000_digit_integer_is_an_invalid_file_and_the_next_file_still_runs(tm
         (str(bad), "invalid"), (str(png), "invalid"), (str(good), "valid")]
     for line in lines[:2]:
         assert "4300 digits" in line["error"]["message"]
+
+
+# -- terminal escapes ---------------------------------------------------------------------------
+
+ESC_NAME = "e\x1b]0;owned\x07\x1b[2J"
+
+
+def test_escape_sequences_from_files_never_reach_the_terminal(tmp_path, capsys):
+    from loragraph.cli import main
+    from loragraph.testing import write_lora_file
+
+    models = tmp_path / "models"
+    lora = write_lora_file(models / "loras" / f"{ESC_NAME}.safetensors", "sd", "diffusers", seed=5,
+                           metadata={"ss_output_name": "\x1b[31mred\x1b[0m", "note": "\x9b2J\u202eevil"})
+    wf = sd_workflow(steps=1, prefix="esc")
+    wf["4"] = {"class_type": "LoadLoRA", "_meta": {"title": "\x1b[8mhidden"},
+               "inputs": {"pipeline": ["1", 0], "lora_name": lora.name, "strength": "x\x1b[1m",
+                          "adapter_name": ""}}
+    wf["2"]["inputs"]["pipeline"] = ["4", 0]
+    path = tmp_path / f"{ESC_NAME}.json"
+    path.write_text(json.dumps(wf))
+    folders = ["--models-dir", str(models), "--output-dir", str(tmp_path / "out")]
+
+    printed = []
+    for argv in (["inspect", str(lora), "--verbose"], ["validate", str(path), *folders],
+                 ["run", str(path), *folders]):
+        main(argv)
+        got = capsys.readouterr()
+        printed.append(got.out + got.err)
+    inspected, validated, ran = printed
+    assert "\\x1b[31mred" in inspected and "owned" in inspected  # shown, as escapes
+    assert "hidden" in validated and "owned" in validated and "hidden" in ran
+    for text in printed:
+        assert not any(ch in text for ch in "\x1b\x07\x9b\u202e"), repr(text[:300])
