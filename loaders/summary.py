@@ -7,11 +7,12 @@ words and kohya's training metadata; all from the parsed file, without a pipelin
 from __future__ import annotations
 
 import collections
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from ..base import limits
 
 
 class ParsedFile(Protocol):
@@ -137,8 +138,9 @@ def _tag_frequency(raw: str | None) -> list[tuple[str, int]]:
     if not raw:
         return []
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
+        # limits: a 5,000-deep document, NaN or 1e999 is metadata to skip, not a crash of LoRAInfo
+        data = limits.loads(raw)
+    except ValueError:
         return []
     counts: collections.Counter[str] = collections.Counter()
     for per_dir in data.values() if isinstance(data, dict) else []:
@@ -146,7 +148,7 @@ def _tag_frequency(raw: str | None) -> list[tuple[str, int]]:
             continue
         for tag, n in per_dir.items():
             tag = str(tag).strip()
-            if tag and isinstance(n, (int, float)):
+            if tag and isinstance(n, (int, float)) and not isinstance(n, bool) and 0 <= n < 2**63:
                 counts[tag] += int(n)
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 

@@ -378,3 +378,85 @@ def test_escape_sequences_from_files_never_reach_the_terminal(tmp_path, capsys):
     assert "hidden" in validated and "owned" in validated and "hidden" in ran
     for text in printed:
         assert not any(ch in text for ch in "\x1b\x07\x9b\u202e"), repr(text[:300])
+
+
+# -- metadata that crashed the tools, and what errors tell ----------------------------------------
+
+DEEP = "[" * 5000 + "]" * 5000
+TAG_FREQUENCIES = {"deep": '{"d": {"t": ' + DEEP + "}}", "nan": '{"d": {"tag": NaN, "ok": 2}}',
+                   "huge": '{"d": {"tag": 1e999, "ok": 2}}'}
+
+
+@pytest.fixture()
+def hostile_loras(tmp_path):
+    from loragraph.testing import write_lora_file
+
+    models = tmp_path / "models"
+    loras = models / "loras"
+    for name, tags in TAG_FREQUENCIES.items():
+        write_lora_file(loras / f"tags_{name}.safetensors", "sd", "kohya", seed=41,
+                        metadata={"ss_tag_frequency": tags})
+    write_lora_file(loras / "deep_config.safetensors", "sd", "diffusers", seed=42,
+                    metadata={"lora_adapter_metadata": '{"r": ' + DEEP + "}"})
+    (loras / "passwd.safetensors").symlink_to("/etc/passwd")
+    return models
+
+
+def test_hostile_tag_frequencies_are_skipped_by_inspect_and_lora_info(hostile_loras, capsys):
+    from loragraph.cli import main
+
+    for name in TAG_FREQUENCIES:
+        code = main(["inspect", str(hostile_loras / "loras" / f"tags_{name}.safetensors")])
+        printed = capsys.readouterr()
+        assert code == 0 and "Traceback" not in printed.out + printed.err, printed.err[-500:]
+
+    live = LiveServer(ServerConfig(models_dir=hostile_loras, output_dir=hostile_loras / "out",
+                                   input_dir=hostile_loras / "in", user_dir=hostile_loras / "user",
+                                   editor=False)).start()
+
+    async def ask() -> list[tuple[int, dict]]:
+        answers = []
+        async with aiohttp.ClientSession() as session:
+            for name in [*(f"tags_{n}.safetensors" for n in TAG_FREQUENCIES), "passwd.safetensors",
+                         "missing.safetensors"]:
+                async with session.get(live.url + "/loragraph/lora_info", params={"name": name}) as resp:
+                    answers.append((resp.status, await resp.json()))
+        return answers
+
+    try:
+        answers = asyncio.run(ask())
+    finally:
+        live.stop()
+    assert [status for status, _ in answers] == [200, 200, 200, 422, 404]
+    assert answers[0][1]["tag_frequency"] == {}
+    assert answers[1][1]["tag_frequency"] == {} and answers[2][1]["tag_frequency"] == {}
+    for _, body in answers[3:]:
+        assert str(hostile_loras) not in body["error"] and "/etc" not in body["error"], body
+    assert "3475222254926655346" not in answers[3][1]["error"]
+
+
+def test_a_deep_lora_adapter_metadata_is_refused_naming_lora_name(hostile_loras, tmp_path):
+    wf = sd_workflow(steps=1, prefix="deep")
+    wf["4"] = {"class_type": "LoadLoRA",
+               "inputs": {"pipeline": ["1", 0], "lora_name": "deep_config.safetensors", "strength": 1.0,
+                          "adapter_name": ""}}
+    wf["2"]["inputs"]["pipeline"] = ["4", 0]
+    path = tmp_path / "deep.json"
+    path.write_text(json.dumps(wf))
+    code, lines, printed = cli_json("run", str(path), "--models-dir", str(hostile_loras),
+                                    "--output-dir", str(tmp_path / "out"))
+    error = lines[-1]["error"]
+    assert code == 1 and "Traceback" not in printed and error["node_id"] == "4"
+    assert error["exception_message"].startswith("lora_name: ") and "lora_adapter_metadata" in error[
+        "exception_message"]
+
+
+def test_a_file_that_is_not_safetensors_does_not_have_its_bytes_read_out(tmp_path):
+    from loragraph.loaders.lora_file import LoraFileError
+    from loragraph.loaders.store import read_lora
+
+    secret = tmp_path / "secret.safetensors"
+    secret.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(LoraFileError) as info:
+        read_lora(secret)
+    assert str(int.from_bytes(b"root:x:0", "little")) not in str(info.value)
