@@ -460,3 +460,37 @@ def test_a_file_that_is_not_safetensors_does_not_have_its_bytes_read_out(tmp_pat
     with pytest.raises(LoraFileError) as info:
         read_lora(secret)
     assert str(int.from_bytes(b"root:x:0", "little")) not in str(info.value)
+
+
+# -- weights a pipeline cannot survive ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, value", [("weights", "1e30"), ("weights", "0.5, -101"),
+                                         ("text_encoder_weights", "1e300")])
+def test_a_finite_weight_too_large_for_the_pipeline_is_refused_in_validation(tmp_path, models_dir, name,
+                                                                            value):
+    wf = sd_workflow(steps=1, prefix="huge")
+    wf["4"] = {"class_type": "LoadLoRA", "inputs": {"pipeline": ["1", 0], "lora_name": "sd_a.safetensors",
+                                                     "strength": 1.0, "adapter_name": ""}}
+    wf["5"] = {"class_type": "SetAdapterWeights",
+               "inputs": {"pipeline": ["4", 0], "adapter_names": "", "weights": "1.0",
+                          "text_encoder_weights": "", "block_weights": "", name: value}}
+    wf["2"]["inputs"]["pipeline"] = ["5", 0]
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(wf))
+    code, lines, _ = cli_json("run", str(path), "--models-dir", str(models_dir),
+                              "--output-dir", str(tmp_path / "out"))
+    assert code == 2 and lines[-1]["status"] == "invalid"
+    errors = lines[-1]["error"]["node_errors"]["5"]["errors"]
+    assert any(f"{name}: weights must lie between -100 and 100" in e["details"] for e in errors), errors
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_a_weight_schedule_strength_too_large_is_refused_naming_keyframes():
+    from loragraph.base.errors import NodeInputError
+    from loragraph.nodes.widget_text import parse_keyframes
+
+    assert parse_keyframes("0:100, 1:-100") == ((0.0, 100.0), (1.0, -100.0))
+    with pytest.raises(NodeInputError) as info:
+        parse_keyframes("0:1, 0.5:1e30")
+    assert info.value.input_name == "keyframes" and "between -100 and 100" in str(info.value)
