@@ -77,6 +77,11 @@ def _json_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _JSON_POOL
 
 
+async def parse_json(body: bytes) -> Any:
+    """``limits.loads(body)`` in the JSON threads (see ``read_json``); raises what it raises."""
+    return await asyncio.get_running_loop().run_in_executor(_json_pool(), limits.loads, body)
+
+
 async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False) -> dict[str, Any]:
     """The request's JSON object body, at most ``limit`` bytes; raises ``BodyError`` (400/413)."""
     too_large = BodyError(error_response(
@@ -91,7 +96,7 @@ async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False)
         # large body is checked and parsed, and parallel bodies cannot multiply the memory parsing takes.
         # limits.loads refuses NaN/Infinity (they would make /queue and /history invalid JSON) and
         # checks depth and size before parsing.
-        data = await asyncio.get_running_loop().run_in_executor(_json_pool(), limits.loads, body)
+        data = await parse_json(body)
     except (ValueError, UnicodeDecodeError) as ex:
         raise BodyError(error_response(400, "invalid_json", "Request body is not valid JSON",
                                        str(ex))) from None

@@ -34,7 +34,7 @@ def live(models_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening2")
     before = host.folder_roots("loras")[0].parent, host.output_dir()
     config = ServerConfig(models_dir=models_dir, output_dir=root / "output", input_dir=root / "input",
-                          user_dir=root / "user", editor=False, ws_send_timeout_s=SEND_TIMEOUT_S,
+                          user_dir=root / "user", editor=True, ws_send_timeout_s=SEND_TIMEOUT_S,
                           ws_queue_bound=1024)
     server = LiveServer(config).start()
     server.root = root
@@ -494,3 +494,73 @@ def test_a_weight_schedule_strength_too_large_is_refused_naming_keyframes():
     with pytest.raises(NodeInputError) as info:
         parse_keyframes("0:1, 0.5:1e30")
     assert info.value.input_name == "keyframes" and "between -100 and 100" in str(info.value)
+
+
+# -- the editor's settings, uploads and model metadata ---------------------------------------------
+
+
+def raw_request(port: int, method: str, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    """One request over a plain socket, every byte as given: (status, body)."""
+    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1")
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(head + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def _part(disposition: str, extra: str = "") -> bytes:
+    return (f"--XB\r\n{disposition}\r\n{extra}Content-Type: image/png\r\n\r\nDATA\r\n"
+            "--XB--\r\n").encode("latin-1")
+
+
+MULTIPART_CASES = {
+    "CR/LF in the filename": _part('Content-Disposition: form-data; name="image"; filename="a\r\nb.png"'),
+    "a header line without a colon": _part('Content-Disposition: form-data; name="image"; filename="a.png"',
+                                           "NoColonHere\r\n"),
+    "a 100 KB header line": _part('Content-Disposition: form-data; name="image"; filename="a.png"',
+                                  "X-Long: " + "a" * 100_000 + "\r\n"),
+    "a body that is not multipart": b"this is not a multipart body at all",
+    "no closing boundary": b'--XB\r\nContent-Disposition: form-data; name="image"; filename="a.png"'
+                           b"\r\n\r\nDATA",
+}
+
+
+def test_malformed_settings_metadata_and_uploads_are_400_and_silence_nobody(live):
+    header = ('{"__metadata__": {"x": ' + DEEP + "}}").encode()
+    deep_header = Path(host.folder_roots("loras")[0]) / "zz_deep_header_probe.safetensors"
+    deep_header.write_bytes(len(header).to_bytes(8, "little") + header)
+
+    def bad_requests() -> dict[str, int]:
+        port, got = live.port, {}
+        got["POST /settings/X NaN"] = raw_request(port, "POST", "/settings/X", b"NaN", "application/json")[0]
+        got["POST /settings/X deep"] = raw_request(port, "POST", "/settings/X", DEEP.encode(),
+                                                   "application/json")[0]
+        got["POST /settings deep"] = raw_request(port, "POST", "/settings",
+                                                 ('{"a": ' + DEEP + "}").encode(), "application/json")[0]
+        for name, body in MULTIPART_CASES.items():
+            got[f"upload, {name}"] = raw_request(port, "POST", "/upload/image", body,
+                                                 "multipart/form-data; boundary=XB")[0]
+        return got
+
+    async def bad_actor() -> dict[str, int]:
+        got = await asyncio.to_thread(bad_requests)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(live.url + "/settings") as resp:
+                json.loads(await resp.text())  # strict: still JSON, NaN never stored
+                got["GET /settings"] = resp.status
+            async with session.get(live.url + "/view_metadata/loras",
+                                   params={"filename": deep_header.name}) as resp:
+                got["GET /view_metadata, 5,000-deep header"] = resp.status
+        return got
+
+    try:
+        got = asyncio.run(good_clients_are_served(live, bad_actor))
+    finally:
+        deep_header.unlink()
+    expected = {name: 400 for name in got}
+    expected.update({"GET /settings": 200, "GET /view_metadata, 5,000-deep header": 404})
+    assert got == expected
