@@ -207,7 +207,8 @@ async def upload_image(request: web.Request, folder_of: FolderLookup) -> web.Res
     if not isinstance(image, web.FileField) or not image.filename:
         return web.Response(status=400, text="expected a multipart file field 'image'")
     filename = image.filename
-    if _bad_name(filename) or os.path.basename(filename) != filename or filename in (".", ".."):
+    if (_bad_name(filename) or os.path.basename(filename) != filename or filename in (".", "..")
+            or disk.is_temp_name(filename)):  # the cleaner would take it for a killed save's temp file
         return web.Response(status=400, text="bad filename")
     base_dir = os.path.abspath(base)
     subfolder = str(post.get("subfolder") or "")

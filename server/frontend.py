@@ -112,6 +112,8 @@ class UserFiles:
         if "\x00" in relative:
             return None
         path = Path(os.path.abspath(self.user_root / relative))
+        if disk.is_temp_name(path.name):  # kept for temp files: the cleaner would remove it
+            return None
         if path == self.user_root or not inside(path, self.user_root):
             return None
         return path

@@ -564,3 +564,35 @@ def test_malformed_settings_metadata_and_uploads_are_400_and_silence_nobody(live
     expected = {name: 400 for name in got}
     expected.update({"GET /settings": 200, "GET /view_metadata, 5,000-deep header": 404})
     assert got == expected
+
+
+# -- the startup cleaner ----------------------------------------------------------------------------
+
+
+def test_the_cleaner_removes_only_what_a_killed_save_left(live, tmp_path):
+    """User files named like temp files (.lg-tmp-*, .tmp-*, from SaveImage, an upload, /userdata)
+    survive a restart; a temp file a killed save left is removed; nothing can be saved under a name
+    kept for temp files."""
+    from loragraph import host
+    from loragraph.base import disk
+
+    input_dir = live.root / "input"
+    input_dir.mkdir(exist_ok=True)
+    users = [input_dir / ".lg-tmp-mine.png", input_dir / ".tmp-upload.png", input_dir / ".lg-tmp-_00001_.png",
+             live.root / "user" / "default" / ".userdata-notes.json"]
+    killed = input_dir / ".lg-tmp-0123456789ab.png"
+    for path in (*users, killed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"mine")
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert host.clean_stale_temps(input_dir, live.root / "user") == 1
+    assert not killed.exists() and all(p.read_bytes() == b"mine" for p in users)
+
+    with pytest.raises(ValueError, match="temp files"):
+        disk.write_file(input_dir / ".lg-tmp-00000000abcd.png", b"x")
+    body = (b'--XB\r\nContent-Disposition: form-data; name="image"; filename=".lg-tmp-00000000abcd.png"\r\n'
+            b"Content-Type: image/png\r\n\r\nDATA\r\n--XB--\r\n")
+    assert raw_request(live.port, "POST", "/upload/image", body, "multipart/form-data; boundary=XB")[0] == 400
+    reserved = ".lg-tmp-00000000abcd.json"
+    status = raw_request(live.port, "POST", f"/userdata/{reserved}", b"{}", "application/json")[0]
+    assert status in (400, 403) and not (live.root / "user" / "default" / reserved).exists()
