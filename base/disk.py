@@ -32,9 +32,10 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".lg-tmp-"
-# Exactly the names `_new_temp` makes (the prefix, 12 random hex digits, the target's suffix), which
-# no writer here gives a file of its own (`_own_name`): the cleaner removes only what a loragraph
-# save left, never a user's `.lg-tmp-*` or `.tmp-*` file (docs/CONTRACT.md, "Temp files").
+# Exactly the names `_new_temp` makes (the prefix, 12 random hex digits, the target's suffix); no new
+# file is given one (`_own_name`; the upload and /userdata routes refuse them too). So the cleaner
+# removes only what a loragraph save left, never a user's `.lg-tmp-*` or `.tmp-*` file
+# (docs/CONTRACT.md, "Temp files").
 _TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{12}(\.[^./\\]*)?\Z")
 # A temp file is only written for the seconds a save takes; one untouched for an hour was left by a
 # process that died (an hour is far above the slowest save, a multi-GB LoRA on a slow disk).
@@ -100,8 +101,12 @@ def _written(folder: Path, suffix: str, write: Writer | bytes) -> Path:
 
 
 def write_file(path: str | os.PathLike, write: Writer | bytes) -> Path:
-    """Write ``path`` whole (temp file, then rename over it): for files that are meant to be replaced."""
-    path = _own_name(Path(path))
+    """Write ``path`` whole (temp file, then rename over it): for files that are meant to be replaced.
+
+    ``path`` may be a temp file of ours (a writer handed one by ``write_new``); the routes that take
+    a user's name refuse temp names themselves.
+    """
+    path = Path(path)
     tmp = _written(path.parent, path.suffix, write)
     try:
         os.replace(tmp, path)

@@ -589,10 +589,31 @@ def test_the_cleaner_removes_only_what_a_killed_save_left(live, tmp_path):
     assert not killed.exists() and all(p.read_bytes() == b"mine" for p in users)
 
     with pytest.raises(ValueError, match="temp files"):
-        disk.write_file(input_dir / ".lg-tmp-00000000abcd.png", b"x")
+        disk.write_new(input_dir, lambda n: f".lg-tmp-00000000abc{n}.png", 1, b"x")
     body = (b'--XB\r\nContent-Disposition: form-data; name="image"; filename=".lg-tmp-00000000abcd.png"\r\n'
             b"Content-Type: image/png\r\n\r\nDATA\r\n--XB--\r\n")
     assert raw_request(live.port, "POST", "/upload/image", body, "multipart/form-data; boundary=XB")[0] == 400
     reserved = ".lg-tmp-00000000abcd.json"
     status = raw_request(live.port, "POST", f"/userdata/{reserved}", b"{}", "application/json")[0]
     assert status in (400, 403) and not (live.root / "user" / "default" / reserved).exists()
+
+
+# -- filename_prefix --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix, words", [("a\x00b", "NUL byte"), ("p" * 300, "longer than 200 bytes"),
+                                           (".", "hidden files"), ("sub/.x", "hidden files"),
+                                           ("é" * 101, "longer than 200 bytes")])
+def test_a_bad_filename_prefix_is_refused_naming_the_input(tmp_path, prefix, words):
+    import torch
+    from loragraph.base.errors import NodeInputError
+    from loragraph.nodes.image import SaveImage
+
+    host.configure(output_dir=tmp_path / "out")
+    with pytest.raises(NodeInputError) as info:
+        SaveImage().save_images(torch.zeros(1, 8, 8, 3), prefix)
+    assert info.value.input_name == "filename_prefix" and words in str(info.value)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    # a long prefix that fits, and a dotted name that is not hidden, still save
+    saved = SaveImage().save_images(torch.zeros(1, 8, 8, 3), "p" * 200 + "/x.y")
+    assert saved["ui"]["images"][0]["filename"] == "x.y_00001_.png"
