@@ -53,6 +53,9 @@ DEFAULT_PORT = 8188
 MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_SIZE = 50 * MiB  # any request body (image uploads); ComfyUI's default is 100 MB
 DEFAULT_MAX_JSON_SIZE = 10 * MiB  # JSON bodies: a workflow plus the editor's copy of it is well under this
+# A new connection that has not sent a whole request head by then is closed (slowloris): a browser
+# or script sends one in milliseconds; nginx's client_header_timeout is 60 s, half of it is plenty.
+HEADER_TIMEOUT_S = 30.0
 PACKAGE_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
@@ -76,6 +79,7 @@ class ServerConfig:
     max_json_size: int = DEFAULT_MAX_JSON_SIZE
     history_size: int = DEFAULT_HISTORY_SIZE
     ws_send_timeout_s: float = SEND_TIMEOUT_S  # a websocket client slower than this is dropped
+    header_timeout_s: float = HEADER_TIMEOUT_S  # a connection sends its first request head within this
     ws_queue_bound: int = CLIENT_QUEUE_BOUND  # messages waiting for one client before it is dropped
     registry: Mapping[str, type] | None = None  # default: the headless nodes (SaveImage included)
     web_dir: Path | None = field(default_factory=lambda: PACKAGE_WEB_DIR)
@@ -168,6 +172,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app.on_response_prepare.append(_nosniff)
     app[SERVER_KEY] = server
     app[GUARD_KEY] = RequestGuard(config.host, config.allow_remote, config.allow_hosts)
+    app[SLOW_KEY] = SlowClientWatch(config.header_timeout_s)
     if config.allow_remote:
         logger.warning("--allow-remote: the API has no authentication; anyone who can reach this server can "
                        "run workflows, read their results and write files")
@@ -291,6 +296,7 @@ async def guard_middleware(request: web.Request, handler: Callable) -> web.Strea
     ComfyUI compares Host and Origin only when both are present and the Host is loopback, which
     lets ``Origin: null`` and any Host name through; this is stricter.
     """
+    request.app[SLOW_KEY].saw_request(request)
     guard = request.app[GUARD_KEY]
     reason = guard.refusal(request)
     if reason is not None:
@@ -299,6 +305,47 @@ async def guard_middleware(request: web.Request, handler: Callable) -> web.Strea
     if request.method == "OPTIONS":
         return web.Response()
     return await handler(request)
+
+
+class SlowClientWatch:
+    """Closes connections that send no whole request head within ``timeout_s`` of opening (slowloris).
+
+    aiohttp has no such timeout: a connection that trickles its headers, or sends nothing, is kept
+    forever. The middleware marks each connection that got a request through; ``watch`` looks at the
+    server's open connections and closes the unmarked ones past the limit.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.first_seen: dict[int, float] = {}
+        self.served: set[int] = set()
+
+    def saw_request(self, request: web.Request) -> None:
+        self.served.add(id(request.protocol))
+
+    async def watch(self, server: web.Server) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(self.timeout_s / 3, 5.0))
+            now = loop.time()
+            live = {id(handler): handler for handler in server.connections}
+            for key, handler in live.items():
+                if key in self.served:
+                    continue
+                if now - self.first_seen.setdefault(key, now) > self.timeout_s and handler.transport:
+                    logger.warning("closing a connection that sent no request in %g s", self.timeout_s)
+                    handler.transport.abort()
+            self.first_seen = {k: v for k, v in self.first_seen.items() if k in live}
+            self.served &= live.keys()
+
+
+SLOW_KEY: web.AppKey[SlowClientWatch] = web.AppKey("loragraph_slow_clients")
+
+
+def watch_slow_clients(runner: web.AppRunner) -> asyncio.Task[None]:
+    """Start closing ``runner``'s connections that send no request head in time (after ``setup``)."""
+    assert runner.server is not None, "call runner.setup() first"
+    return asyncio.create_task(runner.app[SLOW_KEY].watch(runner.server), name="loragraph-slow-clients")
 
 
 async def _nosniff(request: web.Request, response: web.StreamResponse) -> None:
@@ -371,6 +418,7 @@ def _shown_host(address: str) -> str:
 async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    watcher = watch_slow_clients(runner)
     try:
         for address in hosts:
             site = web.TCPSite(runner, address or None, port)
@@ -389,4 +437,5 @@ async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()  # Ctrl-C cancels this; SIGTERM sets it: either way the worker is stopped cleanly
     finally:
+        watcher.cancel()
         await runner.cleanup()

@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 from loragraph import host
 from loragraph.server import ServerConfig
-from loragraph.server.app import SERVER_KEY
+from loragraph.server.app import SERVER_KEY, watch_slow_clients
 from test_server import Client, LiveServer, sd_workflow
 
 SEND_TIMEOUT_S = 2.0  # short here so a stalled client is dropped within the test's patience
+HEADER_TIMEOUT_S = 2.0  # likewise for a connection that never finishes its request head
 GOOD_WAIT_S = 90.0  # three one-step prompts on a shared 2-core machine
 
 
@@ -35,9 +36,14 @@ def live(models_dir, tmp_path_factory):
     before = host.folder_roots("loras")[0].parent, host.output_dir()
     config = ServerConfig(models_dir=models_dir, output_dir=root / "output", input_dir=root / "input",
                           user_dir=root / "user", editor=True, ws_send_timeout_s=SEND_TIMEOUT_S,
-                          ws_queue_bound=1024)
+                          ws_queue_bound=1024, header_timeout_s=HEADER_TIMEOUT_S)
     server = LiveServer(config).start()
     server.root = root
+
+    async def watch() -> None:
+        watch_slow_clients(server.runner)
+
+    asyncio.run_coroutine_threadsafe(watch(), server.loop).result(10)
     yield server
     server.stop()
     host.configure(models_dir=before[0], output_dir=before[1])
@@ -617,3 +623,48 @@ def test_a_bad_filename_prefix_is_refused_naming_the_input(tmp_path, prefix, wor
     # a long prefix that fits, and a dotted name that is not hidden, still save
     saved = SaveImage().save_images(torch.zeros(1, 8, 8, 3), "p" * 200 + "/x.y")
     assert saved["ui"]["images"][0]["filename"] == "x.y_00001_.png"
+
+
+# -- slowloris --------------------------------------------------------------------------------------
+
+
+def test_connections_that_never_finish_a_request_are_closed(live):
+    def open_slow() -> list[socket.socket]:
+        socks = []
+        for i in range(60):
+            sock = socket.create_connection(("127.0.0.1", live.port), timeout=30)
+            if i % 2:  # a request head that trickles in and never ends; the others send nothing
+                sock.sendall(f"GET /queue HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n".encode())
+            socks.append(sock)
+        return socks
+
+    async def bad_actor() -> float:
+        socks = await asyncio.to_thread(open_slow)
+        started = time.monotonic()
+        open_ = set(range(len(socks)))
+        try:
+            while open_ and time.monotonic() - started < 30:
+                for i in list(open_):
+                    sock = socks[i]
+                    sock.setblocking(False)
+                    try:
+                        if sock.recv(1024) == b"":
+                            open_.discard(i)
+                            continue
+                    except BlockingIOError:
+                        pass
+                    except ConnectionError:
+                        open_.discard(i)
+                        continue
+                    if i % 2:
+                        with contextlib.suppress(OSError):
+                            sock.send(b"X")  # one more byte of header, far too slowly
+                await asyncio.sleep(0.25)
+            assert not open_, f"{len(open_)} of {len(socks)} slow connections still open after 30 s"
+            return time.monotonic() - started
+        finally:
+            for sock in socks:
+                sock.close()
+
+    closed_after = asyncio.run(good_clients_are_served(live, bad_actor))
+    assert closed_after < HEADER_TIMEOUT_S + 10
