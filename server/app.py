@@ -39,6 +39,7 @@ from aiohttp import web
 
 from .. import host as host_seam
 from ..graph import Executor
+from ..graph.events import EXECUTION_ERROR
 from ..graph.interrupt import ProgressHookFactory
 from . import frontend, pack_routes
 from .queue import DEFAULT_HISTORY_SIZE, PromptQueue
@@ -153,6 +154,16 @@ class PromptServer:
         logger.info("input folder %s, output folder %s", self.input_dir, host_seam.output_dir())
 
     async def on_shutdown(self, app: web.Application) -> None:
+        self.queue.close()  # no queued prompt starts now; each is reported below, none dropped silently
+        _running, pending = self.queue.current_queue()
+        self.queue.wipe_queue()
+        for _number, prompt_id, _prompt, extra_data, _outputs in pending:
+            logger.warning("prompt %s will not run: the server is shutting down", prompt_id)
+            client_id = extra_data.get("client_id")
+            if client_id:
+                self.hub.send_sync(EXECUTION_ERROR, PromptWorker.error_message(
+                    prompt_id, None, None, "the server shut down before this prompt ran; queue it again"),
+                    client_id)
         await asyncio.to_thread(self.worker.stop)
         await self.hub.stop()
 

@@ -68,8 +68,14 @@ class SocketHub:
         self._messages = asyncio.Queue()
         self._task = asyncio.create_task(self._publish_loop(), name="loragraph-publish")
 
-    async def stop(self) -> None:
-        """Stop publishing and close every websocket (the app's shutdown hook)."""
+    async def stop(self, drain_s: float = 2.0) -> None:
+        """Send what is queued (for at most ``drain_s``), stop publishing and close every websocket
+        (the app's shutdown hook): the last messages say why prompts end."""
+        deadline = asyncio.get_running_loop().time() + drain_s
+        while (((self._messages is not None and not self._messages.empty())
+                or any(not c.outbox.empty() for c in self._clients.values()))
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.01)
         self._loop = None  # later send_sync calls are dropped
         if self._task is not None:
             self._task.cancel()

@@ -668,3 +668,34 @@ def test_connections_that_never_finish_a_request_are_closed(live):
 
     closed_after = asyncio.run(good_clients_are_served(live, bad_actor))
     assert closed_after < HEADER_TIMEOUT_S + 10
+
+
+# -- shutdown -----------------------------------------------------------------------------------
+
+
+def test_shutdown_tells_the_clients_of_pending_prompts_that_they_will_not_run(models_dir, tmp_path, caplog):
+    config = ServerConfig(models_dir=models_dir, output_dir=tmp_path / "out", input_dir=tmp_path / "in",
+                          user_dir=tmp_path / "user", editor=False)
+    server = LiveServer(config).start()
+
+    async def main() -> tuple[list[str], list[dict[str, Any]]]:
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, server.url)
+            await client.connect()
+            running = await client.queue(sd_workflow(steps=400, seed=1, prefix="long"))
+            pending = [(await client.queue(sd_workflow(steps=1, seed=2 + i, prefix="p")))["prompt_id"]
+                       for i in range(2)]
+            await client.wait_for(lambda m: m["type"] == "progress"
+                                  and m["data"].get("prompt_id") == running["prompt_id"])
+            await asyncio.to_thread(server.stop)  # as SIGTERM does: the app's shutdown hooks run
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client._reader, 10)
+            return pending, client.messages
+
+    with caplog.at_level("WARNING", logger="loragraph.server"):
+        pending, messages = asyncio.run(main())
+    errors = {m["data"]["prompt_id"]: m["data"]["exception_message"] for m in messages
+              if m["type"] == "execution_error"}
+    for prompt_id in pending:
+        assert "shut down before this prompt ran" in errors.get(prompt_id, ""), errors
+        assert any(prompt_id in r.getMessage() and "will not run" in r.getMessage() for r in caplog.records)
