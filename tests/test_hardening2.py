@@ -699,3 +699,47 @@ def test_shutdown_tells_the_clients_of_pending_prompts_that_they_will_not_run(mo
     for prompt_id in pending:
         assert "shut down before this prompt ran" in errors.get(prompt_id, ""), errors
         assert any(prompt_id in r.getMessage() and "will not run" in r.getMessage() for r in caplog.records)
+
+
+# -- fused weight changes reuse their memory ------------------------------------------------------
+
+
+def test_a_weight_change_on_fused_adapters_writes_into_the_fused_tensors_it_had(models_dir):
+    """unfuse + set_adapters + fuse reuses the fused layers' memory, and gives the same bits as a
+    pipeline fused once at the new weight (and as raw diffusers within float rounding)."""
+    import torch
+    from loragraph.loaders import transitions as tr
+    from loragraph.loaders.engine import Engine
+    from loragraph.nodes import widget_text as wt
+
+    host.configure(models_dir=models_dir)
+    engine = Engine()
+    base = engine.load_pipeline("builtin:tiny-sd", dtype="float32", device="cpu")
+    a = tr.add_adapter(base, engine.lora_spec(base, "sd_a.safetensors", 1.0, "a"))
+    fused_06 = wt.fuse(wt.set_weights(a, "a", "0.6"), True, True, 1.0, False, "")
+    fused_09 = wt.fuse(wt.set_weights(a, "a", "0.9"), True, True, 1.0, False, "")
+    live, _ = engine.realize(fused_06)
+
+    def fused_weights() -> dict[str, torch.Tensor]:
+        return {f"{c}.{n}": m.get_base_layer().weight for c in ("unet", "text_encoder")
+                for n, m in getattr(live.pipe, c).named_modules() if hasattr(m, "merged_adapters")
+                and m.merged_adapters}
+
+    before = {k: w.data_ptr() for k, w in fused_weights().items()}
+    assert before
+    engine.realize(fused_09)
+    after = fused_weights()
+    assert {k: w.data_ptr() for k, w in after.items()} == before  # the same memory, rewritten
+    assert not live.fusion_spares  # nothing held past the transition
+
+    fresh_engine = Engine()
+    fresh_base = fresh_engine.load_pipeline("builtin:tiny-sd", dtype="float32", device="cpu")
+    fresh_a = tr.add_adapter(fresh_base, fresh_engine.lora_spec(fresh_base, "sd_a.safetensors", 1.0, "a"))
+    fresh_live, _ = fresh_engine.realize(wt.fuse(wt.set_weights(fresh_a, "a", "0.9"), True, True, 1.0,
+                                                 False, ""))
+    for key, weight in after.items():
+        comp, name = key.split(".", 1)
+        other = getattr(fresh_live.pipe, comp).get_submodule(name).get_base_layer().weight
+        assert torch.equal(weight, other), key
+    engine.realize(tr.unfuse(fused_09, True, True))
+    assert not live.backups
