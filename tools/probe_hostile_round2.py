@@ -184,7 +184,7 @@ def second_round(port: int, app: Any, probe: Callable, tmp: Path, models: list[s
         bad, good = tmp / "long.json", tmp / "fine.json"
         bad.write_text(json.dumps(workflow()).replace('"seed": 1', '"seed": ' + "7" * 5000))
         good.write_text(json.dumps(workflow()))
-        code, lines = _cli_lines("validate", str(bad), str(good))
+        code, lines = _cli_lines("validate", str(bad), str(good), *models)
         statuses = [line.get("status") for line in lines]
         return code == 2 and statuses == ["invalid", "valid"], f"exit {code}, {statuses}"
 
@@ -199,7 +199,7 @@ def second_round(port: int, app: Any, probe: Callable, tmp: Path, models: list[s
                                metadata={"ss_output_name": "\x1b[31mred"})
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            main(["inspect", str(lora)])
+            main(["inspect", str(lora), *models])
         raw = [ch for ch in out.getvalue() if ch in "\x1b\x07\x9b"]
         lora.unlink()
         return not raw and "\\x1b" in out.getvalue(), f"{len(raw)} raw control characters printed"
@@ -212,8 +212,8 @@ def second_round(port: int, app: Any, probe: Callable, tmp: Path, models: list[s
 
         path = write_lora_file(loras / "tags.safetensors", "sd", "kohya", seed=64,
                                metadata={"ss_tag_frequency": '{"d": {"t": 1e999, "u": ' + DEEP + "}}"})
-        code, _ = cli("inspect", str(path))
         status = _get(port, "/loragraph/lora_info?name=tags.safetensors")[0]
+        code, _ = cli("inspect", str(path), *models)
         return code == 0 and status == 200, f"inspect exit {code}, lora_info {status}"
 
     probe("15 a deep / 1e999 ss_tag_frequency: inspect and lora_info answer", hostile_tags)
