@@ -328,11 +328,12 @@ class SlowClientWatch:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self.first_seen: dict[int, float] = {}
-        self.served: set[int] = set()
+        # keyed by id, holding the handler itself: an id is reused once its handler is gone
+        self.first_seen: dict[int, tuple[Any, float]] = {}
+        self.served: dict[int, Any] = {}
 
     def saw_request(self, request: web.Request) -> None:
-        self.served.add(id(request.protocol))
+        self.served[id(request.protocol)] = request.protocol
 
     async def watch(self, server: web.Server) -> None:
         loop = asyncio.get_running_loop()
@@ -341,13 +342,16 @@ class SlowClientWatch:
             now = loop.time()
             live = {id(handler): handler for handler in server.connections}
             for key, handler in live.items():
-                if key in self.served:
+                if self.served.get(key) is handler:
                     continue
-                if now - self.first_seen.setdefault(key, now) > self.timeout_s and handler.transport:
+                seen = self.first_seen.get(key)
+                if seen is None or seen[0] is not handler:
+                    self.first_seen[key] = seen = (handler, now)
+                if now - seen[1] > self.timeout_s and handler.transport:
                     logger.warning("closing a connection that sent no request in %g s", self.timeout_s)
                     handler.transport.abort()
-            self.first_seen = {k: v for k, v in self.first_seen.items() if k in live}
-            self.served &= live.keys()
+            self.first_seen = {k: v for k, v in self.first_seen.items() if live.get(k) is v[0]}
+            self.served = {k: v for k, v in self.served.items() if live.get(k) is v}
 
 
 SLOW_KEY: web.AppKey[SlowClientWatch] = web.AppKey("loragraph_slow_clients")
