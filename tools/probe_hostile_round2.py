@@ -199,7 +199,7 @@ def second_round(port: int, app: Any, probe: Callable, tmp: Path, models: list[s
                                metadata={"ss_output_name": "\x1b[31mred"})
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            main(["inspect", str(lora), *models])
+            main(["inspect", str(lora), *models[:2]])
         raw = [ch for ch in out.getvalue() if ch in "\x1b\x07\x9b"]
         lora.unlink()
         return not raw and "\\x1b" in out.getvalue(), f"{len(raw)} raw control characters printed"
@@ -213,7 +213,7 @@ def second_round(port: int, app: Any, probe: Callable, tmp: Path, models: list[s
         path = write_lora_file(loras / "tags.safetensors", "sd", "kohya", seed=64,
                                metadata={"ss_tag_frequency": '{"d": {"t": 1e999, "u": ' + DEEP + "}}"})
         status = _get(port, "/loragraph/lora_info?name=tags.safetensors")[0]
-        code, _ = cli("inspect", str(path), *models)
+        code, _ = cli("inspect", str(path), *models[:2])
         return code == 0 and status == 200, f"inspect exit {code}, lora_info {status}"
 
     probe("15 a deep / 1e999 ss_tag_frequency: inspect and lora_info answer", hostile_tags)
