@@ -24,6 +24,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -33,8 +34,11 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".lg-tmp-"
-# Written by versions before this module (".tmp-", ".upload-", ".userdata-"): cleaned up the same way.
-_LEGACY_TEMP_PREFIXES = (".tmp-", ".upload-", ".userdata-")
+# Exactly the names `_new_temp` makes (the prefix, 12 random hex digits, the target's suffix); no new
+# file is given one (`_own_name`; the upload and /userdata routes refuse them too). So the cleaner
+# removes only what a loragraph save left, never a user's `.lg-tmp-*` or `.tmp-*` file
+# (docs/CONTRACT.md, "Temp files").
+_TEMP_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{12}(\.[^./\\]*)?\Z")
 # A temp file is only written for the seconds a save takes; one untouched for an hour was left by a
 # process that died (an hour is far above the slowest save, a multi-GB LoRA on a slow disk).
 STALE_AFTER_S = 3600.0
@@ -44,8 +48,16 @@ Writer = Callable[[str], None]  # writes the file's content to the path it is gi
 
 
 def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is one of our temp files (this version's or an older one's)."""
-    return name.startswith(TEMP_PREFIX) or name.startswith(_LEGACY_TEMP_PREFIXES)
+    """Whether ``name`` is one our saves give their temp files."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def _own_name(path: Path) -> Path:
+    """``path``, refused (ValueError) when its name is one kept for temp files: the cleaner would
+    take such a file for a killed save's."""
+    if is_temp_name(path.name):
+        raise ValueError(f"{path.name!r} is a name loragraph keeps for its temp files")
+    return path
 
 
 def visible(name: str) -> bool:
@@ -91,7 +103,11 @@ def _written(folder: Path, suffix: str, write: Writer | bytes) -> Path:
 
 
 def write_file(path: str | os.PathLike, write: Writer | bytes) -> Path:
-    """Write ``path`` whole (temp file, then rename over it): for files that are meant to be replaced."""
+    """Write ``path`` whole (temp file, then rename over it): for files that are meant to be replaced.
+
+    ``path`` may be a temp file of ours (a writer handed one by ``write_new``); the routes that take
+    a user's name refuse temp names themselves.
+    """
     path = Path(path)
     tmp = _written(path.parent, path.suffix, write)
     try:
@@ -108,7 +124,7 @@ def write_exclusive(path: str | os.PathLike, write: Writer | bytes) -> bool:
     The check and the naming are one atomic step (`_claim`), so of two concurrent writers exactly
     one gets the name: `exists()` then write would let both through.
     """
-    path = Path(path)
+    path = _own_name(Path(path))
     tmp = _written(path.parent, path.suffix, write)
     try:
         return _claim(tmp, path)
@@ -160,7 +176,7 @@ def write_new(
     tmp = _written(folder, suffix, write)
     try:
         for n in range(first, first + _MAX_TRIES):
-            path = folder / name_for(n)
+            path = _own_name(folder / name_for(n))
             if _claim(tmp, path):
                 return path, n
         raise FileExistsError(errno.EEXIST, f"no free name from {name_for(first)!r} on", str(folder))

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -18,6 +19,10 @@ logger = logging.getLogger(__name__)
 # .inputs[j].widget); 100 leaves ten times that and keeps every recursive reader (json.dumps of the
 # history, validation) far below Python's recursion limit of 1000.
 MAX_JSON_DEPTH = 100
+# Arrays and objects in one document, counted before it is parsed: a 5,000-node workflow in the
+# editor's format holds about 75,000; 500,000 leaves room for six of those and parses in ~0.1 s,
+# where 3 million empty lists (a 10 MB body of `[],`) took 4 s and 200 MB to build and walk.
+MAX_JSON_CONTAINERS = 500_000
 # The text encoders read 77 tokens (CLIP) or 512 (T5), a few thousand characters at most. 100,000
 # characters is 30x that and tokenizes in well under a second; a 50 MB prompt made the tokenizer
 # allocate 2.5 GB before truncating it.
@@ -45,16 +50,57 @@ def _finite_float(text: str) -> float:
 
 def loads(text: str | bytes) -> Any:
     """``json.loads`` for documents from outside: refuses NaN, Infinity, numbers that overflow to
-    infinity, and nesting deeper than MAX_JSON_DEPTH, with JSONLimitError (a ValueError).
+    infinity, nesting deeper than MAX_JSON_DEPTH and more than MAX_JSON_CONTAINERS arrays and
+    objects, with JSONLimitError (a ValueError); the last two before parsing (``check_shape``).
 
     ``json.JSONDecodeError`` passes through unchanged for callers that report its line and column.
     """
+    check_shape(text)
     try:
         value = json.loads(text, parse_constant=_finite_constant, parse_float=_finite_float)
     except RecursionError:
         raise JSONLimitError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as ex:  # int(): more digits than Python converts (sys.get_int_max_str_digits)
+        if isinstance(ex, JSONLimitError):
+            raise
+        raise JSONLimitError(f"a number is too long ({str(ex).partition(';')[0]})") from None
     check_depth(value)
     return value
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPEN_RUN = re.compile(rb"[\[{]{%d}" % (MAX_JSON_DEPTH + 1))
+
+
+def check_shape(text: str | bytes, depth: int = MAX_JSON_DEPTH,
+                containers: int = MAX_JSON_CONTAINERS) -> None:
+    """Raise JSONLimitError when a document (not yet parsed) nests deeper than ``depth`` or holds
+    more than ``containers`` arrays and objects.
+
+    Strings are blanked first, so brackets inside them do not count; what is left is reduced to its
+    brackets and peeled one level per pass. Every step is a C-speed scan of the bytes: a 10 MB
+    body is checked in well under a second and nothing is built from it. A malformed skeleton is
+    left for the parser to report.
+    """
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    skeleton = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    count = skeleton.count(b"[") + skeleton.count(b"{")
+    if count > containers:
+        raise JSONLimitError(f"holds {count} arrays and objects; at most {containers} are accepted")
+    if depth == MAX_JSON_DEPTH and _OPEN_RUN.search(skeleton):
+        raise JSONLimitError(f"nested deeper than {depth} levels")
+    for _ in range(depth):
+        if not skeleton:
+            return
+        peeled = skeleton.replace(b"[]", b"").replace(b"{}", b"")
+        if len(peeled) == len(skeleton):
+            return  # unbalanced: not JSON, and the parser says where
+        skeleton = peeled
+    if skeleton:
+        raise JSONLimitError(f"nested deeper than {depth} levels")
 
 
 def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:

@@ -3,6 +3,7 @@
     python -m benchmarks.lora_ops [--rank 32] [--repeats 5] [--threads 1] [--json out.json] [--sampling]
     python -m benchmarks.lora_ops --device cuda --dtype float16     # the GPU variant (adds --sampling)
     python -m benchmarks.lora_ops --only schedule                   # ScheduleAdapterWeights' rows alone
+    python -m benchmarks.lora_ops --only fused                      # fuse and a fused weight change
     bash benchmarks/gpu.sh fetch; bash benchmarks/gpu.sh run        # the same on a lent device machine
 
 An SD1.5-size UNet and CLIP-L-size text encoder with random weights are built in code (no
@@ -567,6 +568,38 @@ class Bench:
             self.sampling_rows()
         self.check_exact()
 
+    def fused_rows(self):
+        """The fused rows alone (``--only fused``): fuse, then a weight change on the fused adapter
+        (restore + set_adapters + fuse), each against diffusers' own calls."""
+        from loragraph.loaders import transitions as tr
+        from loragraph.nodes import widget_text as wt
+
+        self.floors()
+        a = tr.add_adapter(self.base, self.spec("diffusers_0", "a"))
+        w1, w2 = wt.set_weights(a, "a", "0.6"), wt.set_weights(a, "a", "0.9")
+        fused, fused2 = (wt.fuse(w, True, True, 1.0, False, "") for w in (w1, w2))
+
+        def raw_fused():
+            if "a" not in self.raw.get_list_adapters().get("unet", []):
+                self.raw_reset()
+                self.raw_load("diffusers_0", "a")
+            if self.raw.num_fused_loras:
+                self.raw.unfuse_lora(components=["unet", "text_encoder"])
+            self.raw.set_adapters(["a"], [0.6])
+            self.raw.fuse_lora(components=["unet", "text_encoder"])
+
+        def raw_refuse():
+            self.raw.unfuse_lora(components=["unet", "text_encoder"])
+            self.raw.set_adapters(["a"], [0.9])
+            self.raw.fuse_lora(components=["unet", "text_encoder"])
+
+        self.row("fuse", lambda: self.engine.realize(w1), lambda: self.engine.realize(fused),
+                 lambda: None, None, floor=self.addmm_floor)
+        self.row("change weights, fused", lambda: self.engine.realize(fused),
+                 lambda: self.engine.realize(fused2), raw_fused, raw_refuse,
+                 note="diffusers: unfuse + set_adapters + fuse", floor=self.copy_floor + self.addmm_floor)
+        self.engine.realize(self.base)
+
     def lycoris_rows(self):
         """Attaching a LoHa/LoKr against a plain LoRA of the same parameter count on the same
         layers (loragraph alone: diffusers cannot load these), and a weight change on each."""
@@ -815,9 +848,10 @@ def main(argv=None) -> int:
     p.add_argument("--sampling", action=argparse.BooleanOptionalAction, default=None,
                    help="add the sampling rows (default: on with --device cuda; slow on a CPU)")
     p.add_argument("--sample-steps", type=int, default=20, help="steps per sampling call (default 20)")
-    p.add_argument("--only", choices=["schedule", "lycoris", "families"], default=None,
-                   help="run only these rows (lycoris: the LoHa/LoKr/DoRA rows; families: "
-                        "benchmarks/lora_ops_families.py, without the SD1.5 pipeline)")
+    p.add_argument("--only", choices=["schedule", "lycoris", "fused", "families"], default=None,
+                   help="run only these rows (lycoris: the LoHa/LoKr/DoRA rows; fused: fuse and a weight "
+                        "change on a fused adapter; families: benchmarks/lora_ops_families.py, without "
+                        "the SD1.5 pipeline)")
     p.add_argument("--families", default=None, help="with --only families: a comma-separated subset")
     args = p.parse_args(argv)
     if args.json is None:
@@ -842,6 +876,8 @@ def main(argv=None) -> int:
             bench.schedule_rows()
         elif args.only == "lycoris":
             bench.lycoris_rows()
+        elif args.only == "fused":
+            bench.fused_rows()
         else:
             bench.run()
     print("\n" + HEADER)

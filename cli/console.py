@@ -5,11 +5,44 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from typing import IO, Any
+
+# What a terminal acts on instead of showing (docs/CONTRACT.md, "Terminal output"): C0 controls but
+# tab and newline (ESC starts colour, cursor and title sequences; CR overwrites a line), DEL, the C1
+# controls (CSI alone is one) and the bidirectional overrides that reorder what is shown.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every character a terminal would act on shown as its escape (``\\x1b``).
+
+    File names, LoRA metadata and node titles come from files anyone may have written; printed raw
+    they could recolour the terminal, rewrite its title, hide lines or forge a result.
+    """
+    return _UNSAFE.sub(_escape, text)
+
+
+class TerminalSafeWriter:
+    """A text stream whose writes pass through ``terminal_safe`` (the command's stdout)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(terminal_safe(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -32,8 +65,8 @@ class _ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         if record.levelno == logging.INFO:
-            return record.getMessage()
-        return f"{record.levelname} {record.name}: {super().format(record)}"
+            return terminal_safe(record.getMessage())
+        return terminal_safe(f"{record.levelname} {record.name}: {super().format(record)}")
 
 
 @contextlib.contextmanager

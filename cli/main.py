@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import IO, Any
 
-from .console import cli_logging, progress_bar_factory
+from .console import TerminalSafeWriter, cli_logging, progress_bar_factory
 from .inspect_lora import DEFAULT_MODEL, cmd_inspect
 from .reports import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK
 from .run import cmd_run, cmd_validate
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "nodes": _cmd_nodes,
         "serve": _cmd_serve,
     }
-    out = sys.stdout
+    out: IO[str] = TerminalSafeWriter(sys.stdout)  # type: ignore[assignment]  # no escape reaches the terminal
     try:
         # Whatever a library prints lands on stderr: stdout is the command's own report (--json).
         with cli_logging(args.verbose, args.quiet, args.command), contextlib.redirect_stdout(sys.stderr):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterable
 from typing import IO
 
 from .console import interrupt_on_sigint, progress_bar_factory
@@ -23,7 +24,7 @@ from .reports import (
     validation_lines,
     write_json_line,
 )
-from .workflows import configure_host, load_workflows, sweep_workflows
+from .workflows import Workflow, configure_host, load_workflows, sweep_workflows
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +41,13 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     configure_host(args)
     host.clean_stale_temps()
     registry = HEADLESS_NODE_CLASS_MAPPINGS
-    workflows = load_workflows(args.workflows, args.overrides, registry)
+    workflows: Iterable[Workflow] = load_workflows(args.workflows, args.overrides, registry)
     if args.sweep:
-        workflows = sweep_workflows(workflows, args.sweep, registry)
+        workflows = sweep_workflows(list(workflows), args.sweep, registry)  # lazy: one run at a time
     if args.ray:
         from .ray_run import run_on_ray
 
-        return run_on_ray(args, workflows, out)
+        return run_on_ray(args, list(workflows), out)  # every job is submitted at once
     executor = Executor(registry, progress_hook_factory=None if args.json else progress_bar_factory)
     worst = EXIT_OK
     with interrupt_on_sigint(executor):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..base import limits
 from ..graph import WorkflowError, apply_overrides, parse_override_value
 
 _RANGE = re.compile(r"^\s*(-?\d+)\s*-\s*(-?\d+)\s*$")
-# A grid past this is almost surely a typo in a range (1-100000); it would also be held in memory.
+# A grid past this is almost surely a typo in a range (1-100000).
 MAX_RUNS = 100_000
 
 
@@ -105,14 +105,18 @@ class SweepRun:
         return ", ".join(self.overrides)
 
 
-def grid(axes: Sequence[Axis]) -> list[SweepRun]:
-    """The cartesian product in run order: the first axis varies slowest."""
-    runs = []
+def iter_grid(axes: Sequence[Axis]) -> Iterator[SweepRun]:
+    """The cartesian product in run order, the first axis varying slowest, one point at a time:
+    a 100,000-run sweep starts its first run at once and never holds more than the current one."""
     for combo in itertools.product(*(axis.values for axis in axes)):
         overrides = tuple(f"{axis.target}={value}" for axis, value in zip(axes, combo, strict=True))
         values = {axis.target: parse_override_value(value) for axis, value in zip(axes, combo, strict=True)}
-        runs.append(SweepRun(overrides, values))
-    return runs
+        yield SweepRun(overrides, values)
+
+
+def grid(axes: Sequence[Axis]) -> list[SweepRun]:
+    """Every point of ``iter_grid``, as a list."""
+    return list(iter_grid(axes))
 
 
 def check_axes(prompt: Mapping[str, Any], axes: Sequence[Axis], registry: Mapping[str, type] | None) -> None:

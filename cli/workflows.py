@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,25 +93,34 @@ def invalid_error(message: str) -> dict[str, Any]:
 
 
 def sweep_workflows(workflows: list[Workflow], items: Sequence[str],
-                    registry: Mapping[str, type]) -> list[Workflow]:
-    """``--sweep``: the one workflow, once per point of the grid, in run order (sweep.py)."""
-    from ..graph import WorkflowError, apply_overrides
+                    registry: Mapping[str, type]) -> Iterator[Workflow]:
+    """``--sweep``: the one workflow, once per point of the grid, in run order (sweep.py).
+
+    The axes are checked at once; each run's workflow is built only when it is taken, so a sweep of
+    many runs over a large workflow starts at once and holds one run's copy at a time.
+    """
+    from ..graph import WorkflowError
     from . import sweep
 
     if len(workflows) != 1:
         error = invalid_error(f"--sweep runs exactly one workflow file; {len(workflows)} were given")
-        return [Workflow(wf.file, error=error) for wf in workflows]
+        return iter([Workflow(wf.file, error=error) for wf in workflows])
     (wf,) = workflows
     if wf.prompt is None:
-        return workflows
+        return iter(workflows)
     try:
         axes = sweep.parse_sweeps(items)
         sweep.check_axes(wf.prompt, axes, registry)
     except WorkflowError as ex:
-        return [Workflow(wf.file, error=invalid_error(str(ex)))]
-    runs = []
-    for point in sweep.grid(axes):
-        prompt = apply_overrides(wf.prompt, point.overrides, registry)
-        runs.append(Workflow(wf.file, prompt, overrides=[*wf.overrides, *point.overrides],
-                              extra_data=wf.extra_data, sweep=point))
-    return runs
+        return iter([Workflow(wf.file, error=invalid_error(str(ex)))])
+    return _sweep_runs(wf, axes, registry)
+
+
+def _sweep_runs(wf: Workflow, axes: Sequence[Any], registry: Mapping[str, type]) -> Iterator[Workflow]:
+    from ..graph import apply_overrides
+    from . import sweep
+
+    for point in sweep.iter_grid(axes):
+        prompt = apply_overrides(wf.prompt, point.overrides, registry)  # type: ignore[arg-type]
+        yield Workflow(wf.file, prompt, overrides=[*wf.overrides, *point.overrides],
+                       extra_data=wf.extra_data, sweep=point)

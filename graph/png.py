@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_CHUNK_TYPES = (b"tEXt", b"zTXt", b"iTXt")
-# A text chunk larger than this is not a workflow we should inflate into memory (zip-bomb guard).
-_MAX_TEXT_BYTES = 256 * 1024 * 1024
+# All text chunks of one PNG together, inflated, may hold at most this many bytes; inflating stops
+# there (zip-bomb guard). SaveImage writes a prompt and a workflow, each at most the server's 10 MiB
+# JSON cap, so 32 MiB is room for both; a 57 KB file of zTXt chunks inflated to 2.9 GB before.
+MAX_PNG_TEXT_BYTES = 32 * 1024 * 1024
 
 
 def read_png_text(path: str | Path) -> dict[str, str]:
@@ -48,6 +50,7 @@ def read_png_text(path: str | Path) -> dict[str, str]:
         raise WorkflowError(f"{path}: not a PNG file (it does not start with the PNG signature)")
 
     texts: dict[str, str] = {}
+    budget = [MAX_PNG_TEXT_BYTES]  # text bytes left to keep, inflated or not
     pos = len(PNG_SIGNATURE)
     while True:
         if pos + 8 > len(data):
@@ -65,34 +68,44 @@ def read_png_text(path: str | Path) -> dict[str, str]:
             raise WorkflowError(f"{path}: the PNG file is damaged "
                                 f"(bad CRC in chunk {chunk_type!r} at byte {pos})")
         if chunk_type in TEXT_CHUNK_TYPES:
-            keyword, text = _decode_text_chunk(path, chunk_type, body)
+            keyword, text = _decode_text_chunk(path, chunk_type, body, budget)
             texts.setdefault(keyword, text)
         if chunk_type == b"IEND":
             return texts
         pos = end
 
 
-def _inflate(path: Path, chunk_type: bytes, compressed: bytes) -> bytes:
+def _over_budget(path: Path) -> WorkflowError:
+    return WorkflowError(f"{path}: the PNG's text chunks hold more than {MAX_PNG_TEXT_BYTES} bytes "
+                         "(inflated); a workflow is far smaller")
+
+
+def _inflate(path: Path, chunk_type: bytes, compressed: bytes, budget: list[int]) -> bytes:
+    """Inflate at most the bytes left in ``budget`` (never more), and take them from it."""
     inflater = zlib.decompressobj()
     try:
-        out = inflater.decompress(compressed, _MAX_TEXT_BYTES)
+        out = inflater.decompress(compressed, budget[0] + 1)
     except zlib.error as ex:
         raise WorkflowError(f"{path}: the PNG file is damaged "
                             f"(bad compressed text in a {chunk_type!r} chunk)") from ex
-    if inflater.unconsumed_tail:
-        raise WorkflowError(f"{path}: a {chunk_type!r} text chunk is larger than {_MAX_TEXT_BYTES} bytes")
+    if len(out) > budget[0] or inflater.unconsumed_tail:
+        raise _over_budget(path)
+    budget[0] -= len(out)
     return out
 
 
-def _decode_text_chunk(path: Path, chunk_type: bytes, body: bytes) -> tuple[str, str]:
+def _decode_text_chunk(path: Path, chunk_type: bytes, body: bytes, budget: list[int]) -> tuple[str, str]:
     keyword, sep, rest = body.partition(b"\0")
     if not sep:
         raise WorkflowError(f"{path}: the PNG file is damaged (a {chunk_type!r} chunk has no keyword)")
     name = keyword.decode("latin-1")
     if chunk_type == b"tEXt":
+        if len(rest) > budget[0]:
+            raise _over_budget(path)
+        budget[0] -= len(rest)
         return name, rest.decode("latin-1")
     if chunk_type == b"zTXt":
-        return name, _inflate(path, chunk_type, rest[1:]).decode("latin-1")
+        return name, _inflate(path, chunk_type, rest[1:], budget).decode("latin-1")
     # iTXt: compression flag, method, language tag \0, translated keyword \0, UTF-8 text.
     if len(rest) < 2:
         raise WorkflowError(f"{path}: the PNG file is damaged (a short iTXt chunk)")
@@ -100,7 +113,11 @@ def _decode_text_chunk(path: Path, chunk_type: bytes, body: bytes) -> tuple[str,
     _lang, _, rest = rest[2:].partition(b"\0")
     _translated, _, text = rest.partition(b"\0")
     if compressed:
-        text = _inflate(path, chunk_type, text)
+        text = _inflate(path, chunk_type, text, budget)
+    elif len(text) > budget[0]:
+        raise _over_budget(path)
+    else:
+        budget[0] -= len(text)
     try:
         return name, text.decode("utf-8")
     except UnicodeDecodeError as ex:

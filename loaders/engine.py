@@ -180,6 +180,7 @@ class Engine:
         try:
             lf = store.read_lora(path)
             lf.check_finite()  # NaN/inf/absurd values: refused here, before the pipeline is touched
+            lf.adapter_metadata  # noqa: B018 - a hostile metadata document is refused here too
         except LoraFileError as e:
             raise NodeInputError("lora_name", str(e)) from None
         denoisers = handle.source.denoisers

@@ -33,7 +33,10 @@ def restore(live: LivePipeline, comps: list[str]) -> None:
                 fence.record_unmerged(module)  # before the originals go back (its fallback unmerges)
                 base = module.get_base_layer()
                 if w.device == base.weight.device:
+                    fused = base.weight.data
                     base.weight.data = w
+                    if fused.data_ptr() != w.data_ptr():  # ours: a later fuse may write into it
+                        live.fusion_spares[(comp, name)] = fused
                 else:
                     base.weight.data.copy_(w)
                 if b is not None:
@@ -42,6 +45,24 @@ def restore(live: LivePipeline, comps: list[str]) -> None:
                     else:
                         base.bias.data.copy_(b)
     sync_merged_bookkeeping(live)
+
+
+def _spare_copy(live: LivePipeline, comp: str, name: str, weight: torch.Tensor) -> torch.Tensor | None:
+    """``weight`` copied into the fused tensor an unfuse of this layer set aside, or None when there is
+    none that fits. Re-fusing (a weight change on fused adapters: unfuse, fuse) then writes into
+    memory it already owns, a copy plus ``addmm_``, instead of a new tensor each time: fresh pages
+    cost as much as the arithmetic and made the time swing from run to run."""
+    spare = live.fusion_spares.pop((comp, name), None)
+    if (spare is None or spare.shape != weight.shape or spare.dtype != weight.dtype
+            or spare.device != weight.device or not spare.is_contiguous()):
+        return None
+    with torch.no_grad():
+        return spare.copy_(weight)
+
+
+def drop_spares(live: LivePipeline) -> None:
+    """Free the fused tensors no fuse of this transition took (called when a transition ends)."""
+    live.fusion_spares.clear()
 
 
 def sync_merged_bookkeeping(live: LivePipeline) -> None:
@@ -90,7 +111,7 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
             else:
                 writable = True  # already a tensor of ours
             if fence.merges_by_gemm(module, todo, weight):
-                new = weight if writable else None
+                new = weight if writable else _spare_copy(live, comp, name, weight)
                 for a in todo:
                     up = module.lora_B[a].weight.to(weight.dtype)
                     down = module.lora_A[a].weight.to(weight.dtype)

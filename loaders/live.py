@@ -45,6 +45,9 @@ class LivePipeline:
     state: AdapterState | None = field(default_factory=AdapterState)
     # component -> module name -> (weight, bias or None) as they were before the first fusion
     backups: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor | None]]] = field(default_factory=dict)
+    # (component, module name) -> a fused weight an exact unfuse set aside during this transition, for
+    # the next fuse of that layer to write into (fusion.py): no fresh pages per weight change
+    fusion_spares: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     # the last set_adapters call; None = unknown scaling
     live_active: ActiveSet | None = field(default_factory=ActiveSet)
     live_te_disabled: tuple[str, ...] = ()

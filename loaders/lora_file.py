@@ -68,9 +68,10 @@ def _check_safetensors_layout(real: str, shown: str) -> dict[str, str]:
             raise LoraFileError(f"{shown}: not a safetensors file: it is only {size} bytes long")
         n = int.from_bytes(head, "little")
         if n > size - 8:
+            # n is not shown: when the file is no safetensors those are its first 8 bytes (text)
             raise LoraFileError(
-                f"{shown}: truncated or not a safetensors file: its header claims {n} bytes, "
-                f"but the file is only {size} bytes long"
+                f"{shown}: truncated or not a safetensors file: the header length in its first 8 "
+                f"bytes runs past the end of the file ({size} bytes)"
             )
         raw = f.read(n)
     try:

@@ -185,6 +185,8 @@ def realize(live: LivePipeline, target: AdapterState, lora_reader) -> list[str]:
         logger.debug("realize failed; rolling back", exc_info=True)
         _rollback(live, previous, lora_reader)
         raise
+    finally:
+        fusion.drop_spares(live)  # kept only from an unfuse to the fuse of the same transition
     logger.debug("realize took %.1f ms", (time.perf_counter() - t0) * 1e3)
     return list(live.warnings)
 

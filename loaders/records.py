@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..base import limits
 from .summary import summary as file_summary
 
 logger = logging.getLogger(__name__)
@@ -98,8 +98,10 @@ class LoraFile:
         if not raw:
             return None
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
+            value = limits.loads(raw)
+        except limits.JSONLimitError as e:  # deep, NaN, 1e999: written to break readers, not a config
+            raise LoraFileError(f"{self.path}: its lora_adapter_metadata is refused ({e})") from None
+        except ValueError:
             logger.warning("%s: ignoring lora_adapter_metadata that is not valid JSON", self.path)
             return None
         return value if isinstance(value, dict) else None

@@ -2,7 +2,7 @@
 
 A LoRA file is read, hashed and parsed once and then shared: the graph may name the same file from
 many nodes and re-run every time a widget changes, and `IS_CHANGED` asks for the file's hash on
-every queue. So parsed files are cached by content hash, behind a cheap (path, size, mtime) index.
+every queue. So parsed files are cached by content hash, behind a cheap stat index (`StatKey`).
 The cache's bound comes from the engine configuration (`lora_cache_bytes`), read on first use.
 """
 
@@ -23,28 +23,34 @@ from .lora_file import LORA_SUFFIXES, SAFETENSORS_SUFFIXES, LoraFile, LoraFileEr
 
 logger = logging.getLogger(__name__)
 
+# (realpath, size, mtime_ns, ctime_ns, inode, device): what a file's content is known by without
+# reading it. mtime alone is not enough: `cp -p`, rsync and restores put the old mtime back on new
+# bytes of the same size; ctime is set by the kernel on every write and every utime and no call sets
+# it back, and the inode changes when a new file is renamed over the old one (docs/CONTRACT.md).
+StatKey = tuple[str, int, int, int, int, int]
+
 # Kept under this name: tests and callers reset the bound to the default.
 DEFAULT_CACHE_BYTES = DEFAULT_LORA_CACHE_BYTES
-# The (path, size, mtime) -> hash index is tiny per entry; the cap only stops unbounded growth.
+# The stat key -> hash index is tiny per entry; the cap only stops unbounded growth.
 _MAX_STAT_ENTRIES = 4096
 # Read files in 1 MiB chunks: large enough for full disk throughput, small enough to stay flat in RAM.
 _CHUNK = 1024 * 1024
 
 
 class _Cache:
-    """(realpath, size, mtime_ns) -> hashes, and sha256 -> LoraFile (LRU, bounded by total bytes)."""
+    """`StatKey` -> hashes, and sha256 -> LoraFile (LRU, bounded by total bytes)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.lock = threading.RLock()
         self.max_bytes = max_bytes
-        self.by_stat: collections.OrderedDict[tuple[str, int, int], tuple[str, str | None]] = (
+        self.by_stat: collections.OrderedDict[StatKey, tuple[str, str | None]] = (
             collections.OrderedDict()
         )
         self.by_hash: collections.OrderedDict[str, LoraFile] = collections.OrderedDict()
         self.bytes = 0
         self.stats: collections.Counter[str] = collections.Counter()
 
-    def remember_hash(self, key: tuple[str, int, int], hashes: tuple[str, str | None]) -> None:
+    def remember_hash(self, key: StatKey, hashes: tuple[str, str | None]) -> None:
         self.by_stat[key] = hashes
         self.by_stat.move_to_end(key)
         while len(self.by_stat) > _MAX_STAT_ENTRIES:
@@ -119,7 +125,7 @@ def set_lora_cache_limit(max_bytes: int) -> None:
         _cache().evict()
 
 
-def _stat_key(path: Path) -> tuple[str, int, int]:
+def _stat_key(path: Path) -> StatKey:
     try:
         real = os.path.realpath(path)
         st = os.stat(real)
@@ -127,7 +133,7 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
         raise LoraFileError(f"{path}: cannot open the LoRA file ({e.strerror or e})") from e
     if not os.path.isfile(real):
         raise LoraFileError(f"{path}: not a file")
-    return real, st.st_size, st.st_mtime_ns
+    return real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 
 
 def _hash_file(path: str, safetensors_file: bool) -> tuple[str, str | None]:
@@ -156,7 +162,7 @@ def _hash_file(path: str, safetensors_file: bool) -> tuple[str, str | None]:
         raise LoraFileError(f"{path}: cannot read the LoRA file ({e.strerror or e})") from e
 
 
-def _hashes(path: str | os.PathLike) -> tuple[tuple[str, int, int], str, str | None]:
+def _hashes(path: str | os.PathLike) -> tuple[StatKey, str, str | None]:
     key = _stat_key(Path(path))
     with _cache().lock:
         known = _cache().by_stat.get(key)
@@ -175,7 +181,7 @@ def _hashes(path: str | os.PathLike) -> tuple[tuple[str, int, int], str, str | N
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """The file's sha256, from the cache when its (path, size, mtime) is unchanged.
+    """The file's sha256, from the cache when its stat key (path, size, mtime, ctime, inode) is unchanged.
 
     Nodes' IS_CHANGED calls this on every queue, so a hit costs one `stat` and a dict lookup.
     """
@@ -235,7 +241,7 @@ def _cached_content(sha: str, path: Path) -> LoraFile | None:
     return dataclasses.replace(cached, path=str(path))
 
 
-def _hash_while_parsing(path: Path, key: tuple[str, int, int]) -> tuple[tuple[str, int, int], LoraFile]:
+def _hash_while_parsing(path: Path, key: StatKey) -> tuple[StatKey, LoraFile]:
     """(the stat key hashed, the LoraFile): `_hashes` in a thread, `_load` + `_build` in this one."""
 
     def parse():

@@ -63,7 +63,9 @@ def tag_frequency(raw: str | None, shown: str = "") -> list[tuple[str, int]]:
             continue
         for tag, n in per_dir.items():
             tag = str(tag).strip()
-            if tag and len(tag) <= MAX_WORD_CHARS and isinstance(n, (int, float)) and not isinstance(n, bool):
+            # a count of NaN or 1e999 (inf) is skipped: int() of it would raise
+            if (tag and len(tag) <= MAX_WORD_CHARS and isinstance(n, (int, float)) and not isinstance(n, bool)
+                    and 0 <= n < 2**63):
                 counts[tag] += int(n)
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 

@@ -6,7 +6,6 @@ file or a failed safe fusion is reported on that node, and the pipeline is rolle
 
 from __future__ import annotations
 
-import math
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -173,8 +172,9 @@ class SetAdapterWeights:
                 numbers = [float(p) for p in str(value).split(",") if p.strip()]
             except ValueError:
                 return f"{name}: expected numbers separated by commas, got {str(value)[:80]!r}"
-            if not all(math.isfinite(n) for n in numbers):
-                return f"{name}: weights must be finite numbers, got {str(value)[:80]!r}"
+            refusal = widget_text.weight_refusal(numbers, value)  # not finite, or past what pipelines survive
+            if refusal is not None:
+                return f"{name}: {refusal}"
         return True
 
     @classmethod

@@ -23,6 +23,7 @@ class NumberedNames:
     def __init__(self, folder: Path, filename_prefix: str, suffix: str,
                  input_name: str = "filename_prefix") -> None:
         folder = Path(folder).resolve()
+        _check_prefix(filename_prefix or "ComfyUI", input_name)
         norm = os.path.normpath(filename_prefix or "ComfyUI")
         subfolder = os.path.dirname(norm)
         self.name = os.path.basename(norm)
@@ -52,6 +53,24 @@ class NumberedNames:
         path, used = disk.write_new(self.target, lambda n: self.path_for(n).name, self.counter, write)
         self.counter = used + 1
         return path
+
+
+# Bytes one part of a prefix may take: file systems take 255 per name, and the counter, the suffix
+# and the temp file's marker need the rest ("_00001_.png", ".lg-tmp-" and 12 hex digits).
+MAX_PREFIX_PART_BYTES = 200
+
+
+def _check_prefix(prefix: str, input_name: str) -> None:
+    """Refuse a prefix no file system takes, or one that would hide its files, naming the input."""
+    if "\x00" in prefix:
+        raise NodeInputError(input_name, "holds a NUL byte, which no file name can")
+    for part in os.path.normpath(prefix).replace("\\", "/").split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_PREFIX_PART_BYTES:
+            raise NodeInputError(input_name, f"{part[:40]!r}... is longer than {MAX_PREFIX_PART_BYTES} "
+                                             "bytes; file names are at most 255 with the counter and suffix")
+        if part.startswith(".") and part != "..":  # "..": the folder check's (it would leave the folder)
+            raise NodeInputError(input_name, f"{prefix!r} would write hidden files (a name part starts "
+                                             "with '.'), which no listing shows")
 
 
 def next_path(folder: Path, filename_prefix: str, suffix: str,

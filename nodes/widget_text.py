@@ -28,6 +28,21 @@ def parse_names(text: str, input_name: str) -> list[str]:
     return names
 
 
+# The largest adapter weight accepted, as LoadLoRA's strength widget: a trained LoRA is made for about
+# 1, and 1e30 passed every finiteness check yet overflowed the pipeline into an all-black image.
+MAX_ADAPTER_WEIGHT = 100.0
+
+
+def weight_refusal(values: list[float], text: Any) -> str | None:
+    """Why adapter weights are refused (not finite, or beyond ±MAX_ADAPTER_WEIGHT), or None."""
+    if any(not math.isfinite(v) for v in values):
+        return f"weights must be finite numbers, got {str(text)[:80]!r}"
+    if any(abs(v) > MAX_ADAPTER_WEIGHT for v in values):
+        return (f"weights must lie between -{MAX_ADAPTER_WEIGHT:g} and {MAX_ADAPTER_WEIGHT:g} (a trained "
+                f"LoRA is made for about 1; larger ones overflow the pipeline), got {str(text)[:80]!r}")
+    return None
+
+
 def parse_numbers(text: str, input_name: str) -> list[float]:
     """`"0.8, 0.5"` -> [0.8, 0.5]: finite numbers; how many the node needs is the transition's check."""
     parts = [p.strip() for p in (text or "").split(",") if p.strip()]
@@ -35,8 +50,9 @@ def parse_numbers(text: str, input_name: str) -> list[float]:
         values = [float(p) for p in parts]
     except ValueError:
         raise NodeInputError(input_name, f"expected numbers separated by commas, got {text!r}") from None
-    if any(not math.isfinite(v) for v in values):
-        raise NodeInputError(input_name, f"weights must be finite numbers, got {text!r}")
+    refusal = weight_refusal(values, text)
+    if refusal is not None:
+        raise NodeInputError(input_name, refusal)
     return values
 
 
@@ -134,6 +150,9 @@ def parse_keyframes(text: str, input_name: str = "keyframes") -> tuple[tuple[flo
                                  f"{where}: progress must be between 0 and 1 (a fraction of the steps)")
         if not math.isfinite(strength):
             raise NodeInputError(input_name, f"{where}: strength must be a finite number")
+        if abs(strength) > MAX_ADAPTER_WEIGHT:
+            raise NodeInputError(input_name, f"{where}: strength must lie between -{MAX_ADAPTER_WEIGHT:g} "
+                                             f"and {MAX_ADAPTER_WEIGHT:g}")
         if out and progress <= out[-1][0]:
             raise NodeInputError(
                 input_name,

@@ -39,11 +39,12 @@ from aiohttp import web
 
 from .. import host as host_seam
 from ..graph import Executor
+from ..graph.events import EXECUTION_ERROR
 from ..graph.interrupt import ProgressHookFactory
 from . import frontend, pack_routes
 from .queue import DEFAULT_HISTORY_SIZE, PromptQueue
 from .routes import build_routes
-from .sockets import SocketHub
+from .sockets import CLIENT_QUEUE_BOUND, SEND_TIMEOUT_S, SocketHub
 from .worker import PromptWorker
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ DEFAULT_PORT = 8188
 MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_SIZE = 50 * MiB  # any request body (image uploads); ComfyUI's default is 100 MB
 DEFAULT_MAX_JSON_SIZE = 10 * MiB  # JSON bodies: a workflow plus the editor's copy of it is well under this
+# A new connection that has not sent a whole request head by then is closed (slowloris): a browser
+# or script sends one in milliseconds; nginx's client_header_timeout is 60 s, half of it is plenty.
+HEADER_TIMEOUT_S = 30.0
 PACKAGE_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
@@ -75,6 +79,9 @@ class ServerConfig:
     max_upload_size: int = DEFAULT_MAX_UPLOAD_SIZE
     max_json_size: int = DEFAULT_MAX_JSON_SIZE
     history_size: int = DEFAULT_HISTORY_SIZE
+    ws_send_timeout_s: float = SEND_TIMEOUT_S  # a websocket client slower than this is dropped
+    header_timeout_s: float = HEADER_TIMEOUT_S  # a connection sends its first request head within this
+    ws_queue_bound: int = CLIENT_QUEUE_BOUND  # messages waiting for one client before it is dropped
     registry: Mapping[str, type] | None = None  # default: the headless nodes (SaveImage included)
     web_dir: Path | None = field(default_factory=lambda: PACKAGE_WEB_DIR)
     extension_name: str = "loragraph"
@@ -99,7 +106,7 @@ class PromptServer:
         self.config = config
         self.registry: Mapping[str, type] = config.registry or HEADLESS_NODE_CLASS_MAPPINGS
         self.input_dir = Path(config.input_dir).resolve()
-        self.hub = SocketHub()
+        self.hub = SocketHub(config.ws_send_timeout_s, config.ws_queue_bound)
         self.queue = PromptQueue(on_change=self.queue_updated, history_size=config.history_size)
         self.executor = Executor(self.registry, progress_hook_factory=config.progress_hook_factory)
         self.worker = (config.worker_factory(self) if config.worker_factory is not None
@@ -147,6 +154,16 @@ class PromptServer:
         logger.info("input folder %s, output folder %s", self.input_dir, host_seam.output_dir())
 
     async def on_shutdown(self, app: web.Application) -> None:
+        self.queue.close()  # no queued prompt starts now; each is reported below, none dropped silently
+        _running, pending = self.queue.current_queue()
+        self.queue.wipe_queue()
+        for _number, prompt_id, _prompt, extra_data, _outputs in pending:
+            logger.warning("prompt %s will not run: the server is shutting down", prompt_id)
+            client_id = extra_data.get("client_id")
+            if client_id:
+                self.hub.send_sync(EXECUTION_ERROR, PromptWorker.error_message(
+                    prompt_id, None, None, "the server shut down before this prompt ran; queue it again"),
+                    client_id)
         await asyncio.to_thread(self.worker.stop)
         await self.hub.stop()
 
@@ -166,6 +183,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app.on_response_prepare.append(_nosniff)
     app[SERVER_KEY] = server
     app[GUARD_KEY] = RequestGuard(config.host, config.allow_remote, config.allow_hosts)
+    app[SLOW_KEY] = SlowClientWatch(config.header_timeout_s)
     if config.allow_remote:
         logger.warning("--allow-remote: the API has no authentication; anyone who can reach this server can "
                        "run workflows, read their results and write files")
@@ -289,6 +307,7 @@ async def guard_middleware(request: web.Request, handler: Callable) -> web.Strea
     ComfyUI compares Host and Origin only when both are present and the Host is loopback, which
     lets ``Origin: null`` and any Host name through; this is stricter.
     """
+    request.app[SLOW_KEY].saw_request(request)
     guard = request.app[GUARD_KEY]
     reason = guard.refusal(request)
     if reason is not None:
@@ -297,6 +316,51 @@ async def guard_middleware(request: web.Request, handler: Callable) -> web.Strea
     if request.method == "OPTIONS":
         return web.Response()
     return await handler(request)
+
+
+class SlowClientWatch:
+    """Closes connections that send no whole request head within ``timeout_s`` of opening (slowloris).
+
+    aiohttp has no such timeout: a connection that trickles its headers, or sends nothing, is kept
+    forever. The middleware marks each connection that got a request through; ``watch`` looks at the
+    server's open connections and closes the unmarked ones past the limit.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        # keyed by id, holding the handler itself: an id is reused once its handler is gone
+        self.first_seen: dict[int, tuple[Any, float]] = {}
+        self.served: dict[int, Any] = {}
+
+    def saw_request(self, request: web.Request) -> None:
+        self.served[id(request.protocol)] = request.protocol
+
+    async def watch(self, server: web.Server) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(self.timeout_s / 3, 5.0))
+            now = loop.time()
+            live = {id(handler): handler for handler in server.connections}
+            for key, handler in live.items():
+                if self.served.get(key) is handler:
+                    continue
+                seen = self.first_seen.get(key)
+                if seen is None or seen[0] is not handler:
+                    self.first_seen[key] = seen = (handler, now)
+                if now - seen[1] > self.timeout_s and handler.transport:
+                    logger.warning("closing a connection that sent no request in %g s", self.timeout_s)
+                    handler.transport.abort()
+            self.first_seen = {k: v for k, v in self.first_seen.items() if live.get(k) is v[0]}
+            self.served = {k: v for k, v in self.served.items() if live.get(k) is v}
+
+
+SLOW_KEY: web.AppKey[SlowClientWatch] = web.AppKey("loragraph_slow_clients")
+
+
+def watch_slow_clients(runner: web.AppRunner) -> asyncio.Task[None]:
+    """Start closing ``runner``'s connections that send no request head in time (after ``setup``)."""
+    assert runner.server is not None, "call runner.setup() first"
+    return asyncio.create_task(runner.app[SLOW_KEY].watch(runner.server), name="loragraph-slow-clients")
 
 
 async def _nosniff(request: web.Request, response: web.StreamResponse) -> None:
@@ -369,6 +433,7 @@ def _shown_host(address: str) -> str:
 async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    watcher = watch_slow_clients(runner)
     try:
         for address in hosts:
             site = web.TCPSite(runner, address or None, port)
@@ -387,4 +452,5 @@ async def _serve(app: web.Application, hosts: list[str], port: int) -> None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()  # Ctrl-C cancels this; SIGTERM sets it: either way the worker is stopped cleanly
     finally:
+        watcher.cancel()
         await runner.cleanup()

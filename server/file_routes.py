@@ -19,6 +19,7 @@ from io import BytesIO
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 
 from ..base import disk
 
@@ -194,8 +195,10 @@ async def upload_image(request: web.Request, folder_of: FolderLookup) -> web.Res
         post = await request.post()
     except web.HTTPException:
         raise  # 413: larger than the server takes
-    except (ValueError, AssertionError, RuntimeError, UnicodeDecodeError) as ex:  # aiohttp's multipart parser
-        return web.Response(status=400, text=f"malformed multipart body: {ex}")
+    # aiohttp's multipart parser: HttpProcessingError for a part's header lines (no colon, CR/LF
+    # inside a value, longer than aiohttp's field limit), the others for the boundaries
+    except (ValueError, AssertionError, RuntimeError, UnicodeDecodeError, HttpProcessingError) as ex:
+        return web.Response(status=400, text=f"malformed multipart body: {type(ex).__name__}")
     image = post.get("image")
     kind = str(post.get("type") or "input")
     base = folder_of(kind)
@@ -204,7 +207,8 @@ async def upload_image(request: web.Request, folder_of: FolderLookup) -> web.Res
     if not isinstance(image, web.FileField) or not image.filename:
         return web.Response(status=400, text="expected a multipart file field 'image'")
     filename = image.filename
-    if _bad_name(filename) or os.path.basename(filename) != filename or filename in (".", ".."):
+    if (_bad_name(filename) or os.path.basename(filename) != filename or filename in (".", "..")
+            or disk.is_temp_name(filename)):  # the cleaner would take it for a killed save's temp file
         return web.Response(status=400, text="bad filename")
     base_dir = os.path.abspath(base)
     subfolder = str(post.get("subfolder") or "")

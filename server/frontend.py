@@ -35,9 +35,9 @@ from typing import Any
 from aiohttp import web
 
 from .. import host as host_seam
-from ..base import disk
+from ..base import disk, limits
 from .file_routes import inside
-from .http import Server, read_limited
+from .http import Server, parse_json, read_limited
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ class UserFiles:
         if "\x00" in relative:
             return None
         path = Path(os.path.abspath(self.user_root / relative))
+        if disk.is_temp_name(path.name):  # kept for temp files: the cleaner would remove it
+            return None
         if path == self.user_root or not inside(path, self.user_root):
             return None
         return path
@@ -121,7 +123,7 @@ class UserFiles:
         if not file.is_file():
             return {}
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            data = limits.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             logger.error("the user settings file is corrupted: %s", file)
             return {}
@@ -194,8 +196,8 @@ async def _read_json_value(request: web.Request, limit: int) -> tuple[Any, web.R
     body = await read_limited(request, limit)
     if body is None:
         return None, web.Response(status=413, text=f"body larger than {limit} bytes")
-    try:
-        return json.loads(body), None
+    try:  # limits: no NaN (GET /settings would stop being JSON), no deep nesting, off the event loop
+        return await parse_json(body), None
     except (ValueError, UnicodeDecodeError) as ex:
         return None, web.Response(status=400, text=f"body is not valid JSON: {ex}")
 
@@ -454,7 +456,7 @@ def _safetensors_metadata(path: Path, max_size: int = 1024 * 1024) -> dict[str, 
             size = int.from_bytes(f.read(8), "little")
             if size <= 0 or size > max_size:
                 return None
-            header = json.loads(f.read(size))
+            header = limits.loads(f.read(size))  # a 5,000-deep header is None (404), not a 500
     except (OSError, ValueError):
         return None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None

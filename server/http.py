@@ -7,6 +7,9 @@ editor's routes and files) can share them without importing each other.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +65,23 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
+_JSON_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_JSON_POOL_LOCK = threading.Lock()
+
+
+def _json_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _JSON_POOL
+    with _JSON_POOL_LOCK:
+        if _JSON_POOL is None:
+            _JSON_POOL = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="loragraph-json")
+        return _JSON_POOL
+
+
+async def parse_json(body: bytes) -> Any:
+    """``limits.loads(body)`` in the JSON threads (see ``read_json``); raises what it raises."""
+    return await asyncio.get_running_loop().run_in_executor(_json_pool(), limits.loads, body)
+
+
 async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False) -> dict[str, Any]:
     """The request's JSON object body, at most ``limit`` bytes; raises ``BodyError`` (400/413)."""
     too_large = BodyError(error_response(
@@ -72,7 +92,11 @@ async def read_json(request: web.Request, limit: int, *, empty_ok: bool = False)
     if not body.strip() and empty_ok:
         return {}
     try:
-        data = limits.loads(body)  # no NaN/Infinity (they would make /queue and /history invalid JSON)
+        # Off the event loop, at most two at a time: /queue and the websockets stay answered while a
+        # large body is checked and parsed, and parallel bodies cannot multiply the memory parsing takes.
+        # limits.loads refuses NaN/Infinity (they would make /queue and /history invalid JSON) and
+        # checks depth and size before parsing.
+        data = await parse_json(body)
     except (ValueError, UnicodeDecodeError) as ex:
         raise BodyError(error_response(400, "invalid_json", "Request body is not valid JSON",
                                        str(ex))) from None

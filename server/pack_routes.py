@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+import os
 from typing import Any
 
 from aiohttp import web
@@ -65,6 +66,14 @@ def _lora_info(name: str) -> dict[str, Any]:
     return summary
 
 
+def _without_folders(message: str) -> str:
+    """An error for the page, without the server's folders: the page knows a LoRA by its name."""
+    for root in host.folder_roots("loras"):
+        for form in {str(root), os.path.realpath(root)}:
+            message = message.replace(form + os.sep, "").replace(form, "the loras folder")
+    return message
+
+
 async def lora_info(request: web.Request) -> web.Response:
     """The summary of one LoRA file; 400 for a bad name, 404 if absent, 422 if it is no usable LoRA."""
     from ..loaders.lora_file import LoraFileError
@@ -75,11 +84,11 @@ async def lora_info(request: web.Request) -> web.Response:
     try:
         summary = await asyncio.to_thread(_lora_info, name)
     except host.UnsafePath as ex:
-        return web.json_response({"error": str(ex)}, status=400)
+        return web.json_response({"error": _without_folders(str(ex))}, status=400)
     except FileNotFoundError as ex:
-        return web.json_response({"error": str(ex)}, status=404)
+        return web.json_response({"error": _without_folders(str(ex))}, status=404)
     except LoraFileError as ex:
-        return web.json_response({"error": str(ex)}, status=422)
+        return web.json_response({"error": _without_folders(str(ex))}, status=422)
     return web.json_response(summary)
 
 

@@ -65,7 +65,7 @@ def build_routes(server: Server) -> web.RouteTableDef:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         sid = request.rel_url.query.get("clientId", "") or uuid.uuid4().hex
-        server.hub.add(sid, ws)
+        server.hub.add(sid, ws, request.transport)
         try:
             await server.hub.send("status", {"status": server.queue_info(), "sid": sid}, sid)
             # A client reconnecting while its prompt runs learns which node is running.
@@ -196,6 +196,10 @@ def build_routes(server: Server) -> web.RouteTableDef:
         extra_data = dict(extra_data)
         if "client_id" in data:
             extra_data["client_id"] = data["client_id"]
+        client_id = extra_data.get("client_id")
+        if client_id is not None and not isinstance(client_id, str):  # it keys the websocket table
+            return error_response(400, "invalid_request",
+                                  f"client_id must be a string, got {type(client_id).__name__}")
         targets = data.get("partial_execution_targets")
         if targets is not None and not isinstance(targets, list):
             return error_response(400, "invalid_request",

@@ -90,7 +90,7 @@ class PromptWorker:
             history_result, status = self._history_entry(result, prompt)
         except Exception as ex:  # a bug in the executor must not kill the server's only worker
             logger.exception("prompt %s crashed the executor", prompt_id)
-            message = self._error_message(prompt_id, None, None, f"{type(ex).__name__}: {ex}")
+            message = self.error_message(prompt_id, None, None, f"{type(ex).__name__}: {ex}")
             history_result = {"outputs": {}, "meta": {}}
             status = {"status_str": "error", "completed": False, "messages": [(EXECUTION_ERROR, message)]}
         finally:
@@ -124,7 +124,7 @@ class PromptWorker:
             # as an execution error so clients waiting on the websocket hear about it.
             node_id = next(iter(result.node_errors), None)
             node_type = prompt.get(node_id, {}).get("class_type") if node_id else None
-            message = self._error_message(result.prompt_id, node_id, node_type,
+            message = self.error_message(result.prompt_id, node_id, node_type,
                                           "\n".join(result.error_lines()))
             messages.append((EXECUTION_ERROR, message))
             if self.client_id is not None:
@@ -139,7 +139,7 @@ class PromptWorker:
         return {"outputs": result.outputs, "meta": meta}, status
 
     @staticmethod
-    def _error_message(prompt_id: str, node_id: str | None, node_type: str | None,
+    def error_message(prompt_id: str, node_id: str | None, node_type: str | None,
                        text: str) -> dict[str, Any]:
         return {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type, "executed": [],
                 "exception_message": text, "exception_type": "loragraph.server.PromptFailed",

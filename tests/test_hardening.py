@@ -36,7 +36,7 @@ def live(tmp_path_factory):
     before = host.folder_roots("loras")[0].parent, host.output_dir()
     (root / "models" / "loras").mkdir(parents=True)
     (root / "input").mkdir()
-    left = root / "input" / ".lg-tmp-killed.png"  # a save killed before this server started
+    left = root / "input" / ".lg-tmp-0123456789ab.png"  # a save killed before this server started
     left.write_bytes(b"")
     os.utime(left, (time.time() - 7200, time.time() - 7200))
     config = ServerConfig(models_dir=root / "models", output_dir=root / "output", input_dir=root / "input",
@@ -125,7 +125,7 @@ def test_posts_from_other_origins_and_other_host_names_are_refused(live):
 
 
 def test_the_server_cleans_stale_temp_files_when_it_starts(live):
-    assert not (live.root / "input" / ".lg-tmp-killed.png").exists()
+    assert not (live.root / "input" / ".lg-tmp-0123456789ab.png").exists()
 
 
 def test_a_refused_upload_writes_nothing(live):
@@ -318,13 +318,15 @@ def test_temp_files_are_hidden_from_listings_and_stale_ones_cleaned(tmp_path, ca
     loras = tmp_path / "models" / "loras"
     loras.mkdir(parents=True)
     (loras / "real.safetensors").write_bytes(b"x")
-    stale = [loras / ".tmp-abc.safetensors", loras / ".lg-tmp-123.safetensors"]
-    fresh = loras / ".lg-tmp-456.safetensors"
-    other = loras / ".hidden-by-the-user"
-    for p in (*stale, fresh, other):
+    stale = [loras / ".lg-tmp-0123456789ab.safetensors", loras / "sub" / ".lg-tmp-ba9876543210.png"]
+    fresh = loras / ".lg-tmp-456456456456.safetensors"
+    # the user's own files: only names our saves give their temp files are cleaned
+    others = [loras / ".hidden-by-the-user", loras / ".tmp-abc.safetensors", loras / ".lg-tmp-mine.png"]
+    (loras / "sub").mkdir()
+    for p in (*stale, fresh, *others):
         p.write_bytes(b"")
     hour_ago = time.time() - 2 * 3600
-    for p in (*stale, other):
+    for p in (*stale, *others):
         os.utime(p, (hour_ago, hour_ago))
     before = host.folder_roots("loras")[0].parent, host.output_dir()
     try:
@@ -337,7 +339,7 @@ def test_temp_files_are_hidden_from_listings_and_stale_ones_cleaned(tmp_path, ca
     finally:
         host.configure(models_dir=before[0], output_dir=before[1])
     assert not any(p.exists() for p in stale)
-    assert fresh.exists() and other.exists()  # one being written now, and a file that is not ours
+    assert fresh.exists() and all(p.exists() for p in others)  # one being written now; files not ours
 
 
 # -- 4 and 5. numbers and limits -----------------------------------------------------------------

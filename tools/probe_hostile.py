@@ -1,11 +1,13 @@
-"""Replay issue 13's hostile inputs against a real server and the CLI; one row per probe.
+"""Replay the hostile inputs of two rounds against a real server and the CLI; one row per probe.
 
     python tools/probe_hostile.py          # exit 0 when every row is ok
 
 Everything runs offline in a temporary folder: the built-in tiny SD pipeline, LoRA files written
 here (one good, one each with NaN, inf and 1e30, one with a 5,000-deep header), a real aiohttp
 server on a free loopback port (raw sockets, so every header is exactly the probe's), two real
-processes racing to save into one folder, and a symlink loop in the loras folder.
+processes racing to save into one folder, and a symlink loop in the loras folder. The second round
+(rows 7-24) adds three well-behaved websocket clients that must keep hearing their prompts finish
+while one bad actor misbehaves (``second_round``).
 """
 
 from __future__ import annotations
@@ -179,6 +181,7 @@ for i in range(64):
 def main() -> int:
     from loragraph import host
     from loragraph.server import ServerConfig, create_app
+    from loragraph.server.app import watch_slow_clients
 
     tmp = Path(tempfile.mkdtemp(prefix="loragraph-probe-"))
     loras = tmp / "models" / "loras"
@@ -191,14 +194,15 @@ def main() -> int:
     from aiohttp import web
 
     app = create_app(ServerConfig(models_dir=tmp / "models", output_dir=tmp / "output",
-                                  input_dir=tmp / "input",
-                                  user_dir=tmp / "user", editor=False))
+                                  input_dir=tmp / "input", user_dir=tmp / "user", editor=True,
+                                  ws_send_timeout_s=2.0, header_timeout_s=2.0))
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     runner = web.AppRunner(app, access_log=None)
 
     async def start() -> int:
         await runner.setup()
+        watch_slow_clients(runner)
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         return runner.addresses[0][1]
 
@@ -295,7 +299,7 @@ def main() -> int:
     probe("3 two processes x 64 images, one prefix: all kept, 0644", race)
 
     def leftovers() -> tuple[bool, str]:
-        stale = loras / ".tmp-killed.safetensors"
+        stale = loras / ".lg-tmp-0123456789ab.safetensors"
         stale.write_bytes(b"")
         os.utime(stale, (time.time() - 7200, time.time() - 7200))
         listed = host.list_loras()
@@ -367,6 +371,9 @@ def main() -> int:
 
     probe("6 symlink loops in loras/: `loragraph nodes` finishes", symlink_loop)
 
+    from probe_hostile_round2 import second_round
+
+    second_round(port, app, probe, tmp, models, workflow, run_json, cli)
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(60)
     shutil.rmtree(tmp, ignore_errors=True)  # symlinks are removed, not followed
     failed = [name for ok, name, _ in ROWS if not ok]
