@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 import os
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
