@@ -14,13 +14,14 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..base.errors import NodeInputError
 from ..builtin_models.catalog import BUILTIN_MODELS, BUILTINS
-from . import fence
+from . import fence, quantized
 from .components import COMPONENTS
 from .config import get_config
 from .state import PipelineSource
@@ -86,8 +87,23 @@ def _folder_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def make_source(model: str, dtype: str = "auto", device: str = "auto") -> PipelineSource:
+def make_source(model: str, dtype: str = "auto", device: str = "auto", denoiser: str = quantized.FROM_MODEL,
+                weight_dtype: str = "default") -> PipelineSource:
     """Resolve the LoadPipeline inputs to a source; raises NodeInputError naming the input."""
+    source = _model_source(model, dtype, device)
+    denoiser_path = quantized.resolve_denoiser(denoiser)
+    weight_dtype = quantized.check_weight_dtype(weight_dtype, source.device, denoiser_path)
+    if denoiser_path is None and weight_dtype == "default":
+        return source
+    identity = ""
+    if denoiser_path is not None:
+        st = denoiser_path.stat()
+        identity = f"{denoiser_path}:{st.st_size}:{st.st_mtime_ns}"
+    return replace(source, fingerprint=f"{source.fingerprint}|{identity}|{weight_dtype}",
+                   denoiser_file=str(denoiser_path or ""), weight_dtype=weight_dtype)
+
+
+def _model_source(model: str, dtype: str, device: str) -> PipelineSource:
     from .. import host
 
     dev = resolve_device(device)
@@ -150,6 +166,10 @@ def build_pipeline(source: PipelineSource):
         pipe.to(device=source.device, dtype=torch_dtype)
     else:
         pipe.to(source.device)
+    if source.denoiser_file or source.weight_dtype != "default":  # after the cast: it keeps their storage
+        with _quiet_loading():
+            quantized.install_denoiser(pipe, source.denoiser_file, source.weight_dtype, torch_dtype,
+                                       source.device, Path(source.denoiser_file).name)
     pipe.set_progress_bar_config(disable=True)
     if not hasattr(pipe, "load_lora_weights"):
         raise NodeInputError("model", f"{type(pipe).__name__} does not support LoRA in diffusers")

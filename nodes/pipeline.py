@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..loaders import quantized
 from .common import CATEGORY, PIPELINE, NodeResult, engine
 
 
@@ -44,18 +45,33 @@ class LoadPipeline:
                     ["auto", "cpu", "cuda", "mps"],
                     {"default": "auto", "tooltip": "auto: cuda, else mps, else cpu."},
                 ),
-            }
+            },
+            "optional": {
+                "denoiser": (
+                    quantized.denoiser_choices(),
+                    {"default": quantized.FROM_MODEL,
+                     "tooltip": "A denoiser file from diffusion_models/ or unet/ (.safetensors, or "
+                                ".gguf quantized) in place of the model's own."},
+                ),
+                "weight_dtype": (
+                    list(quantized.WEIGHT_DTYPES),
+                    {"default": "default",
+                     "tooltip": "fp8: the denoiser's weights stored in fp8, computed in dtype."},
+                ),
+            },
         }
 
     @classmethod
-    def IS_CHANGED(cls, model: str = "", dtype: str = "auto", device: str = "auto", **_: Any) -> str:
+    def IS_CHANGED(cls, model: str = "", dtype: str = "auto", device: str = "auto",
+                   denoiser: str = quantized.FROM_MODEL, weight_dtype: str = "default", **_: Any) -> str:
         # The weights' identity enters the cache key: a diffusers folder changed on disk is reloaded.
         from ..loaders.pipelines import make_source
 
         try:
-            return make_source(model, dtype, device).fingerprint
+            return make_source(model, dtype, device, denoiser, weight_dtype).fingerprint
         except Exception:  # validation reports the bad value; the cache key just must not crash
             return ""
 
-    def run(self, model: str, dtype: str = "auto", device: str = "auto") -> NodeResult:
-        return (engine().load_pipeline(model, dtype, device),)
+    def run(self, model: str, dtype: str = "auto", device: str = "auto",
+            denoiser: str = quantized.FROM_MODEL, weight_dtype: str = "default") -> NodeResult:
+        return (engine().load_pipeline(model, dtype, device, denoiser, weight_dtype),)
