@@ -53,9 +53,10 @@ def models(tmp_path_factory) -> Path:
     pipe.transformer = flux64_transformer()
     pipe.save_pretrained(root / "diffusers" / "flux64")
     dm = root / "diffusion_models"
-    for qtype in ("Q8_0", "Q4_0", "TQ2_0"):
+    for qtype in ("Q8_0", "Q4_0"):
         write_gguf_denoiser(pipe.transformer, dm / FILES[qtype], qtype)
-    write_gguf_denoiser(pipe.transformer, dm / FILES["Q4_K"], "Q8_0", per_tensor={f"{FFN}.weight": "Q4_K"})
+    for qtype in ("Q4_K", "TQ2_0"):  # 256-element blocks: on the 256-wide FFN outputs only
+        write_gguf_denoiser(pipe.transformer, dm / FILES[qtype], "Q8_0", per_tensor={f"{FFN}.weight": qtype})
     write_gguf_denoiser(narrow, dm / FILES["narrow"], "Q8_0")
     from safetensors.torch import save_file
 
@@ -194,7 +195,8 @@ def reference_fused(models: Path, storage: str, name: str, weight: float):
 
 
 def quantized_weights(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()
+    """{module path without peft's `.base_layer`: weight} of every quantized weight."""
+    return {n.replace(".base_layer", ""): p.detach().clone() for n, p in model.named_parameters()
             if quantized.layer_storage(p) is not None}
 
 
@@ -210,7 +212,8 @@ def test_fuse_requantizes_and_unfuse_restores_the_bytes(engine, models, storage)
     assert max_diff(fused, render(reference_fused(models, storage, "flux_a", 0.8))) <= 1 / 255
     requantized = quantized_weights(live.pipe.transformer)
     changed = [n for n in original if not torch.equal(original[n], requantized[n])]
-    assert changed and all(".base_layer." in n for n in changed)  # exactly the LoRA layers were written
+    lora_weights = {f"{m}.weight" for m in lora_modules(models, "flux_a")}
+    assert changed and set(changed) <= lora_weights  # only the LoRA's layers were written
     print(f"{storage}: fused vs unfused max pixel difference {max_diff(fused, unfused) * 255:.1f}/255")
     assert max_diff(sample(engine, tr.unfuse(fused_h, True, False)), unfused) <= 1 / 255
     restored = quantized_weights(live.pipe.transformer)
@@ -218,7 +221,7 @@ def test_fuse_requantizes_and_unfuse_restores_the_bytes(engine, models, storage)
     if storage in FILES:  # and they are the file's own bytes
         in_file = file_tensors(models / "diffusion_models" / FILES[storage])
         for n, w in restored.items():
-            qtype, raw = in_file[n.replace(".base_layer", "")]
+            qtype, raw = in_file[n]
             assert qtype == w.quant_type and np.array_equal(w.cpu().numpy(), raw), n
 
 
@@ -229,10 +232,11 @@ def test_fuse_refuses_a_type_that_cannot_be_written_back(engine, models):
     assert engine.info(base)["storage"] == {"transformer": "GGUF Q8_0"}  # the most common type
     h = with_lora(engine, base, "flux_ff")
     unfused = sample(engine, h)
-    assert max_diff(unfused, sample(engine, base)) > 0.02
+    assert max_diff(unfused, sample(engine, base)) > 0.01
     live = engine.live(h.source)
     original = quantized_weights(live.pipe.transformer)
-    with pytest.raises(LoraOperationError, match=r"FuseLoRA #7: fuse_unet: .*GGUF Q4_K cannot be written back"):
+    refused = r"FuseLoRA #7: fuse_unet: .*GGUF Q4_K cannot be written back"
+    with pytest.raises(LoraOperationError, match=refused):
         engine.realize(tr.fuse(h, True, False, 1.0, False, origin="FuseLoRA #7"))
     after = quantized_weights(live.pipe.transformer)
     assert all(torch.equal(original[n], after[n]) for n in original)
@@ -278,7 +282,7 @@ def test_fp8_on_a_device_or_torch_without_it_is_refused(monkeypatch):
     assert "not available on mps" in quantized.fp8_unavailable("fp8_e4m3fn", "mps")
     assert quantized.fp8_unavailable("fp8_e5m2", "cpu") is None
     monkeypatch.delattr(torch, "float8_e5m2")  # a torch release from before fp8
-    with pytest.raises(NodeInputError, match="needs torch.float8_e5m2") as caught:
+    with pytest.raises(NodeInputError, match=r"needs torch\.float8_e5m2") as caught:
         quantized.check_weight_dtype("fp8_e5m2", "cpu", None)
     assert caught.value.input_name == "weight_dtype"
 

@@ -79,7 +79,7 @@ def fp8_weights_as_bytes(models: list[torch.nn.Module]) -> Iterator[list[torch.n
     integer weight, as it does for GGUF's bytes, so the adapter keeps the values of the file.
     Yields the models that hold fp8 weights.
     """
-    shown: list[tuple[torch.nn.Parameter, torch.dtype]] = []
+    shown: list[tuple[torch.nn.Parameter, torch.dtype, bool]] = []
     holding: list[torch.nn.Module] = []
     try:
         for model in models:
@@ -87,14 +87,16 @@ def fp8_weights_as_bytes(models: list[torch.nn.Module]) -> Iterator[list[torch.n
             for module in model.modules():
                 weight = getattr(module, "weight", None)
                 if isinstance(weight, torch.nn.Parameter) and fp8_name(weight.dtype) is not None:
-                    shown.append((weight, weight.dtype))
+                    shown.append((weight, weight.dtype, weight.requires_grad))
+                    weight.requires_grad_(False)  # torch allows integer data only without grad
                     weight.data = weight.data.view(torch.uint8)
             if len(shown) > before:
                 holding.append(model)
         yield holding
     finally:
-        for weight, dtype in shown:
+        for weight, dtype, grad in shown:
             weight.data = weight.data.view(dtype)
+            weight.requires_grad_(grad)
 
 
 def adapters_to_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
