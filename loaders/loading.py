@@ -70,7 +70,7 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
                 with timed(live, "load_lora_weights", spec.name), quiet_loading():
                     load_lora_file(pipe, lf, spec.name, target=spec.target)
         for model in fp8_models:
-            quantized.adapters_to_dtype(model, model.dtype)
+            quantized.adapters_to_compute_dtype(model)
     except Exception as e:
         raise LoraOperationError(f"diffusers could not load {lf.name}: {e}", "lora_name", spec.origin) from e
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):

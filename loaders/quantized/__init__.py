@@ -20,14 +20,15 @@ from .requantize import fused_weight, gguf_writable, refusal
 from .storage import (
     FP8_NAMES,
     WEIGHT_DTYPES,
-    adapters_to_dtype,
+    adapters_to_compute_dtype,
     fp8_weights_as_bytes,
     layer_storage,
     storage,
 )
 
 __all__ = [
-    "FP8_NAMES", "FROM_MODEL", "GGUF_EXTRA", "WEIGHT_DTYPES", "adapters_to_dtype", "check_weight_dtype",
+    "FP8_NAMES", "FROM_MODEL", "GGUF_EXTRA", "WEIGHT_DTYPES", "adapters_to_compute_dtype",
+    "check_weight_dtype",
     "denoiser_choices", "fp8_unavailable", "fp8_weights_as_bytes", "fused_weight", "gguf_writable",
     "install_denoiser", "layer_storage", "refusal", "resolve_denoiser", "storage",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -99,14 +100,18 @@ def fp8_weights_as_bytes(models: list[torch.nn.Module]) -> Iterator[list[torch.n
             weight.requires_grad_(grad)
 
 
-def adapters_to_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Put every adapter weight of a model's peft tuner layers in `dtype` (the compute dtype).
+def adapters_to_compute_dtype(model: torch.nn.Module) -> None:
+    """Put every adapter weight of a model's peft tuner layers in its compute dtype (what a
+    diffusers model's `dtype` says under layerwise casting).
 
     An adapter loaded under `fp8_weights_as_bytes` is left in the dtype peft made it in; adapters
     live in the compute dtype, never fp8, as on a plain base whose adapters take its dtype.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    dtype: Any = getattr(model, "dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        return
     for module in model.modules():
         if not isinstance(module, BaseTunerLayer):
             continue
