@@ -479,7 +479,8 @@ def write_single_file_checkpoint(pipe: Any, path: str | os.PathLike) -> Path:
 def write_gguf_denoiser(model: torch.nn.Module, path: str | os.PathLike, quant_type: str = "Q8_0",
                         per_tensor: Mapping[str, str] | None = None, seed: int = 0) -> Path:
     """A model's state dict as a GGUF single file in diffusers' key layout, as city96's converter
-    quantizes: 1-D tensors and tensors of <= 1024 elements stay F32, every other in `quant_type`.
+    quantizes: 1-D tensors, tensors of <= 1024 elements and rows not made of whole blocks stay F32,
+    every other matrix in `quant_type` (convolutions stay F32 too: diffusers quantizes Linear layers).
 
     `per_tensor`: {key suffix: type} for some tensors. A type gguf-py cannot quantize (the K-quants)
     gets seeded random blocks with small valid scales instead of the model's values: a real file
@@ -496,10 +497,12 @@ def write_gguf_denoiser(model: torch.nn.Module, path: str | os.PathLike, quant_t
     for key, tensor in model.state_dict().items():
         values = tensor.detach().float().cpu().numpy()
         wanted = next((t for suffix, t in (per_tensor or {}).items() if key.endswith(suffix)), quant_type)
-        if values.ndim <= 1 or values.size <= 1024:
+        qtype = qtypes[wanted]
+        block_size, _ = gguf.GGML_QUANT_SIZES[qtype]
+        # matrices only (diffusers quantizes Linear layers), in whole blocks per row
+        if values.ndim != 2 or values.size <= 1024 or values.shape[-1] % block_size:
             writer.add_tensor(key, values.astype(np.float32))
             continue
-        qtype = qtypes[wanted]
         try:
             data = gguf.quants.quantize(values, qtype)
         except NotImplementedError:
