@@ -65,6 +65,8 @@ def models(tmp_path_factory) -> Path:
     loras = root / "loras"
     write_lora_file(loras / "flux_a.safetensors", fmt="diffusers", rank=4, seed=41, pipe=pipe,
                     components=("transformer",), scale=1.5)
+    write_lora_file(loras / "flux_b.safetensors", fmt="diffusers", rank=4, seed=42, pipe=pipe,
+                    components=("transformer",), scale=1.5)
     write_lora_file(loras / "flux_ff.safetensors", fmt="diffusers", rank=4, seed=43, pipe=pipe,
                     components=("transformer",), targets=("to_q", FFN), scale=1.5)
     return root
@@ -150,6 +152,44 @@ def test_unfused_lora_matches_raw_diffusers(engine, models, storage):
 
 def quantized_name(storage: str) -> str:
     return f"GGUF {storage}" if storage in FILES else storage
+
+
+@pytest.mark.parametrize("storage", ["Q8_0", "fp8_e4m3fn"])
+def test_hotswap_and_schedules_on_a_quantized_denoiser(engine, models, storage):
+    """A switch between two same-shaped LoRAs (peft's hotswap) gives raw diffusers' image of the
+    second; a constant schedule gives SetAdapterWeights' image at that strength."""
+    base = load(engine, storage)
+    first = with_lora(engine, base, "flux_a", 1.0, "a")
+    sample(engine, first)
+    live = engine.live(base.source)
+    live.ops.clear()
+    second = tr.set_weights(with_lora(engine, base, "flux_b", 1.0, "b"), ["b"], [0.5])
+    switched = sample(engine, second)
+    assert any(op.startswith("hotswap") for op in live.ops), live.ops
+    raw = raw_pipeline(models, storage, "flux_b", 0.5)
+    assert max_diff(switched, render(raw)) <= TOL
+    scheduled = tr.schedule_weights(with_lora(engine, base, "flux_b", 1.0, "b"), "b", [(0.0, 0.5)])
+    assert max_diff(sample(engine, scheduled), switched) <= 1 / 255
+
+
+def test_validate_refuses_an_unlisted_denoiser_or_weight_dtype(models, tmp_path, capsys):
+    import json
+
+    from loragraph.cli import main
+
+    wf = {"1": {"class_type": "LoadPipeline", "inputs": {
+              "model": "flux64", "dtype": "float32", "device": "cpu", "denoiser": "nope.gguf",
+              "weight_dtype": "fp9"}},
+          "2": {"class_type": "LoRAInfo", "inputs": {"pipeline": ["1", 0]}}}
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(wf))
+    assert main(["validate", str(path), "--models-dir", str(models)]) == 2
+    out = capsys.readouterr()
+    shown = out.out + out.err
+    assert "'denoiser'" in shown and "'weight_dtype'" in shown
+    wf["1"]["inputs"].update(denoiser=FILES["Q8_0"], weight_dtype="default")
+    path.write_text(json.dumps(wf))
+    assert main(["validate", str(path), "--models-dir", str(models)]) == 0
 
 
 # --- fused: a reference fuse written here; unfused: the file's bytes --------------------------------
