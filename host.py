@@ -153,6 +153,8 @@ def list_denoisers() -> list[str]:
     names: set[str] = set()
     for kind in DENOISER_KINDS:
         names.update(_list_kind(kind, DENOISER_EXTENSIONS))
+        # ComfyUI lists only the extensions it registered: `.gguf` only with the ComfyUI-GGUF pack
+        names.update(_list_files(folder_roots(kind), DENOISER_EXTENSIONS))
     return sorted(names)
 
 
