@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..loaders import quantized
 from .common import CATEGORY, PIPELINE, NodeResult, engine
+
+# LoadPipeline's optional inputs (docs/CONTRACT.md, Quantized denoisers); spelled here, not imported
+# from loaders/quantized, so that importing the pack loads no torch (loaders.quantized checks them).
+FROM_MODEL = "(from model)"
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e5m2")
 
 
 def model_choices() -> list[str]:
@@ -31,6 +35,8 @@ class LoadPipeline:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
+        from .. import host
+
         return {
             "required": {
                 "model": (
@@ -48,13 +54,13 @@ class LoadPipeline:
             },
             "optional": {
                 "denoiser": (
-                    quantized.denoiser_choices(),
-                    {"default": quantized.FROM_MODEL,
+                    [FROM_MODEL, *host.list_denoisers()],
+                    {"default": FROM_MODEL,
                      "tooltip": "A denoiser file from diffusion_models/ or unet/ (.safetensors, or "
                                 ".gguf quantized) in place of the model's own."},
                 ),
                 "weight_dtype": (
-                    list(quantized.WEIGHT_DTYPES),
+                    list(WEIGHT_DTYPES),
                     {"default": "default",
                      "tooltip": "fp8: the denoiser's weights stored in fp8, computed in dtype."},
                 ),
@@ -63,7 +69,7 @@ class LoadPipeline:
 
     @classmethod
     def IS_CHANGED(cls, model: str = "", dtype: str = "auto", device: str = "auto",
-                   denoiser: str = quantized.FROM_MODEL, weight_dtype: str = "default", **_: Any) -> str:
+                   denoiser: str = FROM_MODEL, weight_dtype: str = "default", **_: Any) -> str:
         # The weights' identity enters the cache key: a diffusers folder changed on disk is reloaded.
         from ..loaders.pipelines import make_source
 
@@ -73,5 +79,5 @@ class LoadPipeline:
             return ""
 
     def run(self, model: str, dtype: str = "auto", device: str = "auto",
-            denoiser: str = quantized.FROM_MODEL, weight_dtype: str = "default") -> NodeResult:
+            denoiser: str = FROM_MODEL, weight_dtype: str = "default") -> NodeResult:
         return (engine().load_pipeline(model, dtype, device, denoiser, weight_dtype),)

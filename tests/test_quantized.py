@@ -297,6 +297,7 @@ def test_loadpipeline_lists_denoiser_files_and_loads_a_safetensors_one(engine, m
                                        "flux64_Q4_0.gguf", "flux64_Q8_0.gguf", "flux64_TQ2_0.gguf",
                                        "sub/flux64_Q4_K.gguf"]
     assert optional["weight_dtype"][0] == ["default", "fp8_e4m3fn", "fp8_e5m2"]
+    assert optional["weight_dtype"][0] == list(quantized.WEIGHT_DTYPES)
     (h,) = LoadPipeline().run("flux64", "float32", "cpu", denoiser="flux64.safetensors")
     assert h.source.denoiser_file.endswith("unet/flux64.safetensors")
     assert engine.info(h)["storage"] == {"transformer": "float32"}

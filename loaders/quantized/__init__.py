@@ -11,7 +11,6 @@ from .denoiser import (
     FROM_MODEL,
     GGUF_EXTRA,
     check_weight_dtype,
-    denoiser_choices,
     fp8_unavailable,
     install_denoiser,
     resolve_denoiser,
@@ -29,6 +28,6 @@ from .storage import (
 __all__ = [
     "FP8_NAMES", "FROM_MODEL", "GGUF_EXTRA", "WEIGHT_DTYPES", "adapters_to_compute_dtype",
     "check_weight_dtype",
-    "denoiser_choices", "fp8_unavailable", "fp8_weights_as_bytes", "fused_weight", "gguf_writable",
+    "fp8_unavailable", "fp8_weights_as_bytes", "fused_weight", "gguf_writable",
     "install_denoiser", "layer_storage", "refusal", "resolve_denoiser", "storage",
 ]

@@ -25,12 +25,6 @@ FROM_MODEL = "(from model)"  # LoadPipeline's `denoiser` default: the model's ow
 GGUF_EXTRA = "pip install 'loragraph[gguf]'"
 
 
-def denoiser_choices() -> list[str]:
-    from ... import host
-
-    return [FROM_MODEL, *host.list_denoisers()]
-
-
 def resolve_denoiser(name: str) -> Path | None:
     """The file a `denoiser` value names (None for `(from model)`); a clear error on the input."""
     from ... import host
