@@ -158,18 +158,25 @@ def build_pipeline(source: PipelineSource):
     """Build the diffusers pipeline a source names, offline, in its dtype and on its device."""
     t0 = time.perf_counter()
     torch_dtype = DTYPES[source.dtype]
+    replaced = ""
     with _quiet_loading():
         pipe = _build(source, torch_dtype)
+        if source.denoiser_file:  # before anything moves: the model's own denoiser never reaches the device
+            folder = source.path if source.kind == "diffusers" else None
+            replaced = quantized.replace_denoiser(pipe, folder, source.denoiser_file, torch_dtype,
+                                                  Path(source.denoiser_file).name)
     # diffusers warns on every .to(dtype=...), even a no-op: cast only when a component differs.
-    modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
-    if any(m.dtype != torch_dtype for m in modules):
+    modules = {n: c for n, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+    if replaced:  # a quantized model refuses any dtype cast: it was read in the dtype already
+        for name, module in modules.items():
+            same = name == replaced or module.dtype == torch_dtype
+            module.to(source.device) if same else module.to(device=source.device, dtype=torch_dtype)
+    elif any(m.dtype != torch_dtype for m in modules.values()):
         pipe.to(device=source.device, dtype=torch_dtype)
     else:
         pipe.to(source.device)
-    if source.denoiser_file or source.weight_dtype != "default":  # after the cast: it keeps their storage
-        with _quiet_loading():
-            quantized.install_denoiser(pipe, source.denoiser_file, source.weight_dtype, torch_dtype,
-                                       source.device, Path(source.denoiser_file).name)
+    if source.weight_dtype != "default":  # after the cast, which would undo the fp8 storage
+        quantized.enable_fp8(pipe, source.weight_dtype, torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     if not hasattr(pipe, "load_lora_weights"):
         raise NodeInputError("model", f"{type(pipe).__name__} does not support LoRA in diffusers")
@@ -183,8 +190,10 @@ def _build(source: PipelineSource, torch_dtype: torch.dtype):
     if source.kind == "diffusers":
         from diffusers import DiffusionPipeline
 
+        skipped = quantized.skipped_denoiser(source.path) if source.denoiser_file else {}
         return DiffusionPipeline.from_pretrained(
-            source.path, local_files_only=True, dtype=torch_dtype, **_absent_components(source.path)
+            source.path, local_files_only=True, dtype=torch_dtype, **_absent_components(source.path),
+            **skipped,
         )
     return _from_single_file(source)
 

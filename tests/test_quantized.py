@@ -52,6 +52,12 @@ def models(tmp_path_factory) -> Path:
     narrow = pipe.transformer
     pipe.transformer = flux64_transformer()
     pipe.save_pretrained(root / "diffusers" / "flux64")
+    import shutil
+
+    bare = root / "diffusers" / "flux64-bare"  # as shipped for GGUF use: no denoiser weights
+    shutil.copytree(root / "diffusers" / "flux64", bare)
+    for weights in (bare / "transformer").glob("*.safetensors"):
+        weights.unlink()
     dm = root / "diffusion_models"
     for qtype in ("Q8_0", "Q4_0"):
         write_gguf_denoiser(pipe.transformer, dm / FILES[qtype], qtype)
@@ -303,6 +309,13 @@ def test_loadpipeline_lists_denoiser_files_and_loads_a_safetensors_one(engine, m
     assert engine.info(h)["storage"] == {"transformer": "float32"}
     same = sample(engine, engine.load_pipeline("flux64", "float32", "cpu"))
     assert max_diff(sample(engine, h), same) == 0  # the same weights, read from the single file
+
+
+def test_a_denoiser_file_replaces_the_folders_own_which_is_never_read(engine):
+    full = engine.load_pipeline("flux64", "float32", "cpu", denoiser=FILES["Q8_0"])
+    bare = engine.load_pipeline("flux64-bare", "float32", "cpu", denoiser=FILES["Q8_0"])
+    assert engine.info(bare)["storage"] == {"transformer": "GGUF Q8_0"}
+    assert max_diff(sample(engine, bare), sample(engine, full)) == 0
 
 
 @pytest.mark.parametrize(("kwargs", "input_name", "message"), [

@@ -11,9 +11,11 @@ from .denoiser import (
     FROM_MODEL,
     GGUF_EXTRA,
     check_weight_dtype,
+    enable_fp8,
     fp8_unavailable,
-    install_denoiser,
+    replace_denoiser,
     resolve_denoiser,
+    skipped_denoiser,
 )
 from .requantize import fused_weight, gguf_writable, refusal
 from .storage import (
@@ -26,8 +28,21 @@ from .storage import (
 )
 
 __all__ = [
-    "FP8_NAMES", "FROM_MODEL", "GGUF_EXTRA", "WEIGHT_DTYPES", "adapters_to_compute_dtype",
+    "FP8_NAMES",
+    "FROM_MODEL",
+    "GGUF_EXTRA",
+    "WEIGHT_DTYPES",
+    "adapters_to_compute_dtype",
     "check_weight_dtype",
-    "fp8_unavailable", "fp8_weights_as_bytes", "fused_weight", "gguf_writable",
-    "install_denoiser", "layer_storage", "refusal", "resolve_denoiser", "storage",
+    "enable_fp8",
+    "fp8_unavailable",
+    "fp8_weights_as_bytes",
+    "fused_weight",
+    "gguf_writable",
+    "layer_storage",
+    "refusal",
+    "replace_denoiser",
+    "resolve_denoiser",
+    "skipped_denoiser",
+    "storage",
 ]

@@ -8,6 +8,7 @@ denoiser's config is the model's own (written to a temporary folder: offline, an
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 import torch
 
 from ...base.errors import NodeInputError
-from ..components import denoisers
-from .storage import FP8_NAMES, WEIGHT_DTYPES, fp8_dtype
+from ..components import DENOISERS, denoisers
+from .storage import WEIGHT_DTYPES, fp8_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -76,29 +77,56 @@ def fp8_unavailable(weight_dtype: str, device: str) -> str | None:
     return None
 
 
-def install_denoiser(pipe: Any, denoiser: str, weight_dtype: str, dtype: torch.dtype, device: str,
-                     shown_name: str = "") -> None:
-    """Put the file's denoiser in place of the pipeline's first one, then fp8 storage on every
-    denoiser when asked. Called on a pipeline already on its device and in its dtype."""
+def skipped_denoiser(folder: str) -> dict[str, None]:
+    """`from_pretrained` keywords that leave a diffusers folder's first denoiser unread ({name: None}):
+    a denoiser file takes its place, so the folder's own weights never reach memory or the device."""
+    info = json.loads((Path(folder) / "model_index.json").read_text())
+    for comp in DENOISERS:
+        entry = info.get(comp)
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] is not None:
+            return {comp: None}
+    return {}
+
+
+def replace_denoiser(pipe: Any, folder: str | None, path: str, dtype: torch.dtype, shown: str) -> str:
+    """Read the file's denoiser (on the CPU, in `dtype`) into the pipeline's first denoiser slot and
+    return the slot's name. `folder`: the diffusers folder whose first denoiser `skipped_denoiser`
+    left unread (its class and config come from there); None: the live denoiser gives both."""
+    import diffusers
+
+    if folder is not None:
+        comp = next(iter(skipped_denoiser(folder)), "")
+        info = json.loads((Path(folder) / "model_index.json").read_text())
+        cls = getattr(diffusers, info[comp][1], None) if comp else None
+        if cls is None:
+            raise NodeInputError("denoiser", f"{Path(folder).name} names no denoiser class diffusers has")
+        model = _read_single_file(cls, str(Path(folder) / comp), Path(path), dtype, shown)
+    else:
+        from ..fence import loadable_components
+
+        comps = [c for c in denoisers(loadable_components(pipe)) if getattr(pipe, c, None) is not None]
+        if not comps:
+            raise NodeInputError("denoiser", f"{type(pipe).__name__} has no denoiser to replace")
+        comp, current = comps[0], getattr(pipe, comps[0])
+        with tempfile.TemporaryDirectory(prefix="loragraph-denoiser-config-") as config:
+            current.save_config(config)
+            model = _read_single_file(type(current), config, Path(path), dtype, shown)
+    pipe.register_modules(**{comp: model})
+    return comp
+
+
+def enable_fp8(pipe: Any, weight_dtype: str, dtype: torch.dtype) -> None:
+    """fp8 storage on every denoising component, computing in `dtype` (diffusers' layerwise casting)."""
     from ..fence import loadable_components
 
-    comps = denoisers(loadable_components(pipe)) or tuple(c for c in ("unet", "transformer") if
-                                                          getattr(pipe, c, None) is not None)
-    if not comps:
-        raise NodeInputError("denoiser", f"{type(pipe).__name__} has no denoiser to replace")
-    if denoiser:
-        comp = comps[0]
-        model = _read_single_file(getattr(pipe, comp), Path(denoiser), dtype, shown_name or denoiser)
-        setattr(pipe, comp, model.to(device))
-    if weight_dtype in FP8_NAMES:
-        for comp in comps:
-            getattr(pipe, comp).enable_layerwise_casting(storage_dtype=fp8_dtype(weight_dtype),
-                                                          compute_dtype=dtype)
+    for comp in denoisers(loadable_components(pipe)):
+        model = getattr(pipe, comp, None)
+        if model is not None:
+            model.enable_layerwise_casting(storage_dtype=fp8_dtype(weight_dtype), compute_dtype=dtype)
 
 
-def _read_single_file(current: Any, path: Path, dtype: torch.dtype, shown: str) -> Any:
-    """diffusers' `from_single_file` of the denoiser's own class, with its config, offline."""
-    cls = type(current)
+def _read_single_file(cls: type, config: str, path: Path, dtype: torch.dtype, shown: str) -> Any:
+    """diffusers' `from_single_file` of the denoiser's class with a local config folder, offline."""
     if not hasattr(cls, "from_single_file"):
         raise NodeInputError("denoiser", f"diffusers cannot read a {cls.__name__} from a single file")
     kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": True}
@@ -107,14 +135,12 @@ def _read_single_file(current: Any, path: Path, dtype: torch.dtype, shown: str) 
 
         kwargs["quantization_config"] = GGUFQuantizationConfig(compute_dtype=dtype)
         _check_gguf_types(path, shown)
-    with tempfile.TemporaryDirectory(prefix="loragraph-denoiser-config-") as config:
-        current.save_config(config)
-        try:
-            return cls.from_single_file(str(path), config=config, **kwargs)
-        except Exception as e:  # diffusers raises many types here; the user needs the file named
-            raise NodeInputError(
-                "denoiser", f"{shown}: its tensors do not fit the model's {cls.__name__}: {e}"
-            ) from e
+    try:
+        return cls.from_single_file(str(path), config=config, **kwargs)
+    except Exception as e:  # diffusers raises many types here; the user needs the file named
+        raise NodeInputError(
+            "denoiser", f"{shown}: its tensors do not fit the model's {cls.__name__}: {e}"
+        ) from e
 
 
 def _check_gguf_types(path: Path, shown: str) -> None:
