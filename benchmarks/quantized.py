@@ -20,7 +20,8 @@ Columns, per storage:
   ComfyUI-GGUF patches GGUF layers;
 - `x raw`: ratios against raw diffusers in the same run: the bf16 pipeline with the 3 LoRAs loaded
   by `load_lora_weights` and not fused, timed alternately with the engine's rows.
-Not a test: it prints a markdown table (and JSON with --json).
+The raw step is timed after every row's step, so the spread of those timings (max/min) is printed as
+the run's noise floor, flagged NOISY above 1.2. Not a test: it prints a markdown table (and JSON).
 """
 
 from __future__ import annotations
@@ -183,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{storage}: done", flush=True)
             del engine, model
     raw_step = statistics.median(raw_ms)
+    # The same raw step timed again and again: its spread is this run's noise floor for every ratio.
+    spread = max(raw_ms) / min(raw_ms)
+    noisy = "  NOISY: ratios below this spread are not differences" if spread > 1.2 else ""
+    print(f"\nraw diffusers step spread (max/min over {len(raw_ms)} timings): {spread:.2f}{noisy}")
     print(f"\nmid-size Flux transformer, {args.width} wide, {args.double}+{args.single} blocks, "
           f"{args.tokens} image tokens, bf16 compute, CPU ({torch.get_num_threads()} threads), "
           f"3 LoRAs of rank {args.rank}; raw diffusers bf16 + 3 unfused LoRAs: {raw_step:.0f} ms/step\n")
@@ -195,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['fused'] / raw_step:.2f} | {r['on_the_fly'] / r['unfused']:.2f} |")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "raw_unfused_ms": raw_step, "rows": rows}, indent=1))
+                                         "raw_unfused_ms": raw_step,
+                                         "raw_spread": spread, "rows": rows}, indent=1))
     return 0
 
 
