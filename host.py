@@ -150,6 +150,33 @@ def list_diffusers_folders() -> list[str]:
     return sorted(names)
 
 
+# ComfyUI's UNETLoader folders: `diffusion_models` (ComfyUI maps the older `unet` folder into it).
+DENOISER_KINDS = ("diffusion_models", "unet")
+DENOISER_EXTENSIONS = (".safetensors", ".gguf")
+
+
+def list_denoisers() -> list[str]:
+    """Denoiser files (LoadPipeline's `denoiser`) relative to their folder, as UNETLoader lists them."""
+    names: set[str] = set()
+    for kind in DENOISER_KINDS:
+        names.update(_list_kind(kind, DENOISER_EXTENSIONS))
+        # ComfyUI lists only the extensions it registered: `.gguf` only with the ComfyUI-GGUF pack
+        names.update(_list_files(folder_roots(kind), DENOISER_EXTENSIONS))
+    return sorted(names)
+
+
+def resolve_denoiser(relative: str) -> Path:
+    """A `list_denoisers` name as a path: the first of the denoiser folders that holds it."""
+    missing: FileNotFoundError | None = None
+    for kind in DENOISER_KINDS:
+        try:
+            return resolve_in(kind, relative)
+        except FileNotFoundError as e:
+            missing = missing or e
+    assert missing is not None
+    raise missing
+
+
 class UnsafePath(ValueError):
     pass
 

@@ -471,3 +471,63 @@ def write_single_file_checkpoint(pipe: Any, path: str | os.PathLike) -> Path:
         if weights.suffix in (".safetensors", ".bin"):
             weights.unlink()
     return path
+
+
+# --- quantized denoiser files ------------------------------------------------------------------------
+
+
+def write_gguf_denoiser(model: torch.nn.Module, path: str | os.PathLike, quant_type: str = "Q8_0",
+                        per_tensor: Mapping[str, str] | None = None, seed: int = 0) -> Path:
+    """A model's state dict as a GGUF single file in diffusers' key layout, as city96's converter
+    quantizes: 1-D tensors, tensors of <= 1024 elements and rows not made of whole blocks stay F32,
+    every other matrix in `quant_type` (convolutions stay F32 too: diffusers quantizes Linear layers).
+
+    `per_tensor`: {key suffix: type} for some tensors. A type gguf-py cannot quantize (the K-quants)
+    gets seeded random blocks with small valid scales instead of the model's values: a real file
+    of that type, for what needs one (diffusers reads and dequantizes them).
+    """
+    import gguf
+    import numpy as np
+
+    qtypes = gguf.GGMLQuantizationType
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch="loragraph-test")
+    rng = np.random.default_rng(seed)
+    for key, tensor in model.state_dict().items():
+        values = tensor.detach().float().cpu().numpy()
+        wanted = next((t for suffix, t in (per_tensor or {}).items() if key.endswith(suffix)), quant_type)
+        qtype = qtypes[wanted]
+        block_size, _ = gguf.GGML_QUANT_SIZES[qtype]
+        # matrices only (diffusers quantizes Linear layers), in whole blocks per row
+        if values.ndim != 2 or values.size <= 1024 or values.shape[-1] % block_size:
+            writer.add_tensor(key, values.astype(np.float32))
+            continue
+        try:
+            data = gguf.quants.quantize(values, qtype)
+        except NotImplementedError:
+            data = _random_k_quant_blocks(values.shape, qtype, rng)
+        writer.add_tensor(key, data, raw_shape=data.shape, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _random_k_quant_blocks(shape: tuple[int, ...], qtype: Any, rng: Any) -> Any:
+    """Bytes of a K-quant tensor: random blocks whose two leading fp16 scales are small and finite."""
+    import gguf
+    import numpy as np
+
+    block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    if shape[-1] % block_size:
+        raise ValueError(f"a {qtype.name} row must be a multiple of {block_size} wide, not {shape[-1]}")
+    n_blocks = int(np.prod(shape)) // block_size
+    blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint8)
+    scales = np.full((n_blocks, 2), 1e-4, dtype=np.float16).view(np.uint8)  # d and dmin
+    if qtype.name == "Q6_K":  # Q6_K keeps its one fp16 scale at the end of the block
+        blocks[:, -2:] = scales[:, :2]
+    else:
+        blocks[:, :4] = scales
+    return blocks.reshape(*shape[:-1], shape[-1] // block_size * type_size)

@@ -21,7 +21,7 @@ import torch
 
 from ..base import disk, limits
 from ..base.errors import NodeInputError
-from . import fence, store
+from . import fence, quantized, store
 from .components import PLACEMENT_KEYWORDS
 from .config import EngineConfig, get_config
 from .formats import family
@@ -123,9 +123,10 @@ class Engine:
 
     # --- pipelines ----------------------------------------------------------------------------
 
-    def load_pipeline(self, model: str, dtype: str = "auto", device: str = "auto") -> PipelineHandle:
+    def load_pipeline(self, model: str, dtype: str = "auto", device: str = "auto",
+                      denoiser: str = "(from model)", weight_dtype: str = "default") -> PipelineHandle:
         """LoadPipeline: resolve, build (or reuse) the live pipeline, return a handle with no LoRA."""
-        source = make_source(model, dtype, device)
+        source = make_source(model, dtype, device, denoiser, weight_dtype)
         live = self.live(source)
         source = replace(source, components=fence.loadable_components(live.pipe))
         return PipelineHandle(source)
@@ -406,6 +407,9 @@ class Engine:
                     for op in state.fused
                 ],
                 "text_encoder_lora": {te: te not in state.te_disabled for te in handle.source.text_encoders},
+                # how each denoiser's weights are stored: float32, fp8_e4m3fn, GGUF Q8_0, ...
+                "storage": {c: quantized.storage(getattr(pipe, c)) for c in handle.source.denoisers
+                            if getattr(pipe, c, None) is not None},
                 "schedules": {
                     s.adapter: {
                         "keyframes": s.text(), "interpolation": s.interpolation, "active": s.adapter in active

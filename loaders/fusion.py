@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import fence
+from . import fence, quantized
 from .formats.lycoris.norms import is_norm_layer
 from .live import LivePipeline, LoraOperationError, adapter_in_layer, layers, timed
 from .state import FuseOp
@@ -82,8 +82,9 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
     (`addmm(W, B, A, alpha=scaling * lora_scale)`, where the fence allows it: `merges_by_gemm`): the
     result goes to a new tensor and the original stays untouched as the backup, which makes fusing
     ~3x faster than diffusers' `fuse_lora` and unfusing a pointer swap. Every other layer goes
-    through peft's own `merge()`.
+    through peft's own `merge()`; a quantized layer (GGUF, fp8) through quantized.fused_weight.
     """
+    _refuse_unwritable(live, comp, op)
     saved = live.backups.setdefault(comp, {})
     with timed(live, "fuse_lora", f"{comp} scale={op.lora_scale}"):
         for name, module in layers(live, comp):
@@ -110,7 +111,18 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
                 writable = not on_cpu
             else:
                 writable = True  # already a tensor of ours
-            if fence.merges_by_gemm(module, todo, weight):
+            if quantized.layer_storage(base.weight) is not None:
+                fused = quantized.fused_weight(module, todo, op.lora_scale, op.safe_fusing)
+                if fused is None:
+                    raise LoraOperationError(
+                        f"safe_fusing found NaN/inf in {comp}.{name} after merging {', '.join(todo)}: the "
+                        "adapter is broken. Nothing was fused.",
+                        "safe_fusing",
+                        op.origin,
+                    )
+                base.weight.data = fused  # a new tensor: the original quantized one stays the backup
+                fence.record_merged(module, todo)
+            elif fence.merges_by_gemm(module, todo, weight):
                 new = weight if writable else _spare_copy(live, comp, name, weight)
                 for a in todo:
                     up = module.lora_B[a].weight.to(weight.dtype)
@@ -151,3 +163,14 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
                     if op.lora_scale != 1.0:
                         module.unscale_layer(op.lora_scale)
 
+
+
+def _refuse_unwritable(live: LivePipeline, comp: str, op: FuseOp) -> None:
+    """Before anything is fused: every quantized layer holding the adapters must take a requantized
+    weight back; otherwise FuseLoRA is an error naming the format, and the LoRA stays unfused."""
+    for name, module in layers(live, comp):
+        todo = [a for a in op.adapter_names
+                if adapter_in_layer(module, a) and a not in module.merged_adapters]
+        reason = quantized.refusal(module, todo) if todo else None
+        if reason:
+            raise LoraOperationError(f"cannot fuse into {comp}.{name}: {reason}", "fuse_unet", op.origin)

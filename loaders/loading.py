@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from . import hotswap
+from . import hotswap, quantized
+from .components import denoisers
 from .coverage import coverage
 from .formats import load_lora_file
 from .live import LivePipeline, LoraOperationError, quiet_loading, timed
@@ -58,15 +59,20 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
 
     pipe = live.pipe
     slot = None if lf.sha256 in live.swapped_out else hotswap.slot_for(live, cov, slots or [])
+    models = [getattr(pipe, c) for c in denoisers(live.components) if getattr(pipe, c, None) is not None]
     try:
-        if slot is not None:
-            hotswap.swap(live, lf, slot, spec.name, tuple(cov.layout), spec.target)
-            assert slots is not None  # the slot was picked from them
-            slots.remove(slot)
-        else:
-            live.layer_cache.clear()  # peft adds layers (a swap keeps them)
-            with timed(live, "load_lora_weights", spec.name), quiet_loading():
-                load_lora_file(pipe, lf, spec.name, target=spec.target)
+        # on an fp8 denoiser, adapters keep the file's values in the compute dtype (quantized/storage.py)
+        with quantized.fp8_weights_as_bytes(models) as fp8_models:
+            if slot is not None:
+                hotswap.swap(live, lf, slot, spec.name, tuple(cov.layout), spec.target)
+                assert slots is not None  # the slot was picked from them
+                slots.remove(slot)
+            else:
+                live.layer_cache.clear()  # peft adds layers (a swap keeps them)
+                with timed(live, "load_lora_weights", spec.name), quiet_loading():
+                    load_lora_file(pipe, lf, spec.name, target=spec.target)
+        for model in fp8_models:
+            quantized.adapters_to_compute_dtype(model)
     except Exception as e:
         raise LoraOperationError(f"diffusers could not load {lf.name}: {e}", "lora_name", spec.origin) from e
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):

@@ -14,13 +14,14 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..base.errors import NodeInputError
 from ..builtin_models.catalog import BUILTIN_MODELS, BUILTINS
-from . import fence
+from . import fence, quantized
 from .components import COMPONENTS
 from .config import get_config
 from .state import PipelineSource
@@ -86,8 +87,23 @@ def _folder_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def make_source(model: str, dtype: str = "auto", device: str = "auto") -> PipelineSource:
+def make_source(model: str, dtype: str = "auto", device: str = "auto", denoiser: str = quantized.FROM_MODEL,
+                weight_dtype: str = "default") -> PipelineSource:
     """Resolve the LoadPipeline inputs to a source; raises NodeInputError naming the input."""
+    source = _model_source(model, dtype, device)
+    denoiser_path = quantized.resolve_denoiser(denoiser)
+    weight_dtype = quantized.check_weight_dtype(weight_dtype, source.device, denoiser_path)
+    if denoiser_path is None and weight_dtype == "default":
+        return source
+    identity = ""
+    if denoiser_path is not None:
+        st = denoiser_path.stat()
+        identity = f"{denoiser_path}:{st.st_size}:{st.st_mtime_ns}"
+    return replace(source, fingerprint=f"{source.fingerprint}|{identity}|{weight_dtype}",
+                   denoiser_file=str(denoiser_path or ""), weight_dtype=weight_dtype)
+
+
+def _model_source(model: str, dtype: str, device: str) -> PipelineSource:
     from .. import host
 
     dev = resolve_device(device)
@@ -142,14 +158,25 @@ def build_pipeline(source: PipelineSource):
     """Build the diffusers pipeline a source names, offline, in its dtype and on its device."""
     t0 = time.perf_counter()
     torch_dtype = DTYPES[source.dtype]
+    replaced = ""
     with quiet_loading():
         pipe = _build(source, torch_dtype)
+        if source.denoiser_file:  # before anything moves: the model's own denoiser never reaches the device
+            folder = source.path if source.kind == "diffusers" else None
+            replaced = quantized.replace_denoiser(pipe, folder, source.denoiser_file, torch_dtype,
+                                                  Path(source.denoiser_file).name)
     # diffusers warns on every .to(dtype=...), even a no-op: cast only when a component differs.
-    modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
-    if any(m.dtype != torch_dtype for m in modules):
+    modules = {n: c for n, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+    if replaced:  # a quantized model refuses any dtype cast: it was read in the dtype already
+        for name, module in modules.items():
+            same = name == replaced or module.dtype == torch_dtype
+            module.to(source.device) if same else module.to(device=source.device, dtype=torch_dtype)
+    elif any(m.dtype != torch_dtype for m in modules.values()):
         pipe.to(device=source.device, dtype=torch_dtype)
     else:
         pipe.to(source.device)
+    if source.weight_dtype != "default":  # after the cast, which would undo the fp8 storage
+        quantized.enable_fp8(pipe, source.weight_dtype, torch_dtype)
     pipe.set_progress_bar_config(disable=True)
     if not hasattr(pipe, "load_lora_weights"):
         raise NodeInputError("model", f"{type(pipe).__name__} does not support LoRA in diffusers")
@@ -163,8 +190,10 @@ def _build(source: PipelineSource, torch_dtype: torch.dtype):
     if source.kind == "diffusers":
         from diffusers import DiffusionPipeline
 
+        skipped = quantized.skipped_denoiser(source.path) if source.denoiser_file else {}
         return DiffusionPipeline.from_pretrained(
-            source.path, local_files_only=True, dtype=torch_dtype, **_absent_components(source.path)
+            source.path, local_files_only=True, dtype=torch_dtype, **_absent_components(source.path),
+            **skipped,
         )
     return _from_single_file(source)
 

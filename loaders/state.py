@@ -29,6 +29,9 @@ class PipelineSource:
     device: str  # resolved: cpu | cuda | mps
     fingerprint: str  # content identity of the weights (builtin version, or file hashes / mtimes)
     components: tuple[str, ...] = ()  # LoRA-loadable components the pipeline has, in diffusers' order
+    # LoadPipeline's `denoiser` file (absolute path; "" = the model's own) and `weight_dtype`
+    denoiser_file: str = ""
+    weight_dtype: str = "default"  # default | fp8_e4m3fn | fp8_e5m2
 
     @property
     def denoisers(self) -> tuple[str, ...]:

@@ -6,6 +6,11 @@ from typing import Any
 
 from .common import CATEGORY, PIPELINE, NodeResult, engine
 
+# LoadPipeline's optional inputs (docs/CONTRACT.md, Quantized denoisers); spelled here, not imported
+# from loaders/quantized, so that importing the pack loads no torch (loaders.quantized checks them).
+FROM_MODEL = "(from model)"
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e5m2")
+
 
 def model_choices() -> list[str]:
     """Built-in models first (the default needs no files), then diffusers folders, then single files."""
@@ -30,6 +35,8 @@ class LoadPipeline:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
+        from .. import host
+
         return {
             "required": {
                 "model": (
@@ -44,16 +51,30 @@ class LoadPipeline:
                     ["auto", "cpu", "cuda", "mps"],
                     {"default": "auto", "tooltip": "auto: cuda, else mps, else cpu."},
                 ),
-            }
+            },
+            "optional": {
+                "denoiser": (
+                    [FROM_MODEL, *host.list_denoisers()],
+                    {"default": FROM_MODEL,
+                     "tooltip": "A denoiser file from diffusion_models/ or unet/ (.safetensors, or "
+                                ".gguf quantized) in place of the model's own."},
+                ),
+                "weight_dtype": (
+                    list(WEIGHT_DTYPES),
+                    {"default": "default",
+                     "tooltip": "fp8: the denoiser's weights stored in fp8, computed in dtype."},
+                ),
+            },
         }
 
     @classmethod
-    def IS_CHANGED(cls, model: str = "", dtype: str = "auto", device: str = "auto", **_: Any) -> str:
+    def IS_CHANGED(cls, model: str = "", dtype: str = "auto", device: str = "auto",
+                   denoiser: str = FROM_MODEL, weight_dtype: str = "default", **_: Any) -> str:
         # The weights' identity enters the cache key: a diffusers folder changed on disk is reloaded.
         from ..loaders.pipelines import make_source
 
         try:
-            return make_source(model, dtype, device).fingerprint
+            return make_source(model, dtype, device, denoiser, weight_dtype).fingerprint
         except Exception:  # validation reports the bad value; the cache key just must not crash
             return ""
 
@@ -75,5 +96,6 @@ class LoadPipeline:
         return (f"built-in models, diffusers folders ({host.describe_folders('diffusers')}) and checkpoints "
                 f"({host.describe_folders('checkpoints')}); --models-dir sets the root")
 
-    def run(self, model: str, dtype: str = "auto", device: str = "auto") -> NodeResult:
-        return (engine().load_pipeline(model, dtype, device),)
+    def run(self, model: str, dtype: str = "auto", device: str = "auto",
+            denoiser: str = FROM_MODEL, weight_dtype: str = "default") -> NodeResult:
+        return (engine().load_pipeline(model, dtype, device, denoiser, weight_dtype),)
