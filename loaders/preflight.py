@@ -40,13 +40,15 @@ _DTYPES = {
 _CONTEXT_FAMILY = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
 
 
-def pipeline_source(model: str, dtype: str = "auto", device: str = "auto") -> PipelineSource | None:
+def pipeline_source(model: str, dtype: str = "auto", device: str = "auto", denoiser: str | None = None,
+                    weight_dtype: str = "default") -> PipelineSource | None:
     """LoadPipeline's source without building it: components from the pipeline class the config
     names. A single-file checkpoint that cannot load offline is refused here from its header; one
     of a shipped family stands in as that family's pipeline; None when only its loader can tell."""
     from .pipelines import make_source
 
-    source = make_source(model, dtype, device)
+    extra = {"denoiser": denoiser} if denoiser is not None else {}
+    source = make_source(model, dtype, device, weight_dtype=weight_dtype, **extra)
     if source.kind == "builtin":
         return source
     if source.kind == "single_file":

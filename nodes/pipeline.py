@@ -79,12 +79,14 @@ class LoadPipeline:
             return ""
 
     @classmethod
-    def PREFLIGHT(cls, model: str, dtype: str = "auto", device: str = "auto", **_: Any) -> tuple[Any]:
-        # The stand-in handle, from the model's config alone (graph/input_checks.py, loaders/preflight.py).
+    def PREFLIGHT(cls, model: str, dtype: str = "auto", device: str = "auto", denoiser: str = FROM_MODEL,
+                  weight_dtype: str = "default", **_: Any) -> tuple[Any]:
+        # The stand-in handle, from the model's config alone (graph/input_checks.py, loaders/preflight.py);
+        # the denoiser file and fp8 storage are checked as the run checks them, without reading weights.
         from ..loaders.preflight import pipeline_source
         from ..loaders.state import PipelineHandle
 
-        source = pipeline_source(model, dtype, device)
+        source = pipeline_source(model, dtype, device, denoiser, weight_dtype)
         return (PipelineHandle(source) if source is not None else None,)
 
     @classmethod
