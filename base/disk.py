@@ -47,6 +47,12 @@ _MAX_TRIES = 10_000  # distinct names tried by write_new before giving up (a cou
 Writer = Callable[[str], None]  # writes the file's content to the path it is given
 
 
+def stat_identity(st: os.stat_result) -> str:
+    """A file's identity for cache keys: size and mtime alone miss a same-size rewrite that keeps the
+    mtime (`cp -p`, rsync, a restore); the ctime changes on every write, the inode on a replace."""
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}"
+
+
 def is_temp_name(name: str) -> bool:
     """Whether ``name`` is one our saves give their temp files."""
     return _TEMP_NAME.match(name) is not None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..base.disk import stat_identity
 from ..base.errors import NodeInputError
 from ..builtin_models.catalog import BUILTIN_MODELS, BUILTINS
 from . import fence, quantized
@@ -78,12 +79,13 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def _folder_fingerprint(path: Path) -> str:
-    """Size and mtime of every file: cheap, and changes whenever the weights on disk change."""
+    """Every file's identity (base/disk.stat_identity): cheap, and changes whenever the weights on
+    disk change, a same-size rewrite that keeps the mtime included."""
     h = hashlib.sha256()
     for p in sorted(path.rglob("*")):
         if p.is_file():
             st = p.stat()
-            h.update(f"{p.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            h.update(f"{p.relative_to(path)}:{stat_identity(st)}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -98,7 +100,7 @@ def make_source(model: str, dtype: str = "auto", device: str = "auto", denoiser:
     identity = ""
     if denoiser_path is not None:
         st = denoiser_path.stat()
-        identity = f"{denoiser_path}:{st.st_size}:{st.st_mtime_ns}"
+        identity = f"{denoiser_path}:{stat_identity(st)}"
     return replace(source, fingerprint=f"{source.fingerprint}|{identity}|{weight_dtype}",
                    denoiser_file=str(denoiser_path or ""), weight_dtype=weight_dtype)
 
@@ -122,7 +124,7 @@ def _model_source(model: str, dtype: str, device: str) -> PipelineSource:
         except (ValueError, FileNotFoundError) as e:
             raise NodeInputError("model", str(e)) from None
         st = path.stat()
-        return PipelineSource(model, "single_file", str(path), dt, dev, f"{st.st_size}:{st.st_mtime_ns}", ())
+        return PipelineSource(model, "single_file", str(path), dt, dev, stat_identity(st), ())
     try:
         path = host.resolve_in("diffusers", model)
     except (ValueError, FileNotFoundError) as e:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..base.disk import stat_identity
 from ..base.errors import NodeInputError
 from . import fence
 from .formats import detect_format, modules_of
@@ -127,8 +128,8 @@ def read_lora_header(path: Path, shown: str) -> LoraFile:
     """The file as far as its header tells: format, modules (with shape-only tensors) and metadata.
 
     Pickles (.ckpt/.pt/.bin) have no header: they are read whole, with weights_only, through the
-    store's cache, so the run reuses the read. Headers are cached by the file's size and mtime, so
-    validating the same workflow again (every run, every queued prompt) reads nothing.
+    store's cache, so the run reuses the read. Headers are cached by the file's identity (size, mtime,
+    ctime, inode), so validating the same workflow again (every run, every queued prompt) reads nothing.
     """
     if path.name.lower().endswith(PICKLE_SUFFIXES):
         from . import store
@@ -137,12 +138,12 @@ def read_lora_header(path: Path, shown: str) -> LoraFile:
     if not path.name.lower().endswith(SAFETENSORS_SUFFIXES):
         raise LoraFileError(f"{shown}: unsupported file type {path.suffix or '(no suffix)'!r}")
     st = os.stat(path)
-    return _cached_header(str(path), shown, st.st_size, st.st_mtime_ns, st.st_ino)
+    return _cached_header(str(path), shown, stat_identity(st))
 
 
 # Parsed headers kept: a workflow's LoRAs and then some; each is a few KB of names and shapes.
 @functools.lru_cache(maxsize=256)
-def _cached_header(real: str, shown: str, size: int, mtime_ns: int, inode: int) -> LoraFile:
+def _cached_header(real: str, shown: str, identity: str) -> LoraFile:
     path = Path(real)
     metadata = check_safetensors_layout(str(path), shown)
     header = _header(path)

@@ -91,6 +91,51 @@ def test_a_lora_replaced_with_its_size_and_mtime_kept_is_read_again(tmp_path):
     assert np.array_equal(again, oracle)
 
 
+def test_a_model_file_rewritten_with_its_size_and_mtime_kept_gets_a_new_cache_key(tmp_path):
+    """The same rule for models: a diffusers folder's weights, a single-file checkpoint and a denoiser
+    file rewritten in place (same size, mtime restored) change the pipeline's cache key, and the
+    validation header cache reads a LoRA again."""
+    from loragraph import host
+    from loragraph.loaders import preflight
+    from loragraph.loaders.lora_file import LoraFileError
+    from loragraph.loaders.pipelines import make_source
+    from loragraph.testing import write_lora_file
+
+    models = tmp_path / "models"
+    folder = models / "diffusers" / "m"
+    folder.mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    (models / "checkpoints").mkdir()
+    (models / "loras").mkdir()
+    weights, checkpoint = folder / "w.bin", models / "checkpoints" / "c.safetensors"
+    lora = write_lora_file(models / "loras" / "x.safetensors", "sd", "diffusers", rank=4, seed=31)
+    other = write_lora_file(models / "loras" / "y.safetensors", "sd", "diffusers", rank=8, seed=32)
+    weights.write_bytes(b"a" * 64)
+    checkpoint.write_bytes(b"a" * 64)
+    host.configure(models_dir=str(models), output_dir=str(tmp_path / "out"))
+
+    def rewrite(path: Path, data: bytes) -> None:
+        st = path.stat()
+        time.sleep(0.05)  # past the file system's timestamp tick
+        path.write_bytes(data)  # in place, same inode, as cp -p does
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+
+    before = make_source("m").fingerprint, make_source("c.safetensors").fingerprint
+    first = preflight.read_lora_header(lora, "x.safetensors")
+    rewrite(weights, b"b" * 64)
+    rewrite(checkpoint, b"b" * 64)
+    after = make_source("m").fingerprint, make_source("c.safetensors").fingerprint
+    assert before[0] != after[0] and before[1] != after[1]
+    st = lora.stat()
+    time.sleep(0.05)
+    lora.write_bytes(other.read_bytes()[: st.st_size].ljust(st.st_size, b" "))  # damaged, same size
+    os.utime(lora, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(LoraFileError, match="truncated"):  # read again, not the cached header
+        preflight.read_lora_header(lora, "x.safetensors")
+    assert first.format
+
+
 # -- PNG text bombs -----------------------------------------------------------------------------
 
 
