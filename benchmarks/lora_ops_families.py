@@ -7,8 +7,8 @@ No real checkpoint of these families fits this machine, so each row's denoiser i
 model's transformer rebuilt in code with random weights; the rest of the pipeline stays tiny, as none of
 it takes a LoRA. `--family-size depth` (the default, the reported figures: `REAL_DEPTH`) gives each
 family its published checkpoint's block count at a narrow width; `--family-size width` is the earlier
-`SCALE`: 2-12 blocks, wider. Per family: a first attach, a switch A -> B (B never attached: ours hot-
-swaps into A's layers; diffusers: `delete_adapters` + `load_lora_weights`) and an unfuse (ours: the
+`SCALE`: 2-12 blocks, wider. Per family: a first attach, a switch A -> B (B never attached: ours
+hot-swaps into A's layers; diffusers: `delete_adapters` + `load_lora_weights`) and an unfuse (ours: the
 saved base tensors copied back, exact; diffusers: subtracts the delta). The LoRAs are diffusers-form
 files of the given rank on the attention projections and one feed-forward layer (the oracle tests'
 targets). Rows alternate ours and diffusers on two identical pipelines and report medians; the targets
