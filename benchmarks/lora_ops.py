@@ -853,6 +853,9 @@ def main(argv=None) -> int:
                         "change on a fused adapter; families: benchmarks/lora_ops_families.py, without "
                         "the SD1.5 pipeline)")
     p.add_argument("--families", default=None, help="with --only families: a comma-separated subset")
+    p.add_argument("--family-size", choices=["depth", "width"], default="depth",
+                   help="with --only families: real block count, narrow (default) or the earlier "
+                        "fewer, wider blocks")
     args = p.parse_args(argv)
     if args.json is None:
         stem = "lora_ops_families" if args.only == "families" else "lora_ops"
@@ -868,7 +871,8 @@ def main(argv=None) -> int:
 
         bench = Bench.without_sd15(args)
         print(HEADER, flush=True)
-        bench.exact = family_rows(bench, args.families.split(",") if args.families else None)
+        bench.exact = family_rows(bench, args.families.split(",") if args.families else None,
+                                  args.family_size)
     else:
         bench = Bench(args)
         print(HEADER, flush=True)
