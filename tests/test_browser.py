@@ -427,14 +427,16 @@ def family_workflow() -> dict[str, Any]:
 
     return {
         "1": {"class_type": "LoadPipeline",
-              "inputs": {"model": "builtin:tiny-wan22", "dtype": "float32", "device": "cpu"}},
+              "inputs": {"model": "builtin:tiny-wan22", "dtype": "float32", "device": "cpu",
+                         "denoiser": "(from model)", "weight_dtype": "default"}},
         "2": {"class_type": "LoadLoRA",
               "inputs": {"pipeline": ["1", 0], "lora_name": "wan22/low_noise.safetensors", "strength": 1.0,
                          "adapter_name": "low", "target": "auto"}},
         "3": sampler("2"),
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "family"}},
         "5": {"class_type": "LoadPipeline",
-              "inputs": {"model": "builtin:tiny-kontext", "dtype": "float32", "device": "cpu"}},
+              "inputs": {"model": "builtin:tiny-kontext", "dtype": "float32", "device": "cpu",
+                         "denoiser": "(from model)", "weight_dtype": "default"}},
         "6": sampler("5", image=["3", 0]),
     }
 
@@ -474,6 +476,8 @@ def check_family(family: dict[str, Any], folders: dict[str, Path]) -> None:
     assert without_meta(queued) == wanted
     lora_required, lora_optional = declared_inputs("LoadLoRA")
     assert set(queued["2"]["inputs"]) == {*lora_required, *lora_optional}
+    pipe_required, pipe_optional = declared_inputs("LoadPipeline")
+    assert set(queued["1"]["inputs"]) == set(queued["5"]["inputs"]) == {*pipe_required, *pipe_optional}
     assert set(queued["6"]["inputs"]) == {*required, *optional}
     assert set(queued["3"]["inputs"]) == {*required, *optional} - {"image"}
 
