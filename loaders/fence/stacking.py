@@ -30,12 +30,12 @@ def others_set_aside(models: Sequence[torch.nn.Module], adapter_name: str) -> It
     adapter adds its own to every layer it targets; the n-th load then costs O(n) and a stack of n
     O(n²) (docs/CONTRACT.md, "Stack growth"). None of that work reads another adapter's tables: the
     new adapter's layers are built and filled from its own config and state dict.
-    Private names (torch; peft 0.20, 0.21): each per-adapter table's storage, a `ModuleDict`'s
-    `_modules` or a `ParameterDict`'s `_parameters` and `_keys`, swapped for an empty one for the
-    block and merged back after (the tables are those the layer lists in `adapter_layer_names` and
-    `other_param_names`). peft's `set_adapter`, called inside a load, sets `requires_grad` on the
-    entries it sees; each set-aside entry gets back the flag it had, and then the flag peft's last
-    `set_adapter` in the block would have given it (`requires_grad_kept` below).
+    Private names (torch; peft 0.20, 0.21 with diffusers 0.41, 0.42: against raw diffusers by
+    tests/test_stacking.py on 0.21/0.42, on 0.20/0.41 through the engine's lowend tests): each
+    per-adapter table's storage, a `ModuleDict`'s `_modules` or a `ParameterDict`'s `_parameters`
+    and `_keys`, swapped for an empty one for the block and merged back after (the tables are those
+    the layer lists in `adapter_layer_names` and `other_param_names`). The entries keep the flags
+    (`requires_grad`, device, dtype) the same load leaves with every adapter in place.
     Stands in for: the same load with every adapter in place.
     Fallback: that: nothing is set aside (the n-th load walks all n adapters' layers).
     """
@@ -46,16 +46,12 @@ def others_set_aside(models: Sequence[torch.nn.Module], adapter_name: str) -> It
     if any(_holds(layer, adapter_name) for layer in layers):  # not a fresh name: as diffusers does
         yield
         return
-    aside: list[tuple[Any, list[_Aside], Any]] = []
-    for layer in layers:
-        tables = [_set_aside(table) for table in _tables(layer)]
-        aside.append((layer, [t for t in tables if t is not None], None))
+    aside = [t for layer in layers for t in map(_set_aside, _tables(layer)) if t is not None]
     try:
         yield
     finally:
-        for _layer, tables, _ in aside:
-            for table, storage, keys in tables:
-                _put_back(table, storage, keys)
+        for table, storage, keys in aside:
+            _put_back(table, storage, keys)
 
 
 def tuner_layers_of(model: torch.nn.Module) -> list[Any]:
