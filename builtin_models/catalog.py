@@ -3,7 +3,7 @@ weights, for tests, one per model family diffusers puts LoRAs on; shapes: traine
 
 Each entry names the diffusers pipeline class its builder returns. Which components take LoRA layers
 is that class's LoRA mixin's business, so it is read from the class, not written down here: reading it
-names a private diffusers attribute, which only loaders/fence.py may do, so loaders/pipelines.py asks
+names a private diffusers attribute, which only loaders/fence/ may do, so loaders/pipelines.py asks
 the fence and holds the result (`BUILTIN_COMPONENTS`); `Builtin.lora_components` is the rule it applies.
 """
 

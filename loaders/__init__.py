@@ -29,6 +29,6 @@ The reconciler
     activation.py `set_adapters` and the text-encoder switch
     fusion.py     fuse with exact unfuse
     weight_schedule.py  per-step adapter weights at sampling time (never reconciled)
-    fence.py      every touch of a private diffusers/peft name, with its public fallback
+    fence/        every touch of a private diffusers/peft name, with its public fallback
 engine.py         what the nodes call
 """

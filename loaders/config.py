@@ -32,7 +32,7 @@ class EngineConfig:
     parked_bytes: bytes of inactive adapters left loaded per pipeline [LORAGRAPH_PARKED_BYTES].
     pipeline_cache_bytes: parameter bytes of live pipelines kept; None = half the machine's RAM
         [LORAGRAPH_PIPELINE_CACHE_BYTES].
-    fast_paths: "auto" uses fence.py's shortcuts on the diffusers/peft versions they were verified
+    fast_paths: "auto" uses the fence's shortcuts on the diffusers/peft versions they were verified
         on and the plain public path elsewhere; "off" always the public path; "on" forces the
         shortcuts on any version (at your own risk) [LORAGRAPH_FAST_PATHS].
     """

@@ -2,7 +2,7 @@
 instead of peft building layers (peft's `hotswap_adapter_from_state_dict`), then rename the slot.
 
 The policy lives here (which parked adapter fits, what is remembered per file); the private
-diffusers/peft touches it needs are fence.py's (`hotswap_through_diffusers`, `rename_adapter`).
+diffusers/peft touches it needs are the fence's (`hotswap_through_diffusers`, `rename_adapter`).
 On diffusers/peft versions outside the fence's verified set no slot is offered and files load.
 """
 

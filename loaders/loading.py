@@ -8,9 +8,10 @@ metadata, or peft's tuners built per module for LyCORIS).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
-from . import hotswap, quantized
+from . import fence, hotswap, quantized
 from .components import denoisers
 from .coverage import coverage
 from .formats import load_lora_file
@@ -60,19 +61,25 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
     pipe = live.pipe
     slot = None if lf.sha256 in live.swapped_out else hotswap.slot_for(live, cov, slots or [])
     models = [getattr(pipe, c) for c in denoisers(live.components) if getattr(pipe, c, None) is not None]
+    # a fresh load sees no other adapter's layers, so its cost does not grow with the stack
+    others_aside = (
+        contextlib.nullcontext() if slot is not None
+        else fence.others_set_aside([getattr(pipe, c) for c in fence.loadable_components(pipe)], spec.name)
+    )
     try:
-        # on an fp8 denoiser, adapters keep the file's values in the compute dtype (quantized/storage.py)
-        with quantized.fp8_weights_as_bytes(models) as fp8_models:
-            if slot is not None:
-                hotswap.swap(live, lf, slot, spec.name, tuple(cov.layout), spec.target)
-                assert slots is not None  # the slot was picked from them
-                slots.remove(slot)
-            else:
-                live.layer_cache.clear()  # peft adds layers (a swap keeps them)
-                with timed(live, "load_lora_weights", spec.name), quiet_loading():
-                    load_lora_file(pipe, lf, spec.name, target=spec.target)
-        for model in fp8_models:
-            quantized.adapters_to_compute_dtype(model)
+        with others_aside:
+            # on an fp8 denoiser, adapters keep the file's values in the compute dtype (quantized/storage.py)
+            with quantized.fp8_weights_as_bytes(models) as fp8_models:
+                if slot is not None:
+                    hotswap.swap(live, lf, slot, spec.name, tuple(cov.layout), spec.target)
+                    assert slots is not None  # the slot was picked from them
+                    slots.remove(slot)
+                else:
+                    live.layer_cache.clear()  # peft adds layers (a swap keeps them)
+                    with timed(live, "load_lora_weights", spec.name), quiet_loading():
+                        load_lora_file(pipe, lf, spec.name, target=spec.target)
+            for model in fp8_models:
+                quantized.adapters_to_compute_dtype(model)
     except Exception as e:
         raise LoraOperationError(f"diffusers could not load {lf.name}: {e}", "lora_name", spec.origin) from e
     if not any(spec.name in names for names in pipe.get_list_adapters().values()):

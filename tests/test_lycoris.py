@@ -600,7 +600,7 @@ def test_dora_strength_zero_is_off(engine, producer, base_image, name):
     assert max_diff(producer_image(build_tiny_sd, path, 0.5), producer(name, 0.5)) > 0.02
 
 
-# --- the fence entries LyCORIS files need (loaders/fence.py section 5) ----------------------------
+# --- the fence entries LyCORIS files need (loaders/fence/lycoris.py) ----------------------------
 
 
 def test_sgm_names_map_the_same_without_diffusers_private_converters(lycoris_dir):

@@ -40,7 +40,7 @@ One job per module: module.py (the `Module` record), parse.py (keys -> modules, 
 cannot be built), place.py (where modules land), deltas.py (per-algorithm delta math), build.py (peft
 configs and state dicts, loaded in chunks), export.py (SaveLoRA's kohya keys); `Lycoris` below is the
 format family (formats/family.py) they answer for. The private diffusers/peft touches this needs are
-in loaders/fence.py (section 5: LyCORIS).
+in loaders/fence/lycoris.py.
 """
 
 from __future__ import annotations
