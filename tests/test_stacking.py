@@ -20,6 +20,13 @@ from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
 from loragraph.testing import write_lora_file
 
+# peft 0.20 turns earlier adapters' requires_grad off on a load, which a set-aside table does not see:
+# the set-aside runs only on the peft releases it was checked on (fence/stacking.py, PEFT_VERIFIED).
+needs_verified_peft = pytest.mark.skipif(
+    fence.installed_versions()["peft"].rsplit(".", 1)[0] not in fence.stacking.PEFT_VERIFIED,
+    reason="the set-aside is checked on peft " + ", ".join(fence.stacking.PEFT_VERIFIED) + " only",
+)
+
 STACK = 6  # enough adapters that a walk growing with them shows; few, for a fast test
 WEIGHTS = [0.3 + 0.1 * i for i in range(STACK)]
 
@@ -68,6 +75,7 @@ def parameter_count(pipe) -> int:
     return sum(1 for c in fence.loadable_components(pipe) for _ in getattr(pipe, c).parameters())
 
 
+@needs_verified_peft
 def test_a_load_inside_the_set_aside_sees_only_the_base_and_ends_as_raw_diffusers(stack_dir):
     """Raw diffusers loads three files; here the third loads inside `others_set_aside`: it sees the
     base model's parameters only, and afterwards the model and its image are raw diffusers' exactly."""
@@ -138,6 +146,7 @@ def engine_stack(stack_dir, set_aside: bool, monkeypatch) -> tuple[list[int], to
         return seen, image, model_state(engine.live(h.source).pipe)
 
 
+@needs_verified_peft
 def test_each_load_of_a_stack_sees_the_same_model_and_the_images_stay_bit_identical(stack_dir, monkeypatch):
     """Through the engine, the loader sees as many parameters at the sixth load as at the first (it
     saw more with each adapter before); the stack's model and image are bit-identical to the loads

@@ -30,8 +30,9 @@ def others_set_aside(models: Sequence[torch.nn.Module], adapter_name: str) -> It
     adapter adds its own to every layer it targets; the n-th load then costs O(n) and a stack of n
     O(n²) (docs/CONTRACT.md, "Stack growth"). None of that work reads another adapter's tables: the
     new adapter's layers are built and filled from its own config and state dict.
-    Private names (torch; peft 0.20, 0.21 with diffusers 0.41, 0.42: against raw diffusers by
-    tests/test_stacking.py on 0.21/0.42, on 0.20/0.41 through the engine's lowend tests): each
+    Private names (torch; peft 0.21 with diffusers 0.41, 0.42, against raw diffusers by
+    tests/test_stacking.py; not peft 0.20, whose loads turn the earlier adapters' `requires_grad`
+    off, which a set-aside table does not see: there the fallback runs, see `_verified`): each
     per-adapter table's storage, a `ModuleDict`'s `_modules` or a `ParameterDict`'s `_parameters`
     and `_keys`, swapped for an empty one for the block and merged back after (the tables are those
     the layer lists in `adapter_layer_names` and `other_param_names`). The entries keep the flags
@@ -39,7 +40,7 @@ def others_set_aside(models: Sequence[torch.nn.Module], adapter_name: str) -> It
     Stands in for: the same load with every adapter in place.
     Fallback: that: nothing is set aside (the n-th load walks all n adapters' layers).
     """
-    if not fast_paths() or not models:
+    if not fast_paths() or not _verified() or not models:
         yield
         return
     layers = [layer for model in models for layer in tuner_layers_of(model)]
@@ -52,6 +53,17 @@ def others_set_aside(models: Sequence[torch.nn.Module], adapter_name: str) -> It
     finally:
         for table, storage, keys in aside:
             _put_back(table, storage, keys)
+
+
+# peft releases the set-aside was checked on against raw diffusers, flags included (a subset of VERIFIED).
+PEFT_VERIFIED = ("0.21",)
+
+
+def _verified() -> bool:
+    from . import _minor, configured_mode, installed_versions
+
+    # `fast_paths: on` forces it, as it forces every fast path outside the verified versions
+    return configured_mode() == "on" or _minor(installed_versions()["peft"]) in PEFT_VERIFIED
 
 
 def tuner_layers_of(model: torch.nn.Module) -> list[Any]:
