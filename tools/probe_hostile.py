@@ -356,8 +356,9 @@ def main() -> int:
         return ok, f"status {status}, JSON"
 
     probe("5 a 10,000-deep /prompt body: JSON 400", deep_body)
+    # refused by validation, before any model loads (its header is read there): exit 2
     probe("5 a 5,000-deep safetensors header: refused naming lora_name",
-          expect_run(1, "2", "lora_name", n2={"lora_name": "deep_header.safetensors"}))
+          expect_run(2, "2", "lora_name", n2={"lora_name": "deep_header.safetensors"}))
 
     # 6. folder walks
     def symlink_loop() -> tuple[bool, str]:

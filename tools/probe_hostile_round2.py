@@ -282,10 +282,12 @@ def second_round(port: int, app: Any, probe: Callable, tmp: Path, models: list[s
     # 20. what errors tell
     def leaks() -> tuple[bool, str]:
         (loras / "passwd.safetensors").symlink_to("/etc/passwd")
+        # validation reads the header before any model loads: refused there (exit 2), naming lora_name
         code, line = run_json(workflow(n2={"lora_name": "passwd.safetensors"}))
-        message = str((line.get("error") or {}).get("exception_message", ""))
+        message = json.dumps(line)
         answer = _get(port, "/loragraph/lora_info?name=passwd.safetensors")[1].decode()
-        ok = "3475222254926655346" not in message and str(tmp) not in answer and code == 1
+        ok = ("3475222254926655346" not in message and str(tmp) not in answer and code == 2
+              and "lora_name" in message)
         return ok, f"exit {code}; lora_info {answer[:60]!r}"
 
     probe("20 loras/x -> /etc/passwd: no bytes read out, no server path", leaks)
