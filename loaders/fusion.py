@@ -59,8 +59,7 @@ def _spare_copy(live: LivePipeline, comp: str, name: str, weight: torch.Tensor) 
     if (spare is None or spare.shape != weight.shape or spare.dtype != weight.dtype
             or spare.device != weight.device or not spare.is_contiguous()):
         return None
-    with torch.no_grad():
-        return spare.copy_(weight)
+    return spare.copy_(weight)  # under fuse's no_grad
 
 
 def drop_spares(live: LivePipeline) -> None:
@@ -89,7 +88,9 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
     """
     _refuse_unwritable(live, comp, op)
     saved = live.backups.setdefault(comp, {})
-    with timed(live, "fuse_lora", f"{comp} scale={op.lora_scale}"):
+    # one no_grad for the whole walk (not two per layer): peft's active adapters require grad, and
+    # no merge here keeps a graph
+    with timed(live, "fuse_lora", f"{comp} scale={op.lora_scale}"), torch.no_grad():
         for name, module in layers(live, comp):
             # any peft tuner layer (LoRA, LoHa, LoKr, norm diff) holding the adapter
             todo = [
@@ -99,6 +100,7 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
                 continue
             base = module.get_base_layer()
             weight = base.weight.data
+            storage = quantized.layer_storage(base.weight)
             first = name not in saved
             if first:
                 keep_bias = getattr(base, "bias", None) is not None and (
@@ -114,7 +116,7 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
                 writable = not on_cpu
             else:
                 writable = True  # already a tensor of ours
-            if quantized.layer_storage(base.weight) is not None:
+            if storage is not None:
                 fused = quantized.fused_weight(module, todo, op.lora_scale, op.safe_fusing)
                 if fused is None:
                     raise LoraOperationError(
@@ -132,11 +134,9 @@ def fuse(live: LivePipeline, comp: str, op: FuseOp) -> None:
                     down = module.lora_A[a].weight.to(weight.dtype)
                     alpha = module.scaling[a] * op.lora_scale
                     if new is None:
-                        with torch.no_grad():  # peft's active adapters require grad: no graph to keep
-                            new = torch.addmm(weight, up, down, alpha=alpha)
+                        new = torch.addmm(weight, up, down, alpha=alpha)
                     else:
-                        with torch.no_grad():
-                            new.addmm_(up, down, alpha=alpha)
+                        new.addmm_(up, down, alpha=alpha)
                 assert new is not None  # `todo` is not empty: the loop made it
                 if op.safe_fusing and not torch.isfinite(new).all():
                     raise LoraOperationError(
@@ -172,6 +172,8 @@ def _refuse_unwritable(live: LivePipeline, comp: str, op: FuseOp) -> None:
     """Before anything is fused: every quantized layer holding the adapters must take a requantized
     weight back; otherwise FuseLoRA is an error naming the format, and the LoRA stays unfused."""
     for name, module in layers(live, comp):
+        if quantized.layer_storage(module.get_base_layer().weight) is None:
+            continue  # a plain weight: always writable (the common case, checked first: it is cheap)
         todo = [a for a in op.adapter_names
                 if adapter_in_layer(module, a) and a not in module.merged_adapters]
         reason = quantized.refusal(module, todo) if todo else None

@@ -25,10 +25,14 @@ def fp8_dtype(name: str) -> torch.dtype:
 
 def fp8_name(dtype: torch.dtype) -> str | None:
     """`fp8_e4m3fn` / `fp8_e5m2` for torch's fp8 dtypes, None for any other dtype."""
-    for name in FP8_NAMES:
-        if getattr(torch, name.replace("fp8_", "float8_"), None) == dtype:
-            return name
-    return None
+    return _FP8_BY_DTYPE.get(dtype)
+
+
+# fusion asks this of every layer on every fuse: one dict lookup instead of two getattr on torch
+_FP8_BY_DTYPE = {
+    dtype: name for name in FP8_NAMES
+    if (dtype := getattr(torch, name.replace("fp8_", "float8_"), None)) is not None
+}
 
 
 def gguf_type(weight: torch.Tensor) -> int | None:
