@@ -16,7 +16,7 @@ from .components import denoisers
 from .coverage import coverage
 from .formats import load_lora_file
 from .live import LivePipeline, LoraOperationError, quiet_loading, timed
-from .records import LoraFile
+from .records import LoraFile, LoraFileError
 from .state import AdapterSpec
 from .summary import guess_base_model
 
@@ -41,7 +41,10 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
     key = (lf.sha256, lf.path, spec.target)
     cov = live.coverage_cache.get(key)
     if cov is None:
-        cov = live.coverage_cache[key] = coverage(live.pipe, lf, spec.target)
+        try:
+            cov = live.coverage_cache[key] = coverage(live.pipe, lf, spec.target)
+        except LoraFileError as e:  # the file cannot go on this pipeline at all: nothing was loaded
+            raise LoraOperationError(str(e), "lora_name", spec.origin) from e
     mismatched = cov.shape_mismatches
     if mismatched:
         shown = "; ".join(f"{m.module}: {m.reason}" for m in mismatched[:3])

@@ -59,6 +59,29 @@ def layer_storage(weight: torch.Tensor) -> str | None:
     return fp8_name(weight.dtype)
 
 
+def logical_shape(weight: torch.Tensor) -> tuple[int, ...]:
+    """A weight's shape as its layer computes with it: a GGUF weight keeps its bytes as uint8 rows,
+    and diffusers' GGUFParameter holds the real shape as `quant_shape` (public)."""
+    return tuple(int(s) for s in (getattr(weight, "quant_shape", None) or weight.shape))
+
+
+def adapter_dtype(model: torch.nn.Module, layer: torch.nn.Module) -> torch.dtype:
+    """The dtype an adapter on `layer` is made in: its weight's own float dtype; on a quantized
+    weight (fp8 storage, fp8 viewed as bytes while an adapter loads, GGUF) the compute dtype, as on a
+    plain base whose adapters take its dtype. Never the storage dtype: values cast to uint8 or fp8
+    would be truncated."""
+    weight = layer.weight
+    if weight.dtype.is_floating_point and fp8_name(weight.dtype) is None and gguf_type(weight) is None:
+        return weight.dtype
+    compute = getattr(layer, "compute_dtype", None)  # diffusers' GGUFLinear
+    if isinstance(compute, torch.dtype):
+        return compute
+    model_dtype = getattr(model, "dtype", None)  # layerwise casting: the hook's compute dtype
+    if isinstance(model_dtype, torch.dtype) and model_dtype.is_floating_point and not fp8_name(model_dtype):
+        return model_dtype
+    return torch.float32
+
+
 def storage(model: torch.nn.Module) -> str:
     """A denoiser's storage: `GGUF <its most common quant type>`, `fp8_e4m3fn` / `fp8_e5m2`, or
     the dtype name of its weights (`float32`, `bfloat16`, ...)."""

@@ -16,7 +16,7 @@ from typing import Any, TypeAlias, cast
 
 import torch
 
-from ... import fence
+from ... import fence, quantized
 from .deltas import (
     Deferred,
     LastDelta,
@@ -229,7 +229,8 @@ def load(pipe: Any, modules: Iterable[Module], adapter_name: str) -> dict[str, i
             family = key[0]
             shared = dict(zip(_SHARED[family], key[1:], strict=True))  # the key holds one value per option
             config = _config(family, shared, [(p, o) for p, o, _ in group])
-            dtype = base_layer(model.get_submodule(group[0][0])).weight.dtype
+            # the compute dtype on a quantized base: fp8 weights are viewed as bytes while this runs
+            dtype = quantized.adapter_dtype(model, base_layer(model.get_submodule(group[0][0])))
             inject_adapter_in_model(config, model, adapter_name=adapter_name)
             if family == "norm":
                 for path, _, tensors in group:

@@ -10,6 +10,7 @@ shape is the layer's (a norm diff: the norm's).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 from collections.abc import Iterable
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ... import fence
+from ... import fence, quantized
 from ...records import Coverage, LoraFile, LoraFileError, UnmatchedModule
 from .deltas import delta_shape
 from .flux_names import Target, targets
@@ -145,6 +146,34 @@ def _sgm_paths(pipe: Any, names: list[str]) -> dict[str, str]:
     return out
 
 
+def _rows_by_inputs(weight: torch.Tensor) -> tuple[int, int]:
+    """(output rows, inputs per row) of a layer's weight as it computes (a GGUF weight's real shape)."""
+    shape = quantized.logical_shape(weight)
+    return shape[0], math.prod(shape[1:])
+
+
+# the algorithms peft builds as plain LoRA layers, which run on a GGUF weight; the others (LoKr,
+# LoHa, full diffs, DoRA) rebuild or read the whole weight in its stored shape
+_ON_GGUF = ("lora", "locon")
+
+
+def _gguf_refusal(pipe: Any, lora: LoraFile, landed: dict[str, list[tuple[Module, str]]]) -> str | None:
+    """Why the file's modules cannot run on the GGUF layers they land on (None: they can)."""
+    algos: dict[str, str] = {}
+    for comp, items in landed.items():
+        model = getattr(pipe, comp)
+        for m, path in items:
+            weight = base_layer(model.get_submodule(path)).weight
+            if m.algorithm not in _ON_GGUF and quantized.gguf_type(weight) is not None:
+                algos.setdefault(m.algorithm, f"{comp}.{path}")
+    if not algos:
+        return None
+    shown = ", ".join(f"{a} (e.g. on {where})" for a, where in sorted(algos.items()))
+    return (f"{lora.path}: its {shown} modules cannot run on a GGUF denoiser: peft builds their "
+            "delta in the weight's stored shape, and a GGUF weight is stored as quantized bytes. Load "
+            "the denoiser from safetensors or with an fp8 weight_dtype; plain LoRA files work on GGUF")
+
+
 def _misfit(m: Module, base: BaseLayer) -> str | None:
     """None when the module fits the layer its name found, else why not (coverage's unmatched list)."""
     if m.algorithm == "norm":
@@ -152,7 +181,7 @@ def _misfit(m: Module, base: BaseLayer) -> str | None:
     if isinstance(base, NORM_TYPES):
         return f"a {m.algorithm} module on a {type(base).__name__}, which only w_norm/b_norm adapt"
     out, inner = delta_shape(m)
-    have = (int(base.weight.shape[0]), int(base.weight[0].numel()))
+    have = _rows_by_inputs(base.weight)
     if (out, inner) != have:
         return f"shape mismatch: {m.algorithm} delta ({out}, {inner}), layer has {have}"
     return None
@@ -164,9 +193,9 @@ _TUCKER = {"lora_mid.weight", "hada_t1", "hada_t2", "lokr_t2"}
 def _shares_misfit(m: Module, model: torch.nn.Module, shares: list[Target]) -> str | None:
     """None when a BFL module's delta covers its diffusers layers exactly (rows summed, same inputs)."""
     out, inner = delta_shape(m)
-    bases = [base_layer(model.get_submodule(t.path)).weight for t in shares]
-    want = (sum(int(w.shape[0]) for w in bases), int(bases[0][0].numel()))
-    if (out, inner) != want or any(int(w[0].numel()) != inner for w in bases):
+    shapes = [_rows_by_inputs(base_layer(model.get_submodule(t.path)).weight) for t in shares]
+    want = (sum(rows for rows, _ in shapes), shapes[0][1])
+    if (out, inner) != want or any(inputs != inner for _, inputs in shapes):
         layers = " + ".join(t.path for t in shares)
         return f"shape mismatch: {m.algorithm} delta ({out}, {inner}), {layers} take {want}"
     if any(t.rows is not None for t in shares) and set(m.tensors) & _TUCKER:  # Tucker cores are convs'
@@ -181,6 +210,8 @@ def coverage(pipe: Any, lora: LoraFile) -> Coverage:
     if bad:
         raise LoraFileError(f"{lora.path}: {unsupported_message(bad)}")
     placement = place(pipe, modules)
+    if (refusal := _gguf_refusal(pipe, lora, placement.landed)) is not None:
+        raise LoraFileError(refusal)
     per: dict[str, dict[str, int]] = {}
     layout: dict[str, dict[str, int]] = {}
     for comp, items in placement.landed.items():
