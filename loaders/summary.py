@@ -148,8 +148,10 @@ def guess_base_model(lora: ParsedFile) -> tuple[str, str]:
             return "other", f"cross-attention context width {width} matches no SD1/SD2/SDXL model"
     for m in lora.modules:
         n = m.name.replace("_", ".")
-        if m.component == "unet" and re.search(r"transformer.blocks\.[1-9]", n):
+        if m.component == "unet" and re.search(r"\.\d+\.transformer.blocks\.[1-9]", n):
             # SD1.x/SD2.x UNets have one transformer layer per attention block; SDXL has 2 or 10.
+            # Inside a block (`attentions.0.`, SGM's `input_blocks.4.1.`): a top-level
+            # `transformer_blocks.N` is a transformer denoiser's (Flux's kohya names), not SDXL's.
             return "SDXL", f"UNet attention blocks with several transformer layers ({m.name})"
     for m in lora.modules:
         n = m.name.replace("_", ".")

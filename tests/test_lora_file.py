@@ -545,3 +545,26 @@ def test_the_one_pass_finiteness_check_agrees_with_isfinite(dtype):
     ]
     for t in cases:
         assert _all_finite(t) == bool(torch.isfinite(t).all()), t
+
+
+@pytest.mark.parametrize(("names", "expected"), [
+    # Flux's kohya names (LyCORIS or kohya run on diffusers' Flux): blocks at the top level
+    (("lora_unet_single_transformer_blocks_1_attn_to_k", "lora_unet_transformer_blocks_2_attn_to_q"), None),
+    (("lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn1_to_q",), "SDXL"),  # diffusers names
+    (("lora_unet_input_blocks_4_1_transformer_blocks_1_attn1_to_q",), "SDXL"),  # SGM names
+])
+def test_the_base_model_guess_tells_flux_blocks_from_sdxls(tmp_path, names, expected):
+    from loragraph.loaders.summary import guess_base_model
+
+    sd = {}
+    for name in names:
+        sd[f"{name}.lora_down.weight"] = torch.full((4, 64), 0.01)
+        sd[f"{name}.lora_up.weight"] = torch.full((64, 4), 0.01)
+        sd[f"{name}.alpha"] = torch.tensor(4.0)
+    path = tmp_path / "guess.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    base, why = guess_base_model(read_lora(path))
+    if expected is None:
+        assert base != "SDXL", why
+    else:
+        assert base == expected, why
