@@ -18,10 +18,13 @@ are its texture LoRA scaled 30 ways (same layers and ranks: a switch may be a ho
 router asks each replica its queue length with a 0.1 s deadline by default; on this shared machine
 that deadline was missed often (its routing then falls back), so the run gives it 1 s. Reported
 per router: LoRA loads (+ hot-swaps) per job, throughput, p50/p95 latency (from the common start).
+Each Serve request also records when it reached its replica and whether its model was in Serve's LRU.
 
-Then the simulator (``benchmarks/sweep.py``) runs exactly this configuration with the costs measured
-in this run (a job's time without a switch, what a load and a hot-swap add, the per-job gap between
-an actor's jobs), and its loads per job and throughput are checked against the measured ones (±15%).
+Then the simulator (``benchmarks/sweep.py``, Serve's router in ``benchmarks/serve_sim.py``) runs exactly
+this configuration, each router with its own job times measured in this run (drawn by kind: no switch,
+a LoRA load, a hot-swap) and its own gap between an actor's jobs, as a mean over 20 seeds; its loads
+per job and throughput are checked against the measured ones (±15%). The job times pin the throughput
+largely; loads per job comes from the routing alone, the independent check.
 """
 
 from __future__ import annotations
@@ -163,8 +166,9 @@ def run_serve(models: Path, loras: list[int], names: list[str], parked_bytes: in
 
 
 def measured_costs(rows: list[dict[str, Any]]) -> Costs:
-    """The simulator's costs from the two pool runs: a job without a switch, and what a load or a
-    hot-swap adds to it (medians). The gap between jobs is each router's own (``gap_of``)."""
+    """The run's switch costs from the two pool runs: a job without a switch, and what a load or a
+    hot-swap adds to it (medians), for the report; the simulator draws each router's own job times
+    (``samples_of``) and gap (``gap_of``)."""
     jobs = [j for r in rows for j in r["per_job"]]
     plain = statistics.median(j["busy_s"] for j in jobs if j["loads"] == j["swaps"] == 0)
     with_load = [j["busy_s"] for j in jobs if j["loads"] and not j["swaps"]]

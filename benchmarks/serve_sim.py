@@ -261,8 +261,9 @@ class ServeSim:
             task.entered_backoff = True
             self.at(self.now, "wake", task)
         else:
-            self.at(self.now + min(BACKOFF_FIRST_S * BACKOFF_FACTOR ** task.attempt, BACKOFF_MAX_S), "wake",
-                    task)
+            # at most the cap (Serve catches the overflow of a long-retried request's growing factor)
+            sleep = min(BACKOFF_FIRST_S * BACKOFF_FACTOR ** min(task.attempt, 30), BACKOFF_MAX_S)
+            self.at(self.now + sleep, "wake", task)
             task.attempt += 1
 
     def matching(self, request: Request) -> Request:
