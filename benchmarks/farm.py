@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ray-serve: {rows[-1]['wall_s']:.1f} s", flush=True)
     finally:
         ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)  # the 30 LoRA files and the images: 40 MB a run
     costs = measured_costs(rows[:2])
     sim = check(rows, costs, loras)
     result = {"machine": f"{os.cpu_count()} CPUs, 1 thread per actor", "load_before": load_before,
