@@ -1,8 +1,8 @@
 """The farm case, measured: 30 LoRAs, Zipf(1) popularity, 120 jobs, engines that cannot park them all.
 
     pip install -e ".[bench]"            # Ray Serve, for the anchor deployment
-    python -m benchmarks.farm            # writes benchmarks/results/farm_measured.json
-    python -m benchmarks.farm --resimulate   # the simulator check again on that file
+    python -m benchmarks.farm --out benchmarks/results/farm_measured_run6.json   # one measured run
+    python -m benchmarks.farm --resimulate   # the simulator check again on every saved run
 
 Three routers run the same 120 jobs (all queued at once) on 2 engines of one thread each, on a local
 Ray cluster of this machine, in one run:
@@ -18,10 +18,13 @@ are its texture LoRA scaled 30 ways (same layers and ranks: a switch may be a ho
 router asks each replica its queue length with a 0.1 s deadline by default; on this shared machine
 that deadline was missed often (its routing then falls back), so the run gives it 1 s. Reported
 per router: LoRA loads (+ hot-swaps) per job, throughput, p50/p95 latency (from the common start).
+Each Serve request also records when it reached its replica and whether its model was in Serve's LRU.
 
-Then the simulator (``benchmarks/sweep.py``) runs exactly this configuration with the costs measured
-in this run (a job's time without a switch, what a load and a hot-swap add, the per-job gap between
-an actor's jobs), and its loads per job and throughput are checked against the measured ones (±15%).
+Then the simulator (``benchmarks/sweep.py``, Serve's router in ``benchmarks/serve_sim.py``) runs exactly
+this configuration, each router with its own job times measured in this run (drawn by kind: no switch,
+a LoRA load, a hot-swap) and its own gap between an actor's jobs, as a mean over 20 seeds; its loads
+per job and throughput are checked against the measured ones (±15%). The job times pin the throughput
+largely; loads per job comes from the routing alone, the independent check.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -156,14 +160,16 @@ def run_serve(models: Path, loras: list[int], names: list[str], parked_bytes: in
     finally:
         serve.shutdown()
     jobs = [{"job": r["job_id"], "lora": loras[r["job_id"]], "actor": str(r["pid"]), "ok": r["ok"],
-             "loads": r["loads"], "swaps": r["swaps"], "busy_s": r["busy_s"], "latency_s": r["done"] - start}
+             "loads": r["loads"], "swaps": r["swaps"], "busy_s": r["busy_s"], "latency_s": r["done"] - start,
+             "arrived_s": r["arrived"] - start, "started_s": r["started"] - start, "lru_miss": r["lru_miss"]}
             for r in out]
     return _row("ray-serve", jobs, wall)
 
 
 def measured_costs(rows: list[dict[str, Any]]) -> Costs:
-    """The simulator's costs from the two pool runs: a job without a switch, and what a load or a
-    hot-swap adds to it (medians). The gap between jobs is each router's own (``gap_of``)."""
+    """The run's switch costs from the two pool runs: a job without a switch, and what a load or a
+    hot-swap adds to it (medians), for the report; the simulator draws each router's own job times
+    (``samples_of``) and gap (``gap_of``)."""
     jobs = [j for r in rows for j in r["per_job"]]
     plain = statistics.median(j["busy_s"] for j in jobs if j["loads"] == j["swaps"] == 0)
     with_load = [j["busy_s"] for j in jobs if j["loads"] and not j["swaps"]]
@@ -175,11 +181,21 @@ def measured_costs(rows: list[dict[str, Any]]) -> Costs:
                  parked_max=HELD - 1)
 
 
-def plain_job_of(row: dict[str, Any], default: float) -> float:
-    """This router's own job time without a switch (median): a Serve replica runs the same engine
-    slower than a pool actor here (its event loop and threads share the actor's one CPU)."""
-    plain = [j["busy_s"] for j in row["per_job"] if j["loads"] == j["swaps"] == 0]
-    return statistics.median(plain) if plain else default
+KINDS = {"plain": lambda j: j["loads"] == j["swaps"] == 0, "load": lambda j: j["loads"] and not j["swaps"],
+         "swap": lambda j: j["swaps"] and not j["loads"]}
+MIN_SAMPLES = 3  # fewer measured jobs of a kind in one router's run: that kind's jobs of the whole run
+
+
+def samples_of(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """This router's measured job times by kind (no switch, a LoRA load, a hot-swap). Each router's own:
+    the machine's load moves between the back-to-back runs, and a Serve replica runs the same engine
+    slower than a pool actor (its event loop and threads share the actor's one CPU)."""
+    out = {}
+    for kind, of in KINDS.items():
+        own = [j["busy_s"] for j in row["per_job"] if of(j)]
+        out[kind] = own if len(own) >= MIN_SAMPLES else [j["busy_s"] for r in rows for j in r["per_job"]
+                                                         if of(j)]
+    return out
 
 
 def gap_of(row: dict[str, Any]) -> float:
@@ -188,28 +204,31 @@ def gap_of(row: dict[str, Any]) -> float:
     return max(0.0, row["wall_s"] * ACTORS - row["busy_s"]) / row["jobs"]
 
 
-SEEDS = 5  # Serve picks among replicas at random (power of two choices): its mean over 5 simulated runs
+SEEDS = 20  # Serve picks at random, its backoff clocks and the measured job times too: a mean of 20 runs
 
 
 def check(measured: list[dict[str, Any]], costs: Costs, loras: list[int]) -> list[dict[str, Any]]:
-    """Each router simulated with the switch costs and its own measured job time and gap. These pin
-    the throughput largely; loads per job comes from the routing alone (the independent check)."""
+    """Each router simulated with its own measured job times (drawn by kind: no switch, load, hot-swap)
+    and gap. These pin the throughput largely; loads per job comes from the routing alone (the
+    independent check)."""
     trace = [(0.0, lora) for lora in loras]
     policy = {"router": "affinity", "round-robin": "round-robin", "ray-serve": "ray-serve"}
     rows = []
     for m in measured:
-        mine = Costs(**{**costs.__dict__, "gap": gap_of(m), "job": plain_job_of(m, costs.job)})
-        sims = [simulate(policy[m["router"]], ACTORS, trace, mine, seed).row()
-                for seed in range(SEEDS)]
-        loads = statistics.mean(s["loads_per_job"] for s in sims)
-        tput = statistics.mean(s["jobs_per_s"] for s in sims)
-        d_loads = loads / m["loads_per_job"] - 1 if m["loads_per_job"] else 0.0
-        d_tput = tput / m["jobs_per_s"] - 1
+        samples = samples_of(m, measured)
+        mine = Costs(**{**costs.__dict__, "gap": gap_of(m), "samples": samples,
+                        "job": statistics.median(samples["plain"])})
+        sims = [simulate(policy[m["router"]], ACTORS, trace, mine, seed).row() for seed in range(SEEDS)]
+        loads = [s["loads_per_job"] for s in sims]
+        tput = [s["jobs_per_s"] for s in sims]
+        d_loads = statistics.mean(loads) / m["loads_per_job"] - 1 if m["loads_per_job"] else 0.0
+        d_tput = statistics.mean(tput) / m["jobs_per_s"] - 1
         rows.append({"router": m["router"], "gap_s": mine.gap, "job_s": mine.job,
                      "measured_loads_per_job": m["loads_per_job"],
-                     "simulated_loads_per_job": loads, "loads_diff": d_loads,
-                     "measured_jobs_per_s": m["jobs_per_s"], "simulated_jobs_per_s": tput,
-                     "jobs_per_s_diff": d_tput,
+                     "simulated_loads_per_job": statistics.mean(loads),
+                     "simulated_loads_range": [min(loads), max(loads)], "loads_diff": d_loads,
+                     "measured_jobs_per_s": m["jobs_per_s"], "simulated_jobs_per_s": statistics.mean(tput),
+                     "simulated_jobs_per_s_range": [min(tput), max(tput)], "jobs_per_s_diff": d_tput,
                      "within": abs(d_loads) <= TOLERANCE and abs(d_tput) <= TOLERANCE})
     return rows
 
@@ -223,21 +242,56 @@ def resimulate(path: Path) -> dict[str, Any]:
     return res
 
 
+def check_runs(paths: list[Path]) -> dict[str, Any]:
+    """The simulator against each saved run, and each router's measured spread over the runs."""
+    runs = [resimulate(p) for p in paths]
+    spread = {}
+    for router in ("router", "round-robin", "ray-serve"):
+        for key in ("loads_per_job", "jobs_per_s"):
+            got = [r[key] for run in runs for r in run["rows"] if r["router"] == router]
+            if got:
+                spread[f"{router} {key}"] = {"mean": statistics.mean(got), "min": min(got), "max": max(got)}
+    return {"runs": [{"file": p.name, "load_before": run["load_before"], "load_after": run["load_after"],
+                      "simulator": run["simulator"]} for p, run in zip(paths, runs, strict=True)],
+            "measured_spread": spread,
+            "all_within": all(s["within"] for run in runs for s in run["simulator"])}
+
+
+def markdown_check(summary: dict[str, Any]) -> str:
+    lines = ["| run | router | loads/job measured | simulated (range over seeds) | diff | jobs/s measured | "
+             "simulated | diff | within 15% |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in summary["runs"]:
+        for s in run["simulator"]:
+            low, high = s["simulated_loads_range"]
+            lines.append(f"| {run['file']} | {s['router']} | {s['measured_loads_per_job']:.3f} | "
+                         f"{s['simulated_loads_per_job']:.3f} ({low:.2f}-{high:.2f}) | "
+                         f"{100 * s['loads_diff']:+.0f}% | {s['measured_jobs_per_s']:.2f} | "
+                         f"{s['simulated_jobs_per_s']:.2f} | {100 * s['jobs_per_s_diff']:+.0f}% | "
+                         f"{'yes' if s['within'] else 'NO'} |")
+    lines.append("")
+    for key, v in summary["measured_spread"].items():
+        lines.append(f"measured {key}: mean {v['mean']:.3f}, {v['min']:.3f}-{v['max']:.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="the Zipf trace's seed")
     parser.add_argument("--skip-serve", action="store_true", help="without Ray Serve (not installed)")
-    parser.add_argument("--resimulate", default=None, metavar="JSON", nargs="?",
-                        const=str(RESULTS / "farm_measured.json"),
-                        help="only rerun the simulator check on a saved run "
-                        "(default: results/farm_measured.json)")
+    parser.add_argument("--resimulate", default=None, metavar="JSON", nargs="*",
+                        help="only rerun the simulator check on saved runs (default: results/farm_measured"
+                        "*.json), into results/farm_simulator_check.json")
+    parser.add_argument("--out", default=str(RESULTS / "farm_measured.json"), help="where the run is written")
     args = parser.parse_args(argv)
-    if args.resimulate:
-        res = resimulate(Path(args.resimulate))
-        Path(args.resimulate).write_text(json.dumps(res, indent=1))
-        print(markdown(res))
+    if args.resimulate is not None:
+        paths = [Path(p) for p in args.resimulate] or sorted(RESULTS.glob("farm_measured*.json"))
+        summary = check_runs(paths)
+        (RESULTS / "farm_simulator_check.json").write_text(json.dumps(summary, indent=1))
+        print(markdown_check(summary))
         return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # read by Serve's router (in this process) when ray.serve is imported: see the module docstring
+    os.environ.setdefault("RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S", "1")
     import ray
     from loragraph import host
     from loragraph.loaders import store
@@ -265,13 +319,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ray-serve: {rows[-1]['wall_s']:.1f} s", flush=True)
     finally:
         ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)  # the 30 LoRA files and the images: 40 MB a run
     costs = measured_costs(rows[:2])
     sim = check(rows, costs, loras)
     result = {"machine": f"{os.cpu_count()} CPUs, 1 thread per actor", "load_before": load_before,
               "load_after": _load(), "loras": N_LORAS, "jobs": N_JOBS, "zipf_s": ZIPF_S, "actors": ACTORS,
               "held": HELD, "steps": STEPS, "costs": costs.__dict__, "rows": rows, "simulator": sim}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "farm_measured.json").write_text(json.dumps(result, indent=1))
+    Path(args.out).parent.mkdir(exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
     print(markdown(result))
     return 0
 

@@ -29,15 +29,21 @@ class FarmEngine:
 
         self.engine = EngineActor(models_dir, threads=1)
         self.lock = asyncio.Lock()  # one job at a time on the engine, as a pool actor runs them
+        self.lru_misses = 0  # get_model calls: requests whose model was not in Serve's LRU
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
     async def get_model(self, model_id: str) -> str:
+        self.lru_misses += 1
         return model_id
 
     async def __call__(self, job_id: int, prompt: dict[str, Any]) -> dict[str, Any]:
+        arrived, misses = time.time(), self.lru_misses
         await self.get_model(serve.get_multiplexed_model_id())
+        lru_miss = self.lru_misses > misses
         async with self.lock:
-            return await asyncio.to_thread(self._run, job_id, prompt)
+            started = time.time()
+            out = await asyncio.to_thread(self._run, job_id, prompt)
+        return {**out, "arrived": arrived, "started": started, "lru_miss": lru_miss}
 
     def _run(self, job_id: int, prompt: dict[str, Any]) -> dict[str, Any]:
         for kind, value in self.engine.run(job_id, prompt):

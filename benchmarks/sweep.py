@@ -19,8 +19,7 @@ overwritten by a swap is loaded when it comes back). Compared: this router with 
 (``affinity``, as ``run --ray`` uses it), the same rule over one FIFO queue (``serve-ray``, as
 ``serve --ray`` places: the holder if idle or done within the affinity wait, else an idle actor),
 round-robin (the same engines), and Ray Serve's model multiplexing over the same engine holding 3
-LoRAs (requests wait at Serve's router until a replica is under max_ongoing_requests (5); one whose
-LRU of 3 lists the model first, else any, the less loaded of two random ones). benchmarks/farm.py
+LoRAs, routed as Ray Serve 2.60's router does (benchmarks/serve_sim.py). benchmarks/farm.py
 checks this simulator against a measured run of the router, round-robin and a real Serve deployment.
 """
 
@@ -171,6 +170,9 @@ class Costs:
     source: str
     parked_max: int = 20  # LORAGRAPH_PARKED_BYTES (1 GiB) / an SD1.5 rank-32 LoRA (~50 MB): ~20
     gap: float = 0.0  # an actor's time between two jobs (result back, next job in); measured by farm.py
+    # measured whole-job seconds by kind ("plain", "load", "swap"): a simulated job draws its time from
+    # its kind's list instead of job + switch cost (benchmarks/farm.py, from one router's own run)
+    samples: dict[str, list[float]] | None = None
 
 
 def load_costs(steps: int, step_ms: float | None) -> Costs:
@@ -235,39 +237,20 @@ class EngineModel:
         return cost
 
 
-class ServeReplica:
-    """A Ray Serve replica with model multiplexing: its LRU of ``size`` model ids, as Serve's router sees
-    it, over loragraph's engine holding as many LoRAs (one active, ``size - 1`` parked), as
-    benchmarks/serve_app.py deploys it. The LRU steers the routing; the engine's policy prices the switch.
-    Serve moves the LRU when a request reaches the replica (``get_model`` at the top of the handler).
-    benchmarks/farm.py checks this model against a real deployment.
-    """
+def job_timer(costs: Costs, rng: random.Random) -> Any:
+    """(engine, LoRA) -> (busy, compute) seconds of one job: the engine's switch priced from the lora_ops
+    table plus the job, or, with measured ``samples``, a draw from the measured jobs of that kind."""
 
-    def __init__(self, costs: Costs, size: int = 3) -> None:
-        self.size = size
-        self.engine = EngineModel(replace(costs, parked_max=size - 1))
-        self.lru: OrderedDict[int, None] = OrderedDict()
+    def took(engine: EngineModel, lora: int) -> tuple[float, float]:
+        loads, swaps = engine.loads, engine.swaps
+        switch = engine.switch(lora)
+        if not costs.samples:
+            return switch + costs.job + costs.gap, costs.job + costs.gap
+        kind = "load" if engine.loads > loads else "swap" if engine.swaps > swaps else "plain"
+        drawn = rng.choice(costs.samples.get(kind) or costs.samples["plain"])
+        return drawn + costs.gap, costs.job + costs.gap
 
-    @property
-    def loads(self) -> int:
-        return self.engine.loads
-
-    @property
-    def swaps(self) -> int:
-        return self.engine.swaps
-
-    def held(self) -> set[int]:
-        return set(self.lru)
-
-    def touch(self, lora: int) -> None:
-        """A request for ``lora`` reached the replica."""
-        self.lru[lora] = None
-        self.lru.move_to_end(lora)
-        if len(self.lru) > self.size:
-            self.lru.popitem(last=False)
-
-    def switch(self, lora: int) -> float:
-        return self.engine.switch(lora)
+    return took
 
 
 @dataclass
@@ -309,21 +292,31 @@ def zipf_trace(jobs: int, loras: int, s: float, rate: float | None, seed: int) -
 
 def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Costs,
              seed: int = 0) -> SimResult:
-    """Discrete events: arrivals and completions; an idle GPU takes its next job at once."""
+    """Discrete events: arrivals and completions; an idle GPU takes its next job at once. ``ray-serve``
+    runs benchmarks/serve_sim.py's model of Serve's router instead of a loragraph router."""
     from loragraph.scaleout.needs import Needs
     from loragraph.scaleout.router import STEAL_MIN_WAITING, Job, Router
     from loragraph.scaleout.serve import DEFAULT_AFFINITY_WAIT_S
 
+    from .serve_sim import MODELS_PER_REPLICA, ServeSim
+
     rng = random.Random(seed)
+    took = job_timer(costs, rng)
     names = [f"g{i}" for i in range(gpus)]
-    serve = policy == "ray-serve"
-    engines = {n: (ServeReplica(costs) if serve else EngineModel(costs)) for n in names}
+    if policy == "ray-serve":  # the engine holds as many LoRAs as Serve's LRU lists: 1 active, 2 parked
+        held = replace(costs, parked_max=MODELS_PER_REPLICA - 1)
+        sim = ServeSim(names, {n: EngineModel(held) for n in names},
+                       lambda name, engine, lora: took(engine, lora), seed)
+        end = sim.run(trace)
+        return SimResult(policy, gpus, len(trace), sum(r.engine.loads for r in sim.replicas.values()),
+                         sum(r.engine.swaps for r in sim.replicas.values()), end, sim.busy, sim.compute,
+                         sim.latencies)
+    engines = {n: EngineModel(costs) for n in names}
     central = policy == "serve-ray"  # serve --ray: a FIFO queue, placed by scaleout/serve.py's rule
     steal_min_waiting = 2 if policy == "affinity-steal2" else STEAL_MIN_WAITING
-    router = None if serve else Router(names, "round-robin" if policy == "round-robin" else "affinity",
-                                       steal_min_waiting=steal_min_waiting)
-    fifo: list[Job] = []  # serve-ray: the server's queue; ray-serve: requests not yet on a replica
-    queues: dict[str, list[Job]] = {n: [] for n in names}  # ray-serve: FIFO per replica
+    router = Router(names, "round-robin" if policy == "round-robin" else "affinity",
+                    steal_min_waiting=steal_min_waiting)
+    fifo: list[Job] = []  # serve-ray: the server's queue
     running: dict[str, Job | None] = dict.fromkeys(names)
     ends: dict[str, float] = dict.fromkeys(names, 0.0)  # when the running job ends
     events: list[tuple[float, int, str, Any]] = []
@@ -334,26 +327,6 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
         order += 1
     arrival = {i: t for i, (t, _) in enumerate(trace)}
     latencies, busy, compute, now = [], 0.0, 0.0, 0.0
-
-    def load(n: str) -> int:
-        return len(queues[n]) + (running[n] is not None) if serve else router.actors[n].load
-
-    def serve_assign() -> None:
-        """Serve's router: the oldest waiting request goes to a replica below max_ongoing_requests, one
-        listing its model if there is one (else any: with every replica's LRU full, "fewest models" is
-        all of them), the less loaded of two random ones."""
-        while fifo:
-            room = [n for n in names if load(n) < SERVE_MAX_ONGOING]
-            if not room:
-                return
-            head = int(next(iter(fifo[0].needs.adapters)))
-            having = [n for n in room if head in engines[n].held()]
-            pick = having if having else room
-            a, b = rng.choice(pick), rng.choice(pick)  # power of two choices
-            n = min(a, b, key=load)
-            job = fifo.pop(0)
-            engines[n].touch(int(next(iter(job.needs.adapters))))
-            queues[n].append(job)
 
     def serve_ray_place(needs: Needs) -> str | None:
         """scaleout/serve.py's PoolWorker._place, on simulated time: the best actor if idle, or if it
@@ -369,8 +342,6 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
 
     def start_idle() -> None:
         nonlocal order, busy, compute
-        if serve:
-            serve_assign()
         while central and fifo:
             target = serve_ray_place(fifo[0].needs)
             if target is None:
@@ -379,26 +350,21 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
         for n in names:
             if running[n] is not None:
                 continue
-            if serve:  # noqa: SIM108 - one expression for both modes would nest a conditional in a conditional
-                job = queues[n].pop(0) if queues[n] else None
-            else:
-                job = router.next_job(n)
+            job = router.next_job(n)
             if job is None:
                 continue
             running[n] = job
-            took = engines[n].switch(int(next(iter(job.needs.adapters)))) + costs.job + costs.gap
-            busy += took
-            compute += costs.job + costs.gap
-            ends[n] = now + took
-            heapq.heappush(events, (now + took, order, "done", (n, job)))
+            busy_s, compute_s = took(engines[n], int(next(iter(job.needs.adapters))))
+            busy += busy_s
+            compute += compute_s
+            ends[n] = now + busy_s
+            heapq.heappush(events, (now + busy_s, order, "done", (n, job)))
             order += 1
 
     while events:
         now, _, kind, data = heapq.heappop(events)
         if kind == "arrive":
-            if serve:
-                fifo.append(data)  # placed by serve_assign as replicas have room
-            elif central:
+            if central:
                 fifo.append(data)
             else:
                 router.add(data)
@@ -406,15 +372,13 @@ def simulate(policy: str, gpus: int, trace: list[tuple[float, int]], costs: Cost
             n, job = data
             running[n] = None
             latencies.append(now - arrival[job.id])
-            if not serve:
-                router.finished(n, job, {"base"}, {str(x) for x in engines[n].held()})
+            router.finished(n, job, {"base"}, {str(x) for x in engines[n].held()})
         start_idle()
     return SimResult(policy, gpus, len(trace), sum(e.loads for e in engines.values()),
                      sum(e.swaps for e in engines.values()), now, busy, compute, latencies)
 
 
 POLICIES = ("affinity", "serve-ray", "round-robin", "ray-serve")
-SERVE_MAX_ONGOING = 5  # Ray Serve's default max_ongoing_requests per replica
 
 
 def simulated(gpus: int, loras: int, jobs: int, s: float, utilisation: float, steps: int,

@@ -375,6 +375,69 @@ def test_serve_ray_fronts_the_pool_for_an_existing_client(ray_cluster, shapes_mo
     assert not (tmp_path / "served" / "long_00001_.png").exists()
 
 
+COMFYSCRIPT_CLIENT = """
+import json, sys
+from comfy_script.runtime import load, Workflow
+load(sys.argv[1])
+from comfy_script.runtime.nodes import LoadLoRA, LoadPipeline, Sampler, SaveImage
+with Workflow(wait=True):
+    pipe = LoadPipeline(model="builtin:shapes", dtype="float32", device="cpu")
+    pipe = LoadLoRA(pipeline=pipe, lora_name=sys.argv[2], strength=1.0, adapter_name="")
+    images = Sampler(pipeline=pipe, prompt="a red circle on a white background", negative_prompt="",
+                     seed=1, steps=4, cfg=7.0, width=32, height=32, scheduler="default", batch_size=1)
+    saved = SaveImage(images=images, filename_prefix="cs")
+images = saved.wait().wait()  # the node's result, then its images fetched through /view
+open(sys.argv[3], "wb").write(images[0].convert("RGB").tobytes())
+print(json.dumps({"images": len(images), "size": images[0].size}))
+"""
+
+
+def test_serve_ray_answers_comfyscript_unchanged(ray_cluster, shapes_models, tmp_path):
+    """ComfyScript's client mode (no ComfyUI checkout: it builds its nodes from /object_info), run as a
+    user runs it, in its own process, against serve --ray: the image it gets is loragraph run's."""
+    import subprocess
+    import sys
+
+    from loragraph import host
+    from loragraph.scaleout.serve import worker_factory
+    from loragraph.server import ServerConfig
+    from PIL import Image
+    from test_server import LiveServer
+
+    pytest.importorskip("comfy_script.runtime", reason='needs pip install "comfy-script[client]"')
+    before = host.folder_roots("loras")[0].parent, host.output_dir()
+    host.configure(models_dir=shapes_models, output_dir=tmp_path / "served")
+    config = ServerConfig(input_dir=tmp_path / "input", editor=False,
+                          worker_factory=worker_factory(str(shapes_models), actors=1))
+    server = LiveServer(config).start()
+    try:
+        script = tmp_path / "comfyscript_client.py"
+        script.write_text(COMFYSCRIPT_CLIENT)
+        done = subprocess.run([sys.executable, str(script), server.url + "/", LORAS[1], str(tmp_path / "px")],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        server.stop()
+        host.configure(models_dir=before[0], output_dir=before[1])
+    assert out == {"images": 1, "size": [32, 32]}
+    assert sorted(p.name for p in (tmp_path / "served").iterdir()) == ["cs_00001_.png"]
+    assert main(["run", "--threads", "1", _as_file(tmp_path, workflow(LORAS[1], 1, "cs")), "--models-dir",
+                 str(shapes_models), "--output-dir", str(tmp_path / "one")]) == 0
+    with Image.open(tmp_path / "one" / "cs_00001_.png") as one:
+        assert (tmp_path / "px").read_bytes() == one.convert("RGB").tobytes()
+    with Image.open(tmp_path / "served" / "cs_00001_.png") as served:
+        assert "ComfyScriptSource" in served.text  # the client's extra_pnginfo, kept as ComfyUI keeps it
+    # the LoRA shows: without it the same seed gives another image
+    bare = workflow(LORAS[1], 1, "bare")
+    bare["3"]["inputs"]["pipeline"] = ["1", 0]
+    del bare["2"]
+    assert main(["run", "--threads", "1", _as_file(tmp_path, bare), "--models-dir", str(shapes_models),
+                 "--output-dir", str(tmp_path / "one")]) == 0
+    with Image.open(tmp_path / "one" / "bare_00001_.png") as plain:
+        assert (tmp_path / "px").read_bytes() != plain.convert("RGB").tobytes()
+
+
 def _as_file(folder: Path, wf: dict) -> str:
     path = folder / f"wf-{abs(hash(json.dumps(wf, sort_keys=True)))}.json"
     path.write_text(json.dumps(wf))
