@@ -322,13 +322,18 @@ def second_round(port: int, app: Any, probe: Callable, tmp: Path, models: list[s
             for i in range(n):
                 if not (loras / f"stack{i}.safetensors").exists():
                     write_lora_file(loras / f"stack{i}.safetensors", "sd", "diffusers", seed=200 + i)
-            engine = Engine()
-            h = engine.load_pipeline("builtin:tiny-sd", dtype="float32", device="cpu")
-            for i in range(n):
-                h = tr.add_adapter(h, engine.lora_spec(h, f"stack{i}.safetensors", 1.0, f"s{i}"))
-            started = time.perf_counter()
-            engine.realize(h)
-            times[n] = time.perf_counter() - started
+            # best of 3 fresh pipelines, as benchmarks/stacking.py: one load on a shared 2-core
+            # machine swung the ratio from 4x to 5.7x
+            best = float("inf")
+            for _ in range(3):
+                engine = Engine()
+                h = engine.load_pipeline("builtin:tiny-sd", dtype="float32", device="cpu")
+                for i in range(n):
+                    h = tr.add_adapter(h, engine.lora_spec(h, f"stack{i}.safetensors", 1.0, f"s{i}"))
+                started = time.perf_counter()
+                engine.realize(h)
+                best = min(best, time.perf_counter() - started)
+            times[n] = best
         ratio = times[20] / times[5]
         return ratio <= 5.0, f"5 LoRAs {times[5]:.1f} s, 20 LoRAs {times[20]:.1f} s: {ratio:.1f}x (linear 4x)"
 
