@@ -125,7 +125,9 @@ def _hotswap_through_diffusers(
     def load() -> None:
         walked_once = fence.state_dict_walked_once([getattr(live.pipe, c) for c in comps])
         checked = _expansion_checks_answered(live, comps)
-        with timed(live, "hotswap", detail), quiet_loading(), checked, walked_once:
+        swapped = [module for c in comps for _, module in layers(live, c)]
+        offloading = fence.offloading_answered(live.pipe, swapped)
+        with timed(live, "hotswap", detail), quiet_loading(), checked, walked_once, offloading:
             load_lora_file(live.pipe, lf, _SWAP_NAME, hotswap=True, target=target)
 
     return fence.hotswap_through_diffusers(live.pipe, comps, load)

@@ -114,14 +114,14 @@ from .lycoris import (  # noqa: E402
 )
 from .set_adapters import set_adapters  # noqa: E402
 from .stacking import others_set_aside, tuner_layers_of  # noqa: E402
-from .swap_checks import expansion_checks_answered, state_dict_walked_once  # noqa: E402
+from .swap_checks import expansion_checks_answered, offloading_answered, state_dict_walked_once  # noqa: E402
 
 __all__ = [
     "DIFFUSERS_PATCH_LOCK", "VERIFIED", "configure", "configured_mode", "expansion_checks_answered",
-    "fast_paths", "fast_paths_mode",
-    "forward_conv_attributes", "hotswap_available", "hotswap_through_diffusers", "installed_versions",
-    "load_lora_weights", "loadable_components", "loadable_names", "lycoris_refusal", "mark_peft_loaded",
-    "merges_by_gemm", "move_adapter", "offloading_checked_once", "others_set_aside", "record_merged",
+    "fast_paths", "fast_paths_mode", "forward_conv_attributes", "hotswap_available",
+    "hotswap_through_diffusers", "installed_versions", "load_lora_weights", "loadable_components",
+    "loadable_names", "lycoris_refusal", "mark_peft_loaded", "merges_by_gemm", "move_adapter",
+    "offloading_answered", "offloading_checked_once", "others_set_aside", "record_merged",
     "record_unmerged", "register_norm_layers", "rename_adapter", "set_adapters", "set_fused_record",
     "sgm_module_paths", "state_dict_walked_once", "tuner_layers_of", "versions_verified",
 ]

@@ -1,5 +1,5 @@
 """Fence entries, 9: diffusers' per-load walks that a hotswap into a parked adapter's layers does not need:
-Flux's shape-expansion checks and a second `state_dict()`.
+Flux's shape-expansion checks, a second `state_dict()` and the offloading check's walk.
 
 Each entry: the private name, the versions verified, what it stands in for and its fallback
 (loaders/fence/__init__.py)."""
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from . import fast_paths
+from . import DIFFUSERS_PATCH_LOCK, fast_paths
 
 logger = logging.getLogger(__name__)
 
@@ -134,3 +134,69 @@ def state_dict_walked_once(models: list[torch.nn.Module]) -> Iterator[None]:
     finally:
         for model in patched:
             del model.state_dict
+
+
+# The diffusers modules that look up the offloading check as a global (as fence/loading.py's).
+_OFFLOAD_CHECKERS = ("diffusers.loaders.lora_base", "diffusers.loaders.peft", "diffusers.loaders.unet")
+_OFFLOAD_CHECK = "_func_optionally_disable_offloading"
+# What accelerate (model/sequential CPU offload) and diffusers (group offloading and other hooks)
+# attach to a module they hook.
+_HOOK_ATTRIBUTES = ("_hf_hook", "_diffusers_hook")
+
+
+@contextlib.contextmanager
+def offloading_answered(pipe: Any, slot_layers: list[Any]) -> Iterator[None]:
+    """Within a hotswap load, diffusers' offloading check answers "none" without its walk when no
+    hook is where any offloading puts one.
+
+    diffusers' check walks every module of every component for a group-offloading hook (~3 ms at
+    Kontext's 57 blocks, more than the rest of a small model's first swap: Flux 2's 40 layers) and
+    reads accelerate's `_hf_hook` on each component. Offloading hooks sit on: each component itself
+    (accelerate's model and sequential offload; diffusers' block-level group offload, which hooks
+    the top module, and any group offload with streams), and on every leaf layer (leaf-level group
+    offload and sequential offload hook each base layer a LoRA wraps). So: no `hf_device_map`, no
+    `_hf_hook`/`_diffusers_hook` on any component nor on any of the swapped layers or their base
+    layers, and the check answers (False, False, False); anything else (diffusers' own hooks for
+    layerwise casting included) runs diffusers' check. Not seen this way: leaf-level group offload,
+    without streams, of a component the swap does not touch (a VAE); diffusers would remove and
+    re-apply it after the load, which changes nothing there.
+    Private name: the module global `_func_optionally_disable_offloading` of diffusers.loaders.
+    lora_base / peft / unet, swapped for the call (diffusers 0.41, 0.42); accelerate's and diffusers'
+    hook attributes read.
+    Stands in for: diffusers' own check (public behaviour of `load_lora_weights`).
+    Fallback: diffusers' check, run (outside the verified versions always).
+    """
+    import importlib
+
+    if not fast_paths():
+        yield
+        return
+    modules = [importlib.import_module(m) for m in _OFFLOAD_CHECKERS]
+    real = getattr(modules[0], _OFFLOAD_CHECK, None)
+    if real is None:  # renamed: diffusers' own checks, unchanged
+        yield
+        return
+
+    def answered(_pipeline):
+        if _pipeline is pipe and not _hooks_seen(pipe, slot_layers):
+            return (False, False, False)
+        return real(_pipeline)
+
+    with DIFFUSERS_PATCH_LOCK:
+        patched = [m for m in modules if getattr(m, _OFFLOAD_CHECK, None) is real]
+        for m in patched:
+            setattr(m, _OFFLOAD_CHECK, answered)
+        try:
+            yield
+        finally:
+            for m in patched:
+                setattr(m, _OFFLOAD_CHECK, real)
+
+
+def _hooks_seen(pipe: Any, slot_layers: list[Any]) -> bool:
+    if getattr(pipe, "hf_device_map", None) is not None:
+        return True
+    hooked = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+    hooked += slot_layers
+    hooked += [layer.get_base_layer() for layer in slot_layers]
+    return any(hasattr(m, a) for m in hooked for a in _HOOK_ATTRIBUTES)
