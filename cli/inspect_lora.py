@@ -47,11 +47,8 @@ def cmd_inspect(args: argparse.Namespace, out: IO[str]) -> int:
     model = args.model
     if model is None:
         with quiet_loading():  # no "Loading pipeline components" bars in a report
-            summary["fits"] = fit.builtin_fits(lora)
+            summary.update(fit.family_fit(lora, summary.get("base_model")))  # as the editor's summary
         model = summary["fits"][0] if summary["fits"] else DEFAULT_MODEL
-        if summary["fits"] and summary.get("base_model") == "other":
-            summary["base_model"] = summary["fits"][0]
-            summary["base_model_reason"] = f"all {len(lora.modules)} modules land on it"
 
     coverage: dict[str, Any] | None = None
     coverage_text = ""

@@ -1,4 +1,5 @@
-"""Which built-in model a LoRA file fits, for `loragraph inspect` without `--model`.
+"""Which built-in model a LoRA file fits, and so its family, for `loragraph inspect` without
+`--model` and the editor's LoadLoRA summary (`family_fit`: one answer for both).
 
 `guess_base_model` reads shapes against SD1/SD2/SDXL; a file made for one of the built-in tiny
 models (the demo LoRAs, tests, anything trained on them) matches none of those. So the built-in
@@ -41,6 +42,32 @@ def builtin_fits(lora: LoraFile, first: str = "tiny-sd") -> list[str]:
         if cov.complete:
             return [f"builtin:{name}"]
     return []
+
+
+# Files whose fit is remembered: the editor asks again each time a LoadLoRA shows the same file.
+_FITS_KEPT = 256
+_FITS: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def family_fit(lora: LoraFile, base_model: str | None = None) -> dict[str, Any]:
+    """What `loragraph inspect` (no `--model`) and the editor's LoadLoRA summary say a file fits:
+    `fits` (["builtin:<name>"] or []) and, when one fits, `family` (that pipeline's class: every
+    module lands there, after the pipeline's own converters). When `base_model` (the summary's guess
+    from shapes and metadata) is "other", a fitting built-in model replaces it, with its reason."""
+    key = (lora.sha256, lora.path)
+    found = _FITS.get(key)
+    if found is None:
+        found = {"fits": builtin_fits(lora)}
+        if found["fits"]:
+            found["family"] = type(_pipe(found["fits"][0].removeprefix("builtin:"))).__name__
+        _FITS[key] = found
+        while len(_FITS) > _FITS_KEPT:
+            _FITS.pop(next(iter(_FITS)))
+    out = dict(found)
+    if found["fits"] and base_model == "other":
+        out["base_model"] = found["fits"][0]
+        out["base_model_reason"] = f"all {len(lora.modules)} modules land on it"
+    return out
 
 
 def built(model: str) -> Any | None:

@@ -8,6 +8,7 @@ On diffusers/peft versions outside the fence's verified set no slot is offered a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -122,10 +123,24 @@ def _hotswap_through_diffusers(
     {component: (state dict, LoraConfig)} as diffusers handed them to peft."""
 
     def load() -> None:
-        with timed(live, "hotswap", detail), quiet_loading():
+        walked_once = fence.state_dict_walked_once([getattr(live.pipe, c) for c in comps])
+        checked = _expansion_checks_answered(live, comps)
+        swapped = [module for c in comps for _, module in layers(live, c)]
+        offloading = fence.offloading_answered(live.pipe, swapped)
+        with timed(live, "hotswap", detail), quiet_loading(), checked, walked_once, offloading:
             load_lora_file(live.pipe, lf, _SWAP_NAME, hotswap=True, target=target)
 
     return fence.hotswap_through_diffusers(live.pipe, comps, load)
+
+
+def _expansion_checks_answered(live: LivePipeline, comps):
+    """Flux's shape-expansion checks, answered from the slot's layers where the file's shapes prove
+    them no-ops (fence.expansion_checks_answered); diffusers' own checks otherwise."""
+    denoiser = next((c for c in comps if c == getattr(live.pipe, "transformer_name", None)), None)
+    if denoiser is None:
+        return contextlib.nullcontext()
+    model = getattr(live.pipe, denoiser)
+    return fence.expansion_checks_answered(live.pipe, model, dict(layers(live, denoiser)))
 
 
 def _rename_adapter(live: LivePipeline, old: str, new: str, comps) -> None:

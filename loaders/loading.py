@@ -71,8 +71,12 @@ def load_adapter(live: LivePipeline, spec: AdapterSpec, lora_reader, slots: list
     )
     try:
         with others_aside:
-            # on an fp8 denoiser, adapters keep the file's values in the compute dtype (quantized/storage.py)
-            with quantized.fp8_weights_as_bytes(models) as fp8_models:
+            # on an fp8 denoiser, adapters keep the file's values in the compute dtype (quantized/storage.py);
+            # a hotswap copies into the slot's tensors, already in it, so it skips that walk over every module
+            as_bytes: contextlib.AbstractContextManager[list] = (
+                quantized.fp8_weights_as_bytes(models) if slot is None else contextlib.nullcontext([])
+            )
+            with as_bytes as fp8_models:
                 if slot is not None:
                     hotswap.swap(live, lf, slot, spec.name, tuple(cov.layout), spec.target)
                     assert slots is not None  # the slot was picked from them

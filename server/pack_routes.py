@@ -2,7 +2,8 @@
 
 - ``GET /loragraph/loras``: the LoRA files the LoadLoRA combo lists;
 - ``GET /loragraph/lora_info?name=<lora_name>``: what ``loragraph inspect`` says about one of them
-  (format, ranks, alphas, components, base-model guess, trigger words, training metadata);
+  (format, ranks, alphas, components, base-model guess, the built-in model and family it fits,
+  trigger words, training metadata);
 - ``GET /loragraph/lora_preview?name=<lora_name>``: the preview image beside that LoRA file
   (``NAME.preview.png``, ``NAME.png``, ``NAME.jpg``, ``NAME.webp``), what the editor shows on hover.
 
@@ -58,10 +59,15 @@ def preview_path(name: str) -> Path | None:
 
 
 def _lora_info(name: str) -> dict[str, Any]:
+    from ..loaders import fit
+    from ..loaders.pipelines import quiet_loading
     from ..loaders.store import read_lora
 
-    summary = read_lora(host.resolve_in("loras", name)).summary()
+    lora = read_lora(host.resolve_in("loras", name))
+    summary = lora.summary()
     summary.pop("path", None)  # the file's absolute path is the server's business, not the page's
+    with quiet_loading():  # no "Loading pipeline components" bars in the server's log
+        summary.update(fit.family_fit(lora, summary.get("base_model")))  # as `loragraph inspect` says
     summary["preview"] = preview_path(name) is not None
     return summary
 

@@ -120,6 +120,44 @@ def test_lora_info_route_describes_a_lora_file(folders):
     with_client(create_app(config_for(folders, editor=False)), body)
 
 
+def test_lora_info_route_names_the_family_a_file_fits_as_inspect_does(tmp_path, capsys):
+    """A Wan file and a Flux-family file (Kontext's, in kohya's layout) made for the built-in models:
+    the route answers the built-in model and pipeline family `loragraph inspect` names, not "other"."""
+    from loragraph.builtin_models.catalog import BUILTINS
+    from loragraph.cli import main
+    from loragraph.testing import WAN_TARGETS, write_lora_file
+    from test_families_oracle import write_family_file
+
+    loras = tmp_path / "models" / "loras"
+    write_lora_file(loras / "wan" / "style.safetensors", fmt="diffusers", rank=4, seed=5,
+                    pipe=BUILTINS["tiny-wan"].builder(), components=("transformer",), targets=WAN_TARGETS)
+    write_family_file(loras / "kontext_kohya.safetensors", "tiny-kontext", "kohya-flux")
+    said = {}
+    for name in ("wan/style.safetensors", "kontext_kohya.safetensors"):
+        assert main(["inspect", str(loras / name), "--json"]) == 0
+        said[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
+    assert said["wan/style.safetensors"]["family"] == "WanPipeline"
+    flux_family = ("FluxPipeline", "FluxKontextPipeline", "ChromaPipeline")
+    assert said["kontext_kohya.safetensors"]["family"] in flux_family
+
+    before = host.folder_roots("loras")[0].parent, host.output_dir()
+    host.configure(models_dir=tmp_path / "models", output_dir=tmp_path / "output")
+
+    async def body(client: TestClient) -> None:
+        for name, inspected in said.items():
+            res = await client.get("/loragraph/lora_info", params={"name": name})
+            assert res.status == 200, await res.text()
+            info = await res.json()
+            assert info["family"] == inspected["family"] and info["fits"] == inspected["fits"] != []
+            assert info["base_model"] == inspected["base_model"] == inspected["fits"][0] != "other"
+
+    try:
+        with_client(create_app(ServerConfig(input_dir=tmp_path / "input", user_dir=tmp_path / "user",
+                                            editor=False)), body)
+    finally:
+        host.configure(models_dir=before[0], output_dir=before[1])
+
+
 def test_pack_routes_register_on_comfyuis_prompt_server(monkeypatch):
     assert pack_routes.register_in_comfyui() is False  # headless: no ComfyUI server module
     routes = web.RouteTableDef()
@@ -468,6 +506,11 @@ def check_family(family: dict[str, Any], folders: dict[str, Path]) -> None:
     target = next(w for w in shown["2"]["widgets"] if w["name"] == "target")
     assert target["type"] == "combo" and target["value"] == "auto"
     assert target["values"] == ["auto", *DENOISERS]
+
+    # LoadLoRA's summary names the family its Wan file fits, as `loragraph inspect` does (not "other")
+    (summary,) = [s for s in family["summaries"] if str(s["id"]) == "2"]
+    assert "family: WanPipeline" in summary["lines"], summary["lines"]
+    assert any(line.startswith("base model: builtin:tiny-wan") for line in summary["lines"]), summary["lines"]
 
     (queued,) = family["queued"]
     wanted = family_workflow()

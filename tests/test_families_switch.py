@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import max_diff
 from loragraph.builtin_models.catalog import BUILTINS
 from loragraph.loaders import transitions as tr
 from loragraph.loaders.engine import Engine
 from loragraph.nodes import widget_text as wt
 from loragraph.testing import WAN_TARGETS, write_lora_file
-from test_families_oracle import FAMILIES
+from test_families_oracle import FAMILIES, write_family_file
 from test_sampler_families import family_inputs, raw_call
 
 TOL = 2 / 255
@@ -87,6 +88,47 @@ def test_a_switch_between_two_files_hot_swaps_and_renders_as_a_fresh_load(engine
     oracle.set_adapters(["b"], [0.7])
     assert max_diff(got, raw_call(oracle, **kwargs)) <= TOL
     assert max_diff(got, before) > CHANGE  # the second file's numbers, not the first's
+
+
+# The Flux-family loaders convert these layouts inside `load_lora_weights` (kohya names and alphas;
+# Flux 2's ai-toolkit names), so a first swap must still go through diffusers' conversion.
+OTHER_LAYOUT_SWAPS = {
+    "tiny-kontext": "kohya-flux", "tiny-chroma": "kohya-flux", "tiny-flux2": "flux2-ai-toolkit",
+}
+
+
+@pytest.mark.parametrize("family", sorted(OTHER_LAYOUT_SWAPS))
+def test_a_first_swap_of_an_other_layout_file_is_converted_as_diffusers_does(engine, models, family):
+    """A file in the family's other layout, never swapped on this pipeline, swapped into the slot of
+    another file of that layout: the engine's fast first swap (Flux's shape checks answered from the slot, one
+    state_dict walk) must give a fresh diffusers load of that file, weight for weight and image for image."""
+    layout = OTHER_LAYOUT_SWAPS[family]
+    other = f"{family.removeprefix('tiny-')}_{layout}_swap.safetensors"
+    write_family_file(models / "loras" / other, family, layout, seed=9)
+    slot = f"{family.removeprefix('tiny-')}_{layout}_slot.safetensors"  # the same layers and ranks
+    write_family_file(models / "loras" / slot, family, layout, seed=3)
+    inputs, kwargs = family_inputs(family, batch_size=1)
+    h0 = engine.load_pipeline(f"builtin:{family}", "float32", "cpu")
+    first = tr.add_adapter(h0, engine.lora_spec(h0, slot, 1.0, "a"))
+    before = engine.sample(first, **inputs)
+    live, _ = engine.realize(first)
+    live.swap_inputs.clear()  # never swapped on this pipeline
+    live.ops.clear()
+    second = tr.add_adapter(h0, engine.lora_spec(h0, other, 1.0, "b"))
+    live, _ = engine.realize(second)
+    ops = [op.split(" ")[0] for op in live.ops]
+    assert "hotswap" in ops and "load_lora_weights" not in ops, live.ops
+
+    oracle = raw(family, models, (other, "b"))
+    ours = {k: v for k, v in live.pipe.transformer.state_dict().items() if ".lora_" in k}
+    theirs = {k: v for k, v in oracle.transformer.state_dict().items() if ".lora_" in k}
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    layer = next(m for m in live.pipe.transformer.modules() if "b" in getattr(m, "scaling", {}))
+    twin = next(m for m in oracle.transformer.modules() if "b" in getattr(m, "scaling", {}))
+    assert layer.scaling["b"] == twin.scaling["b"]  # the file's alpha, as diffusers converted it
+    got = engine.sample(second, **inputs)
+    assert max_diff(got, raw_call(oracle, **kwargs)) <= TOL
+    assert max_diff(got, before) > CHANGE
 
 
 # Wan 2.2's second half of the steps runs on transformer_2, which a file on `transformer` leaves alone:

@@ -12,8 +12,9 @@ attribute (tests/test_fence.py checks it).
 One module per topic: `loadable` (which components take LoRAs), `loading` (a parsed file with its
 metadata), `fused_record` (fusion bookkeeping), `hotswap`, `lycoris` (LyCORIS layers built with
 peft's tuners), `gemm_merge` (fusion inside peft's layers), `set_adapters` (layer by layer),
-`stacking` (loads next to many adapters). This module keeps the versions and the mode; every public
-name of the topics is re-exported here, so `fence.x` is the way to call each.
+`stacking` (loads next to many adapters), `swap_checks` (diffusers' per-load walks a hotswap does
+not need). This module keeps the versions and the mode; every public name of the topics is
+re-exported here, so `fence.x` is the way to call each.
 """
 
 from __future__ import annotations
@@ -113,12 +114,14 @@ from .lycoris import (  # noqa: E402
 )
 from .set_adapters import set_adapters  # noqa: E402
 from .stacking import others_set_aside, tuner_layers_of  # noqa: E402
+from .swap_checks import expansion_checks_answered, offloading_answered, state_dict_walked_once  # noqa: E402
 
 __all__ = [
-    "DIFFUSERS_PATCH_LOCK", "VERIFIED", "configure", "configured_mode", "fast_paths", "fast_paths_mode",
-    "forward_conv_attributes", "hotswap_available", "hotswap_through_diffusers", "installed_versions",
-    "load_lora_weights", "loadable_components", "loadable_names", "lycoris_refusal", "mark_peft_loaded",
-    "merges_by_gemm", "move_adapter", "offloading_checked_once", "others_set_aside", "record_merged",
+    "DIFFUSERS_PATCH_LOCK", "VERIFIED", "configure", "configured_mode", "expansion_checks_answered",
+    "fast_paths", "fast_paths_mode", "forward_conv_attributes", "hotswap_available",
+    "hotswap_through_diffusers", "installed_versions", "load_lora_weights", "loadable_components",
+    "loadable_names", "lycoris_refusal", "mark_peft_loaded", "merges_by_gemm", "move_adapter",
+    "offloading_answered", "offloading_checked_once", "others_set_aside", "record_merged",
     "record_unmerged", "register_norm_layers", "rename_adapter", "set_adapters", "set_fused_record",
-    "sgm_module_paths", "tuner_layers_of", "versions_verified",
+    "sgm_module_paths", "state_dict_walked_once", "tuner_layers_of", "versions_verified",
 ]

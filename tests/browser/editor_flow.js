@@ -331,6 +331,7 @@ async function familyFlow(page, config, timeout) {
   await page.waitForFunction((n) => window.app.graph._nodes.length === n,
     Object.keys(config.family_workflow).length);
   const family = {};
+  family.summaries = await waitForSummaries(page);
   family.shown = await page.evaluate(() => Object.fromEntries(window.app.graph._nodes.map((n) => [String(n.id), {
     class_type: n.comfyClass,
     widgets: (n.widgets ?? []).filter((w) => w.name && !w.name.startsWith("$$") && w.type !== "button"

@@ -66,6 +66,8 @@ export function renderSummary(target, summary) {
   const stored = summary.alpha_in_file === false ? " (= rank, not in the file)" : "";
   target.appendChild(line("format", `${summary.format} · rank ${numbers(summary.ranks)} · alpha ${alphas}${stored}`));
   target.appendChild(line("base model", summary.base_model ?? "unknown"));
+  // the pipeline every module lands on (after its own converters), as `loragraph inspect` names it
+  if (summary.family) target.appendChild(line("family", summary.family));
   const parts = Object.entries(summary.components ?? {}).map(([c, n]) => `${c} ${n}`);
   target.appendChild(line("modules", `${summary.modules}${parts.length ? ` (${parts.join(", ")})` : ""}`));
   const triggers = summary.trigger_words ?? [];
