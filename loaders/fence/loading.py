@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -92,6 +92,29 @@ def offloading_checked_once() -> Iterator[None]:
     Stands in for: diffusers' own check (public behaviour of `load_lora_weights`).
     Fallback: diffusers' own checks, unchanged (one walk per component).
     """
+    def checked_once(real: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        none_found: list[bool] = []
+
+        def check(_pipeline):
+            if none_found:
+                return (False, False, False)
+            out = real(_pipeline)
+            if not any(out):
+                none_found.append(True)
+            return out
+
+        return check
+
+    with offloading_check_replaced(checked_once):
+        yield
+
+
+@contextlib.contextmanager
+def offloading_check_replaced(make: Callable[[Callable[[Any], Any]], Callable[[Any], Any]]) -> Iterator[None]:
+    """For the call, diffusers' offloading check `_func_optionally_disable_offloading` is
+    `make(real)` in every diffusers module that looks it up as a global (the one place that swaps
+    it: `offloading_checked_once` here, `swap_checks.offloading_answered`). Unchanged when the fast
+    paths are off or diffusers renamed it; the original goes back after, also on an error."""
     if not fast_paths():
         yield
         return
@@ -100,21 +123,13 @@ def offloading_checked_once() -> Iterator[None]:
     if real is None:  # renamed: diffusers' own checks, unchanged
         yield
         return
-    none_found: list[bool] = []
-
-    def checked_once(_pipeline):
-        if none_found:
-            return (False, False, False)
-        out = real(_pipeline)
-        if not any(out):
-            none_found.append(True)
-        return out
-
-    patched = [m for m in modules if getattr(m, _OFFLOAD_CHECK, None) is real]
-    for m in patched:
-        setattr(m, _OFFLOAD_CHECK, checked_once)
-    try:
-        yield
-    finally:
+    replacement = make(real)
+    with DIFFUSERS_PATCH_LOCK:
+        patched = [m for m in modules if getattr(m, _OFFLOAD_CHECK, None) is real]
         for m in patched:
-            setattr(m, _OFFLOAD_CHECK, real)
+            setattr(m, _OFFLOAD_CHECK, replacement)
+        try:
+            yield
+        finally:
+            for m in patched:
+                setattr(m, _OFFLOAD_CHECK, real)

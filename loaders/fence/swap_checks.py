@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 
-from . import DIFFUSERS_PATCH_LOCK, fast_paths
+from . import fast_paths
+from .loading import offloading_check_replaced
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +138,6 @@ def state_dict_walked_once(models: list[torch.nn.Module]) -> Iterator[None]:
 
 
 # The diffusers modules that look up the offloading check as a global (as fence/loading.py's).
-_OFFLOAD_CHECKERS = ("diffusers.loaders.lora_base", "diffusers.loaders.peft", "diffusers.loaders.unet")
-_OFFLOAD_CHECK = "_func_optionally_disable_offloading"
 # What accelerate (model/sequential CPU offload) and diffusers (group offloading and other hooks)
 # attach to a module they hook.
 _HOOK_ATTRIBUTES = ("_hf_hook", "_diffusers_hook")
@@ -166,31 +165,17 @@ def offloading_answered(pipe: Any, slot_layers: list[Any]) -> Iterator[None]:
     Stands in for: diffusers' own check (public behaviour of `load_lora_weights`).
     Fallback: diffusers' check, run (outside the verified versions always).
     """
-    import importlib
 
-    if not fast_paths():
+    def answered(real: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def check(_pipeline):
+            if _pipeline is pipe and not _hooks_seen(pipe, slot_layers):
+                return (False, False, False)
+            return real(_pipeline)
+
+        return check
+
+    with offloading_check_replaced(answered):
         yield
-        return
-    modules = [importlib.import_module(m) for m in _OFFLOAD_CHECKERS]
-    real = getattr(modules[0], _OFFLOAD_CHECK, None)
-    if real is None:  # renamed: diffusers' own checks, unchanged
-        yield
-        return
-
-    def answered(_pipeline):
-        if _pipeline is pipe and not _hooks_seen(pipe, slot_layers):
-            return (False, False, False)
-        return real(_pipeline)
-
-    with DIFFUSERS_PATCH_LOCK:
-        patched = [m for m in modules if getattr(m, _OFFLOAD_CHECK, None) is real]
-        for m in patched:
-            setattr(m, _OFFLOAD_CHECK, answered)
-        try:
-            yield
-        finally:
-            for m in patched:
-                setattr(m, _OFFLOAD_CHECK, real)
 
 
 def _hooks_seen(pipe: Any, slot_layers: list[Any]) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -70,7 +70,7 @@ def adapter_dtype(model: torch.nn.Module, layer: torch.nn.Module) -> torch.dtype
     weight (fp8 storage, fp8 viewed as bytes while an adapter loads, GGUF) the compute dtype, as on a
     plain base whose adapters take its dtype. Never the storage dtype: values cast to uint8 or fp8
     would be truncated."""
-    weight = layer.weight
+    weight = cast(torch.Tensor, layer.weight)
     if weight.dtype.is_floating_point and fp8_name(weight.dtype) is None and gguf_type(weight) is None:
         return weight.dtype
     compute = getattr(layer, "compute_dtype", None)  # diffusers' GGUFLinear
