@@ -388,7 +388,9 @@ with Workflow(wait=True):
     saved = SaveImage(images=images, filename_prefix="cs")
 images = saved.wait().wait()  # the node's result, then its images fetched through /view
 open(sys.argv[3], "wb").write(images[0].convert("RGB").tobytes())
-print(json.dumps({"images": len(images), "size": images[0].size}))
+# to a file: ComfyScript prints its queue progress ("Queue remaining: 0") to stdout from a thread,
+# which can land on the same line as a print here
+open(sys.argv[4], "w").write(json.dumps({"images": len(images), "size": images[0].size}))
 """
 
 
@@ -413,10 +415,11 @@ def test_serve_ray_answers_comfyscript_unchanged(ray_cluster, shapes_models, tmp
     try:
         script = tmp_path / "comfyscript_client.py"
         script.write_text(COMFYSCRIPT_CLIENT)
-        done = subprocess.run([sys.executable, str(script), server.url + "/", LORAS[1], str(tmp_path / "px")],
+        done = subprocess.run([sys.executable, str(script), server.url + "/", LORAS[1], str(tmp_path / "px"),
+                               str(tmp_path / "result.json")],
                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-        out = json.loads(done.stdout.strip().splitlines()[-1])
+        out = json.loads((tmp_path / "result.json").read_text())
     finally:
         server.stop()
         host.configure(models_dir=before[0], output_dir=before[1])
