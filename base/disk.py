@@ -27,6 +27,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -238,7 +239,16 @@ def writable_folder_problem(folder: str | os.PathLike) -> str | None:
     removed again, so a check before a run leaves the disk as it was (permission bits say nothing
     for root, nor on /proc or a read-only mount).
     """
-    path = Path(os.path.abspath(folder))
+    with _PROBE_LOCK:
+        return _writable_folder_problem(Path(os.path.abspath(folder)))
+
+
+# One probe at a time: the server validates concurrent prompts in threads, and one check removing the
+# folder it created while another creates it made that mkdir fail with "File exists".
+_PROBE_LOCK = threading.Lock()
+
+
+def _writable_folder_problem(path: Path) -> str | None:
     missing: list[Path] = []
     probe_root = path
     while not probe_root.exists():

@@ -356,3 +356,29 @@ def test_shutdown_tells_the_clients_of_pending_prompts_that_they_will_not_run(mo
         assert "shut down before this prompt ran" in errors.get(prompt_id, ""), errors
         assert any(prompt_id in r.getMessage() and "will not run" in r.getMessage() for r in caplog.records)
 
+
+
+def test_concurrent_output_folder_checks_do_not_trip_over_each_other(tmp_path):
+    """The server validates concurrent prompts in threads; each checks the (missing) output folder by
+    creating it, writing a probe and removing what it made. Interleaved, one check's cleanup made
+    another's mkdir fail with "File exists" and a valid prompt got a 400."""
+    import threading
+
+    from loragraph.base import disk
+
+    folder = tmp_path / "out" / "sub"
+    problems: list[str] = []
+
+    def check() -> None:
+        for _ in range(200):
+            problem = disk.writable_folder_problem(folder)
+            if problem is not None:
+                problems.append(problem)
+
+    threads = [threading.Thread(target=check) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == []
+    assert not (tmp_path / "out").exists()  # the check still leaves the disk as it was
